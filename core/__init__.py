@@ -1,0 +1,42 @@
+"""claudemesh-gateway: connects a claudemesh mesh to chat platforms and other meshes.
+
+The public API for plugin authors is exactly what ``__all__`` lists. In-tree
+plugins import only from here, as a third-party plugin would.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ConfigError,
+    DeliveryError,
+    GatewayError,
+    PluginError,
+    StartupError,
+    Unsupported,
+    WebhookAuthError,
+)
+from .events import (
+    DeliveryFailed,
+    DeliveryStatus,
+    Event,
+    GatewayState,
+    GatewayStateChanged,
+    MessageDelivered,
+    MessageDropped,
+    MessageQueued,
+    MessageReceived,
+)
+from .gateway import Binding, BindingOptions, Gateway, GatewayConfig, GatewayContext, RateLimit, SubmitResult
+from .hookspecs import hookimpl
+from .messages import Address, Attachment, Capabilities, Message, Outbound, SendResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "hookimpl",
+    "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult",
+    "Address", "Attachment", "Capabilities", "Message", "Outbound", "SendResult",
+    "Event", "GatewayState", "GatewayStateChanged", "MessageReceived", "MessageDropped", "MessageQueued",
+    "MessageDelivered", "DeliveryFailed", "DeliveryStatus",
+    "GatewayError", "ConfigError", "PluginError", "StartupError", "WebhookAuthError", "DeliveryError", "Unsupported",
+]

@@ -1,0 +1,1 @@
+"""Outbox workers, rate limiters, retry/backoff, dead letters."""

@@ -1,0 +1,1 @@
+"""Embedded loopback emulation of the claudemesh broker (development and tests only)."""

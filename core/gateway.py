@@ -1,0 +1,186 @@
+"""The contract between the core and a gateway plugin.
+
+A gateway *translates*: platform event -> :class:`Message` (handed to
+``ctx.submit``), and :class:`Outbound` -> platform API call (``send``). It never
+sees a key, never retries, never sleeps for rate limits and never decides
+routes: the core does all of that once, for every gateway.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from .events import Event, GatewayState
+from .messages import Address, Capabilities, Message, Outbound, SendResult
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
+
+__all__ = [
+    "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult",
+]
+
+log = logging.getLogger(__name__)
+
+
+class GatewayConfig(BaseModel):
+    """Base for a gateway's ``[gateways.<name>]`` table. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BindingOptions(BaseModel):
+    """Base for per-binding options (``options = {...}`` on a route binding)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """A token bucket the core applies before ``send``: ``burst`` tokens, refilled at ``per_second``.
+
+    ``scope`` names the bucket; buckets with the same scope are shared (e.g. one
+    ``telegram:<bot>:global`` bucket for every chat of a bot).
+    """
+
+    scope: str
+    per_second: float
+    burst: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """A route's binding to one chat of this gateway, as the gateway needs to know it."""
+
+    route: str
+    address: Address
+    direction: Literal["in", "out", "both"]
+    options: Any = None  # an instance of the gateway's BindingOptions
+    allow: tuple[str, ...] = ()  # external sender ids allowed (empty: everyone)
+    deny: tuple[str, ...] = ()
+
+    @property
+    def inbound(self) -> bool:
+        return self.direction in ("in", "both")
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction in ("out", "both")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitResult:
+    """What ``ctx.submit`` did. Acknowledge the source only once this is returned."""
+
+    status: Literal["queued", "duplicate", "dropped"]
+    reason: str = ""
+    destinations: int = 0
+
+
+class GatewayContext(Protocol):
+    """What the core hands a gateway instance. Everything a plugin may touch."""
+
+    name: str  # the gateway instance name
+    http: aiohttp.ClientSession  # shared session; never create your own per call
+
+    @property
+    def bindings(self) -> Sequence[Binding]:
+        """Current bindings of this gateway (changes on reload)."""
+
+    async def submit(self, message: Message) -> SubmitResult:
+        """Hand an inbound message to the core: dedup, admit, loop guard, route, and
+        durable enqueue in one transaction. Returns after the commit."""
+
+    async def kv_get(self, key: str) -> Any | None:
+        """Read a small JSON value persisted for this gateway instance (offsets, registries)."""
+
+    async def kv_set(self, key: str, value: Any) -> None:
+        """Persist a small JSON value for this gateway instance (durable on return)."""
+
+    async def kv_delete(self, key: str) -> None: ...
+
+    async def lookup_origin(self, native_id: str, chat: str) -> str | None:
+        """Message map: the core message id whose copy on this gateway's ``chat`` has
+        ``native_id`` (used e.g. to attribute a vendor status callback)."""
+
+    def emit(self, event: Event) -> None:
+        """Send an event to ``track_event`` observers (isolated per plugin)."""
+
+    def set_state(self, state: GatewayState, detail: str = "") -> None:
+        """Report this gateway's state (health, readiness, metrics, dashboard)."""
+
+    def register_secret(self, value: str) -> None:
+        """Have the log redaction filter scrub ``value`` (config secrets are registered already)."""
+
+
+class Gateway(abc.ABC):
+    """Subclass per platform. One instance per ``[gateways.<name>]`` table.
+
+    Class attributes: ``kind`` (the ``type`` operators write), ``Config`` (the
+    table's model), ``BindingOptions`` (per-binding options model) and
+    ``capabilities``.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[GatewayConfig]] = GatewayConfig
+    BindingOptions: ClassVar[type[BindingOptions]] = BindingOptions
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, name: str, config: GatewayConfig, ctx: GatewayContext) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+        self._state = GatewayState.STOPPED
+        self._detail = ""
+
+    # -- lifecycle -----------------------------------------------------------
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect, register webhooks, start polling. Idempotent."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop ingress and release resources. Idempotent; never raises on a second call."""
+
+    # -- egress ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def send(self, out: Outbound) -> SendResult:
+        """Deliver one part. Raise :class:`DeliveryError` (``permanent``/``retry_after``) on failure."""
+
+    def rate_limits(self, to: Address) -> Sequence[RateLimit]:
+        """Token buckets that apply to ``to``. Default: none (the core still serialises per chat)."""
+        return ()
+
+    def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
+        """Gateway's own default rendering of already-attributed ``text``; None = plain text."""
+        return None
+
+    # -- ingress over HTTP ------------------------------------------------------
+    def web_routes(self) -> Sequence[web.RouteDef]:
+        """Routes mounted under ``/gateways/<name>/`` (webhooks). Verify signatures first."""
+        return ()
+
+    # -- operations ---------------------------------------------------------------
+    async def check(self) -> list[str]:
+        """Warnings for ``claudemesh-gateway check`` (e.g. Telegram privacy mode on)."""
+        return []
+
+    @property
+    def state(self) -> GatewayState:
+        return self._state
+
+    @property
+    def state_detail(self) -> str:
+        return self._detail
+
+    def set_state(self, state: GatewayState, detail: str = "") -> None:
+        if state != self._state or detail != self._detail:
+            self._state, self._detail = state, detail
+            self.ctx.set_state(state, detail)

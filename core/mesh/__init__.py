@@ -1,0 +1,1 @@
+"""The claudemesh peer: connection, handshake, crypto, send queue, topic poller, roster."""

@@ -1,0 +1,1 @@
+"""Route table, tag routing, loop guard, dispatch pipeline."""

@@ -1,0 +1,1 @@
+"""Durable state: inbox ledger, outbox, dead letters, message map, cursors, audit."""

@@ -1,0 +1,1 @@
+"""/-/ endpoints: health, readiness, metrics, admin API, dashboard."""

@@ -1,0 +1,1 @@
+"""whatsapp gateway plugin."""
