@@ -1,0 +1,189 @@
+"""Admin API under ``/-/api/``: bearer JWT on every endpoint, loopback-only by default.
+
+Every state-changing call is written to the audit log with the token's subject.
+Errors answer JSON ``{"error": ...}`` and never include a token, key or body.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import appkeys
+from .auth import verify_request
+from .health import component_report, readiness_problems
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+__all__ = ["admin_routes", "require_admin", "overview"]
+
+
+def require_admin(request: web.Request) -> dict[str, Any]:
+    return verify_request(request, request.config_dict[appkeys.ADMIN_CONFIG])
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.config_dict[appkeys.RUNTIME]
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error":"body is not valid JSON"}', content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error":"body must be a JSON object"}', content_type="application/json")
+    return body
+
+
+def _ids(body: dict[str, Any]) -> list[int] | None:
+    ids = body.get("ids")
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise web.HTTPBadRequest(text='{"error":"ids must be a list of integers"}', content_type="application/json")
+    return ids
+
+
+def _dead_letter_view(dl: Any) -> dict[str, Any]:
+    item = dl.item
+    return {
+        "id": dl.id, "route": item.route, "to": item.lane, "message": item.message.get("id"),
+        "sender": item.message.get("sender"), "attempts": item.attempts, "reason": dl.reason,
+        "failed_at": dl.failed_at,
+    }
+
+
+async def overview(runtime: Runtime, request: web.Request) -> dict[str, Any]:
+    now = time.time()
+    depths = await runtime.store.outbox_depths()
+    recent = request.config_dict[appkeys.RECENT]
+    return {
+        **component_report(runtime),
+        "ready_problems": await readiness_problems(runtime, request.config_dict[appkeys.HEALTH_CONFIG]),
+        "routes": _routes(runtime),
+        "queue": [{"lane": lane, "depth": n, "oldest_age_s": round(now - oldest, 1) if oldest else 0}
+                  for lane, (n, oldest) in sorted(depths.items())],
+        "dead_letters": [_dead_letter_view(d) for d in await runtime.store.dlq_list(50)],
+        "dead_letter_count": await runtime.store.dlq_count(),
+        "recent": recent.latest(50),
+    }
+
+
+def _routes(runtime: Runtime) -> list[dict[str, Any]]:
+    routes = runtime.routes.describe()
+    states = {name: str(s[0]) for name, s in runtime.states.items()}
+    for r in routes:
+        names = {b.get("gateway") for b in r.get("binds", r.get("destinations", [])) if isinstance(b, dict)}
+        if r.get("mesh"):
+            names.add(r["mesh"])
+        r["states"] = {n: states.get(n, "unknown") for n in sorted(n for n in names if n and n != "mesh")}
+    return routes
+
+
+async def get_overview(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.json_response(await overview(_runtime(request), request))
+
+
+async def get_routes(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.json_response({"routes": _routes(_runtime(request))})
+
+
+async def get_gateways(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.json_response(component_report(_runtime(request)))
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    require_admin(request)
+    now = time.time()
+    depths = await _runtime(request).store.outbox_depths()
+    return web.json_response({"queue": [
+        {"lane": lane, "depth": n, "oldest_age_s": round(now - oldest, 1) if oldest else 0}
+        for lane, (n, oldest) in sorted(depths.items())
+    ]})
+
+
+async def get_dlq(request: web.Request) -> web.Response:
+    require_admin(request)
+    try:
+        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error":"limit must be an integer"}', content_type="application/json") from None
+    store = _runtime(request).store
+    return web.json_response({"count": await store.dlq_count(),
+                              "dead_letters": [_dead_letter_view(d) for d in await store.dlq_list(limit)]})
+
+
+async def post_dlq(request: web.Request) -> web.Response:
+    claims = require_admin(request)
+    action = request.match_info["action"]
+    runtime = _runtime(request)
+    ids = _ids(await _json_body(request))
+    if action == "retry":
+        n = await runtime.store.dlq_retry(ids)
+        kick = getattr(runtime.delivery, "kick", None)
+        if callable(kick):
+            kick()
+    elif action == "drop":
+        n = await runtime.store.dlq_drop(ids)
+    else:
+        raise web.HTTPNotFound(text='{"error":"unknown dead-letter action"}', content_type="application/json")
+    await runtime.store.audit(claims.get("sub", "?"), f"dlq.{action}", {"ids": ids, "count": n})
+    log.info("admin %s: dlq %s of %s -> %d item(s)", claims.get("sub", "?"), action, ids or "all", n)
+    return web.json_response({"action": action, "count": n})
+
+
+async def post_test_message(request: web.Request) -> web.Response:
+    claims = require_admin(request)
+    runtime = _runtime(request)
+    body = await _json_body(request)
+    text = body.get("text", "claudemesh-gateway test message")
+    if not isinstance(text, str) or not text.strip():
+        raise web.HTTPBadRequest(text='{"error":"text must be a non-empty string"}', content_type="application/json")
+    from ..ops import send_test_message  # the one place that knows how to inject a synthetic message
+
+    try:
+        result = await send_test_message(runtime, request.match_info["route"], text, actor=claims.get("sub", "?"))
+    except LookupError as exc:
+        raise web.HTTPNotFound(text=f'{{"error":"{exc}"}}', content_type="application/json") from None
+    await runtime.store.audit(claims.get("sub", "?"), "route.test", {"route": request.match_info["route"],
+                                                                     **result})
+    return web.json_response(result)
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    claims = require_admin(request)
+    from ..ops import reload_config
+
+    result = await reload_config(_runtime(request), actor=claims.get("sub", "?"))
+    return web.json_response(result, status=200 if result.get("ok") else 422)
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    require_admin(request)
+    return web.json_response({"audit": await _runtime(request).store.audit_list(200)})
+
+
+def admin_routes() -> list[web.RouteDef]:
+    return [
+        web.get("/-/api/overview", get_overview),
+        web.get("/-/api/routes", get_routes),
+        web.get("/-/api/gateways", get_gateways),
+        web.get("/-/api/queue", get_queue),
+        web.get("/-/api/dlq", get_dlq),
+        web.post("/-/api/dlq/{action}", post_dlq),
+        web.post("/-/api/routes/{route}/test", post_test_message),
+        web.post("/-/api/reload", post_reload),
+        web.get("/-/api/audit", get_audit),
+    ]

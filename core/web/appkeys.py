@@ -1,0 +1,19 @@
+"""aiohttp AppKeys of the /-/ endpoints (typed, warning-free app state)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .config import AdminConfig, HealthConfig
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .recent import RecentEvents
+
+RUNTIME: web.AppKey[Any] = web.AppKey("cmgw_web_runtime")
+ADMIN_CONFIG: web.AppKey[AdminConfig] = web.AppKey("cmgw_admin_config", AdminConfig)
+HEALTH_CONFIG: web.AppKey[HealthConfig] = web.AppKey("cmgw_health_config", HealthConfig)
+METRICS: web.AppKey[Metrics] = web.AppKey("cmgw_metrics")
+RECENT: web.AppKey[RecentEvents] = web.AppKey("cmgw_recent")

@@ -1,0 +1,141 @@
+"""Prometheus metrics (prometheus-client), one registry per app.
+
+Counters move on ``track_event`` (this module registers itself as an observer
+plugin); gauges that describe current state (queue depth, oldest item age, dead
+letters, connection states) are refreshed from the runtime at each scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..events import (
+    DeliveryFailed,
+    DeliveryStatus,
+    Event,
+    GatewayState,
+    GatewayStateChanged,
+    MessageDelivered,
+    MessageDropped,
+    MessageQueued,
+    MessageReceived,
+)
+from ..hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """Holds every metric of one gateway process; also a pluggy observer plugin."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "claudemesh_gateway_"
+        self.received = Counter(p + "messages_received", "Messages received from a source", ["gateway"], registry=r)
+        self.queued = Counter(p + "messages_queued", "Outbox rows enqueued", ["route", "gateway"], registry=r)
+        self.delivered = Counter(p + "messages_delivered", "Messages delivered", ["route", "gateway"], registry=r)
+        self.dropped = Counter(p + "messages_dropped", "Messages dropped before routing", ["gateway", "reason"],
+                               registry=r)
+        self.failed = Counter(p + "delivery_failures", "Failed delivery attempts", ["route", "gateway", "kind"],
+                              registry=r)
+        self.latency = Histogram(p + "delivery_latency_seconds", "Enqueue-to-delivered latency", ["gateway"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.vendor_status = Counter(p + "vendor_status", "Vendor delivery status callbacks", ["gateway", "status"],
+                                     registry=r)
+        self.queue_depth = Gauge(p + "queue_depth", "Queued outbox items per destination", ["lane"], registry=r)
+        self.queue_oldest = Gauge(p + "queue_oldest_age_seconds", "Age of the oldest queued item per destination",
+                                  ["lane"], registry=r)
+        self.dead_letters = Gauge(p + "dead_letters", "Dead letters waiting for retry or drop", registry=r)
+        self.rate_waits = Gauge(p + "rate_limit_waits", "Sends that waited for a rate-limit token (cumulative)",
+                                registry=r)
+        self.throttled = Gauge(p + "vendor_429", "429 / retry_after answers from vendors (cumulative)", registry=r)
+        self.state = Gauge(p + "component_up", "1 when a mesh or gateway is connected", ["component", "kind"],
+                           registry=r)
+        self.state_changes = Counter(p + "state_changes", "State transitions", ["component", "state"], registry=r)
+        self.mesh_reconnects = Gauge(p + "mesh_reconnects", "Mesh reconnects since start (cumulative)", ["mesh"],
+                                     registry=r)
+        self.poll_age = Gauge(p + "mesh_poll_age_seconds", "Seconds since a topic poll last completed",
+                              ["mesh", "topic"], registry=r)
+        self.poll_latency = Gauge(p + "mesh_poll_latency_seconds", "Duration of the last topic poll",
+                                  ["mesh", "topic"], registry=r)
+        self._lanes: set[str] = set()
+
+    # -- observer plugin ----------------------------------------------------------------
+    @hookimpl
+    def track_event(self, event: Event) -> None:
+        self.observe(event)
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            self.received.labels(event.message.origin.gateway).inc()
+        elif isinstance(event, MessageDropped):
+            self.dropped.labels(event.message.origin.gateway, event.reason).inc()
+        elif isinstance(event, MessageQueued):
+            self.queued.labels(event.route, event.to.gateway).inc()
+        elif isinstance(event, MessageDelivered):
+            self.delivered.labels(event.route, event.to.gateway).inc()
+            self.latency.labels(event.to.gateway).observe(max(event.latency_s, 0.0))
+        elif isinstance(event, DeliveryFailed):
+            self.failed.labels(event.route, event.to.gateway, "permanent" if event.permanent else "transient").inc()
+        elif isinstance(event, DeliveryStatus):
+            self.vendor_status.labels(event.gateway, event.status).inc()
+        elif isinstance(event, GatewayStateChanged):
+            self.state_changes.labels(event.gateway, str(event.state)).inc()
+
+    # -- scrape -------------------------------------------------------------------------------
+    async def refresh(self, runtime: Runtime) -> None:
+        now = time.time()
+        depths = await runtime.store.outbox_depths()
+        for lane in self._lanes - set(depths):
+            self.queue_depth.labels(lane).set(0)
+            self.queue_oldest.labels(lane).set(0)
+        for lane, (count, oldest) in depths.items():
+            self.queue_depth.labels(lane).set(count)
+            self.queue_oldest.labels(lane).set(max(0.0, now - oldest) if oldest else 0.0)
+        self._lanes |= set(depths)
+        self.dead_letters.set(await runtime.store.dlq_count())
+        stats = _delivery_stats(runtime)
+        self.rate_waits.set(stats.get("rate_limit_waits", 0))
+        self.throttled.set(stats.get("throttled", stats.get("http_429", 0)))
+        for name, (state, _detail, _since) in list(runtime.states.items()):
+            kind = "mesh" if name in runtime.meshes else "gateway"
+            self.state.labels(name, kind).set(1 if state == GatewayState.CONNECTED else 0)
+        for mesh_name, peer in runtime.meshes.items():
+            self.mesh_reconnects.labels(mesh_name).set(getattr(peer, "reconnects", 0))
+            for topic, (age, latency) in poll_status(peer, now).items():
+                self.poll_age.labels(mesh_name, topic).set(age)
+                self.poll_latency.labels(mesh_name, topic).set(latency)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _delivery_stats(runtime: Runtime) -> dict[str, Any]:
+    stats = getattr(runtime.delivery, "stats", None)
+    if callable(stats):
+        stats = stats()
+    return dict(stats or {})
+
+
+def poll_status(peer: Any, now: float) -> dict[str, tuple[float, float]]:
+    """topic -> (seconds since the last completed poll, last poll duration), from the mesh peer."""
+    out: dict[str, tuple[float, float]] = {}
+    status = getattr(peer, "poll_status", None)
+    if callable(status):
+        status = status()
+    for topic, info in (status or {}).items():
+        last = info.get("last_completed") or 0.0
+        out[topic] = (now - last if last else float("inf"), float(info.get("latency") or 0.0))
+    return out
