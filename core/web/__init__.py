@@ -20,7 +20,7 @@ from .recent import RecentEvents
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["setup_web", "AdminConfig", "HealthConfig", "Metrics"]
+__all__ = ["AdminConfig", "HealthConfig", "Metrics", "setup_web"]
 
 STATIC = Path(__file__).parent / "static"
 

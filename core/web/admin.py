@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["admin_routes", "require_admin", "overview"]
+__all__ = ["admin_routes", "overview", "require_admin"]
 
 
 def require_admin(request: web.Request) -> dict[str, Any]:

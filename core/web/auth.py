@@ -15,7 +15,7 @@ from .config import AdminConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mint_token", "verify_request", "is_loopback"]
+__all__ = ["is_loopback", "mint_token", "verify_request"]
 
 
 def _key_and_algorithms(cfg: AdminConfig) -> tuple[Any, list[str]]:

@@ -23,7 +23,7 @@ from .metrics import poll_status
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["component_report", "readiness_problems", "health_handler", "ready_handler"]
+__all__ = ["component_report", "health_handler", "readiness_problems", "ready_handler"]
 
 
 def component_report(runtime: Runtime) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def runtime():
         store=Store(), meshes={"dev": Peer()}, gateways={"webhook": object()},
         states={"dev": (GatewayState.CONNECTED, "", now), "webhook": (GatewayState.CONNECTED, "", now)},
         draining=False, started_at=now, delivery=SimpleNamespace(stats=lambda: stats), stats=stats,
-        routes=SimpleNamespace(describe=lambda: []),
+        routes=SimpleNamespace(describe=list),
     )
 
 
