@@ -1,0 +1,149 @@
+"""The running gateway in one object, and the :class:`GatewayContext` each gateway receives.
+
+``create_app`` builds one :class:`Runtime` per application (no module globals, so
+tests build as many as they like) and stores it under ``app[RUNTIME]``. Parts
+that start later (the HTTP session, store, mesh peers, delivery engine) are
+filled in by the app's cleanup contexts; until then they are ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .events import Event, GatewayState, GatewayStateChanged
+from .logconfig import register_secret
+from .messages import Address
+from .plugin_manager import notify
+from .tasks import TaskSupervisor
+
+if TYPE_CHECKING:
+    import aiohttp
+    import pluggy
+    from aiohttp import web
+
+    from .gateway import Binding, Gateway, SubmitResult
+    from .messages import Message
+    from .settings import Settings
+
+__all__ = ["Runtime", "GatewayContextImpl"]
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Everything the running gateway holds. Attribute names are a contract with
+    routing, delivery and the /-/ endpoints; keep them."""
+
+    def __init__(self, settings: Settings, pm: pluggy.PluginManager) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.store: Any = None  # claudemesh_gateway.store.base.Store, opened by the app
+        self.http: aiohttp.ClientSession | None = None
+        self.meshes: dict[str, Any] = {}  # name -> MeshPeer
+        self.keyring: Any = None  # claudemesh_gateway.keys.KeyRing
+        self.gateways: dict[str, Gateway] = {}
+        self.routes: Any = None  # claudemesh_gateway.routing RouteTable
+        self.pipeline: Any = None  # claudemesh_gateway.routing Pipeline
+        self.delivery: Any = None  # claudemesh_gateway.delivery DeliveryEngine
+        self.dev_broker: Any = None  # an embedded DevBroker started by the CLI, if any
+        self.app: web.Application | None = None
+        self.states: dict[str, tuple[GatewayState, str, float]] = {}
+        self.started_at: float = time.time()
+        self.draining: bool = False
+        self.supervisor = TaskSupervisor("gateway")
+
+    # -- events ------------------------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Hand ``event`` to every ``track_event`` observer in the background. Never raises."""
+        try:
+            if self.supervisor.closing:
+                log.debug("event %s after shutdown; not delivered to observers", event.name)
+                return
+            self.supervisor.spawn(notify(self.pm.hook.track_event, event=event, app=self.app),
+                                  what=f"track_event:{event.name}")
+        except RuntimeError:  # no running loop, or the supervisor is closing
+            log.debug("event %s not delivered to observers (no running loop)", event.name)
+        except Exception:  # the boundary: an observer problem must never reach the caller
+            log.exception("could not dispatch event %s", event.name)
+
+    def set_state(self, name: str, state: GatewayState, detail: str = "") -> None:
+        """Record a mesh/gateway state (health, readiness, dashboard) and emit GatewayStateChanged."""
+        previous = self.states.get(name)
+        if previous is not None and previous[0] == state and previous[1] == detail:
+            return
+        self.states[name] = (state, detail, time.time())
+        level = logging.WARNING if state in (GatewayState.BAD_CREDENTIALS, GatewayState.TRANSIENT_DISCONNECT) \
+            else logging.INFO
+        log.log(level, "%s is %s%s", name, state.value, f": {detail}" if detail else "", extra={"gateway": name})
+        self.emit(GatewayStateChanged(gateway=name, state=state, detail=detail))
+
+    def context_for(self, name: str) -> GatewayContextImpl:
+        return GatewayContextImpl(self, name)
+
+    @property
+    def uptime(self) -> float:
+        return time.time() - self.started_at
+
+
+class GatewayContextImpl:
+    """The core's side of the :class:`~claudemesh_gateway.gateway.GatewayContext` protocol."""
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self.runtime = runtime
+        self.name = name
+        self._ns = f"gw:{name}"
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self.runtime.http is None:
+            raise RuntimeError("the shared HTTP session exists only while the app runs")
+        return self.runtime.http
+
+    @property
+    def bindings(self) -> Sequence[Binding]:
+        routes = self.runtime.routes
+        if routes is None:
+            return ()
+        return tuple(routes.bindings_for(self.name))
+
+    async def submit(self, message: Message) -> SubmitResult:
+        pipeline = self.runtime.pipeline
+        if pipeline is None:
+            raise RuntimeError("the message pipeline is not running")
+        return await pipeline.submit(message)
+
+    def _store(self) -> Any:
+        if self.runtime.store is None:
+            raise RuntimeError("the store is not open")
+        return self.runtime.store
+
+    async def kv_get(self, key: str) -> Any | None:
+        return await self._store().kv_get(self._ns, key)
+
+    async def kv_set(self, key: str, value: Any) -> None:
+        await self._store().kv_set(self._ns, key, value)
+
+    async def kv_delete(self, key: str) -> None:
+        await self._store().kv_delete(self._ns, key)
+
+    async def lookup_origin(self, native_id: str, chat: str) -> str | None:
+        lane = Address(self.name, chat).key
+        store = self._store()
+        # map_reverse matches a lane *prefix*: "tg/-100123" would also match "tg/-1001234", so an
+        # exact-lane hit is confirmed with map_get; otherwise look in the chat's threads ("<lane>/...").
+        found = await store.map_reverse(lane, native_id)
+        if found is not None and native_id in await store.map_get(found, lane):
+            return found
+        return await store.map_reverse(lane + "/", native_id)
+
+    def emit(self, event: Event) -> None:
+        self.runtime.emit(event)
+
+    def set_state(self, state: GatewayState, detail: str = "") -> None:
+        self.runtime.set_state(self.name, state, detail)
+
+    def register_secret(self, value: str) -> None:
+        register_secret(value)

@@ -1,0 +1,393 @@
+"""Operator configuration: one TOML file (plus ``include``\\ d files) and ``CLAUDEMESH_*`` overrides.
+
+Precedence, highest first: explicit arguments > environment > TOML. The
+environment uses the prefix ``CLAUDEMESH_`` and ``__`` for nesting, and deep-merges
+into tables: ``CLAUDEMESH_GATEWAYS__TELEGRAM__TOKEN=...`` replaces only ``token`` in
+``[gateways.telegram]``. ``include = [...]`` lists more TOML files (relative to the
+config file) merged *under* the main file, so the main file wins.
+
+Every problem is reported as one ``path.to.key: message`` line in a
+:class:`ConfigError`: unknown keys, malformed values and leftover ``CHANGE_ME``
+placeholders anywhere in the merged configuration (gateway tables included).
+
+Relative paths (``server.state_dir``, ``server.store_path``,
+``dev_broker.state_dir``) are resolved against the config file's directory, so
+the result does not depend on the working directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = [
+    "Settings", "ServerSettings", "DevBrokerSettings", "PluginSettings", "LogSettings",
+    "load_settings", "read_toml_with_includes", "placeholder_problems", "validation_problems",
+    "iter_secrets", "PLACEHOLDER",
+]
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "CHANGE_ME"
+ENV_PREFIX = "CLAUDEMESH_"
+
+
+# -- models other engineers own, imported when present -------------------------------------------------------
+def _optional(module: str, attr: str) -> Any | None:
+    """``module.attr`` if that module exists; None only when the module itself is missing."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            log.debug("optional config model %s.%s not available", module, attr)
+            return None
+        raise
+    return getattr(mod, attr, None)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _LenientTable(BaseModel):
+    """Stand-in while a table's real model has not landed: keeps its keys, validates nothing."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+def _model_or_table(module: str, attr: str) -> type[BaseModel]:
+    model = _optional(module, attr)
+    return model if model is not None else _LenientTable
+
+
+MeshConfig = _model_or_table("claudemesh_gateway.mesh.config", "MeshConfig")
+RouteConfig = _model_or_table("claudemesh_gateway.routing.config", "RouteConfig")
+DeliveryConfig = _model_or_table("claudemesh_gateway.delivery.config", "DeliveryConfig")
+AdminConfig = _model_or_table("claudemesh_gateway.web.config", "AdminConfig")
+HealthConfig = _model_or_table("claudemesh_gateway.web.config", "HealthConfig")
+if DeliveryConfig is _LenientTable:  # the delivery package may export it from __init__
+    DeliveryConfig = _model_or_table("claudemesh_gateway.delivery", "DeliveryConfig")
+
+
+# -- our own tables --------------------------------------------------------------------------------------------
+class ServerSettings(_Strict):
+    """``[server]``: the HTTP listener and where state lives."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str | None = None  # the URL vendors reach us at (Twilio signatures are computed over it)
+    shutdown_timeout: float = Field(10.0, ge=0)
+    state_dir: Path = Path("var")
+    store_path: Path | None = None  # default: <state_dir>/gateway.sqlite3
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def store(self) -> Path:
+        return self.store_path if self.store_path is not None else self.state_dir / "gateway.sqlite3"
+
+
+class DevBrokerSettings(_Strict):
+    """``[dev_broker]``: the loopback broker emulation (development only, never production)."""
+
+    embedded: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(7900, ge=0, le=65535)
+    state_dir: Path = Path("var/devbroker")
+
+
+class PluginSettings(_Strict):
+    """``[plugins]``: ``disable`` takes plugin names as ``claudemesh-gateway plugins`` lists them."""
+
+    disable: list[str] = []
+
+
+class LogSettings(_Strict):
+    """``[log]``. Message bodies are only ever logged at DEBUG."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Gateway tables stay raw until the plugins are loaded
+    (see :func:`claudemesh_gateway.app.validate_gateways`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        nested_model_default_partial_update=False,
+    )
+
+    server: ServerSettings = ServerSettings()
+    dev_broker: DevBrokerSettings = DevBrokerSettings()
+    include: list[str] = []
+    mesh: dict[str, MeshConfig] = {}  # type: ignore[valid-type]
+    plugins: PluginSettings = PluginSettings()
+    gateways: dict[str, dict[str, Any]] = {}
+    routes: list[RouteConfig] = []  # type: ignore[valid-type]
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[valid-type]
+    log: LogSettings = LogSettings()
+    admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[valid-type]
+    health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[valid-type]
+
+    # where the values came from (set by load_settings; not configuration)
+    config_path: Path | None = Field(None, exclude=True)
+    config_file: ClassVar[Path | None] = None  # the TOML file the source reads (set on a subclass)
+
+    @field_validator("gateways")
+    @classmethod
+    def _gateway_tables(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, table in v.items():
+            if not name or "/" in name:
+                raise ValueError(f"{name!r}: gateway instance names may not be empty or contain '/'")
+            kind = table.get("type", name)
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(f"{name}.type: must be a non-empty string")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlIncludeSource(settings_cls))
+
+    def gateway_kind(self, name: str) -> str:
+        """The gateway kind of instance ``name`` (``type`` key, defaulting to the table name)."""
+        return str(self.gateways[name].get("type", name))
+
+    def gateway_table(self, name: str) -> dict[str, Any]:
+        """The instance's table without ``type``, ready for ``Gateway.Config``."""
+        return {k: v for k, v in self.gateways[name].items() if k != "type"}
+
+
+# -- TOML with includes ------------------------------------------------------------------------------------------
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` wins; tables merge recursively; lists and scalars are replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{label}: not valid TOML ({path}): {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror}") from None
+
+
+def read_toml_with_includes(path: Path) -> dict[str, Any]:
+    """The config file deep-merged over its ``include`` files (one level; includes may not include)."""
+    path = Path(path)
+    data = _read_toml(path, "config")
+    includes = data.get("include", [])
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError("include: must be a list of file paths")
+    merged: dict[str, Any] = {}
+    problems: list[str] = []
+    for i, inc in enumerate(includes):
+        inc_path = Path(inc).expanduser()
+        if not inc_path.is_absolute():
+            inc_path = path.parent / inc_path
+        try:
+            extra = _read_toml(inc_path, f"include[{i}]")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if "include" in extra:
+            problems.append(f"include[{i}]: included files may not have their own include ({inc_path})")
+            continue
+        merged = deep_merge(merged, extra)
+    if problems:
+        raise ConfigError(problems)
+    return deep_merge(merged, data)
+
+
+class _TomlIncludeSource(PydanticBaseSettingsSource):
+    """Lowest-precedence source: the TOML file named by ``config_file`` plus its includes."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = getattr(settings_cls, "config_file", None)
+        self._data = read_toml_with_includes(Path(path)) if path else {}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+# -- problem reporting --------------------------------------------------------------------------------------------
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One ``path.to.key: message`` line per pydantic error."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = list(err.get("loc", ()))
+        # drop pydantic's union/function tags such as 'function-after[...]'
+        loc = [p for p in loc if not (isinstance(p, str) and ("[" in p and p.endswith("]")))]
+        where = _loc(loc)
+        if prefix:
+            where = f"{prefix}.{where}" if where != "(top level)" else prefix
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = str(err.get("msg", "invalid value"))
+            for noise in ("Value error, ", "Assertion failed, "):
+                msg = msg.replace(noise, "")
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
+    """(path, leaf) for every leaf of plain data or pydantic models; SecretStr stays wrapped."""
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            if name == "config_path":
+                continue
+            yield from _walk(getattr(value, name), f"{path}.{name}" if path else name)
+        extra = value.__pydantic_extra__ or {}
+        for name, sub in extra.items():
+            yield from _walk(sub, f"{path}.{name}" if path else name)
+    elif isinstance(value, Mapping):
+        for key, sub in value.items():
+            yield from _walk(sub, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, sub in enumerate(value):
+            yield from _walk(sub, f"{path}[{i}]")
+    else:
+        yield path, value
+
+
+def placeholder_problems(data: Any) -> list[str]:
+    """One line per value still containing ``CHANGE_ME`` (secrets included)."""
+    problems = []
+    for path, leaf in _walk(data, ""):
+        text = leaf.get_secret_value() if isinstance(leaf, (SecretStr, SecretBytes)) else leaf
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        if isinstance(text, str) and PLACEHOLDER in text:
+            problems.append(f"{path}: placeholder value {PLACEHOLDER} must be replaced")
+    return problems
+
+
+_SECRET_NAME_PARTS = ("secret", "token", "password", "passwd", "auth", "private", "seed", "root_key", "api_key")
+
+
+def _looks_secret(path: str) -> bool:
+    leaf = path.rsplit(".", 1)[-1].lower()
+    if "public" in leaf or "pubkey" in leaf:
+        return False
+    return any(part in leaf for part in _SECRET_NAME_PARTS)
+
+
+def iter_secrets(obj: Any) -> Iterator[str]:
+    """Every SecretStr/SecretBytes value in ``obj``, plus string values of raw tables whose
+    key names look secret (``token``, ``*_secret``, ``password``...) for tables not yet
+    validated by a plugin model (gateway tables before the plugins load)."""
+    for path, leaf in _walk(obj, ""):
+        if isinstance(leaf, SecretStr):
+            yield leaf.get_secret_value()
+        elif isinstance(leaf, SecretBytes):
+            yield leaf.get_secret_value().decode("utf-8", "replace")
+        elif isinstance(leaf, str) and _looks_secret(path):
+            yield leaf
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+def _resolve(p: Path, base: Path) -> Path:
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def load_settings(path: str | Path, *, allow_placeholders: bool = False, **overrides: Any) -> Settings:
+    """Load ``path`` (+ includes) with environment overrides. ``overrides`` (init kwargs) win over both.
+
+    Raises :class:`ConfigError` listing every problem, one line each.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path} (pass -c FILE or set CLAUDEMESH_CONFIG)")
+
+    class FromFile(Settings):  # config is inherited and merged; only the file changes
+        config_file = path
+
+    FromFile.__name__ = FromFile.__qualname__ = "Settings"
+    try:
+        settings: Settings = FromFile(**overrides)
+    except ValidationError as exc:
+        problems = validation_problems(exc)
+        if not allow_placeholders:
+            try:
+                problems += [p for p in placeholder_problems(read_toml_with_includes(path)) if p not in problems]
+            except ConfigError as inner:
+                problems += inner.problems
+        raise ConfigError(problems) from None
+    if not allow_placeholders:
+        problems = placeholder_problems(settings)
+        if problems:
+            raise ConfigError(problems)
+    base = path.resolve().parent
+    server = settings.server.model_copy(update={
+        "state_dir": _resolve(settings.server.state_dir, base),
+        "store_path": _resolve(settings.server.store_path, base) if settings.server.store_path else None,
+    })
+    broker = settings.dev_broker.model_copy(update={"state_dir": _resolve(settings.dev_broker.state_dir, base)})
+    return settings.model_copy(update={"server": server, "dev_broker": broker, "config_path": path.resolve()})
+
+
+def settings_from_dict(data: Mapping[str, Any], *, allow_placeholders: bool = False) -> Settings:
+    """Build Settings from a plain dict (tests, embedding). The environment still overrides."""
+    try:
+        settings = Settings(**dict(data))
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from None
+    if not allow_placeholders:
+        problems = placeholder_problems(settings)
+        if problems:
+            raise ConfigError(problems)
+    return settings
