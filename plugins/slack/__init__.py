@@ -1,1 +1,10 @@
-"""slack gateway plugin."""
+"""Slack gateway plugin: Socket Mode or Events API in, Web API out."""
+
+from claudemesh_gateway import hookimpl
+
+from .gateway import SlackGateway
+
+
+@hookimpl
+def register_gateways(register):
+    register(SlackGateway)

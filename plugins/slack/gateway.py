@@ -1,0 +1,695 @@
+"""Slack gateway: Socket Mode (default) or Events API ingress, Web API egress.
+
+Translation only. Routing, retries, rate limiting, splitting and attribution are the
+core's; this module turns Slack events into :class:`Message` and :class:`Outbound`
+into ``chat.postMessage`` / ``chat.update`` / ``chat.delete``.
+
+Acknowledgement policy (both modes): an event is acknowledged (socket envelope ack or
+HTTP 200) only *after* ``ctx.submit`` has returned, i.e. after the core's durable
+commit. Name lookups are bounded (``lookup_timeout``) so this fits Slack's 3 s window.
+A late or missing ack only makes Slack redeliver, and a redelivery carries the same
+message ``ts`` and therefore the same :attr:`Message.id`, which the core deduplicates.
+Acking first would lose the event if the process died before the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+from pydantic import ConfigDict, Field, SecretStr
+from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
+
+from claudemesh_gateway import (
+    Address,
+    Attachment,
+    BindingOptions,
+    Capabilities,
+    DeliveryError,
+    Gateway,
+    GatewayConfig,
+    GatewayState,
+    Message,
+    Outbound,
+    RateLimit,
+    SendResult,
+    StartupError,
+)
+
+from . import mrkdwn
+from .signature import SignatureVerifier
+from .wire import EventCallback, MessageEvent, SlashCommand
+
+__all__ = ["SlackGateway", "SlackConfig", "SlackBindingOptions", "RateConfig"]
+
+log = logging.getLogger(__name__)
+
+# Web API errors that will not get better by retrying the same call.
+PERMANENT_ERRORS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+    "no_permission", "missing_scope", "not_allowed_token_type", "ekm_access_denied",
+    "team_access_not_granted", "org_login_required", "not_in_channel", "channel_not_found",
+    "is_archived", "msg_too_long", "no_text", "too_many_attachments", "restricted_action",
+    "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
+    "restricted_action_non_threadable_channel", "message_not_found", "cant_update_message",
+    "cant_delete_message", "edit_window_closed", "invalid_arguments", "invalid_blocks",
+    "invalid_thread_ts", "thread_locked", "compliance_exports_prevent_deletion",
+    "duplicate_message_not_found", "channel_type_not_supported",
+})
+BAD_CREDENTIALS = frozenset({
+    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
+    "not_allowed_token_type",
+})
+# Message subtypes that carry a person's words; everything else (joins, topic changes,
+# bot_message, ...) is not relayed.
+RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
+
+
+class RateConfig(GatewayConfig):
+    """chat.postMessage "special" tier: ~1 message/s per channel with short bursts, plus a
+    workspace-wide limit (several hundred per minute)."""
+
+    per_channel_per_s: float = Field(1.0, gt=0)
+    per_channel_burst: float = Field(3.0, ge=1)
+    workspace_per_s: float = Field(4.0, gt=0)
+    workspace_burst: float = Field(20.0, ge=1)
+
+
+class SlackConfig(GatewayConfig):
+    """``[gateways.<name>]`` with ``type = "slack"``. One table per workspace/app."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)  # never echo tokens in config errors
+
+    bot_token: SecretStr  # xoxb-...
+    app_token: SecretStr | None = None  # xapp-... (mode = "socket"; scope connections:write)
+    signing_secret: SecretStr | None = None  # mode = "events" (and slash commands)
+    mode: Literal["socket", "events"] = "socket"
+    api_base: str = "https://slack.com/api/"
+    customize: bool = False  # per-message username/icon_url (scope chat:write.customize)
+    icon_url: str | None = None  # default avatar when customize = true
+    max_text: int = Field(4000, ge=200, le=40000)
+    ignore_bots: bool = True  # drop messages posted by any bot/app (our own are always dropped)
+    unfurl: bool = False  # let Slack unfurl links in relayed messages
+    lookup_timeout: float = Field(1.0, gt=0, le=2.5)  # name lookups per inbound event, seconds
+    name_cache_ttl: float = Field(3600.0, ge=0)
+    request_timeout: int = Field(10, ge=1, le=60)
+    ping_interval: float = Field(5.0, gt=0)  # Socket Mode keep-alive
+    rate: RateConfig = RateConfig()
+
+
+class SlackBindingOptions(BindingOptions):
+    """``options = {...}`` on a route binding to a Slack channel."""
+
+    thread_ts: str | None = None  # post all mesh traffic into this thread of the channel
+    allow_users: tuple[str, ...] = ()  # Slack user ids relayed from this channel (empty: all)
+    icon_url: str | None = None  # avatar for this binding (customize = true)
+    allow_mass_mentions: bool = False  # let "@here"/"@channel"/"@everyone" from the mesh ping
+
+
+class _AuthFailed(Exception):
+    def __init__(self, error: str):
+        super().__init__(error)
+        self.error = error
+
+
+class SlackGateway(Gateway):
+    kind = "slack"
+    Config = SlackConfig
+    BindingOptions = SlackBindingOptions
+    capabilities = Capabilities(
+        max_text=4000, threads=True, replies=True, edits=True, deletes=True, media=False,
+        formatting="mrkdwn",
+    )
+
+    config: SlackConfig
+
+    def __init__(self, name: str, config: SlackConfig, ctx: Any) -> None:  # ctx: GatewayContext
+        super().__init__(name, config, ctx)
+        if config.max_text != type(self).capabilities.max_text:
+            self.capabilities = Capabilities(
+                max_text=config.max_text, threads=True, replies=True, edits=True, deletes=True,
+                media=False, formatting="mrkdwn",
+            )
+        for secret in (config.bot_token, config.app_token, config.signing_secret):
+            if secret is not None:
+                ctx.register_secret(secret.get_secret_value())
+        self._web: AsyncWebClient | None = None
+        self._socket: SocketModeClient | None = None
+        self._verifier = (
+            SignatureVerifier(config.signing_secret.get_secret_value()) if config.signing_secret else None
+        )
+        self.bot_user_id: str | None = None
+        self.bot_id: str | None = None
+        self.team_id: str | None = None
+        self.resolver = mrkdwn.NameResolver(self._fetch_user, self._fetch_channel, ttl=config.name_cache_ttl)
+        self._parents: OrderedDict[tuple[str, str], str] = OrderedDict()  # (channel, ts) -> thread parent
+        self._recent: OrderedDict[str, None] = OrderedDict()  # event ids already submitted
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        if not cfg.bot_token.get_secret_value().startswith("xoxb-"):
+            raise StartupError(f"gateway {self.name}: bot_token must be a bot token (xoxb-...)")
+        if cfg.mode == "socket" and (cfg.app_token is None or not cfg.app_token.get_secret_value().startswith("xapp-")):
+            raise StartupError(f"gateway {self.name}: mode = \"socket\" needs app_token (xapp-..., connections:write)")
+        if cfg.mode == "events" and self._verifier is None:
+            raise StartupError(f"gateway {self.name}: mode = \"events\" needs signing_secret")
+        self.set_state(GatewayState.STARTING)
+        self._web = AsyncWebClient(
+            token=cfg.bot_token.get_secret_value(), base_url=cfg.api_base, session=self.ctx.http,
+            timeout=cfg.request_timeout, retry_handlers=[],  # the core retries, not the SDK
+        )
+        try:
+            await self._auth()
+            if cfg.mode == "socket":
+                await self._open_socket()
+            else:
+                self.set_state(GatewayState.CONNECTED, "events api")
+        except _AuthFailed as exc:
+            self.set_state(GatewayState.BAD_CREDENTIALS, exc.error)
+            raise StartupError(f"gateway {self.name}: Slack refused the token ({exc.error})") from None
+        except Exception as exc:  # noqa: BLE001 - network trouble at boot: keep trying in the background
+            self.set_state(GatewayState.TRANSIENT_DISCONNECT, type(exc).__name__)
+            self._spawn(self._bootstrap_loop(), "bootstrap")
+
+    async def _bootstrap_loop(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            try:
+                await self._auth()
+                if self.config.mode == "socket":
+                    await self._open_socket()
+                else:
+                    self.set_state(GatewayState.CONNECTED, "events api")
+                return
+            except _AuthFailed as exc:
+                self.set_state(GatewayState.BAD_CREDENTIALS, exc.error)
+                log.error("gateway %s: Slack refused the token (%s); not retrying", self.name, exc.error)
+                return
+            except Exception as exc:  # noqa: BLE001
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, type(exc).__name__)
+                delay = min(delay * 2, 60.0)
+
+    async def _auth(self) -> None:
+        assert self._web is not None
+        try:
+            resp = await self._web.auth_test()
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            if err in BAD_CREDENTIALS:
+                raise _AuthFailed(err) from None
+            raise RuntimeError(f"auth.test failed: {err}") from None
+        self.bot_user_id = resp.get("user_id")
+        self.bot_id = resp.get("bot_id")
+        self.team_id = resp.get("team_id")
+        log.info("gateway %s: authenticated to Slack team %s as %s", self.name, self.team_id, self.bot_user_id)
+
+    async def _open_socket(self) -> None:
+        assert self._web is not None and self.config.app_token is not None
+        app_token = self.config.app_token.get_secret_value()
+        try:
+            opened = await self._web.apps_connections_open(app_token=app_token)
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            if err in BAD_CREDENTIALS:
+                raise _AuthFailed(f"app_token: {err}") from None
+            raise RuntimeError(f"apps.connections.open failed: {err}") from None
+        client = SocketModeClient(
+            app_token=app_token, web_client=self._web, auto_reconnect_enabled=True,
+            ping_interval=self.config.ping_interval, logger=logging.getLogger(f"{__name__}.socket"),
+        )
+        client.message_listeners.append(self._on_socket_message)
+        client.socket_mode_request_listeners.append(self._on_socket_request)
+        client.on_close_listeners.append(self._on_socket_close)
+        client.wss_uri = opened["url"]
+        self._socket = client
+        # connect() retries by itself until it succeeds; reconnects on close/disconnect envelopes
+        self._spawn(client.connect(), "connect")
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        if self._socket is not None:
+            with contextlib.suppress(Exception):
+                await self._socket.close()
+            self._socket = None
+        for task in list(self._tasks):
+            if task.get_name().endswith((":bootstrap", ":connect")):
+                task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.resolver.aclose()
+        self.set_state(GatewayState.STOPPED)
+
+    def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"slack:{self.name}:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def check(self) -> list[str]:
+        warnings = []
+        if self.config.mode == "events" and self.config.app_token is not None:
+            warnings.append(f"{self.name}: app_token is unused in mode = \"events\"")
+        if self.config.customize:
+            warnings.append(
+                f"{self.name}: customize = true needs the chat:write.customize scope; "
+                "sender names then also appear as the Slack username"
+            )
+        return warnings
+
+    # -- Socket Mode -------------------------------------------------------------------------
+    async def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
+        kind = message.get("type")
+        if kind == "hello":
+            self.set_state(GatewayState.CONNECTED, "socket mode")
+        elif kind == "disconnect":
+            self.set_state(GatewayState.TRANSIENT_DISCONNECT, str(message.get("reason") or "disconnect"))
+
+    async def _on_socket_close(self, message: Any) -> None:
+        if self._started:
+            self.set_state(GatewayState.TRANSIENT_DISCONNECT, "socket closed")
+
+    async def _on_socket_request(self, client: Any, req: SocketModeRequest) -> None:
+        # Submit first, ack after: an envelope we fail to submit is left un-acked, so
+        # Slack redelivers it; a redelivery is deduplicated by the core (stable Message.id).
+        try:
+            if req.type == "events_api":
+                await self.handle_event_callback(req.payload)
+            elif req.type == "slash_commands":
+                await self.handle_slash_command(SlashCommand.model_validate(req.payload))
+        except Exception:
+            log.exception("gateway %s: could not submit socket envelope (left un-acked)", self.name)
+            return
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+
+    # -- Events API / slash commands over HTTP -------------------------------------------------
+    def web_routes(self) -> Sequence[web.RouteDef]:
+        return (web.post("/events", self._http_events), web.post("/commands", self._http_commands))
+
+    def _verified(self, request: web.Request, body: bytes) -> bool:
+        return self._verifier is not None and self._verifier.verify(request.headers, body)
+
+    async def _http_events(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if not self._verified(request, body):
+            log.warning("gateway %s: rejected Events API request with a bad or stale signature", self.name)
+            return web.Response(status=401, text="bad signature")
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return web.Response(status=400, text="bad json")
+        kind = payload.get("type")
+        if kind == "url_verification":
+            return web.json_response({"challenge": str(payload.get("challenge", ""))})
+        if kind != "event_callback":
+            return web.Response(status=200)
+        retry = request.headers.get("X-Slack-Retry-Num")
+        if retry:
+            log.debug("gateway %s: Slack retry #%s (%s)", self.name, retry, request.headers.get("X-Slack-Retry-Reason"))
+        task = self._spawn(self.handle_event_callback(payload), "event")
+        try:
+            await asyncio.shield(task)  # a dropped connection does not abort the commit
+        except Exception:
+            log.exception("gateway %s: could not submit event; Slack will retry", self.name)
+            return web.Response(status=500)
+        return web.Response(status=200)
+
+    async def _http_commands(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if not self._verified(request, body):
+            log.warning("gateway %s: rejected slash command with a bad or stale signature", self.name)
+            return web.Response(status=401, text="bad signature")
+        form = {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace")).items()}
+        cmd = SlashCommand.model_validate(form)
+        task = self._spawn(self.handle_slash_command(cmd), "command")
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            log.exception("gateway %s: could not submit slash command", self.name)
+            return web.Response(status=500)
+        return web.Response(status=200)  # empty: the core answers in the channel
+
+    # -- inbound translation --------------------------------------------------------------------
+    def _binding_for(self, channel: str) -> Any | None:
+        for b in self.ctx.bindings:
+            if b.inbound and b.address.gateway == self.name and b.address.chat == channel:
+                return b
+        return None
+
+    def _is_foreign_bot_or_own(self, m: MessageEvent, app_id: str = "") -> bool:
+        if m.subtype == "bot_message":
+            return True
+        if m.user and self.bot_user_id and m.user == self.bot_user_id:
+            return True
+        if m.bot_id:
+            if self.config.ignore_bots:
+                return True
+            # our own posts always stop here, even if auth.test has not told us our bot_id yet
+            return self.bot_id is None or m.bot_id == self.bot_id or (bool(app_id) and m.app_id == app_id)
+        return False
+
+    def _remember_parent(self, channel: str, ts: str, parent: str | None) -> None:
+        if parent and parent != ts:
+            self._parents[(channel, ts)] = parent
+            self._parents.move_to_end((channel, ts))
+            while len(self._parents) > 20000:
+                self._parents.popitem(last=False)
+
+    async def handle_event_callback(self, payload: Mapping[str, Any]) -> Any:
+        """Translate one ``event_callback`` body and submit it. Returns the SubmitResult or None."""
+        cb = EventCallback.model_validate(payload)
+        if cb.event_id and cb.event_id in self._recent:
+            return None
+        if cb.event.get("type") != "message":
+            return None
+        ev = MessageEvent.model_validate(cb.event)
+        msg = await self._to_message(ev, cb)
+        if msg is None:
+            return None
+        result = await self.ctx.submit(msg)
+        if cb.event_id:
+            self._recent[cb.event_id] = None
+            while len(self._recent) > 5000:
+                self._recent.popitem(last=False)
+        return result
+
+    async def _to_message(self, ev: MessageEvent, cb: EventCallback) -> Message | None:
+        channel = ev.channel
+        binding = self._binding_for(channel)
+        if binding is None:
+            return None
+        team = cb.team_id or ev.team or self.team_id or "-"
+        base = f"slack:{self.name}:{team}:{channel}"
+        app_id = cb.api_app_id
+        raw: dict[str, Any] = {"team": team, "event_id": cb.event_id}
+
+        if ev.subtype == "message_changed" and ev.message is not None:
+            inner = ev.message
+            if inner.subtype == "tombstone":  # a thread parent deleted while it has replies
+                return await self._delete(base, channel, inner.ts, inner.thread_ts, ev.previous_message, raw)
+            if self._is_foreign_bot_or_own(inner, app_id) or not self._user_allowed(binding, inner.user):
+                return None
+            prev = ev.previous_message
+            if prev is not None and prev.text == inner.text and len(prev.files) == len(inner.files):
+                return None  # reply counts, unfurls, pins: nothing a reader would call an edit
+            edited = inner.edited.ts if inner.edited and inner.edited.ts else (ev.ts or ev.event_ts or "")
+            thread = inner.thread_ts if inner.is_thread_reply else None
+            return await self._build(
+                f"{base}:{inner.ts}:edit:{edited}", channel, inner, thread, raw, edit_of=inner.ts,
+            )
+        if ev.subtype == "message_deleted":
+            if not ev.deleted_ts:
+                return None
+            return await self._delete(base, channel, ev.deleted_ts, None, ev.previous_message, raw)
+        if ev.subtype not in RELAYED_SUBTYPES or ev.hidden:
+            return None
+        if self._is_foreign_bot_or_own(ev, app_id) or not self._user_allowed(binding, ev.user):
+            return None
+        thread = ev.thread_ts if ev.is_thread_reply else None
+        self._remember_parent(channel, ev.ts, thread)
+        return await self._build(f"{base}:{ev.ts}", channel, ev, thread, raw)
+
+    def _user_allowed(self, binding: Any, user: str | None) -> bool:
+        opts = _options(binding.options)
+        return not opts.allow_users or (user or "") in opts.allow_users
+
+    async def _delete(
+        self, base: str, channel: str, ts: str, thread_ts: str | None, prev: MessageEvent | None,
+        raw: dict[str, Any],
+    ) -> Message | None:
+        if prev is not None and self._is_foreign_bot_or_own(prev):
+            return None
+        user = prev.user if prev is not None else None
+        thread = (prev.thread_ts if prev is not None and prev.is_thread_reply else None) or (
+            thread_ts if thread_ts and thread_ts != ts else None
+        )
+        if user:
+            await self.resolver.resolve({user}, set(), self.config.lookup_timeout)
+        return Message(
+            id=f"{base}:{ts}:delete", origin=Address(self.name, channel, thread),
+            sender=(self.resolver.user(user) if user else None) or user or "slack", sender_id=user or "",
+            native_id=ts, edit_of=ts, deleted=True, reply_to=thread, created=_ts_time(ts),
+            raw=MappingProxyType(raw),
+        )
+
+    async def _build(
+        self, msg_id: str, channel: str, ev: MessageEvent, thread: str | None, raw: dict[str, Any],
+        *, edit_of: str | None = None,
+    ) -> Message:
+        user = ev.user or ""
+        if ev.user_profile is not None and user:
+            p = ev.user_profile
+            self.resolver.prime_user(user, p.display_name or p.real_name or p.name)
+        users, channels = mrkdwn.referenced_ids(ev.text)
+        if user:
+            users.add(user)
+        await self.resolver.resolve(users, channels, self.config.lookup_timeout)
+        text = mrkdwn.to_readable(ev.text, self.resolver.user, self.resolver.channel)
+        if ev.subtype == "me_message":
+            text = f"_{text}_"
+        attachments = tuple(
+            Attachment(
+                name=f.name or f.title or f.id or "file",
+                content_type=f.mimetype or "application/octet-stream",
+                size=f.size,
+                caption=f.title if f.title and f.title != f.name else "",
+            )
+            for f in ev.files
+        )
+        if ev.files:
+            # references only: url_private needs the bot token as a header; never in a URL
+            raw["files"] = tuple(
+                MappingProxyType({"id": f.id, "url_private": f.url_private, "permalink": f.permalink})
+                for f in ev.files
+            )
+        return Message(
+            id=msg_id, origin=Address(self.name, channel, thread),
+            sender=self.resolver.user(user) or user or ev.username or "slack", sender_id=user,
+            text=text, native_id=ev.ts, reply_to=thread, edit_of=edit_of, attachments=attachments,
+            created=_ts_time(ev.ts), raw=MappingProxyType(raw),
+        )
+
+    async def handle_slash_command(self, cmd: SlashCommand) -> Any:
+        """``/mesh <cmd> args`` -> an in-chat command message (the core answers in the channel)."""
+        text = cmd.text.strip()
+        if not text:
+            text = "help"
+        if not text.startswith("/"):
+            text = "/" + text
+        if cmd.user_id and cmd.user_name:
+            self.resolver.prime_user(cmd.user_id, cmd.user_name)
+        team = cmd.team_id or self.team_id or "-"
+        ident = cmd.trigger_id or f"{cmd.user_id}:{hash(cmd.text)}"
+        msg = Message(
+            id=f"slack:{self.name}:{team}:{cmd.channel_id}:cmd:{ident}",
+            origin=Address(self.name, cmd.channel_id), sender=self.resolver.user(cmd.user_id) or cmd.user_name,
+            sender_id=cmd.user_id, text=text, is_command=True,
+        )
+        return await self.ctx.submit(msg)
+
+    async def _fetch_user(self, uid: str) -> str | None:
+        resp = await self._lookup_call("users_info", user=uid)
+        if resp is None:
+            return None
+        user = resp.get("user") or {}
+        profile = user.get("profile") or {}
+        return (
+            profile.get("display_name") or profile.get("real_name") or user.get("real_name")
+            or user.get("name") or None
+        )
+
+    async def _fetch_channel(self, cid: str) -> str | None:
+        resp = await self._lookup_call("conversations_info", channel=cid)
+        if resp is None:
+            return None
+        return (resp.get("channel") or {}).get("name") or None
+
+    async def _lookup_call(self, method: str, **kwargs: Any) -> Any | None:
+        if self._web is None:
+            return None
+        try:
+            return await getattr(self._web, method)(**kwargs)
+        except SlackApiError as exc:
+            retry_after = _retry_after(exc)
+            if retry_after is not None:
+                raise mrkdwn.LookupRateLimited(retry_after) from None
+            log.info("gateway %s: %s failed: %s", self.name, method, _error_code(exc))
+            return None
+
+    # -- egress ------------------------------------------------------------------------------------
+    def rate_limits(self, to: Address) -> Sequence[RateLimit]:
+        r = self.config.rate
+        return (
+            RateLimit(scope=f"slack:{self.name}:channel:{to.chat}", per_second=r.per_channel_per_s,
+                      burst=r.per_channel_burst),
+            RateLimit(scope=f"slack:{self.name}:workspace", per_second=r.workspace_per_s, burst=r.workspace_burst),
+        )
+
+    def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
+        return mrkdwn.escape(text)
+
+    def _final_text(self, out: Outbound, opts: SlackBindingOptions) -> str:
+        # escape again here: idempotent, and it also covers text rendered by another plugin's
+        # render_text hook. Mesh text can never carry a live <!channel>/<@U...> into Slack.
+        text = mrkdwn.escape(out.text)
+        if opts.allow_mass_mentions or _truthy(out.options.get("allow_mass_mentions")):
+            text = mrkdwn.enable_mass_mentions(text)
+        if out.attachments and out.part == 1:
+            lines = [a.describe() + (f" {a.url}" if a.url else "") for a in out.attachments]
+            text = "\n".join([text, *map(mrkdwn.escape, lines)]) if text else "\n".join(map(mrkdwn.escape, lines))
+        return text or "\u200b"
+
+    def _thread_for(self, out: Outbound, opts: SlackBindingOptions) -> str | None:
+        channel = out.to.chat
+        if out.reply_to:
+            # Slack threads hang off the parent: a reply to a reply goes into the parent's thread
+            return self._parents.get((channel, out.reply_to), out.reply_to)
+        return out.to.thread or opts.thread_ts
+
+    async def send(self, out: Outbound) -> SendResult:
+        if self._web is None:
+            raise DeliveryError(f"slack gateway {self.name} is not started")
+        opts = _options(out.options)
+        channel = out.to.chat
+        if out.message.deleted:
+            if not out.edit_of:
+                return SendResult()
+            try:
+                await self._api("chat_delete", channel=channel, ts=out.edit_of)
+            except DeliveryError as exc:
+                if getattr(exc, "slack_error", "") != "message_not_found":
+                    raise
+            return SendResult(native_ids=(out.edit_of,), thread=self._parents.get((channel, out.edit_of)))
+        text = self._final_text(out, opts)
+        if out.edit_of:
+            await self._api("chat_update", channel=channel, ts=out.edit_of, text=text)
+            return SendResult(native_ids=(out.edit_of,), thread=self._parents.get((channel, out.edit_of)))
+        kwargs: dict[str, Any] = {
+            "channel": channel, "text": text, "unfurl_links": self.config.unfurl, "unfurl_media": self.config.unfurl,
+        }
+        thread = self._thread_for(out, opts)
+        if thread:
+            kwargs["thread_ts"] = thread
+        if self.config.customize:
+            if out.message.sender:
+                kwargs["username"] = out.message.sender[:80]
+            icon = opts.icon_url or self.config.icon_url
+            if icon:
+                kwargs["icon_url"] = icon
+        resp = await self._api("chat_postMessage", **kwargs)
+        ts = str(resp.get("ts") or "")
+        if ts:
+            self._remember_parent(channel, ts, thread)
+        return SendResult(native_ids=(ts,) if ts else (), thread=thread)
+
+    async def _api(self, method: str, **kwargs: Any) -> Any:
+        assert self._web is not None
+        what = method.replace("_", ".", 1)
+        try:
+            return await getattr(self._web, method)(**kwargs)
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            retry_after = _retry_after(exc)
+            if retry_after is not None:
+                raise _delivery_error(f"slack {what}: rate limited", retry_after=retry_after, slack_error=err) from None
+            if err in BAD_CREDENTIALS:
+                self.set_state(GatewayState.BAD_CREDENTIALS, err)
+            if err == "missing_scope" and "username" in kwargs:
+                err = "missing_scope (customize = true needs chat:write.customize)"
+            permanent = err.split(" ", 1)[0] in PERMANENT_ERRORS
+            status = exc.response.status_code if exc.response is not None else 0
+            if status >= 500:
+                permanent = False
+            raise _delivery_error(f"slack {what}: {err}", permanent=permanent, slack_error=err) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _delivery_error(f"slack {what}: {type(exc).__name__}") from None
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _delivery_error(
+    msg: str, *, permanent: bool = False, retry_after: float | None = None, slack_error: str = "",
+) -> DeliveryError:
+    exc = DeliveryError(msg, permanent=permanent, retry_after=retry_after)
+    exc.slack_error = slack_error  # type: ignore[attr-defined]
+    return exc
+
+
+def _error_code(exc: SlackApiError) -> str:
+    resp = exc.response
+    try:
+        err = resp.get("error") if resp is not None else None
+    except Exception:  # noqa: BLE001 - non-JSON body
+        err = None
+    if not err and resp is not None:
+        err = f"http {resp.status_code}"
+    return str(err or "unknown_error")
+
+
+def _retry_after(exc: SlackApiError) -> float | None:
+    resp = exc.response
+    if resp is None:
+        return None
+    headers = resp.headers or {}
+    value = None
+    for k, v in headers.items():
+        if k.lower() == "retry-after":
+            value = v[0] if isinstance(v, list | tuple) else v
+    if resp.status_code == 429 or _error_code(exc) == "ratelimited":
+        try:
+            return max(float(value), 0.0) if value is not None else 1.0
+        except ValueError:
+            return 1.0
+    return None
+
+
+def _options(raw: Any) -> SlackBindingOptions:
+    if isinstance(raw, SlackBindingOptions):
+        return raw
+    if not raw:
+        return SlackBindingOptions()
+    data = raw.model_dump() if hasattr(raw, "model_dump") else dict(raw)
+    known = {k: v for k, v in data.items() if k in SlackBindingOptions.model_fields}
+    try:
+        return SlackBindingOptions.model_validate(known)
+    except ValueError:
+        return SlackBindingOptions()
+
+
+def _truthy(v: Any) -> bool:
+    return v is True or (isinstance(v, str) and v.lower() in ("1", "true", "yes"))
+
+
+def _ts_time(ts: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(float(ts), UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
