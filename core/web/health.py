@@ -75,8 +75,8 @@ async def _delivery_stall(runtime: Runtime, cfg: HealthConfig, now: float) -> li
     started = float(getattr(runtime, "started_at", 0.0) or 0.0)
     reference = max(last, started)
     if reference and now - reference > cfg.stall_after_s:
-        return [f"delivery stalled: {len(due)} destination(s) have due items and no attempt completed for "
-                f"{now - reference:.0f}s"]
+        return [(f"delivery stalled: {len(due)} destination(s) have due items and no attempt completed for "
+                 f"{now - reference:.0f}s")]
     return []
 
 
