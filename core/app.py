@@ -1,0 +1,394 @@
+"""``create_app(settings, pm)``: the aiohttp application factory.
+
+Everything is built here, before the router freezes: gateway instances and their
+webhook sub-apps (``/gateways/<name>/``), plugin routes (``/-/plugins/<plugin>/``),
+the ``/-/`` endpoints. Everything with a start and a stop is a cleanup context,
+added in this order and torn down in reverse::
+
+    shared ClientSession + background tasks
+    store (open / close)
+    embedded dev broker (only when the CLI started one)
+    mesh peers (connect, watch the topics routes need / stop)
+    gateways, one context each (start / stop)
+    delivery engine (start / stop, draining for up to server.shutdown_timeout)
+    plugin lifespan contexts
+
+A context whose startup failed is never torn down; the ones before it are.
+Startup failures surface as :class:`StartupError` (exit code 4 from the CLI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import pluggy
+from aiohttp import web
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import ConfigError, PluginError, StartupError, WebhookAuthError
+from .events import GatewayState
+from .gateway import Gateway, GatewayConfig
+from .plugin_manager import gateway_kinds, plugin_info
+from .runtime import Runtime
+from .settings import Settings, iter_secrets, validation_problems
+
+__all__ = [
+    "RUNTIME", "SETTINGS", "PLUGIN_MANAGER", "create_app", "validate_gateways", "error_middleware",
+    "runtime_of",
+]
+
+log = logging.getLogger(__name__)
+
+# -- every AppKey of the core, in one place (the /-/ endpoints keep theirs in web/appkeys.py) ------------------
+RUNTIME: web.AppKey[Runtime] = web.AppKey("claudemesh_runtime", Runtime)
+SETTINGS: web.AppKey[Settings] = web.AppKey("claudemesh_settings", Settings)
+PLUGIN_MANAGER: web.AppKey[pluggy.PluginManager] = web.AppKey("claudemesh_pm", pluggy.PluginManager)
+
+GATEWAY_PREFIX = "/gateways"
+PLUGIN_PREFIX = "/-/plugins"
+
+
+def runtime_of(app_or_request: web.Application | web.Request) -> Runtime:
+    """The Runtime of an app, a sub-app or a request."""
+    if isinstance(app_or_request, web.Request):
+        return app_or_request.config_dict[RUNTIME]
+    return app_or_request[RUNTIME]
+
+
+# -- gateway tables ---------------------------------------------------------------------------------------------
+def validate_gateways(
+    settings: Settings, kinds: Mapping[str, type[Gateway]]
+) -> dict[str, tuple[type[Gateway], GatewayConfig]]:
+    """Validate each ``[gateways.<name>]`` table with its kind's ``Config``; one line per problem."""
+    out: dict[str, tuple[type[Gateway], GatewayConfig]] = {}
+    problems: list[str] = []
+    for name in settings.gateways:
+        kind = settings.gateway_kind(name)
+        cls = kinds.get(kind)
+        if cls is None:
+            known = ", ".join(sorted(kinds)) or "none"
+            where = f"gateways.{name}.type" if "type" in settings.gateways[name] else f"gateways.{name}"
+            problems.append(f"{where}: unknown gateway kind {kind!r} (installed kinds: {known})")
+            continue
+        try:
+            cfg = cls.Config.model_validate(settings.gateway_table(name))
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, prefix=f"gateways.{name}"))
+            continue
+        out[name] = (cls, cfg)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+# -- middleware ------------------------------------------------------------------------------------------------------
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """JSON errors that never leak internals; 503 for webhooks while draining (the vendor retries)."""
+    runtime = request.config_dict.get(RUNTIME)
+    if runtime is not None and runtime.draining and request.path.startswith(GATEWAY_PREFIX + "/"):
+        return web.json_response({"error": "draining, retry later"}, status=503, headers={"Retry-After": "5"})
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except WebhookAuthError:
+        log.warning("rejected %s %s: bad signature", request.method, request.path)
+        return web.json_response({"error": "forbidden"}, status=403)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response({"error": "internal server error"}, status=500)
+
+
+# -- minimal /-/ endpoints (the web package adds ready/metrics/admin/dashboard) -------------------------------------
+async def _health(request: web.Request) -> web.Response:
+    runtime = runtime_of(request)
+    states = {
+        name: {"state": str(state), "detail": detail, "since": since}
+        for name, (state, detail, since) in sorted(runtime.states.items())
+    }
+    status = "draining" if runtime.draining else "ok"
+    return web.json_response({"status": status, "version": __version__, "uptime_s": round(runtime.uptime, 1),
+                              "components": states})
+
+
+async def _plugins_json(request: web.Request) -> web.Response:
+    return web.json_response(plugin_info(runtime_of(request).pm))
+
+
+def _add_missing_routes(app: web.Application, routes: list[web.RouteDef]) -> None:
+    existing = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    app.router.add_routes([r for r in routes if (r.method, r.path) not in existing])
+
+
+def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
+    try:
+        web_pkg = importlib.import_module("claudemesh_gateway.web")
+    except ModuleNotFoundError as exc:
+        if exc.name and "claudemesh_gateway.web".startswith(exc.name):
+            web_pkg = None
+        else:
+            raise
+    setup_web = getattr(web_pkg, "setup_web", None) if web_pkg is not None else None
+    if setup_web is not None:
+        setup_web(app, runtime)
+    _add_missing_routes(app, [web.get("/-/health", _health), web.get("/-/plugins.json", _plugins_json)])
+
+
+# -- adapters to the parts other modules own --------------------------------------------------------------------------
+def _open_store(settings: Settings) -> Any:
+    from .store.sqlite import SqliteStore
+
+    path = settings.server.store
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStore(path)
+
+
+def _build_routing(runtime: Runtime) -> None:
+    """Route table + pipeline (claudemesh_gateway.routing)."""
+    from . import routing
+
+    table = routing.RouteTable.from_settings(runtime.settings, runtime.gateways)
+    runtime.routes = table
+    runtime.pipeline = routing.Pipeline(runtime)
+
+
+def _build_keyring(runtime: Runtime) -> Any:
+    from .keys import KeyRing
+
+    return KeyRing.from_settings(runtime.settings)
+
+
+def _build_delivery(runtime: Runtime) -> Any:
+    from .delivery import DeliveryEngine
+
+    return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery, emit=runtime.emit)
+
+
+def _mesh_topics(runtime: Runtime, mesh: str) -> list[str]:
+    routes = runtime.routes
+    if routes is None:
+        return []
+    return sorted(routes.watched_topics(mesh))
+
+
+# -- cleanup contexts ----------------------------------------------------------------------------------------------------
+def _http_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=60, connect=15)
+        runtime.http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": f"claudemesh-gateway/{__version__}"})
+        yield
+        await runtime.supervisor.aclose(grace=min(5.0, runtime.settings.server.shutdown_timeout))
+        await runtime.http.close()
+        runtime.http = None
+
+    return ctx
+
+
+def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        s = store if store is not None else _open_store(runtime.settings)
+        try:
+            await s.open()
+        except Exception as exc:
+            raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
+        runtime.store = s
+        log.info("store open")
+        yield
+        await s.close()
+        log.info("store closed")
+
+    return ctx
+
+
+def _dev_broker_ctx(runtime: Runtime, broker: Any) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # the CLI started it before loading the includes it writes; we only own its shutdown
+        runtime.dev_broker = broker
+        yield
+        await broker.stop()
+        log.info("embedded dev broker stopped")
+
+    return ctx
+
+
+def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from .mesh import MeshPeer
+
+        settings = runtime.settings
+        if settings.mesh:
+            runtime.keyring = _build_keyring(runtime)
+        started: list[Any] = []
+        try:
+            for name, cfg in settings.mesh.items():
+                peer = MeshPeer(
+                    name, cfg, kv=runtime.store, keyring=runtime.keyring,
+                    on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
+                    on_state=_mesh_state_callback(runtime, name),
+                )
+                runtime.meshes[name] = peer
+                runtime.set_state(name, GatewayState.STARTING)
+                await peer.start()
+                started.append(peer)
+                for topic in _mesh_topics(runtime, name):
+                    runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}")
+        except Exception as exc:
+            for peer in reversed(started):
+                await _stop_quietly(peer.stop(), f"mesh {peer.name}")
+            raise StartupError(f"mesh could not start: {exc}") from exc
+        yield
+        for name, peer in reversed(list(runtime.meshes.items())):
+            await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
+            runtime.set_state(name, GatewayState.STOPPED)
+
+    return ctx
+
+
+def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
+    mapping = {
+        "connecting": GatewayState.STARTING,
+        "connected": GatewayState.CONNECTED,
+        "backoff": GatewayState.TRANSIENT_DISCONNECT,
+        "terminal": GatewayState.BAD_CREDENTIALS,
+        "stopped": GatewayState.STOPPED,
+    }
+
+    def on_state(state: Any, detail: str = "") -> None:
+        value = getattr(state, "value", state)
+        runtime.set_state(name, mapping.get(str(value), GatewayState.TRANSIENT_DISCONNECT), detail or "")
+
+    return on_state
+
+
+async def _watch(peer: Any, mesh: str, topic: str) -> None:
+    await peer.watch_topic(topic)
+    log.info("watching %s #%s", mesh, topic, extra={"mesh": mesh})
+
+
+async def _stop_quietly(aw: Any, what: str, timeout: float | None = None) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        log.warning("%s did not stop within %.1fs", what, timeout or 0)
+    except Exception:
+        log.exception("%s failed to stop cleanly", what)
+
+
+def _gateway_ctx(runtime: Runtime, gw: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        name = gw.name
+        runtime.set_state(name, GatewayState.STARTING)
+        try:
+            await gw.start()
+        except Exception as exc:
+            runtime.set_state(name, GatewayState.STOPPED, "failed to start")
+            raise StartupError(f"gateway {name} could not start: {type(exc).__name__}: {exc}") from exc
+        if runtime.states.get(name, (None,))[0] == GatewayState.STARTING and gw.state == GatewayState.STOPPED:
+            # a gateway without a connection of its own (webhook-only) never reports: started is up
+            runtime.set_state(name, GatewayState.CONNECTED)
+        log.info("gateway %s started", name, extra={"gateway": name})
+        yield
+        await _stop_quietly(gw.stop(), f"gateway {name}", timeout=runtime.settings.server.shutdown_timeout)
+        runtime.set_state(name, GatewayState.STOPPED)
+        log.info("gateway %s stopped", name, extra={"gateway": name})
+
+    return ctx
+
+
+def _delivery_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = _build_delivery(runtime)
+        runtime.delivery = engine
+        await engine.start()
+        yield
+        await engine.stop(runtime.settings.server.shutdown_timeout)
+        log.info("delivery engine stopped")
+
+    return ctx
+
+
+async def _mark_draining(app: web.Application) -> None:
+    runtime = app[RUNTIME]
+    runtime.draining = True
+    log.info("shutting down: draining")
+
+
+# -- the factory -----------------------------------------------------------------------------------------------------------
+def create_app(
+    settings: Settings,
+    pm: pluggy.PluginManager,
+    *,
+    dev_broker: Any | None = None,
+    store: Any | None = None,
+) -> web.Application:
+    """Build the application. Raises ConfigError (bad gateway tables or routes) or PluginError.
+
+    ``dev_broker``: an already started DevBroker the app stops on shutdown (CLI ``run``).
+    ``store``: a Store instance instead of the SQLite file at ``server.store`` (tests).
+    """
+    runtime = Runtime(settings, pm)
+    app = web.Application(middlewares=[error_middleware])
+    runtime.app = app
+    app[RUNTIME] = runtime
+    app[SETTINGS] = settings
+    app[PLUGIN_MANAGER] = pm
+
+    kinds = gateway_kinds(pm)
+    configs = validate_gateways(settings, kinds)
+    from .logconfig import register_secrets
+
+    for _, cfg in configs.values():  # validated models now know which fields are SecretStr
+        register_secrets(iter_secrets(cfg))
+
+    for name, (cls, cfg) in configs.items():
+        try:
+            gw = cls(name, cfg, runtime.context_for(name))
+        except Exception as exc:
+            raise PluginError(f"gateway {name} ({cls.kind}) could not be created: {type(exc).__name__}: {exc}") from exc
+        runtime.gateways[name] = gw
+    _build_routing(runtime)
+
+    # HTTP surface, all of it before the router freezes
+    for name, gw in runtime.gateways.items():
+        routes = list(gw.web_routes())
+        if routes:
+            sub = web.Application()
+            sub.add_routes(routes)
+            app.add_subapp(f"{GATEWAY_PREFIX}/{name}/", sub)
+    for impl in reversed(pm.hook.register_web_routes.get_hookimpls()):
+        try:
+            extra = impl.function(*({"app": app}[a] for a in impl.argnames))
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} failed in register_web_routes(): {exc}") from exc
+        if extra:
+            sub = web.Application()
+            sub.add_routes(list(extra))
+            app.add_subapp(f"{PLUGIN_PREFIX}/{impl.plugin_name}/", sub)
+    _setup_ops_endpoints(app, runtime)
+
+    app.on_shutdown.append(_mark_draining)
+    app.cleanup_ctx.append(_http_ctx(runtime))
+    app.cleanup_ctx.append(_store_ctx(runtime, store))
+    if dev_broker is not None:
+        app.cleanup_ctx.append(_dev_broker_ctx(runtime, dev_broker))
+    app.cleanup_ctx.append(_meshes_ctx(runtime))
+    for gw in runtime.gateways.values():
+        app.cleanup_ctx.append(_gateway_ctx(runtime, gw))
+    app.cleanup_ctx.append(_delivery_ctx(runtime))
+    for impl in reversed(pm.hook.lifespan.get_hookimpls()):
+        try:
+            fn = impl.function(*({"app": app}[a] for a in impl.argnames))
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} failed in lifespan(): {exc}") from exc
+        if fn is not None:
+            app.cleanup_ctx.append(fn)
+    return app
