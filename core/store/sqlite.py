@@ -1,0 +1,734 @@
+"""SQLite backend of the :class:`~claudemesh_gateway.store.base.Store` protocol.
+
+Layout
+------
+* One **writer** connection, driven by one asyncio task. Every write is queued as
+  a small synchronous operation plus a future. The writer drains the whole queue,
+  runs the operations inside ONE transaction (each under its own SAVEPOINT, so a
+  failing operation rolls back alone and fails only its own future), commits, and
+  only then resolves the futures. ``await store.accept(...)`` therefore returns
+  after *its* commit, while thousands of concurrent callers share each commit
+  (group commit).
+* One **reader** connection (``query_only``) for everything that only reads. In WAL
+  mode readers never block the writer and always see the last committed state.
+
+Durability
+----------
+WAL journal. ``synchronous`` defaults to ``FULL``: every commit fsyncs the WAL, so a
+message acknowledged to its source survives a power cut, not only a process crash.
+Group commit makes that affordable (one fsync per batch, not per message). With
+``synchronous="NORMAL"`` a commit survives a crash of the process but the last
+batches may be lost on power loss or kernel panic (the database never corrupts).
+
+Both connections are driven through aiosqlite's worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from ..errors import StartupError
+from .base import DeadLetter, OutboxItem
+
+__all__ = ["SqliteStore", "SCHEMA_VERSION"]
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+MIN_INBOX_TTL = 8 * DAY  # vendors redeliver for up to 24 h; mesh history can be re-polled for days
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.loads
+
+# -- schema ----------------------------------------------------------------------------------------
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS inbox (
+    id        TEXT PRIMARY KEY,
+    seen_at   REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS inbox_seen_at ON inbox(seen_at);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane        TEXT NOT NULL,
+    route       TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  REAL NOT NULL DEFAULT 0,
+    progress    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT NOT NULL DEFAULT '',
+    enqueued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox(lane, id);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    lane        TEXT NOT NULL,
+    route       TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    options     TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    not_before  REAL NOT NULL,
+    progress    INTEGER NOT NULL,
+    last_error  TEXT NOT NULL,
+    enqueued_at REAL NOT NULL,
+    reason      TEXT NOT NULL,
+    failed_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_failed_at ON dead_letters(failed_at);
+
+CREATE TABLE IF NOT EXISTS message_map (
+    origin_id  TEXT NOT NULL,
+    lane       TEXT NOT NULL,
+    part       INTEGER NOT NULL,
+    native_id  TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (origin_id, lane, part)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_map_native ON message_map(native_id, lane);
+CREATE INDEX IF NOT EXISTS message_map_created ON message_map(created_at);
+
+CREATE TABLE IF NOT EXISTS kv (
+    namespace  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts     REAL NOT NULL,
+    actor  TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
+"""
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    for stmt in _SCHEMA_V1.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+# (target version, function). Append new steps; never edit a released one.
+MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
+    (1, _migrate_v1),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to :data:`SCHEMA_VERSION`, one transaction per step. Returns the old version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    if current > SCHEMA_VERSION:
+        raise StartupError(
+            f"the store schema is version {current}, newer than this gateway understands "
+            f"({SCHEMA_VERSION}); upgrade claudemesh-gateway or restore a backup"
+        )
+    for version, step in MIGRATIONS:
+        if version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            step(conn)
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("store schema migrated to version %d", version)
+    return current
+
+
+# -- row <-> item ---------------------------------------------------------------------------------
+
+_OUTBOX_COLS = "id, lane, route, destination, message, options, attempts, not_before, progress, last_error, enqueued_at"
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (lane, route, destination, message, options, attempts, not_before, progress,"
+    " last_error, enqueued_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _item_from_row(r: Sequence[Any]) -> OutboxItem:
+    return OutboxItem(
+        id=r[0], lane=r[1], route=r[2], destination=_loads(r[3]), message=_loads(r[4]),
+        options=_loads(r[5]), attempts=r[6], not_before=r[7], progress=r[8], last_error=r[9],
+        enqueued_at=r[10],
+    )
+
+
+def _item_row(item: OutboxItem, now: float) -> tuple[Any, ...]:
+    return (
+        item.lane, item.route, _dumps(item.destination), _dumps(item.message), _dumps(item.options),
+        item.attempts, item.not_before, item.progress, item.last_error, item.enqueued_at or now,
+    )
+
+
+def _prefix_upper(prefix: str) -> str:
+    """Smallest string greater than every string starting with ``prefix`` (for range scans)."""
+    return prefix + "\U0010ffff"
+
+
+# -- write operations (run in the writer thread, inside the batch transaction) ----------------------
+
+def _op_accept(c: sqlite3.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]]) -> bool:
+    if c.execute("INSERT OR IGNORE INTO inbox (id, seen_at) VALUES (?, ?)", (message_id, now)).rowcount == 0:
+        return False
+    if rows:
+        c.executemany(_INSERT_OUTBOX, rows)
+    return True
+
+
+def _op_enqueue(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    ids = []
+    for row in rows:
+        ids.append(c.execute(_INSERT_OUTBOX, row).lastrowid)
+    return ids
+
+
+def _op_progress(c: sqlite3.Connection, item_id: int, parts_done: int) -> None:
+    c.execute("UPDATE outbox SET progress = ? WHERE id = ?", (parts_done, item_id))
+
+
+def _op_complete(c: sqlite3.Connection, item_id: int) -> None:
+    c.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+
+def _op_complete_many(c: sqlite3.Connection, ids: list[tuple[int]]) -> None:
+    c.executemany("DELETE FROM outbox WHERE id = ?", ids)
+
+
+def _op_reschedule(c: sqlite3.Connection, item_id: int, not_before: float, attempts: int, error: str) -> None:
+    c.execute(
+        "UPDATE outbox SET not_before = ?, attempts = ?, last_error = ? WHERE id = ?",
+        (not_before, attempts, error, item_id),
+    )
+
+
+def _op_dead_letter(c: sqlite3.Connection, item_id: int, reason: str, now: float) -> bool:
+    cur = c.execute(
+        f"INSERT OR REPLACE INTO dead_letters ({_OUTBOX_COLS}, reason, failed_at)"
+        f" SELECT {_OUTBOX_COLS}, ?, ? FROM outbox WHERE id = ?",
+        (reason, now, item_id),
+    )
+    if cur.rowcount == 0:
+        return False
+    c.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+    return True
+
+
+def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
+    if ids is None:
+        return "", ()
+    ids = [int(i) for i in ids]
+    return f" WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
+
+
+def _op_dlq_retry(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
+    if ids is not None and not ids:
+        return 0
+    where, args = _id_filter(ids)
+    # Back under their original id (AUTOINCREMENT never reuses one), so a retried item keeps its
+    # place in its lane's order; attempts, not_before and the last error start afresh; progress is
+    # kept so parts already delivered are not sent twice.
+    cur = c.execute(
+        "INSERT OR IGNORE INTO outbox (id, lane, route, destination, message, options, attempts, not_before,"
+        " progress, last_error, enqueued_at) SELECT id, lane, route, destination, message, options, 0, 0,"
+        f" progress, '', enqueued_at FROM dead_letters{where}",
+        args,
+    )
+    moved = cur.rowcount
+    # Only rows now in the outbox leave the dead letters (an id clash, impossible with
+    # AUTOINCREMENT, would leave the dead letter where it is rather than lose it).
+    cond = where.replace(" WHERE ", " AND ") if where else ""
+    c.execute(f"DELETE FROM dead_letters WHERE id IN (SELECT id FROM outbox){cond}", args)
+    return moved
+
+
+def _op_dlq_drop(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
+    if ids is not None and not ids:
+        return 0
+    where, args = _id_filter(ids)
+    return c.execute(f"DELETE FROM dead_letters{where}", args).rowcount
+
+
+def _op_map_put(c: sqlite3.Connection, origin_id: str, lane: str, native_ids: Sequence[str], now: float) -> None:
+    c.execute("DELETE FROM message_map WHERE origin_id = ? AND lane = ?", (origin_id, lane))
+    c.executemany(
+        "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)",
+        [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)],
+    )
+
+
+def _op_kv_set(c: sqlite3.Connection, ns: str, key: str, value: str, now: float) -> None:
+    c.execute(
+        "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?,?,?,?)"
+        " ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        (ns, key, value, now),
+    )
+
+
+def _op_kv_delete(c: sqlite3.Connection, ns: str, key: str) -> None:
+    c.execute("DELETE FROM kv WHERE namespace = ? AND key = ?", (ns, key))
+
+
+def _op_audit(c: sqlite3.Connection, now: float, actor: str, action: str, detail: str) -> None:
+    c.execute("INSERT INTO audit (ts, actor, action, detail) VALUES (?,?,?,?)", (now, actor, action, detail))
+
+
+def _op_purge(
+    c: sqlite3.Connection, inbox_before: float, map_before: float, audit_before: float
+) -> dict[str, int]:
+    return {
+        "inbox": c.execute("DELETE FROM inbox WHERE seen_at < ?", (inbox_before,)).rowcount,
+        "message_map": c.execute("DELETE FROM message_map WHERE created_at < ?", (map_before,)).rowcount,
+        "audit": c.execute("DELETE FROM audit WHERE ts < ?", (audit_before,)).rowcount,
+    }
+
+
+def _op_sql(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
+    return c.execute(sql, args).rowcount
+
+
+_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
+    """Run ``ops`` in one transaction, each under a savepoint. Runs in the writer thread."""
+    results: list[tuple[bool, Any]] = []
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, args, _fut in ops:
+            c.execute("SAVEPOINT op")
+            try:
+                r = fn(c, *args)
+            except Exception as e:  # noqa: BLE001 - handed to the caller's future
+                c.execute("ROLLBACK TO op")
+                c.execute("RELEASE op")
+                results.append((False, e))
+            else:
+                c.execute("RELEASE op")
+                results.append((True, r))
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            try:
+                c.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("store: rollback after a failed batch failed")
+        raise
+    return results
+
+
+# -- read operations (run in the reader thread) ------------------------------------------------------
+
+def _rd_head(c: sqlite3.Connection, lane: str) -> OutboxItem | None:
+    r = c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT 1", (lane,)).fetchone()
+    return _item_from_row(r) if r else None
+
+
+def _rd_peek(c: sqlite3.Connection, lane: str, limit: int) -> list[OutboxItem]:
+    rows = c.execute(
+        f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT ?", (lane, limit)
+    ).fetchall()
+    return [_item_from_row(r) for r in rows]
+
+
+_HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
+
+
+def _rd_ready_lanes(c: sqlite3.Connection, now: float) -> list[str]:
+    rows = c.execute(
+        f"SELECT o.lane FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before <= ? ORDER BY o.id",
+        (now,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _rd_next_due(c: sqlite3.Connection, now: float) -> float | None:
+    r = c.execute(
+        f"SELECT MIN(o.not_before) FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before > ?",
+        (now,),
+    ).fetchone()
+    return r[0] if r else None
+
+
+def _rd_all(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    return c.execute(sql, args).fetchall()
+
+
+def _rd_one(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Any:
+    return c.execute(sql, args).fetchone()
+
+
+def _rd_backup(c: sqlite3.Connection, dest: str) -> None:
+    target = sqlite3.connect(dest)
+    try:
+        c.backup(target)  # one step: a consistent snapshot of the last commit
+    finally:
+        target.close()
+
+
+# -- the store -----------------------------------------------------------------------------------------
+
+class SqliteStore:
+    """The default durable store. See the module docstring for the design.
+
+    :param path: database file (created with its directory); ``":memory:"`` is refused
+        because the writer and the reader need the same database.
+    :param synchronous: ``"FULL"`` (default, power-loss safe) or ``"NORMAL"`` (crash safe).
+    :param inbox_ttl: seconds a message id stays in the dedup ledger (>= 8 days).
+    :param map_ttl: seconds a message-map row is kept (replies/edits to older messages
+        are sent unthreaded).
+    :param audit_ttl: seconds audit rows are kept.
+    :param purge_interval: seconds between automatic purges (0 disables the task).
+    :param max_batch: most operations committed in one transaction.
+    :param clock: wall clock (epoch seconds), injectable for tests.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        inbox_ttl: float = 10 * DAY,
+        map_ttl: float = 30 * DAY,
+        audit_ttl: float = 90 * DAY,
+        purge_interval: float = 3600.0,
+        max_batch: int = 5000,
+        busy_timeout_ms: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if str(path) == ":memory:" or str(path).startswith("file::memory:"):
+            raise ValueError("SqliteStore needs a file path (writer and reader share the database)")
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError("synchronous must be FULL or NORMAL")
+        if inbox_ttl < MIN_INBOX_TTL:
+            raise ValueError("inbox_ttl must be at least 8 days (vendors and meshes redeliver late)")
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.inbox_ttl = inbox_ttl
+        self.map_ttl = map_ttl
+        self.audit_ttl = audit_ttl
+        self.purge_interval = purge_interval
+        self.max_batch = max_batch
+        self.busy_timeout_ms = busy_timeout_ms
+        self.clock = clock
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._pending: list[_Op] = []
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._purger: asyncio.Task[None] | None = None
+        self._closing = False
+        # counters for metrics
+        self.batches = 0
+        self.ops = 0
+        self.op_errors = 0
+        self.batch_errors = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._w is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        w = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
+        try:
+            await w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            mode = await (await w.execute("PRAGMA journal_mode = WAL")).fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StartupError(f"could not put the store {self.path} in WAL mode (got {mode!r})")
+            await w.execute(f"PRAGMA synchronous = {self.synchronous}")
+            await w.execute("PRAGMA foreign_keys = ON")
+            await w.execute("PRAGMA temp_store = MEMORY")
+            await self._call(w, migrate)
+            r = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
+            try:
+                await r.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                await r.execute("PRAGMA query_only = ON")
+            except BaseException:
+                await r.close()
+                raise
+        except BaseException:
+            await w.close()
+            raise
+        self._w, self._r = w, r
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._writer_loop(), name="store-writer")
+        if self.purge_interval > 0:
+            self._purger = asyncio.create_task(self._purge_loop(), name="store-purge")
+        log.info("store opened: %s (WAL, synchronous=%s)", self.path, self.synchronous)
+
+    async def close(self) -> None:
+        if self._w is None:
+            return
+        self._closing = True
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
+        assert self._wake is not None
+        self._wake.set()
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)  # drains what is queued
+            self._writer = None
+        w, r = self._w, self._r
+        self._w = self._r = None
+        try:
+            if r is not None:
+                await r.close()
+        finally:
+            try:
+                await w.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                log.debug("PRAGMA optimize failed on close", exc_info=True)
+            await w.close()
+        log.info("store closed: %s", self.path)
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    @staticmethod
+    async def _call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
+        # aiosqlite runs ``fn`` in the connection's own thread: one hop for a whole batch/query.
+        return await conn._execute(fn, conn._conn, *args)  # noqa: SLF001
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        if self._w is None or self._closing:
+            raise RuntimeError("the store is not open")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, fut))
+        assert self._wake is not None
+        self._wake.set()
+        return fut
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._submit(fn, *args)
+
+    async def _writer_loop(self) -> None:
+        assert self._wake is not None and self._w is not None
+        w = self._w
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if len(self._pending) <= self.max_batch:
+                batch, self._pending = self._pending, []
+            else:
+                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            try:
+                results = await self._call(w, _run_batch, batch)
+            except asyncio.CancelledError:
+                for _fn, _args, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(RuntimeError("store closed before the commit"))
+                raise
+            except Exception as e:  # BEGIN/COMMIT failed (disk full, I/O error, locked): nothing committed
+                self.batch_errors += 1
+                log.error("store: a batch of %d writes failed to commit: %s", len(batch), e)
+                for _fn, _args, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.batches += 1
+            self.ops += len(batch)
+            for (_fn, _args, fut), (ok, value) in zip(batch, results, strict=True):
+                if fut.done():  # the caller was cancelled; the write is committed anyway
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    self.op_errors += 1
+                    fut.set_exception(value)
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._r is None:
+            raise RuntimeError("the store is not open")
+        return await self._call(self._r, fn, *args)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store purge failed; will retry")
+            await asyncio.sleep(self.purge_interval)
+
+    # -- inbox ledger + outbox ------------------------------------------------------------------------
+    async def accept(self, message_id: str, items: Sequence[OutboxItem]) -> bool:
+        now = self.clock()
+        rows = [_item_row(i, now) for i in items]
+        return await self._write(_op_accept, message_id, now, rows)
+
+    async def seen(self, message_id: str) -> bool:
+        return await self._read(_rd_one, "SELECT 1 FROM inbox WHERE id = ?", (message_id,)) is not None
+
+    # -- outbox -----------------------------------------------------------------------------------------
+    async def enqueue(self, items: Sequence[OutboxItem]) -> list[int]:
+        """Enqueue ``items`` without an inbox entry (internal notices, replies to commands). Returns ids."""
+        now = self.clock()
+        return await self._write(_op_enqueue, [_item_row(i, now) for i in items])
+
+    async def ready_lanes(self, now: float) -> list[str]:
+        return await self._read(_rd_ready_lanes, now)
+
+    async def next_due(self, now: float) -> float | None:
+        """Earliest ``not_before`` > ``now`` among lane heads (when the next backoff expires), or None."""
+        return await self._read(_rd_next_due, now)
+
+    async def head(self, lane: str) -> OutboxItem | None:
+        return await self._read(_rd_head, lane)
+
+    async def peek(self, lane: str, limit: int = 32) -> list[OutboxItem]:
+        """Up to ``limit`` oldest items of ``lane`` in order (the engine prefetches with it)."""
+        return await self._read(_rd_peek, lane, limit)
+
+    async def progress(self, item_id: int, parts_done: int) -> None:
+        await self._write(_op_progress, item_id, parts_done)
+
+    async def complete(self, item_id: int) -> None:
+        await self._write(_op_complete, item_id)
+
+    async def complete_many(self, item_ids: Iterable[int]) -> None:
+        await self._write(_op_complete_many, [(i,) for i in item_ids])
+
+    async def reschedule(self, item_id: int, *, not_before: float, attempts: int, error: str) -> None:
+        await self._write(_op_reschedule, item_id, not_before, attempts, error)
+
+    async def dead_letter(self, item_id: int, reason: str) -> None:
+        if not await self._write(_op_dead_letter, item_id, reason, self.clock()):
+            log.warning("dead_letter: outbox item %s is gone (already delivered or dropped)", item_id)
+
+    async def outbox_depths(self) -> dict[str, tuple[int, float]]:
+        rows = await self._read(
+            _rd_all, "SELECT lane, COUNT(*), MIN(enqueued_at) FROM outbox GROUP BY lane", ()
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def outbox_count(self) -> int:
+        return (await self._read(_rd_one, "SELECT COUNT(*) FROM outbox", ()))[0]
+
+    # -- dead letters ---------------------------------------------------------------------------------------
+    async def dlq_list(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._read(
+            _rd_all,
+            f"SELECT {_OUTBOX_COLS}, reason, failed_at FROM dead_letters ORDER BY failed_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [DeadLetter(id=r[0], item=_item_from_row(r), reason=r[11], failed_at=r[12]) for r in rows]
+
+    async def dlq_retry(self, ids: Sequence[int] | None = None) -> int:
+        return await self._write(_op_dlq_retry, None if ids is None else list(ids))
+
+    async def dlq_drop(self, ids: Sequence[int] | None = None) -> int:
+        return await self._write(_op_dlq_drop, None if ids is None else list(ids))
+
+    async def dlq_count(self) -> int:
+        return (await self._read(_rd_one, "SELECT COUNT(*) FROM dead_letters", ()))[0]
+
+    # -- message map ------------------------------------------------------------------------------------------
+    async def map_put(self, origin_id: str, lane: str, native_ids: Sequence[str]) -> None:
+        await self._write(_op_map_put, origin_id, lane, list(native_ids), self.clock())
+
+    async def map_get(self, origin_id: str, lane: str) -> list[str]:
+        rows = await self._read(
+            _rd_all,
+            "SELECT native_id FROM message_map WHERE origin_id = ? AND lane = ? ORDER BY part",
+            (origin_id, lane),
+        )
+        return [r[0] for r in rows]
+
+    async def map_reverse(self, lane_prefix: str, native_id: str) -> str | None:
+        r = await self._read(
+            _rd_one,
+            "SELECT origin_id FROM message_map WHERE native_id = ? AND lane >= ? AND lane < ?"
+            " ORDER BY created_at DESC LIMIT 1",
+            (str(native_id), lane_prefix, _prefix_upper(lane_prefix)),
+        )
+        return r[0] if r else None
+
+    # -- kv -----------------------------------------------------------------------------------------------------
+    async def kv_get(self, namespace: str, key: str) -> Any | None:
+        r = await self._read(_rd_one, "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
+        return _loads(r[0]) if r else None
+
+    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
+        await self._write(_op_kv_set, namespace, key, _dumps(value), self.clock())
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self._write(_op_kv_delete, namespace, key)
+
+    async def kv_items(self, namespace: str) -> dict[str, Any]:
+        rows = await self._read(_rd_all, "SELECT key, value FROM kv WHERE namespace = ? ORDER BY key", (namespace,))
+        return {r[0]: _loads(r[1]) for r in rows}
+
+    # -- audit -----------------------------------------------------------------------------------------------------
+    async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
+        await self._write(_op_audit, self.clock(), actor, action, _dumps(detail))
+
+    async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = await self._read(
+            _rd_all, "SELECT id, ts, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
+
+    # -- maintenance -------------------------------------------------------------------------------------------------
+    async def purge(self, now: float | None = None) -> dict[str, int]:
+        """Delete inbox ids, message-map rows and audit rows past their TTL. Returns counts per table."""
+        now = self.clock() if now is None else now
+        counts = await self._write(
+            _op_purge, now - self.inbox_ttl, now - self.map_ttl, now - self.audit_ttl
+        )
+        if any(counts.values()):
+            log.info("store purge: %s", counts)
+        return counts
+
+    async def backup(self, dest: str | Path) -> None:
+        """Write a consistent online copy of the database to ``dest`` (SQLite backup API).
+
+        Safe while the gateway runs: the copy is the last committed state.
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        await self._read(_rd_backup, str(dest))
+
+    async def checkpoint(self) -> None:
+        """Fold the WAL back into the main file (TRUNCATE). Queued behind pending writes."""
+        await self._write(_op_sql, "SELECT 1", ())  # flush
+        assert self._w is not None
+        await self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
+            "batch_errors": self.batch_errors, "pending": len(self._pending),
+        }
