@@ -1,1 +1,12 @@
-"""whatsapp gateway plugin."""
+"""WhatsApp gateway plugin (Twilio's official API). Only the hook implementation lives here."""
+
+from __future__ import annotations
+
+from claudemesh_gateway import hookimpl
+
+
+@hookimpl
+def register_gateways(register):  # type: ignore[no-untyped-def]
+    from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
+
+    register(WhatsAppGateway)

@@ -1,0 +1,585 @@
+"""WhatsApp through Twilio's official Programmable Messaging API.
+
+- Ingress: Twilio POSTs form-encoded webhooks to ``/gateways/<name>/inbound``
+  (a user wrote) and ``/gateways/<name>/status`` (status callback for a message
+  we sent). The signature is verified first, over the configured ``public_url``.
+- Egress: ``client.messages.create_async`` with the official ``twilio`` library
+  over an aiohttp-based async HTTP client that shares the core's session.
+- State (``ctx.kv``): ``window:<whatsapp:+E164>`` = epoch seconds of the user's
+  last inbound message (24-hour session window), ``optout:<whatsapp:+E164>`` =
+  consent registry entry, ``status:recent`` = the last status callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import json
+import logging
+import mimetypes
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import aiohttp
+from aiohttp import web
+from claudemesh_gateway import (
+    Address,
+    Attachment,
+    Binding,
+    BindingOptions,
+    Capabilities,
+    DeliveryError,
+    DeliveryFailed,
+    DeliveryStatus,
+    Gateway,
+    GatewayConfig,
+    GatewayState,
+    Message,
+    MessageDropped,
+    Outbound,
+    RateLimit,
+    SendResult,
+)
+from claudemesh_gateway.plugins.whatsapp.signature import (
+    SETTINGS_HEADER,
+    SIGNATURE_HEADER,
+    public_request_url,
+    verify_signature,
+)
+from claudemesh_gateway.plugins.whatsapp.text import (
+    consent_keyword,
+    failure_reason,
+    mask_number,
+    normalise_number,
+    render_template_variables,
+)
+from claudemesh_gateway.plugins.whatsapp.wire import InboundForm, StatusForm
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response as TwilioResponse
+from twilio.rest import Client
+
+__all__ = ["EMPTY_TWIML", "TwilioHttpClient", "WhatsAppBindingOptions", "WhatsAppConfig", "WhatsAppGateway"]
+
+log = logging.getLogger(__name__)
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+MB = 1024 * 1024
+
+#: Response headers of the last Twilio call made *in this task* (for Retry-After).
+_LAST_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "whatsapp_twilio_last_headers", default=None
+)
+
+
+# -- configuration --------------------------------------------------------------------------------------------
+class WhatsAppConfig(GatewayConfig):
+    """``[gateways.<name>]`` with ``type = "whatsapp"``. One instance per Twilio sender/account."""
+
+    account_sid: str = Field(pattern=r"^AC[0-9A-Za-z]{8,64}$")
+    auth_token: SecretStr  # signs webhooks; authenticates the REST API unless an API key is given
+    api_key_sid: str | None = Field(None, pattern=r"^SK[0-9A-Za-z]{8,64}$")
+    api_key_secret: SecretStr | None = None
+    from_number: str | None = None  # whatsapp:+E164 of the WhatsApp sender
+    messaging_service_sid: str | None = Field(None, pattern=r"^MG[0-9A-Za-z]{8,64}$")
+    public_url: str | None = None  # the base URL Twilio calls (scheme://host[:port][/prefix])
+    mps: float = Field(80.0, gt=0, le=1000)
+    sandbox: bool = False  # Twilio Sandbox: forces 1 message / 3 s
+    session_window_h: float = Field(24.0, gt=0, le=24 * 7)
+    status_callback: bool = True
+    request_timeout: float = Field(15.0, gt=0, le=120)
+
+    @field_validator("from_number")
+    @classmethod
+    def _from(cls, v: str | None) -> str | None:
+        return None if v is None else normalise_number(v)
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for local testing)")
+        if "?" in v or "#" in v:
+            raise ValueError("must not contain a query or fragment")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _sender(self) -> WhatsAppConfig:
+        if not self.from_number and not self.messaging_service_sid:
+            raise ValueError("set from_number (whatsapp:+E164) or messaging_service_sid (MG...)")
+        if (self.api_key_sid is None) != (self.api_key_secret is None):
+            raise ValueError("api_key_sid and api_key_secret go together")
+        return self
+
+
+class WhatsAppBindingOptions(BindingOptions):
+    """``options = {...}`` on a ``[[routes]]`` binding to a WhatsApp chat (a user's number)."""
+
+    outside_window: Literal["template", "hold"] = "hold"
+    template_content_sid: str | None = Field(None, pattern=r"^HX[0-9A-Za-z]{8,64}$")
+    template_variables: dict[str, str] = Field(default_factory=dict)  # {"1": "{sender}", "2": "{text}"}
+    notify_status: bool = False  # failed deliveries / consent changes -> a notice toward the mesh
+    allow_numbers: tuple[str, ...] = ()  # extra guard: only these numbers (whatsapp:+E164) in or out
+
+    @field_validator("allow_numbers")
+    @classmethod
+    def _numbers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalise_number(n) for n in v)
+
+    @model_validator(mode="after")
+    def _template(self) -> WhatsAppBindingOptions:
+        if self.outside_window == "template" and not self.template_content_sid:
+            raise ValueError('outside_window = "template" needs template_content_sid (HX...)')
+        return self
+
+
+# -- HTTP client ------------------------------------------------------------------------------------------------
+class TwilioHttpClient(AsyncTwilioHttpClient):
+    """twilio's async client on the core's shared aiohttp session.
+
+    Differences from the stock client: no per-client session (the core's is
+    shared and is never closed here), a bounded timeout, no request logging
+    (bodies are message content), list values sent as repeated form fields
+    (``MediaUrl``), and the response headers kept for ``Retry-After``.
+    Tests subclass this and rewrite ``https://api.twilio.com`` to a fake.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, *, timeout: float = 15.0) -> None:
+        super().__init__(pool_connections=False, timeout=timeout)
+        self.session = session
+
+    async def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (twilio's HttpClient signature)
+        allow_redirects: bool = False,
+    ) -> TwilioResponse:
+        fields: list[tuple[str, str]] = []
+        for key, value in (data or {}).items():
+            if isinstance(value, list | tuple):
+                fields.extend((key, str(v)) for v in value)
+            elif value is not None:
+                fields.append((key, str(value)))
+        async with self.session.request(
+            method.upper(), url, params=params, data=fields or None, headers=headers,
+            auth=aiohttp.BasicAuth(auth[0], auth[1]) if auth else None,
+            timeout=aiohttp.ClientTimeout(total=timeout or self.timeout or 15.0),
+            allow_redirects=allow_redirects,
+        ) as resp:
+            text = await resp.text()
+            _LAST_HEADERS.set(dict(resp.headers))
+            return TwilioResponse(resp.status, text, resp.headers)
+
+    async def close(self) -> None:  # the session belongs to the core
+        return None
+
+
+# -- the gateway ------------------------------------------------------------------------------------------------
+class WhatsAppGateway(Gateway):
+    kind: ClassVar[str] = "whatsapp"
+    Config: ClassVar[type[GatewayConfig]] = WhatsAppConfig
+    BindingOptions: ClassVar[type[BindingOptions]] = WhatsAppBindingOptions  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        max_text=1600, replies=False, edits=False, deletes=False, threads=False,
+        media=True, max_media_bytes=16 * MB, formatting="whatsapp",
+    )
+    #: The HTTP client class handed to twilio's ``Client`` (the test seam).
+    http_client_class: ClassVar[type[TwilioHttpClient]] = TwilioHttpClient
+
+    INBOUND_PATH: ClassVar[str] = "inbound"
+    STATUS_PATH: ClassVar[str] = "status"
+    RECENT_STATUS_KEEP: ClassVar[int] = 200
+
+    config: WhatsAppConfig
+
+    def __init__(self, name: str, config: GatewayConfig, ctx: Any) -> None:
+        super().__init__(name, config, ctx)
+        self._client: Client | None = None
+        self._http: TwilioHttpClient | None = None
+        self._status_lock = asyncio.Lock()
+        self._seen_status: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        cfg = self.config
+        self.ctx.register_secret(cfg.auth_token.get_secret_value())
+        if cfg.api_key_secret is not None:
+            self.ctx.register_secret(cfg.api_key_secret.get_secret_value())
+        self._http = self.http_client_class(self.ctx.http, timeout=cfg.request_timeout)
+        if cfg.api_key_sid and cfg.api_key_secret is not None:
+            username, password = cfg.api_key_sid, cfg.api_key_secret.get_secret_value()
+        else:
+            username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
+        self._client = Client(username, password, cfg.account_sid, http_client=self._http)
+        detail = "" if cfg.public_url else "no public_url: inbound webhooks are refused"
+        self.set_state(GatewayState.CONNECTED, detail)
+        log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
+                 mask_number(cfg.from_number) if cfg.from_number else cfg.messaging_service_sid,
+                 ", sandbox" if cfg.sandbox else "")
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+        self._client = None
+        self._http = None
+        self.set_state(GatewayState.STOPPED)
+
+    async def check(self) -> list[str]:
+        warnings: list[str] = []
+        cfg = self.config
+        if not cfg.public_url:
+            warnings.append(f"{self.name}: public_url is not set, so inbound messages and status callbacks "
+                            "cannot be verified and are refused (403)")
+        elif not cfg.public_url.startswith("https://"):
+            warnings.append(f"{self.name}: public_url is not https; Twilio requires HTTPS with a trusted "
+                            "certificate in production")
+        if cfg.sandbox and cfg.mps != 80.0:
+            warnings.append(f"{self.name}: sandbox = true overrides mps (1 message / 3 s)")
+        for b in self.ctx.bindings:
+            if b.address.chat == "*" and not _opts(b.options).allow_numbers:
+                warnings.append(f"{self.name}: route {b.route}: chat '*' needs options.allow_numbers")
+        return warnings
+
+    # -- limits ------------------------------------------------------------------------------------------------
+    def rate_limits(self, to: Address) -> Sequence[RateLimit]:
+        scope = f"whatsapp:{self.name}:sender"
+        if self.config.sandbox:
+            return (RateLimit(scope=scope, per_second=1 / 3, burst=1.0),)
+        return (RateLimit(scope=scope, per_second=self.config.mps, burst=max(1.0, self.config.mps)),)
+
+    # -- kv helpers -----------------------------------------------------------------------------------------------
+    async def is_opted_out(self, number: str) -> bool:
+        return bool(await self.ctx.kv_get(f"optout:{number}"))
+
+    async def set_opt_out(self, number: str, out: bool, why: str) -> None:
+        if out:
+            await self.ctx.kv_set(f"optout:{number}", {"at": time.time(), "why": why})
+        else:
+            await self.ctx.kv_delete(f"optout:{number}")
+
+    async def last_inbound(self, number: str) -> float | None:
+        value = await self.ctx.kv_get(f"window:{number}")
+        return float(value) if isinstance(value, int | float) else None
+
+    async def in_window(self, number: str, now: float | None = None) -> bool:
+        last = await self.last_inbound(number)
+        now = time.time() if now is None else now
+        return last is not None and now - last < self.config.session_window_h * 3600
+
+    def _bindings_for(self, chat: str, *, inbound: bool | None = None) -> list[Binding]:
+        out = []
+        for b in self.ctx.bindings:
+            if inbound is True and not b.inbound:
+                continue
+            if inbound is False and not b.outbound:
+                continue
+            opts = _opts(b.options)
+            if b.address.chat == chat:
+                if opts.allow_numbers and chat not in opts.allow_numbers:
+                    continue
+                out.append(b)
+            elif b.address.chat == "*" and chat in opts.allow_numbers:
+                out.append(b)
+        return out
+
+    # -- egress ------------------------------------------------------------------------------------------------
+    async def send(self, out: Outbound) -> SendResult:
+        if self._client is None:
+            raise DeliveryError("whatsapp gateway not started", permanent=False, retry_after=1.0)
+        try:
+            to = normalise_number(out.to.chat)
+        except ValueError:
+            raise DeliveryError(f"not a WhatsApp address: {out.to.chat!r} (expected whatsapp:+E164)",
+                                permanent=True) from None
+        opts = _opts(out.options)
+        if opts.allow_numbers and to not in opts.allow_numbers:
+            raise DeliveryError(f"{mask_number(to)} is not in this binding's allow_numbers", permanent=True)
+        if await self.is_opted_out(to):
+            raise DeliveryError("recipient opted out (STOP); they can send START to opt back in", permanent=True)
+
+        cfg = self.config
+        kwargs: dict[str, Any] = {"to": to}
+        if cfg.from_number:
+            kwargs["from_"] = cfg.from_number
+        if cfg.messaging_service_sid:
+            kwargs["messaging_service_sid"] = cfg.messaging_service_sid
+        if cfg.status_callback and cfg.public_url:
+            kwargs["status_callback"] = public_request_url(cfg.public_url, self._path(self.STATUS_PATH))
+
+        if await self.in_window(to):
+            body, media = _body_and_media(out, self.capabilities.max_media_bytes)
+            kwargs["body"] = body
+            if media:
+                kwargs["media_url"] = media
+            mode = "session"
+        elif opts.outside_window == "template" and opts.template_content_sid:
+            kwargs["content_sid"] = opts.template_content_sid
+            variables = render_template_variables(opts.template_variables, {
+                "sender": out.message.sender, "text": out.text, "topic": out.message.origin.chat,
+                "origin": str(out.message.origin), "part": out.part, "parts": out.parts,
+            })
+            if variables:
+                kwargs["content_variables"] = json.dumps(variables, ensure_ascii=False)
+            mode = "template"
+        else:
+            raise DeliveryError(
+                "outside WhatsApp 24-hour window and no template configured: held until the user writes "
+                "(replay it from the dead letters then)", permanent=True)
+
+        _LAST_HEADERS.set(None)
+        try:
+            msg = await self._client.messages.create_async(**kwargs)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise await self._map_error(exc, to, mode) from None
+        except TwilioException as exc:
+            raise DeliveryError(f"twilio client error: {type(exc).__name__}", permanent=False) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise DeliveryError(f"twilio API unreachable: {type(exc).__name__}", permanent=False) from None
+        sid = str(msg.sid or "")
+        log.debug("whatsapp %s: sent %s to %s (%s, part %d/%d)", self.name, sid, mask_number(to), mode,
+                  out.part, out.parts)
+        return SendResult(native_ids=(sid,) if sid else ())
+
+    async def _map_error(self, exc: TwilioRestException | TwilioServiceException, to: str,
+                         mode: str) -> DeliveryError:
+        status = int(getattr(exc, "status", 0) or 0)
+        code = str(getattr(exc, "code", "") or "")
+        raw_msg = getattr(exc, "msg", None) or getattr(exc, "detail", None) or getattr(exc, "title", "") or ""
+        text = self._scrub(str(raw_msg).replace("Unable to create record: ", ""))[:200]
+        if code == "63016":
+            await self.ctx.kv_delete(f"window:{to}")  # Twilio says the window is closed: believe it
+            return DeliveryError("outside WhatsApp 24-hour window (Twilio 63016) and no template configured"
+                                 if mode != "template" else "template rejected outside the 24-hour window "
+                                 "(Twilio 63016)", permanent=True)
+        if code == "21610":
+            await self.set_opt_out(to, True, "twilio 21610")
+            return DeliveryError("recipient opted out (STOP) (Twilio 21610)", permanent=True)
+        if status == 429 or code == "20429":
+            return DeliveryError(f"rate limited by Twilio ({code or status})", permanent=False,
+                                 retry_after=_retry_after(1.0))
+        if status >= 500 or status == 0:
+            return DeliveryError(f"Twilio server error {status} {code}".strip(), permanent=False,
+                                 retry_after=_retry_after(None))
+        if status in (401, 403) or code in ("20003", "20005"):
+            self.set_state(GatewayState.BAD_CREDENTIALS, f"Twilio refused the credentials ({code or status})")
+            return DeliveryError(f"Twilio refused the credentials ({code or status})", permanent=True)
+        return DeliveryError(f"Twilio error {code or status}: {text}".rstrip(": "), permanent=True)
+
+    def _scrub(self, text: str) -> str:
+        for secret in (self.config.auth_token, self.config.api_key_secret):
+            if secret is not None and secret.get_secret_value():
+                text = text.replace(secret.get_secret_value(), "***")
+        return text
+
+    # -- ingress -----------------------------------------------------------------------------------------------
+    def web_routes(self) -> Sequence[web.RouteDef]:
+        return (
+            web.post(f"/{self.INBOUND_PATH}", self.handle_inbound),
+            web.post(f"/{self.STATUS_PATH}", self.handle_status),
+        )
+
+    def _path(self, leaf: str) -> str:
+        return f"/gateways/{self.name}/{leaf}"
+
+    async def _verified_params(self, request: web.Request, leaf: str) -> dict[str, str]:
+        """Verify ``X-Twilio-Signature`` over the public URL; return the fields. 403 on failure."""
+        cfg = self.config
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not cfg.public_url or not signature:
+            log.warning("whatsapp %s: %s webhook refused (%s)", self.name, leaf,
+                        "no public_url configured" if not cfg.public_url else "unsigned")
+            raise web.HTTPForbidden(text="invalid signature")
+        url = public_request_url(cfg.public_url, self._path(leaf), request.query_string)
+        token = cfg.auth_token.get_secret_value()
+        settings_header = request.headers.get(SETTINGS_HEADER)
+        if request.content_type == "application/json":
+            raw = await request.read()
+            ok = verify_signature(token, url, None, signature, raw_body=raw, settings_header=settings_header)
+            if ok:
+                try:
+                    data = json.loads(raw)
+                except ValueError:
+                    raise web.HTTPBadRequest(text="invalid JSON") from None
+                if not isinstance(data, dict):
+                    raise web.HTTPBadRequest(text="expected a JSON object")
+                params = {str(k): v for k, v in data.items()}
+        else:
+            form = await request.post()
+            ok = verify_signature(token, url, form, signature, settings_header=settings_header)
+            params = {str(k): str(v) for k, v in form.items()}
+        if not ok:
+            log.warning("whatsapp %s: %s webhook with an invalid signature refused", self.name, leaf)
+            raise web.HTTPForbidden(text="invalid signature")
+        return params
+
+    async def handle_inbound(self, request: web.Request) -> web.Response:
+        params = await self._verified_params(request, self.INBOUND_PATH)
+        try:
+            form = InboundForm.model_validate(params)
+            sender = normalise_number(form.from_)
+        except (ValidationError, ValueError):
+            raise web.HTTPBadRequest(text="not a WhatsApp message webhook") from None
+        now = time.time()
+        # Any message from the user opens (refreshes) the 24-hour session window.
+        await self.ctx.kv_set(f"window:{sender}", now)
+
+        bindings = self._bindings_for(sender, inbound=True)
+        consent = consent_keyword(form.body) if form.num_media == 0 else None
+        if consent == "in" and form.body.strip().upper() == "YES" and not await self.is_opted_out(sender):
+            consent = None  # a plain "yes" from someone not opted out is just an answer
+        if consent is not None:
+            await self.set_opt_out(sender, consent == "out", form.body.strip().upper())
+            log.info("whatsapp %s: %s opted %s (%s)", self.name, mask_number(sender), consent,
+                     form.body.strip().upper())
+            if any(_opts(b.options).notify_status for b in bindings):
+                state = "opted out of" if consent == "out" else "opted back in to"
+                await self.ctx.submit(self._notice(
+                    f"whatsapp:{self.name}:{form.message_sid}", sender,
+                    f"ℹ {sender} {state} WhatsApp messages ({form.body.strip().upper()})"))
+            return _twiml()
+
+        message = self._to_message(form, sender, params, now)
+        if not bindings:
+            log.warning("whatsapp %s: message from unbound number %s dropped", self.name, mask_number(sender))
+            self.ctx.emit(MessageDropped(message=message, reason="not_bound"))
+            return _twiml()
+        result = await self.ctx.submit(message)
+        log.debug("whatsapp %s: inbound %s from %s -> %s", self.name, form.message_sid, mask_number(sender),
+                  result.status)
+        return _twiml()
+
+    def _to_message(self, form: InboundForm, sender: str, params: Mapping[str, str], now: float) -> Message:
+        attachments = []
+        for n, media in enumerate(form.media()):
+            ext = mimetypes.guess_extension(media.content_type.split(";")[0].strip()) or ""
+            leaf = media.url.rstrip("/").rsplit("/", 1)[-1] or f"media{n}"
+            attachments.append(Attachment(name=f"{leaf}{ext}", content_type=media.content_type, url=media.url))
+        text = form.body or form.button_text
+        return Message(
+            id=f"whatsapp:{self.name}:{form.message_sid}",
+            origin=Address(self.name, sender),
+            sender=form.profile_name or sender,
+            sender_id=sender,
+            text=text,
+            native_id=form.message_sid,
+            attachments=tuple(attachments),
+            reply_to=form.replied_sid or None,
+            is_command=text.lstrip().startswith("/") and text.lstrip()[1:2].isalpha(),
+            created=datetime.fromtimestamp(now, UTC),
+            raw=dict(params),
+        )
+
+    def _notice(self, msg_id: str, chat: str, text: str, reply_to: str | None = None) -> Message:
+        return Message(
+            id=msg_id, origin=Address(self.name, chat), sender=f"WhatsApp ({self.name})",
+            sender_id=f"gateway:{self.name}", text=text, reply_to=reply_to,
+            tags=frozenset({"whatsapp-notice"}),
+        )
+
+    async def handle_status(self, request: web.Request) -> web.Response:
+        params = await self._verified_params(request, self.STATUS_PATH)
+        try:
+            form = StatusForm.model_validate(params)
+        except ValidationError:
+            raise web.HTTPBadRequest(text="not a status callback") from None
+        key = (form.message_sid, form.message_status)
+        if key in self._seen_status:
+            return web.Response(status=200, text=EMPTY_TWIML, content_type="text/xml")
+        self._seen_status[key] = None
+        while len(self._seen_status) > 4096:
+            self._seen_status.popitem(last=False)
+        await self._record_status(form)
+        self.ctx.emit(DeliveryStatus(gateway=self.name, native_id=form.message_sid,
+                                     status=form.message_status, error=form.error_code))
+        if form.failed:
+            await self._on_failed(form)
+        return _twiml()
+
+    async def _record_status(self, form: StatusForm) -> None:
+        async with self._status_lock:
+            recent = await self.ctx.kv_get("status:recent") or []
+            recent.append({"sid": form.message_sid, "status": form.message_status,
+                           "error": form.error_code, "at": time.time()})
+            await self.ctx.kv_set("status:recent", recent[-self.RECENT_STATUS_KEEP:])
+
+    async def _on_failed(self, form: StatusForm) -> None:
+        try:
+            to = normalise_number(form.to)
+        except ValueError:
+            to = form.to
+        if form.error_code == "63016":
+            await self.ctx.kv_delete(f"window:{to}")
+        elif form.error_code == "21610":
+            await self.set_opt_out(to, True, "twilio 21610")
+        reason = failure_reason(form.error_code, form.error_message)
+        origin_id = await self.ctx.lookup_origin(form.message_sid, to)
+        message = Message(
+            id=origin_id or f"whatsapp:{self.name}:sent:{form.message_sid}",
+            origin=Address(self.name, to),
+            sender="", text="", native_id=form.message_sid,
+        )
+        bindings = self._bindings_for(to)
+        route = bindings[0].route if bindings else ""
+        self.ctx.emit(DeliveryFailed(message=message, to=Address(self.name, to), route=route,
+                                     error=f"{form.message_status}: {reason}", permanent=True))
+        log.warning("whatsapp %s: delivery of %s to %s %s: %s", self.name, form.message_sid, mask_number(to),
+                    form.message_status, reason)
+        if any(_opts(b.options).notify_status and b.inbound for b in bindings):
+            await self.ctx.submit(self._notice(
+                f"whatsapp:{self.name}:status:{form.message_sid}:{form.message_status}", to,
+                f"⚠ delivery to {to} failed: {reason}", reply_to=form.message_sid))
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+def _twiml() -> web.Response:
+    return web.Response(status=200, text=EMPTY_TWIML, content_type="text/xml")
+
+
+def _opts(options: Any) -> WhatsAppBindingOptions:
+    if isinstance(options, WhatsAppBindingOptions):
+        return options
+    if options is None:
+        return WhatsAppBindingOptions()
+    if hasattr(options, "model_dump"):
+        options = options.model_dump()
+    return WhatsAppBindingOptions.model_validate(dict(options))
+
+
+def _retry_after(default: float | None) -> float | None:
+    headers = _LAST_HEADERS.get() or {}
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    if value is not None:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            pass
+    return default
+
+
+def _body_and_media(out: Outbound, max_bytes: int) -> tuple[str, list[str]]:
+    """Free-form body plus public media URLs; attachments Twilio cannot fetch are described in text."""
+    media: list[str] = []
+    described: list[str] = []
+    for att in out.attachments:
+        fetchable = att.url and att.url.startswith(("https://", "http://"))
+        if fetchable and (att.size is None or att.size <= max_bytes) and len(media) < 10:
+            media.append(att.url)  # type: ignore[arg-type]
+        else:
+            described.append(att.describe())
+    body = out.text
+    if described:
+        body = "\n".join([body, *described]) if body else "\n".join(described)
+    return body[:1600], media
