@@ -1,0 +1,208 @@
+"""``[[routes]]``: which mesh topics and tags map to which chats, and under what rules.
+
+A route is a *room*: its mesh topic (optional) and its bindings (chats on
+gateways, or mesh addresses) exchange messages according to ``direction``:
+
+- ``"out"``  mesh -> platform: the topic is a source, the bindings are destinations;
+- ``"in"``   platform -> mesh: the bindings are sources, the topic is a destination;
+- ``"both"`` (default) both ways, and bindings also relay to each other.
+
+A binding may override the route's direction for itself. A route with
+``tags`` also matches every message carrying one of those tags, whatever its
+source, and delivers it to the route's destinations.
+
+Mesh addresses as bindings use ``gateway = "mesh"`` and ``chat`` one of
+``"<mesh>:#<topic>"``, ``"<mesh>:tag:<tag>"`` or ``"<mesh>:@<peer name or pubkey>"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "RouteConfig", "BindingConfig", "Direction", "ATTRIBUTION_FIELDS", "TAG_RE", "MESH_GATEWAY",
+    "normalise_tag", "parse_mesh_chat", "MeshChat",
+]
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["in", "out", "both"]
+
+MESH_GATEWAY = "mesh"
+#: fields an attribution template may use
+ATTRIBUTION_FIELDS = frozenset({"sender", "text", "gateway", "chat", "mesh", "topic"})
+#: a tag name: starts with a letter or digit; letters, digits and ``: _ . / -`` after that
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9:_./\-]{0,63}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+_PUBKEY_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def normalise_tag(value: str) -> str:
+    """Lower-cased tag; raises ValueError when it is not a valid tag name."""
+    tag = value.strip().lower()
+    if tag.startswith("tag:"):
+        tag = tag[4:]
+    if not TAG_RE.fullmatch(tag):
+        raise ValueError(f"{value!r} is not a valid tag (letters, digits and ':_./-', max 64 chars)")
+    return tag
+
+
+class MeshChat(BaseModel):
+    """A parsed mesh address ``chat``: kind ``topic`` | ``tag`` | ``peer``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mesh: str
+    kind: Literal["topic", "tag", "peer"]
+    value: str  # topic name, tag, or peer name/pubkey
+
+
+def parse_mesh_chat(chat: str) -> MeshChat:
+    """Parse ``"<mesh>:#<topic>"`` / ``"<mesh>:tag:<tag>"`` / ``"<mesh>:@<peer>"``. ValueError if malformed."""
+    mesh, sep, rest = chat.partition(":")
+    if not sep or not mesh or not rest:
+        raise ValueError(f"{chat!r}: mesh address must be '<mesh>:#<topic>', '<mesh>:tag:<tag>' or '<mesh>:@<peer>'")
+    if rest.startswith("#") and len(rest) > 1:
+        return MeshChat(mesh=mesh, kind="topic", value=rest[1:])
+    if rest.startswith("tag:"):
+        return MeshChat(mesh=mesh, kind="tag", value=normalise_tag(rest[4:]))
+    if rest.startswith("@") and len(rest) > 1:
+        peer = rest[1:]
+        return MeshChat(mesh=mesh, kind="peer", value=peer.lower() if _PUBKEY_RE.fullmatch(peer) else peer)
+    raise ValueError(f"{chat!r}: mesh address must be '<mesh>:#<topic>', '<mesh>:tag:<tag>' or '<mesh>:@<peer>'")
+
+
+def _check_template(template: str) -> str:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    unknown = sorted({f for f in fields if f not in ATTRIBUTION_FIELDS})
+    if unknown or any(f == "" for f in fields):
+        bad = ", ".join("{" + f + "}" for f in unknown) or "{}"
+        raise ValueError(f"unknown field(s) {bad}; use {', '.join('{' + f + '}' for f in sorted(ATTRIBUTION_FIELDS))}")
+    if "text" not in fields:
+        raise ValueError("must contain {text}")
+    return template
+
+
+def _tags(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for v in values:
+        t = normalise_tag(v)
+        if t not in out:
+            out.append(t)
+    return out
+
+
+class BindingConfig(BaseModel):
+    """One chat of a route: ``{gateway, chat, thread?, tags, options, direction?, allow, deny}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gateway: str = Field(min_length=1)  # gateway instance name, or "mesh"
+    chat: str = Field(min_length=1)  # platform chat id / webhook binding name / mesh address
+    thread: str | None = None
+    tags: list[str] = []  # static tags given to every message from this chat
+    options: dict[str, Any] = {}  # validated by the gateway's BindingOptions
+    direction: Direction | None = None  # default: the route's direction
+    allow: list[str] = []  # external sender ids allowed from this chat (empty: the route's list)
+    deny: list[str] = []
+
+    @field_validator("chat", "gateway", mode="before")
+    @classmethod
+    def _strip(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):  # Telegram chat ids written as numbers
+            return str(v)
+        return v.strip() if isinstance(v, str) else v
+
+    @field_validator("thread", mode="before")
+    @classmethod
+    def _thread(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _norm_tags(cls, v: list[str]) -> list[str]:
+        return _tags(v)
+
+    @model_validator(mode="after")
+    def _mesh_address(self) -> BindingConfig:
+        if self.gateway == MESH_GATEWAY:
+            parse_mesh_chat(self.chat)  # raises ValueError with the expected forms
+            if self.options:
+                raise ValueError("options: mesh destinations take no options")
+        return self
+
+    @property
+    def mesh_chat(self) -> MeshChat | None:
+        return parse_mesh_chat(self.chat) if self.gateway == MESH_GATEWAY else None
+
+
+class RouteConfig(BaseModel):
+    """One ``[[routes]]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    mesh: str | None = None  # mesh config name ([mesh.<name>]); required with topic
+    topic: str | None = None  # mesh topic name
+    tags: list[str] = []  # match messages carrying any of these tags, from any source
+    direction: Direction = "both"
+    #: "{sender}: {text}" by default; fields {sender} {text} {gateway} {chat} {mesh} {topic}
+    attribution: str | None = None
+    allow: list[str] = []  # external sender ids (platform user ids) allowed; empty = everyone
+    deny: list[str] = []
+    mesh_allow: list[str] = []  # mesh senders allowed (display names or pubkeys); empty = everyone
+    mesh_deny: list[str] = []
+    encryption: Literal["hkdf", "plaintext"] = "hkdf"  # for this route's topic
+    allow_mass_mentions: bool = False  # @everyone/@channel/@here/<!channel> pass through untouched
+    notify_failures: bool = False  # a permanent delivery failure DMs a short notice to the mesh sender
+    binds: list[BindingConfig] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.fullmatch(v):
+            raise ValueError("must be 1-64 letters, digits, '_', '.' or '-' (starting with a letter or digit)")
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip().removeprefix("#")
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _norm_tags(cls, v: list[str]) -> list[str]:
+        return _tags(v)
+
+    @field_validator("attribution")
+    @classmethod
+    def _attribution(cls, v: str | None) -> str | None:
+        return None if v is None else _check_template(v)
+
+    @field_validator("mesh_allow", "mesh_deny")
+    @classmethod
+    def _mesh_senders(cls, v: list[str]) -> list[str]:
+        return [s.lower() if _PUBKEY_RE.fullmatch(s) else s for s in v]
+
+    @model_validator(mode="after")
+    def _shape(self) -> RouteConfig:
+        if self.topic is not None and self.mesh is None:
+            raise ValueError("topic needs mesh (the [mesh.<name>] it lives on)")
+        if self.topic is None and not self.tags and not self.binds:
+            raise ValueError("a route needs a topic, tags or binds")
+        return self
