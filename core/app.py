@@ -40,7 +40,7 @@ from .settings import Settings, iter_secrets, validation_problems
 
 __all__ = [
     "RUNTIME", "SETTINGS", "PLUGIN_MANAGER", "create_app", "validate_gateways", "error_middleware",
-    "runtime_of",
+    "runtime_of", "open_store", "route_problems", "describe_routes", "online_problems",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,12 +144,124 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
 
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
-def _open_store(settings: Settings) -> Any:
+def open_store(settings: Settings) -> Any:
+    """The configured store (not yet opened): SQLite at ``server.store_path``."""
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(path)
+
+
+def route_problems(
+    settings: Settings, gateways: Mapping[str, type[Gateway]], *, skip_meshes: bool = False
+) -> list[str]:
+    """Offline cross-checks of ``[[routes]]``: unknown gateway instances and meshes, duplicate
+    route names, bindings that can never carry anything."""
+    from .routing.config import MESH_GATEWAY, parse_mesh_chat
+
+    problems: list[str] = []
+    names: dict[str, int] = {}
+    for i, route in enumerate(settings.routes):
+        where = f"routes[{i}]"
+        if route.name in names:
+            problems.append(f"{where}.name: duplicate route name {route.name!r} (also routes[{names[route.name]}])")
+        names.setdefault(route.name, i)
+        if route.mesh is not None and not skip_meshes and route.mesh not in settings.mesh:
+            problems.append(f"{where}.mesh: unknown mesh {route.mesh!r} (configured: {_known(settings.mesh)})")
+        for j, bind in enumerate(route.binds):
+            bwhere = f"{where}.binds[{j}]"
+            if bind.gateway == MESH_GATEWAY:
+                mesh = parse_mesh_chat(bind.chat).mesh
+                if not skip_meshes and mesh not in settings.mesh:
+                    problems.append(f"{bwhere}.chat: unknown mesh {mesh!r} (configured: {_known(settings.mesh)})")
+                continue
+            cls = gateways.get(bind.gateway)
+            if cls is None:
+                problems.append(
+                    f"{bwhere}.gateway: unknown gateway {bind.gateway!r} (configured: {_known(settings.gateways)})"
+                )
+                continue
+            if bind.options:
+                try:
+                    cls.BindingOptions.model_validate(bind.options)
+                except ValidationError as exc:
+                    problems.extend(validation_problems(exc, prefix=f"{bwhere}.options"))
+        if route.topic is None and route.direction == "in" and not route.tags and \
+                not any(b.gateway == MESH_GATEWAY for b in route.binds) and \
+                all((b.direction or route.direction) == "in" for b in route.binds):
+            problems.append(f"{where}: inbound-only route without a topic or mesh destination delivers nowhere")
+    return problems
+
+
+def _known(names: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def describe_routes(settings: Settings, gateways: Mapping[str, type[Gateway]]) -> list[dict[str, Any]]:
+    """The route table as operators read it: one row per route with its source and bindings."""
+    rows = []
+    for route in settings.routes:
+        rows.append({
+            "route": route.name,
+            "mesh": route.mesh,
+            "topic": route.topic,
+            "tags": list(route.tags),
+            "direction": route.direction,
+            "encryption": route.encryption,
+            "binds": [
+                {
+                    "gateway": b.gateway,
+                    "kind": "mesh" if b.gateway == "mesh" else (
+                        settings.gateway_kind(b.gateway) if b.gateway in settings.gateways else "?"),
+                    "chat": b.chat, "thread": b.thread, "direction": b.direction or route.direction,
+                    "tags": list(b.tags),
+                }
+                for b in route.binds
+            ],
+        })
+    return rows
+
+
+async def online_problems(
+    settings: Settings, pm: pluggy.PluginManager, http: aiohttp.ClientSession, *, timeout: float = 10.0
+) -> tuple[list[str], list[str]]:
+    """Connect to each mesh and resolve the routed topics; run each gateway's ``check()``.
+    Returns (problems, warnings)."""
+    from .mesh import MeshPeer
+    from .mesh.state import MemoryKV
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    wanted: dict[str, set[str]] = {}
+    for route in settings.routes:
+        if route.mesh and route.topic:
+            wanted.setdefault(route.mesh, set()).add(route.topic)
+    keyring = _build_keyring_for(settings) if settings.mesh else None
+    for name, cfg in settings.mesh.items():
+        peer = MeshPeer(name, cfg, kv=MemoryKV(), keyring=keyring, identity="cli")
+        await peer.start()
+        try:
+            try:
+                await peer.wait_connected(timeout)
+            except Exception as exc:
+                problems.append(f"mesh.{name}: could not connect: {getattr(peer, 'last_error', None) or exc}")
+                continue
+            topics = {t.name for t in await peer.topics()}
+            for topic in sorted(wanted.get(name, ())):
+                if topic not in topics:
+                    problems.append(f"mesh.{name}: topic {topic!r} used by a route does not exist on the mesh")
+        finally:
+            await peer.stop()
+    runtime = Runtime(settings, pm)
+    runtime.http = http
+    for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
+        gw = cls(name, cfg, runtime.context_for(name))
+        try:
+            warnings.extend(f"gateways.{name}: {w}" for w in await gw.check())
+        except Exception as exc:
+            problems.append(f"gateways.{name}: check failed: {type(exc).__name__}: {exc}")
+    return problems, warnings
 
 
 def _build_routing(runtime: Runtime) -> None:
@@ -161,10 +273,14 @@ def _build_routing(runtime: Runtime) -> None:
     runtime.pipeline = routing.Pipeline(runtime)
 
 
-def _build_keyring(runtime: Runtime) -> Any:
+def _build_keyring_for(settings: Settings) -> Any:
     from .keys import KeyRing
 
-    return KeyRing.from_settings(runtime.settings)
+    return KeyRing.from_settings(settings)
+
+
+def _build_keyring(runtime: Runtime) -> Any:
+    return _build_keyring_for(runtime.settings)
 
 
 def _build_delivery(runtime: Runtime) -> Any:
@@ -195,7 +311,7 @@ def _http_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[Non
 
 def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        s = store if store is not None else _open_store(runtime.settings)
+        s = store if store is not None else open_store(runtime.settings)
         try:
             await s.open()
         except Exception as exc:
@@ -355,6 +471,9 @@ def create_app(
         except Exception as exc:
             raise PluginError(f"gateway {name} ({cls.kind}) could not be created: {type(exc).__name__}: {exc}") from exc
         runtime.gateways[name] = gw
+    problems = route_problems(settings, {name: cls for name, (cls, _) in configs.items()})
+    if problems:
+        raise ConfigError(problems)
     _build_routing(runtime)
 
     # HTTP surface, all of it before the router freezes

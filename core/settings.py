@@ -154,6 +154,7 @@ class Settings(BaseSettings):
     # where the values came from (set by load_settings; not configuration)
     config_path: Path | None = Field(None, exclude=True)
     config_file: ClassVar[Path | None] = None  # the TOML file the source reads (set on a subclass)
+    includes_optional: ClassVar[bool] = False
 
     @field_validator("gateways")
     @classmethod
@@ -210,8 +211,11 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         raise ConfigError(f"{label}: cannot read {path}: {exc.strerror}") from None
 
 
-def read_toml_with_includes(path: Path) -> dict[str, Any]:
-    """The config file deep-merged over its ``include`` files (one level; includes may not include)."""
+def read_toml_with_includes(path: Path, *, allow_missing: bool = False) -> dict[str, Any]:
+    """The config file deep-merged over its ``include`` files (one level; includes may not include).
+
+    ``allow_missing``: skip include files that do not exist yet (the embedded dev broker writes
+    its ``meshes.toml`` on first start)."""
     path = Path(path)
     data = _read_toml(path, "config")
     includes = data.get("include", [])
@@ -223,6 +227,9 @@ def read_toml_with_includes(path: Path) -> dict[str, Any]:
         inc_path = Path(inc).expanduser()
         if not inc_path.is_absolute():
             inc_path = path.parent / inc_path
+        if allow_missing and not inc_path.exists():
+            log.debug("include %s does not exist yet; skipped", inc_path)
+            continue
         try:
             extra = _read_toml(inc_path, f"include[{i}]")
         except ConfigError as exc:
@@ -243,7 +250,8 @@ class _TomlIncludeSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
         path = getattr(settings_cls, "config_file", None)
-        self._data = read_toml_with_includes(Path(path)) if path else {}
+        missing_ok = bool(getattr(settings_cls, "includes_optional", False))
+        self._data = read_toml_with_includes(Path(path), allow_missing=missing_ok) if path else {}
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -344,10 +352,13 @@ def _resolve(p: Path, base: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
-def load_settings(path: str | Path, *, allow_placeholders: bool = False, **overrides: Any) -> Settings:
+def load_settings(
+    path: str | Path, *, allow_placeholders: bool = False, allow_missing_includes: bool = False, **overrides: Any
+) -> Settings:
     """Load ``path`` (+ includes) with environment overrides. ``overrides`` (init kwargs) win over both.
 
-    Raises :class:`ConfigError` listing every problem, one line each.
+    Raises :class:`ConfigError` listing every problem, one line each. ``allow_missing_includes``
+    is for the CLI's first pass before the embedded dev broker has written its files.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -355,6 +366,7 @@ def load_settings(path: str | Path, *, allow_placeholders: bool = False, **overr
 
     class FromFile(Settings):  # config is inherited and merged; only the file changes
         config_file = path
+        includes_optional = allow_missing_includes
 
     FromFile.__name__ = FromFile.__qualname__ = "Settings"
     try:
@@ -363,7 +375,8 @@ def load_settings(path: str | Path, *, allow_placeholders: bool = False, **overr
         problems = validation_problems(exc)
         if not allow_placeholders:
             try:
-                problems += [p for p in placeholder_problems(read_toml_with_includes(path)) if p not in problems]
+                raw = read_toml_with_includes(path, allow_missing=allow_missing_includes)
+                problems += [p for p in placeholder_problems(raw) if p not in problems]
             except ConfigError as inner:
                 problems += inner.problems
         raise ConfigError(problems) from None

@@ -1,0 +1,10 @@
+"""``python -m claudemesh_gateway``: the same as the ``claudemesh-gateway`` script."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

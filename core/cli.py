@@ -1,0 +1,484 @@
+"""``claudemesh-gateway``: the operator's command line.
+
+Exit codes (each with one human-readable line on stderr, never a traceback for an
+expected error):
+
+====  =======================================================================
+0     clean stop / success
+1     unexpected error (``--traceback`` shows where)
+2     configuration error: one ``path.to.key: message`` line per problem
+3     plugin error (import failure, name clash, invalid hookimpl, duplicate kind)
+4     startup error (store, mesh or gateway could not start)
+====  =======================================================================
+
+Only this module configures logging and calls ``sys.exit`` (through ``__main__``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, GatewayError, PluginError, StartupError
+from .logconfig import configure_logging, redact
+from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
+from .settings import Settings, load_settings
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_CONFIG", "EXIT_PLUGIN", "EXIT_STARTUP"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_PLUGIN, EXIT_STARTUP = 0, 1, 2, 3, 4
+DEFAULT_CONFIG = "config.toml"
+CONFIG_ENV = "CLAUDEMESH_CONFIG"
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+def _out(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=str))
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def _tool(module: str, name: str) -> Callable[..., Any]:
+    """A function another part of the gateway provides to the CLI (mesh tools, dev broker)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise StartupError(f"{module} is not available in this installation ({exc})") from exc
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise StartupError(f"{module}.{name} is not available in this installation")
+    return fn
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(_as_coro(coro))
+
+
+async def _as_coro(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+def _quiet_logging(args: argparse.Namespace, settings: Settings | None = None) -> None:
+    """Tools print results on stdout; logs (warnings and up unless -v) go to stderr."""
+    level = "DEBUG" if args.verbose else "WARNING"
+    configure_logging(settings, level=level, fmt=settings.log.format if settings else "text")
+
+
+def _load(args: argparse.Namespace, *, allow_missing_includes: bool = False, **kw: Any) -> Settings:
+    return load_settings(_config_path(args), allow_missing_includes=allow_missing_includes, **kw)
+
+
+def _dev_broker_pending(settings: Settings) -> bool:
+    """The embedded dev broker is on and has not yet written the files the config includes."""
+    if not settings.dev_broker.embedded or settings.config_path is None:
+        return False
+    base = settings.config_path.parent
+    return any(not (base / inc).expanduser().exists() for inc in settings.include)
+
+
+async def _start_dev_broker(settings: Settings, *, port: int | None = None) -> Any:
+    from .devbroker import DevBroker
+
+    db = settings.dev_broker
+    db.state_dir.mkdir(parents=True, exist_ok=True)
+    broker = DevBroker(db.state_dir, host=db.host, port=db.port if port is None else port)
+    try:
+        await broker.start()
+    except OSError as exc:
+        raise StartupError(f"embedded dev broker could not listen on {db.host}:{db.port}: {exc.strerror}") from exc
+    log.info("embedded dev broker on %s (state in %s)", getattr(broker, "ws_url", "?"), db.state_dir)
+    return broker
+
+
+# -- run -------------------------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    first = _load(args, allow_missing_includes=True)
+    configure_logging(first, level="DEBUG" if args.verbose else None)
+
+    async def build() -> web.Application:
+        broker = await _start_dev_broker(first) if first.dev_broker.embedded else None
+        try:
+            settings = _load(args) if broker is not None else first  # now with the files the broker wrote
+            configure_logging(settings, level="DEBUG" if args.verbose else None)
+            pm = make_plugin_manager(disable=settings.plugins.disable)
+            app = create_app(settings, pm, dev_broker=broker)
+        except BaseException:
+            if broker is not None:
+                await broker.stop()
+            raise
+        log.info("claudemesh-gateway %s listening on http://%s:%d", __version__, first.server.host, first.server.port)
+        return app
+
+    web.run_app(
+        build(), host=first.server.host, port=first.server.port,
+        shutdown_timeout=first.server.shutdown_timeout, print=None, access_log=logging.getLogger("aiohttp.access"),
+    )
+    log.info("stopped")
+    return EXIT_OK
+
+
+# -- check -------------------------------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from .app import validate_gateways
+
+    settings = _load(args, allow_missing_includes=True)
+    _quiet_logging(args, settings)
+    pending = _dev_broker_pending(settings)
+    if args.online and pending:
+        return _run(_check_with_embedded_broker(args))
+    if pending:
+        print("note: the embedded dev broker has not written its mesh tables yet; they appear on first `run`"
+              " (mesh references are checked then)", file=sys.stderr)
+    else:
+        settings = _load(args)
+    pm = make_plugin_manager(disable=settings.plugins.disable)
+    kinds = gateway_kinds(pm)
+    configs = validate_gateways(settings, kinds)
+    problems = _route_problems(settings, configs, skip_meshes=pending)
+    if problems:
+        raise ConfigError(problems)
+    warnings: list[str] = []
+    if args.online:
+        warnings = _run(_online_checks(settings, pm))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    return EXIT_OK
+
+
+async def _check_with_embedded_broker(args: argparse.Namespace) -> int:
+    first = _load(args, allow_missing_includes=True)
+    broker = await _start_dev_broker(first)
+    try:
+        settings = _load(args)
+        pm = make_plugin_manager(disable=settings.plugins.disable)
+        from .app import validate_gateways
+
+        configs = validate_gateways(settings, gateway_kinds(pm))
+        problems = _route_problems(settings, configs)
+        if problems:
+            raise ConfigError(problems)
+        for w in await _online_checks(settings, pm):
+            print(f"warning: {w}", file=sys.stderr)
+    finally:
+        await broker.stop()
+    print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    return EXIT_OK
+
+
+def _route_problems(settings: Settings, configs: dict[str, Any], *, skip_meshes: bool = False) -> list[str]:
+    """Routes that name an unknown gateway instance or mesh, via the routing package's own check."""
+    from .app import route_problems
+
+    return route_problems(settings, {name: cls for name, (cls, _) in configs.items()}, skip_meshes=skip_meshes)
+
+
+async def _online_checks(settings: Settings, pm: Any) -> list[str]:
+    """Resolve every routed topic against its broker and run each gateway's ``check()``."""
+    import aiohttp
+
+    from .app import online_problems
+
+    async with aiohttp.ClientSession() as http:
+        problems, warnings = await online_problems(settings, pm, http)
+    if problems:
+        raise ConfigError(problems)
+    return warnings
+
+
+# -- plugins / routes ---------------------------------------------------------------------------------------------------
+def cmd_plugins(args: argparse.Namespace) -> int:
+    disable: Sequence[str] = ()
+    try:
+        settings = _load(args, allow_missing_includes=True, allow_placeholders=True)
+        disable = settings.plugins.disable
+    except ConfigError:
+        if args.config:  # an explicitly named config must be valid; the default one is optional here
+            raise
+        settings = None
+    _quiet_logging(args, settings)
+    pm = make_plugin_manager(disable=disable)
+    kinds = gateway_kinds(pm)
+    info = plugin_info(pm)
+    for p in info:
+        p["gateway_kinds"] = sorted(k for k, cls in kinds.items() if cls.__module__.startswith(_module_of(pm, p["name"])))
+    if args.json:
+        _out(info)
+        return EXIT_OK
+    for p in info:
+        where = "built-in" if p["builtin"] else (p["distribution"] or "registered")
+        kinds_txt = f" kinds={','.join(p['gateway_kinds'])}" if p["gateway_kinds"] else ""
+        print(f"{p['name']:<12} {p['version'] or '-':<10} {where:<20} hooks={','.join(p['hooks']) or '-'}{kinds_txt}")
+    return EXIT_OK
+
+
+def _module_of(pm: Any, name: str) -> str:
+    plugin = pm.get_plugin(name)
+    return getattr(plugin, "__name__", None) or type(plugin).__module__
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    from .app import describe_routes, validate_gateways
+
+    settings = _load(args, allow_missing_includes=True, allow_placeholders=True)
+    _quiet_logging(args, settings)
+    pm = make_plugin_manager(disable=settings.plugins.disable)
+    configs = validate_gateways(settings, gateway_kinds(pm))
+    table = describe_routes(settings, {name: cls for name, (cls, _) in configs.items()})
+    if args.json:
+        _out(table)
+        return EXIT_OK
+    for row in table:
+        print(row if isinstance(row, str) else json.dumps(row, ensure_ascii=False, default=str))
+    return EXIT_OK
+
+
+# -- dead letters -----------------------------------------------------------------------------------------------------
+def cmd_dlq(args: argparse.Namespace) -> int:
+    settings = _load(args, allow_missing_includes=True, allow_placeholders=True)
+    _quiet_logging(args, settings)
+    return _run(_dlq(args, settings))
+
+
+async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from .app import open_store
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        if args.dlq_cmd == "list":
+            for dl in await store.dlq_list(limit=args.limit):
+                item = dl.item
+                _out({"id": dl.id, "reason": dl.reason, "failed_at": dl.failed_at, "lane": item.lane,
+                      "route": item.route, "attempts": item.attempts, "message_id": item.message.get("id"),
+                      "last_error": item.last_error})
+            return EXIT_OK
+        ids = None if args.all else args.ids
+        if not ids and not args.all:
+            raise ConfigError("dlq: give dead-letter ids or --all")
+        if args.dlq_cmd == "retry":
+            n = await store.dlq_retry(ids)
+            await store.audit("cli", "dlq_retry", {"ids": ids, "count": n})
+            print(f"moved {n} dead letter(s) back to the outbox (a running gateway picks them up)")
+        else:
+            n = await store.dlq_drop(ids)
+            await store.audit("cli", "dlq_drop", {"ids": ids, "count": n})
+            print(f"dropped {n} dead letter(s)")
+        return EXIT_OK
+    finally:
+        await store.close()
+
+
+# -- keys, enrolment, dev broker --------------------------------------------------------------------------------------
+def cmd_keygen(args: argparse.Namespace) -> int:
+    _quiet_logging(args)
+    result = _tool("claudemesh_gateway.mesh.tools", "keygen")()
+    _print_result(result)
+    return EXIT_OK
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    _quiet_logging(args)
+    fn = _tool("claudemesh_gateway.mesh.tools", "enroll")
+    result = _run(fn(args.invite, name=args.name, display_name=args.display_name))
+    _print_result(result)
+    return EXIT_OK
+
+
+def cmd_dev_broker(args: argparse.Namespace) -> int:
+    configure_logging(None, level="DEBUG" if args.verbose else "INFO")
+    fn = _tool("claudemesh_gateway.devbroker", "serve")
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _run(fn(state_dir, host=args.host, port=args.port))
+    return EXIT_OK
+
+
+def cmd_mint_invite(args: argparse.Namespace) -> int:
+    _quiet_logging(args)
+    fn = _tool("claudemesh_gateway.devbroker", "mint_invite")
+    result = fn(Path(args.state_dir), mesh=args.mesh, role=args.role, name=args.name)
+    _print_result(result)
+    return EXIT_OK
+
+
+def _print_result(result: Any) -> None:
+    if result is None:
+        return
+    if isinstance(result, str):
+        print(result)
+    else:
+        _out(result)
+
+
+# -- mesh tools ---------------------------------------------------------------------------------------------------------
+def _mesh_cfg(settings: Settings, name: str) -> Any:
+    try:
+        return settings.mesh[name]
+    except KeyError:
+        known = ", ".join(sorted(settings.mesh)) or "none"
+        raise ConfigError(f"mesh: no [mesh.{name}] table (configured: {known})") from None
+
+
+def cmd_mesh(args: argparse.Namespace) -> int:
+    settings = _load(args, allow_placeholders=True)
+    _quiet_logging(args, settings)
+    cfg = _mesh_cfg(settings, args.mesh)
+    tools = "claudemesh_gateway.mesh.tools"
+    if args.mesh_cmd == "peers":
+        _out(_run(_tool(tools, "peers")(args.mesh, cfg, timeout=args.timeout)))
+        return EXIT_OK
+    if args.mesh_cmd == "send":
+        if args.to:
+            result = _run(_tool(tools, "send_dm")(args.mesh, cfg, args.to, args.text, timeout=args.timeout))
+        else:
+            result = _run(_tool(tools, "send_topic")(args.mesh, cfg, args.topic, args.text, timeout=args.timeout))
+        _print_result(result)
+        return EXIT_OK
+    if args.mesh_cmd == "tail":
+        tail = _tool(tools, "tail")
+
+        def emit(row: Any) -> None:
+            _out(row)
+            sys.stdout.flush()
+
+        try:
+            _run(tail(args.mesh, cfg, args.topic, count=args.count, timeout=args.timeout, on_row=emit))
+        except KeyboardInterrupt:
+            pass
+        return EXIT_OK
+    raise ConfigError(f"mesh: unknown command {args.mesh_cmd!r}")
+
+
+# -- parser -------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="claudemesh-gateway",
+        description="Connect claudemesh meshes to Telegram, Slack, WhatsApp, webhooks and other meshes.",
+        epilog="exit codes: 0 ok, 1 unexpected, 2 config error, 3 plugin error, 4 startup error",
+    )
+    p.add_argument("-c", "--config", help=f"TOML config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--traceback", action="store_true", help="show a traceback for unexpected errors")
+    p.add_argument("--version", action="version", version=f"claudemesh-gateway {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("run", help="run the gateway (embedded dev broker first when [dev_broker] embedded)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check", help="validate the configuration without starting; exit 2 on problems")
+    s.add_argument("--online", action="store_true", help="also resolve topics on the broker and run gateway checks")
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("plugins", help="list loaded plugins, their versions, hooks and gateway kinds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plugins)
+
+    s = sub.add_parser("routes", help="print the resolved route table")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_routes)
+
+    s = sub.add_parser("keygen", help="generate an ed25519 identity for a [mesh.*] table")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("enroll", help="join a mesh from a v1 invite link; prints the [mesh.*] table")
+    s.add_argument("invite")
+    s.add_argument("--name", default=None, help="config name of the mesh table")
+    s.add_argument("--display-name", default="claudemesh-gateway", help="peer display name on the mesh")
+    s.set_defaults(func=cmd_enroll)
+
+    s = sub.add_parser("dev-broker", help="run the loopback dev broker standalone (development only)")
+    s.add_argument("--state-dir", default="var/devbroker")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=7900)
+    s.set_defaults(func=cmd_dev_broker)
+
+    s = sub.add_parser("mint-invite", help="mint a v1 invite link on the dev broker")
+    s.add_argument("--state-dir", default="var/devbroker")
+    s.add_argument("--mesh", default=None, help="dev mesh slug (default: the dev broker's mesh)")
+    s.add_argument("--role", default="member")
+    s.add_argument("--name", default=None, help="display name suggested by the invite")
+    s.set_defaults(func=cmd_mint_invite)
+
+    s = sub.add_parser("dlq", help="dead letters: list, retry, drop")
+    dsub = s.add_subparsers(dest="dlq_cmd", metavar="ACTION")
+    dsub.required = True
+    d = dsub.add_parser("list")
+    d.add_argument("--limit", type=int, default=100)
+    for action in ("retry", "drop"):
+        d = dsub.add_parser(action)
+        d.add_argument("ids", nargs="*", type=int)
+        d.add_argument("--all", action="store_true")
+    s.set_defaults(func=cmd_dlq)
+
+    s = sub.add_parser("mesh", help="talk to a configured mesh as the gateway's identity")
+    msub = s.add_subparsers(dest="mesh_cmd", metavar="ACTION")
+    msub.required = True
+    m = msub.add_parser("peers", help="JSON list of the mesh's peers")
+    m.add_argument("mesh")
+    m.add_argument("--timeout", type=float, default=10.0)
+    m = msub.add_parser("send", help="post to a topic or DM a peer")
+    m.add_argument("mesh")
+    target = m.add_mutually_exclusive_group(required=True)
+    target.add_argument("--topic")
+    target.add_argument("--to", help="peer pubkey (hex) or display name")
+    m.add_argument("text")
+    m.add_argument("--timeout", type=float, default=10.0)
+    m = msub.add_parser("tail", help="one JSON object per line per topic message (id, sender, text, createdAt)")
+    m.add_argument("mesh")
+    m.add_argument("--topic", required=True)
+    m.add_argument("--count", type=int, default=None, help="stop after N messages")
+    m.add_argument("--timeout", type=float, default=None, help="stop after S seconds")
+    s.set_defaults(func=cmd_mesh)
+    return p
+
+
+# -- entry point ------------------------------------------------------------------------------------------------------
+def _fail(prefix: str, lines: Sequence[str]) -> None:
+    for line in lines:  # stderr bypasses the logging filter: scrub here too (URLs can embed tokens)
+        print(f"claudemesh-gateway: {prefix}: {redact(line)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except ConfigError as exc:
+        _fail("config error", exc.problems)
+        return EXIT_CONFIG
+    except PluginError as exc:
+        _fail("plugin error", [exc.human_message])
+        return EXIT_PLUGIN
+    except StartupError as exc:
+        _fail("startup error", [exc.human_message])
+        return EXIT_STARTUP
+    except GatewayError as exc:
+        _fail("error", [exc.human_message])
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:
+        if args.traceback:
+            traceback.print_exc()
+        _fail("unexpected error", [f"{type(exc).__name__}: {exc} (re-run with --traceback for details)"])
+        return EXIT_UNEXPECTED
