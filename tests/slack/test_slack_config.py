@@ -1,0 +1,55 @@
+"""Config validation and plugin registration."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from claudemesh_gateway.plugins.slack.gateway import SlackConfig
+
+
+def test_defaults():
+    cfg = SlackConfig.model_validate({"bot_token": "xoxb-1", "app_token": "xapp-1"})
+    assert cfg.mode == "socket" and cfg.api_base == "https://slack.com/api/" and cfg.max_text == 4000
+    assert not cfg.customize
+    assert (cfg.rate.per_channel_per_s, cfg.rate.per_channel_burst) == (1.0, 3.0)
+
+
+def test_unknown_keys_rejected_and_secrets_not_echoed():
+    with pytest.raises(ValidationError) as ei:
+        SlackConfig.model_validate({"bot_token": "xoxb-supersecret", "tokn": "x", "mode": "polling"})
+    text = str(ei.value)
+    assert "tokn" in text and "mode" in text
+    assert "supersecret" not in text
+    with pytest.raises(ValidationError):
+        SlackConfig.model_validate({"bot_token": "xoxb-1", "rate": {"per_channel_per_s": 0}})
+
+
+async def test_start_refuses_incomplete_mode_config(make_gateway):
+    from claudemesh_gateway import StartupError
+
+    gw = await make_gateway(mode="events", start=False, signing_secret=None)
+    with pytest.raises(StartupError, match="signing_secret"):
+        await gw.start()
+    gw = await make_gateway(mode="socket", start=False, app_token=None)
+    with pytest.raises(StartupError, match="app_token"):
+        await gw.start()
+    gw = await make_gateway(mode="events", start=False, bot_token="xoxp-user-token")
+    with pytest.raises(StartupError, match="xoxb"):
+        await gw.start()
+
+
+def test_plugin_registers_the_gateway():
+    import claudemesh_gateway.plugins.slack as plugin
+
+    registered = []
+    plugin.register_gateways(registered.append)
+    assert [g.kind for g in registered] == ["slack"]
+    # __init__ holds only the hookimpl (and the import it needs)
+    public = {k for k in vars(plugin) if not k.startswith("_")}
+    assert public - {"hookimpl", "SlackGateway", "register_gateways", "gateway", "mrkdwn", "signature", "wire"} == set()
+
+
+async def test_secrets_registered(make_gateway, sk):
+    gw = await make_gateway(mode="socket", start=False, signing_secret=sk.SIGNING_SECRET)
+    assert set(gw.ctx.secrets) == {sk.BOT_TOKEN, sk.APP_TOKEN, sk.SIGNING_SECRET}
