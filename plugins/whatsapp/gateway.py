@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextvars
 import json
@@ -171,9 +172,11 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
                 fields.extend((key, str(v)) for v in value)
             elif value is not None:
                 fields.append((key, str(value)))
+        headers = dict(headers or {})
+        if auth:
+            headers["Authorization"] = _basic_auth(auth[0], auth[1])
         async with self.session.request(
             method.upper(), url, params=params, data=fields or None, headers=headers,
-            auth=aiohttp.BasicAuth(auth[0], auth[1]) if auth else None,
             timeout=aiohttp.ClientTimeout(total=timeout or self.timeout or 15.0),
             allow_redirects=allow_redirects,
         ) as resp:
@@ -544,6 +547,10 @@ class WhatsAppGateway(Gateway):
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
+def _basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
 def _twiml() -> web.Response:
     return web.Response(status=200, text=EMPTY_TWIML, content_type="text/xml")
 

@@ -1,0 +1,172 @@
+"""Mesh -> WhatsApp: messages.create against the fake Twilio REST API."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from claudemesh_gateway import Attachment, DeliveryError, GatewayState, SendResult
+from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions
+
+TEMPLATE = "HX" + "ab" * 16
+
+
+async def test_send_posts_attributed_text_with_from_to_and_status_callback(wa, wh):
+    await wa.open_window()
+    result = await wa.gateway.send(wa.outbound("[alice] deploy finished ✅"))
+    assert isinstance(result, SendResult)
+    assert len(result.native_ids) == 1 and result.native_ids[0].startswith("SM")
+    sent = wa.twilio.last()
+    assert sent["Body"] == "[alice] deploy finished ✅"
+    assert sent["To"] == wh.USER
+    assert sent["From"] == wh.FROM
+    assert sent["StatusCallback"] == f"{wh.PUBLIC_URL}/gateways/{wh.NAME}/status"
+    assert "ContentSid" not in sent and "MessagingServiceSid" not in sent
+
+
+async def test_messaging_service_and_api_key_auth(make_wa, wh):
+    fake = wh.FakeTwilio(username=wh.API_KEY_SID, password=wh.API_KEY_SECRET)
+    wa = await make_wa(fake=fake, from_number=None, messaging_service_sid="MG" + "1" * 32,
+                       api_key_sid=wh.API_KEY_SID, api_key_secret=wh.API_KEY_SECRET, status_callback=False)
+    await wa.open_window()
+    await wa.gateway.send(wa.outbound())
+    sent = fake.last()
+    assert sent["MessagingServiceSid"] == "MG" + "1" * 32
+    assert "From" not in sent and "StatusCallback" not in sent
+
+
+async def test_two_parts_arrive_in_order(wa):
+    """The core splits a 2,000-character text at max_text=1600; the parts go out in order."""
+    assert wa.gateway.capabilities.max_text == 1600
+    await wa.open_window()
+    part1, part2 = "a" * 1600, "b" * 400
+    r1 = await wa.gateway.send(wa.outbound(part1, part=1, parts=2))
+    r2 = await wa.gateway.send(wa.outbound(part2, part=2, parts=2))
+    bodies = [dict(req)["Body"] for req in wa.twilio.requests]
+    assert bodies == [part1, part2]
+    assert r1.native_ids != r2.native_ids
+
+
+async def test_outside_window_uses_template(wa, wh):
+    await wa.open_window(age_s=25 * 3600)  # last inbound 25 h ago
+    opts = WhatsAppBindingOptions(outside_window="template", template_content_sid=TEMPLATE,
+                                  template_variables={"1": "{sender}", "2": "{text}"})
+    await wa.gateway.send(wa.outbound("[alice] line one\nline {two}", options=opts))
+    sent = wa.twilio.last()
+    assert sent["ContentSid"] == TEMPLATE
+    assert "Body" not in sent
+    assert json.loads(sent["ContentVariables"]) == {"1": "alice", "2": "[alice] line one line {two}"}
+
+
+async def test_never_written_number_is_outside_window_and_held(wa):
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert err.value.permanent
+    assert "outside WhatsApp 24-hour window and no template configured" in str(err.value)
+    assert wa.twilio.requests == []
+
+
+async def test_twilio_63016_is_permanent_and_closes_window(wa, wh):
+    await wa.open_window()
+    wa.twilio.fail(400, 63016, "Failed to send freeform message because you are outside the allowed window.")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert err.value.permanent and "24-hour window" in str(err.value)
+    assert not await wa.gateway.in_window(wh.USER)
+
+
+async def test_429_is_transient_with_retry_after(wa):
+    await wa.open_window()
+    wa.twilio.fail(429, 20429, "Too Many Requests", headers={"Retry-After": "7"})
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert not err.value.permanent
+    assert err.value.retry_after == 7.0
+
+
+async def test_5xx_is_transient(wa):
+    await wa.open_window()
+    wa.twilio.fail(500, 20500, "Internal Server Error")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert not err.value.permanent
+
+
+async def test_21610_is_permanent_and_marks_opted_out(wa, wh):
+    await wa.open_window()
+    wa.twilio.fail(400, 21610, "Attempt to send to unsubscribed recipient")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert err.value.permanent and "opted out" in str(err.value)
+    assert await wa.gateway.is_opted_out(wh.USER)
+    with pytest.raises(DeliveryError):
+        await wa.gateway.send(wa.outbound())
+    assert len(wa.twilio.requests) == 1  # the second attempt never reached Twilio
+
+
+async def test_other_4xx_is_permanent(wa):
+    await wa.open_window()
+    wa.twilio.fail(400, 21211, "The 'To' number is not a valid phone number.")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert err.value.permanent and "21211" in str(err.value)
+
+
+async def test_bad_credentials_permanent_and_state(make_wa, wh):
+    wa = await make_wa(auth_token="wrong_" + wh.AUTH_TOKEN)
+    await wa.open_window()
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert err.value.permanent
+    assert wa.ctx.states[-1][0] == GatewayState.BAD_CREDENTIALS
+
+
+async def test_not_a_whatsapp_address_is_permanent(wa):
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound(to="12345"))
+    assert err.value.permanent
+
+
+async def test_outbound_media_urls(wa):
+    await wa.open_window()
+    atts = (
+        Attachment(name="a.png", content_type="image/png", url="https://files.example/a.png", size=1000),
+        Attachment(name="b.pdf", content_type="application/pdf", url="https://files.example/b.pdf"),
+        Attachment(name="local.bin", data=b"xx", size=2),  # no URL Twilio could fetch: described instead
+    )
+    await wa.gateway.send(wa.outbound("[alice] files", attachments=atts))
+    sent = wa.twilio.last()
+    assert sent["MediaUrl"] == ["https://files.example/a.png", "https://files.example/b.pdf"]
+    assert sent["Body"].startswith("[alice] files\n[application local.bin")
+
+
+async def test_rate_limits(make_wa, wh):
+    wa = await make_wa(mps=25)
+    (rl,) = wa.gateway.rate_limits(wa.outbound().to)
+    assert rl.scope == f"whatsapp:{wh.NAME}:sender" and rl.per_second == 25
+    sandbox = await make_wa(sandbox=True)
+    (rl,) = sandbox.gateway.rate_limits(wa.outbound().to)
+    assert rl.per_second == pytest.approx(1 / 3) and rl.burst == 1
+
+
+async def test_credentials_never_logged_or_in_errors(make_wa, wh, caplog):
+    caplog.set_level(logging.DEBUG)
+    wa = await make_wa(api_key_sid=wh.API_KEY_SID, api_key_secret=wh.API_KEY_SECRET,
+                       fake=wh.FakeTwilio(username=wh.API_KEY_SID, password=wh.API_KEY_SECRET))
+    await wa.open_window()
+    await wa.gateway.send(wa.outbound())
+    errors = []
+    for status, code in ((500, 20500), (400, 21211), (429, 20429)):
+        wa.twilio.fail(status, code, f"boom {code}")
+        with pytest.raises(DeliveryError) as err:
+            await wa.gateway.send(wa.outbound())
+        errors.append(str(err.value))
+    resp = await wa.inbound(wh.inbound_params(), token="forged")
+    assert resp.status == 403
+    text = caplog.text + "\n".join(errors)
+    assert caplog.records, "expected some log output to check"
+    for secret in (wh.AUTH_TOKEN, wh.API_KEY_SECRET):
+        assert secret not in text
+    assert set(wa.ctx.secrets) == {wh.AUTH_TOKEN, wh.API_KEY_SECRET}  # handed to the core's redaction
