@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _AMP = re.compile(r"&(?!(?:amp|lt|gt);)")
 _TOKEN = re.compile(r"<([^<>\n]*)>")
 _MASS = re.compile(r"(?<![\w@/&])@(here|channel|everyone)\b")
+# escaped forms of Slack's own mention markup: &lt;!here&gt;, &lt;!subteam^S1|@ops&gt;, &lt;@U123&gt;
+_ESCAPED_MENTION = re.compile(
+    r"&lt;((?:!(?:here|channel|everyone)|!subteam\^[A-Z0-9]+|@[UW][A-Z0-9]+)(?:\|[^&<>|]{0,80})?)&gt;"
+)
 
 
 def escape(text: str) -> str:
@@ -42,9 +46,12 @@ def unescape(text: str) -> str:
 
 
 def enable_mass_mentions(escaped: str) -> str:
-    """Turn the plain words ``@here`` / ``@channel`` / ``@everyone`` of already-escaped text
-    into live Slack mentions. Only for bindings that explicitly allow mass mentions."""
-    return _MASS.sub(lambda m: f"<!{m.group(1)}>", escaped)
+    """Make mentions in already-escaped text live again: the plain words ``@here`` /
+    ``@channel`` / ``@everyone`` and Slack's own ``<!here>``, ``<!channel>``, ``<!everyone>``,
+    ``<!subteam^ID>`` and ``<@U…>`` markup. Only for routes/bindings that explicitly allow
+    mass mentions; links and any other markup stay escaped."""
+    revived = _ESCAPED_MENTION.sub(lambda m: f"<{m.group(1)}>", escaped)
+    return _MASS.sub(lambda m: f"<!{m.group(1)}>", revived)
 
 
 def _split(body: str) -> tuple[str, str | None]:

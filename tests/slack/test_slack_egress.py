@@ -42,9 +42,10 @@ async def test_mass_mentions_only_when_binding_allows(make_gateway, fake_slack, 
     await gw.send(_out(gw, "deploy done @here <!channel>"))
     assert fake_slack.posts["C1"][-1]["text"] == "deploy done @here &lt;!channel&gt;"
     opts = {"allow_mass_mentions": True}
-    await gw.send(_out(gw, "deploy done @here <!channel> mail@here.com", options=opts))
-    # the plain word becomes a mention; raw markup from the mesh still never does
-    assert fake_slack.posts["C1"][-1]["text"] == "deploy done <!here> &lt;!channel&gt; mail@here.com"
+    await gw.send(_out(gw, "deploy done @here <!channel> <@U1> mail@here.com <https://x|y>", options=opts))
+    # the route allows it: mentions are live, other markup (links) stays escaped
+    assert fake_slack.posts["C1"][-1]["text"] == (
+        "deploy done <!here> <!channel> <@U1> mail@here.com &lt;https://x|y&gt;")
 
 
 async def test_threads_reply_to_binding_thread_and_address_thread(make_gateway, fake_slack):

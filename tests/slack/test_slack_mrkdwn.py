@@ -61,6 +61,9 @@ def test_referenced_ids_only_unlabelled():
 def test_mass_mentions_enabled_only_for_plain_words():
     assert mrkdwn.enable_mass_mentions("@here x @channel y @everyone") == "<!here> x <!channel> y <!everyone>"
     assert mrkdwn.enable_mass_mentions("a@here.com /@here @heres") == "a@here.com /@here @heres"
+    escaped = mrkdwn.escape("<!channel> <!subteam^S1|@ops> <@U1> <https://x|y> <!date^1^x|d>")
+    assert mrkdwn.enable_mass_mentions(escaped) == (
+        "<!channel> <!subteam^S1|@ops> <@U1> &lt;https://x|y&gt; &lt;!date^1^x|d&gt;")
 
 
 async def test_resolver_coalesces_and_caches():
