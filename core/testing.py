@@ -1,30 +1,60 @@
 """Test helpers for claudemesh-gateway and for third-party gateway plugins.
 
-Opt in from a plugin repository with ``pytest_plugins = ["claudemesh_gateway.testing"]``.
+Opt in from a plugin repository with ``pytest_plugins = ["claudemesh_gateway.testing"]``
+(importable fixtures, not a ``pytest11`` autoload, so nothing runs in unrelated pytest
+sessions). It provides:
+
+- :class:`RecordingContext`: a ``GatewayContext`` that records what a gateway hands the core
+  (unit level: one gateway against a fake vendor server, no core).
+- fixtures ``dev_broker`` (a started loopback dev broker on port 0 with a temporary state dir)
+  and ``gateway_app`` (a factory: the whole gateway app from a config dict + the dev broker's
+  mesh tables, served on 127.0.0.1 port 0; yields ``(client, runtime)``).
+- :class:`GatewayContract`: a base test class each gateway plugin's tests subclass.
+
+The fixtures need ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``), as this
+project's own tests do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
-from collections.abc import Sequence
-from typing import Any
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from .errors import DeliveryError
 from .events import Event, GatewayState
 from .gateway import Binding, SubmitResult
 from .messages import Message
 
-__all__ = ["RecordingContext"]
+if TYPE_CHECKING:
+    from aiohttp.test_utils import TestClient
+
+    from .gateway import Gateway
+    from .messages import Outbound
+    from .runtime import Runtime
+
+__all__ = ["RecordingContext", "GatewayContract", "dev_broker", "gateway_app", "build_test_app", "dev_mesh_tables"]
+
+try:  # the fixtures are defined only where pytest is installed (it is not a runtime dependency)
+    import pytest
+except ImportError:  # pragma: no cover - production installs
+    pytest = None  # type: ignore[assignment]
 
 
 class RecordingContext:
     """A ``GatewayContext`` that records what a gateway hands to the core.
 
     ``submitted`` holds accepted messages; ids already seen return ``duplicate``,
-    as the real inbox ledger does. ``kv`` is in memory. Use it to test a gateway
-    in isolation against a fake vendor server.
+    as the real inbox ledger does. ``attempts`` holds the id of *every* ``submit``
+    call, duplicates included (a gateway must give a redelivered update the same
+    id). ``kv`` is in memory. Use it to test a gateway in isolation against a fake
+    vendor server.
     """
 
     def __init__(self, name: str, http: aiohttp.ClientSession, bindings: Sequence[Binding] = ()) -> None:
@@ -32,6 +62,7 @@ class RecordingContext:
         self.http = http
         self._bindings = list(bindings)
         self.submitted: list[Message] = []
+        self.attempts: list[str] = []
         self.events: list[Event] = []
         self.states: list[tuple[GatewayState, str]] = []
         self.kv: dict[str, Any] = {}
@@ -49,6 +80,7 @@ class RecordingContext:
         self._bindings = list(bindings)
 
     async def submit(self, message: Message) -> SubmitResult:
+        self.attempts.append(message.id)
         if self.fail_submit is not None:
             raise self.fail_submit
         if message.id in self._seen:
@@ -86,3 +118,206 @@ class RecordingContext:
 
     def register_secret(self, value: str) -> None:
         self.secrets.append(value)
+
+
+# -- the whole app, for integration tests -----------------------------------------------------------------------------
+def dev_mesh_tables(state_dir: Path) -> dict[str, Any]:
+    """The ``[mesh.*]`` tables a started dev broker wrote to ``<state_dir>/meshes.toml``."""
+    path = Path(state_dir) / "meshes.toml"
+    with path.open("rb") as fh:
+        return tomllib.load(fh).get("mesh", {})
+
+
+async def build_test_app(
+    config: Mapping[str, Any],
+    *,
+    state_dir: Path,
+    broker: Any | None = None,
+    plugins: Sequence[tuple[str, object]] = (),
+    builtins: bool = True,
+) -> tuple[TestClient, Runtime]:
+    """Start the full gateway app on 127.0.0.1:0 and return ``(client, runtime)``; the caller
+    closes ``client`` (which runs the app's shutdown). ``config`` is the TOML content as a dict;
+    ``[mesh.*]`` tables of ``broker`` are merged under it, the store goes under ``state_dir``."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from .app import RUNTIME, create_app
+    from .plugin_manager import make_plugin_manager
+    from .settings import deep_merge, settings_from_dict
+
+    base: dict[str, Any] = {"server": {"state_dir": str(state_dir), "shutdown_timeout": 5.0}}
+    if broker is not None:
+        base["mesh"] = dev_mesh_tables(broker.state_dir if hasattr(broker, "state_dir") else state_dir)
+    settings = settings_from_dict(deep_merge(base, config))
+    pm = make_plugin_manager(entry_points=False, builtins=builtins, disable=settings.plugins.disable,
+                             plugins=plugins)
+    app = create_app(settings, pm)
+    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    return client, app[RUNTIME]
+
+
+if pytest is not None:
+
+    @pytest.fixture
+    async def dev_broker(tmp_path: Path) -> AsyncIterator[Any]:
+        """A started dev broker on 127.0.0.1, an ephemeral port and a temporary state dir."""
+        from .devbroker import DevBroker
+
+        state = tmp_path / "devbroker"
+        state.mkdir()
+        broker = DevBroker(state, host="127.0.0.1", port=0)
+        await broker.start()
+        try:
+            yield broker
+        finally:
+            await broker.stop()
+
+    @pytest.fixture
+    async def gateway_app(
+        tmp_path: Path, dev_broker: Any
+    ) -> AsyncIterator[Callable[..., Awaitable[tuple[TestClient, Runtime]]]]:
+        """Factory: ``client, runtime = await gateway_app({...config...}, plugins=[(name, obj)])``.
+
+        The config dict is a TOML document as a dict (``gateways``, ``routes``...); the dev
+        broker's ``[mesh.dev*]`` tables are merged in. Every app started is stopped at teardown.
+        """
+        clients: list[TestClient] = []
+
+        async def make(config: Mapping[str, Any] | None = None, **kw: Any) -> tuple[TestClient, Runtime]:
+            state = tmp_path / f"gw{len(clients)}"
+            state.mkdir()
+            client, runtime = await build_test_app(config or {}, state_dir=state, broker=dev_broker, **kw)
+            clients.append(client)
+            return client, runtime
+
+        try:
+            yield make
+        finally:
+            for client in reversed(clients):
+                await client.close()
+
+
+# -- the gateway contract ---------------------------------------------------------------------------------------------
+class GatewayContract:
+    """Behaviour every gateway plugin must have. Subclass it in your plugin's tests::
+
+        class TestMyGateway(GatewayContract):
+            @pytest.fixture
+            async def contract_gateway(self, fake_vendor):      # fake vendor server on 127.0.0.1:0
+                async with aiohttp.ClientSession() as http:
+                    ctx = RecordingContext("mine", http, bindings=[...])
+                    yield MyGateway("mine", MyGateway.Config(api_base=str(fake_vendor.make_url(""))), ctx)
+
+            @pytest.fixture
+            def contract_inbound(self, ...):                   # see below
+                ...
+
+            @pytest.fixture
+            def contract_outbound(self): return Outbound(...)
+
+            @pytest.fixture
+            def contract_break_vendor(self, fake_vendor): ...
+
+    Fixtures to provide:
+
+    ``contract_gateway``
+        A constructed, *not started* gateway whose ``ctx`` is a :class:`RecordingContext`.
+    ``contract_inbound``
+        ``async (gateway, update_id: str, *, signed: bool = True) -> int | None``: make the
+        platform deliver one inbound message with platform update id ``update_id`` (POST to
+        the gateway's webhook with an aiohttp test client and return the HTTP status, or
+        queue it on the fake vendor's polling endpoint and return None). ``signed=False``
+        sends a bad signature; return None when the gateway has no signed ingress.
+    ``contract_outbound``
+        An :class:`Outbound` the gateway can send to the fake vendor.
+    ``contract_break_vendor``
+        ``(permanent: bool) -> None``: make the fake vendor fail every following send, with
+        a permanent (e.g. 400 chat not found) or transient (e.g. 500 / 429) error.
+
+    The tests run at unit level against :class:`RecordingContext`; the delivery engine's
+    side (DeliveryError -> retry or dead letter + DeliveryFailed) is covered by the core.
+    """
+
+    settle_s: float = 0.2  # how long to let background ingress run before asserting "nothing happened"
+
+    @staticmethod
+    def _ctx(gateway: Gateway) -> RecordingContext:
+        ctx = gateway.ctx
+        assert isinstance(ctx, RecordingContext), "contract_gateway must be built with a RecordingContext"
+        return ctx
+
+    async def test_contract_start_stop_idempotent(self, contract_gateway: Gateway) -> None:
+        await contract_gateway.start()
+        await contract_gateway.start()
+        await contract_gateway.stop()
+        await contract_gateway.stop()
+        assert contract_gateway.state != GatewayState.CONNECTED
+
+    async def test_contract_bad_signature_rejected(self, contract_gateway: Gateway, contract_inbound: Any) -> None:
+        ctx = self._ctx(contract_gateway)
+        await contract_gateway.start()
+        try:
+            status = await contract_inbound(contract_gateway, "contract-bad-sig", signed=False)
+            if status is None:
+                pytest.skip("this gateway has no signed ingress")
+            assert status in (401, 403), f"a bad signature must answer 401/403, got {status}"
+            await asyncio.sleep(self.settle_s)
+            assert ctx.attempts == [], "nothing may be submitted for a request with a bad signature"
+        finally:
+            await contract_gateway.stop()
+
+    async def test_contract_duplicate_processed_once(self, contract_gateway: Gateway, contract_inbound: Any) -> None:
+        ctx = self._ctx(contract_gateway)
+        await contract_gateway.start()
+        try:
+            await contract_inbound(contract_gateway, "contract-dup-1")
+            await ctx.wait_for(1)
+            await contract_inbound(contract_gateway, "contract-dup-1")
+            await asyncio.sleep(self.settle_s)
+        finally:
+            await contract_gateway.stop()
+        assert len(ctx.submitted) == 1
+        # a redelivered update either never reaches submit, or reaches it with the SAME id
+        assert set(ctx.attempts) == {ctx.submitted[0].id}, f"message ids must be stable: {ctx.attempts}"
+
+    @pytest.mark.parametrize("permanent", [True, False], ids=["permanent", "transient"]) if pytest else (lambda f: f)
+    async def test_contract_send_failure_is_delivery_error(
+        self, contract_gateway: Gateway, contract_outbound: Outbound, contract_break_vendor: Any, permanent: bool
+    ) -> None:
+        ctx = self._ctx(contract_gateway)
+        await contract_gateway.start()
+        try:
+            contract_break_vendor(permanent)
+            with pytest.raises(DeliveryError) as info:
+                await contract_gateway.send(contract_outbound)
+        finally:
+            await contract_gateway.stop()
+        assert info.value.permanent is permanent
+        text = str(info.value)
+        for secret in ctx.secrets + _config_secrets(contract_gateway):
+            assert secret not in text, "a DeliveryError message must not contain a secret"
+
+    async def test_contract_stop_drains(self, contract_gateway: Gateway, contract_inbound: Any) -> None:
+        ctx = self._ctx(contract_gateway)
+        await contract_gateway.start()
+        status = await contract_inbound(contract_gateway, "contract-drain-1")
+        if status is not None:
+            assert status < 300, f"a valid update must be accepted, got {status}"
+            # acknowledged => already submitted (the vendor is acked only after submit returns)
+            assert ctx.attempts, "the gateway acknowledged the vendor before ctx.submit returned"
+        else:
+            await ctx.wait_for(1)
+        await contract_gateway.stop()
+        after_stop = list(ctx.attempts)
+        await asyncio.sleep(self.settle_s)
+        assert ctx.attempts == after_stop, "the gateway kept submitting after stop() returned"
+        assert len(ctx.submitted) == 1
+
+
+def _config_secrets(gateway: Gateway) -> list[str]:
+    from .settings import iter_secrets
+
+    with contextlib.suppress(Exception):
+        return [s for s in iter_secrets(gateway.config) if len(s) >= 4]
+    return []
