@@ -19,11 +19,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from twilio.request_validator import RequestValidator
-
 from claudemesh_gateway import Address, Binding, Message, Outbound
-from claudemesh_gateway.plugins.whatsapp.gateway import TwilioHttpClient, WhatsAppBindingOptions, WhatsAppGateway
+from claudemesh_gateway.plugins.whatsapp.gateway import (
+    TwilioHttpClient,
+    WhatsAppBindingOptions,
+    WhatsAppGateway,
+)
 from claudemesh_gateway.testing import RecordingContext
+from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "tok_" + "5ecr3t" * 5  # distinctive, so a leak is easy to find

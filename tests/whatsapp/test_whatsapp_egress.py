@@ -6,7 +6,6 @@ import json
 import logging
 
 import pytest
-
 from claudemesh_gateway import Attachment, DeliveryError, GatewayState, SendResult
 from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions
 

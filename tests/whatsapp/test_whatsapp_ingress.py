@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from claudemesh_gateway import Address, DeliveryError, DeliveryFailed, DeliveryStatus, MessageDropped
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'

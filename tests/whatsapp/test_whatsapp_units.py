@@ -7,11 +7,12 @@ import json
 
 import pluggy
 import pytest
-from pydantic import ValidationError
-from twilio.request_validator import RequestValidator
-
 from claudemesh_gateway.plugins import whatsapp as plugin
-from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions, WhatsAppConfig, WhatsAppGateway
+from claudemesh_gateway.plugins.whatsapp.gateway import (
+    WhatsAppBindingOptions,
+    WhatsAppConfig,
+    WhatsAppGateway,
+)
 from claudemesh_gateway.plugins.whatsapp.signature import public_request_url, verify_signature
 from claudemesh_gateway.plugins.whatsapp.text import (
     consent_keyword,
@@ -20,6 +21,8 @@ from claudemesh_gateway.plugins.whatsapp.text import (
     render_template_variables,
 )
 from claudemesh_gateway.plugins.whatsapp.wire import InboundForm, StatusForm
+from pydantic import ValidationError
+from twilio.request_validator import RequestValidator
 
 TOKEN = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
