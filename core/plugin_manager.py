@@ -213,7 +213,7 @@ def gateway_kinds(pm: pluggy.PluginManager) -> dict[str, type[Gateway]]:
 
     kinds: dict[str, type[Gateway]] = {}
     owners: dict[str, str] = {}
-    for impl in reversed(pm.hook.register_gateways.get_hookimpls()):
+    for impl in pm.hook.register_gateways.get_hookimpls():  # registration order
         plugin_name = impl.plugin_name
 
         def register(cls: type[Gateway], _plugin: str = plugin_name) -> None:
