@@ -136,3 +136,30 @@ async def test_capabilities_and_config_limits(make_gateway):
     assert (caps.max_text, caps.threads, caps.replies, caps.edits, caps.deletes, caps.media) == (
         3000, True, True, True, True, False)
     assert caps.formatting == "mrkdwn"
+
+
+async def test_server_error_and_network_error_are_transient(make_gateway, fake_slack, http_session, sk):
+    from aiohttp import web
+
+    gw = await make_gateway(mode="events")
+
+    async def boom(request):
+        return web.Response(status=503, text="<html>upstream down</html>")
+
+    fake_slack._m_chat_postMessage = lambda request, p: boom(request)  # type: ignore[method-assign]
+    with pytest.raises(DeliveryError) as ei:
+        await gw.send(_out(gw, "x"))
+    assert not ei.value.permanent and ei.value.retry_after is None
+
+    from claudemesh_gateway.plugins.slack.gateway import SlackGateway
+    from claudemesh_gateway.testing import RecordingContext
+
+    dead = SlackGateway("slack", SlackGateway.Config.model_validate(
+        {"bot_token": sk.BOT_TOKEN, "mode": "events", "signing_secret": "s", "api_base": "http://127.0.0.1:9/api/"}),
+        RecordingContext("slack", http_session))
+    await dead.start()  # network down at boot: not fatal, retried in the background
+    assert dead.state == GatewayState.TRANSIENT_DISCONNECT
+    with pytest.raises(DeliveryError) as ei:
+        await dead.send(_out(dead, "x"))
+    assert not ei.value.permanent and "127.0.0.1" not in str(ei.value)
+    await dead.stop()
