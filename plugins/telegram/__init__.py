@@ -1,1 +1,10 @@
-"""telegram gateway plugin."""
+"""Telegram gateway plugin: Bot API long polling or webhook, HTML rendering, forum topics, media."""
+
+from claudemesh_gateway import hookimpl
+
+from .gateway import TelegramGateway
+
+
+@hookimpl
+def register_gateways(register):
+    register(TelegramGateway)

@@ -1,0 +1,888 @@
+"""TelegramGateway: Bot API updates <-> core Messages, core Outbounds -> Bot API calls.
+
+Only translation lives here. Routing, allow-lists, dedup, retries, rate
+limiting, splitting and attribution are the core's; this class declares its
+rate limits (``rate_limits``), escapes text for HTML (``render_text``) and maps
+Bot API failures to ``DeliveryError`` (``retry_after`` from a 429 pauses only
+that chat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import hmac
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from telegram import Bot, InputFile, LinkPreviewOptions, ReplyParameters
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+
+from claudemesh_gateway import (
+    Address,
+    Attachment,
+    Binding,
+    Capabilities,
+    DeliveryError,
+    Gateway,
+    GatewayContext,
+    GatewayState,
+    Message,
+    MessageDropped,
+    Outbound,
+    RateLimit,
+    SendResult,
+    SubmitResult,
+)
+
+from .config import MB, TelegramBindingOptions, TelegramConfig, coerce_options
+from .format import escape_html, html_to_plain, neutralise_mentions, utf16_len
+from .transport import PLACEHOLDER, AiohttpRequest, make_bot, scrub
+from .wire import ALLOWED_UPDATES, Chat, FileObject, TgFile, TgMessage, Update, User, WebhookInfo
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TelegramGateway"]
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_CAPTION = 1024
+PHOTO_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png"})
+PHOTO_MAX_BYTES = 10 * MB
+UNAUTHORISED_REPLY_EVERY_S = 3600.0
+
+
+def _chat_id(chat: str) -> int | str:
+    """Numeric chat ids as int; ``@channelusername`` stays a string."""
+    try:
+        return int(chat)
+    except ValueError:
+        return chat
+
+
+def _is_group(chat: str) -> bool:
+    return chat.startswith("-") or chat.startswith("@")
+
+
+def _retry_after_seconds(exc: RetryAfter) -> float:
+    ra = exc.retry_after
+    return ra.total_seconds() if isinstance(ra, dt.timedelta) else float(ra)
+
+
+def _is_parse_error(exc: BadRequest) -> bool:
+    return "can't parse entities" in exc.message.lower() or "can't find end" in exc.message.lower()
+
+
+class TelegramGateway(Gateway):
+    kind = "telegram"
+    Config = TelegramConfig
+    BindingOptions = TelegramBindingOptions
+    capabilities = Capabilities(
+        max_text=4096, max_parts=10, threads=True, replies=True, edits=True, deletes=False,
+        media=True, max_media_bytes=50 * MB, formatting="html",
+    )
+
+    # backoff for ingress reconnects (seconds); tests shrink these
+    backoff_initial: float = 1.0
+    backoff_max: float = 30.0
+    conflict_backoff_max: float = 60.0
+    drain_timeout: float = 5.0
+
+    config: TelegramConfig
+
+    def __init__(self, name: str, config: TelegramConfig, ctx: GatewayContext) -> None:
+        super().__init__(name, config, ctx)
+        self._bot: Bot | None = None
+        self._request: AiohttpRequest | None = None
+        self._me: User | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._in_batch = False
+        self._batch_done = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._webhook_set = False
+        self._background: set[asyncio.Task[Any]] = set()
+        self._unauth_replied: dict[str, float] = {}
+        # partial progress of multi-call sends (text + files), keyed by Outbound.idempotency_key,
+        # so a retry after a transient failure does not re-send what already went out
+        self._progress: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _token(self) -> str:
+        return self.config.token.get_secret_value()
+
+    def _scrub(self, text: str) -> str:
+        secret = self.config.webhook_secret.get_secret_value() if self.config.webhook_secret else ""
+        return scrub(text, self._token, secret)
+
+    def _ensure_bot(self) -> Bot:
+        if self._bot is None:
+            self.ctx.register_secret(self._token)
+            if self.config.webhook_secret is not None:
+                self.ctx.register_secret(self.config.webhook_secret.get_secret_value())
+            self._bot, self._request = make_bot(lambda: self.ctx.http, self._token, self.config.api_base)
+        return self._bot
+
+    @property
+    def webhook_url(self) -> str | None:
+        if not self.config.public_url:
+            return None
+        return f"{self.config.public_url}/gateways/{self.name}/webhook"
+
+    def _backoff(self, attempt: int, cap: float | None = None) -> float:
+        cap = self.backoff_max if cap is None else cap
+        base = min(cap, self.backoff_initial * (2 ** min(attempt, 16)))
+        return base * random.uniform(0.5, 1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro, name=f"telegram:{self.name}:{what}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until ingress is up (webhook registered, or the first getUpdates answered)."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._task is not None and not self._task.done():
+            return
+        self._ensure_bot()
+        self._stopping = False
+        self._ready.clear()
+        self.set_state(GatewayState.STARTING)
+        self._task = asyncio.create_task(self._run(), name=f"telegram:{self.name}:ingress")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            if self._in_batch:  # let the batch finish: submit + offset save
+                try:
+                    await asyncio.wait_for(self._batch_done.wait(), self.drain_timeout)
+                except TimeoutError:
+                    log.warning("telegram %s: stop while an update batch is in flight", self.name)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        for t in list(self._background):
+            t.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._webhook_set and self.config.delete_webhook_on_stop and self._bot is not None:
+            self._webhook_set = False
+            try:
+                await asyncio.wait_for(self._bot.delete_webhook(), 5.0)
+            except (TelegramError, TimeoutError) as exc:
+                log.warning("telegram %s: deleteWebhook on stop failed: %s", self.name, self._scrub(str(exc)))
+        if self._state != GatewayState.STOPPED:
+            self.set_state(GatewayState.STOPPED)
+
+    async def _run(self) -> None:
+        try:
+            if not await self._hello():
+                return
+            if self.config.mode == "webhook":
+                await self._register_webhook()
+            else:
+                await self._poll_loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # boundary of the background task
+            log.exception("telegram %s: ingress stopped by an unexpected error", self.name)
+            self.set_state(GatewayState.TRANSIENT_DISCONNECT, "ingress crashed; see logs")
+
+    async def _hello(self) -> bool:
+        """getMe until it works. False when the token is bad (retries would not help)."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                self._me = await self._get_me()
+                log.info("telegram %s: connected as @%s (id %s)", self.name, self._me.username, self._me.id)
+                return True
+            except InvalidToken:
+                self.set_state(GatewayState.BAD_CREDENTIALS,
+                               f"bot token rejected by Telegram: check [gateways.{self.name}].token")
+                log.error("telegram %s: bot token rejected by Telegram (401/404)", self.name)
+                return False
+            except RetryAfter as exc:
+                await self._sleep(_retry_after_seconds(exc))
+            except TelegramError as exc:
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, self._scrub(exc.message))
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
+        return False
+
+    async def _get_me(self) -> User:
+        bot = self._ensure_bot()
+        me = await bot.get_me()
+        return User.model_validate(me.to_dict())
+
+    async def _register_webhook(self) -> None:
+        bot = self._ensure_bot()
+        assert self.config.webhook_secret is not None
+        attempt = 0
+        while not self._stopping:
+            try:
+                await bot.set_webhook(
+                    url=self.webhook_url or "",
+                    secret_token=self.config.webhook_secret.get_secret_value(),
+                    allowed_updates=list(ALLOWED_UPDATES),
+                    max_connections=self.config.max_connections,
+                    drop_pending_updates=self.config.drop_pending_updates,
+                )
+                self._webhook_set = True
+                self.set_state(GatewayState.CONNECTED, f"webhook {self.webhook_url}")
+                self._ready.set()
+                return
+            except InvalidToken:
+                self.set_state(GatewayState.BAD_CREDENTIALS, "bot token rejected by Telegram")
+                return
+            except BadRequest as exc:  # e.g. bad URL / port: an operator error, retried slowly
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, f"setWebhook refused: {self._scrub(exc.message)}")
+                await self._sleep(self._backoff(attempt, self.conflict_backoff_max))
+            except RetryAfter as exc:
+                await self._sleep(_retry_after_seconds(exc))
+            except TelegramError as exc:
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, self._scrub(exc.message))
+                await self._sleep(self._backoff(attempt))
+            attempt += 1
+
+    # ------------------------------------------------------------------ polling
+    async def _poll_loop(self) -> None:
+        bot = self._ensure_bot()
+        attempt = 0
+        webhook_cleared = False
+        stored = await self.ctx.kv_get("offset")
+        offset: int | None = int(stored) if stored is not None else None
+        while not self._stopping:
+            try:
+                if not webhook_cleared:
+                    # polling and a webhook are mutually exclusive (409 otherwise)
+                    await bot.delete_webhook(drop_pending_updates=self.config.drop_pending_updates)
+                    webhook_cleared = True
+                updates = await bot.get_updates(
+                    offset=offset, timeout=self.config.poll_timeout, allowed_updates=list(ALLOWED_UPDATES),
+                )
+            except InvalidToken:
+                self.set_state(GatewayState.BAD_CREDENTIALS,
+                               f"bot token rejected by Telegram: check [gateways.{self.name}].token")
+                log.error("telegram %s: bot token rejected while polling; polling stopped", self.name)
+                return
+            except Conflict:
+                detail = ("409 Conflict: another process is polling this bot token, or a webhook is set; "
+                          "run one instance per token (or use mode = \"webhook\")")
+                self.set_state(GatewayState.BAD_CREDENTIALS, detail)
+                log.error("telegram %s: %s", self.name, detail)
+                webhook_cleared = False
+                await self._sleep(self._backoff(attempt, self.conflict_backoff_max))
+                attempt += 1
+                continue
+            except RetryAfter as exc:
+                await self._sleep(_retry_after_seconds(exc))
+                continue
+            except TelegramError as exc:  # NetworkError, TimedOut, 5xx
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, self._scrub(exc.message))
+                log.warning("telegram %s: getUpdates failed (%s); retrying", self.name, self._scrub(exc.message))
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            if self._state != GatewayState.CONNECTED:
+                self.set_state(GatewayState.CONNECTED, "polling")
+            attempt = 0
+            self._ready.set()
+            if not updates:
+                continue
+            offset = await self._process_batch([(u.update_id, u.to_dict()) for u in updates], offset)
+
+    async def _process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]], offset: int | None) -> int | None:
+        """Submit each update, then persist the offset past the last one that was submitted.
+
+        The offset is saved only after ``ctx.submit`` returned, so a crash in
+        between re-fetches the update on restart (the inbox ledger drops the
+        duplicate by its stable id); nothing is lost.
+        """
+        self._in_batch = True
+        self._batch_done.clear()
+        new_offset = offset
+        failed = False
+        try:
+            for update_id, data in batch:
+                try:
+                    await self._handle_update(data)
+                except Exception as exc:  # the core could not take it: retry from here
+                    log.warning("telegram %s: submit failed for update %s (%s); will retry",
+                                self.name, update_id, type(exc).__name__)
+                    failed = True
+                    break
+                new_offset = update_id + 1
+            if new_offset != offset:
+                await self.ctx.kv_set("offset", new_offset)
+        finally:
+            self._in_batch = False
+            self._batch_done.set()
+        if failed:
+            self.set_state(GatewayState.TRANSIENT_DISCONNECT, "core did not accept an update; retrying")
+            await self._sleep(self._backoff(1))
+        return new_offset
+
+    # ------------------------------------------------------------------ webhook
+    def web_routes(self) -> Sequence[web.RouteDef]:
+        return [web.post("/webhook", self._webhook)]
+
+    async def _webhook(self, request: web.Request) -> web.StreamResponse:
+        # 1. authenticate before reading or parsing anything
+        expected = self.config.webhook_secret
+        if self.config.mode != "webhook" or expected is None:
+            return web.Response(status=404)
+        got = request.headers.get(SECRET_HEADER)
+        if got is None:
+            return web.Response(status=401, text="missing secret token")
+        if not hmac.compare_digest(got.encode(), expected.get_secret_value().encode()):
+            log.warning("telegram %s: webhook call with a wrong secret token rejected", self.name)
+            return web.Response(status=403, text="bad secret token")
+        if self._stopping:
+            return web.Response(status=503)  # Telegram retries later; nothing lost
+        # 2. parse
+        try:
+            data = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="invalid JSON")
+        if not isinstance(data, dict):
+            return web.Response(status=400, text="invalid update")
+        # 3. hand to the core; acknowledge only once it is durable
+        try:
+            await self._handle_update(data)
+        except Exception as exc:
+            log.warning("telegram %s: submit failed for a webhook update (%s); asking Telegram to retry",
+                        self.name, type(exc).__name__)
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    # ------------------------------------------------------------------ inbound translation
+    async def _handle_update(self, data: Mapping[str, Any]) -> SubmitResult | None:
+        """One update -> at most one ``ctx.submit``. Raises only if the core failed to take it."""
+        try:
+            update = Update.model_validate(data)
+        except ValidationError as exc:
+            log.warning("telegram %s: skipping an update that does not parse (%d errors)",
+                        self.name, exc.error_count())
+            return None
+        msg, edited = update.content()
+        if msg is None:
+            return None
+        if msg.migrate_to_chat_id is not None:
+            log.warning("telegram %s: group %s was upgraded to supergroup %s: update the routes to chat = \"%s\"",
+                        self.name, msg.chat.id, msg.migrate_to_chat_id, msg.migrate_to_chat_id)
+            return None
+        if self._me is not None and msg.from_ is not None and msg.from_.id == self._me.id:
+            return None  # our own message (never relayed back)
+        bindings = self._inbound_bindings(msg.chat, self._thread_of(msg))
+        message = self._to_message(update, msg, edited, bindings[0] if bindings else None, dict(data))
+        if message is None:
+            return None  # service message or nothing we can carry
+        if not bindings:
+            self._drop(message, "unbound_chat", msg.chat)
+            return None
+        allowed = [b for b in bindings if self._sender_allowed(msg, coerce_options(b.options))]
+        if not allowed:
+            self._drop(message, "denied", msg.chat)
+            return None
+        return await self.ctx.submit(message)
+
+    def _drop(self, message: Message, reason: str, chat: Chat) -> None:
+        log.info("telegram %s: dropped a message from chat %s (%s)", self.name, chat.id, reason)
+        self.ctx.emit(MessageDropped(message=message, reason=reason))
+        text = self.config.reply_unauthorised
+        if not text or chat.type == "channel":
+            return
+        key = str(chat.id)
+        now = time.monotonic()
+        if now - self._unauth_replied.get(key, -UNAUTHORISED_REPLY_EVERY_S) < UNAUTHORISED_REPLY_EVERY_S:
+            return
+        self._unauth_replied[key] = now
+        self._spawn(self._reply_unauthorised(chat.id, text, message.native_id), "unauthorised-reply")
+
+    async def _reply_unauthorised(self, chat_id: int, text: str, native_id: str | None) -> None:
+        try:
+            await self._ensure_bot().send_message(
+                chat_id=chat_id, text=text,
+                reply_parameters=(ReplyParameters(message_id=int(native_id), allow_sending_without_reply=True)
+                                  if native_id else None),
+            )
+        except TelegramError as exc:
+            log.info("telegram %s: could not send the unauthorised reply: %s", self.name, self._scrub(exc.message))
+
+    @staticmethod
+    def _thread_of(msg: TgMessage) -> str | None:
+        # message_thread_id is a forum topic only when is_topic_message; in ordinary
+        # supergroups it names a reply chain, which is not a thread we map.
+        if msg.is_topic_message and msg.message_thread_id is not None:
+            return str(msg.message_thread_id)
+        return None
+
+    def _inbound_bindings(self, chat: Chat, thread: str | None) -> list[Binding]:
+        """Inbound bindings that cover this chat (and forum topic), most specific first."""
+        found: list[tuple[int, Binding]] = []
+        for b in self.ctx.bindings:
+            if not b.inbound or b.address.gateway != self.name:
+                continue
+            bchat = b.address.chat
+            if bchat != str(chat.id) and not (
+                bchat.startswith("@") and chat.username and bchat[1:].lower() == chat.username.lower()
+            ):
+                continue
+            opts = coerce_options(b.options)
+            bthread = b.address.thread or (str(opts.message_thread_id) if opts.message_thread_id else None)
+            if bthread is not None and bthread != thread:
+                continue
+            found.append((0 if bthread is not None else 1, b))
+        found.sort(key=lambda t: t[0])
+        return [b for _, b in found]
+
+    def _sender_allowed(self, msg: TgMessage, opts: TelegramBindingOptions) -> bool:
+        user = msg.from_
+        ignore_bots = self.config.ignore_bots if opts.ignore_bots is None else opts.ignore_bots
+        if ignore_bots and user is not None and user.is_bot:
+            return False
+        if not opts.allow_users:
+            return True
+        ids: set[str] = set()
+        if user is not None:
+            ids.add(str(user.id))
+            if user.username:
+                ids.add("@" + user.username.lower())
+        elif msg.sender_chat is not None:
+            ids.add(str(msg.sender_chat.id))
+            if msg.sender_chat.username:
+                ids.add("@" + msg.sender_chat.username.lower())
+        for entry in opts.allow_users:
+            e = entry.strip()
+            e = e.lower() if e.startswith("@") else e
+            if e in ids or ("@" + e.lower()) in ids:
+                return True
+        return False
+
+    def _sender(self, msg: TgMessage) -> tuple[str, str]:
+        if msg.from_ is not None and not (msg.sender_chat is not None and msg.from_.is_bot
+                                          and msg.from_.username == "GroupAnonymousBot"):
+            return msg.from_.display_name, str(msg.from_.id)
+        if msg.sender_chat is not None:  # channel posts, anonymous admins, linked channels
+            name = msg.author_signature or msg.sender_chat.display_name
+            return name, str(msg.sender_chat.id)
+        return msg.chat.display_name, str(msg.chat.id)
+
+    def _command(self, text: str, msg: TgMessage) -> tuple[bool, str]:
+        """Bot commands (``/help``, ``/help@this_bot``) become core commands; a command
+        addressed to another bot is ordinary text."""
+        entities = msg.entities if msg.text is not None else msg.caption_entities
+        first = next((e for e in entities if e.type == "bot_command" and e.offset == 0), None)
+        if first is None:
+            if text.startswith("/") and not entities and len(text) > 1 and text[1].isalpha():
+                first_word = text.split(maxsplit=1)[0]
+                if "@" not in first_word:
+                    return True, text
+            return False, text
+        command = text[: first.length]
+        if "@" in command:
+            cmd, _, target = command.partition("@")
+            if self._me is not None and self._me.username and target.lower() != self._me.username.lower():
+                return False, text
+            return True, cmd + text[first.length:]
+        return True, text
+
+    def _ref(self, file_id: str) -> str:
+        # never the download URL: it contains the bot token
+        return f"tgfile:{self.name}:{file_id}"
+
+    def _attachments(self, msg: TgMessage) -> tuple[Attachment, ...]:
+        out: list[Attachment] = []
+        if msg.photo:
+            p = max(msg.photo, key=lambda s: (s.width * s.height, s.file_size or 0))
+            out.append(Attachment(name=f"photo_{p.file_unique_id or msg.message_id}.jpg", content_type="image/jpeg",
+                                  size=p.file_size, url=self._ref(p.file_id)))
+        kinds: tuple[tuple[str, str, str], ...] = (
+            ("document", "document", "application/octet-stream"),
+            ("video", "video.mp4", "video/mp4"),
+            ("animation", "animation.mp4", "video/mp4"),
+            ("audio", "audio.mp3", "audio/mpeg"),
+            ("voice", "voice.ogg", "audio/ogg"),
+            ("video_note", "video_note.mp4", "video/mp4"),
+        )
+        for attr, default_name, default_type in kinds:
+            f: FileObject | None = getattr(msg, attr)
+            if f is None:
+                continue
+            name = f.file_name or (
+                " - ".join(p for p in (f.performer, f.title) if p) if attr == "audio" else ""
+            ) or default_name
+            out.append(Attachment(name=name, content_type=f.mime_type or default_type, size=f.file_size,
+                                  url=self._ref(f.file_id)))
+        if msg.sticker is not None:
+            s = msg.sticker
+            name, ctype = ("sticker.tgs", "application/x-tgsticker") if s.is_animated else (
+                ("sticker.webm", "video/webm") if s.is_video else ("sticker.webp", "image/webp"))
+            out.append(Attachment(name=name, content_type=ctype, size=s.file_size, url=self._ref(s.file_id),
+                                  caption=s.emoji or ""))
+        return tuple(out)
+
+    def _to_message(self, update: Update, msg: TgMessage, edited: bool, binding: Binding | None,
+                    raw: dict[str, Any]) -> Message | None:
+        thread = self._thread_of(msg)
+        text = msg.text if msg.text is not None else (msg.caption or "")
+        is_command, text = self._command(text, msg)
+        attachments = self._attachments(msg)
+        if not text and not attachments:
+            return None
+        sender, sender_id = self._sender(msg)
+        reply_to = None
+        r = msg.reply_to_message
+        # in a forum topic every message "replies" to the topic's creation message; not a real reply
+        if r is not None and not (thread is not None and r.message_id == msg.message_thread_id):
+            reply_to = str(r.message_id)
+        chat = binding.address.chat if binding is not None and binding.address.chat.startswith("@") \
+            else str(msg.chat.id)
+        mid = f"telegram:{self.name}:{msg.chat.id}:{msg.message_id}"
+        if edited:
+            # edit_date alone can repeat within one second; the update id keeps each edit distinct
+            # and is the same on redelivery, so the id stays idempotent
+            mid += f":edit:{msg.edit_date or 0}:{update.update_id}"
+        when = msg.edit_date if edited and msg.edit_date else msg.date
+        return Message(
+            id=mid,
+            origin=Address(self.name, chat, thread),
+            sender=sender,
+            sender_id=sender_id,
+            text=text,
+            native_id=str(msg.message_id),
+            attachments=attachments,
+            reply_to=reply_to,
+            edit_of=str(msg.message_id) if edited else None,
+            is_command=is_command,
+            created=dt.datetime.fromtimestamp(when, dt.UTC) if when else dt.datetime.now(dt.UTC),
+            raw=raw,
+        )
+
+    # ------------------------------------------------------------------ outbound
+    def rate_limits(self, to: Address) -> Sequence[RateLimit]:
+        r = self.config.rate
+        limits = [RateLimit(scope=f"telegram:{self.name}:chat:{to.chat}", per_second=r.per_chat_per_s,
+                            burst=r.per_chat_burst)]
+        if _is_group(to.chat):
+            limits.append(RateLimit(scope=f"telegram:{self.name}:group:{to.chat}",
+                                    per_second=r.per_group_per_min / 60.0, burst=r.per_group_burst))
+        limits.append(RateLimit(scope=f"telegram:{self.name}:global", per_second=r.global_per_s,
+                                burst=r.global_burst))
+        return limits
+
+    def _html(self, opts: TelegramBindingOptions) -> bool:
+        return (opts.parse_mode or self.config.parse_mode) == "HTML"
+
+    def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
+        """Attributed plain text -> what ``send`` posts: HTML-escaped in HTML mode (mesh text is
+        never markup), mentions made inert when the binding asks for it."""
+        opts = coerce_options(out_options)
+        if opts.mentions == "neutralise":
+            text = neutralise_mentions(text)
+        return escape_html(text) if self._html(opts) else text
+
+    async def send(self, out: Outbound) -> SendResult:
+        bot = self._ensure_bot()
+        opts = coerce_options(out.options)
+        html = self._html(opts)
+        thread = out.to.thread or (str(opts.message_thread_id) if opts.message_thread_id else None)
+        common: dict[str, Any] = {"chat_id": _chat_id(out.to.chat)}
+        if thread:
+            common["message_thread_id"] = int(thread)
+        if opts.disable_notification:
+            common["disable_notification"] = True
+        if opts.protect_content:
+            common["protect_content"] = True
+        preview = self.config.link_preview if opts.link_preview is None else opts.link_preview
+        key = out.idempotency_key
+        done = list(self._progress.get(key, [])) if key else []
+        try:
+            if out.edit_of:
+                ids = [await self._edit(bot, out, common, html, preview)]
+            else:
+                ids = await self._send_new(bot, out, common, html, preview, done, key)
+        except TelegramError as exc:
+            raise self._delivery_error(exc, out) from None
+        if key:
+            self._progress.pop(key, None)
+        return SendResult(native_ids=tuple(ids), thread=thread)
+
+    def _remember(self, key: str, ids: list[str]) -> None:
+        if not key:
+            return
+        self._progress[key] = list(ids)
+        self._progress.move_to_end(key)
+        while len(self._progress) > 1000:
+            self._progress.popitem(last=False)
+
+    def _media_plan(self, atts: Sequence[Attachment]) -> tuple[list[Attachment], list[str]]:
+        """Which attachments go as files, and descriptions for the ones that can't."""
+        sendable: list[Attachment] = []
+        described: list[str] = []
+        for a in atts:
+            if a.data is not None and len(a.data) <= self.config.upload_max_bytes:
+                sendable.append(a)
+            elif a.data is None and a.url and (
+                a.url.startswith(f"tgfile:{self.name}:") or a.url.startswith(("https://", "http://"))
+            ):
+                sendable.append(a)
+            else:
+                described.append(a.describe())
+        return sendable, described
+
+    async def _send_new(self, bot: Bot, out: Outbound, common: dict[str, Any], html: bool, preview: bool,
+                        done: list[str], key: str) -> list[str]:
+        text = out.text
+        sendable, described = self._media_plan(out.attachments)
+        if described:
+            extra = "\n".join(escape_html(d) if html else d for d in described)
+            text = f"{text}\n{extra}" if text else extra
+        reply_to = out.reply_to
+        steps: list[tuple[str, Any]] = []
+        plain_len = utf16_len(html_to_plain(text) if html else text)
+        if len(sendable) == 1 and plain_len <= MAX_CAPTION:
+            steps.append(("media", (sendable[0], text)))
+        else:
+            if text:
+                steps.append(("text", text))
+            steps.extend(("media", (a, escape_html(a.caption) if html else a.caption)) for a in sendable)
+        ids = list(done)
+        for i, (kind, payload) in enumerate(steps):
+            if i < len(done):
+                continue  # sent before a transient failure; don't repeat it
+            rt = reply_to if i == 0 else None
+            if kind == "text":
+                ids.append(await self._send_text(bot, payload, common, html, preview, rt))
+            else:
+                att, caption = payload
+                ids.append(await self._send_media(bot, att, caption, common, html, preview, rt))
+            self._remember(key, ids)
+        return ids
+
+    @staticmethod
+    def _reply(reply_to: str | None) -> ReplyParameters | None:
+        if not reply_to:
+            return None
+        try:
+            return ReplyParameters(message_id=int(reply_to), allow_sending_without_reply=True)
+        except ValueError:
+            return None
+
+    async def _send_text(self, bot: Bot, text: str, common: dict[str, Any], html: bool, preview: bool,
+                         reply_to: str | None) -> str:
+        kwargs = dict(common, link_preview_options=LinkPreviewOptions(is_disabled=not preview),
+                      reply_parameters=self._reply(reply_to))
+        try:
+            m = await bot.send_message(text=text, parse_mode="HTML" if html else None, **kwargs)
+        except BadRequest as exc:
+            if not (html and _is_parse_error(exc)):
+                raise
+            # never drop a message for a formatting problem: resend what a reader should see
+            log.warning("telegram %s: chat %s rejected HTML (%s); re-sending as plain text",
+                        self.name, common["chat_id"], exc.message)
+            m = await bot.send_message(text=html_to_plain(text), parse_mode=None, **kwargs)
+        return str(m.message_id)
+
+    async def _send_media(self, bot: Bot, att: Attachment, caption: str, common: dict[str, Any], html: bool,
+                          preview: bool, reply_to: str | None) -> str:
+        if att.data is not None:
+            file: Any = InputFile(att.data, filename=att.name)
+            size = len(att.data)
+        elif att.url and att.url.startswith("tgfile:"):
+            file = att.url.split(":", 2)[2]  # same bot: the file_id is reusable, nothing to download
+            size = att.size or 0
+        else:
+            file = att.url
+            size = att.size or 0
+        photo = att.content_type.lower() in PHOTO_TYPES and size <= PHOTO_MAX_BYTES
+        kwargs = dict(common, reply_parameters=self._reply(reply_to))
+        cap = caption or None
+        try:
+            try:
+                if photo:
+                    m = await bot.send_photo(photo=file, caption=cap, parse_mode="HTML" if html and cap else None,
+                                             **kwargs)
+                else:
+                    m = await bot.send_document(document=file, caption=cap,
+                                                parse_mode="HTML" if html and cap else None, **kwargs)
+            except BadRequest as exc:
+                if not (html and cap and _is_parse_error(exc)):
+                    raise
+                plain = html_to_plain(cap)
+                if photo:
+                    m = await bot.send_photo(photo=file, caption=plain, **kwargs)
+                else:
+                    m = await bot.send_document(document=file, caption=plain, **kwargs)
+        except BadRequest as exc:
+            # the file itself was refused (unknown file id, URL Telegram can't fetch, wrong type):
+            # deliver the description instead of losing the message
+            log.warning("telegram %s: chat %s refused file %r (%s); sending its description",
+                        self.name, common["chat_id"], att.name, exc.message)
+            desc = att.describe()
+            if caption:
+                desc = f"{html_to_plain(caption) if html else caption}\n{desc}"
+            return await self._send_text(bot, escape_html(desc) if html else desc, common, html, preview, reply_to)
+        return str(m.message_id)
+
+    async def _edit(self, bot: Bot, out: Outbound, common: dict[str, Any], html: bool, preview: bool) -> str:
+        assert out.edit_of is not None
+        kwargs: dict[str, Any] = {
+            "chat_id": common["chat_id"], "message_id": int(out.edit_of),
+            "link_preview_options": LinkPreviewOptions(is_disabled=not preview),
+        }
+        try:
+            try:
+                await bot.edit_message_text(text=out.text, parse_mode="HTML" if html else None, **kwargs)
+            except BadRequest as exc:
+                if not (html and _is_parse_error(exc)):
+                    raise
+                await bot.edit_message_text(text=html_to_plain(out.text), parse_mode=None, **kwargs)
+        except BadRequest as exc:
+            msg = exc.message.lower()
+            if "not modified" in msg:
+                return out.edit_of
+            if "to edit not found" in msg or "can't be edited" in msg or "message_id_invalid" in msg:
+                # the original is gone or too old: post the new text as a reply to it instead
+                note = "(edited) "
+                return await self._send_text(bot, (escape_html(note) if html else note) + out.text, common,
+                                             html, preview, out.edit_of)
+            raise
+        return out.edit_of
+
+    def _delivery_error(self, exc: TelegramError, out: Outbound) -> DeliveryError:
+        chat = out.to.chat
+        desc = self._scrub(exc.message)
+        if isinstance(exc, RetryAfter):
+            seconds = _retry_after_seconds(exc)
+            return DeliveryError(f"telegram: flood control in chat {chat} (429), retry after {seconds:g}s",
+                                 retry_after=seconds)
+        if isinstance(exc, ChatMigrated):
+            return DeliveryError(
+                f"telegram: group {chat} was upgraded to a supergroup with id {exc.new_chat_id}; "
+                f"update the route's chat", permanent=True)
+        if isinstance(exc, Forbidden):
+            return DeliveryError(f"telegram: not allowed to post in chat {chat}: {desc}", permanent=True)
+        if isinstance(exc, BadRequest):
+            return DeliveryError(f"telegram: chat {chat} refused the message: {desc}", permanent=True)
+        if isinstance(exc, InvalidToken):
+            self.set_state(GatewayState.BAD_CREDENTIALS, f"bot token rejected: check [gateways.{self.name}].token")
+            return DeliveryError("telegram: bot token rejected (401)", retry_after=60.0)
+        if isinstance(exc, TimedOut):
+            return DeliveryError(f"telegram: timed out sending to chat {chat}")
+        if isinstance(exc, NetworkError):
+            return DeliveryError(f"telegram: {desc}")
+        return DeliveryError(f"telegram: {desc}")
+
+    # ------------------------------------------------------------------ files
+    async def fetch_attachment(self, att: Attachment) -> bytes:
+        """Download a ``tgfile:<this gateway>:<file_id>`` attachment (getFile + file download),
+        capped at ``download_max_bytes``. The download URL (it holds the token) never leaves here."""
+        prefix = f"tgfile:{self.name}:"
+        if not att.url or not att.url.startswith(prefix):
+            raise DeliveryError("telegram: not a file of this bot", permanent=True)
+        file_id = att.url[len(prefix):]
+        limit = self.config.download_max_bytes
+        if att.size is not None and att.size > limit:
+            raise DeliveryError(f"telegram: file {att.name!r} is larger than download_max_bytes", permanent=True)
+        bot = self._ensure_bot()
+        try:
+            f = TgFile.model_validate((await bot.get_file(file_id)).to_dict())
+        except TelegramError as exc:
+            raise self._delivery_error(exc, Outbound(message=_DUMMY, to=Address(self.name, "?"), text="")) from None
+        if f.file_size is not None and f.file_size > limit:
+            raise DeliveryError(f"telegram: file {att.name!r} is larger than download_max_bytes", permanent=True)
+        path = f.file_path or ""
+        marker = f"/file/bot{PLACEHOLDER}/"
+        if marker in path:
+            path = path.split(marker, 1)[1]
+        url = f"{self.config.api_base}/file/bot{self._token}/{path}"
+        try:
+            async with self.ctx.http.get(url) as resp:
+                if resp.status != 200:
+                    raise DeliveryError(f"telegram: file download failed (HTTP {resp.status})",
+                                        permanent=resp.status in (400, 404))
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in resp.content.iter_chunked(65536):
+                    total += len(chunk)
+                    if total > limit:
+                        raise DeliveryError(f"telegram: file {att.name!r} exceeds download_max_bytes",
+                                            permanent=True)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        except DeliveryError:
+            raise
+        except Exception as exc:  # aiohttp errors may carry the URL: never surface them
+            raise DeliveryError(f"telegram: file download failed ({type(exc).__name__})") from None
+
+    # ------------------------------------------------------------------ operations
+    async def check(self) -> list[str]:
+        warnings: list[str] = []
+        bot = self._ensure_bot()
+        try:
+            me = self._me = await self._get_me()
+        except InvalidToken:
+            return [f"telegram {self.name}: the bot token was rejected by Telegram; get a new one from @BotFather"]
+        except TelegramError as exc:
+            return [f"telegram {self.name}: Bot API unreachable ({self._scrub(exc.message)})"]
+        group_bindings = [b for b in self.ctx.bindings if b.inbound and _is_group(b.address.chat)]
+        if group_bindings and not me.can_read_all_group_messages:
+            warnings.append(
+                f"telegram {self.name}: privacy mode is on for @{me.username}: in groups it only sees commands "
+                f"and replies to itself. Disable it (@BotFather /setprivacy -> Disable, then re-add the bot) "
+                f"or make the bot an admin of: " + ", ".join(sorted({b.address.chat for b in group_bindings})))
+        try:
+            info = WebhookInfo.model_validate((await bot.get_webhook_info()).to_dict())
+        except TelegramError:
+            info = None
+        if info is not None:
+            if self.config.mode == "polling" and info.url:
+                warnings.append(f"telegram {self.name}: a webhook is set for this bot; polling mode deletes it "
+                                f"at start (another deployment using it will stop receiving updates)")
+            if self.config.mode == "webhook":
+                if self.webhook_url and not self.webhook_url.startswith("https://"):
+                    warnings.append(f"telegram {self.name}: public_url must be https:// for Telegram webhooks")
+                if info.url and info.url != self.webhook_url:
+                    warnings.append(f"telegram {self.name}: the webhook points elsewhere; start() re-registers it")
+                if info.last_error_message:
+                    warnings.append(f"telegram {self.name}: Telegram's last webhook error: "
+                                    f"{self._scrub(info.last_error_message)}")
+        for chat in sorted({b.address.chat for b in self.ctx.bindings}):
+            try:
+                c = await bot.get_chat(_chat_id(chat))
+            except (BadRequest, Forbidden):
+                warnings.append(f"telegram {self.name}: chat {chat} not found or the bot is not a member")
+                continue
+            except TelegramError:
+                continue
+            threaded = [b for b in self.ctx.bindings if b.address.chat == chat and (
+                b.address.thread or coerce_options(b.options).message_thread_id)]
+            if threaded and not getattr(c, "is_forum", False):
+                warnings.append(f"telegram {self.name}: chat {chat} has topics bound but is not a forum")
+        return warnings
+
+
+_DUMMY = Message(id="telegram:fetch", origin=Address("telegram", "?"), sender="")
