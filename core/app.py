@@ -154,73 +154,34 @@ def open_store(settings: Settings) -> Any:
 
 
 def route_problems(
-    settings: Settings, gateways: Mapping[str, type[Gateway]], *, skip_meshes: bool = False
+    settings: Settings, gateways: Mapping[str, Any], *, skip_meshes: bool = False
 ) -> list[str]:
-    """Offline cross-checks of ``[[routes]]``: unknown gateway instances and meshes, duplicate
-    route names, bindings that can never carry anything."""
+    """Offline cross-checks of ``[[routes]]`` (unknown gateways and meshes, bad binding options,
+    routes that can carry nothing), one line each. ``skip_meshes``: accept any mesh name (before
+    the embedded dev broker has written its mesh tables)."""
     from .routing.config import MESH_GATEWAY, parse_mesh_chat
+    from .routing.table import RouteTable
 
-    problems: list[str] = []
-    names: dict[str, int] = {}
-    for i, route in enumerate(settings.routes):
-        where = f"routes[{i}]"
-        if route.name in names:
-            problems.append(f"{where}.name: duplicate route name {route.name!r} (also routes[{names[route.name]}])")
-        names.setdefault(route.name, i)
-        if route.mesh is not None and not skip_meshes and route.mesh not in settings.mesh:
-            problems.append(f"{where}.mesh: unknown mesh {route.mesh!r} (configured: {_known(settings.mesh)})")
-        for j, bind in enumerate(route.binds):
-            bwhere = f"{where}.binds[{j}]"
-            if bind.gateway == MESH_GATEWAY:
-                mesh = parse_mesh_chat(bind.chat).mesh
-                if not skip_meshes and mesh not in settings.mesh:
-                    problems.append(f"{bwhere}.chat: unknown mesh {mesh!r} (configured: {_known(settings.mesh)})")
-                continue
-            cls = gateways.get(bind.gateway)
-            if cls is None:
-                problems.append(
-                    f"{bwhere}.gateway: unknown gateway {bind.gateway!r} (configured: {_known(settings.gateways)})"
-                )
-                continue
-            if bind.options:
-                try:
-                    cls.BindingOptions.model_validate(bind.options)
-                except ValidationError as exc:
-                    problems.extend(validation_problems(exc, prefix=f"{bwhere}.options"))
-        if route.topic is None and route.direction == "in" and not route.tags and \
-                not any(b.gateway == MESH_GATEWAY for b in route.binds) and \
-                all((b.direction or route.direction) == "in" for b in route.binds):
-            problems.append(f"{where}: inbound-only route without a topic or mesh destination delivers nowhere")
-    return problems
+    meshes: dict[str, Any] = dict(settings.mesh)
+    if skip_meshes:
+        for route in settings.routes:
+            if route.mesh:
+                meshes.setdefault(route.mesh, None)
+            for b in route.binds:
+                if b.gateway == MESH_GATEWAY:
+                    meshes.setdefault(parse_mesh_chat(b.chat).mesh, None)
+    try:
+        RouteTable.build(settings.routes, gateways=gateways, meshes=meshes)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
-def _known(names: Mapping[str, Any]) -> str:
-    return ", ".join(sorted(names)) or "none"
+def describe_routes(settings: Settings, gateways: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resolved route table as operators read it (``claudemesh-gateway routes``)."""
+    from .routing.table import RouteTable
 
-
-def describe_routes(settings: Settings, gateways: Mapping[str, type[Gateway]]) -> list[dict[str, Any]]:
-    """The route table as operators read it: one row per route with its source and bindings."""
-    rows = []
-    for route in settings.routes:
-        rows.append({
-            "route": route.name,
-            "mesh": route.mesh,
-            "topic": route.topic,
-            "tags": list(route.tags),
-            "direction": route.direction,
-            "encryption": route.encryption,
-            "binds": [
-                {
-                    "gateway": b.gateway,
-                    "kind": "mesh" if b.gateway == "mesh" else (
-                        settings.gateway_kind(b.gateway) if b.gateway in settings.gateways else "?"),
-                    "chat": b.chat, "thread": b.thread, "direction": b.direction or route.direction,
-                    "tags": list(b.tags),
-                }
-                for b in route.binds
-            ],
-        })
-    return rows
+    return RouteTable.from_settings(settings, gateways).describe()
 
 
 async def online_problems(
@@ -471,10 +432,7 @@ def create_app(
         except Exception as exc:
             raise PluginError(f"gateway {name} ({cls.kind}) could not be created: {type(exc).__name__}: {exc}") from exc
         runtime.gateways[name] = gw
-    problems = route_problems(settings, {name: cls for name, (cls, _) in configs.items()})
-    if problems:
-        raise ConfigError(problems)
-    _build_routing(runtime)
+    _build_routing(runtime)  # ConfigError listing every route problem
 
     # HTTP surface, all of it before the router freezes
     for name, gw in runtime.gateways.items():
