@@ -1,8 +1,7 @@
 """Slack gateway plugin: Socket Mode or Events API in, Web API out."""
 
 from claudemesh_gateway import hookimpl
-
-from .gateway import SlackGateway
+from claudemesh_gateway.plugins.slack.gateway import SlackGateway
 
 
 @hookimpl

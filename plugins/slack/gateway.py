@@ -28,13 +28,6 @@ from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
-from pydantic import ConfigDict, Field, SecretStr
-from slack_sdk.errors import SlackApiError
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
-from slack_sdk.socket_mode.response import SocketModeResponse
-from slack_sdk.web.async_client import AsyncWebClient
-
 from claudemesh_gateway import (
     Address,
     Attachment,
@@ -50,12 +43,17 @@ from claudemesh_gateway import (
     SendResult,
     StartupError,
 )
+from claudemesh_gateway.plugins.slack import mrkdwn
+from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
+from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlashCommand
+from pydantic import ConfigDict, Field, SecretStr
+from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
 
-from . import mrkdwn
-from .signature import SignatureVerifier
-from .wire import EventCallback, MessageEvent, SlashCommand
-
-__all__ = ["SlackGateway", "SlackConfig", "SlackBindingOptions", "RateConfig"]
+__all__ = ["RateConfig", "SlackBindingOptions", "SlackConfig", "SlackGateway"]
 
 log = logging.getLogger(__name__)
 
@@ -322,9 +320,9 @@ class SlackGateway(Gateway):
             return web.Response(status=401, text="bad signature")
         try:
             payload = json.loads(body)
-            if not isinstance(payload, dict):
-                raise ValueError("not an object")
         except ValueError:
+            return web.Response(status=400, text="bad json")
+        if not isinstance(payload, dict):
             return web.Response(status=400, text="bad json")
         kind = payload.get("type")
         if kind == "url_verification":

@@ -21,8 +21,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 __all__ = [
-    "escape", "unescape", "enable_mass_mentions", "to_readable", "referenced_ids",
-    "NameResolver", "LookupRateLimited",
+    "LookupRateLimited",
+    "NameResolver",
+    "enable_mass_mentions",
+    "escape",
+    "referenced_ids",
+    "to_readable",
+    "unescape",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,7 +103,7 @@ def to_readable(
                 parts = special.split("^")
                 return parts[-1] if len(parts) > 2 else special
             return "@" + special
-        url = target[7:] if target.startswith("mailto:") else target
+        url = target.removeprefix("mailto:")
         if label and label not in (target, url):
             return f"{label} ({url})"
         return url
@@ -137,7 +142,7 @@ class NameResolver:
     * concurrent lookups of one id share one request;
     * a rate-limit answer pauses *all* lookups for Retry-After; meanwhile callers get None
       (the raw id is shown) instead of waiting;
-    * :meth:`resolve` waits at most ``timeout``; unfinished lookups keep running in the
+    * :meth:`resolve` waits at most ``budget_s``; unfinished lookups keep running in the
       background and fill the cache for the next message.
     """
 
@@ -164,11 +169,11 @@ class NameResolver:
         if uid and name:
             self._cache["user"].put(uid, name)
 
-    async def resolve(self, users: set[str], channels: set[str], timeout: float) -> None:
+    async def resolve(self, users: set[str], channels: set[str], budget_s: float) -> None:
         tasks = [self._lookup("user", u) for u in users] + [self._lookup("channel", c) for c in channels]
         tasks = [t for t in tasks if t is not None]
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=budget_s)
 
     def _lookup(self, kind: str, key: str) -> asyncio.Task[str | None] | None:
         hit, _ = self._cache[kind].get(key)

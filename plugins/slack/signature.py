@@ -15,7 +15,7 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["SignatureVerifier", "sign", "WINDOW_S"]
+__all__ = ["WINDOW_S", "SignatureVerifier", "sign"]
 
 WINDOW_S = 300
 

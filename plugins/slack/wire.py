@@ -10,8 +10,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
-    "SlackFile", "Edited", "UserProfile", "MessageEvent", "Authorization", "EventCallback",
+    "Authorization",
+    "Edited",
+    "EventCallback",
+    "MessageEvent",
+    "SlackFile",
     "SlashCommand",
+    "UserProfile",
 ]
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-
 from claudemesh_gateway import Address, Binding
 from claudemesh_gateway.plugins.slack.gateway import SlackBindingOptions, SlackGateway
 from claudemesh_gateway.testing import RecordingContext
@@ -187,25 +186,25 @@ class FakeSlack:
             self.sockets.remove(ws)
         return ws
 
-    async def wait_socket(self, timeout: float = 5.0) -> web.WebSocketResponse:
+    async def wait_socket(self, within: float = 5.0) -> web.WebSocketResponse:
         async def _w() -> web.WebSocketResponse:
             while not self.sockets:
                 self.socket_connected.clear()
                 await self.socket_connected.wait()
             return self.sockets[-1]
-        return await asyncio.wait_for(_w(), timeout)
+        return await asyncio.wait_for(_w(), within)
 
     async def push(self, payload: dict[str, Any], *, kind: str = "events_api", wait_ack: bool = True,
-                   timeout: float = 5.0) -> str:
+                   within: float = 5.0) -> str:
         """Send one envelope over the newest socket; by default wait for its ack."""
-        ws = await self.wait_socket(timeout)
+        ws = await self.wait_socket(within)
         env = f"env-{next(self._ts)}"
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ack_waiters[env] = fut
         await ws.send_json({"envelope_id": env, "type": kind, "payload": payload,
                             "accepts_response_payload": False, "retry_attempt": 0, "retry_reason": ""})
         if wait_ack:
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(fut, within)
         return env
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from claudemesh_gateway.plugins.slack.gateway import SlackConfig
+from pydantic import ValidationError
 
 
 def test_defaults():

@@ -9,7 +9,6 @@ import zlib
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from claudemesh_gateway import Address, Message, Outbound
 from claudemesh_gateway.plugins.slack.gateway import SlackGateway
 from claudemesh_gateway.plugins.slack.signature import sign

@@ -8,7 +8,6 @@ import urllib.parse
 
 import pytest
 from aiohttp import web
-
 from claudemesh_gateway import GatewayState
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier, sign
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from claudemesh_gateway.plugins.slack import mrkdwn
 
 NAMES = {"U1": "alice"}

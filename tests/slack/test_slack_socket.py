@@ -205,7 +205,6 @@ async def test_slash_command_over_socket(make_gateway, fake_slack, sk):
 
 async def test_bad_bot_token_is_bad_credentials(make_gateway, fake_slack):
     import pytest
-
     from claudemesh_gateway import StartupError
 
     fake_slack.auth_error = "invalid_auth"
