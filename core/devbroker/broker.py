@@ -1,0 +1,497 @@
+"""The dev broker: an aiohttp loopback emulation of the claudemesh broker (spec part B).
+
+API (stable; the mesh peer and core tests depend on it)::
+
+    broker = DevBroker(state_dir: Path | None, host="127.0.0.1", port=0, *, config=DevBrokerConfig())
+    await broker.start()            # loads state; seeds mesh "dev" when empty; writes <state_dir>/meshes.toml
+    broker.ws_url / broker.http_url / broker.port
+    broker.default_mesh             # DevSeed: .mesh (MeshInfo), .gateway/.alice/.bob (MemberInfo), .general_topic_id
+    broker.create_mesh(slug, *, name=None) -> MeshInfo
+    broker.add_member(mesh_id, display_name, *, role="member", groups=(), keypair=None, role_tag=None,
+                      message_mode=None) -> MemberInfo
+    broker.revoke_member(mesh_id, member_id); broker.set_grants(mesh_id, member_id, sender_pubkey, caps)
+    broker.create_topic(mesh_id, name, creator_member_id, *, visibility="public", encrypted=True) -> TopicInfo
+    broker.join_topic(mesh_id, topic_id_or_name, member_id, role="member")
+    broker.mint_invite(mesh_id, *, role="member", expires_in=7*86400, max_uses=1, preset=None) -> token
+    # test knobs
+    broker.drop_connections(mesh_id=None) -> int      # abort sockets (no close frame): grace leases start
+    broker.set_status(pubkey, "working"|"dnd"|"idle") -> int
+    broker.set_rate_limit(burst, per_minute)
+    broker.presences(mesh_id=None) -> list[dict]; broker.mesh_count(mesh_id) -> int
+    broker.queue_rows(mesh_id=None) -> list[QueueRow]; broker.topic_messages(mesh_id=None, topic_id=None)
+    await broker.keepalive_tick(); broker.sweep_claims() -> int; broker.purge_old() -> int
+    await broker.stop()             # closes every socket with 1001 "shutting down" and saves state
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, Self
+
+from aiohttp import WSMsgType, web
+from claudemesh_gateway.mesh import crypto
+from claudemesh_gateway.mesh.crypto import KeyPair
+
+from . import delivery, roster, sessions, topics
+from .config import DevBrokerConfig
+from .http import routes as http_routes
+from .info import DevSeed, MemberInfo, MeshInfo, TopicInfo
+from .model import Invite, Member, Mesh, QueueRow, TopicMessage
+from .presence import Conn, Presence, Registry
+from .ratelimit import TokenBuckets
+from .seed import load_seed, seed_dev_mesh, write_meshes_toml
+from .store import Store
+from .util import new_id, now_ms
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["DevBroker", Conn, dict[str, Any]], Awaitable[None]]
+
+HANDLERS: dict[str, Handler] = {
+    "send": delivery.handle_send,
+    "client_ack": delivery.handle_client_ack,
+    "message_status": delivery.handle_message_status,
+    "topic_create": topics.handle_topic_create,
+    "topic_list": topics.handle_topic_list,
+    "topic_join": topics.handle_topic_join,
+    "topic_leave": topics.handle_topic_leave,
+    "topic_mark_read": topics.handle_topic_mark_read,
+    "topic_members": topics.handle_topic_members,
+    "topic_history": topics.handle_topic_history,
+    "list_peers": roster.handle_list_peers,
+    "join_group": roster.handle_join_group,
+    "leave_group": roster.handle_leave_group,
+    "set_summary": roster.handle_set_summary,
+    "set_status": roster.handle_set_status,
+    "set_stats": roster.handle_set_stats,
+    "set_visible": roster.handle_set_visible,
+    "set_profile": roster.handle_set_profile,
+    "kick": roster.handle_kick,
+    "disconnect": roster.handle_disconnect,
+    "ban": roster.handle_ban,
+}
+
+
+def _destroy(request: web.Request) -> web.StreamResponse:
+    """B.1: drop the socket with no HTTP response at all."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    raise asyncio.CancelledError  # aiohttp treats this as a dropped connection: nothing is written
+
+
+class DevBroker:
+    def __init__(self, state_dir: Path | None, host: str = "127.0.0.1", port: int = 0, *,
+                 config: DevBrokerConfig | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.host = host
+        self.requested_port = port
+        self.config = config or DevBrokerConfig()
+        self.store = Store(self.state_dir)
+        self.registry = Registry()
+        self.buckets = TokenBuckets(self.config.rate_burst, self.config.rate_per_minute, self.config.rate_idle_s)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.port: int | None = None
+        self.conns: set[Conn] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._save_handle: asyncio.TimerHandle | None = None
+        self._seed: DevSeed | None = None
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.store.load()
+        if not self.store.meshes:
+            seed_dev_mesh(self)
+        self._seed = load_seed(self)
+        app = web.Application(middlewares=[self._upgrade_gate], client_max_size=self.config.max_message_bytes)
+        app["devbroker"] = self
+        app["hook_buckets"] = TokenBuckets(self.config.hook_rate_per_minute, self.config.hook_rate_per_minute)
+        app.add_routes([web.get("/ws", self._ws_handler), *http_routes(self)])
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.requested_port)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._loops = [asyncio.create_task(self._every(self.config.ping_interval_s, self.keepalive_tick)),
+                       asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep)),
+                       asyncio.create_task(self._every(self.config.purge_interval_s, self._purge))]
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.save()
+            if self._seed is not None:
+                write_meshes_toml(self.state_dir, self._seed, self.ws_url)
+        log.info("dev broker listening on %s", self.ws_url)
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 ``shutting down``, stop timers, save state."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for t in self._loops:
+            t.cancel()
+        for p in list(self.registry.entries.values()):
+            p.cancel_eviction()
+        closing = [c.close(1001, "shutting down") for c in list(self.conns)]
+        if closing:
+            await asyncio.wait([asyncio.ensure_future(c) for c in closing], timeout=self.config.close_timeout_s)
+        for c in list(self.conns):
+            c.terminate()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        if self._save_handle is not None:
+            self._save_handle.cancel()
+        self.save()
+        log.info("dev broker stopped")
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self._url_host}:{self.port or self.requested_port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._url_host}:{self.port or self.requested_port}"
+
+    @property
+    def _url_host(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def default_mesh(self) -> DevSeed:
+        if self._seed is None:
+            self._seed = load_seed(self)
+        if self._seed is None:
+            raise RuntimeError("this broker's state has no seeded dev mesh")
+        return self._seed
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        try:
+            self.store.save()
+        except OSError:
+            log.exception("could not save dev broker state")
+
+    def dirty(self) -> None:
+        """Schedule a coalesced save of the state file."""
+        if self.state_dir is None or self.loop is None or self._save_handle is not None:
+            return
+
+        def _flush() -> None:
+            self._save_handle = None
+            self.save()
+
+        self._save_handle = self.loop.call_later(self.config.persist_debounce_s, _flush)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dev broker task failed", exc_info=task.exception())
+
+    def spawn_evict(self, p: Presence) -> None:
+        p.evict_handle = None
+        self.spawn(sessions.evict(self, p))
+
+    def detach_and_close(self, p: Presence, code: int, reason: str) -> None:
+        """Unlink the entry's socket (its close is then ignored) and close it in the background."""
+        conn, p.conn = p.conn, None
+        if conn is not None:
+            conn.presence = None
+            self.spawn(conn.close(code, reason))
+
+    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                result = fn()
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.exception("dev broker periodic task failed")
+
+    # -- WebSocket --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _upgrade_gate(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
+        if request.raw_path != "/ws" and request.headers.get("Upgrade", "").lower() == "websocket":
+            log.info("upgrade to %r refused: socket destroyed", request.raw_path)
+            return _destroy(request)
+        return await handler(request)
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        if request.raw_path != "/ws":
+            return _destroy(request)
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return web.Response(status=426, text="upgrade required")
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=self.config.max_message_bytes + 1,
+                                   timeout=self.config.close_timeout_s)
+        await ws.prepare(request)
+        conn = Conn(ws, request.transport, request.remote)  # type: ignore[arg-type]
+        self.conns.add(conn)
+        hello_task: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.TEXT:
+                    raw: str = msg.data
+                elif msg.type is WSMsgType.BINARY:
+                    try:
+                        raw = msg.data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        log.debug("conn %s: binary frame is not UTF-8", conn.id)
+                        continue
+                elif msg.type is WSMsgType.PING:
+                    await ws.pong(msg.data)        # client pings refresh nothing
+                    continue
+                elif msg.type is WSMsgType.PONG:
+                    if conn.presence is not None:
+                        conn.presence.last_pong_at = conn.presence.last_ping_at = now_ms()
+                    continue
+                else:
+                    if msg.type is WSMsgType.ERROR:
+                        log.info("conn %s closed on error: %s", conn.id, msg.data)
+                    break
+                frame = self._parse(conn, raw)
+                if frame is None:
+                    continue
+                kind = frame.get("type")
+                if kind in ("hello", "session_hello"):
+                    if conn.presence is not None or (hello_task is not None and not hello_task.done()):
+                        log.info("conn %s: repeated %s ignored", conn.id, kind)
+                        continue
+                    fn = sessions.handle_hello if kind == "hello" else sessions.handle_session_hello
+                    hello_task = self.spawn(self._guard(fn, conn, frame))
+                    continue
+                if conn.presence is None:
+                    await conn.send({"type": "error", "code": "no_hello", "message": "must send hello first"})
+                    continue
+                handler = HANDLERS.get(kind)  # type: ignore[arg-type]
+                if handler is None:
+                    log.debug("conn %s: unknown type %r ignored", conn.id, kind)
+                    continue
+                await self._guard(handler, conn, frame)
+        finally:
+            if hello_task is not None and not hello_task.done():
+                await asyncio.wait([hello_task], timeout=self.config.close_timeout_s)
+            self.conns.discard(conn)
+            sessions.socket_closed(self, conn)
+        return ws
+
+    @staticmethod
+    def _parse(conn: Conn, raw: str) -> dict[str, Any] | None:
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            log.debug("conn %s: malformed JSON ignored", conn.id)
+            return None
+        return frame if isinstance(frame, dict) else None
+
+    async def _guard(self, fn: Handler, conn: Conn, frame: dict[str, Any]) -> None:
+        try:
+            await fn(self, conn, frame)
+        except delivery.SilentFailure as exc:
+            log.info("conn %s: %s failed silently: %s", conn.id, frame.get("type"), exc)
+        except Exception:
+            log.exception("conn %s: handler for %r failed (no reply)", conn.id, frame.get("type"))
+
+    # -- periodic work ----------------------------------------------------------------------
+
+    async def keepalive_tick(self) -> None:
+        """B.20: terminate online sockets whose last pong is too old, ping the rest; hide stale rows."""
+        now = now_ms()
+        timeout_ms = self.config.pong_timeout_s * 1000
+        for p in list(self.registry.entries.values()):
+            conn = p.conn
+            if p.lease != "online" or conn is None or not conn.open:
+                continue
+            if now - p.last_pong_at > timeout_ms:
+                log.info("presence %s (%s): no pong for %d ms, terminating", p.presence_id, p.display_name,
+                         now - p.last_pong_at)
+                conn.terminate()
+                continue
+            try:
+                await conn.ws.ping()
+            except (ConnectionError, RuntimeError):
+                pass
+        stale_ms = self.config.stale_presence_s * 1000
+        for p in self.registry.entries.values():
+            if not p.db_disconnected and now - p.last_ping_at > stale_ms:
+                p.db_disconnected = True
+
+    def sweep_claims(self) -> int:
+        return delivery.sweep_claims(self)
+
+    def purge_old(self) -> int:
+        return delivery.purge_old(self)
+
+    def _sweep(self) -> None:
+        delivery.sweep_claims(self)
+        self.buckets.prune()
+
+    def _purge(self) -> None:
+        delivery.purge_old(self)
+
+    # -- seeding API ------------------------------------------------------------------------
+
+    def create_mesh(self, slug: str, *, name: str | None = None, owner: KeyPair | None = None) -> MeshInfo:
+        owner = owner or KeyPair.generate()
+        mesh = Mesh(id=new_id(), slug=slug, name=name or slug, root_key=crypto.b64url(secrets.token_bytes(32)),
+                    owner_pubkey=owner.public_hex, owner_secret=owner.secret_hex, created_at=now_ms())
+        self.store.meshes[mesh.id] = mesh
+        self.dirty()
+        return MeshInfo(mesh.id, mesh.slug, mesh.name, mesh.root_key, owner)
+
+    def mesh_info(self, mesh_id: str) -> MeshInfo:
+        mesh = self.store.meshes[mesh_id]
+        return MeshInfo(mesh.id, mesh.slug, mesh.name, mesh.root_key, KeyPair.from_secret_hex(mesh.owner_secret))
+
+    def add_member(self, mesh_id: str, display_name: str, *, role: str = "member", groups: Iterable[Any] = (),
+                   keypair: KeyPair | None = None, role_tag: str | None = None,
+                   message_mode: str | None = None) -> MemberInfo:
+        if mesh_id not in self.store.meshes:
+            raise KeyError(f"no mesh {mesh_id}")
+        keypair = keypair or KeyPair.generate()
+        default_groups = [g if isinstance(g, dict) else {"name": g} for g in groups]
+        member = Member(id=new_id(), mesh_id=mesh_id, peer_pubkey=keypair.public_hex, display_name=display_name,
+                        role=role, role_tag=role_tag, default_groups=default_groups, message_mode=message_mode,
+                        created_at=now_ms())
+        self.store.members[member.id] = member
+        self.dirty()
+        return MemberInfo(member.id, mesh_id, display_name, role, keypair)
+
+    def revoke_member(self, mesh_id: str, member_id: str) -> None:
+        member = self.store.members[member_id]
+        if member.mesh_id != mesh_id:
+            raise KeyError(f"member {member_id} is not in mesh {mesh_id}")
+        member.revoked_at = now_ms()
+        self.dirty()
+
+    def set_grants(self, mesh_id: str, member_id: str, sender_pubkey: str, caps: Iterable[str]) -> None:
+        """``member.peer_grants[sender_pubkey] = caps`` (what the recipient ``member_id`` allows the sender)."""
+        member = self.store.members[member_id]
+        if member.mesh_id != mesh_id:
+            raise KeyError(f"member {member_id} is not in mesh {mesh_id}")
+        member.peer_grants[sender_pubkey] = list(caps)
+        self.dirty()
+
+    def set_mesh_policy(self, mesh_id: str, policy: dict[str, Any] | None) -> None:
+        self.store.meshes[mesh_id].policy = policy
+        self.dirty()
+
+    def create_topic(self, mesh_id: str, name: str, creator_member_id: str | None, *, visibility: str = "public",
+                     description: str | None = None, encrypted: bool = True) -> TopicInfo:
+        topic, created = topics.create_topic(self, mesh_id, name, creator_member_id, description=description,
+                                             visibility=visibility, encrypted=encrypted)
+        return TopicInfo(topic.id, mesh_id, topic.name, created)
+
+    def join_topic(self, mesh_id: str, topic: str, member_id: str, role: str = "member") -> None:
+        row = topics.resolve_topic(self, mesh_id, topic)
+        if row is None:
+            raise KeyError(f'topic "{topic}" not found')
+        topics.join_topic(self, row, member_id, role=role)
+
+    def topic_id(self, mesh_id: str, name: str) -> str:
+        row = self.store.topic_by_name(mesh_id, name)
+        if row is None:
+            raise KeyError(f'topic "{name}" not found')
+        return row.id
+
+    def sealed_topic_key(self, topic_id: str, member_id: str) -> tuple[str, str] | None:
+        """``(encryptedKey_b64, nonce_b64)`` sealed for the member, as ``GET /api/v1/topics/:name/key``."""
+        row = next((k for k in self.store.topic_member_keys if k.topic_id == topic_id and k.member_id == member_id),
+                   None)
+        return (row.encrypted_key, row.nonce) if row else None
+
+    def mint_invite(self, mesh_id: str, *, role: str = "member", expires_in: int = 7 * 86400, max_uses: int = 1,
+                    broker_url: str | None = None, preset: dict[str, Any] | None = None) -> str:
+        token = build_invite(self.store, mesh_id, broker_url or self.ws_url, role=role, expires_in=expires_in,
+                             max_uses=max_uses, preset=preset)
+        self.dirty()
+        return token
+
+    # -- test knobs -------------------------------------------------------------------------
+
+    def drop_connections(self, mesh_id: str | None = None) -> int:
+        """Abort sockets with no close frame (a network failure): their presences enter grace."""
+        n = 0
+        for conn in list(self.conns):
+            if mesh_id is None or (conn.presence is not None and conn.presence.mesh_id == mesh_id):
+                conn.terminate()
+                n += 1
+        return n
+
+    def set_status(self, pubkey: str, status: str) -> int:
+        """Force the computed status of presences whose member or session pubkey is ``pubkey``."""
+        if status not in ("idle", "working", "dnd"):
+            raise ValueError("status must be idle, working or dnd")
+        n = 0
+        for p in self.registry.entries.values():
+            if pubkey in (p.member_pubkey, p.session_pubkey):
+                p.forced_status = None if status == "idle" else status
+                if status != "dnd" and p.manual_status == "dnd":
+                    p.manual_status = None
+                n += 1
+        return n
+
+    def set_rate_limit(self, burst: int, per_minute: float) -> None:
+        self.buckets.configure(burst, per_minute)
+
+    def presences(self, mesh_id: str | None = None) -> list[dict[str, Any]]:
+        return [p.snapshot() for p in self.registry.entries.values() if mesh_id is None or p.mesh_id == mesh_id]
+
+    def mesh_count(self, mesh_id: str) -> int:
+        return self.registry.count(mesh_id)
+
+    def queue_rows(self, mesh_id: str | None = None) -> list[QueueRow]:
+        return [r for r in self.store.queue if mesh_id is None or r.mesh_id == mesh_id]
+
+    def topic_messages(self, mesh_id: str | None = None, topic_id: str | None = None) -> list[TopicMessage]:
+        return [m for m in self.store.topic_messages
+                if (mesh_id is None or m.mesh_id == mesh_id) and (topic_id is None or m.topic_id == topic_id)]
+
+
+def build_invite(store: Store, mesh_id: str, broker_url: str, *, role: str = "member",
+                 expires_in: int = 7 * 86400, max_uses: int = 1, preset: dict[str, Any] | None = None) -> str:
+    """Mint a v1 invite token (same JSON and signature as the real broker) and record it in ``store``."""
+    import time
+
+    if role not in ("member", "admin"):
+        raise ValueError("role must be member or admin")
+    mesh = store.meshes[mesh_id]
+    owner = KeyPair.from_secret_hex(mesh.owner_secret)
+    expires_at = int(time.time()) + int(expires_in)
+    token = crypto.mint_invite({
+        "v": 1, "mesh_id": mesh.id, "mesh_slug": mesh.slug, "broker_url": broker_url, "expires_at": expires_at,
+        "mesh_root_key": mesh.root_key, "role": role, "owner_pubkey": mesh.owner_pubkey}, owner)
+    store.invites[token] = Invite(id=new_id(), mesh_id=mesh.id, token=token, role=role, expires_at=expires_at,
+                                  max_uses=max_uses, created_at=now_ms(), preset=preset)
+    return token

@@ -1,0 +1,30 @@
+"""Tunables of the dev broker. Defaults are the real broker's; tests shrink the timers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class DevBrokerConfig:
+    """Every limit and timer of the emulated broker (seconds unless the name says otherwise)."""
+
+    max_message_bytes: int = 65_536          # WS frame limit (close 1009), send payload limit, /join body limit
+    max_connections_per_mesh: int = 100      # counts offline leases; only eviction gives a slot back
+    grace_s: float = 90.0                    # offline lease after a socket closes
+    claim_s: float = 30.0                    # drain claim lease
+    ping_interval_s: float = 30.0            # keepalive sweep period
+    pong_timeout_s: float = 75.0             # terminate when the last pong is older than this
+    stale_presence_s: float = 90.0           # presence rows with an older last_ping_at are hidden from list_peers
+    sweep_interval_s: float = 15.0           # clear expired claims
+    purge_interval_s: float = 3600.0         # delete undelivered rows older than purge_age_s
+    purge_age_s: float = 7 * 86_400.0
+    rate_burst: int = 10                     # per-member token bucket
+    rate_per_minute: float = 60.0
+    rate_idle_s: float = 600.0               # idle buckets are dropped
+    hook_rate_per_minute: int = 30           # POST /hook/set-status per client IP
+    timestamp_skew_ms: int = 60_000
+    attestation_max_ttl_ms: int = 24 * 3600 * 1000
+    drain_before_ack: bool = True            # hello drains push before hello_ack (the real broker races)
+    close_timeout_s: float = 5.0             # wait for the peer's close frame
+    persist_debounce_s: float = 0.05         # coalesce state writes

@@ -1,0 +1,85 @@
+"""First-start seeding of the ``dev`` mesh and the ready-to-use ``meshes.toml``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from claudemesh_gateway.mesh.crypto import KeyPair
+
+from .info import DevSeed, MemberInfo, MeshInfo
+
+if TYPE_CHECKING:
+    from .broker import DevBroker
+
+log = logging.getLogger(__name__)
+
+SEED_MEMBERS = (("gateway", "member"), ("alice", "admin"), ("bob", "member"))
+MESHES_TOML = "meshes.toml"
+
+
+def seed_dev_mesh(b: DevBroker) -> None:
+    """Create mesh ``dev`` with a keyless ``general`` topic and members gateway, alice (admin) and bob."""
+    mesh = b.create_mesh("dev", name="dev")
+    members = {}
+    for name, role in SEED_MEMBERS:
+        members[name] = b.add_member(mesh.mesh_id, name, role=role)
+    topic = b.create_topic(mesh.mesh_id, "general", members["gateway"].member_id, encrypted=False)
+    for name in ("alice", "bob"):
+        b.join_topic(mesh.mesh_id, topic.topic_id, members[name].member_id)
+    b.store.seed = {
+        "mesh_id": mesh.mesh_id,
+        "general_topic_id": topic.topic_id,
+        "members": {name: {"member_id": m.member_id, "secret_hex": m.secret_hex} for name, m in members.items()},
+    }
+    b.dirty()
+    log.info("seeded dev mesh %s (members gateway, alice, bob; topic general)", mesh.mesh_id)
+
+
+def load_seed(b: DevBroker) -> DevSeed | None:
+    raw = b.store.seed
+    if not raw or raw.get("mesh_id") not in b.store.meshes:
+        return None
+    mesh = b.store.meshes[raw["mesh_id"]]
+    info = MeshInfo(mesh.id, mesh.slug, mesh.name, mesh.root_key, KeyPair.from_secret_hex(mesh.owner_secret))
+    members = {}
+    for name in ("gateway", "alice", "bob"):
+        entry = raw["members"][name]
+        row = b.store.members[entry["member_id"]]
+        members[name] = MemberInfo(row.id, row.mesh_id, row.display_name, row.role,
+                                   KeyPair.from_secret_hex(entry["secret_hex"]))
+    return DevSeed(info, members["gateway"], members["alice"], members["bob"], raw["general_topic_id"])
+
+
+def _toml_str(value: str) -> str:
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in out) + '"'
+
+
+def meshes_toml(seed: DevSeed, broker_url: str) -> str:
+    lines = ["# Written by `claudemesh-gateway dev-broker` on every start (the broker_url carries the bound port).",
+             "# [mesh.dev] is the gateway's identity; dev_alice / dev_bob are demo identities for `mesh send/tail`.",
+             ""]
+    for table, member in (("dev", seed.gateway), ("dev_alice", seed.alice), ("dev_bob", seed.bob)):
+        lines += [
+            f"[mesh.{table}]",
+            f"broker_url = {_toml_str(broker_url)}",
+            f"mesh_id = {_toml_str(seed.mesh.mesh_id)}",
+            f"member_id = {_toml_str(member.member_id)}",
+            f"secret_key = {_toml_str(member.secret_hex)}",
+            f"root_key = {_toml_str(seed.mesh.root_key_b64url)}",
+            f"display_name = {_toml_str(member.display_name)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_meshes_toml(state_dir: Path, seed: DevSeed, broker_url: str) -> Path:
+    path = Path(state_dir) / MESHES_TOML
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(meshes_toml(seed, broker_url), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
