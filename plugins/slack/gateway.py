@@ -294,6 +294,12 @@ class SlackGateway(Gateway):
             self.set_state(GatewayState.TRANSIENT_DISCONNECT, "socket closed")
 
     async def _on_socket_request(self, client: Any, req: SocketModeRequest) -> None:
+        if not self._started:
+            return  # stopping: leave it un-acked, Slack redelivers it to the next connection
+        # tracked, so stop() waits for an envelope that is being submitted
+        await asyncio.shield(self._spawn(self._process_envelope(client, req), "envelope"))
+
+    async def _process_envelope(self, client: Any, req: SocketModeRequest) -> None:
         # Submit first, ack after: an envelope we fail to submit is left un-acked, so
         # Slack redelivers it; a redelivery is deduplicated by the core (stable Message.id).
         try:
@@ -304,7 +310,10 @@ class SlackGateway(Gateway):
         except Exception:
             log.exception("gateway %s: could not submit socket envelope (left un-acked)", self.name)
             return
-        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        try:
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        except Exception as exc:  # noqa: BLE001 - socket gone: Slack redelivers, the core dedups
+            log.info("gateway %s: could not ack envelope (%s); Slack will redeliver", self.name, type(exc).__name__)
 
     # -- Events API / slash commands over HTTP -------------------------------------------------
     def web_routes(self) -> Sequence[web.RouteDef]:
@@ -315,6 +324,8 @@ class SlackGateway(Gateway):
 
     async def _http_events(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if not self._started:
+            return web.Response(status=503, text="not running")  # Slack retries later
         if not self._verified(request, body):
             log.warning("gateway %s: rejected Events API request with a bad or stale signature", self.name)
             return web.Response(status=401, text="bad signature")
@@ -342,6 +353,8 @@ class SlackGateway(Gateway):
 
     async def _http_commands(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        if not self._started:
+            return web.Response(status=503, text="not running")
         if not self._verified(request, body):
             log.warning("gateway %s: rejected slash command with a bad or stale signature", self.name)
             return web.Response(status=401, text="bad signature")
