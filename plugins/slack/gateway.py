@@ -164,6 +164,13 @@ class SlackGateway(Gateway):
     async def start(self) -> None:
         if self._started:
             return
+        try:
+            await self._start()
+        except StartupError:
+            self._started = False
+            raise
+
+    async def _start(self) -> None:
         self._started = True
         cfg = self.config
         if not cfg.bot_token.get_secret_value().startswith("xoxb-"):
@@ -249,13 +256,13 @@ class SlackGateway(Gateway):
         if not self._started:
             return
         self._started = False
+        for task in list(self._tasks):
+            if task.get_name().endswith((":bootstrap", ":connect")):
+                task.cancel()
         if self._socket is not None:
             with contextlib.suppress(Exception):
                 await self._socket.close()
             self._socket = None
-        for task in list(self._tasks):
-            if task.get_name().endswith((":bootstrap", ":connect")):
-                task.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=5.0)
             for task in pending:
