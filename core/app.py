@@ -226,12 +226,12 @@ async def online_problems(
 
 
 def _build_routing(runtime: Runtime) -> None:
-    """Route table + pipeline (claudemesh_gateway.routing)."""
-    from . import routing
+    """Route table + pipeline (claudemesh_gateway.routing). The table raises ConfigError."""
+    from .routing.pipeline import Pipeline
+    from .routing.table import RouteTable
 
-    table = routing.RouteTable.from_settings(runtime.settings, runtime.gateways)
-    runtime.routes = table
-    runtime.pipeline = routing.Pipeline(runtime)
+    runtime.routes = RouteTable.from_settings(runtime.settings, runtime.gateways)
+    runtime.pipeline = Pipeline(runtime)
 
 
 def _build_keyring_for(settings: Settings) -> Any:
@@ -246,8 +246,14 @@ def _build_keyring(runtime: Runtime) -> Any:
 
 def _build_delivery(runtime: Runtime) -> Any:
     from .delivery import DeliveryEngine
+    from .routing.transport import RoutingTransport
 
-    return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery, emit=runtime.emit)
+    return DeliveryEngine(runtime.store, RoutingTransport(runtime), config=runtime.settings.delivery,
+                          emit=runtime.emit)
+
+
+def _drain_timeout(settings: Settings) -> float:
+    return min(float(getattr(settings.delivery, "drain_timeout", 10.0)), settings.server.shutdown_timeout)
 
 
 def _mesh_topics(runtime: Runtime, mesh: str) -> list[str]:
@@ -299,14 +305,19 @@ def _dev_broker_ctx(runtime: Runtime, broker: Any) -> Callable[[web.Application]
 
 def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        from .mesh import MeshPeer
-
         settings = runtime.settings
-        if settings.mesh:
+        used = _used_meshes(runtime)
+        for name in settings.mesh:
+            if name not in used:
+                log.info("mesh %s is not used by any route; not connecting (CLI identity only)", name)
+        if used:
+            from .mesh import MeshPeer
+
             runtime.keyring = _build_keyring(runtime)
         started: list[Any] = []
         try:
-            for name, cfg in settings.mesh.items():
+            for name in used:
+                cfg = settings.mesh[name]
                 peer = MeshPeer(
                     name, cfg, kv=runtime.store, keyring=runtime.keyring,
                     on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
@@ -328,6 +339,21 @@ def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[N
             runtime.set_state(name, GatewayState.STOPPED)
 
     return ctx
+
+
+def _used_meshes(runtime: Runtime) -> list[str]:
+    """Meshes the gateway connects to: those a route reads from or writes to. Other ``[mesh.*]``
+    tables (the dev broker's ``dev_alice``/``dev_bob`` demo identities) serve the ``mesh`` CLI only."""
+    from .routing.config import MESH_GATEWAY, parse_mesh_chat
+
+    used: set[str] = set()
+    for route in runtime.settings.routes:
+        if route.mesh:
+            used.add(route.mesh)
+        for b in route.binds:
+            if b.gateway == MESH_GATEWAY:
+                used.add(parse_mesh_chat(b.chat).mesh)
+    return [name for name in runtime.settings.mesh if name in used]
 
 
 def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
@@ -387,7 +413,7 @@ def _delivery_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator
         runtime.delivery = engine
         await engine.start()
         yield
-        await engine.stop(runtime.settings.server.shutdown_timeout)
+        await engine.stop(_drain_timeout(runtime.settings))
         log.info("delivery engine stopped")
 
     return ctx
