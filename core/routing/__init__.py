@@ -1,1 +1,18 @@
-"""Route table, tag routing, loop guard, dispatch pipeline."""
+"""Route table, tag routing, loop guard, dispatch pipeline.
+
+- :mod:`.config`   ``[[routes]]`` models (``RouteConfig``, ``BindingConfig``)
+- :mod:`.table`    ``RouteTable``: compiled routes, resolution, describe, per-topic encryption
+- :mod:`.text`     pure text rules: tags, loop markers, attribution, mentions, splitting
+- :mod:`.commands` in-chat ``/help /topics /peers /status /dm``
+- :mod:`.pipeline` ``Pipeline``: submit / on_mesh_inbound, and the DeliveryEngine transport
+- :mod:`.transport` render / send / delivered for gateways and mesh destinations
+"""
+
+from __future__ import annotations
+
+from .config import BindingConfig, RouteConfig
+from .pipeline import Pipeline
+from .table import Destination, Resolution, RouteTable
+from .transport import RoutingTransport
+
+__all__ = ["RouteConfig", "BindingConfig", "RouteTable", "Destination", "Resolution", "Pipeline", "RoutingTransport"]

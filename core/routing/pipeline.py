@@ -1,0 +1,355 @@
+"""The dispatch pipeline: every inbound message, from any gateway or mesh, goes through here once.
+
+Steps (ARCHITECTURE.md, "The path of a message"):
+
+1. dedup      the store's inbox ledger (``seen`` first, then ``accept`` is the atomic check)
+2. normalise  leading ``tag:<name>`` tokens (stripped) + static binding tags + plugin tags
+3. admit      ``allow_message`` hooks (any False drops), route allow/deny lists
+4. loop guard own identities, never back to the origin address, visited meshes, ``[via X]``
+              markers, hop limit (``__cmh<n>:`` prefixes, ``mesh.bridge.max_hops``, default 2)
+5. route      the RouteTable + the ``message_destinations`` hook; in-chat commands
+6. enqueue    one outbox row per destination, in ONE ``store.accept`` transaction, then
+              ``delivery.kick()``. ``submit`` returns only after the commit, so the caller
+              acknowledges its source after the message is durable.
+
+The Pipeline is also the DeliveryEngine's transport (``render``/``send``/``delivered``,
+delegated to :class:`~claudemesh_gateway.routing.transport.RoutingTransport`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ..events import DeliveryFailed, MessageDropped, MessageQueued, MessageReceived
+from ..gateway import RateLimit, SubmitResult
+from ..hookspecs import hookimpl
+from ..messages import Address, Message, Outbound, SendResult, address_to_dict, message_to_dict
+from ..store.base import OutboxItem
+from .commands import BOT_SENDER, CommandHandler, parse_command
+from .config import MESH_GATEWAY, parse_mesh_chat
+from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
+from .text import parse_hop_prefix, parse_leading_tags, parse_via
+from .transport import KIND_NOTICE, KIND_RELAY, KIND_REPLY, RoutingTransport
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["Pipeline", "outbox_item", "own_identities"]
+
+log = logging.getLogger(__name__)
+
+
+def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY) -> OutboxItem:
+    """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe)."""
+    return OutboxItem(
+        lane=dest.address.key, route=dest.route, destination=address_to_dict(dest.address),
+        message=message_to_dict(message),
+        options={
+            "kind": kind, "attribution": dest.attribution, "allow_mass_mentions": dest.allow_mass_mentions,
+            "notify_failures": dest.notify_failures, "mesh": dest.mesh, "topic": dest.topic,
+            "binding": dict(dest.options),
+        },
+    )
+
+
+def own_identities(peer: Any) -> set[str]:
+    """Pubkeys and member ids a mesh peer speaks as (its echoes are loops)."""
+    out: set[str] = set()
+    own = getattr(peer, "own_pubkeys", None)
+    if callable(own):
+        own = own()
+    if isinstance(own, Iterable) and not isinstance(own, (str, bytes)):
+        out |= {str(k).lower() for k in own if k}
+    for attr in ("pubkey", "member_pubkey", "session_pubkey", "member_id"):
+        v = getattr(peer, attr, None)
+        if isinstance(v, str) and v:
+            out.add(v.lower())
+    return out
+
+
+def _same_chat(a: Address, b: Address) -> bool:
+    if a.gateway != b.gateway or a.chat.lower() != b.chat.lower():
+        return False
+    return a.thread is None or b.thread is None or a.thread == b.thread
+
+
+async def _maybe(v: Any) -> Any:
+    return await v if inspect.isawaitable(v) else v
+
+
+class _FailureNotices:
+    """``track_event`` observer: permanent failures of routes with ``notify_failures`` DM the mesh sender."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    @hookimpl
+    async def track_event(self, event: Any) -> None:
+        if isinstance(event, DeliveryFailed) and event.permanent:
+            await self.pipeline.notify_failure(event)
+
+
+class Pipeline:
+    """``submit`` for gateways, ``on_mesh_inbound`` for mesh peers, transport for the DeliveryEngine."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.transport = RoutingTransport(runtime)
+        self.commands = CommandHandler(runtime)
+        self._observer: _FailureNotices | None = None
+        pm = getattr(runtime, "pm", None)
+        if pm is not None:
+            self._observer = _FailureNotices(self)
+            name = f"routing-failure-notices-{id(self):x}"
+            if pm.get_plugin(name) is None:
+                pm.register(self._observer, name=name)
+
+    @property
+    def table(self) -> RouteTable:
+        table = self.runtime.routes
+        return table if table is not None else RouteTable.empty()
+
+    # -- DeliveryEngine transport ----------------------------------------------------------------------------
+    async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
+        return await self.transport.render(item)
+
+    async def send(self, out: Outbound) -> SendResult:
+        return await self.transport.send(out)
+
+    async def delivered(self, item: OutboxItem, results: Sequence[SendResult]) -> None:
+        await self.transport.delivered(item, results)
+
+    # -- mesh ingress ------------------------------------------------------------------------------------------------
+    async def on_mesh_inbound(self, mesh_or_inbound: Any, inbound: Any = None) -> SubmitResult:
+        """A topic row or DM from a mesh peer (``on_message`` callback). Called as
+        ``on_mesh_inbound(inbound)`` or ``on_mesh_inbound(mesh_name, inbound)``."""
+        if inbound is None:
+            inbound, mesh = mesh_or_inbound, mesh_or_inbound.mesh
+        else:
+            mesh = mesh_or_inbound
+        return await self.submit(self.mesh_message(mesh, inbound))
+
+    @staticmethod
+    def mesh_message(mesh: str, inbound: Any) -> Message:
+        """MeshInbound -> Message: hop prefix parsed and stripped, ``[via X]`` noted, stable id."""
+        hops, text = parse_hop_prefix(inbound.text or "")
+        via = parse_via(text)
+        sender_pubkey = (inbound.sender_pubkey or "").lower()
+        kind = getattr(inbound, "kind", "topic")
+        if kind == "topic" and inbound.topic:
+            origin = mesh_address(mesh, topic=inbound.topic)
+            mid = f"mesh:{mesh}:{inbound.id}"
+            native = str(inbound.id)
+        else:
+            origin = mesh_address(mesh, peer=sender_pubkey)
+            mid = f"mesh:{mesh}:{getattr(inbound, 'client_message_id', None) or inbound.id}"
+            native = None
+        created_ms = getattr(inbound, "created_at", None)
+        created = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else datetime.now(UTC)
+        return Message(
+            id=mid, origin=origin, sender=inbound.sender_name or sender_pubkey[:8] or "?",
+            sender_id=sender_pubkey, text=text, native_id=native,
+            reply_to=str(inbound.reply_to_id) if getattr(inbound, "reply_to_id", None) else None,
+            hops=hops, visited=(mesh,), created=created,
+            raw={"via": via, "member_id": getattr(inbound, "sender_member_id", None), "kind": kind},
+        )
+
+    # -- submit ---------------------------------------------------------------------------------------------------------
+    async def submit(self, message: Message) -> SubmitResult:
+        """Dedup, admit, loop-guard, route and durably enqueue ``message``. Returns after the commit."""
+        store = self.runtime.store
+        if store is None:
+            raise RuntimeError("the store is not open")
+        if await store.seen(message.id):
+            return self._dropped(message, "duplicate", status="duplicate")
+        table = self.table
+        message = self.normalise(table, message)
+        self.runtime.emit(MessageReceived(message=message))
+
+        if self._is_own(message):
+            return await self._drop_recorded(message, "loop")
+        if not await self._plugins_allow(message):
+            return await self._drop_recorded(message, "denied")
+
+        command = parse_command(message.text) if (message.is_command or message.text.startswith("/")) else None
+        if command is not None and self.commands.authorised(table, message):
+            return await self._command(table, message, *command)
+
+        resolution = table.match(message)
+        dests = list(resolution.destinations)
+        dests += await self._hook_destinations(message, {d.address.key for d in dests})
+        kept, reasons = self.loop_guard(table, message, dests)
+        if not kept:
+            if reasons:
+                reason = "hop_limit" if "hop_limit" in reasons else "loop"
+            elif resolution.denied and len(resolution.denied) == len(resolution.matched):
+                reason = "denied"
+            else:
+                reason = "no_route"
+            return await self._drop_recorded(message, reason)
+        items = [outbox_item(message, d) for d in kept]
+        return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
+
+    def normalise(self, table: RouteTable, message: Message) -> Message:
+        tags, text = parse_leading_tags(message.text)
+        all_tags = frozenset(message.tags) | tags | table.static_tags(message.origin)
+        is_command = message.is_command or parse_command(text) is not None
+        if text == message.text and all_tags == message.tags and is_command == message.is_command:
+            return message
+        return dataclasses.replace(message, text=text, tags=all_tags, is_command=is_command)
+
+    def loop_guard(self, table: RouteTable, message: Message,
+                   dests: Sequence[Destination]) -> tuple[list[Destination], list[str]]:
+        """Destinations that pass the loop rules, and the reasons the others were removed."""
+        kept: list[Destination] = []
+        reasons: list[str] = []
+        origin = message.origin
+        origin_mesh = origin.chat.partition(":")[0] if origin.gateway == MESH_GATEWAY else None
+        via = message.raw.get("via") if origin.gateway == MESH_GATEWAY else None
+        for d in dests:
+            to = d.address
+            if _same_chat(to, origin):
+                reasons.append("origin")
+                continue
+            if via is not None and to.gateway == via:
+                reasons.append("loop")  # it came from that surface through another bridge
+                continue
+            if to.gateway == MESH_GATEWAY:
+                dest_mesh = parse_mesh_chat(to.chat).mesh
+                if origin_mesh is not None:
+                    if message.hops + 1 > table.max_hops(dest_mesh):
+                        reasons.append("hop_limit")
+                        continue
+                    if dest_mesh in message.visited and dest_mesh != origin_mesh:
+                        reasons.append("loop")
+                        continue
+            kept.append(d)
+        if reasons:
+            log.debug("loop guard removed %d destination(s) of %s: %s", len(reasons), message.id, reasons)
+        return kept, [r for r in reasons if r != "origin"]
+
+    # -- helpers ---------------------------------------------------------------------------------------------------------
+    def _is_own(self, message: Message) -> bool:
+        if message.origin.gateway != MESH_GATEWAY:
+            return False
+        peer = self.runtime.meshes.get(message.origin.chat.partition(":")[0])
+        if peer is None:
+            return False
+        own = own_identities(peer)
+        member = message.raw.get("member_id")
+        return bool(own) and (message.sender_id.lower() in own or (bool(member) and str(member).lower() in own))
+
+    async def _plugins_allow(self, message: Message) -> bool:
+        pm = self.runtime.pm
+        if pm is None:
+            return True
+        for impl in reversed(pm.hook.allow_message.get_hookimpls()):
+            try:
+                kwargs = {"message": message, "app": self.runtime.app}
+                verdict = await _maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
+            except Exception:  # fail closed: a broken admission plugin must not open the gate
+                log.exception("plugin %r failed in allow_message(); dropping %s", impl.plugin_name, message.id)
+                return False
+            if verdict is False:
+                log.info("plugin %r refused %s", impl.plugin_name, message.id)
+                return False
+        return True
+
+    async def _hook_destinations(self, message: Message, have: set[str]) -> list[Destination]:
+        pm = self.runtime.pm
+        if pm is None:
+            return []
+        out: list[Destination] = []
+        for impl in reversed(pm.hook.message_destinations.get_hookimpls()):
+            try:
+                kwargs = {"message": message, "app": self.runtime.app}
+                result = await _maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
+            except Exception:
+                log.exception("plugin %r failed in message_destinations()", impl.plugin_name)
+                continue
+            for address in result or ():
+                if not isinstance(address, Address) or address.key in have:
+                    continue
+                if address.gateway != MESH_GATEWAY and address.gateway not in self.runtime.gateways:
+                    log.warning("plugin %r named unknown gateway %r; ignored", impl.plugin_name, address.gateway)
+                    continue
+                have.add(address.key)
+                out.append(Destination(route=f"plugin:{impl.plugin_name}", address=address))
+        return out
+
+    async def _command(self, table: RouteTable, message: Message, name: str, args: str) -> SubmitResult:
+        result = await self.commands.handle(table, message, name, args)
+        reply = Message(
+            id=f"{message.id}:reply", origin=message.origin, sender=BOT_SENDER, text=result.reply,
+            reply_to=message.native_id, created=message.created,
+        )
+        targets: list[tuple[Address, str]] = [(message.origin, f"command:{name}")]
+        items = [outbox_item(reply, Destination(route=f"command:{name}", address=message.origin), kind=KIND_REPLY)]
+        for extra, to in result.extra:
+            items.append(outbox_item(extra, Destination(route=f"command:{name}", address=to,
+                                                        attribution=DEFAULT_ATTRIBUTION)))
+            targets.append((to, f"command:{name}"))
+        log.info("command /%s from %s", name, message.origin)
+        return await self._enqueue(message, items, targets)
+
+    async def _enqueue(self, message: Message, items: list[OutboxItem],
+                       targets: list[tuple[Address, str]]) -> SubmitResult:
+        store = self.runtime.store
+        if not await store.accept(message.id, items):
+            return self._dropped(message, "duplicate", status="duplicate")
+        if message.native_id:
+            try:  # lets replies on other chats find this message's original (not needed for delivery)
+                await store.map_put(message.id, message.origin.key, [message.native_id])
+            except Exception:
+                log.exception("could not record the origin id of %s", message.id)
+        for to, route in targets:
+            self.runtime.emit(MessageQueued(message=message, to=to, route=route))
+        self.kick()
+        log.debug("queued %s to %d destination(s)", message.id, len(items))
+        return SubmitResult(status="queued", destinations=len(items))
+
+    def kick(self) -> None:
+        delivery = self.runtime.delivery
+        kick = getattr(delivery, "kick", None) if delivery is not None else None
+        if callable(kick):
+            kick()
+
+    async def _drop_recorded(self, message: Message, reason: str) -> SubmitResult:
+        """Drop, but record the id so a redelivery is recognised as a duplicate."""
+        if not await self.runtime.store.accept(message.id, []):
+            return self._dropped(message, "duplicate", status="duplicate")
+        return self._dropped(message, reason)
+
+    def _dropped(self, message: Message, reason: str, *, status: str = "dropped") -> SubmitResult:
+        level = logging.DEBUG if reason in ("duplicate", "loop", "no_route") else logging.INFO
+        log.log(level, "dropped %s from %s: %s", message.id, message.origin, reason)
+        self.runtime.emit(MessageDropped(message=message, reason=reason))
+        return SubmitResult(status=status, reason=reason)  # type: ignore[arg-type]
+
+    # -- failure notices -----------------------------------------------------------------------------------------------
+    async def notify_failure(self, event: DeliveryFailed) -> None:
+        """A short DM to the mesh sender of a message that could not be delivered (route option)."""
+        route = self.table.route(event.route)
+        msg = event.message
+        if route is None or not route.cfg.notify_failures or msg.origin.gateway != MESH_GATEWAY:
+            return
+        if not msg.sender_id or len(msg.sender_id) != 64:
+            return
+        mesh = msg.origin.chat.partition(":")[0]
+        to = mesh_address(mesh, peer=msg.sender_id)
+        snippet = msg.text if len(msg.text) <= 60 else msg.text[:57] + "..."
+        notice = Message(
+            id=f"{msg.id}:notice:{event.to.key}", origin=msg.origin, sender=BOT_SENDER,
+            text=f"claudemesh-gateway could not deliver your message \"{snippet}\" to {event.to}: {event.error}",
+        )
+        item = outbox_item(notice, Destination(route=f"notice:{route.name}", address=to), kind=KIND_NOTICE)
+        try:
+            if await self.runtime.store.accept(notice.id, [item]):
+                self.kick()
+        except Exception:
+            log.exception("could not queue a failure notice for %s", msg.id)

@@ -1,0 +1,297 @@
+"""The delivery engine's transport: render an outbox item, send one part, record what was delivered.
+
+``DeliveryEngine`` calls, per outbox item: ``render(item) -> (outbounds, rate limits)``,
+``send(out)`` for each part not yet sent, then ``delivered(item, results)``.
+Rendering happens at send time (not at enqueue), so a config reload or a
+message-map entry that arrives late (a reply to a message still in flight) is
+honoured.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DeliveryError, MeshError
+from ..events import MessageDelivered
+from ..gateway import RateLimit
+from ..messages import (
+    Address,
+    Capabilities,
+    Message,
+    Outbound,
+    SendResult,
+    address_from_dict,
+    message_from_dict,
+)
+from .config import MESH_GATEWAY, parse_mesh_chat
+from .table import DEFAULT_ATTRIBUTION
+from .text import (
+    attribute,
+    mentions_in,
+    neutralise_mentions,
+    parse_via,
+    split_text,
+    with_hop_prefix,
+    with_via,
+)
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+    from ..store.base import OutboxItem
+
+__all__ = ["RoutingTransport", "MESH_CAPABILITIES", "mesh_rate_limit", "KIND_RELAY", "KIND_REPLY", "KIND_NOTICE",
+           "origin_of_native"]
+
+log = logging.getLogger(__name__)
+
+#: what a mesh destination can take. Topic posts are limited to 64 KiB of base64 ciphertext
+#: (A.7.4), i.e. ~48 KB of UTF-8; 8000 characters stays under that even at 4 bytes a character.
+MESH_CAPABILITIES = Capabilities(max_text=8000, max_parts=10, replies=True, formatting="plain")
+_CMID_NS = uuid.UUID("6f1b0c4e-3c1a-4f59-9a43-6c6d65736867")
+
+KIND_RELAY = "relay"  # a routed message: attribution + loop markers
+KIND_REPLY = "reply"  # a command reply from the gateway itself: sent as is
+KIND_NOTICE = "notice"  # a failure notice to a mesh sender: sent as is
+
+
+def mesh_rate_limit(mesh: str) -> RateLimit:
+    """The broker's per-member budget (A.7.3): burst 10, 60 a minute, shared by every lane of the mesh."""
+    return RateLimit(scope=f"mesh:{mesh}:member", per_second=60 / 60, burst=10)
+
+
+async def _maybe(v: Any) -> Any:
+    return await v if inspect.isawaitable(v) else v
+
+
+async def origin_of_native(store: Any, chat: Address, native_id: str) -> str | None:
+    """The core message id whose copy (or original) in ``chat`` has ``native_id``.
+
+    ``map_reverse`` matches a lane *prefix*; an exact-lane hit is confirmed with
+    ``map_get`` (``tg/-100`` must not match ``tg/-1001``), then the chat's threads.
+    """
+    lane = Address(chat.gateway, chat.chat).key
+    found = await store.map_reverse(lane, native_id)
+    if found is not None and native_id in await store.map_get(found, lane):
+        return found
+    return await store.map_reverse(lane + "/", native_id)
+
+
+class RoutingTransport:
+    """Implements the DeliveryEngine transport protocol for gateways and mesh destinations."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- render --------------------------------------------------------------------------------------------
+    def capabilities(self, to: Address) -> Capabilities:
+        if to.gateway == MESH_GATEWAY:
+            return MESH_CAPABILITIES
+        gw = self.runtime.gateways.get(to.gateway)
+        if gw is None:
+            raise DeliveryError(f"gateway {to.gateway!r} is not configured", permanent=True)
+        return gw.capabilities
+
+    async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
+        message = message_from_dict(item.message)
+        to = address_from_dict(item.destination)
+        options: Mapping[str, Any] = item.options or {}
+        caps = self.capabilities(to)
+        store = self.runtime.store
+
+        reply_to = edit_of = None
+        if message.reply_to and caps.replies:
+            reply_to = await self._mapped(message.origin, message.reply_to, to)
+        if message.edit_of:
+            edit_of = await self._mapped(message.origin, message.edit_of, to)
+        if message.deleted:
+            if not (caps.deletes and edit_of):
+                log.debug("delete of %s not supported on %s; skipped", message.id, to)
+                return [], self._limits(to)
+            out = Outbound(message=message, to=to, text="", edit_of=edit_of, options=options.get("binding", {}),
+                           idempotency_key=self._idem(item, message, to, 1))
+            return [out], self._limits(to)
+        if edit_of is not None and not caps.edits:
+            edit_of = None
+        is_edit_as_new = bool(message.edit_of) and edit_of is None
+
+        text = self.compose(message, to, options, caps, edited=is_edit_as_new)
+        attachments = message.attachments if caps.media else ()
+        parts = self._split(message, text, caps, to, options)
+        if to.gateway == MESH_GATEWAY and parse_mesh_chat(to.chat).kind == "tag":
+            targets = await self._tagged(to)
+            if not targets:
+                log.info("no live peer carries %s; nothing to send for %s", to.chat, message.id)
+        else:
+            targets = [to]
+        outs: list[Outbound] = []
+        n = len(parts)
+        binding_opts = dict(options.get("binding", {}))
+        for target in targets:
+            for i, part in enumerate(parts, 1):
+                outs.append(Outbound(
+                    message=message, to=target, text=part, part=i, parts=n,
+                    reply_to=reply_to if i == 1 else None,
+                    edit_of=edit_of if n == 1 else None,
+                    attachments=attachments if i == 1 else (),
+                    options=binding_opts,
+                    idempotency_key=self._idem(item, message, target, i),
+                ))
+        return outs, self._limits(to)
+
+    def compose(self, message: Message, to: Address, options: Mapping[str, Any], caps: Capabilities,
+                *, edited: bool = False) -> str:
+        """Attributed, mention-neutralised, loop-marked text (before splitting and platform rendering)."""
+        kind = options.get("kind", KIND_RELAY)
+        text = message.text
+        if not caps.media and message.attachments:
+            described = "\n".join(a.describe() for a in message.attachments)
+            text = f"{text}\n{described}" if text else described
+        via_marker = ""
+        if kind == KIND_RELAY:
+            via = parse_via(text) if message.origin.gateway == MESH_GATEWAY else None
+            if via is not None:  # keep an upstream loop marker in front of our attribution
+                end = text.index("] ") + 2
+                via_marker, text = text[:end], text[end:]
+            mesh_name, topic = options.get("mesh") or "", options.get("topic") or ""
+            fields = {
+                "sender": message.sender or message.sender_id or "?",
+                "text": text, "gateway": message.origin.gateway, "chat": message.origin.chat,
+                "mesh": mesh_name, "topic": topic,
+            }
+            text = attribute(options.get("attribution") or DEFAULT_ATTRIBUTION, fields)
+            if edited:
+                text = f"(edited) {text}"
+        if not options.get("allow_mass_mentions", False):
+            text = neutralise_mentions(text)
+        if kind == KIND_RELAY and to.gateway == MESH_GATEWAY:
+            if message.origin.gateway == MESH_GATEWAY:
+                text = with_hop_prefix(message.hops + 1, via_marker + text)
+            else:
+                text = with_via(message.origin.gateway, text)
+        else:
+            text = via_marker + text
+        return text
+
+    def _split(self, message: Message, text: str, caps: Capabilities, to: Address,
+               options: Mapping[str, Any]) -> list[str]:
+        limit = max(1, caps.max_text)
+        if to.gateway == MESH_GATEWAY:
+            return split_text(text, limit, caps.max_parts)
+        gw = self.runtime.gateways[to.gateway]
+        for _ in range(4):
+            parts = split_text(text, limit, caps.max_parts)
+            rendered = [self._render_part(message, p, gw, options) for p in parts]
+            longest = max(len(r) for r in rendered)
+            if longest <= caps.max_text or limit <= 16:
+                return rendered
+            # escaping grew a part past the limit: split the plain text finer and render again
+            limit = max(16, int(limit * caps.max_text / longest) - 8)
+        return rendered
+
+    def _render_part(self, message: Message, text: str, gw: Any, options: Mapping[str, Any]) -> str:
+        pm = self.runtime.pm
+        out = None
+        if pm is not None:
+            out = pm.hook.render_text(message=message, text=text, gateway=gw, app=self.runtime.app)
+        if out is None:
+            out = gw.render_text(message, text, options.get("binding", {}))
+        return text if out is None else out
+
+    def _limits(self, to: Address) -> Sequence[RateLimit]:
+        if to.gateway == MESH_GATEWAY:
+            return (mesh_rate_limit(to.chat.partition(":")[0]),)
+        gw = self.runtime.gateways.get(to.gateway)
+        return tuple(gw.rate_limits(to)) if gw is not None else ()
+
+    @staticmethod
+    def _idem(item: OutboxItem, message: Message, to: Address, part: int) -> str:
+        return f"{message.id}|{to.key}|{part}"
+
+    async def _mapped(self, origin: Address, native_id: str, to: Address) -> str | None:
+        """The native id on ``to`` of the message whose native id in ``origin``'s chat is ``native_id``."""
+        if to.gateway == origin.gateway and to.chat == origin.chat:
+            return native_id  # same chat (a command reply): the platform's own id
+        store = self.runtime.store
+        origin_id = await origin_of_native(store, origin, native_id)
+        if origin_id is None:
+            return None
+        ids = await store.map_get(origin_id, to.key)
+        return ids[0] if ids else None
+
+    async def _tagged(self, to: Address) -> list[Address]:
+        """``<mesh>:tag:<tag>`` -> one DM address per live peer carrying the tag (sorted: stable part order)."""
+        mc = parse_mesh_chat(to.chat)
+        peer = self._peer(mc.mesh)
+        try:
+            peers = await _maybe(peer.peers_with_tag(mc.value))
+        except MeshError as exc:
+            raise DeliveryError(f"roster of {mc.mesh} unavailable: {exc}") from exc
+        keys = sorted({str(_get(p, "pubkey")) for p in peers if _get(p, "pubkey")})
+        return [Address(MESH_GATEWAY, f"{mc.mesh}:@{k}") for k in keys]
+
+    # -- send ----------------------------------------------------------------------------------------------------
+    async def send(self, out: Outbound) -> SendResult:
+        if out.to.gateway == MESH_GATEWAY:
+            return await self._send_mesh(out)
+        gw = self.runtime.gateways.get(out.to.gateway)
+        if gw is None:
+            raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
+        return await gw.send(out)
+
+    def _peer(self, mesh: str) -> Any:
+        peer = self.runtime.meshes.get(mesh)
+        if peer is None:
+            configured = mesh in (getattr(self.runtime.settings, "mesh", None) or {})
+            raise DeliveryError(f"mesh {mesh!r} is not connected", permanent=not configured)
+        return peer
+
+    async def _send_mesh(self, out: Outbound) -> SendResult:
+        mc = parse_mesh_chat(out.to.chat)
+        peer = self._peer(mc.mesh)
+        cmid = str(uuid.uuid5(_CMID_NS, out.idempotency_key or f"{out.message.id}|{out.to.key}|{out.part}"))
+        try:
+            if mc.kind == "topic":
+                mid = await peer.post_topic(mc.value, out.text, reply_to_id=out.reply_to,
+                                            mentions=mentions_in(out.text), client_message_id=cmid)
+                return SendResult(native_ids=(str(mid),) if mid else ())
+            if mc.kind == "peer":
+                pubkey = await self._pubkey(peer, mc.value)
+                qid = await peer.send_dm(pubkey, out.text, client_message_id=cmid)
+                return SendResult(native_ids=(str(qid),) if qid else ())
+        except MeshError as exc:
+            raise DeliveryError(f"mesh {mc.mesh}: {exc}") from exc
+        raise DeliveryError(f"cannot send to {out.to.chat} directly (tags are expanded at render)", permanent=True)
+
+    @staticmethod
+    async def _pubkey(peer: Any, who: str) -> str:
+        if len(who) == 64 and all(c in "0123456789abcdef" for c in who):
+            return who
+        try:
+            found = await _maybe(peer.resolve_peer(who))
+        except (LookupError, ValueError, MeshError) as exc:
+            raise DeliveryError(f"peer {who!r}: {exc}") from exc
+        pubkey = _get(found, "pubkey") if found is not None else None
+        if not pubkey:
+            raise DeliveryError(f"peer {who!r} is not online")
+        return str(pubkey)
+
+    # -- record ----------------------------------------------------------------------------------------------------
+    async def delivered(self, item: OutboxItem, results: Sequence[SendResult]) -> None:
+        ids = [nid for r in results for nid in r.native_ids if nid]
+        message = message_from_dict(item.message)
+        if ids:
+            await self.runtime.store.map_put(message.id, item.lane, ids)
+        latency = max(0.0, time.time() - item.enqueued_at) if item.enqueued_at else 0.0
+        self.runtime.emit(MessageDelivered(message=message, to=address_from_dict(item.destination),
+                                           route=item.route, native_ids=tuple(ids), latency_s=latency))
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
