@@ -213,3 +213,17 @@ async def test_bad_bot_token_is_bad_credentials(make_gateway, fake_slack):
         await gw.start()
     assert gw.state == GatewayState.BAD_CREDENTIALS
     assert "xoxb" not in str(ei.value)
+
+
+async def test_stop_drains_in_flight_envelopes_and_submits_nothing_after(make_gateway, fake_slack, sk):
+    gw = await make_gateway()
+    for i in range(5):
+        await fake_slack.push(sk.event_callback(sk.message_event(f"m{i}", ts=f"8.{i}"), event_id=f"E{i}"),
+                              wait_ack=False)
+    await gw.stop()
+    after_stop = list(gw.ctx.attempts)
+    await asyncio.sleep(0.2)
+    assert gw.ctx.attempts == after_stop
+    # whatever was acked had been submitted first
+    acked_texts = len(fake_slack.acks)
+    assert acked_texts <= len(gw.ctx.submitted)
