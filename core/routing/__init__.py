@@ -15,4 +15,4 @@ from .pipeline import Pipeline
 from .table import Destination, Resolution, RouteTable
 from .transport import RoutingTransport
 
-__all__ = ["RouteConfig", "BindingConfig", "RouteTable", "Destination", "Resolution", "Pipeline", "RoutingTransport"]
+__all__ = ["BindingConfig", "Destination", "Pipeline", "Resolution", "RouteConfig", "RouteTable", "RoutingTransport"]

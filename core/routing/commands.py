@@ -21,7 +21,7 @@ from .table import RouteTable, mesh_address
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["parse_command", "CommandHandler", "CommandResult", "COMMANDS", "HELP_TEXT", "BOT_SENDER"]
+__all__ = ["BOT_SENDER", "COMMANDS", "HELP_TEXT", "CommandHandler", "CommandResult", "parse_command"]
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "RouteConfig", "BindingConfig", "Direction", "ATTRIBUTION_FIELDS", "TAG_RE", "MESH_GATEWAY",
-    "normalise_tag", "parse_mesh_chat", "MeshChat",
+    "ATTRIBUTION_FIELDS",
+    "MESH_GATEWAY",
+    "TAG_RE",
+    "BindingConfig",
+    "Direction",
+    "MeshChat",
+    "RouteConfig",
+    "normalise_tag",
+    "parse_mesh_chat",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,8 +52,7 @@ _PUBKEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 def normalise_tag(value: str) -> str:
     """Lower-cased tag; raises ValueError when it is not a valid tag name."""
     tag = value.strip().lower()
-    if tag.startswith("tag:"):
-        tag = tag[4:]
+    tag = tag.removeprefix("tag:")
     if not TAG_RE.fullmatch(tag):
         raise ValueError(f"{value!r} is not a valid tag (letters, digits and ':_./-', max 64 chars)")
     return tag

@@ -25,16 +25,15 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..events import DeliveryFailed, MessageDropped, MessageQueued, MessageReceived
+from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
-from ..hookspecs import hookimpl
-from ..messages import Address, Message, Outbound, SendResult, address_to_dict, message_to_dict
+from ..messages import Address, Message, Outbound, SendResult
 from ..store.base import OutboxItem
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
 from .text import parse_hop_prefix, parse_leading_tags, parse_via
-from .transport import KIND_NOTICE, KIND_RELAY, KIND_REPLY, RoutingTransport
+from .transport import KIND_RELAY, KIND_REPLY, OutboxItemFactory, RoutingTransport
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -46,14 +45,10 @@ log = logging.getLogger(__name__)
 
 def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY) -> OutboxItem:
     """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe)."""
-    return OutboxItem(
-        lane=dest.address.key, route=dest.route, destination=address_to_dict(dest.address),
-        message=message_to_dict(message),
-        options={
-            "kind": kind, "attribution": dest.attribution, "allow_mass_mentions": dest.allow_mass_mentions,
-            "notify_failures": dest.notify_failures, "mesh": dest.mesh, "topic": dest.topic,
-            "binding": dict(dest.options),
-        },
+    return OutboxItemFactory.make(
+        message, dest.address, route=dest.route, kind=kind, attribution=dest.attribution,
+        allow_mass_mentions=dest.allow_mass_mentions, notify_failures=dest.notify_failures,
+        mesh=dest.mesh, topic=dest.topic, binding=dest.options,
     )
 
 
@@ -82,18 +77,6 @@ async def _maybe(v: Any) -> Any:
     return await v if inspect.isawaitable(v) else v
 
 
-class _FailureNotices:
-    """``track_event`` observer: permanent failures of routes with ``notify_failures`` DM the mesh sender."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-
-    @hookimpl
-    async def track_event(self, event: Any) -> None:
-        if isinstance(event, DeliveryFailed) and event.permanent:
-            await self.pipeline.notify_failure(event)
-
-
 class Pipeline:
     """``submit`` for gateways, ``on_mesh_inbound`` for mesh peers, transport for the DeliveryEngine."""
 
@@ -101,13 +84,6 @@ class Pipeline:
         self.runtime = runtime
         self.transport = RoutingTransport(runtime)
         self.commands = CommandHandler(runtime)
-        self._observer: _FailureNotices | None = None
-        pm = getattr(runtime, "pm", None)
-        if pm is not None:
-            self._observer = _FailureNotices(self)
-            name = f"routing-failure-notices-{id(self):x}"
-            if pm.get_plugin(name) is None:
-                pm.register(self._observer, name=name)
 
     @property
     def table(self) -> RouteTable:
@@ -123,6 +99,9 @@ class Pipeline:
 
     async def delivered(self, item: OutboxItem, results: Sequence[SendResult]) -> None:
         await self.transport.delivered(item, results)
+
+    async def failed(self, item: OutboxItem, error: str, permanent: bool) -> None:
+        await self.transport.failed(item, error, permanent)
 
     # -- mesh ingress ------------------------------------------------------------------------------------------------
     async def on_mesh_inbound(self, mesh_or_inbound: Any, inbound: Any = None) -> SubmitResult:
@@ -331,25 +310,3 @@ class Pipeline:
         self.runtime.emit(MessageDropped(message=message, reason=reason))
         return SubmitResult(status=status, reason=reason)  # type: ignore[arg-type]
 
-    # -- failure notices -----------------------------------------------------------------------------------------------
-    async def notify_failure(self, event: DeliveryFailed) -> None:
-        """A short DM to the mesh sender of a message that could not be delivered (route option)."""
-        route = self.table.route(event.route)
-        msg = event.message
-        if route is None or not route.cfg.notify_failures or msg.origin.gateway != MESH_GATEWAY:
-            return
-        if not msg.sender_id or len(msg.sender_id) != 64:
-            return
-        mesh = msg.origin.chat.partition(":")[0]
-        to = mesh_address(mesh, peer=msg.sender_id)
-        snippet = msg.text if len(msg.text) <= 60 else msg.text[:57] + "..."
-        notice = Message(
-            id=f"{msg.id}:notice:{event.to.key}", origin=msg.origin, sender=BOT_SENDER,
-            text=f"claudemesh-gateway could not deliver your message \"{snippet}\" to {event.to}: {event.error}",
-        )
-        item = outbox_item(notice, Destination(route=f"notice:{route.name}", address=to), kind=KIND_NOTICE)
-        try:
-            if await self.runtime.store.accept(notice.id, [item]):
-                self.kick()
-        except Exception:
-            log.exception("could not queue a failure notice for %s", msg.id)

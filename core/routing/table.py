@@ -18,8 +18,16 @@ from ..gateway import Binding, Gateway
 from ..messages import Address, Message
 from .config import MESH_GATEWAY, MeshChat, RouteConfig, parse_mesh_chat
 
-__all__ = ["RouteTable", "Route", "RouteBinding", "Destination", "Resolution", "DEFAULT_ATTRIBUTION",
-           "mesh_address", "sender_matches"]
+__all__ = [
+    "DEFAULT_ATTRIBUTION",
+    "Destination",
+    "Resolution",
+    "Route",
+    "RouteBinding",
+    "RouteTable",
+    "mesh_address",
+    "sender_matches",
+]
 
 log = logging.getLogger(__name__)
 

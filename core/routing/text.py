@@ -12,8 +12,17 @@ from collections.abc import Mapping
 from .config import TAG_RE
 
 __all__ = [
-    "parse_leading_tags", "parse_hop_prefix", "with_hop_prefix", "parse_via", "with_via",
-    "attribute", "neutralise_mentions", "split_text", "mentions_in", "ZWSP", "TRUNCATED",
+    "TRUNCATED",
+    "ZWSP",
+    "attribute",
+    "mentions_in",
+    "neutralise_mentions",
+    "parse_hop_prefix",
+    "parse_leading_tags",
+    "parse_via",
+    "split_text",
+    "with_hop_prefix",
+    "with_via",
 ]
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DeliveryError, MeshError
-from ..events import MessageDelivered
 from ..gateway import RateLimit
 from ..messages import (
     Address,
@@ -26,7 +24,9 @@ from ..messages import (
     Outbound,
     SendResult,
     address_from_dict,
+    address_to_dict,
     message_from_dict,
+    message_to_dict,
 )
 from .config import MESH_GATEWAY, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
@@ -44,8 +44,16 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
     from ..store.base import OutboxItem
 
-__all__ = ["RoutingTransport", "MESH_CAPABILITIES", "mesh_rate_limit", "KIND_RELAY", "KIND_REPLY", "KIND_NOTICE",
-           "origin_of_native"]
+__all__ = [
+    "KIND_NOTICE",
+    "KIND_RELAY",
+    "KIND_REPLY",
+    "MESH_CAPABILITIES",
+    "OutboxItemFactory",
+    "RoutingTransport",
+    "mesh_rate_limit",
+    "origin_of_native",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +109,6 @@ class RoutingTransport:
         to = address_from_dict(item.destination)
         options: Mapping[str, Any] = item.options or {}
         caps = self.capabilities(to)
-        store = self.runtime.store
 
         reply_to = edit_of = None
         if message.reply_to and caps.replies:
@@ -282,13 +289,57 @@ class RoutingTransport:
 
     # -- record ----------------------------------------------------------------------------------------------------
     async def delivered(self, item: OutboxItem, results: Sequence[SendResult]) -> None:
+        """Record the message map (origin id -> native ids on this lane) for replies and edits.
+        The engine emits MessageDelivered."""
         ids = [nid for r in results for nid in r.native_ids if nid]
-        message = message_from_dict(item.message)
         if ids:
-            await self.runtime.store.map_put(message.id, item.lane, ids)
-        latency = max(0.0, time.time() - item.enqueued_at) if item.enqueued_at else 0.0
-        self.runtime.emit(MessageDelivered(message=message, to=address_from_dict(item.destination),
-                                           route=item.route, native_ids=tuple(ids), latency_s=latency))
+            await self.runtime.store.map_put(item.message["id"], item.lane, ids)
+
+    async def failed(self, item: OutboxItem, error: str, permanent: bool) -> None:
+        """After a failed attempt: on a permanent failure of a route with ``notify_failures``,
+        queue a short DM to the mesh sender of the message (once per message and destination)."""
+        options = item.options or {}
+        if not permanent or not options.get("notify_failures") or options.get("kind", KIND_RELAY) != KIND_RELAY:
+            return
+        message = message_from_dict(item.message)
+        sender = message.sender_id.lower()
+        if message.origin.gateway != MESH_GATEWAY or len(sender) != 64:
+            return
+        mesh = message.origin.chat.partition(":")[0]
+        to = Address(MESH_GATEWAY, f"{mesh}:@{sender}")
+        dest = address_from_dict(item.destination)
+        snippet = message.text if len(message.text) <= 60 else message.text[:57] + "..."
+        reason = error if len(error) <= 200 else error[:197] + "..."
+        notice = Message(
+            id=f"{message.id}:notice:{dest.key}", origin=message.origin, sender="claudemesh-gateway",
+            text=f"claudemesh-gateway could not deliver your message \"{snippet}\" to {dest}: {reason}",
+        )
+        row = OutboxItemFactory.make(notice, to, route=f"notice:{item.route}", kind=KIND_NOTICE)
+        if await self.runtime.store.accept(notice.id, [row]):
+            delivery = self.runtime.delivery
+            if delivery is not None and callable(getattr(delivery, "kick", None)):
+                delivery.kick()
+            log.info("queued a failure notice for %s to its sender", message.id)
+
+
+class OutboxItemFactory:
+    """Builds outbox rows (kept here so the transport and the pipeline agree on the options shape)."""
+
+    @staticmethod
+    def make(message: Message, to: Address, *, route: str, kind: str = KIND_RELAY,
+             attribution: str | None = None, allow_mass_mentions: bool = False, notify_failures: bool = False,
+             mesh: str | None = None, topic: str | None = None,
+             binding: Mapping[str, Any] | None = None) -> OutboxItem:
+        from ..store.base import OutboxItem
+
+        return OutboxItem(
+            lane=to.key, route=route, destination=address_to_dict(to), message=message_to_dict(message),
+            options={
+                "kind": kind, "attribution": attribution or DEFAULT_ATTRIBUTION,
+                "allow_mass_mentions": allow_mass_mentions, "notify_failures": notify_failures,
+                "mesh": mesh, "topic": topic, "binding": dict(binding or {}),
+            },
+        )
 
 
 def _get(obj: Any, name: str) -> Any:
