@@ -432,9 +432,17 @@ class WhatsAppGateway(Gateway):
         params = await self._verified_params(request, self.INBOUND_PATH)
         try:
             form = InboundForm.model_validate(params)
-            sender = normalise_number(form.from_)
-        except (ValidationError, ValueError):
+        except ValidationError:
             raise web.HTTPBadRequest(text="not a WhatsApp message webhook") from None
+        if not form.from_.lower().startswith("whatsapp:"):
+            # an SMS to a number that shares the webhook: not ours to relay as WhatsApp
+            log.warning("whatsapp %s: non-WhatsApp message (%s) ignored", self.name, form.from_.partition(":")[0]
+                        if ":" in form.from_ else "sms")
+            return _twiml()
+        try:
+            sender = normalise_number(form.from_)
+        except ValueError:
+            raise web.HTTPBadRequest(text="not a WhatsApp sender address") from None
         now = time.time()
         # Any message from the user opens (refreshes) the 24-hour session window.
         await self.ctx.kv_set(f"window:{sender}", now)
@@ -470,7 +478,7 @@ class WhatsAppGateway(Gateway):
             ext = mimetypes.guess_extension(media.content_type.split(";")[0].strip()) or ""
             leaf = media.url.rstrip("/").rsplit("/", 1)[-1] or f"media{n}"
             attachments.append(Attachment(name=f"{leaf}{ext}", content_type=media.content_type, url=media.url))
-        text = form.body or form.button_text
+        text = form.text
         return Message(
             id=f"whatsapp:{self.name}:{form.message_sid}",
             origin=Address(self.name, sender),

@@ -48,6 +48,10 @@ class InboundForm(_TwilioForm):
     wa_id: str = Field("", alias="WaId")
     replied_sid: str = Field("", alias="OriginalRepliedMessageSid")
     button_text: str = Field("", alias="ButtonText")
+    latitude: str = Field("", alias="Latitude")
+    longitude: str = Field("", alias="Longitude")
+    address: str = Field("", alias="Address")
+    label: str = Field("", alias="Label")
 
     @field_validator("message_sid")
     @classmethod
@@ -55,6 +59,18 @@ class InboundForm(_TwilioForm):
         if not v.isalnum():
             raise ValueError("MessageSid must be alphanumeric")
         return v
+
+    @property
+    def text(self) -> str:
+        """The message text: ``Body``, a quick-reply button's text, or a shared location."""
+        if self.body:
+            return self.body
+        if self.button_text:
+            return self.button_text
+        if self.latitude and self.longitude:
+            where = " ".join(p for p in (self.label, self.address) if p)
+            return f"📍 {self.latitude},{self.longitude}" + (f" {where}" if where else "")
+        return ""
 
     def media(self) -> list[Media]:
         """``MediaUrl<n>`` / ``MediaContentType<n>`` for n < NumMedia."""

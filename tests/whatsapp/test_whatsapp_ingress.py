@@ -216,3 +216,21 @@ async def test_delivered_status_is_reported(wa, wh):
     await wa.status("SM" + "2" * 32, "read")
     (ev,) = wa.ctx.events
     assert isinstance(ev, DeliveryStatus) and ev.gateway == wh.NAME and ev.status == "read"
+
+
+async def test_location_and_button_text(wa, wh):
+    await wa.inbound(wh.inbound_params(body="", Latitude="52.52", Longitude="13.405", Label="Office"))
+    await wa.inbound(wh.inbound_params(body="", ButtonText="Approve", ButtonPayload="approve-1"))
+    assert [m.text for m in wa.ctx.submitted] == ["📍 52.52,13.405 Office", "Approve"]
+
+
+async def test_sms_on_the_same_webhook_is_not_relayed(wa, wh):
+    resp = await wa.inbound(wh.inbound_params(sender="+15551230001"))
+    assert resp.status == 200 and await resp.text() == EMPTY_TWIML
+    assert wa.ctx.submitted == [] and wa.ctx.kv == {}
+
+
+async def test_slash_command_is_marked(wa, wh):
+    await wa.inbound(wh.inbound_params(body="/topics"))
+    (msg,) = wa.ctx.submitted
+    assert msg.is_command and msg.text == "/topics"
