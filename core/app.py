@@ -246,9 +246,8 @@ def _build_keyring(runtime: Runtime) -> Any:
 
 def _build_delivery(runtime: Runtime) -> Any:
     from .delivery import DeliveryEngine
-    from .routing.transport import RoutingTransport
 
-    return DeliveryEngine(runtime.store, RoutingTransport(runtime), config=runtime.settings.delivery,
+    return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery,
                           emit=runtime.emit)
 
 

@@ -153,7 +153,11 @@ async def build_test_app(
                              plugins=plugins)
     app = create_app(settings, pm)
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
+    try:
+        await client.start_server()
+    except BaseException:
+        await client.close()  # tear down the contexts that did start, as web.run_app does
+        raise
     return client, app[RUNTIME]
 
 
