@@ -39,6 +39,7 @@ from claudemesh_gateway.mesh.crypto import KeyPair
 
 from . import delivery, roster, sessions, topics
 from .config import DevBrokerConfig
+from .http import BROKER_KEY, HOOK_BUCKETS_KEY
 from .http import routes as http_routes
 from .info import DevSeed, MemberInfo, MeshInfo, TopicInfo
 from .model import Invite, Member, Mesh, QueueRow, TopicMessage
@@ -114,8 +115,8 @@ class DevBroker:
             seed_dev_mesh(self)
         self._seed = load_seed(self)
         app = web.Application(middlewares=[self._upgrade_gate], client_max_size=self.config.max_message_bytes)
-        app["devbroker"] = self
-        app["hook_buckets"] = TokenBuckets(self.config.hook_rate_per_minute, self.config.hook_rate_per_minute)
+        app[BROKER_KEY] = self
+        app[HOOK_BUCKETS_KEY] = TokenBuckets(self.config.hook_rate_per_minute, self.config.hook_rate_per_minute)
         app.add_routes([web.get("/ws", self._ws_handler), *http_routes(self)])
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()

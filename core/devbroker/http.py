@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BROKER_KEY: web.AppKey[Any] = web.AppKey("claudemesh_devbroker")
+HOOK_BUCKETS_KEY: web.AppKey[Any] = web.AppKey("claudemesh_devbroker_hook_buckets")
 REQUIRED = "invite_token, invite_payload, peer_pubkey, display_name required"
 
 
@@ -100,7 +102,7 @@ def join_mesh(b: DevBroker, data: Any) -> tuple[int, dict[str, Any]]:
 
 
 async def join(request: web.Request) -> web.Response:
-    b: DevBroker = request.app["devbroker"]
+    b: DevBroker = request.app[BROKER_KEY]
     try:
         data = await _read_json(request, b.config.max_message_bytes)
     except _TooLarge:
@@ -114,8 +116,8 @@ async def join(request: web.Request) -> web.Response:
 async def hook_set_status(request: web.Request) -> web.Response:
     """Claude Code hook emulation: ``{status, session_id? | pubkey? | cwd?}`` sets the computed status of the
     matching presences and triggers a drain for each (a B.30 drain trigger)."""
-    b: DevBroker = request.app["devbroker"]
-    buckets: TokenBuckets = request.app["hook_buckets"]
+    b: DevBroker = request.app[BROKER_KEY]
+    buckets: TokenBuckets = request.app[HOOK_BUCKETS_KEY]
     if not buckets.take(request.remote or "?"):
         return _fail("rate_limited", 429)
     try:
