@@ -16,6 +16,7 @@ import hmac
 import logging
 import random
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,7 +54,7 @@ from claudemesh_gateway import (
 
 from .config import MB, TelegramBindingOptions, TelegramConfig, coerce_options
 from .format import escape_html, html_to_plain, neutralise_mentions, utf16_len
-from .transport import PLACEHOLDER, AiohttpRequest, make_bot, scrub
+from .transport import PLACEHOLDER, AiohttpRequest, make_bot, protect_ptb_logs, scrub
 from .wire import ALLOWED_UPDATES, Chat, FileObject, TgFile, TgMessage, Update, User, WebhookInfo
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,12 @@ class TelegramGateway(Gateway):
 
     def _ensure_bot(self) -> Bot:
         if self._bot is None:
-            self.ctx.register_secret(self._token)
+            secrets = [self._token]
             if self.config.webhook_secret is not None:
-                self.ctx.register_secret(self.config.webhook_secret.get_secret_value())
+                secrets.append(self.config.webhook_secret.get_secret_value())
+            for s in secrets:
+                self.ctx.register_secret(s)
+            protect_ptb_logs(*secrets)
             self._bot, self._request = make_bot(lambda: self.ctx.http, self._token, self.config.api_base)
         return self._bot
 
@@ -231,6 +235,22 @@ class TelegramGateway(Gateway):
                 attempt += 1
         return False
 
+    async def _raw(self, method: str, *, read_timeout: float | None = None, **params: Any) -> Any:
+        """A Bot API call returning plain JSON (no PTB object parsing).
+
+        Used for getUpdates and getChat: we parse those with our own tolerant models
+        (wire.py), so a field PTB's version expects but a Bot API server doesn't send
+        (or the reverse) can never break ingress. PTB warns that a typed method exists;
+        that is exactly what we are avoiding here.
+        """
+        bot = self._ensure_bot()
+        kwargs: dict[str, Any] = {"api_kwargs": {k: v for k, v in params.items() if v is not None}}
+        if read_timeout is not None:
+            kwargs["read_timeout"] = read_timeout
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return await bot.do_api_request(method, **kwargs)
+
     async def _get_me(self) -> User:
         bot = self._ensure_bot()
         me = await bot.get_me()
@@ -279,8 +299,9 @@ class TelegramGateway(Gateway):
                     # polling and a webhook are mutually exclusive (409 otherwise)
                     await bot.delete_webhook(drop_pending_updates=self.config.drop_pending_updates)
                     webhook_cleared = True
-                updates = await bot.get_updates(
-                    offset=offset, timeout=self.config.poll_timeout, allowed_updates=list(ALLOWED_UPDATES),
+                updates = await self._raw(
+                    "getUpdates", offset=offset, timeout=self.config.poll_timeout,
+                    allowed_updates=list(ALLOWED_UPDATES), read_timeout=self.config.poll_timeout + 10.0,
                 )
             except InvalidToken:
                 self.set_state(GatewayState.BAD_CREDENTIALS,
@@ -311,7 +332,8 @@ class TelegramGateway(Gateway):
             self._ready.set()
             if not updates:
                 continue
-            offset = await self._process_batch([(u.update_id, u.to_dict()) for u in updates], offset)
+            batch = [(int(u["update_id"]), u) for u in updates if isinstance(u, dict) and "update_id" in u]
+            offset = await self._process_batch(batch, offset)
 
     async def _process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]], offset: int | None) -> int | None:
         """Submit each update, then persist the offset past the last one that was submitted.
@@ -840,7 +862,7 @@ class TelegramGateway(Gateway):
 
     # ------------------------------------------------------------------ operations
     async def check(self) -> list[str]:
-        warnings: list[str] = []
+        problems: list[str] = []
         bot = self._ensure_bot()
         try:
             me = self._me = await self._get_me()
@@ -850,7 +872,7 @@ class TelegramGateway(Gateway):
             return [f"telegram {self.name}: Bot API unreachable ({self._scrub(exc.message)})"]
         group_bindings = [b for b in self.ctx.bindings if b.inbound and _is_group(b.address.chat)]
         if group_bindings and not me.can_read_all_group_messages:
-            warnings.append(
+            problems.append(
                 f"telegram {self.name}: privacy mode is on for @{me.username}: in groups it only sees commands "
                 f"and replies to itself. Disable it (@BotFather /setprivacy -> Disable, then re-add the bot) "
                 f"or make the bot an admin of: " + ", ".join(sorted({b.address.chat for b in group_bindings})))
@@ -860,29 +882,29 @@ class TelegramGateway(Gateway):
             info = None
         if info is not None:
             if self.config.mode == "polling" and info.url:
-                warnings.append(f"telegram {self.name}: a webhook is set for this bot; polling mode deletes it "
+                problems.append(f"telegram {self.name}: a webhook is set for this bot; polling mode deletes it "
                                 f"at start (another deployment using it will stop receiving updates)")
             if self.config.mode == "webhook":
                 if self.webhook_url and not self.webhook_url.startswith("https://"):
-                    warnings.append(f"telegram {self.name}: public_url must be https:// for Telegram webhooks")
+                    problems.append(f"telegram {self.name}: public_url must be https:// for Telegram webhooks")
                 if info.url and info.url != self.webhook_url:
-                    warnings.append(f"telegram {self.name}: the webhook points elsewhere; start() re-registers it")
+                    problems.append(f"telegram {self.name}: the webhook points elsewhere; start() re-registers it")
                 if info.last_error_message:
-                    warnings.append(f"telegram {self.name}: Telegram's last webhook error: "
+                    problems.append(f"telegram {self.name}: Telegram's last webhook error: "
                                     f"{self._scrub(info.last_error_message)}")
         for chat in sorted({b.address.chat for b in self.ctx.bindings}):
             try:
-                c = await bot.get_chat(_chat_id(chat))
+                c = Chat.model_validate(await self._raw("getChat", chat_id=_chat_id(chat)))
             except (BadRequest, Forbidden):
-                warnings.append(f"telegram {self.name}: chat {chat} not found or the bot is not a member")
+                problems.append(f"telegram {self.name}: chat {chat} not found or the bot is not a member")
                 continue
-            except TelegramError:
+            except (TelegramError, ValidationError):
                 continue
             threaded = [b for b in self.ctx.bindings if b.address.chat == chat and (
                 b.address.thread or coerce_options(b.options).message_thread_id)]
-            if threaded and not getattr(c, "is_forum", False):
-                warnings.append(f"telegram {self.name}: chat {chat} has topics bound but is not a forum")
-        return warnings
+            if threaded and not c.is_forum:
+                problems.append(f"telegram {self.name}: chat {chat} has topics bound but is not a forum")
+        return problems
 
 
 _DUMMY = Message(id="telegram:fetch", origin=Address("telegram", "?"), sender="")

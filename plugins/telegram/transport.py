@@ -29,7 +29,7 @@ from telegram.request import BaseRequest, RequestData
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "scrub"]
+__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "scrub", "protect_ptb_logs"]
 
 PLACEHOLDER = "0:TOKEN-REDACTED"
 
@@ -40,6 +40,39 @@ def scrub(text: str, *secrets: str) -> str:
         if s:
             text = text.replace(s, "***")
     return text
+
+
+class _ScrubFilter(logging.Filter):
+    """PTB logs every call's parameters at DEBUG (``setWebhook`` carries ``secret_token``):
+    scrub our secrets from records of PTB's own loggers, whatever logging config is active."""
+
+    def __init__(self) -> None:
+        super().__init__("claudemesh-telegram-scrub")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is not ours to fix
+            return True
+        if any(s in text for s in self.secrets):
+            record.msg, record.args = scrub(text, *self.secrets), None
+        return True
+
+
+_FILTER = _ScrubFilter()
+_PTB_LOGGERS = ("telegram", "telegram.Bot", "telegram.request.BaseRequest")
+
+
+def protect_ptb_logs(*secrets: str) -> None:
+    """Install (once) the scrubbing filter on PTB's loggers and add ``secrets`` to it."""
+    _FILTER.secrets.update(s for s in secrets if s)
+    for name in _PTB_LOGGERS:
+        lg = logging.getLogger(name)
+        if _FILTER not in lg.filters:
+            lg.addFilter(_FILTER)
 
 
 class AiohttpRequest(BaseRequest):

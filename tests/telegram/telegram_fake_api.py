@@ -409,7 +409,8 @@ class FakeBotAPI:
         c = self.chat_obj(chat)
         c.update({"accent_color_id": 0, "max_reaction_count": 11,
                   "accepted_gift_types": {"unlimited_gifts": False, "limited_gifts": False,
-                                          "unique_gifts": False, "premium_subscription": False}})
+                                          "unique_gifts": False, "premium_subscription": False,
+                                          "gifts_from_channels": False}})
         return self._ok(c)
 
     async def m_sendMessage(self, params: dict[str, Any]) -> web.Response:

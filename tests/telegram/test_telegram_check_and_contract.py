@@ -1,0 +1,107 @@
+"""check() warnings, plugin registration, and the core's GatewayContract (polling and webhook)."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from claudemesh_gateway import Address, Message, Outbound
+from claudemesh_gateway.testing import GatewayContract
+
+SECRET = "s3cret_webhook-Token"
+
+
+def test_plugin_registers_the_gateway():
+    from claudemesh_gateway.plugins import telegram as plugin
+    seen = []
+    plugin.register_gateways(seen.append)
+    assert [c.kind for c in seen] == ["telegram"]
+    caps = seen[0].capabilities
+    assert (caps.max_text, caps.threads, caps.replies, caps.edits, caps.media, caps.formatting) == (
+        4096, True, True, True, True, "html")
+
+
+async def test_check_warns_about_privacy_mode_unknown_chats_and_stale_webhook(make_gateway, fake_tg, tg_binding):
+    fake_tg.bot_user["can_read_all_group_messages"] = False
+    fake_tg.unknown_chats.add("-100999")
+    fake_tg.webhook = {"url": "https://old.example/hook"}
+    gw, _ = make_gateway(bindings=[tg_binding(-100123), tg_binding(-100999), tg_binding(42, 7)])
+    warnings = await gw.check()
+    text = "\n".join(warnings)
+    assert "privacy mode is on" in text and "/setprivacy" in text
+    assert "chat -100999 not found" in text
+    assert "webhook is set" in text
+    assert "chat 42 has topics bound but is not a forum" in text
+
+
+async def test_check_is_quiet_when_all_is_well(make_gateway, fake_tg, tg_binding):
+    fake_tg.forum_chats.add("-100123")
+    gw, _ = make_gateway(bindings=[tg_binding(-100123, 5), tg_binding(42)])
+    assert await gw.check() == []
+
+
+async def test_check_reports_a_rejected_token(make_gateway):
+    gw, _ = make_gateway(token="1:bad")
+    [w] = await gw.check()
+    assert "rejected" in w and "1:bad" not in w
+
+
+class _Common:
+    @pytest.fixture
+    def contract_outbound(self):
+        msg = Message(id="mesh:x:1", origin=Address("mesh", "x:#t"), sender="alice", text="hello")
+        return Outbound(message=msg, to=Address("tg", "-100777"), text="alice: hello")
+
+    @pytest.fixture
+    def contract_break_vendor(self, fake_tg):
+        def brk(permanent: bool) -> None:
+            if permanent:
+                fake_tg.unknown_chats.add("-100777")
+            else:
+                fake_tg.fail_next("sendMessage", 500, "Internal Server Error", times=100)
+        return brk
+
+
+class TestTelegramPollingContract(_Common, GatewayContract):
+    @pytest.fixture
+    def contract_gateway(self, make_gateway, tg_binding):
+        gw, _ = make_gateway(bindings=[tg_binding(-100777)])
+        return gw
+
+    @pytest.fixture
+    def contract_inbound(self, fake_tg):
+        ids: dict[str, dict] = {}
+
+        async def deliver(gateway, update_id: str, *, signed: bool = True):
+            if update_id not in ids:
+                ids[update_id] = fake_tg.make_update(fake_tg.make_message(-100777, f"contract {update_id}"))
+            fake_tg.push(dict(ids[update_id]))
+            return None  # polling: no signed ingress
+        return deliver
+
+
+class TestTelegramWebhookContract(_Common, GatewayContract):
+    @pytest.fixture
+    def contract_gateway(self, make_gateway, tg_binding):
+        gw, _ = make_gateway(bindings=[tg_binding(-100777)], mode="webhook", webhook_secret=SECRET,
+                             public_url="https://gw.example.org")
+        return gw
+
+    @pytest.fixture
+    def contract_inbound(self, fake_tg, aiohttp_client):
+        ids: dict[str, dict] = {}
+        clients: dict[int, object] = {}
+
+        async def deliver(gateway, update_id: str, *, signed: bool = True):
+            if id(gateway) not in clients:
+                app, sub = web.Application(), web.Application()
+                sub.add_routes(gateway.web_routes())
+                app.add_subapp(f"/gateways/{gateway.name}/", sub)
+                clients[id(gateway)] = await aiohttp_client(app)
+            client = clients[id(gateway)]
+            if update_id not in ids:
+                ids[update_id] = fake_tg.make_update(fake_tg.make_message(-100777, f"contract {update_id}"))
+            headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET if signed else "forged"}
+            resp = await client.post(f"/gateways/{gateway.name}/webhook", json=ids[update_id], headers=headers)
+            return resp.status
+        return deliver

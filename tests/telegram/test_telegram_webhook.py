@@ -1,0 +1,101 @@
+"""Webhook ingress: secret token first, 200 only after submit, setWebhook/deleteWebhook lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp import web
+
+SECRET = "s3cret_webhook-Token"
+HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+@pytest.fixture
+async def webhook_gw(make_gateway, tg_binding, aiohttp_client):
+    gw, ctx = make_gateway(bindings=[tg_binding(-100600)], mode="webhook", webhook_secret=SECRET,
+                           public_url="https://gw.example.org/")
+    app = web.Application()
+    sub = web.Application()
+    sub.add_routes(gw.web_routes())
+    app.add_subapp("/gateways/tg/", sub)
+    client = await aiohttp_client(app)
+    return gw, ctx, client
+
+
+async def test_start_registers_webhook_and_stop_deletes_it(webhook_gw, fake_tg):
+    gw, ctx, _ = webhook_gw
+    await gw.start()
+    await gw.wait_ready(5)
+    [p] = fake_tg.method_calls("setWebhook")
+    assert p["url"] == "https://gw.example.org/gateways/tg/webhook"
+    assert p["secret_token"] == SECRET
+    assert p["allowed_updates"] == ["message", "edited_message", "channel_post", "edited_channel_post"]
+    assert fake_tg.method_calls("getUpdates") == []
+    await gw.stop()
+    assert fake_tg.method_calls("deleteWebhook") and fake_tg.webhook["url"] == ""
+    await gw.stop()  # idempotent
+    assert len(fake_tg.method_calls("deleteWebhook")) == 1
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ({}, 401),
+    ({HEADER: "wrong"}, 403),
+    ({HEADER: SECRET + "x"}, 403),
+    ({HEADER: ""}, 403),
+])
+async def test_forged_webhook_rejected_nothing_submitted(webhook_gw, fake_tg, headers, status):
+    gw, ctx, client = webhook_gw
+    await gw.start()
+    upd = fake_tg.make_update(fake_tg.make_message(-100600, "forged"))
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers=headers)
+    assert resp.status == status
+    # a forged body is not even parsed: garbage gets the same answer
+    resp = await client.post("/gateways/tg/webhook", data=b"{not json", headers=headers)
+    assert resp.status == status
+    assert ctx.attempts == []
+
+
+async def test_valid_webhook_submits_before_answering(webhook_gw, fake_tg):
+    gw, ctx, client = webhook_gw
+    await gw.start()
+    upd = fake_tg.make_update(fake_tg.make_message(-100600, "real", reply_to=3))
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers={HEADER: SECRET})
+    assert resp.status == 200
+    [m] = ctx.submitted  # already there when the 200 arrived
+    assert m.text == "real" and m.reply_to == "3" and m.origin.chat == "-100600"
+    # Telegram redelivers the same update: same id, the ledger drops it
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers={HEADER: SECRET})
+    assert resp.status == 200 and len(ctx.submitted) == 1 and ctx.attempts == [m.id, m.id]
+
+
+async def test_webhook_submit_failure_asks_telegram_to_retry(webhook_gw, fake_tg):
+    gw, ctx, client = webhook_gw
+    await gw.start()
+    ctx.fail_submit = RuntimeError("store down")
+    upd = fake_tg.make_update(fake_tg.make_message(-100600, "later"))
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers={HEADER: SECRET})
+    assert resp.status == 503 and ctx.submitted == []
+    ctx.fail_submit = None
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers={HEADER: SECRET})
+    assert resp.status == 200 and len(ctx.submitted) == 1
+
+
+async def test_webhook_bad_json_with_good_secret_is_400_and_unknown_update_is_acked(webhook_gw):
+    gw, ctx, client = webhook_gw
+    await gw.start()
+    resp = await client.post("/gateways/tg/webhook", data=b"{not json", headers={HEADER: SECRET})
+    assert resp.status == 400
+    resp = await client.post("/gateways/tg/webhook", data=json.dumps({"update_id": 5, "poll": {"id": "1"}}),
+                             headers={HEADER: SECRET, "Content-Type": "application/json"})
+    assert resp.status == 200 and ctx.attempts == []
+
+
+async def test_webhook_mode_needs_secret_and_public_url(make_gateway):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError):
+        make_gateway(mode="webhook", public_url="https://x.example")
+    with pytest.raises(ValidationError):
+        make_gateway(mode="webhook", webhook_secret="has space", public_url="https://x.example")
+    with pytest.raises(ValidationError):
+        make_gateway(mode="webhook", webhook_secret=SECRET)
