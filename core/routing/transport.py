@@ -9,6 +9,7 @@ honoured.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import uuid
@@ -105,7 +106,8 @@ class RoutingTransport:
         return gw.capabilities
 
     async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
-        message = message_from_dict(item.message)
+        # raw carries the route name to the gateway (webhook payloads name it); it is never persisted
+        message = dataclasses.replace(message_from_dict(item.message), raw={"route": item.route})
         to = address_from_dict(item.destination)
         options: Mapping[str, Any] = item.options or {}
         caps = self.capabilities(to)
@@ -138,6 +140,8 @@ class RoutingTransport:
         outs: list[Outbound] = []
         n = len(parts)
         binding_opts = dict(options.get("binding", {}))
+        if options.get("allow_mass_mentions"):
+            binding_opts["allow_mass_mentions"] = True  # the route allows them: gateways may keep them live
         for target in targets:
             for i, part in enumerate(parts, 1):
                 outs.append(Outbound(
