@@ -39,7 +39,10 @@ if TYPE_CHECKING:
     from .messages import Outbound
     from .runtime import Runtime
 
-__all__ = ["RecordingContext", "GatewayContract", "dev_broker", "gateway_app", "build_test_app", "dev_mesh_tables"]
+__all__ = [
+    "RecordingContext", "GatewayContract", "dev_broker", "gateway_app", "build_test_app", "dev_mesh_tables",
+    "webhook_client",
+]
 
 try:  # the fixtures are defined only where pytest is installed (it is not a runtime dependency)
     import pytest
@@ -118,6 +121,24 @@ class RecordingContext:
 
     def register_secret(self, value: str) -> None:
         self.secrets.append(value)
+
+
+@contextlib.asynccontextmanager
+async def webhook_client(gateway: Gateway) -> AsyncIterator[TestClient]:
+    """A test client for ``gateway.web_routes()`` mounted as in production: under
+    ``/gateways/<name>/`` behind the core's error middleware (``WebhookAuthError`` -> 403,
+    other exceptions -> 500 without details)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from .app import GATEWAY_PREFIX, error_middleware
+
+    app = web.Application(middlewares=[error_middleware])
+    sub = web.Application()
+    sub.add_routes(list(gateway.web_routes()))
+    app.add_subapp(f"{GATEWAY_PREFIX}/{gateway.name}/", sub)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        yield client
 
 
 # -- the whole app, for integration tests -----------------------------------------------------------------------------
