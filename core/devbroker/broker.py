@@ -14,7 +14,7 @@ API (stable; the mesh peer and core tests depend on it)::
     broker.join_topic(mesh_id, topic_id_or_name, member_id, role="member")
     broker.mint_invite(mesh_id, *, role="member", expires_in=7*86400, max_uses=1, preset=None) -> token
     # test knobs
-    broker.drop_connections(mesh_id=None) -> int      # abort sockets (no close frame): grace leases start
+    broker.drop_connections(mesh_id=None, *, pubkey=None) -> int   # abort sockets, no close frame: grace
     broker.set_status(pubkey, "working"|"dnd"|"idle") -> int
     broker.set_rate_limit(burst, per_minute)
     broker.presences(mesh_id=None) -> list[dict]; broker.mesh_count(mesh_id) -> int
@@ -441,13 +441,20 @@ class DevBroker:
 
     # -- test knobs -------------------------------------------------------------------------
 
-    def drop_connections(self, mesh_id: str | None = None) -> int:
-        """Abort sockets with no close frame (a network failure): their presences enter grace."""
+    def drop_connections(self, mesh_id: str | None = None, *, pubkey: str | None = None) -> int:
+        """Abort sockets with no close frame (a network failure): their presences enter grace.
+
+        ``mesh_id`` limits it to one mesh, ``pubkey`` to presences with that member or session pubkey.
+        """
         n = 0
         for conn in list(self.conns):
-            if mesh_id is None or (conn.presence is not None and conn.presence.mesh_id == mesh_id):
-                conn.terminate()
-                n += 1
+            p = conn.presence
+            if mesh_id is not None and (p is None or p.mesh_id != mesh_id):
+                continue
+            if pubkey is not None and (p is None or pubkey not in (p.member_pubkey, p.session_pubkey)):
+                continue
+            conn.terminate()
+            n += 1
         return n
 
     def set_status(self, pubkey: str, status: str) -> int:

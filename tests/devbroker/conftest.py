@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig, MemberInfo
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.crypto import KeyPair
@@ -80,6 +79,7 @@ class Client:
         self.session_id: str | None = None
         self.close_code: int | None = None
         self.close_reason: str | None = None
+        self.pings = 0
 
     @property
     def pubkey(self) -> str:
@@ -99,28 +99,31 @@ class Client:
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.ws.send_str(frame if isinstance(frame, str) else json.dumps(frame))
 
-    async def _next(self, timeout: float) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=timeout)
+    async def _next(self, wait: float) -> dict[str, Any]:
+        msg = await self.ws.receive(timeout=wait)
+        while msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):   # only with autoping=False
+            self.pings += msg.type is aiohttp.WSMsgType.PING
+            msg = await self.ws.receive(timeout=wait)
         if msg.type is aiohttp.WSMsgType.TEXT:
             return json.loads(msg.data)
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                         aiohttp.WSMsgType.ERROR):
-            self.close_code = self.ws.close_code
+            self.close_code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else self.ws.close_code
             self.close_reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE else None
             raise ConnectionError(f"closed: {self.ws.close_code} {msg.extra!r}")
         raise AssertionError(f"unexpected frame {msg!r}")
 
-    async def recv(self, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+    async def recv(self, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
         if self.backlog:
             return self.backlog.pop(0)
-        return await self._next(timeout)
+        return await self._next(wait)
 
-    async def recv_match(self, pred: Callable[[dict[str, Any]], bool], timeout: float = FRAME_TIMEOUT
+    async def recv_match(self, pred: Callable[[dict[str, Any]], bool], wait: float = FRAME_TIMEOUT
                          ) -> dict[str, Any]:
         for i, frame in enumerate(self.backlog):
             if pred(frame):
                 return self.backlog.pop(i)
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + wait
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -130,29 +133,29 @@ class Client:
                 return frame
             self.backlog.append(frame)
 
-    async def recv_type(self, kind: str, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
-        return await self.recv_match(lambda f: f.get("type") == kind, timeout)
+    async def recv_type(self, kind: str, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        return await self.recv_match(lambda f: f.get("type") == kind, wait)
 
-    async def recv_event(self, event: str, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
-        return await self.recv_match(lambda f: f.get("subtype") == "system" and f.get("event") == event, timeout)
+    async def recv_event(self, event: str, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        return await self.recv_match(lambda f: f.get("subtype") == "system" and f.get("event") == event, wait)
 
-    async def quiet(self, timeout: float = QUIET) -> list[dict[str, Any]]:
-        """Everything that arrives within ``timeout`` (backlog included); the socket must stay open."""
+    async def quiet(self, wait: float = QUIET) -> list[dict[str, Any]]:
+        """Everything that arrives within ``wait`` (backlog included); the socket must stay open."""
         frames, self.backlog = list(self.backlog), []
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + wait
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
                 return frames
             try:
                 frames.append(await self._next(left))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return frames
 
-    async def request(self, frame: dict[str, Any], reply_type: str, timeout: float = FRAME_TIMEOUT
+    async def request(self, frame: dict[str, Any], reply_type: str, wait: float = FRAME_TIMEOUT
                       ) -> dict[str, Any]:
         await self.send(frame)
-        return await self.recv_type(reply_type, timeout)
+        return await self.recv_type(reply_type, wait)
 
     async def send_msg(self, target: str, *, priority: str = "next", ciphertext: str | None = None,
                        nonce: str | None = None, msg_id: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -168,8 +171,8 @@ class Client:
         nonce, ct = crypto.box_seal(text, recipient_pubkey, self.sender_keypair)
         return await self.send_msg(recipient_pubkey, nonce=nonce, ciphertext=ct, **extra)
 
-    async def wait_closed(self, timeout: float = FRAME_TIMEOUT) -> tuple[int | None, str | None]:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait_closed(self, wait: float = FRAME_TIMEOUT) -> tuple[int | None, str | None]:
+        deadline = asyncio.get_running_loop().time() + wait
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
@@ -226,8 +229,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def raw_ws(http) -> AsyncIterator[Callable[..., Awaitable[Client]]]:
     clients: list[Client] = []
 
-    async def factory(b: DevBroker, url: str | None = None) -> Client:
-        ws = await http.ws_connect(url or b.ws_url, autoping=True, max_msg_size=0)
+    async def factory(b: DevBroker, url: str | None = None, *, autoping: bool = True) -> Client:
+        ws = await http.ws_connect(url or b.ws_url, autoping=autoping, max_msg_size=0)
         c = Client(ws)
         clients.append(c)
         return c
@@ -244,8 +247,9 @@ async def connect(raw_ws) -> Connect:
     a client after its ``hello_ack`` (pushes that came first stay in ``backlog``)."""
 
     async def factory(b: DevBroker, member: MemberInfo, *, mode: str = "session", session: KeyPair | None = None,
-                      session_id: str | None = None, mesh_id: str | None = None, **over: Any) -> Client:
-        c = await raw_ws(b)
+                      session_id: str | None = None, mesh_id: str | None = None, autoping: bool = True,
+                      **over: Any) -> Client:
+        c = await raw_ws(b, autoping=autoping)
         c.member = member
         mesh_id = mesh_id or member.mesh_id
         if mode == "session":

@@ -9,7 +9,6 @@ import aiohttp
 import pytest
 
 
-
 async def _raw_upgrade(host: str, port: int, target: str) -> bytes:
     reader, writer = await asyncio.open_connection(host, port)
     writer.write((f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
