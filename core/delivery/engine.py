@@ -1,0 +1,486 @@
+"""The delivery engine: drains the outbox, one ordered worker per lane.
+
+* **Order.** One worker per lane (destination key), one item in flight per lane; the parts of a
+  split message go out in order and ``store.progress`` records each, so a crash mid-split resumes
+  at the next part.
+* **Rate limits.** Before every part, one token from every bucket the transport declared (per chat,
+  per group, global...). See :mod:`.ratelimit`.
+* **Failures.** ``DeliveryError(permanent=True)`` -> dead letter + ``DeliveryFailed(permanent=True)``.
+  Transient errors (and unexpected exceptions, with a lower cap) -> exponential backoff with jitter,
+  persisted as the item's ``not_before``: only that lane waits. A ``retry_after`` replaces the
+  backoff; if the error also names a rate-limit ``scope`` (attribute ``scope`` on the exception)
+  that bucket is paused too, so every lane sharing it waits and no other.
+* **Scheduling.** ``kick(lane)`` after an enqueue wakes the scheduler at once; timers wake it when a
+  backoff expires; a low-frequency safety poll catches changes made by another process (``dlq
+  retry`` from the CLI). No busy loop. ``start()`` picks up every queued lane (restart recovery).
+* **Shutdown.** ``stop(drain_timeout)`` takes no new item, lets items being sent finish within the
+  bound and cancels the rest; queued items stay in the store.
+
+Delivery is at least once: a crash between a send and its ``complete`` commit sends that part
+again on restart (``Outbound.idempotency_key`` lets gateways that can deduplicate do so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import DeliveryError
+from ..events import DeliveryFailed, Event, MessageDelivered
+from ..gateway import RateLimit
+from ..messages import Address, Message, Outbound, SendResult, address_from_dict, message_from_dict
+from ..store.base import OutboxItem, Store
+from .config import DeliveryConfig, backoff_delay
+from .ratelimit import RateLimiter
+
+__all__ = ["DeliveryEngine", "Transport", "DeliveryStats"]
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the engine needs from the core: turn an item into parts, send a part, record success.
+
+    Optionally ``async failed(item, error: str, permanent: bool) -> None`` (notices back to the
+    sender); it is called after every failed attempt with ``permanent`` telling whether the item
+    went to the dead letters.
+    """
+
+    async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
+        """Parts to send (in order) and the rate limits that apply. Raise ``DeliveryError(permanent=True)``
+        when the item can never be sent (unknown gateway, invalid destination)."""
+
+    async def send(self, out: Outbound) -> SendResult: ...
+
+    async def delivered(self, item: OutboxItem, results: list[SendResult]) -> None:
+        """All parts are out (``results`` holds those sent by this attempt): record the message map."""
+
+
+@dataclasses.dataclass(slots=True)
+class DeliveryStats:
+    """Counters since start (for /-/metrics and stall detection)."""
+
+    delivered: int = 0  # items fully delivered
+    parts_sent: int = 0
+    failed_transient: int = 0  # attempts that will be retried
+    dead_lettered: int = 0
+    retry_after: int = 0  # vendor throttling answers (HTTP 429 / retry_after)
+    unexpected_errors: int = 0  # exceptions that were not DeliveryError (bugs)
+    rate_limit_waits: int = 0  # sends that waited for a token
+    rate_limit_wait_seconds: float = 0.0
+    last_activity: float = 0.0  # wall time of the last successful send (0: none yet)
+    last_error: str = ""
+    active_lanes: int = 0
+    waiting_lanes: int = 0  # ready lanes held back by the concurrency cap
+
+
+def _log_complete_failure(f: asyncio.Future[None]) -> None:
+    if not f.cancelled() and f.exception() is not None:
+        log.error("delivery: recording a completed item failed (it may be sent again): %s", f.exception())
+
+
+class DeliveryEngine:
+    """Deliver outbox items through ``transport``.
+
+    :param store: any :class:`~claudemesh_gateway.store.base.Store`; ``peek(lane, n)`` and
+        ``next_due(now)`` are used when the store has them (SqliteStore does).
+    :param transport: see :class:`Transport`.
+    :param config: :class:`DeliveryConfig`.
+    :param emit: called with ``MessageDelivered`` / ``DeliveryFailed`` events; must not block.
+    :param clock: wall clock (epoch seconds) for ``not_before``, ages and latencies.
+    :param monotonic: clock for rate limits and timers.
+    :param sleep: ``asyncio.sleep``-compatible; every timed wait of the engine goes through it.
+    :param rng: random source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        *,
+        config: DeliveryConfig | None = None,
+        emit: Callable[[Event], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.config = config or DeliveryConfig()
+        self._emit = emit
+        self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep
+        self.rng = rng or random.Random()
+        self.limiter = RateLimiter(monotonic=monotonic, sleep=sleep, idle_ttl=self.config.bucket_idle_ttl)
+        self._stats = DeliveryStats()
+        self._failed_hook = getattr(transport, "failed", None)
+        self._peek = getattr(store, "peek", None)
+        self._next_due_q = getattr(store, "next_due", None)
+
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._inflight: dict[str, int] = {}  # lane -> id of the item being sent
+        self._sending: set[str] = set()  # lanes inside render/send/record (not waiting)
+        self._dirty: set[str] = set()  # lanes kicked while their worker ran
+        self._waiting: dict[str, None] = {}  # ready lanes beyond the concurrency cap, FIFO
+        self._kicked: dict[str, None] = {}
+        self._kick_all = False
+        self._due: float | None = None  # earliest known not_before in the future (wall clock)
+        self._wake: asyncio.Event | None = None
+        self._scheduler: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the scheduler; every lane already queued in the store is picked up."""
+        if self._started:
+            return
+        self._started = True
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._kick_all = True
+        self._wake.set()
+        self._scheduler = asyncio.create_task(self._run(), name="delivery-scheduler")
+        log.info("delivery engine started (concurrency %d)", self.config.concurrency)
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop taking items; let sends in progress finish within ``drain_timeout`` seconds
+        (config default), then cancel what is left. Queued items stay in the store."""
+        if not self._started:
+            return
+        self._stopping = True
+        timeout = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            await asyncio.gather(self._scheduler, return_exceptions=True)
+            self._scheduler = None
+        # lanes only waiting (for a token, between items) stop now; lanes mid-send may finish
+        for lane, task in list(self._workers.items()):
+            if lane not in self._sending:
+                task.cancel()
+        tasks = list(self._workers.values())
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                log.warning("delivery: %d lane(s) still sending after %.1fs; cancelling", len(pending), timeout)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._workers.clear()
+        self._waiting.clear()
+        self._started = False
+        log.info("delivery engine stopped")
+
+    def kick(self, lane: str | None = None) -> None:
+        """Wake the scheduler after an enqueue (``lane``: only that lane needs a look)."""
+        if self._stopping or self._wake is None:
+            return
+        if lane is None:
+            self._kick_all = True
+        elif lane in self._workers:
+            self._dirty.add(lane)
+            return
+        else:
+            self._kicked[lane] = None
+        self._wake.set()
+
+    # -- observability ----------------------------------------------------------------------------------
+    def stats(self) -> DeliveryStats:
+        s = dataclasses.replace(self._stats)
+        s.rate_limit_waits = self.limiter.waits
+        s.rate_limit_wait_seconds = self.limiter.wait_seconds
+        s.active_lanes = len(self._workers)
+        s.waiting_lanes = len(self._waiting)
+        return s
+
+    def in_flight(self) -> dict[str, int]:
+        """lane -> id of the outbox item being delivered right now."""
+        return dict(self._inflight)
+
+    async def queue_depths(self) -> dict[str, tuple[int, float]]:
+        """lane -> (queued items, enqueued_at of the oldest), from the store."""
+        return await self.store.outbox_depths()
+
+    # -- scheduler ---------------------------------------------------------------------------------------
+    def _note_due(self, when: float) -> None:
+        if self._due is None or when < self._due:
+            self._due = when
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _wait(self, timeout: float) -> None:
+        assert self._wake is not None
+        if self._wake.is_set():
+            return
+        waiter = asyncio.ensure_future(self._wake.wait())
+        timer = asyncio.ensure_future(self.sleep(max(0.0, timeout)))
+        try:
+            await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            timer.cancel()
+            await asyncio.gather(waiter, timer, return_exceptions=True)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        cfg = self.config
+        last_poll = self.monotonic() - cfg.poll_interval  # first round polls
+        while not self._stopping:
+            self._wake.clear()
+            now = self.clock()
+            lanes: dict[str, None] = self._kicked
+            self._kicked = {}
+            poll = (
+                self._kick_all
+                or self.monotonic() - last_poll >= cfg.poll_interval
+                or (self._due is not None and now >= self._due)
+            )
+            if poll:
+                self._kick_all = False
+                try:
+                    for lane in await self.store.ready_lanes(now):
+                        lanes[lane] = None
+                    self._due = await self._next_due_q(now) if self._next_due_q is not None else None
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("delivery: reading the outbox failed; retrying")
+                    self._due = None
+                    await self._wait(1.0)
+                    self._kick_all = True
+                    continue
+                last_poll = self.monotonic()
+            for lane in lanes:
+                self._spawn(lane)
+            timeout = cfg.poll_interval - (self.monotonic() - last_poll)
+            if self._due is not None:
+                timeout = min(timeout, self._due - self.clock())
+            await self._wait(timeout)
+
+    def _spawn(self, lane: str) -> None:
+        if lane in self._workers:
+            self._dirty.add(lane)
+            return
+        if len(self._workers) >= self.config.concurrency:
+            self._waiting[lane] = None
+            return
+        self._waiting.pop(lane, None)
+        self._workers[lane] = asyncio.create_task(self._lane(lane), name=f"delivery:{lane}")
+
+    def _lane_done(self, lane: str) -> None:
+        self._workers.pop(lane, None)
+        self._inflight.pop(lane, None)
+        self._sending.discard(lane)
+        if self._stopping:
+            return
+        if lane in self._dirty:  # kicked after its last look: look again
+            self._dirty.discard(lane)
+            self._kicked[lane] = None
+            assert self._wake is not None
+            self._wake.set()
+        while self._waiting and len(self._workers) < self.config.concurrency:
+            nxt = next(iter(self._waiting))
+            del self._waiting[nxt]
+            self._spawn(nxt)
+
+    # -- lane worker ------------------------------------------------------------------------------------------
+    async def _lane(self, lane: str) -> None:
+        completes: list[asyncio.Future[None]] = []
+        try:
+            while not self._stopping:
+                self._dirty.discard(lane)
+                if completes:  # the items just sent must be gone before the next read
+                    await self._settle(completes)
+                if self._peek is not None:
+                    items = await self._peek(lane, self.config.prefetch)
+                else:
+                    head = await self.store.head(lane)
+                    items = [head] if head is not None else []
+                if not items:
+                    if lane in self._dirty:
+                        continue
+                    return
+                for item in items:
+                    if self._stopping:
+                        return
+                    if item.not_before > self.clock():
+                        self._note_due(item.not_before)
+                        return
+                    outcome = await self._deliver(item, completes)
+                    if outcome == "retry":
+                        return
+                    if outcome == "reread":
+                        break
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a store failure: the items stay queued; retry this lane later
+            log.exception("delivery: lane %s failed; retrying later", lane)
+            self._note_due(self.clock() + self.config.backoff_base)
+        finally:
+            try:
+                if completes:
+                    # A new worker of this lane must not read these items again, and stop() must
+                    # not return before the sends it drained are recorded. Shielded: a second
+                    # cancellation leaves the (already queued) writes to commit on their own.
+                    for f in completes:
+                        f.add_done_callback(_log_complete_failure)
+                    pending = asyncio.gather(*completes, return_exceptions=True)
+                    completes.clear()
+                    await asyncio.shield(pending)
+            finally:
+                self._lane_done(lane)
+
+    async def _settle(self, completes: list[asyncio.Future[None]]) -> None:
+        done = list(completes)
+        completes.clear()
+        for r in await asyncio.gather(*done, return_exceptions=True):
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                log.error("delivery: recording a completed item failed (it may be sent again): %s", r)
+
+    async def _deliver(self, item: OutboxItem, completes: list[asyncio.Future[None]]) -> str:
+        """One item: 'done' (next item), 'retry' (lane waits), 'reread' (re-read the lane)."""
+        lane = item.lane
+        self._inflight[lane] = item.id
+        self._sending.add(lane)
+        outs: list[Outbound] = []
+        limits: Sequence[RateLimit] = ()
+        try:
+            try:
+                outs, limits = await self.transport.render(item)
+            except DeliveryError as e:
+                return await self._failed(item, e, outs, limits)
+            except Exception as e:
+                log.exception("delivery: rendering item %s for %s failed", item.id, lane)
+                return await self._failed(item, e, outs, limits)
+            if not limits:
+                limits = self.config.limits_for(item.destination, lane)
+            results: list[SendResult] = []
+            total = len(outs)
+            for idx in range(min(item.progress, total), total):
+                if limits:
+                    self._sending.discard(lane)
+                    await self.limiter.acquire(limits, lane)
+                    self._sending.add(lane)
+                try:
+                    res = await self.transport.send(outs[idx])
+                except DeliveryError as e:
+                    return await self._failed(item, e, outs, limits)
+                except Exception as e:
+                    log.exception("delivery: sending item %s part %d to %s raised", item.id, idx + 1, lane)
+                    return await self._failed(item, e, outs, limits)
+                results.append(res)
+                self._stats.parts_sent += 1
+                self._stats.last_activity = self.clock()
+                if idx + 1 < total:
+                    await self.store.progress(item.id, idx + 1)
+            try:
+                await self.transport.delivered(item, results)
+            except Exception:  # the parts are out: never send them again for a map failure
+                log.exception("delivery: recording the message map of item %s failed", item.id)
+            completes.append(asyncio.ensure_future(self.store.complete(item.id)))
+            self._stats.delivered += 1
+            native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
+            self._publish(MessageDelivered(
+                message=self._message(item, outs), to=self._to(item, outs), route=item.route,
+                native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
+            ))
+            return "done"
+        finally:
+            self._inflight.pop(lane, None)
+            self._sending.discard(lane)
+
+    async def _failed(
+        self, item: OutboxItem, err: BaseException, outs: list[Outbound], limits: Sequence[RateLimit]
+    ) -> str:
+        cfg = self.config
+        now = self.clock()
+        unexpected = not isinstance(err, DeliveryError)
+        permanent = isinstance(err, DeliveryError) and err.permanent
+        retry_after = err.retry_after if isinstance(err, DeliveryError) and not permanent else None
+        text = (f"{type(err).__name__}: {err}" if unexpected else str(err)) or type(err).__name__
+        text = text[:1000]
+        self._stats.last_error = text
+        if unexpected:
+            self._stats.unexpected_errors += 1
+        attempts = item.attempts
+        reason = text
+        if not permanent:
+            if retry_after is not None and retry_after >= 0:
+                self._stats.retry_after += 1
+                scope = getattr(err, "scope", None)
+                if scope and any(lim.scope == scope for lim in limits):
+                    self.limiter.pause(scope, retry_after)
+            else:
+                retry_after = None
+                attempts += 1
+            cap = cfg.max_attempts_unexpected if unexpected else cfg.max_attempts
+            age = now - item.enqueued_at if item.enqueued_at else 0.0
+            if attempts >= cap:
+                permanent, reason = True, f"gave up after {attempts} attempts: {text}"
+            elif age >= cfg.max_age:
+                permanent, reason = True, f"gave up after {age:.0f}s in the outbox: {text}"
+        message, to = self._message(item, outs), self._to(item, outs)
+        if permanent:
+            await self.store.dead_letter(item.id, reason)
+            self._stats.dead_lettered += 1
+            log.warning("delivery to %s failed permanently, item %s dead-lettered: %s", item.lane, item.id, reason)
+            self._publish(DeliveryFailed(message=message, to=to, route=item.route, error=reason, permanent=True))
+            await self._notify(item, reason, True)
+            return "reread"
+        delay = retry_after if retry_after is not None else backoff_delay(attempts, cfg, self.rng)
+        not_before = now + delay
+        await self.store.reschedule(item.id, not_before=not_before, attempts=attempts, error=text)
+        self._stats.failed_transient += 1
+        log.info("delivery to %s failed (attempt %d), retrying in %.1fs: %s", item.lane, attempts, delay, text)
+        self._publish(DeliveryFailed(message=message, to=to, route=item.route, error=text, permanent=False))
+        await self._notify(item, text, False)
+        self._note_due(not_before)
+        return "retry"
+
+    async def _notify(self, item: OutboxItem, error: str, permanent: bool) -> None:
+        if self._failed_hook is None:
+            return
+        try:
+            await self._failed_hook(item, error, permanent)
+        except Exception:
+            log.exception("delivery: the transport's failure notice for item %s raised", item.id)
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+    def _publish(self, event: Event) -> None:
+        if self._emit is None:
+            return
+        try:
+            self._emit(event)
+        except Exception:
+            log.exception("delivery: an event observer raised")
+
+    @staticmethod
+    def _message(item: OutboxItem, outs: list[Outbound]) -> Message:
+        if outs:
+            return outs[0].message
+        try:
+            return message_from_dict(item.message)
+        except Exception:  # malformed row: still report something useful
+            return Message(id=str(item.message.get("id", f"outbox:{item.id}")), origin=Address("?", "?"), sender="")
+
+    @staticmethod
+    def _to(item: OutboxItem, outs: list[Outbound]) -> Address:
+        if outs:
+            return outs[0].to
+        try:
+            return address_from_dict(item.destination)
+        except Exception:
+            return Address("?", item.lane)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-safe snapshot for the admin API / dashboard."""
+        s = self.stats()
+        return {**dataclasses.asdict(s), "in_flight": self.in_flight(), "buckets": len(self.limiter.buckets)}
