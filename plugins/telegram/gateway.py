@@ -594,7 +594,10 @@ class TelegramGateway(Gateway):
             sender=sender,
             sender_id=sender_id,
             text=text,
-            native_id=str(msg.message_id),
+            # an edit carries the original's id in edit_of only: the core records native_id in its
+            # message map, and a second entry with the same native id (the edit) would shadow the
+            # original there, so later replies/edits could no longer find the original's copies
+            native_id=None if edited else str(msg.message_id),
             attachments=attachments,
             reply_to=reply_to,
             edit_of=str(msg.message_id) if edited else None,

@@ -182,6 +182,10 @@ class FakeBotAPI:
         return {"update_id": next(self._update_ids), kind: message}
 
     def push(self, update: dict[str, Any]) -> dict[str, Any]:
+        for kind in ("message", "channel_post"):
+            m = update.get(kind)
+            if isinstance(m, dict) and "chat" in m:  # users' messages can be replied to, like the bot's
+                self.messages.setdefault((str(m["chat"]["id"]), m["message_id"]), m)
         self.updates.append(update)
         self._event.set()
         return update
