@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -124,6 +126,59 @@ async def _plugins_json(request: web.Request) -> web.Response:
     return web.json_response(plugin_info(runtime_of(request).pm))
 
 
+# -- development sink (only with the embedded dev broker) ---------------------------------------------------------
+DEV_SINK_PATH = "/-/dev/sink"
+DEV_SINK_KEEP = 200
+
+
+class DevSink:
+    """``POST /-/dev/sink``: a local webhook target so the example config shows traffic with no
+    accounts. Keeps the last 200 requests in memory (``GET /-/dev/sink``) and checks each one's
+    webhook signature against the configured webhook gateways. Mounted only when
+    ``[dev_broker] embedded = true``; never a production endpoint."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.received: list[dict[str, Any]] = []
+        self._n = 0
+
+    def _signed(self, request: web.Request, body: bytes) -> bool | None:
+        try:
+            from .plugins.webhook.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
+        except ImportError:
+            return None
+        secrets = [gw.config.secret.get_secret_value() for gw in self.runtime.gateways.values()
+                   if getattr(gw, "kind", None) == "webhook" and hasattr(gw.config, "secret")]
+        for secret in secrets:
+            try:
+                verify(secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER), body,
+                       tolerance_s=300)
+                return True
+            except SignatureError:
+                continue
+        return False
+
+    async def post(self, request: web.Request) -> web.Response:
+        body = await request.content.read(1_000_001)
+        if len(body) > 1_000_000:
+            return web.json_response({"error": "body too large"}, status=413)
+        try:
+            payload: Any = json.loads(body) if body else None
+        except ValueError:
+            payload = body.decode("utf-8", "replace")
+        self._n += 1
+        entry = {"n": self._n, "received_at": time.time(), "signed": self._signed(request, body), "body": payload}
+        self.received.append(entry)
+        del self.received[:-DEV_SINK_KEEP]
+        msg_id = payload.get("id") if isinstance(payload, dict) else None
+        log.info("dev sink: received #%d (message %s, signature %s)", self._n, msg_id,
+                 {True: "ok", False: "BAD", None: "unchecked"}[entry["signed"]])
+        return web.json_response({"id": f"sink-{self._n}"})
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.json_response(self.received)
+
+
 def _add_missing_routes(app: web.Application, routes: list[web.RouteDef]) -> None:
     existing = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
     app.router.add_routes([r for r in routes if (r.method, r.path) not in existing])
@@ -141,6 +196,9 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
     if setup_web is not None:
         setup_web(app, runtime)
     _add_missing_routes(app, [web.get("/-/health", _health), web.get("/-/plugins.json", _plugins_json)])
+    if runtime.settings.dev_broker.embedded:
+        sink = DevSink(runtime)
+        _add_missing_routes(app, [web.post(DEV_SINK_PATH, sink.post), web.get(DEV_SINK_PATH, sink.get)])
 
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
