@@ -1,0 +1,140 @@
+"""The command line: exit codes and their one-line messages."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from claudemesh_gateway import cli
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, list[str]]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, [line for line in err.splitlines() if line.startswith("claudemesh-gateway:")]
+
+
+def test_config_error_exit_2_one_line_per_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("bogus = 1\n[server]\nport = 'x'\n[gateways.webhook]\nsecret = 'CHANGE_ME-CHANGE_ME'\n")
+    code, _, lines = run_cli(capsys, "-c", str(cfg), "check")
+    assert code == 2
+    assert sorted(lines) == sorted([
+        "claudemesh-gateway: config error: bogus: unknown key",
+        "claudemesh-gateway: config error: server.port: Input should be a valid integer, unable to parse string "
+        "as an integer",
+        "claudemesh-gateway: config error: gateways.webhook.secret: placeholder value CHANGE_ME must be replaced",
+    ])
+    cfg.write_text("[gateways.webhook]\nsecret = 'CHANGE_ME-CHANGE_ME'\n[gateways.x]\ntype = 'nope'\n")
+    code, _, lines = run_cli(capsys, "-c", str(cfg), "check")
+    assert (code, lines) == (2, ["claudemesh-gateway: config error: gateways.webhook.secret: placeholder value "
+                                 "CHANGE_ME must be replaced"])
+    cfg.write_text("[gateways.x]\ntype = 'nope'\n")
+    code, _, lines = run_cli(capsys, "-c", str(cfg), "check")
+    assert code == 2 and len(lines) == 1 and "gateways.x.type: unknown gateway kind 'nope'" in lines[0]
+
+
+def test_missing_config_file_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, lines = run_cli(capsys, "-c", str(tmp_path / "nope.toml"), "check")
+    assert code == 2 and lines[0].startswith("claudemesh-gateway: config error: config: file not found")
+
+
+def test_plugin_error_exit_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    class EP:
+        group, name = "claudemesh_gateway", "telegram"
+
+        def load(self) -> object:
+            return object()
+
+    class Dist:
+        metadata = {"Name": "claudemesh-gateway-impostor"}
+        version = "9"
+        entry_points = (EP(),)
+
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: iter([Dist()]))
+    monkeypatch.chdir(Path(__file__).parent)  # no ./config.toml here: plugins works without one
+    code, _, lines = run_cli(capsys, "plugins")
+    assert code == 3 and lines == [
+        "claudemesh-gateway: plugin error: plugin name 'telegram' is already taken (built-in plugins reserve "
+        "their names)"]
+
+
+def test_startup_error_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"include = ['var/devbroker/meshes.toml']\n[server]\nport = 0\n"
+                       f"[dev_broker]\nembedded = true\nport = {port}\n")
+        code, _, lines = run_cli(capsys, "-c", str(cfg), "run")
+    finally:
+        busy.close()
+    assert code == 4 and len(lines) == 1
+    assert lines[0].startswith(f"claudemesh-gateway: startup error: embedded dev broker could not listen on "
+                               f"127.0.0.1:{port}")
+
+
+def test_unexpected_error_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def boom(args: object) -> int:
+        raise ZeroDivisionError("oops")
+
+    monkeypatch.setattr(cli, "cmd_plugins", boom)
+    code, _, lines = run_cli(capsys, "plugins")
+    assert code == 1 and lines == [
+        "claudemesh-gateway: unexpected error: ZeroDivisionError: oops (re-run with --traceback for details)"]
+    code = cli.main(["--traceback", "plugins"])
+    assert code == 1 and "Traceback" in capsys.readouterr().err
+
+
+def test_plugins_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(__file__).parent)
+    code, out, _ = run_cli(capsys, "plugins", "--json")
+    assert code == 0
+    webhook = next(p for p in json.loads(out) if p["name"] == "webhook")
+    assert webhook["builtin"] and webhook["gateway_kinds"] == ["webhook"] and "register_gateways" in webhook["hooks"]
+
+
+@pytest.fixture
+async def example(tmp_path: Path) -> Path:
+    from claudemesh_gateway.devbroker import DevBroker
+
+    shutil.copy(EXAMPLE, tmp_path / "config.toml")
+    broker = DevBroker(tmp_path / "var" / "devbroker", port=0)
+    await broker.start()
+    await broker.stop()
+    return tmp_path / "config.toml"
+
+
+def test_check_routes_and_dlq_on_the_example(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, lines = run_cli(capsys, "-c", str(example), "check")
+    assert (code, lines) == (0, []) and out.startswith("ok: 3 mesh(es), 1 gateway(s), 1 route(s)")
+
+    code, out, _ = run_cli(capsys, "-c", str(example), "routes", "--json")
+    [route] = json.loads(out)
+    assert code == 0 and (route["name"], route["mesh"], route["topic"]) == ("general", "dev", "general")
+    assert route["binds"] == [{"gateway": "webhook", "chat": "sink", "thread": None, "direction": "both",
+                               "tags": []}]
+
+    code, out, _ = run_cli(capsys, "-c", str(example), "dlq", "list")
+    assert (code, out) == (0, "")
+    code, _, lines = run_cli(capsys, "-c", str(example), "dlq", "retry")
+    assert code == 2 and lines == ["claudemesh-gateway: config error: dlq: give dead-letter ids or --all"]
+    code, out, _ = run_cli(capsys, "-c", str(example), "dlq", "drop", "--all")
+    assert code == 0 and out.startswith("dropped 0 dead letter(s)")
+
+
+def test_check_before_the_dev_broker_ran(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(EXAMPLE, tmp_path / "config.toml")
+    code = cli.main(["-c", str(tmp_path / "config.toml"), "check"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "note: the embedded dev broker has not written its mesh tables yet" in err
+    assert out.startswith("ok:")
