@@ -126,7 +126,8 @@ class Pipeline:
             native = str(inbound.id)
         else:
             origin = mesh_address(mesh, peer=sender_pubkey)
-            mid = f"mesh:{mesh}:{getattr(inbound, 'client_message_id', None) or inbound.id}"
+            # the peer already made id stable across redeliveries (client_message_id ?? messageId)
+            mid = f"mesh:{mesh}:{inbound.id}"
             native = None
         created_ms = getattr(inbound, "created_at", None)
         created = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else datetime.now(UTC)
@@ -281,7 +282,7 @@ class Pipeline:
         store = self.runtime.store
         if not await store.accept(message.id, items):
             return self._dropped(message, "duplicate", status="duplicate")
-        if message.native_id:
+        if message.native_id and not message.edit_of and not message.deleted:
             try:  # lets replies on other chats find this message's original (not needed for delivery)
                 await store.map_put(message.id, message.origin.key, [message.native_id])
             except Exception:

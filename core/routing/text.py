@@ -127,29 +127,38 @@ def mentions_in(text: str, limit: int = 16) -> tuple[str, ...]:
 
 
 # -- splitting -----------------------------------------------------------------------------------------------
-_FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})(.*)$")
+# CommonMark fences: ``` (info string without backticks) or ~~~ (any info string)
+_FENCE = re.compile(r"^[ \t]{0,3}(?:(`{3,})([^`]*)|(~{3,})(.*))$")
+
+
+def _fence(line: str) -> tuple[str, str] | None:
+    """(marker, info) if ``line`` is a fence line."""
+    m = _FENCE.match(line)
+    if not m:
+        return None
+    return (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
 
 
 def _fence_state(chunk: str, opener: str | None) -> str | None:
     """Scan ``chunk`` line by line from fence state ``opener`` (the open fence line, or None)."""
     for line in chunk.split("\n"):
-        m = _FENCE.match(line)
-        if not m:
+        f = _fence(line)
+        if f is None:
             continue
         if opener is None:
             opener = line.strip()
         else:
-            mark = _FENCE.match(opener)
-            assert mark is not None
-            fence = mark.group(1)
-            if m.group(1).startswith(fence[0] * len(fence)) and m.group(2).strip() == "":
+            o = _fence(opener)
+            assert o is not None
+            marker = o[0]
+            if f[0].startswith(marker[0] * len(marker)) and f[1].strip() == "":
                 opener = None
     return opener
 
 
 def _cut(text: str, room: int) -> tuple[str, str]:
     """Split ``text`` (longer than ``room``) at the best boundary within ``room`` characters."""
-    floor = max(1, room // 3)  # never make absurdly short parts just to hit a boundary
+    floor = max(1, room // 2)  # never make absurdly short parts just to hit a boundary
     for sep in ("\n\n", "\n", " "):
         i = text.rfind(sep, 0, room + len(sep))
         if i >= floor:
@@ -171,7 +180,7 @@ def split_text(text: str, limit: int, max_parts: int = 10, *, number: bool = Tru
         return [text]
     max_parts = max(1, max_parts)
     suffix_room = len(f"\n({max_parts}/{max_parts})") if number and max_parts > 1 else 0
-    fence_len = max((len(m.group(1)) for m in map(_FENCE.match, text.split("\n")) if m), default=0)
+    fence_len = max((len(f[0]) for f in map(_fence, text.split("\n")) if f), default=0)
     parts: list[str] = []
     rest = text
     opener: str | None = None
@@ -194,9 +203,11 @@ def split_text(text: str, limit: int, max_parts: int = 10, *, number: bool = Tru
         body = head + chunk
         opener_after = _fence_state(body, None)
         if opener_after is not None:
-            fence = _FENCE.match(opener_after)
+            fence = _fence(opener_after)
             assert fence is not None
-            body += "\n" + fence.group(1)
+            body += "\n" + fence[0]
+            if len(opener_after) > max(8, limit // 4):  # a very long info string: reopen bare
+                opener_after = fence[0]
         opener = opener_after
         if last_allowed and rest:
             body += "\n" + TRUNCATED

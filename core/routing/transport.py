@@ -168,6 +168,8 @@ class RoutingTransport:
             if via is not None:  # keep an upstream loop marker in front of our attribution
                 end = text.index("] ") + 2
                 via_marker, text = text[:end], text[end:]
+            if text.lstrip(" ").startswith(("```", "~~~")):
+                text = "\n" + text  # a leading code fence must stay at the start of a line
             mesh_name, topic = options.get("mesh") or "", options.get("topic") or ""
             fields = {
                 "sender": message.sender or message.sender_id or "?",
@@ -242,7 +244,8 @@ class RoutingTransport:
             peers = await _maybe(peer.peers_with_tag(mc.value))
         except MeshError as exc:
             raise DeliveryError(f"roster of {mc.mesh} unavailable: {exc}") from exc
-        keys = sorted({str(_get(p, "pubkey")) for p in peers if _get(p, "pubkey")})
+        keys = sorted({str(_get(p, "pubkey")).lower() for p in peers
+                       if _get(p, "pubkey") and not _get(p, "is_self")})
         return [Address(MESH_GATEWAY, f"{mc.mesh}:@{k}") for k in keys]
 
     # -- send ----------------------------------------------------------------------------------------------------
