@@ -30,8 +30,6 @@ from typing import Any, ClassVar
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-
 from claudemesh_gateway import (
     Address,
     BindingOptions,
@@ -44,8 +42,14 @@ from claudemesh_gateway import (
     Outbound,
     SendResult,
 )
-
-from .signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, signature_headers, verify
+from claudemesh_gateway.plugins.webhook.signature import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    SignatureError,
+    signature_headers,
+    verify,
+)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = ["WebhookGateway", "WebhookConfig", "WebhookBindingOptions", "InboundPayload", "parse_retry_after"]
 

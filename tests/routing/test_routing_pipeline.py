@@ -6,7 +6,6 @@ import dataclasses
 import re
 
 import pytest
-
 from claudemesh_gateway import Address, Attachment, DeliveryError, hookimpl
 from claudemesh_gateway.mesh.types import MeshInbound, Peer
 from claudemesh_gateway.routing.commands import HELP_TEXT, parse_command

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from claudemesh_gateway import Address, ConfigError, Message
 from claudemesh_gateway.routing.config import RouteConfig, parse_mesh_chat
 from claudemesh_gateway.routing.table import RouteTable
+from pydantic import ValidationError
 
 from .conftest import FakeGateway, SendOnlyGateway
 

@@ -6,7 +6,6 @@ import random
 import re
 
 import pytest
-
 from claudemesh_gateway.routing.text import (
     TRUNCATED,
     ZWSP,
