@@ -303,20 +303,39 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _broker_defaults(args: argparse.Namespace) -> tuple[Path, str, int]:
+    """--state-dir/--host/--port, defaulting to the config's [dev_broker] table when one loads."""
+    state, host, port = Path("var/devbroker"), "127.0.0.1", 7900
+    path = _config_path(args)
+    if args.config or path.is_file():
+        db = _load(args, allow_missing_includes=True, allow_placeholders=True).dev_broker
+        state, host, port = db.state_dir, db.host, db.port
+    return (Path(args.state_dir) if args.state_dir else state, args.host or host,
+            args.port if args.port is not None else port)
+
+
 def cmd_dev_broker(args: argparse.Namespace) -> int:
+    state_dir, host, port = _broker_defaults(args)
     configure_logging(None, level="DEBUG" if args.verbose else "INFO")
-    fn = _tool("claudemesh_gateway.devbroker", "serve")
-    state_dir = Path(args.state_dir)
+    run = _tool("claudemesh_gateway.devbroker.cli", "run")
     state_dir.mkdir(parents=True, exist_ok=True)
-    _run(fn(state_dir, host=args.host, port=args.port))
+    try:
+        _run(run(state_dir, host, port))
+    except OSError as exc:
+        raise StartupError(f"dev broker could not listen on {host}:{port}: {exc.strerror or exc}") from exc
     return EXIT_OK
 
 
 def cmd_mint_invite(args: argparse.Namespace) -> int:
+    state_dir, host, port = _broker_defaults(args)
     _quiet_logging(args)
-    fn = _tool("claudemesh_gateway.devbroker", "mint_invite")
-    result = fn(Path(args.state_dir), mesh=args.mesh, role=args.role, name=args.name)
-    _print_result(result)
+    mint = _tool("claudemesh_gateway.devbroker.cli", "mint_invite_offline")
+    try:
+        token = mint(state_dir, mesh=args.mesh, role=args.role, expires_in=args.expires_in, max_uses=args.max_uses,
+                     broker_url=args.broker_url or f"ws://{host}:{port}/ws")
+    except SystemExit as exc:  # the dev broker tool reports a missing mesh this way
+        raise ConfigError(f"mint-invite: {exc.code}") from None
+    print(token)
     return EXIT_OK
 
 
@@ -407,16 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_enroll)
 
     s = sub.add_parser("dev-broker", help="run the loopback dev broker standalone (development only)")
-    s.add_argument("--state-dir", default="var/devbroker")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=7900)
+    s.add_argument("--state-dir", default=None, help="default: [dev_broker] state_dir, else var/devbroker")
+    s.add_argument("--host", default=None, help="default: [dev_broker] host, else 127.0.0.1")
+    s.add_argument("--port", type=int, default=None, help="default: [dev_broker] port, else 7900")
     s.set_defaults(func=cmd_dev_broker)
 
-    s = sub.add_parser("mint-invite", help="mint a v1 invite link on the dev broker")
-    s.add_argument("--state-dir", default="var/devbroker")
-    s.add_argument("--mesh", default=None, help="dev mesh slug (default: the dev broker's mesh)")
-    s.add_argument("--role", default="member")
-    s.add_argument("--name", default=None, help="display name suggested by the invite")
+    s = sub.add_parser("mint-invite", help="mint a v1 invite token into the dev broker's state")
+    s.add_argument("--state-dir", default=None, help="default: [dev_broker] state_dir, else var/devbroker")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--mesh", default="dev", help="mesh slug or id (default: dev)")
+    s.add_argument("--role", choices=("member", "admin"), default="member")
+    s.add_argument("--expires-in", type=int, default=7 * 86400, help="seconds")
+    s.add_argument("--max-uses", type=int, default=1)
+    s.add_argument("--broker-url", default=None, help="ws URL written into the token (default: the dev broker's)")
     s.set_defaults(func=cmd_mint_invite)
 
     s = sub.add_parser("dlq", help="dead letters: list, retry, drop")
