@@ -1,0 +1,527 @@
+"""One logical connection to the broker: connect, hello, read, keepalive, reconnect (A.2–A.6).
+
+The :class:`Connection` owns the WebSocket and the reconnect loop. Above it, the peer
+sends requests (correlated by ``_reqId`` or ``id``), sends (correlated by the ``send.id``
+echoed in ``ack``, a separate namespace) and fire-and-forget frames, and receives pushes
+through a callback. A frame the broker sends that we do not understand is logged at DEBUG
+and otherwise ignored: nothing the broker says can break the read loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from ..errors import DeliveryError, MeshError, MeshTerminalError, MeshTimeout
+from .handshake import Refusal, build_hello, build_session_hello, classify_refusal
+from .state import SessionIdentity
+
+__all__ = ["MAX_FRAME_BYTES", "Connection", "ConnectionLost", "MeshRequestError"]
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 65_536
+_CLOSE_REASON_REFUSALS = {"session_replaced", "kicked", "banned"}
+
+
+class MeshRequestError(MeshError):
+    """The broker answered a request with an error frame (``code``: ``message``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ConnectionLost(MeshError):
+    """The socket went away while a request or send was waiting for its answer."""
+
+
+class _Retry(Exception):
+    def __init__(self, human: str, min_delay: float = 0.0) -> None:
+        super().__init__(human)
+        self.human = human
+        self.min_delay = min_delay
+
+
+class Connection:
+    """The broker connection of one mesh peer. ``state``: connecting|connected|backoff|terminal|stopped."""
+
+    def __init__(
+        self, name: str, cfg: Any, ident: SessionIdentity, *,
+        on_push: Callable[[dict[str, Any]], None],
+        on_connected: Callable[[dict[str, Any], bool], Awaitable[None] | None] | None = None,
+        on_state: Callable[[str, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.ident = ident
+        self._on_push = on_push
+        self._on_connected = on_connected
+        self._on_state = on_state
+        self._clock = clock
+        self.state = "stopped"
+        self.detail = ""
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.connects = 0
+        self.presence_id: str | None = None
+        self.hello_ack: dict[str, Any] = {}
+        self.connected_since: float | None = None
+        self.terminal_error: MeshTerminalError | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._dead = asyncio.Event()  # terminal or stopped
+        self._stop = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._send_lock = asyncio.Lock()
+        self._seq = itertools.count(1)
+        self._attempt = 0
+        self._attest_failures = 0
+        self._refusal: dict[str, Any] | None = None
+        self._hello_fut: asyncio.Future[dict[str, Any]] | None = None
+        self._last_rx = 0.0
+        self._close_reason = ""
+        self._immediate = False  # reconnect without backoff (post-reattach redrain)
+        self._redrain_pending = False
+        self._redrain_task: asyncio.Task[None] | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stop.clear()
+        self._dead.clear()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=self.cfg.request_timeout))
+        self._task = asyncio.create_task(self._run(), name=f"mesh:{self.name}:connection")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._redrain_task is not None:
+            self._redrain_task.cancel()
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for t in list(self._bg):
+            t.cancel()
+        await asyncio.gather(*self._bg, return_exceptions=True)
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        self._fail_waiters(MeshError(f"mesh {self.name}: peer stopped"))
+        if self.state != "terminal":
+            self._set_state("stopped")
+        self._dead.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected" and self._ws is not None and not self._ws.closed
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Return once connected; raise MeshTerminalError / MeshError (stopped) / MeshTimeout."""
+        if self.connected:
+            return
+        self._raise_if_dead()
+        conn = asyncio.ensure_future(self._connected.wait())
+        dead = asyncio.ensure_future(self._dead.wait())
+        try:
+            done, _ = await asyncio.wait({conn, dead}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            conn.cancel()
+            dead.cancel()
+        if self.connected:
+            return
+        self._raise_if_dead()
+        if not done:
+            why = f" (last error: {self.last_error})" if self.last_error else ""
+            raise MeshTimeout(f"mesh {self.name}: not connected within {timeout:.0f}s{why}")
+        raise MeshError(f"mesh {self.name}: not connected")
+
+    def _raise_if_dead(self) -> None:
+        if self.terminal_error is not None:
+            raise self.terminal_error
+        if self._stop.is_set():
+            raise MeshError(f"mesh {self.name}: peer stopped")
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def _set_state(self, state: str, detail: str = "") -> None:
+        if state == self.state and detail == self.detail:
+            return
+        self.state, self.detail = state, detail
+        if state == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()
+        if self._on_state is not None:
+            try:
+                self._on_state(state, detail)
+            except Exception:  # an observer must never break the connection
+                log.exception("mesh %s: on_state callback failed", self.name)
+
+    # -- the reconnect loop -----------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                self.reconnects += 1
+            first = False
+            self._set_state("connecting")
+            min_delay = 0.0
+            try:
+                await self._session()
+            except MeshTerminalError as exc:
+                self._terminal(exc)
+                return
+            except _Retry as exc:
+                self.last_error = exc.human
+                min_delay = exc.min_delay
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self.last_error = f"cannot reach broker: {type(exc).__name__}: {exc}"
+                log.warning("mesh %s: %s", self.name, self.last_error)
+            finally:
+                self._ws = None
+                self._fail_waiters(ConnectionLost(f"mesh {self.name}: connection lost"))
+            if self._stop.is_set():
+                break
+            if self._immediate:
+                self._immediate = False
+                continue
+            delay = max(self._next_delay(), min_delay)
+            self._set_state("backoff", self.last_error or "")
+            log.info("mesh %s: reconnecting in %.1fs", self.name, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    def _next_delay(self) -> float:
+        steps = self.cfg.backoff
+        base = steps[min(self._attempt, len(steps) - 1)]
+        self._attempt += 1
+        j = self.cfg.backoff_jitter
+        return max(0.0, base * random.uniform(1 - j, 1 + j))
+
+    def _terminal(self, exc: MeshTerminalError) -> None:
+        self.terminal_error = exc
+        self.last_error = exc.human_message
+        log.error("mesh %s: giving up: %s", self.name, exc.human_message)
+        self._set_state("terminal", exc.human_message)
+        self._fail_waiters(exc)
+        self._dead.set()
+
+    def _fail_waiters(self, exc: Exception) -> None:
+        for table in (self._pending, self._acks):
+            for fut in table.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved: a waiter may already have given up
+            table.clear()
+        if self._hello_fut is not None and not self._hello_fut.done():
+            self._hello_fut.cancel()
+
+    # -- one socket -------------------------------------------------------------------------------------------------
+    async def _session(self) -> None:
+        assert self._http is not None
+        self._refusal = None
+        self._close_reason = ""
+        ws = await self._http.ws_connect(
+            self.cfg.broker_url, autoping=False, autoclose=True, heartbeat=None, max_msg_size=0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+        )
+        self._ws = ws
+        self._last_rx = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._hello_fut = loop.create_future()
+        reader = asyncio.create_task(self._read(ws), name=f"mesh:{self.name}:reader")
+        watchdog: asyncio.Task[None] | None = None
+        try:
+            now_ms = int(self._clock() * 1000)
+            build = build_session_hello if self.cfg.handshake == "session" else build_hello
+            await self._send_raw(ws, build(self.cfg, self.ident, now_ms))
+            done, _ = await asyncio.wait({self._hello_fut, reader}, timeout=self.cfg.hello_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if self._hello_fut.done() and not self._hello_fut.cancelled():
+                self._acknowledged(ws, self._hello_fut.result())
+            elif not done:
+                log.warning("mesh %s: hello not acknowledged within %.0fs (check cwd/pid/sessionId, clock)",
+                            self.name, self.cfg.hello_timeout)
+                await self._close(ws)
+                raise _Retry("hello not acknowledged (check cwd/pid/sessionId, clock)")
+            else:
+                await reader
+                self._raise_for_close(ws, during_hello=True)
+            watchdog = asyncio.create_task(self._watchdog(ws), name=f"mesh:{self.name}:watchdog")
+            await reader
+            self._raise_for_close(ws, during_hello=False)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if not ws.closed:
+                await self._close(ws)
+            if self._redrain_task is not None:
+                self._redrain_task.cancel()
+                self._redrain_task = None
+            if self.state == "connected":
+                self.connected_since = None
+
+    def _acknowledged(self, ws: aiohttp.ClientWebSocketResponse, ack: dict[str, Any]) -> None:
+        presence = ack.get("presenceId") if isinstance(ack.get("presenceId"), str) else None
+        reattached = presence is not None and presence == self.presence_id
+        was_outage = self.connects > 0
+        self.presence_id = presence
+        self.hello_ack = ack
+        self.connects += 1
+        self._attempt = 0
+        self._attest_failures = 0
+        self.last_error = None
+        self.connected_since = time.time()
+        log.info("mesh %s: connected (presence %s%s)", self.name, presence, ", reattached" if reattached else "")
+        self._set_state("connected")
+        redrain = self._redrain_pending
+        self._redrain_pending = False
+        if reattached and was_outage and self.cfg.post_reattach_redrain and not redrain:
+            self._redrain_task = asyncio.create_task(self._redrain(ws), name=f"mesh:{self.name}:redrain")
+        if self._on_connected is not None:
+            self._spawn(self._on_connected(ack, reattached))
+
+    async def _redrain(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """A.6: DMs claimed for our dead socket come back only on a later drain trigger:
+        reconnect once more on the same identity after the claims expired."""
+        await asyncio.sleep(self.cfg.reattach_redrain_delay)
+        if ws is self._ws and not ws.closed and not self._stop.is_set():
+            log.info("mesh %s: reconnecting once to re-drain direct messages held during the outage", self.name)
+            self._immediate = True
+            self._redrain_pending = True
+            await self._close(ws)
+
+    def _spawn(self, aw: Any) -> None:
+        if not asyncio.iscoroutine(aw) and not isinstance(aw, asyncio.Future):
+            return
+        task = asyncio.ensure_future(aw)
+        self._bg.add(task)
+        task.add_done_callback(self._bg_done)
+
+    def _bg_done(self, task: asyncio.Task[Any]) -> None:
+        self._bg.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("mesh %s: post-connect task failed: %s", self.name, task.exception())
+
+    def _raise_for_close(self, ws: aiohttp.ClientWebSocketResponse, *, during_hello: bool) -> None:
+        code = ws.close_code
+        reason = self._close_reason
+        if self._stop.is_set():
+            return
+        refusal: Refusal | None = None
+        if self._refusal is not None:
+            refusal = classify_refusal(str(self._refusal.get("code") or ""), str(self._refusal.get("message") or ""))
+        elif code == 4002:
+            refusal = classify_refusal("banned")
+        elif code == 4001:
+            refusal = classify_refusal("kicked")
+        elif reason in _CLOSE_REASON_REFUSALS:
+            refusal = classify_refusal(reason)
+        if refusal is None:
+            if code == 1009:
+                log.error("mesh %s: broker closed with 1009 (frame too large): this is a bug", self.name)
+            what = f"connection closed (code {code}{', ' + reason if reason else ''})"
+            if self._immediate:
+                return
+            log.warning("mesh %s: %s", self.name, what)
+            raise _Retry(what)
+        if refusal.action == "terminal":
+            raise MeshTerminalError(refusal.code, refusal.human)
+        if refusal.action == "attestation":
+            self._attest_failures += 1
+            if self._attest_failures > 1:
+                raise MeshTerminalError(refusal.code, refusal.human)
+            log.warning("mesh %s: %s; re-minting once", self.name, refusal.human)
+            raise _Retry(refusal.human)
+        if refusal.action == "skew":
+            log.error("mesh %s: %s", self.name, refusal.human)
+            raise _Retry(refusal.human)
+        if refusal.action == "capacity":
+            log.error("mesh %s: %s", self.name, refusal.human)
+            raise _Retry(refusal.human, min_delay=self.cfg.capacity_backoff)
+        log.warning("mesh %s: broker refused: %s", self.name, refusal.human)
+        raise _Retry(refusal.human)
+
+    async def _close(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 3.0)
+
+    # -- reading ---------------------------------------------------------------------------------------------------------
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            msg = await ws.receive()
+            self._last_rx = time.monotonic()
+            if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                self._dispatch_raw(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PING:
+                with contextlib.suppress(Exception):
+                    await ws.pong(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                continue
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                self._close_reason = str(msg.extra or "")
+                return
+            else:  # CLOSING, CLOSED, ERROR
+                return
+
+    def _dispatch_raw(self, data: str | bytes) -> None:
+        try:
+            frame = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            log.debug("mesh %s: ignoring a frame that is not JSON", self.name)
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            log.debug("mesh %s: ignoring a frame without a type", self.name)
+            return
+        try:
+            self._dispatch(frame)
+        except Exception:  # a broker frame must never kill the reader
+            log.exception("mesh %s: failed to handle a %s frame", self.name, frame.get("type"))
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        ftype = frame["type"]
+        if ftype == "hello_ack":
+            if self._hello_fut is not None and not self._hello_fut.done():
+                self._hello_fut.set_result(frame)
+            return
+        if ftype == "push":
+            self._on_push(frame)
+            return
+        if ftype == "ack":
+            fid = frame.get("id")
+            fut = self._acks.get(fid) if isinstance(fid, str) else None
+            if fut is None:
+                fut = self._pending_for(frame)
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+            else:
+                log.debug("mesh %s: ack for nothing we wait for", self.name)
+            return
+        if ftype == "error":
+            fut = self._pending_for(frame)
+            code, message = str(frame.get("code") or ""), str(frame.get("message") or "")
+            if fut is not None:
+                if not fut.done():
+                    fut.set_exception(MeshRequestError(code, message))
+                return
+            if self.state != "connected" and code != "no_hello":
+                self._refusal = frame
+                log.warning("mesh %s: handshake refused: %s: %s", self.name, code, message)
+            else:
+                log.warning("mesh %s: broker error %s: %s", self.name, code, message)
+            return
+        fut = self._pending_for(frame)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(frame)
+            return
+        log.debug("mesh %s: ignoring unsolicited %s frame", self.name, ftype)
+
+    def _pending_for(self, frame: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
+        for key in ("_reqId", "id"):
+            rid = frame.get(key)
+            if isinstance(rid, str) and rid in self._pending:
+                return self._pending[rid]
+        return None
+
+    # -- keepalive ---------------------------------------------------------------------------------------------------------
+    async def _watchdog(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        step = min(self.cfg.ping_interval, self.cfg.idle_timeout)
+        while not ws.closed:
+            await asyncio.sleep(step)
+            idle = time.monotonic() - self._last_rx
+            if idle > self.cfg.idle_timeout:
+                log.warning("mesh %s: nothing received for %.0fs; reconnecting", self.name, idle)
+                await self._close(ws)
+                return
+            with contextlib.suppress(Exception):
+                await ws.ping()
+
+    # -- sending ---------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def encode(frame: dict[str, Any]) -> str:
+        text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+        size = len(text.encode("utf-8"))
+        if size > MAX_FRAME_BYTES:
+            raise DeliveryError(f"{frame.get('type')} frame is {size} bytes, over the broker's "
+                                f"{MAX_FRAME_BYTES}-byte limit; split the text", permanent=True)
+        return text
+
+    async def _send_raw(self, ws: aiohttp.ClientWebSocketResponse, frame: dict[str, Any]) -> None:
+        text = self.encode(frame)
+        async with self._send_lock:
+            await ws.send_str(text)
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        """Send on the live socket (after hello_ack); MeshError if there is none."""
+        ws = self._ws
+        text = self.encode(frame)
+        if ws is None or ws.closed or self.state != "connected":
+            raise ConnectionLost(f"mesh {self.name}: not connected")
+        async with self._send_lock:
+            try:
+                await ws.send_str(text)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                raise ConnectionLost(f"mesh {self.name}: send failed ({type(exc).__name__})") from exc
+
+    async def send_nowait(self, frame: dict[str, Any]) -> bool:
+        """Fire and forget (client_ack, topic_join, ...). False if not connected."""
+        try:
+            await self.send_frame(frame)
+            return True
+        except ConnectionLost:
+            return False
+
+    async def request(self, frame: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+        """Send a verb with a fresh ``_reqId`` and wait for the reply that echoes it (in ``_reqId`` or ``id``)."""
+        timeout = self.cfg.request_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        await self.wait_connected(timeout)
+        rid = f"req-{next(self._seq)}-{uuid.uuid4().hex[:8]}"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.send_frame({**frame, "_reqId": rid})
+            return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            raise MeshTimeout(f"mesh {self.name}: no reply to {frame.get('type')} within {timeout:.0f}s") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def send_with_ack(self, frame: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a ``send`` frame and wait for the ``ack`` carrying its ``id``."""
+        fid = frame["id"]
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[fid] = fut
+        try:
+            await self.send_frame(frame)
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            if self._acks.get(fid) is fut:
+                del self._acks[fid]

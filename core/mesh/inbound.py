@@ -1,0 +1,208 @@
+"""Pushes: the A.9 decision tree, dedup and ``client_ack`` (A.10).
+
+Pushes are queued by the reader and handled here one at a time, in arrival order, in
+their own task (``on_message`` may itself send on the mesh and wait for an ack, which the
+reader must stay free to deliver). ``client_ack`` goes out after ``on_message`` returned,
+and also for duplicates, echoes and dropped items, which would otherwise return on every
+drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import collections
+import contextlib
+import logging
+import re
+from typing import Any
+
+from ..errors import MeshError
+from . import crypto
+from .types import MeshInbound, parse_time_ms
+
+__all__ = ["LRUSet", "PushHandler"]
+
+log = logging.getLogger(__name__)
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+PRESENCE_EVENTS = {"peer_joined", "peer_returned", "peer_left", "peer_visible", "peer_hidden", "profile_updated"}
+
+
+class LRUSet:
+    """A bounded set remembering the most recent ``size`` keys."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._d
+
+    def add(self, key: str) -> None:
+        self._d[key] = None
+        self._d.move_to_end(key)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._d.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+class PushHandler:
+    def __init__(self, peer: Any) -> None:
+        self.peer = peer
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.seen = LRUSet(10_000)
+        self._task: asyncio.Task[None] | None = None
+        self.handled = 0
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=f"mesh:{self.peer.name}:pushes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def put(self, frame: dict[str, Any]) -> None:
+        self.queue.put_nowait(frame)
+
+    async def _loop(self) -> None:
+        while True:
+            frame = await self.queue.get()
+            try:
+                await self.handle(frame)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad push never stops the others
+                log.exception("mesh %s: handling a push failed", self.peer.name)
+
+    # -- the decision tree -----------------------------------------------------------------------------------------------
+    async def _ack(self, frame: dict[str, Any]) -> None:
+        mid = frame.get("messageId")
+        if not isinstance(mid, str) or not mid:
+            return
+        ack: dict[str, Any] = {"type": "client_ack", "brokerMessageId": mid}
+        cmid = frame.get("client_message_id")
+        if isinstance(cmid, str) and cmid:
+            ack["clientMessageId"] = cmid
+        if not await self.peer.connection.send_nowait(ack):
+            log.debug("mesh %s: client_ack for %s not sent (disconnected); the push will return", self.peer.name, mid)
+
+    def _drop(self, reason: str, frame: dict[str, Any]) -> None:
+        self.dropped[reason] += 1
+        log.debug("mesh %s: push %s dropped: %s", self.peer.name, frame.get("messageId"), reason)
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        peer = self.peer
+        sender = frame.get("senderPubkey")
+        # 1. system events: hints for the roster
+        if frame.get("subtype") == "system" or sender == "system":
+            event = frame.get("event")
+            if event in PRESENCE_EVENTS:
+                peer.roster.invalidate()
+            log.debug("mesh %s: system event %s", peer.name, event)
+            return
+        mid = frame.get("messageId")
+        if not isinstance(mid, str) or not mid or not isinstance(sender, str):
+            self._drop("malformed", frame)
+            return
+        cmid = frame.get("client_message_id") if isinstance(frame.get("client_message_id"), str) else None
+        # 2. echoes (ours, or carrying a client_message_id we sent)
+        if (sender.lower() in peer.own_keys or frame.get("senderMemberId") == peer.cfg.member_id
+                or (cmid is not None and cmid in peer.sent_ids)):
+            self._drop("echo", frame)
+            await self._ack(frame)
+            return
+        key = cmid or mid
+        if key in self.seen or mid in self.seen:
+            self._drop("duplicate", frame)
+            await self._ack(frame)
+            return
+        nonce = frame.get("nonce") if isinstance(frame.get("nonce"), str) else ""
+        ciphertext = frame.get("ciphertext") if isinstance(frame.get("ciphertext"), str) else ""
+        kind = "broadcast"
+        text: str | None = None
+        # 3. a DM: crypto_box with our session key, then our member key
+        if nonce and _HEX64.match(sender):
+            for pair in (peer.session_keypair, peer.cfg.member_keypair()):
+                text = crypto.box_open(nonce, ciphertext, sender.lower(), pair)
+                if text is not None:
+                    kind = "dm"
+                    break
+        # 4. a drained topic row (encrypted): topics come from history; ack and drop
+        if text is None and _nonce_ok(nonce):
+            hit = peer.keyring.try_all_topic_keys(peer.name, nonce, ciphertext, peer.known_topics())
+            if hit is not None:
+                self._drop("topic_row", frame)
+                self.seen.add(key)
+                await self._ack(frame)
+                return
+        # 5. base64 UTF-8 (broadcast, group, v1 topic row, scheduled)
+        if text is None:
+            text = crypto.v1_decode(ciphertext)
+            if text is None:
+                log.warning("mesh %s: push %s from %s… is undecryptable; dropped", peer.name, mid, sender[:12])
+                self._drop("undecryptable", frame)
+                await self._ack(frame)
+                return
+            # 6. no senderName: a drained row; ask the broker what it was addressed to
+            if not isinstance(frame.get("senderName"), str):
+                target = await self._target_of(mid)
+                if target is None:
+                    log.warning("mesh %s: cannot classify push %s; leaving it unacked (it returns on the next "
+                                "drain)", peer.name, mid)
+                    return
+                if target.startswith("#"):
+                    self._drop("topic_row", frame)
+                    self.seen.add(key)
+                    await self._ack(frame)
+                    return
+                kind = "broadcast" if target.startswith(("*", "@")) else "dm"
+        name = frame.get("senderName") if isinstance(frame.get("senderName"), str) else None
+        if name is None:
+            known = peer.roster.lookup(sender.lower())
+            name = known.display_name if known is not None else None
+        reply_to = frame.get("replyToId")
+        item = MeshInbound(
+            kind=kind, mesh=peer.name, mesh_id=peer.cfg.mesh_id, id=key, text=text, sender_pubkey=sender.lower(),
+            sender_member_id=frame.get("senderMemberId") if isinstance(frame.get("senderMemberId"), str) else None,
+            sender_name=name, reply_to_id=reply_to if isinstance(reply_to, str) and reply_to else None,
+            created_at=parse_time_ms(frame.get("createdAt")), client_message_id=cmid, message_id=mid,
+            priority=frame.get("priority") if isinstance(frame.get("priority"), str) else None,
+        )
+        self.seen.add(key)
+        self.seen.add(mid)
+        try:
+            await peer.deliver(item)
+        except Exception:
+            self.seen.discard(key)
+            self.seen.discard(mid)
+            raise  # not acked: the broker hands it out again on the next drain
+        self.handled += 1
+        await self._ack(frame)
+
+    async def _target_of(self, mid: str) -> str | None:
+        try:
+            reply = await self.peer.connection.request({"type": "message_status", "messageId": mid})
+        except MeshError as exc:
+            log.debug("mesh %s: message_status %s failed: %s", self.peer.name, mid, exc)
+            return None
+        target = reply.get("targetSpec")
+        return target if isinstance(target, str) else None
+
+
+def _nonce_ok(nonce: str) -> bool:
+    if not nonce:
+        return False
+    try:
+        return len(crypto.unb64(nonce)) == crypto.NONCE_BYTES
+    except (ValueError, binascii.Error):
+        return False
