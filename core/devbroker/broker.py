@@ -253,7 +253,7 @@ class DevBroker:
             return _destroy(request)
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return web.Response(status=426, text="upgrade required")
-        ws = web.WebSocketResponse(autoping=False, max_msg_size=self.config.max_message_bytes + 1,
+        ws = web.WebSocketResponse(autoping=False, max_msg_size=self.config.max_frame_bytes + 1,
                                    timeout=self.config.close_timeout_s)
         await ws.prepare(request)
         conn = Conn(ws, request.transport, request.remote)  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 class DevBrokerConfig:
     """Every limit and timer of the emulated broker (seconds unless the name says otherwise)."""
 
-    max_message_bytes: int = 65_536          # WS frame limit (close 1009), send payload limit, /join body limit
+    max_message_bytes: int = 65_536          # MAX_MESSAGE_BYTES: send payload limit (B.22), /join body limit
+    max_frame_bytes: int = 65_536            # WS frame limit (close 1009, B.2); the broker uses the same value
     max_connections_per_mesh: int = 100      # counts offline leases; only eviction gives a slot back
     grace_s: float = 90.0                    # offline lease after a socket closes
     claim_s: float = 30.0                    # drain claim lease

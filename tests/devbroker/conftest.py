@@ -136,6 +136,14 @@ class Client:
     async def recv_type(self, kind: str, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
         return await self.recv_match(lambda f: f.get("type") == kind, wait)
 
+    async def recv_push(self, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        """The next message push (system events are kept in the backlog)."""
+        return await self.recv_match(lambda f: f.get("type") == "push" and f.get("subtype") != "system", wait)
+
+    async def pushes(self, wait: float = QUIET) -> list[dict[str, Any]]:
+        """Message pushes (not system events) among everything arriving within ``wait``, backlog included."""
+        return [f for f in await self.quiet(wait) if f.get("type") == "push" and f.get("subtype") != "system"]
+
     async def recv_event(self, event: str, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
         return await self.recv_match(lambda f: f.get("subtype") == "system" and f.get("event") == event, wait)
 

@@ -165,7 +165,7 @@ async def test_b09_hello_flow_drain_before_ack_and_join_events(broker, connect, 
     other = await connect(broker, seed.gateway, mode="hello")
     ack = await bob.dm(seed.gateway.pubkey, "queued while gateway is online")
     assert ack["queued"] is True
-    assert (await other.recv_type("push"))["messageId"] == ack["messageId"]
+    assert (await other.recv_push())["messageId"] == ack["messageId"]
     await other.send({"type": "client_ack", "brokerMessageId": "nothing"})   # leave the row claimed
     # a fresh control-plane hello (another sessionId) drains before its ack once the claim expires
     broker.sweep_claims()
