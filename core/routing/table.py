@@ -153,9 +153,10 @@ class RouteTable:
         self._by_name = {r.name: r for r in self.routes}
         self._max_hops = dict(max_hops or {})
         self._kinds = dict(gateway_kinds or {})
-        self._encryption: dict[tuple[str, str], str] = {}
+        self._encryption: dict[tuple[str, str], str] = {}  # only what routes set explicitly
+        self._meshes: dict[str, Any] = {}
         for r in self.routes:
-            if r.cfg.topic is not None and r.cfg.mesh is not None:
+            if r.cfg.topic is not None and r.cfg.mesh is not None and "encryption" in r.cfg.model_fields_set:
                 self._encryption[(r.cfg.mesh, r.cfg.topic)] = r.cfg.encryption
 
     # -- construction ---------------------------------------------------------------------------------------
@@ -206,12 +207,16 @@ class RouteTable:
             if cfg.mesh is not None and cfg.mesh not in meshes:
                 problems.append(f"{where}.mesh: unknown mesh {cfg.mesh!r} (configured: {_known(meshes)})")
             topic_address = mesh_address(cfg.mesh, topic=cfg.topic) if cfg.topic and cfg.mesh else None
-            if cfg.topic and cfg.mesh:
+            if cfg.topic and cfg.mesh and "encryption" in cfg.model_fields_set:
                 key = (cfg.mesh, cfg.topic)
                 prev = encryption.get(key)
                 if prev is not None and prev[0] != cfg.encryption:
                     problems.append(f"{where}.encryption: {cfg.encryption!r} conflicts with route {prev[1]!r} "
                                     f"({prev[0]!r}) for {cfg.mesh}:#{cfg.topic}")
+                declared = _mesh_topic_encryption(meshes.get(cfg.mesh), cfg.topic)
+                if declared is not None and declared != cfg.encryption:
+                    problems.append(f"{where}.encryption: {cfg.encryption!r} conflicts with "
+                                    f"mesh.{cfg.mesh}.topics.{cfg.topic}.encryption ({declared!r}); set it once")
                 encryption.setdefault(key, (cfg.encryption, cfg.name))
             binds: list[RouteBinding] = []
             before = len(problems)
@@ -231,9 +236,6 @@ class RouteTable:
                         route=cfg.name, address=Address(MESH_GATEWAY, chat, b.thread), direction=direction,
                         tags=frozenset(b.tags), allow=frozenset(b.allow), deny=frozenset(b.deny), mesh_chat=mc,
                     ))
-                    if mc.kind == "topic":
-                        key = (mc.mesh, mc.value)
-                        encryption.setdefault(key, (cfg.encryption, cfg.name))
                     continue
                 gw = gateways.get(b.gateway)
                 if gw is None:
@@ -285,8 +287,8 @@ class RouteTable:
             gcls = _gateway_class(g)
             kinds[name] = gcls.kind if gcls is not None and hasattr(gcls, "kind") else name
         table = cls(compiled, max_hops=max_hops, gateway_kinds=kinds)
-        for (mesh, topic), (mode, _route) in encryption.items():
-            table._encryption[(mesh, topic)] = mode
+        table._encryption = {key: mode for key, (mode, _route) in encryption.items()}
+        table._meshes = dict(meshes)
         return table
 
     # -- lookups ----------------------------------------------------------------------------------------------
@@ -300,14 +302,42 @@ class RouteTable:
         return self._kinds.get(gateway, gateway)
 
     def encryption_for(self, mesh: str, topic: str) -> str:
-        """``"hkdf"`` (default) or ``"plaintext"`` for ``mesh``/``topic`` as the routes declare it."""
-        return self._encryption.get((mesh, topic.removeprefix("#")), "hkdf")
+        """``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit ``encryption``,
+        else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``), else ``"hkdf"``."""
+        topic = topic.removeprefix("#")
+        mode = self._encryption.get((mesh, topic))
+        if mode is not None:
+            return mode
+        return _mesh_topic_encryption(self._meshes.get(mesh), topic, defaults=True) or "hkdf"
 
     def topic_encryption(self) -> dict[str, dict[str, str]]:
-        """``{mesh: {topic: mode}}`` for every routed topic (what the key ring must be told)."""
+        """``{mesh: {topic: mode}}`` for every topic whose route sets ``encryption`` explicitly."""
         out: dict[str, dict[str, str]] = {}
         for (mesh, topic), mode in sorted(self._encryption.items()):
             out.setdefault(mesh, {})[topic] = mode
+        return out
+
+    def apply_encryption(self, meshes: Mapping[str, Any]) -> dict[str, Any]:
+        """``meshes`` (name -> MeshConfig) with every route's explicit ``encryption`` written into
+        ``topics.<topic>.encryption``, so the KeyRing built from them seals and opens each topic
+        exactly as the routes say. Build the KeyRing from the result::
+
+            ring = KeyRing.from_configs(runtime.routes.apply_encryption(settings.mesh))
+        """
+        out = dict(meshes)
+        for (mesh, topic), mode in self._encryption.items():
+            cfg = out.get(mesh)
+            topics = getattr(cfg, "topics", None)
+            if cfg is None or not isinstance(topics, Mapping):
+                continue
+            current = topics.get(topic)
+            if current is not None:
+                entry = current.model_copy(update={"encryption": mode})
+            else:
+                from ..mesh.config import TopicKeyConfig
+
+                entry = TopicKeyConfig(encryption=mode)
+            out[mesh] = cfg.model_copy(update={"topics": {**topics, topic: entry}})
         return out
 
     def bindings_for(self, gateway_name: str) -> list[Binding]:
@@ -491,6 +521,23 @@ def _shape_problems(r: Route) -> list[str]:
     elif not r.tags and sources and all(all(d == s for d in dests) for s in sources):
         problems.append("its only destination is its only source; a message would go back where it came from")
     return problems
+
+
+def _mesh_topic_encryption(cfg: Any, topic: str, *, defaults: bool = False) -> str | None:
+    """The encryption a MeshConfig declares for ``topic`` (explicit ``topics`` entry; with
+    ``defaults`` also ``default_encryption``), or None."""
+    if cfg is None:
+        return None
+    topics = getattr(cfg, "topics", None)
+    if isinstance(topics, Mapping) and topic in topics:
+        entry = topics[topic]
+        if not defaults and "encryption" not in getattr(entry, "model_fields_set", {"encryption"}):
+            return None
+        return getattr(entry, "encryption", None)
+    if defaults:
+        mode = getattr(cfg, "default_encryption", None)
+        return mode if isinstance(mode, str) else None
+    return None
 
 
 def _known(m: Mapping[str, Any]) -> str:

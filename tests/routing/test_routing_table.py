@@ -85,13 +85,38 @@ def test_build_rejects_a_route_that_only_returns_to_its_source():
 def test_encryption_conflict_between_routes():
     with pytest.raises(ConfigError) as e:
         build({"name": "a", "mesh": "m", "topic": "t", "encryption": "plaintext", "binds": [{"gateway": "tg", "chat": "1"}]},
-              {"name": "b", "mesh": "m", "topic": "t", "binds": [{"gateway": "sl", "chat": "2"}]})
+              {"name": "b", "mesh": "m", "topic": "t", "encryption": "hkdf", "binds": [{"gateway": "sl", "chat": "2"}]})
     assert "conflicts" in str(e.value)
     t = build({"name": "a", "mesh": "m", "topic": "t", "encryption": "plaintext",
                "binds": [{"gateway": "tg", "chat": "1"}]})
     assert t.encryption_for("m", "t") == "plaintext"
     assert t.encryption_for("m", "#other") == "hkdf"
     assert t.topic_encryption() == {"m": {"t": "plaintext"}}
+
+
+def test_route_encryption_reaches_mesh_configs():
+    from claudemesh_gateway.mesh.config import TopicKeyConfig
+
+    class Cfg:  # the parts of MeshConfig the table reads
+        def __init__(self, topics, default="hkdf"):
+            self.topics, self.default_encryption = topics, default
+
+        def model_copy(self, update):
+            return Cfg(update["topics"], self.default_encryption)
+
+    meshes = {"m": Cfg({"t": TopicKeyConfig(epoch=2)}), "n": Cfg({}, default="plaintext")}
+    routes = [{"name": "a", "mesh": "m", "topic": "t", "encryption": "plaintext",
+               "binds": [{"gateway": "tg", "chat": "1"}]},
+              {"name": "b", "mesh": "n", "topic": "u", "binds": [{"gateway": "tg", "chat": "2"}]}]
+    t = RouteTable.build(routes, gateways=GWS, meshes=meshes)
+    applied = t.apply_encryption(meshes)
+    assert applied["m"].topics["t"].encryption == "plaintext" and applied["m"].topics["t"].epoch == 2
+    assert t.encryption_for("n", "u") == "plaintext"  # not set on the route: the mesh default
+    assert applied["n"] is meshes["n"]
+    conflicting = {"m": Cfg({"t": TopicKeyConfig(encryption="hkdf")})}
+    with pytest.raises(ConfigError) as e:
+        RouteTable.build(routes[:1], gateways=GWS, meshes=conflicting)
+    assert "mesh.m.topics.t.encryption" in str(e.value)
 
 
 def test_directions():
