@@ -56,6 +56,9 @@ class FakeSlack:
         self.connections_opened = 0
         self.socket_connected = asyncio.Event()
         self.url = ""
+        self.echo = False  # like Slack: every post comes back as a message event over the socket
+        self.echoed: list[str] = []
+        self._bg: set[asyncio.Task[Any]] = set()
 
     # -- helpers ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -67,6 +70,15 @@ class FakeSlack:
     def next_ts(self) -> str:
         n = next(self._ts)
         return f"{1700000000 + n}.{n:06d}"
+
+    def texts(self, channel: str) -> list[str]:
+        return [p["text"] for p in self.posts[channel]]
+
+    async def wait_posts(self, channel: str, n: int, within: float = 10.0) -> list[dict[str, Any]]:
+        async with asyncio.timeout(within):
+            while len(self.posts[channel]) < n:  # noqa: ASYNC110 - state lives in the app's tasks
+                await asyncio.sleep(0.02)
+        return self.posts[channel]
 
     def methods(self, name: str) -> list[dict[str, Any]]:
         return [p for m, p in self.calls if m == name]
@@ -134,6 +146,18 @@ class FakeSlack:
         self._rate_check(channel)
         ts = self.next_ts()
         self.posts[channel].append({**p, "ts": ts})
+        if self.echo and self.sockets:
+            ev = {"type": "message", "subtype": "bot_message" if p.get("username") else None, "channel": channel,
+                  "user": BOT_USER, "bot_id": BOT_ID, "app_id": APP_ID, "text": p.get("text", ""), "ts": ts,
+                  "team": TEAM}
+            if p.get("thread_ts"):
+                ev["thread_ts"] = p["thread_ts"]
+            self.echoed.append(ts)
+            task = asyncio.get_running_loop().create_task(
+                self.push(event_callback({k: v for k, v in ev.items() if v is not None}, event_id=f"Echo{ts}"),
+                          wait_ack=False))
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
         return web.json_response({"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}})
 
     async def _m_chat_update(self, request: web.Request, p: dict[str, Any]) -> web.Response:
