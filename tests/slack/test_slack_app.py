@@ -134,7 +134,7 @@ async def test_429_on_one_channel_leaves_another_flowing(app, fake_slack, sk):
 
 async def test_own_posts_echoed_by_slack_never_come_back(app, fake_slack, sk):
     fake_slack.echo = True
-    _, runtime, _ = await app(ignore_bots=False)
+    await app(ignore_bots=False)
     await fake_slack.push(sk.event_callback(sk.message_event("hello"), event_id="E1"))
     await fake_slack.wait_posts("C2", 1)
     await wait_until(lambda: len(fake_slack.echoed) >= 1)
