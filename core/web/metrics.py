@@ -130,12 +130,13 @@ def _delivery_stats(runtime: Runtime) -> dict[str, Any]:
 
 
 def poll_status(peer: Any, now: float) -> dict[str, tuple[float, float]]:
-    """topic -> (seconds since the last completed poll, last poll duration), from the mesh peer."""
+    """topic -> (seconds since the last completed poll, last poll duration), from ``MeshPeer.poll_stats()``.
+
+    A watched topic that has never completed a poll reports ``inf``.
+    """
     out: dict[str, tuple[float, float]] = {}
-    status = getattr(peer, "poll_status", None)
-    if callable(status):
-        status = status()
-    for topic, info in (status or {}).items():
-        last = info.get("last_completed") or 0.0
-        out[topic] = (now - last if last else float("inf"), float(info.get("latency") or 0.0))
+    stats = getattr(peer, "poll_stats", None)
+    for topic, info in ((stats() if callable(stats) else stats) or {}).items():
+        last = info.get("last_poll_at") or 0.0
+        out[topic] = (now - last if last else float("inf"), float(info.get("poll_latency") or 0.0))
     return out

@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 class Peer:
     def __init__(self):
         self.reconnects = 2
-        self.polls = {"general": {"last_completed": time.time(), "latency": 0.012}}
+        self.polls = {"general": {"last_poll_at": time.time(), "poll_latency": 0.012, "polls": 3}}
 
-    def poll_status(self):
+    def poll_stats(self):
         return self.polls
 
 
@@ -148,11 +148,11 @@ async def test_ready_ok_then_flips_on_dead_gateway(client):
 
 
 async def test_ready_flips_on_stalled_poller(client):
-    client.rt.meshes["dev"].polls["general"]["last_completed"] = time.time() - 120
+    client.rt.meshes["dev"].polls["general"]["last_poll_at"] = time.time() - 120
     resp = await client.get("/-/ready")
     assert resp.status == 503
     assert any("topic general" in p and "last completed poll 120s ago" in p for p in (await resp.json())["problems"])
-    client.rt.meshes["dev"].polls["general"]["last_completed"] = time.time()
+    client.rt.meshes["dev"].polls["general"]["last_poll_at"] = time.time()
     assert (await client.get("/-/ready")).status == 200
 
 
