@@ -88,8 +88,8 @@ def _log_complete_failure(f: asyncio.Future[None]) -> None:
 class DeliveryEngine:
     """Deliver outbox items through ``transport``.
 
-    :param store: any :class:`~claudemesh_gateway.store.base.Store`; ``peek(lane, n)`` and
-        ``next_due(now)`` are used when the store has them (SqliteStore does).
+    :param store: any :class:`~claudemesh_gateway.store.base.Store`; ``peek(lane, n)``,
+        ``next_due(now)`` and ``complete_many(ids)`` are used when the store has them (SqliteStore does).
     :param transport: see :class:`Transport`.
     :param config: :class:`DeliveryConfig`.
     :param emit: called with ``MessageDelivered`` / ``DeliveryFailed`` events; must not block.
@@ -124,6 +124,7 @@ class DeliveryEngine:
         self._failed_hook = getattr(transport, "failed", None)
         self._peek = getattr(store, "peek", None)
         self._next_due_q = getattr(store, "next_due", None)
+        self._complete_many = getattr(store, "complete_many", None)
 
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}  # lane -> id of the item being sent
@@ -293,12 +294,12 @@ class DeliveryEngine:
 
     # -- lane worker ------------------------------------------------------------------------------------------
     async def _lane(self, lane: str) -> None:
-        completes: list[asyncio.Future[None]] = []
+        done: list[int] = []  # delivered items whose removal is not yet submitted
         try:
             while not self._stopping:
                 self._dirty.discard(lane)
-                if completes:  # the items just sent must be gone before the next read
-                    await self._settle(completes)
+                if done:  # the items just sent must be gone before the lane is read again
+                    await self._flush(done)
                 if self._peek is not None:
                     items = await self._peek(lane, self.config.prefetch)
                 else:
@@ -314,7 +315,7 @@ class DeliveryEngine:
                     if item.not_before > self.clock():
                         self._note_due(item.not_before)
                         return
-                    outcome = await self._deliver(item, completes)
+                    outcome = await self._deliver(item, done)
                     if outcome == "retry":
                         return
                     if outcome == "reread":
@@ -326,26 +327,29 @@ class DeliveryEngine:
             self._note_due(self.clock() + self.config.backoff_base)
         finally:
             try:
-                if completes:
-                    # A new worker of this lane must not read these items again, and stop() must
-                    # not return before the sends it drained are recorded. Shielded: a second
-                    # cancellation leaves the (already queued) writes to commit on their own.
-                    for f in completes:
-                        f.add_done_callback(_log_complete_failure)
-                    pending = asyncio.gather(*completes, return_exceptions=True)
-                    completes.clear()
-                    await asyncio.shield(pending)
+                if done:
+                    # A new worker of this lane must not read these items again, and stop() must not
+                    # return before the sends it drained are recorded. Shielded: a second
+                    # cancellation leaves the write to complete on its own.
+                    await self._flush(done)
             finally:
                 self._lane_done(lane)
 
-    async def _settle(self, completes: list[asyncio.Future[None]]) -> None:
-        done = list(completes)
-        completes.clear()
-        for r in await asyncio.gather(*done, return_exceptions=True):
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
-                log.error("delivery: recording a completed item failed (it may be sent again): %s", r)
+    async def _flush(self, done: list[int]) -> None:
+        ids = list(done)
+        done.clear()
+        fut = asyncio.ensure_future(self._complete(ids))
+        fut.add_done_callback(_log_complete_failure)
+        await asyncio.shield(fut)
 
-    async def _deliver(self, item: OutboxItem, completes: list[asyncio.Future[None]]) -> str:
+    async def _complete(self, ids: list[int]) -> None:
+        if self._complete_many is not None:
+            await self._complete_many(ids)
+        else:
+            for i in ids:
+                await self.store.complete(i)
+
+    async def _deliver(self, item: OutboxItem, done: list[int]) -> str:
         """One item: 'done' (next item), 'retry' (lane waits), 'reread' (re-read the lane)."""
         lane = item.lane
         self._inflight[lane] = item.id
@@ -385,7 +389,7 @@ class DeliveryEngine:
                 await self.transport.delivered(item, results)
             except Exception:  # the parts are out: never send them again for a map failure
                 log.exception("delivery: recording the message map of item %s failed", item.id)
-            completes.append(asyncio.ensure_future(self.store.complete(item.id)))
+            done.append(item.id)
             self._stats.delivered += 1
             native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
             self._publish(MessageDelivered(

@@ -4,9 +4,10 @@ Layout
 ------
 * One **writer** connection, driven by one asyncio task. Every write is queued as
   a small synchronous operation plus a future. The writer drains the whole queue,
-  runs the operations inside ONE transaction (each under its own SAVEPOINT, so a
-  failing operation rolls back alone and fails only its own future), commits, and
-  only then resolves the futures. ``await store.accept(...)`` therefore returns
+  runs the operations inside ONE transaction, commits, and only then resolves the
+  futures. If an operation raises, the batch is rolled back and run again with a
+  SAVEPOINT around each operation, so the failing one rolls back alone and fails
+  only its own future (the common path pays nothing for that isolation). ``await store.accept(...)`` therefore returns
   after *its* commit, while thousands of concurrent callers share each commit
   (group commit).
 * One **reader** connection (``query_only``) for everything that only reads. In WAL
@@ -190,8 +191,8 @@ def _prefix_upper(prefix: str) -> str:
 def _op_accept(c: sqlite3.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]]) -> bool:
     if c.execute("INSERT OR IGNORE INTO inbox (id, seen_at) VALUES (?, ?)", (message_id, now)).rowcount == 0:
         return False
-    if rows:
-        c.executemany(_INSERT_OUTBOX, rows)
+    for row in rows:
+        c.execute(_INSERT_OUTBOX, row)
     return True
 
 
@@ -310,7 +311,33 @@ _Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 
 def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
-    """Run ``ops`` in one transaction, each under a savepoint. Runs in the writer thread."""
+    """Run ``ops`` in one transaction. Runs in the writer thread.
+
+    Fast path: every operation straight in one transaction. Should one raise, the transaction is
+    rolled back and the batch is run again with a SAVEPOINT around each operation, so the failing
+    one rolls back alone and fails only its own future while the others commit. (Operations are
+    pure functions of their arguments, so running them again is safe.)
+    """
+    results: list[tuple[bool, Any]] = []
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, args, _fut in ops:
+            results.append((True, fn(c, *args)))
+    except Exception:  # noqa: BLE001 - isolate it below
+        c.execute("ROLLBACK")
+        return _run_batch_isolated(c, ops)
+    except BaseException:
+        _rollback(c)
+        raise
+    try:
+        c.execute("COMMIT")
+    except BaseException:
+        _rollback(c)
+        raise
+    return results
+
+
+def _run_batch_isolated(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
     results: list[tuple[bool, Any]] = []
     c.execute("BEGIN IMMEDIATE")
     try:
@@ -327,13 +354,17 @@ def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
                 results.append((True, r))
         c.execute("COMMIT")
     except BaseException:
-        if c.in_transaction:
-            try:
-                c.execute("ROLLBACK")
-            except sqlite3.Error:
-                log.exception("store: rollback after a failed batch failed")
+        _rollback(c)
         raise
     return results
+
+
+def _rollback(c: sqlite3.Connection) -> None:
+    if c.in_transaction:
+        try:
+            c.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("store: rollback after a failed batch failed")
 
 
 # -- read operations (run in the reader thread) ------------------------------------------------------

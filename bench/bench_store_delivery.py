@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Benchmark: SqliteStore + DeliveryEngine. Run by hand; not part of the test suite.
+
+    .venv/bin/python bench/bench_store_delivery.py                 # every phase
+    .venv/bin/python bench/bench_store_delivery.py --phase accept  # one phase
+    .venv/bin/python bench/bench_store_delivery.py --synchronous NORMAL
+
+Phases (each runs in its own subprocess, so peak RSS is per phase):
+  accept   msg/s into the outbox: N messages, C concurrent submitters, one destination each
+  drain    msg/s through DeliveryEngine to an in-process sink (N queued over L lanes), with
+           the message-map write a real transport does
+  e2e      msg/s accept -> engine -> in-process sink, producers and engine running together
+  latency  p50/p99 added latency (accept() call -> sink) at a fixed offered rate (500 msg/s)
+  rss      peak RSS with 10,000 queued messages over 1,000 lanes, then drained
+  http     msg/s end to end to an HTTP sink (aiohttp server in a separate process on 127.0.0.1,
+           transport POSTing JSON over a pooled ClientSession)
+  routing  (if claudemesh_gateway.routing provides a router) mesh topic rows through routing
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from claudemesh_gateway.delivery import DeliveryConfig, DeliveryEngine
+from claudemesh_gateway.gateway import RateLimit
+from claudemesh_gateway.messages import (
+    Address, Message, Outbound, SendResult, address_from_dict, address_to_dict, message_from_dict,
+    message_to_dict,
+)
+from claudemesh_gateway.store.base import OutboxItem
+from claudemesh_gateway.store.sqlite import SqliteStore
+
+TEXT = "The deploy of build 4711 finished; 3 warnings, see the ops dashboard for details. " * 2
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def make_item(i: int, lanes: int) -> tuple[str, OutboxItem]:
+    to = Address("telegram", str(-1000 - (i % lanes)))
+    msg = Message(id=f"mesh:bench:{i}", origin=Address("mesh", "bench:#ops"), sender="alice", text=TEXT,
+                  native_id=str(i))
+    return msg.id, OutboxItem(lane=to.key, route="ops", destination=address_to_dict(to),
+                              message=message_to_dict(msg), options={"attribution": True})
+
+
+class SinkTransport:
+    """In-process sink: renders like the core (dict -> Message, one part), records the message map."""
+
+    def __init__(self, store: SqliteStore, *, map_writes: bool = True) -> None:
+        self.store = store
+        self.map_writes = map_writes
+        self.count = 0
+        self.arrivals: dict[str, float] = {}
+        self.record_arrivals = False
+        self.done = asyncio.Event()
+        self.expect = 0
+
+    async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
+        msg = message_from_dict(item.message)
+        to = address_from_dict(item.destination)
+        return [Outbound(message=msg, to=to, text=f"[{msg.sender}] {msg.text}", idempotency_key=msg.id)], ()
+
+    async def send(self, out: Outbound) -> SendResult:
+        self.count += 1
+        if self.record_arrivals:
+            self.arrivals[out.message.id] = time.perf_counter()
+        if self.count >= self.expect:
+            self.done.set()
+        return SendResult(native_ids=(str(self.count),))
+
+    async def delivered(self, item: OutboxItem, results: list[SendResult]) -> None:
+        if self.map_writes:
+            await self.store.map_put(item.message["id"], item.lane, [n for r in results for n in r.native_ids])
+
+
+class HttpTransport(SinkTransport):
+    def __init__(self, store: SqliteStore, session: Any, url: str) -> None:
+        super().__init__(store)
+        self.session = session
+        self.url = url
+
+    async def send(self, out: Outbound) -> SendResult:
+        body = json.dumps({"chat": out.to.chat, "text": out.text, "key": out.idempotency_key})
+        async with self.session.post(self.url, data=body, headers={"Content-Type": "application/json"}) as r:
+            if r.status != 200:
+                from claudemesh_gateway.errors import DeliveryError
+                raise DeliveryError(f"HTTP {r.status}", retry_after=float(r.headers.get("Retry-After", 1)))
+            data = await r.json()
+        self.count += 1
+        if self.count >= self.expect:
+            self.done.set()
+        return SendResult(native_ids=(str(data["id"]),))
+
+
+async def open_store(args: argparse.Namespace, d: str) -> SqliteStore:
+    s = SqliteStore(Path(d) / "bench.db", synchronous=args.synchronous, purge_interval=0)
+    await s.open()
+    return s
+
+
+async def fill(store: SqliteStore, n: int, lanes: int, concurrency: int) -> float:
+    items = [make_item(i, lanes) for i in range(n)]
+    t = time.perf_counter()
+    await submitters(store, items, concurrency, None)
+    return time.perf_counter() - t
+
+
+async def submitters(store: SqliteStore, items: list[tuple[str, OutboxItem]], concurrency: int,
+                     eng: DeliveryEngine | None) -> None:
+    """``concurrency`` sources, each accepting its next message as soon as the last one committed."""
+    it = iter(items)
+
+    async def source() -> None:
+        for mid, item in it:
+            await store.accept(mid, [item])
+            if eng is not None:
+                eng.kick(item.lane)
+
+    await asyncio.gather(*(source() for _ in range(concurrency)))
+
+
+def engine(store: SqliteStore, tr: Any, **cfg: Any) -> DeliveryEngine:
+    return DeliveryEngine(store, tr, config=DeliveryConfig(default_limits={}, **cfg))
+
+
+async def phase_accept(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    store = await open_store(args, d)
+    dt = await fill(store, args.n, args.lanes, args.concurrency)
+    stats = store.stats()
+    await store.close()
+    return {"accept_msg_per_s": round(args.n / dt), "commits": stats["batches"],
+            "rows_per_commit": round(stats["ops"] / max(1, stats["batches"]), 1)}
+
+
+async def phase_drain(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    store = await open_store(args, d)
+    await fill(store, args.n, args.lanes, args.concurrency)
+    tr = SinkTransport(store)
+    tr.expect = args.n
+    eng = engine(store, tr)
+    t = time.perf_counter()
+    await eng.start()
+    await tr.done.wait()
+    dt = time.perf_counter() - t
+    await eng.stop(5)
+    left = await store.outbox_count()
+    await store.close()
+    return {"drain_msg_per_s": round(args.n / dt), "lanes": args.lanes, "left_in_outbox": left}
+
+
+async def phase_e2e(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    store = await open_store(args, d)
+    tr = SinkTransport(store)
+    tr.expect = args.n
+    eng = engine(store, tr)
+    await eng.start()
+    items = [make_item(i, args.lanes) for i in range(args.n)]
+    t = time.perf_counter()
+    await submitters(store, items, args.concurrency, eng)
+    await tr.done.wait()
+    dt = time.perf_counter() - t
+    await eng.stop(5)
+    await store.close()
+    return {"e2e_msg_per_s": round(args.n / dt)}
+
+
+async def phase_latency(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    store = await open_store(args, d)
+    tr = SinkTransport(store)
+    tr.record_arrivals = True
+    total = int(args.rate * args.seconds)
+    tr.expect = total
+    eng = engine(store, tr)
+    await eng.start()
+    items = [make_item(i, args.lanes) for i in range(total)]
+    sent_at: dict[str, float] = {}
+    tick = 0.01  # offer in 10 ms ticks
+    per_tick = args.rate * tick
+    tasks = []
+
+    async def one(mid: str, it: OutboxItem) -> None:
+        sent_at[mid] = time.perf_counter()
+        await store.accept(mid, [it])
+        eng.kick(it.lane)
+
+    start = time.perf_counter()
+    idx = 0
+    k = 0
+    while idx < total:
+        k += 1
+        upto = min(total, int(round(k * per_tick)))
+        while idx < upto:
+            mid, it = items[idx]
+            tasks.append(asyncio.ensure_future(one(mid, it)))
+            idx += 1
+        delay = start + k * tick - time.perf_counter()
+        await asyncio.sleep(max(0.0, delay))
+    await asyncio.gather(*tasks)
+    await asyncio.wait_for(tr.done.wait(), 30)
+    await eng.stop(5)
+    await store.close()
+    lat = sorted((tr.arrivals[m] - sent_at[m]) * 1000 for m in sent_at)
+    return {
+        "offered_msg_per_s": args.rate, "messages": total,
+        "latency_ms_p50": round(statistics.median(lat), 2),
+        "latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1], 2),
+        "latency_ms_max": round(lat[-1], 2),
+    }
+
+
+async def phase_rss(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    base = current_rss_mb()
+    store = await open_store(args, d)
+    await fill(store, 10_000, 1_000, args.concurrency)
+    queued = current_rss_mb()
+    tr = SinkTransport(store)
+    tr.expect = 10_000
+    eng = engine(store, tr)
+    await eng.start()
+    await tr.done.wait()
+    await eng.stop(5)
+    await store.close()
+    return {"rss_mb_at_start": round(base, 1), "rss_mb_10k_queued_1k_lanes": round(queued, 1),
+            "peak_rss_mb": round(rss_mb(), 1)}
+
+
+SINK_SERVER = r"""
+import asyncio, sys
+from aiohttp import web
+n = 0
+async def post(request):
+    global n
+    await request.read()
+    n += 1
+    return web.json_response({"ok": True, "id": n})
+app = web.Application()
+app.router.add_post("/sink", post)
+async def main():
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(port, flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def phase_http(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    import aiohttp
+
+    proc = subprocess.Popen([sys.executable, "-c", SINK_SERVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        url = f"http://127.0.0.1:{port}/sink"
+        store = await open_store(args, d)
+        n = args.http_n
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.lanes)) as session:
+            tr = HttpTransport(store, session, url)
+            tr.expect = n
+            eng = engine(store, tr)
+            await eng.start()
+            items = [make_item(i, args.lanes) for i in range(n)]
+            t = time.perf_counter()
+            await submitters(store, items, args.concurrency, eng)
+            await asyncio.wait_for(tr.done.wait(), 120)
+            dt = time.perf_counter() - t
+            await eng.stop(5)
+        await store.close()
+        return {"http_e2e_msg_per_s": round(n / dt), "messages": n, "lanes": args.lanes}
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    try:
+        import claudemesh_gateway.routing as routing
+    except ImportError:
+        return {"routing": "claudemesh_gateway.routing not importable"}
+    names = [n for n in dir(routing) if not n.startswith("_")]
+    return {"routing": "not benchmarked: no router API agreed with the bench yet", "routing_exports": names}
+
+
+PHASES = {
+    "accept": phase_accept, "drain": phase_drain, "e2e": phase_e2e, "latency": phase_latency,
+    "rss": phase_rss, "http": phase_http, "routing": phase_routing,
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=[*PHASES, "all"], default="all")
+    p.add_argument("--n", type=int, default=20_000, help="messages for accept/drain/e2e")
+    p.add_argument("--http-n", type=int, default=10_000, help="messages for the HTTP phase")
+    p.add_argument("--lanes", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=1000, help="concurrent accept() callers")
+    p.add_argument("--rate", type=float, default=500.0, help="offered msg/s for the latency phase")
+    p.add_argument("--seconds", type=float, default=10.0, help="duration of the latency phase")
+    p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
+    p.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    if args.phase == "all":
+        print(f"# python {sys.version.split()[0]}, synchronous={args.synchronous}, cpus={os.cpu_count()}")
+        for name in PHASES:
+            cmd = [sys.executable, __file__, "--phase", name, "--n", str(args.n), "--http-n", str(args.http_n),
+                   "--lanes", str(args.lanes), "--concurrency", str(args.concurrency), "--rate", str(args.rate),
+                   "--seconds", str(args.seconds), "--synchronous", args.synchronous]
+            if args.dir:
+                cmd += ["--dir", args.dir]
+            subprocess.run(cmd, check=True)
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        t = time.perf_counter()
+        result = asyncio.run(PHASES[args.phase](args, d))
+        result["phase_seconds"] = round(time.perf_counter() - t, 1)
+        result["peak_rss_mb"] = round(rss_mb(), 1)
+    print(json.dumps({"phase": args.phase, **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
