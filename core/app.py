@@ -247,7 +247,7 @@ async def online_problems(
 ) -> tuple[list[str], list[str]]:
     """Connect to each mesh and resolve the routed topics; run each gateway's ``check()``.
     Returns (problems, warnings)."""
-    from .mesh import MeshPeer
+    from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
 
     problems: list[str] = []
@@ -368,10 +368,11 @@ def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[N
             if name not in used:
                 log.info("mesh %s is not used by any route; not connecting (CLI identity only)", name)
         if used:
-            from .mesh import MeshPeer
+            from .mesh.peer import MeshPeer
 
             runtime.keyring = _build_keyring(runtime)
         started: list[Any] = []
+        watchers: list[asyncio.Task[Any]] = []
         try:
             for name in used:
                 cfg = settings.mesh[name]
@@ -385,12 +386,14 @@ def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[N
                 await peer.start()
                 started.append(peer)
                 for topic in _mesh_topics(runtime, name):
-                    runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}")
+                    watchers.append(runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}"))
         except Exception as exc:
             for peer in reversed(started):
                 await _stop_quietly(peer.stop(), f"mesh {peer.name}")
             raise StartupError(f"mesh could not start: {exc}") from exc
         yield
+        for task in watchers:  # a watch still waiting for its first connection
+            task.cancel()
         for name, peer in reversed(list(runtime.meshes.items())):
             await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
             runtime.set_state(name, GatewayState.STOPPED)
@@ -430,8 +433,13 @@ def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
 
 
 async def _watch(peer: Any, mesh: str, topic: str) -> None:
-    await peer.watch_topic(topic)
-    log.info("watching %s #%s", mesh, topic, extra={"mesh": mesh})
+    """Join and poll ``topic`` once the peer is connected (the peer waits for the connection)."""
+    from .errors import MeshError
+
+    try:
+        await peer.watch_topic(topic)
+    except MeshError as exc:  # e.g. the topic does not exist: the route cannot receive from the mesh
+        log.error("mesh %s: cannot watch #%s: %s", mesh, topic, exc, extra={"mesh": mesh})
 
 
 async def _stop_quietly(aw: Any, what: str, timeout: float | None = None) -> None:
