@@ -26,7 +26,16 @@ from .events import (
     MessageQueued,
     MessageReceived,
 )
-from .gateway import Binding, BindingOptions, Gateway, GatewayConfig, GatewayContext, RateLimit, SubmitResult
+from .gateway import (
+    Binding,
+    BindingOptions,
+    Gateway,
+    GatewayConfig,
+    GatewayContext,
+    MeshHandle,
+    RateLimit,
+    SubmitResult,
+)
 from .hookspecs import hookimpl
 from .messages import Address, Attachment, Capabilities, Message, Outbound, SendResult
 
@@ -34,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "hookimpl",
-    "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult",
+    "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult", "MeshHandle",
     "Address", "Attachment", "Capabilities", "Message", "Outbound", "SendResult",
     "Event", "GatewayState", "GatewayStateChanged", "MessageReceived", "MessageDropped", "MessageQueued",
     "MessageDelivered", "DeliveryFailed", "DeliveryStatus",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult",
+    "MeshHandle",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,40 @@ class SubmitResult:
     destinations: int = 0
 
 
+class MeshHandle(Protocol):
+    """A gateway's view of one configured mesh, through the core's mesh peer.
+
+    No key material crosses this interface: text goes in and comes out as
+    plaintext, and the core's key ring encrypts (bodyVersion 3 or 1, per the
+    mesh's topic settings) and decrypts inside. The mesh-to-mesh bridge uses it.
+    """
+
+    name: str  # the [mesh.<name>] table
+
+    @property
+    def state(self) -> str:
+        """connecting | connected | backoff | terminal | stopped."""
+
+    @property
+    def mesh_id(self) -> str: ...
+
+    async def watch_topic(self, topic: str, on_message: Callable[[Message], Awaitable[None]]) -> None:
+        """Poll ``topic`` (joining it) and hand each new row, decrypted, to ``on_message`` as a
+        :class:`Message` with ``origin = Address(<gateway name>, topic)``, ``native_id`` = the topic
+        message id, ``sender_id`` = the sender's pubkey and ``hops`` from any ``__cmh<n>:`` prefix
+        (stripped). The cursor advances only after ``on_message`` returns. Rows posted by this
+        gateway's own identity are never delivered."""
+
+    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None) -> str | None:
+        """Post to ``topic`` (by name); returns the topic message id. Raises DeliveryError."""
+
+    async def send_dm(self, peer: str, text: str) -> str:
+        """Direct, encrypted message to a peer by display name or pubkey. Raises DeliveryError."""
+
+    async def peers(self) -> list[dict[str, Any]]:
+        """The roster: ``{"name", "pubkey", "groups", "status"}`` per live peer."""
+
+
 class GatewayContext(Protocol):
     """What the core hands a gateway instance. Everything a plugin may touch."""
 
@@ -118,6 +153,9 @@ class GatewayContext(Protocol):
 
     def register_secret(self, value: str) -> None:
         """Have the log redaction filter scrub ``value`` (config secrets are registered already)."""
+
+    def mesh(self, name: str) -> MeshHandle:
+        """The configured mesh ``name`` (a ``[mesh.<name>]`` table). Raises KeyError if unknown."""
 
 
 class Gateway(abc.ABC):
