@@ -1,8 +1,7 @@
 """Telegram gateway plugin: Bot API long polling or webhook, HTML rendering, forum topics, media."""
 
 from claudemesh_gateway import hookimpl
-
-from .gateway import TelegramGateway
+from claudemesh_gateway.plugins.telegram.gateway import TelegramGateway
 
 
 @hookimpl

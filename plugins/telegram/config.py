@@ -6,11 +6,18 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-
 from claudemesh_gateway import BindingOptions, GatewayConfig
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-__all__ = ["RateConfig", "TelegramConfig", "TelegramBindingOptions", "coerce_options"]
+__all__ = ["RateConfig", "TelegramBindingOptions", "TelegramConfig", "coerce_options"]
 
 MB = 1024 * 1024
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")

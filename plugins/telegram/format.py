@@ -12,7 +12,12 @@ import html
 import re
 
 __all__ = [
-    "ALLOWED_TAGS", "escape_html", "html_to_plain", "neutralise_mentions", "utf16_len", "truncate_utf16",
+    "ALLOWED_TAGS",
+    "escape_html",
+    "html_to_plain",
+    "neutralise_mentions",
+    "truncate_utf16",
+    "utf16_len",
 ]
 
 # Tags Telegram accepts in parse_mode=HTML (tg-emoji needs emoji-id; a href needs a URL).

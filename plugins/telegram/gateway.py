@@ -21,20 +21,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
-from telegram import Bot, InputFile, LinkPreviewOptions, ReplyParameters
-from telegram.error import (
-    BadRequest,
-    ChatMigrated,
-    Conflict,
-    Forbidden,
-    InvalidToken,
-    NetworkError,
-    RetryAfter,
-    TelegramError,
-    TimedOut,
-)
-
 from claudemesh_gateway import (
     Address,
     Attachment,
@@ -51,11 +37,48 @@ from claudemesh_gateway import (
     SendResult,
     SubmitResult,
 )
-
-from .config import MB, TelegramBindingOptions, TelegramConfig, coerce_options
-from .format import escape_html, html_to_plain, neutralise_mentions, utf16_len
-from .transport import PLACEHOLDER, AiohttpRequest, make_bot, protect_ptb_logs, scrub
-from .wire import ALLOWED_UPDATES, Chat, FileObject, TgFile, TgMessage, Update, User, WebhookInfo
+from claudemesh_gateway.plugins.telegram.config import (
+    MB,
+    TelegramBindingOptions,
+    TelegramConfig,
+    coerce_options,
+)
+from claudemesh_gateway.plugins.telegram.format import (
+    escape_html,
+    html_to_plain,
+    neutralise_mentions,
+    utf16_len,
+)
+from claudemesh_gateway.plugins.telegram.transport import (
+    PLACEHOLDER,
+    AiohttpRequest,
+    make_bot,
+    protect_ptb_logs,
+    scrub,
+)
+from claudemesh_gateway.plugins.telegram.wire import (
+    ALLOWED_UPDATES,
+    Chat,
+    FileObject,
+    TgFile,
+    TgMessage,
+    Update,
+    User,
+    WebhookInfo,
+)
+from pydantic import ValidationError
+from telegram import Bot, InputFile, LinkPreviewOptions, ReplyParameters
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Conflict,
+    Forbidden,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +100,7 @@ def _chat_id(chat: str) -> int | str:
 
 
 def _is_group(chat: str) -> bool:
-    return chat.startswith("-") or chat.startswith("@")
+    return chat.startswith(("-", "@"))
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
@@ -162,9 +185,9 @@ class TelegramGateway(Gateway):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
+    async def wait_ready(self, limit_s: float = 10.0) -> None:
         """Wait until ingress is up (webhook registered, or the first getUpdates answered)."""
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        await asyncio.wait_for(self._ready.wait(), limit_s)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -291,14 +314,15 @@ class TelegramGateway(Gateway):
         bot = self._ensure_bot()
         attempt = 0
         webhook_cleared = False
+        drop_pending = self.config.drop_pending_updates  # only once: never drop on a re-clear after a 409
         stored = await self.ctx.kv_get("offset")
         offset: int | None = int(stored) if stored is not None else None
         while not self._stopping:
             try:
                 if not webhook_cleared:
                     # polling and a webhook are mutually exclusive (409 otherwise)
-                    await bot.delete_webhook(drop_pending_updates=self.config.drop_pending_updates)
-                    webhook_cleared = True
+                    await bot.delete_webhook(drop_pending_updates=drop_pending)
+                    webhook_cleared, drop_pending = True, False
                 updates = await self._raw(
                     "getUpdates", offset=offset, timeout=self.config.poll_timeout,
                     allowed_updates=list(ALLOWED_UPDATES), read_timeout=self.config.poll_timeout + 10.0,
@@ -350,7 +374,7 @@ class TelegramGateway(Gateway):
             for update_id, data in batch:
                 try:
                     await self._handle_update(data)
-                except Exception as exc:  # the core could not take it: retry from here
+                except Exception as exc:  # noqa: BLE001 - the core could not take it: retry from here
                     log.warning("telegram %s: submit failed for update %s (%s); will retry",
                                 self.name, update_id, type(exc).__name__)
                     failed = True
@@ -393,7 +417,7 @@ class TelegramGateway(Gateway):
         # 3. hand to the core; acknowledge only once it is durable
         try:
             await self._handle_update(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (boundary)
             log.warning("telegram %s: submit failed for a webhook update (%s); asking Telegram to retry",
                         self.name, type(exc).__name__)
             return web.Response(status=503)
@@ -650,7 +674,7 @@ class TelegramGateway(Gateway):
             else:
                 ids = await self._send_new(bot, out, common, html, preview, done, key)
         except TelegramError as exc:
-            raise self._delivery_error(exc, out) from None
+            raise self._delivery_error(exc, out.to.chat) from None
         if key:
             self._progress.pop(key, None)
         return SendResult(native_ids=tuple(ids), thread=thread)
@@ -668,9 +692,7 @@ class TelegramGateway(Gateway):
         sendable: list[Attachment] = []
         described: list[str] = []
         for a in atts:
-            if a.data is not None and len(a.data) <= self.config.upload_max_bytes:
-                sendable.append(a)
-            elif a.data is None and a.url and (
+            if a.data is not None and len(a.data) <= self.config.upload_max_bytes or a.data is None and a.url and (
                 a.url.startswith(f"tgfile:{self.name}:") or a.url.startswith(("https://", "http://"))
             ):
                 sendable.append(a)
@@ -797,8 +819,7 @@ class TelegramGateway(Gateway):
             raise
         return out.edit_of
 
-    def _delivery_error(self, exc: TelegramError, out: Outbound) -> DeliveryError:
-        chat = out.to.chat
+    def _delivery_error(self, exc: TelegramError, chat: str) -> DeliveryError:
         desc = self._scrub(exc.message)
         if isinstance(exc, RetryAfter):
             seconds = _retry_after_seconds(exc)
@@ -836,7 +857,7 @@ class TelegramGateway(Gateway):
         try:
             f = TgFile.model_validate((await bot.get_file(file_id)).to_dict())
         except TelegramError as exc:
-            raise self._delivery_error(exc, Outbound(message=_DUMMY, to=Address(self.name, "?"), text="")) from None
+            raise self._delivery_error(exc, "(getFile)") from None
         if f.file_size is not None and f.file_size > limit:
             raise DeliveryError(f"telegram: file {att.name!r} is larger than download_max_bytes", permanent=True)
         path = f.file_path or ""
@@ -860,7 +881,7 @@ class TelegramGateway(Gateway):
                 return b"".join(chunks)
         except DeliveryError:
             raise
-        except Exception as exc:  # aiohttp errors may carry the URL: never surface them
+        except Exception as exc:  # noqa: BLE001 - aiohttp errors may carry the URL: never surface them
             raise DeliveryError(f"telegram: file download failed ({type(exc).__name__})") from None
 
     # ------------------------------------------------------------------ operations
@@ -909,5 +930,3 @@ class TelegramGateway(Gateway):
                 problems.append(f"telegram {self.name}: chat {chat} has topics bound but is not a forum")
         return problems
 
-
-_DUMMY = Message(id="telegram:fetch", origin=Address("telegram", "?"), sender="")

@@ -29,7 +29,7 @@ from telegram.request import BaseRequest, RequestData
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "scrub", "protect_ptb_logs"]
+__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "protect_ptb_logs", "scrub"]
 
 PLACEHOLDER = "0:TOKEN-REDACTED"
 
@@ -55,7 +55,7 @@ class _ScrubFilter(logging.Filter):
             return True
         try:
             text = record.getMessage()
-        except Exception:  # a broken record is not ours to fix
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
             return True
         if any(s in text for s in self.secrets):
             record.msg, record.args = scrub(text, *self.secrets), None
@@ -143,7 +143,7 @@ class AiohttpRequest(BaseRequest):
                 return resp.status, await resp.read()
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             raise TimedOut("Timed out talking to the Telegram Bot API") from None
         except aiohttp.ClientError as exc:
             raise NetworkError(f"Telegram Bot API unreachable ({type(exc).__name__})") from None

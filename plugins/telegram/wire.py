@@ -10,8 +10,16 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "User", "Chat", "PhotoSize", "FileObject", "Sticker", "MessageEntity", "TgMessage", "Update",
-    "WebhookInfo", "TgFile",
+    "Chat",
+    "FileObject",
+    "MessageEntity",
+    "PhotoSize",
+    "Sticker",
+    "TgFile",
+    "TgMessage",
+    "Update",
+    "User",
+    "WebhookInfo",
 ]
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from claudemesh_gateway import Address, Binding
 from claudemesh_gateway.plugins.telegram.gateway import TelegramGateway
 from claudemesh_gateway.testing import RecordingContext

@@ -57,7 +57,7 @@ def parse_html(text: str) -> str:
         elif m.group(4):
             ent = m.group(4)
             if ent.startswith("#x"):
-                out.append(chr(int(ent[2:], 16)))
+                out.append(chr(int("0" + ent[1:], 0)))
             elif ent.startswith("#"):
                 out.append(chr(int(ent[1:])))
             elif ent in _NAMED:
@@ -218,20 +218,20 @@ class FakeBotAPI:
     def method_calls(self, method: str) -> list[dict[str, Any]]:
         return [p for m, p in self.calls if m == method]
 
-    async def wait_sent(self, chat: int | str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    async def wait_sent(self, chat: int | str, count: int, limit_s: float = 10.0) -> list[dict[str, Any]]:
         async def _wait() -> None:
             while len(self.sent[str(chat)]) < count:
                 self._sent_event.clear()
                 await self._sent_event.wait()
-        await asyncio.wait_for(_wait(), timeout)
+        await asyncio.wait_for(_wait(), limit_s)
         return self.sent[str(chat)]
 
-    async def wait_confirmed(self, offset: int, timeout: float = 10.0) -> None:
+    async def wait_confirmed(self, offset: int, limit_s: float = 10.0) -> None:
         async def _wait() -> None:
             while self.confirmed_offset < offset:
                 self._event.clear()
                 await self._event.wait()
-        await asyncio.wait_for(_wait(), timeout)
+        await asyncio.wait_for(_wait(), limit_s)
 
     # ------------------------------------------------------------------ plumbing
     @staticmethod
@@ -530,4 +530,4 @@ def _maybe_json(value: str) -> Any:
     return value
 
 
-__all__ = ["FakeBotAPI", "parse_html", "ParseError", "html"]
+__all__ = ["FakeBotAPI", "ParseError", "html", "parse_html"]

@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 
 import pytest
-
 from claudemesh_gateway import DeliveryFailed, Event, hookimpl
 from claudemesh_gateway.testing import build_test_app
 
@@ -85,7 +84,7 @@ async def test_replies_and_edits_follow_the_message_map_both_ways(app, fake_tg):
     try:
         await wait_until(lambda: any(e["message_id"] == copy["message_id"] for e in fake_tg.edits), 5)
     except TimeoutError:
-        raise AssertionError([(m, p.get("chat_id"), p.get("text")) for m, p in fake_tg.calls if m != "getUpdates"])
+        raise AssertionError([(m, p.get("chat_id"), p.get("text")) for m, p in fake_tg.calls if m != "getUpdates"]) from None
     assert fake_tg.edits[-1]["text"] == "Ada Lovelace: question (fixed)" and fake_tg.edits[-1]["chat"] == B
 
 
@@ -109,7 +108,7 @@ async def test_burst_of_ten_into_one_group_is_paced_without_a_429(app, fake_tg):
     await app()
     for i in range(10):
         fake_tg.add_message(int(A), f"burst {i}")
-    await fake_tg.wait_sent(B, 10, timeout=25)
+    await fake_tg.wait_sent(B, 10, limit_s=25)
     assert fake_tg.texts(B) == [f"Ada Lovelace: burst {i}" for i in range(10)]
     assert fake_tg.violations == []  # the fake's own limiter never tripped
 
@@ -119,15 +118,15 @@ async def test_429_on_one_chat_leaves_another_chat_flowing(app, fake_tg):
     fake_tg.fail_next("sendMessage", 429, "Too Many Requests: retry after 2", chat=B, retry_after=2)
     fake_tg.add_message(int(A), "one")
     fake_tg.add_message(int(A), "two")
-    await fake_tg.wait_sent(C, 2, timeout=10)
+    await fake_tg.wait_sent(C, 2, limit_s=10)
     assert fake_tg.texts(B) == []  # B is paused for retry_after; C was not held up
-    await fake_tg.wait_sent(B, 2, timeout=15)
+    await fake_tg.wait_sent(B, 2, limit_s=15)
     assert fake_tg.texts(B) == ["Ada Lovelace: one", "Ada Lovelace: two"]  # order kept after the pause
     assert not [e for e in obs.events if isinstance(e, DeliveryFailed) and e.permanent]
 
 
 async def test_webhook_mounted_by_the_app(app, fake_tg):
-    client, runtime, _ = await app(mode="webhook", webhook_secret=SECRET, public_url="https://gw.example.org")
+    client, _runtime, _ = await app(mode="webhook", webhook_secret=SECRET, public_url="https://gw.example.org")
     await wait_until(lambda: bool(fake_tg.webhook.get("url")))
     assert fake_tg.webhook["url"] == "https://gw.example.org/gateways/tg/webhook"
     upd = fake_tg.make_update(fake_tg.make_message(int(A), "via webhook"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import web
-
 from claudemesh_gateway import Address, Message, Outbound
 from claudemesh_gateway.testing import GatewayContract
 
@@ -76,7 +75,7 @@ class TestTelegramPollingContract(_Common, GatewayContract):
             if update_id not in ids:
                 ids[update_id] = fake_tg.make_update(fake_tg.make_message(-100777, f"contract {update_id}"))
             fake_tg.push(dict(ids[update_id]))
-            return None  # polling: no signed ingress
+            # polling: no signed ingress
         return deliver
 
 

@@ -90,7 +90,7 @@ async def test_unbound_chat_dropped_with_event_and_one_short_reply(make_gateway,
     await _started(gw)
     [m] = await ctx.wait_for(1)
     assert m.text == "bound"
-    await fake_tg.wait_sent(999, 1, timeout=5)
+    await fake_tg.wait_sent(999, 1, limit_s=5)
     await asyncio.sleep(0.1)
     assert fake_tg.texts(999) == ["This bot only relays configured chats."]  # once, not per message
     drops = [e for e in ctx.events if isinstance(e, MessageDropped)]
@@ -142,7 +142,7 @@ async def test_media_attachments_reference_files_without_the_token(make_gateway,
 
 
 async def test_fetch_attachment_downloads_via_get_file(make_gateway, fake_tg, tg_binding):
-    gw, ctx = make_gateway(bindings=[tg_binding(5)], download_max_bytes=10)
+    gw, _ctx = make_gateway(bindings=[tg_binding(5)], download_max_bytes=10)
     small = fake_tg.add_file(b"12345", "documents/a.bin")
     big = fake_tg.add_file(b"x" * 50, "documents/b.bin")
     from claudemesh_gateway import Attachment, DeliveryError

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-
 from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
 
 CHAT = "-100001"
@@ -64,7 +63,7 @@ async def test_mesh_topic_post_appears_in_the_bound_chat_with_attribution(mesh_a
     await runtime.meshes["dev"].wait_connected(10)
     alice = await member("dev_alice")
     await alice.post_topic("general", "deploy <done> & green")
-    [m] = await fake_tg.wait_sent(CHAT, 1, timeout=20)
+    [m] = await fake_tg.wait_sent(CHAT, 1, limit_s=20)
     assert m["text"] == "alice: deploy <done> & green"
     assert fake_tg.method_calls("sendMessage")[0]["parse_mode"] == "HTML"
 

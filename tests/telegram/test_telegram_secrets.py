@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import pytest
-
 from claudemesh_gateway import Address, Attachment, DeliveryError, Message, Outbound
 
 SECRET = "s3cret_webhook-Token"
@@ -67,9 +66,8 @@ async def test_webhook_secret_never_logged(make_gateway, fake_tg, caplog):
 
 
 def test_config_errors_do_not_echo_the_token():
-    from pydantic import ValidationError
-
     from claudemesh_gateway.plugins.telegram.gateway import TelegramGateway
+    from pydantic import ValidationError
     with pytest.raises(ValidationError) as err:
         TelegramGateway.Config.model_validate({"token": "not a token at all SECRETVALUE", "mode": "webhook"})
     assert "SECRETVALUE" not in str(err.value)

@@ -24,7 +24,7 @@ async def webhook_gw(make_gateway, tg_binding, aiohttp_client):
 
 
 async def test_start_registers_webhook_and_stop_deletes_it(webhook_gw, fake_tg):
-    gw, ctx, _ = webhook_gw
+    gw, _ctx, _ = webhook_gw
     await gw.start()
     await gw.wait_ready(5)
     [p] = fake_tg.method_calls("setWebhook")
