@@ -139,7 +139,7 @@ class PushHandler:
                     break
         # 4. a drained topic row (encrypted): topics come from history; ack and drop
         if text is None and _nonce_ok(nonce):
-            hit = peer.keyring.try_all_topic_keys(peer.name, nonce, ciphertext, peer.known_topics())
+            hit = peer.keyring.try_all_topic_keys(peer.name, nonce, ciphertext, await peer.topic_candidates())
             if hit is not None:
                 self._drop("topic_row", frame)
                 self.seen.add(key)

@@ -67,6 +67,7 @@ class MeshPeer:
         self.pollers: dict[str, TopicPoller] = {}
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
+        self._topics_fetched = False
         self.session_keypair: crypto.KeyPair | None = None
         self.own_keys: frozenset[str] = frozenset({cfg.member_pubkey})
         self._started = False
@@ -174,6 +175,16 @@ class MeshPeer:
         result = self.on_message(item)
         if inspect.isawaitable(result):
             await result
+
+    async def topic_candidates(self) -> list[tuple[str, str | None]]:
+        """Topics whose keys may open a drained push; the topic list is fetched once if none is known."""
+        if not self._topics_by_id and not self._topics_fetched:
+            self._topics_fetched = True
+            try:
+                await self.topics()
+            except MeshError as exc:
+                log.debug("mesh %s: topic_list for push classification failed: %s", self.name, exc)
+        return self.known_topics()
 
     def known_topics(self) -> list[tuple[str, str | None]]:
         """(topic id, name) of every topic we know, watched ones first (A.9 step 4)."""

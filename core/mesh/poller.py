@@ -56,6 +56,7 @@ class TopicPoller:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loaded = False
+        self.watch_started_ms = int(time.time() * 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,9 +195,13 @@ class TopicPoller:
                 break
             rows.extend(page)
         rows.sort(key=lambda r: (r["_t"], r["id"]), reverse=True)
-        keep = rows[: self.backfill]
-        for r in rows[self.backfill:]:
-            self._mark(r["id"], r["_t"])
+        # the newest ``backfill`` rows, plus anything posted since the watch began (the first
+        # poll may run a moment after watch_topic returned)
+        keep = [r for i, r in enumerate(rows) if i < self.backfill or r["_t"] >= self.watch_started_ms]
+        kept = {r["id"] for r in keep}
+        for r in rows:
+            if r["id"] not in kept:
+                self._mark(r["id"], r["_t"])
         if not rows:
             self.high_water = max(self.high_water, int(time.time() * 1000) - TIE_GRACE_MS)
         self.initialized = True

@@ -1,0 +1,64 @@
+"""Direct messages between two peers through the dev broker: crypto_box both ways, client_ack, dedup."""
+
+from __future__ import annotations
+
+import pytest
+from claudemesh_gateway.mesh import crypto
+
+
+@pytest.mark.parametrize("handshake", ["session", "member"])
+async def test_two_peers_exchange_dms_both_ways(broker, make_peer, handshake, new_inbox, eventually):
+    seed = broker.default_mesh
+    in_gw, in_alice = new_inbox(), new_inbox()
+    gw = await make_peer(seed.gateway, on_message=in_gw, handshake=handshake)
+    alice = await make_peer(seed.alice, on_message=in_alice, handshake=handshake)
+
+    qid = await alice.send_dm(gw.session_pubkey, "hello gateway ✓")
+    assert qid
+    [got] = await in_gw.wait(1)
+    assert (got.kind, got.text, got.sender_pubkey) == ("dm", "hello gateway ✓", alice.session_pubkey)
+    assert got.id == got.client_message_id  # stable id for the durable inbox ledger
+
+    await gw.send_dm(alice.session_pubkey, "hello alice")
+    [back] = await in_alice.wait(1)
+    assert (back.kind, back.text, back.sender_name) == ("dm", "hello alice", "gateway")
+
+    # a DM to the member pubkey is sealed to the member key and still opens (A.9 step 3)
+    await alice.send_dm(seed.gateway.pubkey, "to your member key")
+    await in_gw.wait(2)
+    assert in_gw.texts == ["hello gateway ✓", "to your member key"]
+
+    # everything was client_acked: no undelivered direct rows remain
+    await eventually(lambda: all(r.delivered_at for r in broker.queue_rows() if not r.target_spec.startswith("#")))
+    # nothing on the wire is plaintext
+    assert all("hello" not in (crypto.v1_decode(r.ciphertext) or "") for r in broker.queue_rows())
+
+
+async def test_duplicate_push_is_acked_and_delivered_once(broker, make_peer, new_inbox, eventually):
+    seed = broker.default_mesh
+    inbox = new_inbox()
+    gw = await make_peer(seed.gateway, on_message=inbox)
+    alice = await make_peer(seed.alice)
+    await alice.send_dm(gw.session_pubkey, "once", client_message_id="fixed-cmid-1")
+    await inbox.wait(1)
+    # the same client_message_id again (a sender retry): delivered once, acked anyway
+    await alice.send_dm(gw.session_pubkey, "once", client_message_id="fixed-cmid-1")
+    await eventually(lambda: all(r.delivered_at for r in broker.queue_rows()))
+    assert inbox.texts == ["once"]
+    assert gw.pushes.dropped["duplicate"] == 1
+
+
+async def test_on_message_failure_leaves_push_unacked(broker, make_peer, eventually):
+    seed = broker.default_mesh
+    calls = []
+
+    async def failing(item):
+        calls.append(item.text)
+        raise RuntimeError("store down")
+
+    gw = await make_peer(seed.gateway, on_message=failing)
+    alice = await make_peer(seed.alice)
+    await alice.send_dm(gw.session_pubkey, "keep me")
+    await eventually(lambda: calls == ["keep me"])
+    rows = [r for r in broker.queue_rows() if r.target_spec == gw.session_pubkey]
+    assert rows and rows[0].delivered_at is None  # not acked: comes back on the next drain
