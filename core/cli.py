@@ -32,7 +32,7 @@ from . import __version__
 from .errors import ConfigError, GatewayError, PluginError, StartupError
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
-from .settings import Settings, load_settings
+from .settings import BootstrapSettings, Settings, load_bootstrap_settings, load_settings
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_CONFIG", "EXIT_PLUGIN", "EXIT_STARTUP"]
 
@@ -82,7 +82,16 @@ def _load(args: argparse.Namespace, *, allow_missing_includes: bool = False, **k
     return load_settings(_config_path(args), allow_missing_includes=allow_missing_includes, **kw)
 
 
-def _dev_broker_pending(settings: Settings) -> bool:
+def _bootstrap(args: argparse.Namespace) -> BootstrapSettings:
+    """[server]/[dev_broker]/[log]; on a problem, report every problem of the whole file instead."""
+    try:
+        return load_bootstrap_settings(_config_path(args))
+    except ConfigError:
+        _load(args, allow_missing_includes=True)  # raises with the complete list
+        raise
+
+
+def _dev_broker_pending(settings: Settings | BootstrapSettings) -> bool:
     """The embedded dev broker is on and has not yet written the files the config includes."""
     if not settings.dev_broker.embedded or settings.config_path is None:
         return False
@@ -90,7 +99,7 @@ def _dev_broker_pending(settings: Settings) -> bool:
     return any(not (base / inc).expanduser().exists() for inc in settings.include)
 
 
-async def _start_dev_broker(settings: Settings, *, port: int | None = None) -> Any:
+async def _start_dev_broker(settings: Settings | BootstrapSettings, *, port: int | None = None) -> Any:
     from .devbroker import DevBroker
 
     db = settings.dev_broker
@@ -110,13 +119,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    first = _load(args, allow_missing_includes=True)
-    configure_logging(first, level="DEBUG" if args.verbose else None)
+    first = _bootstrap(args)
+    configure_logging(None, level="DEBUG" if args.verbose else first.log.level, fmt=first.log.format)
+    if not first.dev_broker.embedded:
+        load_once = _load(args)  # everything is validated before anything starts
 
     async def build() -> web.Application:
         broker = await _start_dev_broker(first) if first.dev_broker.embedded else None
         try:
-            settings = _load(args) if broker is not None else first  # now with the files the broker wrote
+            settings = _load(args) if broker is not None else load_once  # now with the files the broker wrote
             configure_logging(settings, level="DEBUG" if args.verbose else None)
             pm = make_plugin_manager(disable=settings.plugins.disable)
             app = create_app(settings, pm, dev_broker=broker)
@@ -139,16 +150,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .app import validate_gateways
 
-    settings = _load(args, allow_missing_includes=True)
-    _quiet_logging(args, settings)
-    pending = _dev_broker_pending(settings)
+    boot = _bootstrap(args)
+    pending = _dev_broker_pending(boot)
     if args.online and pending:
+        _quiet_logging(args)
         return _run(_check_with_embedded_broker(args))
+    settings = _load(args, allow_missing_includes=pending)
+    _quiet_logging(args, settings)
     if pending:
         print("note: the embedded dev broker has not written its mesh tables yet; they appear on first `run`"
               " (mesh references are checked then)", file=sys.stderr)
-    else:
-        settings = _load(args)
     pm = make_plugin_manager(disable=settings.plugins.disable)
     kinds = gateway_kinds(pm)
     configs = validate_gateways(settings, kinds)
@@ -165,7 +176,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def _check_with_embedded_broker(args: argparse.Namespace) -> int:
-    first = _load(args, allow_missing_includes=True)
+    first = load_bootstrap_settings(_config_path(args))
     broker = await _start_dev_broker(first)
     try:
         settings = _load(args)

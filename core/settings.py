@@ -31,7 +31,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Settings", "ServerSettings", "DevBrokerSettings", "PluginSettings", "LogSettings",
-    "load_settings", "read_toml_with_includes", "placeholder_problems", "validation_problems",
+    "load_settings", "load_bootstrap_settings", "BootstrapSettings", "read_toml_with_includes", "placeholder_problems", "validation_problems",
     "iter_secrets", "PLACEHOLDER",
 ]
 
@@ -391,6 +391,56 @@ def load_settings(
     })
     broker = settings.dev_broker.model_copy(update={"state_dir": _resolve(settings.dev_broker.state_dir, base)})
     return settings.model_copy(update={"server": server, "dev_broker": broker, "config_path": path.resolve()})
+
+
+class BootstrapSettings(BaseSettings):
+    """The tables needed before the rest can load: where to listen, how to log, whether to start
+    the embedded dev broker (which writes files the config includes). Other tables are ignored
+    here and validated by :func:`load_settings` afterwards."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore", frozen=True)
+
+    server: ServerSettings = ServerSettings()
+    dev_broker: DevBrokerSettings = DevBrokerSettings()
+    log: LogSettings = LogSettings()
+    include: list[str] = []
+    config_path: Path | None = Field(None, exclude=True)
+    config_file: ClassVar[Path | None] = None
+    includes_optional: ClassVar[bool] = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlIncludeSource(settings_cls))
+
+
+def load_bootstrap_settings(path: str | Path) -> BootstrapSettings:
+    """``[server]``, ``[dev_broker]``, ``[log]`` and ``include`` only; missing includes are fine."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config: file not found: {path} (pass -c FILE or set CLAUDEMESH_CONFIG)")
+
+    class FromFile(BootstrapSettings):
+        config_file = path
+
+    try:
+        boot = FromFile()
+    except ValidationError as exc:
+        raise ConfigError(validation_problems(exc)) from None
+    base = path.resolve().parent
+    server = boot.server.model_copy(update={
+        "state_dir": _resolve(boot.server.state_dir, base),
+        "store_path": _resolve(boot.server.store_path, base) if boot.server.store_path else None,
+    })
+    broker = boot.dev_broker.model_copy(update={"state_dir": _resolve(boot.dev_broker.state_dir, base)})
+    return BootstrapSettings.model_construct(server=server, dev_broker=broker, log=boot.log, include=boot.include,
+                                             config_path=path.resolve())
 
 
 def settings_from_dict(data: Mapping[str, Any], *, allow_placeholders: bool = False) -> Settings:
