@@ -1,0 +1,142 @@
+"""End-to-end fixtures: the whole app on the dev broker, a signing webhook sink, real mesh members."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
+from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
+
+SECRET = "e2e-webhook-secret-0123456789"
+FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
+
+
+async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0, what: str = "condition") -> None:
+    try:
+        async with asyncio.timeout(limit_s):
+            while not pred():  # noqa: ASYNC110 (the state lives in other tasks)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
+
+
+class Sink:
+    """A loopback webhook receiver that checks every signature and records bodies per chat.
+
+    ``script[chat]`` is ``fn(body, attempt) -> (status, headers)`` for chats that should fail.
+    """
+
+    def __init__(self, secret: str = SECRET) -> None:
+        self.secret = secret
+        self.received: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.attempts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.events: list[tuple[str, str, int]] = []  # (chat, message id, status) in arrival order
+        self.bad_signatures = 0
+        self.script: dict[str, Callable[[dict[str, Any], int], tuple[int, dict[str, str]]]] = {}
+        self.base = ""
+        self._ids = itertools.count(1)
+
+    def url(self, chat: str) -> str:
+        return f"{self.base}/{chat}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            verify(self.secret, request.headers.get("X-Claudemesh-Timestamp"),
+                   request.headers.get("X-Claudemesh-Signature"), raw, tolerance_s=30)
+        except SignatureError:
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        chat = request.match_info["chat"]
+        body = json.loads(raw)
+        self.attempts[chat].append(body)
+        fn = self.script.get(chat)
+        status, headers = fn(body, len(self.attempts[chat])) if fn else (200, {})
+        self.events.append((chat, body["id"], status))
+        if status != 200:
+            return web.Response(status=status, headers=headers)
+        self.received[chat].append(body)
+        return web.json_response({"id": f"sink-{next(self._ids)}"})
+
+    def texts(self, chat: str) -> list[str]:
+        return [b["text"] for b in self.received[chat]]
+
+
+@pytest.fixture
+async def sink(aiohttp_server):
+    s = Sink()
+    app = web.Application()
+    app.router.add_post("/sink/{chat}", s.handle)
+    server = await aiohttp_server(app)
+    s.base = str(server.make_url("/sink"))
+    return s
+
+
+def signed_post(payload: dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    return body, {**signature_headers(secret, body), "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def e2e_app(tmp_path: Path, dev_broker):  # noqa: F811
+    """``client, runtime = await e2e_app(routes, binds_urls=..., delivery=...)``: the whole app with a
+    webhook gateway ``wh`` (secret SECRET) on the dev broker; the gateway's mesh ``dev`` is connected."""
+    clients = []
+
+    async def make(routes: list[dict[str, Any]], *, delivery: dict[str, Any] | None = None,
+                   mesh: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        state = tmp_path / f"gw{len(clients)}"
+        state.mkdir()
+        cfg: dict[str, Any] = {
+            "gateways": {"wh": {"type": "webhook", "secret": SECRET}},
+            "routes": routes,
+            "mesh": {"dev": {**FAST_POLL, **(mesh or {})}},
+            "delivery": {"backoff_base": 0.1, "backoff_cap": 0.5, "poll_interval": 0.5, **(delivery or {})},
+        }
+        client, runtime = await build_test_app(cfg, state_dir=state, broker=dev_broker)
+        clients.append(client)
+        if "dev" in runtime.meshes:
+            await runtime.meshes["dev"].wait_connected(10)
+            await wait_until(lambda: all(p.topic is not None for p in runtime.meshes["dev"].pollers.values())
+                             and len(runtime.meshes["dev"].pollers) >= len(runtime.routes.watched_topics("dev")),
+                             10, "topic pollers")
+        return client, runtime
+
+    try:
+        yield make
+    finally:
+        for c in reversed(clients):
+            await c.close()
+
+
+@pytest.fixture
+async def member(dev_broker):  # noqa: F811
+    """``await member("dev_alice", on_message=..., groups=[...])``: a real mesh client (demo identity)."""
+    from claudemesh_gateway.mesh import MeshPeer
+    from claudemesh_gateway.mesh.config import MeshConfig
+    from claudemesh_gateway.mesh.state import MemoryKV
+    from claudemesh_gateway.testing import dev_mesh_tables
+
+    tables = dev_mesh_tables(dev_broker.state_dir)
+    peers = []
+
+    async def make(name: str, on_message=None, groups: tuple[str, ...] = ()):
+        cfg = MeshConfig.model_validate({**tables[name], **FAST_POLL, "groups": list(groups)})
+        peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
+        await peer.start()
+        await peer.wait_connected(10)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for p in peers:
+        await p.stop()
