@@ -89,7 +89,8 @@ class DeliveryEngine:
     """Deliver outbox items through ``transport``.
 
     :param store: any :class:`~claudemesh_gateway.store.base.Store`; ``peek(lane, n)``,
-        ``next_due(now)`` and ``complete_many(ids)`` are used when the store has them (SqliteStore does).
+        ``next_due(now)``, ``complete_many(ids)``, ``lanes_after(id)`` and ``max_id()`` are used when
+        the store has them (SqliteStore does); without them the engine falls back to the protocol.
     :param transport: see :class:`Transport`.
     :param config: :class:`DeliveryConfig`.
     :param emit: called with ``MessageDelivered`` / ``DeliveryFailed`` events; must not block.
@@ -125,6 +126,10 @@ class DeliveryEngine:
         self._peek = getattr(store, "peek", None)
         self._next_due_q = getattr(store, "next_due", None)
         self._complete_many = getattr(store, "complete_many", None)
+        self._lanes_after = getattr(store, "lanes_after", None)
+        self._max_id = getattr(store, "max_id", None) if self._lanes_after is not None else None
+        self._high_id = 0  # highest outbox id looked at (for kick() without a lane)
+        self._kick_new = False
 
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}  # lane -> id of the item being sent
@@ -180,12 +185,20 @@ class DeliveryEngine:
         self._started = False
         log.info("delivery engine stopped")
 
-    def kick(self, lane: str | None = None) -> None:
-        """Wake the scheduler after an enqueue (``lane``: only that lane needs a look)."""
+    def kick(self, lane: str | None = None, *, full: bool = False) -> None:
+        """Wake the scheduler after an enqueue.
+
+        ``kick(lane)``: look at that lane (no query at all). ``kick()``: look at the lanes of items
+        enqueued since the last look (a cheap primary-key range read when the store has
+        ``lanes_after``). ``kick(full=True)``: rescan the whole outbox (after a change made outside
+        the normal paths; the safety poll does the same every ``poll_interval``).
+        """
         if self._stopping or self._wake is None:
             return
-        if lane is None:
+        if full:
             self._kick_all = True
+        elif lane is None:
+            self._kick_new = True
         elif lane in self._workers:
             self._dirty.add(lane)
             return
@@ -239,26 +252,38 @@ class DeliveryEngine:
             now = self.clock()
             lanes: dict[str, None] = self._kicked
             self._kicked = {}
-            poll = (
+            full = (
                 self._kick_all
+                or (self._kick_new and self._lanes_after is None)
                 or self.monotonic() - last_poll >= cfg.poll_interval
                 or (self._due is not None and now >= self._due)
             )
-            if poll:
-                self._kick_all = False
-                try:
+            try:
+                if full:
+                    self._kick_all = self._kick_new = False
+                    # the high-water mark first: rows committed after it are seen by the next look
+                    high = await self._max_id() if self._max_id is not None else None
                     for lane in await self.store.ready_lanes(now):
                         lanes[lane] = None
                     self._due = await self._next_due_q(now) if self._next_due_q is not None else None
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("delivery: reading the outbox failed; retrying")
-                    self._due = None
-                    await self._wait(1.0)
-                    self._kick_all = True
-                    continue
-                last_poll = self.monotonic()
+                    if high is not None:
+                        self._high_id = max(self._high_id, high)
+                    last_poll = self.monotonic()
+                elif self._kick_new and self._lanes_after is not None:
+                    self._kick_new = False
+                    new_lanes, self._high_id = await self._lanes_after(self._high_id)
+                    for lane in new_lanes:
+                        lanes[lane] = None
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("delivery: reading the outbox failed; retrying")
+                self._due = None
+                self._kick_all = True
+                for lane in lanes:
+                    self._kicked[lane] = None
+                await self._wait(1.0)
+                continue
             for lane in lanes:
                 self._spawn(lane)
             timeout = cfg.poll_interval - (self.monotonic() - last_poll)
@@ -390,6 +415,9 @@ class DeliveryEngine:
             except Exception:  # the parts are out: never send them again for a map failure
                 log.exception("delivery: recording the message map of item %s failed", item.id)
             done.append(item.id)
+            if total == 0:  # nothing to send (e.g. a delete the destination cannot do): just drop it
+                log.debug("delivery: item %s for %s rendered to nothing; removed", item.id, lane)
+                return "done"
             self._stats.delivered += 1
             native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
             self._publish(MessageDelivered(

@@ -241,24 +241,22 @@ def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
     return f" WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
 
 
-def _op_dlq_retry(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
+def _op_dlq_retry(c: sqlite3.Connection, ids: Sequence[int] | None, now: float) -> int:
     if ids is not None and not ids:
         return 0
     where, args = _id_filter(ids)
-    # Back under their original id (AUTOINCREMENT never reuses one), so a retried item keeps its
-    # place in its lane's order; attempts, not_before and the last error start afresh; progress is
-    # kept so parts already delivered are not sent twice.
+    # Re-queued at the END of their lane under a new id (the engine notices new ids cheaply, and a
+    # message retried hours later should not jump ahead of what is queued meanwhile). attempts,
+    # not_before and the last error start afresh and enqueued_at is now (so max_age counts from the
+    # retry); progress is kept so parts already delivered are not sent twice.
     cur = c.execute(
-        "INSERT OR IGNORE INTO outbox (id, lane, route, destination, message, options, attempts, not_before,"
-        " progress, last_error, enqueued_at) SELECT id, lane, route, destination, message, options, 0, 0,"
-        f" progress, '', enqueued_at FROM dead_letters{where}",
-        args,
+        "INSERT INTO outbox (lane, route, destination, message, options, attempts, not_before,"
+        " progress, last_error, enqueued_at) SELECT lane, route, destination, message, options, 0, 0,"
+        f" progress, '', ? FROM dead_letters{where} ORDER BY id",
+        (now, *args),
     )
     moved = cur.rowcount
-    # Only rows now in the outbox leave the dead letters (an id clash, impossible with
-    # AUTOINCREMENT, would leave the dead letter where it is rather than lose it).
-    cond = where.replace(" WHERE ", " AND ") if where else ""
-    c.execute(f"DELETE FROM dead_letters WHERE id IN (SELECT id FROM outbox){cond}", args)
+    c.execute(f"DELETE FROM dead_letters{where}", args)
     return moved
 
 
@@ -398,6 +396,11 @@ def _rd_next_due(c: sqlite3.Connection, now: float) -> float | None:
         (now,),
     ).fetchone()
     return r[0] if r else None
+
+
+def _rd_lanes_after(c: sqlite3.Connection, after_id: int) -> tuple[list[str], int]:
+    rows = c.execute("SELECT lane, MAX(id) FROM outbox WHERE id > ? GROUP BY lane", (after_id,)).fetchall()
+    return [r[0] for r in rows], max((r[1] for r in rows), default=after_id)
 
 
 def _rd_all(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
@@ -636,6 +639,15 @@ class SqliteStore:
         """Earliest ``not_before`` > ``now`` among lane heads (when the next backoff expires), or None."""
         return await self._read(_rd_next_due, now)
 
+    async def lanes_after(self, after_id: int) -> tuple[list[str], int]:
+        """Lanes with items whose id > ``after_id`` (enqueued since), and the highest such id."""
+        return await self._read(_rd_lanes_after, after_id)
+
+    async def max_id(self) -> int:
+        """The highest outbox id handed out so far (0 for a new store)."""
+        r = await self._read(_rd_one, "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", ())
+        return int(r[0]) if r else 0
+
     async def head(self, lane: str) -> OutboxItem | None:
         return await self._read(_rd_head, lane)
 
@@ -678,7 +690,7 @@ class SqliteStore:
         return [DeadLetter(id=r[0], item=_item_from_row(r), reason=r[11], failed_at=r[12]) for r in rows]
 
     async def dlq_retry(self, ids: Sequence[int] | None = None) -> int:
-        return await self._write(_op_dlq_retry, None if ids is None else list(ids))
+        return await self._write(_op_dlq_retry, None if ids is None else list(ids), self.clock())
 
     async def dlq_drop(self, ids: Sequence[int] | None = None) -> int:
         return await self._write(_op_dlq_drop, None if ids is None else list(ids))

@@ -197,7 +197,7 @@ async def test_delivery_backoff_then_dead_letter_then_dlq_retry(
     assert await store.dlq_retry() == 1
     back = await store.head("slack/C1")
     assert back is not None and back.attempts == 0 and back.not_before == 0
-    eng.kick("slack/C1")
+    eng.kick()  # new ids since the last look: no full rescan needed
     await until(lambda: transport.ids("slack/C1") == ["s1"], what="delivery after dlq retry")
     await until(lambda: eng.stats().active_lanes == 0)
     assert await store.dlq_count() == 0 and await store.outbox_count() == 0
@@ -359,3 +359,48 @@ async def test_delivery_queue_depths_and_describe(store, transport, make_engine)
     assert depths["telegram/1"][0] == 2
     d = eng.describe()
     assert d["delivered"] == 0 and d["in_flight"] == {} and "rate_limit_waits" in d
+
+
+class ProtocolOnlyStore:
+    """Exposes only the Store protocol (no peek/next_due/complete_many/lanes_after) to test the fallbacks."""
+
+    def __init__(self, inner: SqliteStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        if name in ("peek", "next_due", "complete_many", "lanes_after", "max_id"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+async def test_delivery_works_with_a_protocol_only_store(store, transport, make_engine, vclock) -> None:
+    thin = ProtocolOnlyStore(store)
+    assert not hasattr(thin, "peek") and hasattr(thin, "head")
+    await accept_all(store, [make_item(f"telegram/{i % 3}", f"m{i}") for i in range(9)])
+    eng = make_engine(st=thin)
+    await eng.start()
+    await until(lambda: len(transport.sent) == 9, what="delivery through the protocol only")
+    for k in range(3):
+        assert transport.ids(f"telegram/{k}") == [f"m{i}" for i in range(k, 9, 3)]
+    await store.accept("late", [make_item("telegram/9", "late")])
+    eng.kick()  # falls back to a full rescan
+    await until(lambda: transport.ids("telegram/9") == ["late"], what="kick with a full rescan")
+    await until(lambda: eng.stats().active_lanes == 0)
+    assert await store.outbox_count() == 0
+
+
+async def test_delivery_rendered_to_nothing_is_removed_silently(store, transport, make_engine, events) -> None:
+    orig = transport.render
+
+    async def render(item):
+        outs, limits = await orig(item)
+        return ([] if item.message["id"] == "skip" else outs), limits
+
+    transport.render = render
+    await accept_all(store, [make_item("telegram/1", "skip"), make_item("telegram/1", "keep")])
+    eng = make_engine()
+    await eng.start()
+    await until(lambda: transport.ids("telegram/1") == ["keep"])
+    await until(lambda: eng.stats().active_lanes == 0)
+    assert await store.outbox_count() == 0
+    assert [e.message.id for e in events if isinstance(e, MessageDelivered)] == ["keep"]

@@ -144,20 +144,36 @@ async def test_store_dead_letter_retry_drop(store: SqliteStore, clock: Clock) ->
     assert d1.item.attempts == 7 and d1.item.message["id"] == "1" and d1.item.last_error == "boom"
     assert (await store.head("a/1")).message["id"] == "2"  # type: ignore[union-attr]
 
+    clock.t += 100
     assert await store.dlq_retry([first.id]) == 1
-    back = await store.head("a/1")  # back in front of its lane under its original id
-    assert back is not None and back.id == first.id
+    back = (await store.peek("a/1"))[-1]  # re-queued behind what its lane holds meanwhile
+    assert back.message["id"] == "1" and back.id > first.id
     assert (back.attempts, back.not_before, back.last_error, back.progress) == (0, 0.0, "", 1)
+    assert back.enqueued_at == clock()  # max_age counts from the retry
     assert await store.dlq_count() == 1
     assert await store.dlq_retry([]) == 0
-    assert await store.dlq_drop([first.id]) == 0  # not a dead letter any more
+    assert await store.dlq_retry([first.id]) == 0  # not a dead letter any more
+    assert await store.dlq_drop([first.id]) == 0
     assert await store.dlq_drop() == 1
     assert await store.dlq_count() == 0 and await store.dlq_list() == []
-    # retry of everything
-    await store.dead_letter(back.id, "x")
-    await store.dead_letter((await store.head("a/1")).id, "y")  # type: ignore[union-attr]
+    # retry of everything, in their original order
+    for it in await store.peek("a/1"):
+        await store.dead_letter(it.id, "x")
     assert await store.dlq_retry() == 2
-    assert [i.message["id"] for i in await store.peek("a/1")] == ["1", "2"]
+    assert [i.message["id"] for i in await store.peek("a/1")] == ["2", "1"]
+
+
+async def test_store_lanes_after_and_max_id(store: SqliteStore) -> None:
+    assert await store.max_id() == 0
+    assert await store.lanes_after(0) == ([], 0)
+    await store.accept("1", [item("a/1"), item("b/1")])
+    high = await store.max_id()
+    assert high == 2
+    await store.accept("2", [item("c/1"), item("a/1"), item("c/1")])
+    lanes, new_high = await store.lanes_after(high)
+    assert sorted(lanes) == ["a/1", "c/1"] and new_high == 5
+    await store.complete(5)
+    assert await store.max_id() == 5  # ids are never reused
 
 
 async def test_store_message_map_both_ways(store: SqliteStore) -> None:
