@@ -74,7 +74,7 @@ class DeliveryStats:
     unexpected_errors: int = 0  # exceptions that were not DeliveryError (bugs)
     rate_limit_waits: int = 0  # sends that waited for a token
     rate_limit_wait_seconds: float = 0.0
-    last_activity: float = 0.0  # wall time of the last successful send (0: none yet)
+    last_activity: float = 0.0  # wall time the last delivery attempt completed, success or not (0: none)
     last_error: str = ""
     active_lanes: int = 0
     waiting_lanes: int = 0  # ready lanes held back by the concurrency cap
@@ -207,13 +207,17 @@ class DeliveryEngine:
         self._wake.set()
 
     # -- observability ----------------------------------------------------------------------------------
-    def stats(self) -> DeliveryStats:
+    def stats(self) -> dict[str, Any]:
+        """Counters for /-/metrics and stall detection (see :class:`DeliveryStats` for the keys;
+        ``throttled`` and ``http_429`` are aliases of ``retry_after``)."""
         s = dataclasses.replace(self._stats)
         s.rate_limit_waits = self.limiter.waits
         s.rate_limit_wait_seconds = self.limiter.wait_seconds
         s.active_lanes = len(self._workers)
         s.waiting_lanes = len(self._waiting)
-        return s
+        out = dataclasses.asdict(s)
+        out["throttled"] = out["http_429"] = s.retry_after
+        return out
 
     def in_flight(self) -> dict[str, int]:
         """lane -> id of the outbox item being delivered right now."""
@@ -440,6 +444,7 @@ class DeliveryEngine:
         text = (f"{type(err).__name__}: {err}" if unexpected else str(err)) or type(err).__name__
         text = text[:1000]
         self._stats.last_error = text
+        self._stats.last_activity = now
         if unexpected:
             self._stats.unexpected_errors += 1
         attempts = item.attempts
@@ -514,5 +519,4 @@ class DeliveryEngine:
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe snapshot for the admin API / dashboard."""
-        s = self.stats()
-        return {**dataclasses.asdict(s), "in_flight": self.in_flight(), "buckets": len(self.limiter.buckets)}
+        return {**self.stats(), "in_flight": self.in_flight(), "buckets": len(self.limiter.buckets)}

@@ -36,13 +36,13 @@ async def test_delivery_per_lane_order_one_in_flight(store, transport, make_engi
         assert transport.ids(lane) == [f"m{i}" for i in range(k, 90, 3)]
     assert transport.max_in_flight_per_lane == 1
     assert transport.max_lanes_in_flight > 1  # lanes do run concurrently
-    await until(lambda: eng.stats().active_lanes == 0, what="lanes idle")
+    await until(lambda: eng.stats()["active_lanes"] == 0, what="lanes idle")
     assert await store.outbox_count() == 0
     delivered = [e for e in events if isinstance(e, MessageDelivered)]
     assert len(delivered) == 90 and len(transport.delivered_calls) == 90
     assert {e.to.key for e in delivered} == set(lanes)
     assert all(e.latency_s >= 0 and e.route == "ops" and len(e.native_ids) == 1 for e in delivered)
-    assert eng.stats().delivered == 90 and eng.stats().last_activity > 0
+    assert eng.stats()["delivered"] == 90 and eng.stats()["last_activity"] > 0
 
 
 async def test_delivery_retry_after_pauses_only_that_lane(
@@ -70,7 +70,8 @@ async def test_delivery_retry_after_pauses_only_that_lane(
     assert head.last_error == "429 Too Many Requests"
     failed = [e for e in events if isinstance(e, DeliveryFailed)]
     assert len(failed) == 1 and not failed[0].permanent and failed[0].to.key == "telegram/A"
-    assert eng.stats().retry_after == 1 and eng.stats().dead_lettered == 0
+    assert eng.stats()["retry_after"] == 1 and eng.stats()["dead_lettered"] == 0
+    assert eng.stats()["http_429"] == eng.stats()["throttled"] == 1  # the names /-/metrics reads
 
     vclock.advance(29.5)
     await asyncio.sleep(0.05)
@@ -130,8 +131,8 @@ async def test_delivery_burst_at_the_allowed_rate(
     assert times[:burst] == [0.0] * burst  # the burst goes out at once
     for i, t in enumerate(times):  # then never faster than the rate
         assert t >= (i + 1 - burst) / rate - 1e-6, (i, t)
-    assert eng.stats().rate_limit_waits >= n - burst
-    assert eng.stats().retry_after == 0
+    assert eng.stats()["rate_limit_waits"] >= n - burst
+    assert eng.stats()["retry_after"] == 0
 
 
 async def test_delivery_shared_bucket_is_fair_between_lanes(
@@ -162,7 +163,7 @@ async def test_delivery_permanent_failure_dead_letters_and_lane_goes_on(
     eng = make_engine()
     await eng.start()
     await until(lambda: transport.ids("telegram/9") == ["p2"], what="p2 after p1 failed")
-    await until(lambda: eng.stats().dead_lettered == 3, what="3 dead letters")
+    await until(lambda: eng.stats()["dead_lettered"] == 3, what="3 dead letters")
     dl = {d.item.message["id"]: d for d in await store.dlq_list()}
     assert set(dl) == {"x1", "x2", "p1"}
     assert dl["p1"].reason == "chat not found" and dl["x1"].reason == "unknown gateway 'nope'"
@@ -185,7 +186,7 @@ async def test_delivery_backoff_then_dead_letter_then_dlq_retry(
     await accept_all(store, [make_item("slack/C1", "s1")])
     eng = make_engine(max_attempts=3, backoff_base=1.0, backoff_factor=2.0)
     await eng.start()
-    await run_virtual(vclock, lambda: eng.stats().dead_lettered == 1, what="dead letter")
+    await run_virtual(vclock, lambda: eng.stats()["dead_lettered"] == 1, what="dead letter")
     assert [t for (_l, _m, _p, t) in transport.attempts] == [0.0, 1.0, 3.0]  # base 1, factor 2, no jitter
     (dl,) = await store.dlq_list()
     assert dl.reason == "gave up after 3 attempts: 502 Bad Gateway" and dl.item.attempts == 2
@@ -199,7 +200,7 @@ async def test_delivery_backoff_then_dead_letter_then_dlq_retry(
     assert back is not None and back.attempts == 0 and back.not_before == 0
     eng.kick()  # new ids since the last look: no full rescan needed
     await until(lambda: transport.ids("slack/C1") == ["s1"], what="delivery after dlq retry")
-    await until(lambda: eng.stats().active_lanes == 0)
+    await until(lambda: eng.stats()["active_lanes"] == 0)
     assert await store.dlq_count() == 0 and await store.outbox_count() == 0
 
 
@@ -213,11 +214,11 @@ async def test_delivery_unexpected_errors_are_transient_but_capped(
     await accept_all(store, [make_item("telegram/5", "u1")])
     eng = make_engine(max_attempts=10, max_attempts_unexpected=2)
     await eng.start()
-    await run_virtual(vclock, lambda: eng.stats().dead_lettered == 1, what="dead letter")
+    await run_virtual(vclock, lambda: eng.stats()["dead_lettered"] == 1, what="dead letter")
     assert len(transport.attempts) == 2
     (dl,) = await store.dlq_list()
     assert dl.reason.startswith("gave up after 2 attempts: KeyError")
-    assert eng.stats().unexpected_errors == 2
+    assert eng.stats()["unexpected_errors"] == 2
 
 
 async def test_delivery_max_age_dead_letters(store, transport, make_engine, vclock) -> None:
@@ -225,7 +226,7 @@ async def test_delivery_max_age_dead_letters(store, transport, make_engine, vclo
     await accept_all(store, [make_item("telegram/5", "old")])
     eng = make_engine(max_attempts=1000, max_age=100.0, backoff_base=30, backoff_cap=30)
     await eng.start()
-    await run_virtual(vclock, lambda: eng.stats().dead_lettered == 1, what="dead letter by age")
+    await run_virtual(vclock, lambda: eng.stats()["dead_lettered"] == 1, what="dead letter by age")
     (dl,) = await store.dlq_list()
     assert "in the outbox" in dl.reason and len(transport.attempts) == 5  # t=0,30,60,90,120
 
@@ -254,7 +255,7 @@ async def test_delivery_mid_split_crash_resumes_at_next_part(
     await eng2.start()
     await until(lambda: len(fresh.sent) == 3, what="resume")
     assert [(m, p) for (_l, m, p, _t) in fresh.sent] == [("long", 3), ("long", 4), ("next", 1)]
-    await until(lambda: eng2.stats().active_lanes == 0)
+    await until(lambda: eng2.stats()["active_lanes"] == 0)
     assert await store.outbox_count() == 0
 
 
@@ -345,7 +346,7 @@ async def test_delivery_concurrency_cap(store, transport, make_engine) -> None:
     await eng.start()
     await until(lambda: len(transport.attempts) == 2)
     await asyncio.sleep(0.02)
-    assert len(transport.attempts) == 2 and eng.stats().waiting_lanes == 4
+    assert len(transport.attempts) == 2 and eng.stats()["waiting_lanes"] == 4
     assert len(eng.in_flight()) == 2
     gate.set()
     await until(lambda: len(transport.sent) == 6, what="all lanes")
@@ -385,7 +386,7 @@ async def test_delivery_works_with_a_protocol_only_store(store, transport, make_
     await store.accept("late", [make_item("telegram/9", "late")])
     eng.kick()  # falls back to a full rescan
     await until(lambda: transport.ids("telegram/9") == ["late"], what="kick with a full rescan")
-    await until(lambda: eng.stats().active_lanes == 0)
+    await until(lambda: eng.stats()["active_lanes"] == 0)
     assert await store.outbox_count() == 0
 
 
@@ -401,6 +402,6 @@ async def test_delivery_rendered_to_nothing_is_removed_silently(store, transport
     eng = make_engine()
     await eng.start()
     await until(lambda: transport.ids("telegram/1") == ["keep"])
-    await until(lambda: eng.stats().active_lanes == 0)
+    await until(lambda: eng.stats()["active_lanes"] == 0)
     assert await store.outbox_count() == 0
     assert [e.message.id for e in events if isinstance(e, MessageDelivered)] == ["keep"]
