@@ -260,7 +260,7 @@ class Connection:
             done, _ = await asyncio.wait({self._hello_fut, reader}, timeout=self.cfg.hello_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             if self._hello_fut.done() and not self._hello_fut.cancelled():
-                self._acknowledged(ws, self._hello_fut.result())
+                pass  # _dispatch marked us connected as the ack arrived
             elif not done:
                 log.warning("mesh %s: hello not acknowledged within %.0fs (check cwd/pid/sessionId, clock)",
                             self.name, self.cfg.hello_timeout)
@@ -407,8 +407,9 @@ class Connection:
     def _dispatch(self, frame: dict[str, Any]) -> None:
         ftype = frame["type"]
         if ftype == "hello_ack":
-            if self._hello_fut is not None and not self._hello_fut.done():
+            if self._hello_fut is not None and not self._hello_fut.done() and self._ws is not None:
                 self._hello_fut.set_result(frame)
+                self._acknowledged(self._ws, frame)  # connected before the next frame is dispatched
             return
         if ftype == "push":
             self._on_push(frame)
