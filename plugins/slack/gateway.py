@@ -76,6 +76,8 @@ BAD_CREDENTIALS = frozenset({
 # Message subtypes that carry a person's words; everything else (joins, topic changes,
 # bot_message, ...) is not relayed.
 RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
+PARENTS_KEY = "thread_parents"  # kv: [[channel, reply ts, parent ts], ...], newest last
+PARENTS_SAVED = 5000
 
 
 class RateConfig(GatewayConfig):
@@ -173,6 +175,7 @@ class SlackGateway(Gateway):
     async def _start(self) -> None:
         self._started = True
         cfg = self.config
+        await self._load_parents()
         if not cfg.bot_token.get_secret_value().startswith("xoxb-"):
             raise StartupError(f"gateway {self.name}: bot_token must be a bot token (xoxb-...)")
         if cfg.mode == "socket" and (cfg.app_token is None or not cfg.app_token.get_secret_value().startswith("xapp-")):
@@ -269,6 +272,7 @@ class SlackGateway(Gateway):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self.resolver.aclose()
+        await self._save_parents()
         self.set_state(GatewayState.STOPPED)
 
     def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
@@ -393,6 +397,24 @@ class SlackGateway(Gateway):
             # our own posts always stop here, even if auth.test has not told us our bot_id yet
             return self.bot_id is None or m.bot_id == self.bot_id or (bool(app_id) and m.app_id == app_id)
         return False
+
+    async def _load_parents(self) -> None:
+        """Thread parents survive restarts: a mesh reply to a Slack *reply* must go to its parent."""
+        try:
+            saved = await self.ctx.kv_get(PARENTS_KEY) or []
+        except Exception as exc:  # noqa: BLE001 - only costs thread placement of old replies
+            log.warning("gateway %s: could not load the thread map (%s)", self.name, type(exc).__name__)
+            return
+        for row in saved:
+            if isinstance(row, list) and len(row) == 3 and all(isinstance(x, str) for x in row):
+                self._parents.setdefault((row[0], row[1]), row[2])
+
+    async def _save_parents(self) -> None:
+        rows = [[c, ts, p] for (c, ts), p in list(self._parents.items())[-PARENTS_SAVED:]]
+        try:
+            await self.ctx.kv_set(PARENTS_KEY, rows)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("gateway %s: could not save the thread map (%s)", self.name, type(exc).__name__)
 
     def _remember_parent(self, channel: str, ts: str, parent: str | None) -> None:
         if parent and parent != ts:

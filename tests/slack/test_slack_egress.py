@@ -162,3 +162,24 @@ async def test_server_error_and_network_error_are_transient(make_gateway, fake_s
         await dead.send(_out(dead, "x"))
     assert not ei.value.permanent and "127.0.0.1" not in str(ei.value)
     await dead.stop()
+
+
+async def test_thread_parents_survive_a_restart(make_gateway, fake_slack, http_session, sk):
+    gw = await make_gateway(mode="events")
+    parent = (await gw.send(_out(gw, "parent"))).native_ids[0]
+    reply = (await gw.send(_out(gw, "reply", reply_to=parent))).native_ids[0]
+    await gw.stop()
+    assert [["C1", reply, parent]] == gw.ctx.kv["thread_parents"]
+
+    from claudemesh_gateway.plugins.slack.gateway import SlackGateway
+    from claudemesh_gateway.testing import RecordingContext
+
+    ctx = RecordingContext("slack", http_session, [sk.binding("C1")])
+    ctx.kv = dict(gw.ctx.kv)
+    again = SlackGateway("slack", gw.config, ctx)
+    await again.start()
+    try:
+        await again.send(_out(again, "reply to the reply", reply_to=reply))
+        assert fake_slack.posts["C1"][-1]["thread_ts"] == parent
+    finally:
+        await again.stop()
