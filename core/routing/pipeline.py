@@ -55,13 +55,16 @@ def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY) 
 def own_identities(peer: Any) -> set[str]:
     """Pubkeys and member ids a mesh peer speaks as (its echoes are loops)."""
     out: set[str] = set()
-    own = getattr(peer, "own_pubkeys", None)
-    if callable(own):
-        own = own()
-    if isinstance(own, Iterable) and not isinstance(own, (str, bytes)):
-        out |= {str(k).lower() for k in own if k}
-    for attr in ("pubkey", "member_pubkey", "session_pubkey", "member_id"):
-        v = getattr(peer, attr, None)
+    for attr in ("own_keys", "own_pubkeys"):
+        own = getattr(peer, attr, None)
+        if callable(own):
+            own = own()
+        if isinstance(own, Iterable) and not isinstance(own, (str, bytes)):
+            out |= {str(k).lower() for k in own if k}
+    cfg = getattr(peer, "cfg", None)
+    for obj, attr in ((peer, "pubkey"), (peer, "member_pubkey"), (peer, "session_pubkey"), (peer, "member_id"),
+                      (cfg, "member_id"), (cfg, "member_pubkey"), (cfg, "pubkey")):
+        v = getattr(obj, attr, None) if obj is not None else None
         if isinstance(v, str) and v:
             out.add(v.lower())
     return out

@@ -78,11 +78,15 @@ class RouteBinding:
     def outbound(self) -> bool:
         return self.direction in ("out", "both")
 
-    def matches_origin(self, origin: Address) -> bool:
+    def matches_origin(self, origin: Address, sender: str = "") -> bool:
         if origin.gateway != self.address.gateway:
             return False
         if self.mesh_chat is not None and self.mesh_chat.kind == "peer":
-            return origin.chat.lower() == self.address.chat.lower()
+            if origin.chat.lower() == self.address.chat.lower():
+                return True
+            # a binding by display name ("<mesh>:@alice") matches DMs from that peer's name
+            return (bool(sender) and origin.chat.startswith(f"{self.mesh_chat.mesh}:@")
+                    and sender.lower() == self.mesh_chat.value.lower())
         if origin.chat != self.address.chat:
             return False
         return self.address.thread is None or self.address.thread == origin.thread
@@ -409,8 +413,9 @@ class RouteTable:
         matched: list[str] = []
         denied: list[str] = []
         sources: list[str] = []
+        sender = message.sender if origin.gateway == MESH_GATEWAY else ""
         for r in self.routes:
-            src_bind = self._source_binding(r, origin)
+            src_bind = self._source_binding(r, origin, sender)
             from_topic = r.topic_is_source and topic_origin is not None and r.topic_address == topic_origin
             by_tag = bool(r.tags & message.tags)
             if src_bind is None and not from_topic and not by_tag:
@@ -440,12 +445,13 @@ class RouteTable:
                           sources=tuple(sources))
 
     def admits(self, route: Route, message: Message) -> bool:
-        return self._admits(route, self._source_binding(route, message.origin), message)
+        sender = message.sender if message.origin.gateway == MESH_GATEWAY else ""
+        return self._admits(route, self._source_binding(route, message.origin, sender), message)
 
     @staticmethod
-    def _source_binding(r: Route, origin: Address) -> RouteBinding | None:
+    def _source_binding(r: Route, origin: Address, sender: str = "") -> RouteBinding | None:
         for b in r.binds:
-            if b.inbound and b.matches_origin(origin):
+            if b.inbound and b.matches_origin(origin, sender):
                 return b
         return None
 

@@ -305,3 +305,20 @@ async def test_edits_map_to_native_ids_or_fall_back(make_runtime):
     # the mesh has no edits: the edit goes as a new, marked post
     assert rt.meshes["m"].posts[1]["text"] == "[via tg] (edited) Ann: v2"
 
+
+
+def test_own_identities_reads_the_mesh_peer_shape():
+    from types import SimpleNamespace
+
+    from claudemesh_gateway.routing.pipeline import own_identities
+
+    peer = SimpleNamespace(own_keys=frozenset({"AA" * 32, "bb" * 32}), cfg=SimpleNamespace(member_id="Mem-1"),
+                           session_pubkey=None)
+    assert own_identities(peer) == {"aa" * 32, "bb" * 32, "mem-1"}
+
+
+async def test_echo_by_member_id_is_a_loop(make_runtime):
+    rt = make_runtime([ROOM])
+    res = await rt.pipeline.on_mesh_inbound(inbound("mine", id="r9", sender="77" * 32,
+                                                    sender_member_id="member-gw"))
+    assert (res.status, res.reason) == ("dropped", "loop")

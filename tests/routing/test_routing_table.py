@@ -207,3 +207,18 @@ def test_from_settings_accepts_models_and_dicts():
         mesh = MESHES
 
     assert RouteTable.from_settings(S(), GWS).route("r") is not None
+
+
+def test_inbound_dm_binding_by_pubkey_or_name():
+    t = build({"name": "dm", "mesh": "m", "topic": "t", "direction": "in",
+               "binds": [{"gateway": "mesh", "chat": "m:@alice", "direction": "in"},
+                         {"gateway": "mesh", "chat": "m:@" + "B2" * 32, "direction": "in"}]})
+    from_alice = Message(id="1", origin=Address("mesh", "m:@" + "a1" * 32), sender="Alice", sender_id="a1" * 32,
+                         text="x")
+    from_bob = Message(id="2", origin=Address("mesh", "m:@" + "b2" * 32), sender="bob", sender_id="b2" * 32,
+                       text="x")
+    from_eve = Message(id="3", origin=Address("mesh", "m:@" + "ee" * 32), sender="eve", sender_id="ee" * 32,
+                       text="x")
+    assert dest_keys(t, from_alice) == ["mesh/m:#t"]
+    assert dest_keys(t, from_bob) == ["mesh/m:#t"]
+    assert dest_keys(t, from_eve) == []
