@@ -42,7 +42,8 @@ from .settings import Settings, iter_secrets, validation_problems
 
 __all__ = [
     "RUNTIME", "SETTINGS", "PLUGIN_MANAGER", "create_app", "validate_gateways", "error_middleware",
-    "runtime_of", "open_store", "route_problems", "describe_routes", "online_problems",
+    "runtime_of", "open_store", "route_problems", "describe_routes", "online_problems", "reload_config",
+    "install_reload_signal",
 ]
 
 log = logging.getLogger(__name__)
@@ -313,7 +314,7 @@ def _drain_timeout(settings: Settings) -> float:
     return min(float(getattr(settings.delivery, "drain_timeout", 10.0)), settings.server.shutdown_timeout)
 
 
-def _mesh_topics(runtime: Runtime, mesh: str) -> list[str]:
+def _mesh_topics(runtime: Runtime, mesh: str) -> list[str]:  # topics routes read from ``mesh``
     routes = runtime.routes
     if routes is None:
         return []
@@ -341,10 +342,8 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         except Exception as exc:
             raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
         runtime.store = s
-        log.info("store open")
         yield
         await s.close()
-        log.info("store closed")
 
     return ctx
 
@@ -362,58 +361,75 @@ def _dev_broker_ctx(runtime: Runtime, broker: Any) -> Callable[[web.Application]
 
 def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        settings = runtime.settings
-        used = _used_meshes(runtime)
-        for name in settings.mesh:
+        used = _used_meshes(runtime.settings)
+        for name in runtime.settings.mesh:
             if name not in used:
                 log.info("mesh %s is not used by any route; not connecting (CLI identity only)", name)
-        if used:
-            from .mesh.peer import MeshPeer
-
-            runtime.keyring = _build_keyring(runtime)
-        started: list[Any] = []
-        watchers: list[asyncio.Task[Any]] = []
+        runtime.keyring = _build_keyring(runtime)
         try:
             for name in used:
-                cfg = settings.mesh[name]
-                peer = MeshPeer(
-                    name, cfg, kv=runtime.store, keyring=runtime.keyring,
-                    on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
-                    on_state=_mesh_state_callback(runtime, name),
-                )
-                runtime.meshes[name] = peer
-                runtime.set_state(name, GatewayState.STARTING)
-                await peer.start()
-                started.append(peer)
-                for topic in _mesh_topics(runtime, name):
-                    watchers.append(runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}"))
+                await _start_mesh(runtime, name)
         except Exception as exc:
-            for peer in reversed(started):
-                await _stop_quietly(peer.stop(), f"mesh {peer.name}")
+            await _stop_meshes(runtime)
             raise StartupError(f"mesh could not start: {exc}") from exc
         yield
-        for task in watchers:  # a watch still waiting for its first connection
-            task.cancel()
-        for name, peer in reversed(list(runtime.meshes.items())):
-            await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
-            runtime.set_state(name, GatewayState.STOPPED)
+        await _stop_meshes(runtime)
 
     return ctx
 
 
-def _used_meshes(runtime: Runtime) -> list[str]:
+async def _start_mesh(runtime: Runtime, name: str) -> None:
+    from .mesh.peer import MeshPeer
+
+    cfg = runtime.settings.mesh[name]
+    runtime.keyring.add_mesh(name, cfg)
+    peer = MeshPeer(
+        name, cfg, kv=runtime.store, keyring=runtime.keyring,
+        on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
+        on_state=_mesh_state_callback(runtime, name),
+    )
+    runtime.meshes[name] = peer
+    runtime.set_state(name, GatewayState.STARTING)
+    await peer.start()
+    _watch_topics(runtime, name)
+
+
+def _watch_topics(runtime: Runtime, name: str) -> None:
+    """Start polling every topic of mesh ``name`` that routes read and that is not polled yet."""
+    peer = runtime.meshes[name]
+    tasks = runtime.watchers.setdefault(name, {})
+    for topic in _mesh_topics(runtime, name):
+        if topic not in tasks:
+            tasks[topic] = runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}")
+
+
+async def _stop_mesh(runtime: Runtime, name: str) -> None:
+    for task in runtime.watchers.pop(name, {}).values():  # a watch still waiting for its first connection
+        task.cancel()
+    peer = runtime.meshes.pop(name, None)
+    if peer is not None:
+        await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
+        runtime.set_state(name, GatewayState.STOPPED)
+
+
+async def _stop_meshes(runtime: Runtime) -> None:
+    for name in reversed(list(runtime.meshes)):
+        await _stop_mesh(runtime, name)
+
+
+def _used_meshes(settings: Settings) -> list[str]:
     """Meshes the gateway connects to: those a route reads from or writes to. Other ``[mesh.*]``
     tables (the dev broker's ``dev_alice``/``dev_bob`` demo identities) serve the ``mesh`` CLI only."""
     from .routing.config import MESH_GATEWAY, parse_mesh_chat
 
     used: set[str] = set()
-    for route in runtime.settings.routes:
+    for route in settings.routes:
         if route.mesh:
             used.add(route.mesh)
         for b in route.binds:
             if b.gateway == MESH_GATEWAY:
                 used.add(parse_mesh_chat(b.chat).mesh)
-    return [name for name in runtime.settings.mesh if name in used]
+    return [name for name in settings.mesh if name in used]
 
 
 def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
@@ -426,6 +442,8 @@ def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
     }
 
     def on_state(state: Any, detail: str = "") -> None:
+        if runtime.meshes.get(name) is None and str(getattr(state, "value", state)) != "stopped":
+            return  # a peer replaced by a reload reporting late
         value = getattr(state, "value", state)
         runtime.set_state(name, mapping.get(str(value), GatewayState.TRANSIENT_DISCONNECT), detail or "")
 
@@ -451,23 +469,42 @@ async def _stop_quietly(aw: Any, what: str, timeout: float | None = None) -> Non
         log.exception("%s failed to stop cleanly", what)
 
 
-def _gateway_ctx(runtime: Runtime, gw: Gateway) -> Callable[[web.Application], AsyncIterator[None]]:
+async def _start_gateway(runtime: Runtime, gw: Gateway) -> None:
+    name = gw.name
+    runtime.set_state(name, GatewayState.STARTING)
+    try:
+        await gw.start()
+    except Exception as exc:
+        runtime.set_state(name, GatewayState.STOPPED, "failed to start")
+        raise StartupError(f"gateway {name} could not start: {type(exc).__name__}: {exc}") from exc
+    if runtime.states.get(name, (None,))[0] == GatewayState.STARTING and gw.state == GatewayState.STOPPED:
+        # a gateway without a connection of its own (webhook-only) never reports: started is up
+        runtime.set_state(name, GatewayState.CONNECTED)
+    log.info("gateway %s started", name, extra={"gateway": name})
+
+
+async def _stop_gateway(runtime: Runtime, gw: Gateway) -> None:
+    await _stop_quietly(gw.stop(), f"gateway {gw.name}", timeout=runtime.settings.server.shutdown_timeout)
+    runtime.set_state(gw.name, GatewayState.STOPPED)
+    log.info("gateway %s stopped", gw.name, extra={"gateway": gw.name})
+
+
+def _gateways_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Start every gateway in config order; stop the running ones (after reloads too) in reverse."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        name = gw.name
-        runtime.set_state(name, GatewayState.STARTING)
+        started: list[Gateway] = []
         try:
-            await gw.start()
-        except Exception as exc:
-            runtime.set_state(name, GatewayState.STOPPED, "failed to start")
-            raise StartupError(f"gateway {name} could not start: {type(exc).__name__}: {exc}") from exc
-        if runtime.states.get(name, (None,))[0] == GatewayState.STARTING and gw.state == GatewayState.STOPPED:
-            # a gateway without a connection of its own (webhook-only) never reports: started is up
-            runtime.set_state(name, GatewayState.CONNECTED)
-        log.info("gateway %s started", name, extra={"gateway": name})
+            for gw in list(runtime.gateways.values()):
+                await _start_gateway(runtime, gw)
+                started.append(gw)
+        except BaseException:
+            for gw in reversed(started):
+                await _stop_gateway(runtime, gw)
+            raise
         yield
-        await _stop_quietly(gw.stop(), f"gateway {name}", timeout=runtime.settings.server.shutdown_timeout)
-        runtime.set_state(name, GatewayState.STOPPED)
-        log.info("gateway %s stopped", name, extra={"gateway": name})
+        for gw in reversed(list(runtime.gateways.values())):
+            await _stop_gateway(runtime, gw)
 
     return ctx
 
@@ -479,15 +516,196 @@ def _delivery_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator
         await engine.start()
         yield
         await engine.stop(_drain_timeout(runtime.settings))
-        log.info("delivery engine stopped")
 
     return ctx
+
+
+def _route_signature(routes: list[Any]) -> list[tuple[str, str]]:
+    return [(getattr(r, "method", "*"), getattr(r, "path", repr(r))) for r in routes]
+
+
+def _trampoline(runtime: Runtime, name: str, index: int) -> Callable[[web.Request], Any]:
+    """Calls route ``index`` of gateway ``name`` *as it is now*: a reload that restarts the gateway
+    swaps the handlers without touching the frozen router."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        routes = runtime.web_routes.get(name)
+        if not routes or name not in runtime.gateways:
+            raise web.HTTPNotFound()
+        return await routes[index].handler(request)
+
+    return handler
+
+
+def _mount_gateway_routes(app: web.Application, runtime: Runtime, name: str, routes: list[Any]) -> None:
+    runtime.web_routes[name] = routes
+    if not routes:
+        return
+    defs = []
+    for i, r in enumerate(routes):
+        if not isinstance(r, web.RouteDef):
+            raise PluginError(f"gateway {name}: web_routes() may only return web.RouteDef (web.get/post/...)")
+        defs.append(web.RouteDef(r.method, r.path, _trampoline(runtime, name, i), dict(r.kwargs)))
+    sub = web.Application()
+    sub.add_routes(defs)
+    app.add_subapp(f"{GATEWAY_PREFIX}/{name}/", sub)
 
 
 async def _mark_draining(app: web.Application) -> None:
     runtime = app[RUNTIME]
     runtime.draining = True
     log.info("shutting down: draining")
+
+
+# -- hot reload ------------------------------------------------------------------------------------------------------------
+_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery")
+
+
+async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[str, Any]:
+    """Re-read the config file and apply it without dropping anything (SIGHUP, ``POST /-/api/reload``).
+
+    Everything is validated first (settings, gateway tables, the route table); on any problem the
+    running config stays and ``{"ok": False, "errors": [...]}`` is returned. Otherwise routes are
+    swapped atomically, gateways whose table changed are restarted, new ones started, removed ones
+    stopped, meshes connected/disconnected/restarted as routes need them, new topics watched.
+    Tables that only apply at startup (``server``, ``dev_broker``, ``plugins``, ``log``, ``admin``,
+    ``health``, ``delivery``) are reported in ``restart_required``. The outbox is durable and its
+    workers keep running: queued and in-flight messages are never dropped.
+    """
+    from .routing.table import RouteTable
+    from .settings import load_settings
+
+    async with runtime.reload_lock:
+        old = runtime.settings
+        if old.config_path is None:
+            return {"ok": False, "errors": ["this gateway was not started from a config file"]}
+        try:
+            new = load_settings(old.config_path)
+            configs = validate_gateways(new, gateway_kinds(runtime.pm))
+            fresh: dict[str, Gateway] = {}
+            problems: list[str] = []
+            for name, (cls, cfg) in configs.items():
+                current = runtime.gateways.get(name)
+                if current is not None and type(current) is cls and current.config == cfg:
+                    continue
+                gw = cls(name, cfg, runtime.context_for(name))
+                routes = list(gw.web_routes())
+                before = _route_signature(runtime.web_routes.get(name, [])) if current is not None else []
+                if _route_signature(routes) != before:
+                    problems.append(f"gateways.{name}: its webhook routes are new or changed; restart to apply")
+                fresh[name] = gw
+            if problems:
+                raise ConfigError(problems)
+            instances = {name: fresh.get(name, runtime.gateways.get(name)) for name in configs}
+            table = RouteTable.from_settings(new, instances)
+        except ConfigError as exc:
+            log.error("reload refused (%s): %s", actor, "; ".join(exc.problems))
+            await _audit(runtime, actor, {"ok": False, "errors": exc.problems})
+            return {"ok": False, "errors": exc.problems}
+        except PluginError as exc:
+            log.error("reload refused (%s): %s", actor, exc.human_message)
+            await _audit(runtime, actor, {"ok": False, "errors": [exc.human_message]})
+            return {"ok": False, "errors": [exc.human_message]}
+
+        from .logconfig import register_secrets
+
+        register_secrets(iter_secrets(new))
+        for _, cfg in configs.values():
+            register_secrets(iter_secrets(cfg))
+        removed = [n for n in runtime.gateways if n not in configs]
+        restarted = [n for n in fresh if n in runtime.gateways]
+        added = [n for n in fresh if n not in runtime.gateways]
+        errors: list[str] = []
+
+        for name in removed + restarted:  # stop first: one bot token must never poll twice
+            await _stop_gateway(runtime, runtime.gateways[name])
+        for name in removed:
+            del runtime.gateways[name]
+            runtime.web_routes.pop(name, None)
+            runtime.states.pop(name, None)
+        runtime.settings = new
+        runtime.routes = table  # routes and bindings swap atomically
+        for name, gw in fresh.items():
+            runtime.gateways[name] = gw
+            runtime.web_routes[name] = list(gw.web_routes())
+            try:
+                await _start_gateway(runtime, gw)
+            except StartupError as exc:
+                errors.append(exc.human_message)
+        runtime.gateways = {name: runtime.gateways[name] for name in configs}  # config order
+
+        mesh_changes = await _reload_meshes(runtime, old, new, errors)
+        restart_required = [key for key in _RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+        result = {
+            "ok": not errors, "errors": errors, "gateways": {"added": added, "removed": removed,
+                                                             "restarted": restarted},
+            "meshes": mesh_changes, "routes": len(new.routes), "restart_required": restart_required,
+        }
+        log.info("config reloaded by %s: gateways +%s -%s ~%s, meshes %s%s", actor, added, removed, restarted,
+                 mesh_changes, f"; restart required for [{', '.join(restart_required)}]" if restart_required else "")
+        await _audit(runtime, actor, result)
+        return result
+
+
+async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors: list[str]) -> dict[str, list[str]]:
+    used = set(_used_meshes(new))
+    stopped = [n for n in list(runtime.meshes) if n not in used or old.mesh.get(n) != new.mesh.get(n)]
+    for name in stopped:
+        await _stop_mesh(runtime, name)
+    started = []
+    for name in _used_meshes(new):
+        if name not in runtime.meshes:
+            try:
+                await _start_mesh(runtime, name)
+                started.append(name)
+            except Exception as exc:
+                errors.append(f"mesh {name} could not start: {exc}")
+        else:
+            _watch_topics(runtime, name)  # topics new routes read
+            wanted = set(_mesh_topics(runtime, name))
+            for topic in [t for t in runtime.watchers.get(name, {}) if t not in wanted]:
+                runtime.watchers[name].pop(topic).cancel()
+                await runtime.meshes[name].unwatch_topic(topic)
+    return {"started": [n for n in started if n not in stopped], "stopped": [n for n in stopped if n not in started],
+            "restarted": [n for n in stopped if n in started]}
+
+
+async def _audit(runtime: Runtime, actor: str, detail: dict[str, Any]) -> None:
+    if runtime.store is None:
+        return
+    try:
+        await runtime.store.audit(actor, "config.reload", detail)
+    except Exception:
+        log.exception("could not audit the reload")
+
+
+def install_reload_signal(app: web.Application) -> None:
+    """SIGHUP reloads the config (``run`` installs this; tests and embedders need not)."""
+    import signal
+
+    async def on_startup(app: web.Application) -> None:
+        runtime = app[RUNTIME]
+        loop = asyncio.get_running_loop()
+
+        def hup() -> None:
+            try:
+                runtime.supervisor.spawn(reload_config(runtime, actor="sighup"), what="reload")
+            except RuntimeError:
+                log.info("SIGHUP during shutdown ignored")
+
+        try:
+            loop.add_signal_handler(signal.SIGHUP, hup)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            log.debug("SIGHUP reload not available on this platform")
+
+    async def on_cleanup(app: web.Application) -> None:
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+            pass
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
 
 
 # -- the factory -----------------------------------------------------------------------------------------------------------
@@ -527,11 +745,7 @@ def create_app(
 
     # HTTP surface, all of it before the router freezes
     for name, gw in runtime.gateways.items():
-        routes = list(gw.web_routes())
-        if routes:
-            sub = web.Application()
-            sub.add_routes(routes)
-            app.add_subapp(f"{GATEWAY_PREFIX}/{name}/", sub)
+        _mount_gateway_routes(app, runtime, name, list(gw.web_routes()))
     for impl in reversed(pm.hook.register_web_routes.get_hookimpls()):
         try:
             extra = impl.function(*({"app": app}[a] for a in impl.argnames))
@@ -549,8 +763,7 @@ def create_app(
     if dev_broker is not None:
         app.cleanup_ctx.append(_dev_broker_ctx(runtime, dev_broker))
     app.cleanup_ctx.append(_meshes_ctx(runtime))
-    for gw in runtime.gateways.values():
-        app.cleanup_ctx.append(_gateway_ctx(runtime, gw))
+    app.cleanup_ctx.append(_gateways_ctx(runtime))
     app.cleanup_ctx.append(_delivery_ctx(runtime))
     for impl in reversed(pm.hook.lifespan.get_hookimpls()):
         try:

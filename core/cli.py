@@ -117,7 +117,7 @@ async def _start_dev_broker(settings: Settings | BootstrapSettings, *, port: int
 def cmd_run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, install_reload_signal
 
     first = _bootstrap(args)
     configure_logging(None, level="DEBUG" if args.verbose else first.log.level, fmt=first.log.format)
@@ -131,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             configure_logging(settings, level="DEBUG" if args.verbose else None)
             pm = make_plugin_manager(disable=settings.plugins.disable)
             app = create_app(settings, pm, dev_broker=broker)
+            install_reload_signal(app)
         except BaseException:
             if broker is not None:
                 await broker.stop()

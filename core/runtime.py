@@ -8,6 +8,7 @@ filled in by the app's cleanup contexts; until then they are ``None``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -49,11 +50,21 @@ class Runtime:
         self.pipeline: Any = None  # claudemesh_gateway.routing Pipeline
         self.delivery: Any = None  # claudemesh_gateway.delivery DeliveryEngine
         self.dev_broker: Any = None  # an embedded DevBroker started by the CLI, if any
+        self.watchers: dict[str, dict[str, Any]] = {}  # mesh -> topic -> the task that starts its poller
+        self.web_routes: dict[str, list[Any]] = {}  # gateway -> its current web.RouteDefs (swapped on reload)
         self.app: web.Application | None = None
         self.states: dict[str, tuple[GatewayState, str, float]] = {}
         self.started_at: float = time.time()
         self.draining: bool = False
         self.supervisor = TaskSupervisor("gateway")
+        self._reload_lock: asyncio.Lock | None = None
+
+    @property
+    def reload_lock(self) -> asyncio.Lock:
+        """Serialises config reloads (created on first use, inside the running loop)."""
+        if self._reload_lock is None:
+            self._reload_lock = asyncio.Lock()
+        return self._reload_lock
 
     # -- events ------------------------------------------------------------------------------------------
     def emit(self, event: Event) -> None:
@@ -77,7 +88,8 @@ class Runtime:
         self.states[name] = (state, detail, time.time())
         level = logging.WARNING if state in (GatewayState.BAD_CREDENTIALS, GatewayState.TRANSIENT_DISCONNECT) \
             else logging.INFO
-        log.log(level, "%s is %s%s", name, state.value, f": {detail}" if detail else "", extra={"gateway": name})
+        extra = {"mesh": name} if name in self.meshes else {"gateway": name}
+        log.log(level, "%s is %s%s", name, state.value, f": {detail}" if detail else "", extra=extra)
         self.emit(GatewayStateChanged(gateway=name, state=state, detail=detail))
 
     def context_for(self, name: str) -> GatewayContextImpl:

@@ -75,6 +75,9 @@ async def test_run_example_config_end_to_end(tmp_path: Path) -> None:
         assert received, "the webhook never reached the dev sink"
         assert received[0]["signed"] is True
         assert received[0]["body"]["text"] == "alice: hello from alice"
+        proc.send_signal(signal.SIGHUP)  # hot reload of the unchanged file: validated, nothing restarted
+        await asyncio.sleep(0.5)
+        assert proc.returncode is None
     finally:
         if alice is not None:
             await alice.stop()
@@ -89,3 +92,4 @@ async def test_run_example_config_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, text[-2000:]
     assert "dev-only-webhook-secret" not in text  # secrets never reach the logs
     assert "Traceback" not in text, text[-2000:]
+    assert "config reloaded by sighup" in text
