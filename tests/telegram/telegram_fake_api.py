@@ -94,6 +94,7 @@ class FakeBotAPI:
         self.edits: list[dict[str, Any]] = []
         self._message_ids: dict[str, itertools.count] = collections.defaultdict(lambda: itertools.count(500))
         self._user_message_ids = itertools.count(10)
+        self._send_seq = itertools.count(1)  # global order of successful sends, across chats
         self.files: dict[str, tuple[str, bytes]] = {}
         self._file_ids = itertools.count(1)
         self.failures: list[dict[str, Any]] = []
@@ -347,6 +348,7 @@ class FakeBotAPI:
 
     def _record(self, chat: str, m: dict[str, Any], params: dict[str, Any]) -> None:
         rec = dict(m)
+        rec["_seq"] = next(self._send_seq)
         rec["_params"] = {k: v for k, v in params.items() if not isinstance(v, dict) or not v.get("upload")}
         self.messages[(chat, m["message_id"])] = m
         self.sent[chat].append(rec)
