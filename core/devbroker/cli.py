@@ -28,9 +28,11 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     await broker.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
     seed = broker.default_mesh
     print(f"dev broker: {broker.ws_url}  (http {broker.http_url})", flush=True)
     print(f"mesh 'dev' id={seed.mesh_id} members: gateway, alice, bob; topic general", flush=True)
@@ -39,6 +41,8 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     try:
         await stop.wait()
     finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
         await broker.stop()
 
 

@@ -80,3 +80,44 @@ async def test_b05_each_request_gets_its_reply(broker, connect):
         await c.send({"type": "topic_list", "_reqId": f"t{i}"})
     got = [await c.recv() for _ in range(10)]
     assert sorted(f["_reqId"] for f in got) == sorted([f"p{i}" for i in range(5)] + [f"t{i}" for i in range(5)])
+
+
+def _masked_text_frame(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _read_text_frames(reader: asyncio.StreamReader, count: int) -> list[dict]:
+    frames = []
+    while len(frames) < count:
+        b0, b1 = await asyncio.wait_for(reader.readexactly(2), 3)
+        n = b1 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        data = await reader.readexactly(n)
+        if b0 & 0x0F == 0x1:
+            frames.append(json.loads(data))
+    return frames
+
+
+async def test_b04_no_hello_while_hello_in_flight(broker, mk):
+    """hello and list_peers in one TCP write: the second frame arrives while the hello is in flight."""
+    seed = broker.default_mesh
+    reader, writer = await asyncio.open_connection("127.0.0.1", broker.port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert head.startswith(b"HTTP/1.1 101")
+    hello = json.dumps(mk.hello(seed.mesh_id, seed.gateway)).encode()
+    writer.write(_masked_text_frame(hello) + _masked_text_frame(b'{"type":"list_peers","_reqId":"early"}'))
+    await writer.drain()
+    frames = await _read_text_frames(reader, 2)
+    assert sorted(f["type"] for f in frames) == ["error", "hello_ack"]
+    assert next(f for f in frames if f["type"] == "error") == {"type": "error", "code": "no_hello",
+                                                                "message": "must send hello first"}
+    writer.close()
