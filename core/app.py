@@ -406,10 +406,11 @@ def _watch_topics(runtime: Runtime, name: str) -> None:
 async def _stop_mesh(runtime: Runtime, name: str) -> None:
     for task in runtime.watchers.pop(name, {}).values():  # a watch still waiting for its first connection
         task.cancel()
-    peer = runtime.meshes.pop(name, None)
+    peer = runtime.meshes.get(name)
     if peer is not None:
         await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
         runtime.set_state(name, GatewayState.STOPPED)
+        runtime.meshes.pop(name, None)
 
 
 async def _stop_meshes(runtime: Runtime) -> None:

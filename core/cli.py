@@ -361,6 +361,8 @@ def _print_result(result: Any) -> None:
 
 
 # -- mesh tools ---------------------------------------------------------------------------------------------------------
+# Thin adapters over MeshPeer, speaking as a [mesh.*] identity with an ephemeral session
+# (identity="cli"), so they never disturb a running gateway's session or cursors.
 def _mesh_cfg(settings: Settings, name: str) -> Any:
     try:
         return settings.mesh[name]
@@ -369,32 +371,94 @@ def _mesh_cfg(settings: Settings, name: str) -> Any:
         raise ConfigError(f"mesh: no [mesh.{name}] table (configured: {known})") from None
 
 
+async def _cli_peer(name: str, cfg: Any, timeout: float | None, on_message: Any = None) -> Any:
+    from .errors import MeshError
+    from .mesh.peer import MeshPeer
+    from .mesh.state import MemoryKV
+
+    peer = MeshPeer(name, cfg, kv=MemoryKV(), identity="cli", on_message=on_message)
+    await peer.start()
+    try:
+        await peer.wait_connected(timeout)
+    except (MeshError, TimeoutError) as exc:
+        detail = peer.last_error or f"{type(exc).__name__}: {exc}"
+        await peer.stop()
+        raise StartupError(f"mesh {name}: could not connect to {cfg.broker_url}: {detail}") from None
+    return peer
+
+
+def _peer_json(p: Any) -> dict[str, Any]:
+    return {"pubkey": p.pubkey, "member_pubkey": p.member_pubkey, "name": p.display_name, "status": p.status,
+            "summary": p.summary, "groups": list(p.groups), "role": p.peer_role, "type": p.peer_type,
+            "channel": p.channel, "session_id": p.session_id, "connected_at": p.connected_at, "self": p.is_self}
+
+
+async def mesh_peers(name: str, cfg: Any, *, timeout: float) -> list[dict[str, Any]]:
+    peer = await _cli_peer(name, cfg, timeout)
+    try:
+        return [_peer_json(p) for p in await asyncio.wait_for(peer.peers(refresh=True), timeout)]
+    finally:
+        await peer.stop()
+
+
+async def mesh_send(name: str, cfg: Any, *, text: str, topic: str | None, to: str | None,
+                    timeout: float) -> dict[str, Any]:
+    peer = await _cli_peer(name, cfg, timeout)
+    try:
+        if topic is not None:
+            msg_id = await asyncio.wait_for(peer.post_topic(topic, text), timeout)
+            return {"topic": topic, "id": msg_id}
+        target = await asyncio.wait_for(peer.resolve_peer(to), timeout)
+        queued = await asyncio.wait_for(peer.send_dm(target.pubkey, text), timeout)
+        return {"to": target.pubkey, "name": target.display_name, "id": queued}
+    finally:
+        await peer.stop()
+
+
+async def mesh_tail(name: str, cfg: Any, *, topic: str, count: int | None, timeout: float | None,
+                    emit: Callable[[dict[str, Any]], None]) -> int:
+    """Print new messages of ``topic`` until ``count`` arrived or ``timeout`` passed. Returns how many."""
+    done = asyncio.Event()
+    seen = 0
+
+    def on_message(item: Any) -> None:
+        nonlocal seen
+        if item.kind != "topic" or item.topic != topic or done.is_set():
+            return
+        emit({"id": item.id, "sender": item.sender_name or item.sender_pubkey, "senderPubkey": item.sender_pubkey,
+              "text": item.text, "createdAt": item.created_at})
+        seen += 1
+        if count is not None and seen >= count:
+            done.set()
+
+    peer = await _cli_peer(name, cfg, timeout if timeout is not None else 30.0, on_message=on_message)
+    try:
+        await peer.watch_topic(topic, timeout=timeout)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except TimeoutError:
+            pass
+        return seen
+    finally:
+        await peer.stop()
+
+
 def cmd_mesh(args: argparse.Namespace) -> int:
     settings = _load(args, allow_placeholders=True)
     _quiet_logging(args, settings)
     cfg = _mesh_cfg(settings, args.mesh)
-    tools = "claudemesh_gateway.mesh.tools"
     if args.mesh_cmd == "peers":
-        _out(_run(_tool(tools, "peers")(args.mesh, cfg, timeout=args.timeout)))
+        _out(_run(mesh_peers(args.mesh, cfg, timeout=args.timeout)))
         return EXIT_OK
     if args.mesh_cmd == "send":
-        if args.to:
-            result = _run(_tool(tools, "send_dm")(args.mesh, cfg, args.to, args.text, timeout=args.timeout))
-        else:
-            result = _run(_tool(tools, "send_topic")(args.mesh, cfg, args.topic, args.text, timeout=args.timeout))
-        _print_result(result)
+        _out(_run(mesh_send(args.mesh, cfg, text=args.text, topic=args.topic, to=args.to, timeout=args.timeout)))
         return EXIT_OK
     if args.mesh_cmd == "tail":
-        tail = _tool(tools, "tail")
-
-        def emit(row: Any) -> None:
+        def emit(row: dict[str, Any]) -> None:
             _out(row)
             sys.stdout.flush()
 
-        try:
-            _run(tail(args.mesh, cfg, args.topic, count=args.count, timeout=args.timeout, on_row=emit))
-        except KeyboardInterrupt:
-            pass
+        _run(mesh_tail(args.mesh, cfg, topic=args.topic, count=args.count, timeout=args.timeout, emit=emit))
         return EXIT_OK
     raise ConfigError(f"mesh: unknown command {args.mesh_cmd!r}")
 

@@ -138,3 +138,40 @@ def test_check_before_the_dev_broker_ran(tmp_path: Path, capsys: pytest.CaptureF
     out, err = capsys.readouterr()
     assert code == 0 and "note: the embedded dev broker has not written its mesh tables yet" in err
     assert out.startswith("ok:")
+
+
+async def test_mesh_commands_against_the_dev_broker(
+    tmp_path: Path, dev_broker: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    cfg = tmp_path / "c.toml"
+    meshes = Path(dev_broker.state_dir) / "meshes.toml"  # type: ignore[attr-defined]
+    cfg.write_text(f"include = ['{meshes}']\n"
+                   "[mesh.dev_bob]\ntopic_poll_interval = 0.1\ntopic_poll_idle_interval = 0.2\n")
+
+    code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "mesh", "peers", "dev_alice"])
+    peers = json.loads(capsys.readouterr().out)
+    assert code == 0 and isinstance(peers, list)
+
+    tail = asyncio.create_task(asyncio.to_thread(
+        cli.main, ["-c", str(cfg), "mesh", "tail", "dev_bob", "--topic", "general", "--count", "1", "--timeout", "10"]))
+    for i in range(40):  # keep posting until the tail (which only shows new messages) has seen one
+        await asyncio.sleep(0.25)
+        if tail.done():
+            break
+        code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "mesh", "send", "dev_alice", "--topic", "general",
+                                                  f"hello {i}"])
+        assert code == 0
+    assert await tail == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    tailed = [r for r in rows if "createdAt" in r]
+    assert len(tailed) == 1 and tailed[0]["sender"] == "alice" and tailed[0]["text"].startswith("hello ")
+    assert set(tailed[0]) >= {"id", "sender", "text", "createdAt"}
+
+    code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "mesh", "send", "dev_alice", "--to", "bob", "psst"])
+    sent = json.loads(capsys.readouterr().out)
+    assert code == 0 and sent["name"] == "bob" and sent["id"]
+
+    code, _, lines = run_cli(capsys, "-c", str(cfg), "mesh", "peers", "nope")
+    assert code == 2 and "no [mesh.nope] table" in lines[0]
