@@ -130,6 +130,7 @@ class DeliveryEngine:
         self._max_id = getattr(store, "max_id", None) if self._lanes_after is not None else None
         self._high_id = 0  # highest outbox id looked at (for kick() without a lane)
         self._kick_new = False
+        self._flushing: set[asyncio.Future[None]] = set()
 
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}  # lane -> id of the item being sent
@@ -180,6 +181,8 @@ class DeliveryEngine:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self._flushing:  # removals of delivered items still on their way to the store
+            await asyncio.wait(list(self._flushing), timeout=max(1.0, timeout))
         self._workers.clear()
         self._waiting.clear()
         self._started = False
@@ -369,6 +372,8 @@ class DeliveryEngine:
         done.clear()
         fut = asyncio.ensure_future(self._complete(ids))
         fut.add_done_callback(_log_complete_failure)
+        self._flushing.add(fut)
+        fut.add_done_callback(self._flushing.discard)
         await asyncio.shield(fut)
 
     async def _complete(self, ids: list[int]) -> None:
