@@ -135,6 +135,7 @@ class TelegramGateway(Gateway):
         self._request: AiohttpRequest | None = None
         self._me: User | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started = False
         self._stopping = False
         self._in_batch = False
         self._batch_done = asyncio.Event()
@@ -191,8 +192,9 @@ class TelegramGateway(Gateway):
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        if self._task is not None and not self._task.done():
-            return
+        if self._started:
+            return  # idempotent (even when the ingress task already finished, e.g. webhook registered)
+        self._started = True
         self._ensure_bot()
         self._stopping = False
         self._ready.clear()
@@ -201,6 +203,7 @@ class TelegramGateway(Gateway):
 
     async def stop(self) -> None:
         self._stopping = True
+        self._started = False
         task, self._task = self._task, None
         if task is not None and not task.done():
             if self._in_batch:  # let the batch finish: submit + offset save

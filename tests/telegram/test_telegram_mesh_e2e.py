@@ -105,3 +105,24 @@ async def test_mesh_burst_is_paced_complete_in_order_and_a_429_pauses_only_its_c
     first_chat2 = fake_tg.sent[CHAT2][0]["_seq"]
     assert sum(1 for m in fake_tg.sent[CHAT] if m["_seq"] < first_chat2) >= 3
     assert fake_tg.violations == []  # the fake's own per-chat/group/global limiter never tripped
+
+
+async def test_replies_map_between_mesh_ids_and_telegram_ids_both_ways(mesh_app, member, fake_tg):
+    _, runtime, _ = mesh_app
+    await runtime.meshes["dev"].wait_connected(10)
+    got = []
+    bob = await member("dev_bob", on_message=got.append)
+    await bob.watch_topic("general")
+    alice = await member("dev_alice")
+    mesh_id = await alice.post_topic("general", "who is on call?")
+    [copy] = await fake_tg.wait_sent(CHAT, 1, limit_s=20)
+    # a Telegram reply to the relayed copy -> a mesh post replying to alice's original
+    user_msg = fake_tg.add_message(int(CHAT), "me", reply_to=copy["message_id"])["message"]
+    await wait_until(lambda: any(i.text.endswith("me") and "Ada" in i.text for i in got), 20)
+    [answer] = [i for i in got if i.text.endswith("me") and "Ada" in i.text]
+    assert answer.reply_to_id == mesh_id
+    # a mesh reply to that post -> a Telegram reply to the user's own message
+    await bob.post_topic("general", "thanks", reply_to_id=answer.id)
+    await wait_until(lambda: any(m.get("text") == "bob: thanks" for m in fake_tg.sent[CHAT]), 20)
+    [thanks] = [m for m in fake_tg.sent[CHAT] if m.get("text") == "bob: thanks"]
+    assert thanks["reply_to_message"]["message_id"] == user_msg["message_id"]
