@@ -58,21 +58,52 @@ __all__ = ["RateConfig", "SlackBindingOptions", "SlackConfig", "SlackGateway"]
 log = logging.getLogger(__name__)
 
 # Web API errors that will not get better by retrying the same call.
-PERMANENT_ERRORS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-    "no_permission", "missing_scope", "not_allowed_token_type", "ekm_access_denied",
-    "team_access_not_granted", "org_login_required", "not_in_channel", "channel_not_found",
-    "is_archived", "msg_too_long", "no_text", "too_many_attachments", "restricted_action",
-    "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
-    "restricted_action_non_threadable_channel", "message_not_found", "cant_update_message",
-    "cant_delete_message", "edit_window_closed", "invalid_arguments", "invalid_blocks",
-    "invalid_thread_ts", "thread_locked", "compliance_exports_prevent_deletion",
-    "duplicate_message_not_found", "channel_type_not_supported",
-})
-BAD_CREDENTIALS = frozenset({
-    "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired",
-    "not_allowed_token_type",
-})
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "not_allowed_token_type",
+        "ekm_access_denied",
+        "team_access_not_granted",
+        "org_login_required",
+        "not_in_channel",
+        "channel_not_found",
+        "is_archived",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "restricted_action",
+        "restricted_action_read_only_channel",
+        "restricted_action_thread_only_channel",
+        "restricted_action_non_threadable_channel",
+        "message_not_found",
+        "cant_update_message",
+        "cant_delete_message",
+        "edit_window_closed",
+        "invalid_arguments",
+        "invalid_blocks",
+        "invalid_thread_ts",
+        "thread_locked",
+        "compliance_exports_prevent_deletion",
+        "duplicate_message_not_found",
+        "channel_type_not_supported",
+    }
+)
+BAD_CREDENTIALS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "not_allowed_token_type",
+    }
+)
 # Message subtypes that carry a person's words; everything else (joins, topic changes,
 # bot_message, ...) is not relayed.
 RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
@@ -132,7 +163,12 @@ class SlackGateway(Gateway):
     Config = SlackConfig
     BindingOptions = SlackBindingOptions
     capabilities = Capabilities(
-        max_text=4000, threads=True, replies=True, edits=True, deletes=True, media=False,
+        max_text=4000,
+        threads=True,
+        replies=True,
+        edits=True,
+        deletes=True,
+        media=False,
         formatting="mrkdwn",
     )
 
@@ -142,8 +178,13 @@ class SlackGateway(Gateway):
         super().__init__(name, config, ctx)
         if config.max_text != type(self).capabilities.max_text:
             self.capabilities = Capabilities(
-                max_text=config.max_text, threads=True, replies=True, edits=True, deletes=True,
-                media=False, formatting="mrkdwn",
+                max_text=config.max_text,
+                threads=True,
+                replies=True,
+                edits=True,
+                deletes=True,
+                media=False,
+                formatting="mrkdwn",
             )
         for secret in (config.bot_token, config.app_token, config.signing_secret):
             if secret is not None:
@@ -178,14 +219,21 @@ class SlackGateway(Gateway):
         await self._load_parents()
         if not cfg.bot_token.get_secret_value().startswith("xoxb-"):
             raise StartupError(f"gateway {self.name}: bot_token must be a bot token (xoxb-...)")
-        if cfg.mode == "socket" and (cfg.app_token is None or not cfg.app_token.get_secret_value().startswith("xapp-")):
-            raise StartupError(f"gateway {self.name}: mode = \"socket\" needs app_token (xapp-..., connections:write)")
+        if cfg.mode == "socket" and (
+            cfg.app_token is None or not cfg.app_token.get_secret_value().startswith("xapp-")
+        ):
+            raise StartupError(
+                f'gateway {self.name}: mode = "socket" needs app_token (xapp-..., connections:write)'
+            )
         if cfg.mode == "events" and self._verifier is None:
-            raise StartupError(f"gateway {self.name}: mode = \"events\" needs signing_secret")
+            raise StartupError(f'gateway {self.name}: mode = "events" needs signing_secret')
         self.set_state(GatewayState.STARTING)
         self._web = AsyncWebClient(
-            token=cfg.bot_token.get_secret_value(), base_url=cfg.api_base, session=self.ctx.http,
-            timeout=cfg.request_timeout, retry_handlers=[],  # the core retries, not the SDK
+            token=cfg.bot_token.get_secret_value(),
+            base_url=cfg.api_base,
+            session=self.ctx.http,
+            timeout=cfg.request_timeout,
+            retry_handlers=[],  # the core retries, not the SDK
         )
         try:
             await self._auth()
@@ -231,7 +279,9 @@ class SlackGateway(Gateway):
         self.bot_user_id = resp.get("user_id")
         self.bot_id = resp.get("bot_id")
         self.team_id = resp.get("team_id")
-        log.info("gateway %s: authenticated to Slack team %s as %s", self.name, self.team_id, self.bot_user_id)
+        log.info(
+            "gateway %s: authenticated to Slack team %s as %s", self.name, self.team_id, self.bot_user_id
+        )
 
     async def _open_socket(self) -> None:
         assert self._web is not None and self.config.app_token is not None
@@ -244,8 +294,11 @@ class SlackGateway(Gateway):
                 raise _AuthFailed(f"app_token: {err}") from None
             raise RuntimeError(f"apps.connections.open failed: {err}") from None
         client = SocketModeClient(
-            app_token=app_token, web_client=self._web, auto_reconnect_enabled=True,
-            ping_interval=self.config.ping_interval, logger=logging.getLogger(f"{__name__}.socket"),
+            app_token=app_token,
+            web_client=self._web,
+            auto_reconnect_enabled=True,
+            ping_interval=self.config.ping_interval,
+            logger=logging.getLogger(f"{__name__}.socket"),
         )
         client.message_listeners.append(self._on_socket_message)
         client.socket_mode_request_listeners.append(self._on_socket_request)
@@ -284,7 +337,7 @@ class SlackGateway(Gateway):
     async def check(self) -> list[str]:
         warnings = []
         if self.config.mode == "events" and self.config.app_token is not None:
-            warnings.append(f"{self.name}: app_token is unused in mode = \"events\"")
+            warnings.append(f'{self.name}: app_token is unused in mode = "events"')
         if self.config.customize:
             warnings.append(
                 f"{self.name}: customize = true needs the chat:write.customize scope; "
@@ -324,7 +377,9 @@ class SlackGateway(Gateway):
         try:
             await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
         except Exception as exc:  # noqa: BLE001 - socket gone: Slack redelivers, the core dedups
-            log.info("gateway %s: could not ack envelope (%s); Slack will redeliver", self.name, type(exc).__name__)
+            log.info(
+                "gateway %s: could not ack envelope (%s); Slack will redeliver", self.name, type(exc).__name__
+            )
 
     # -- Events API / slash commands over HTTP -------------------------------------------------
     def web_routes(self) -> Sequence[web.RouteDef]:
@@ -353,7 +408,12 @@ class SlackGateway(Gateway):
             return web.Response(status=200)
         retry = request.headers.get("X-Slack-Retry-Num")
         if retry:
-            log.debug("gateway %s: Slack retry #%s (%s)", self.name, retry, request.headers.get("X-Slack-Retry-Reason"))
+            log.debug(
+                "gateway %s: Slack retry #%s (%s)",
+                self.name,
+                retry,
+                request.headers.get("X-Slack-Retry-Reason"),
+            )
         task = self._spawn(self.handle_event_callback(payload), "event")
         try:
             await asyncio.shield(task)  # a dropped connection does not abort the commit
@@ -463,7 +523,12 @@ class SlackGateway(Gateway):
             edited = inner.edited.ts if inner.edited and inner.edited.ts else (ev.ts or ev.event_ts or "")
             thread = inner.thread_ts if inner.is_thread_reply else None
             return await self._build(
-                f"{base}:{inner.ts}:edit:{edited}", channel, inner, thread, raw, edit_of=inner.ts,
+                f"{base}:{inner.ts}:edit:{edited}",
+                channel,
+                inner,
+                thread,
+                raw,
+                edit_of=inner.ts,
             )
         if ev.subtype == "message_deleted":
             if not ev.deleted_ts:
@@ -482,7 +547,12 @@ class SlackGateway(Gateway):
         return not opts.allow_users or (user or "") in opts.allow_users
 
     async def _delete(
-        self, base: str, channel: str, ts: str, thread_ts: str | None, prev: MessageEvent | None,
+        self,
+        base: str,
+        channel: str,
+        ts: str,
+        thread_ts: str | None,
+        prev: MessageEvent | None,
         raw: dict[str, Any],
     ) -> Message | None:
         if prev is not None and self._is_foreign_bot_or_own(prev):
@@ -494,15 +564,27 @@ class SlackGateway(Gateway):
         if user:
             await self.resolver.resolve({user}, set(), self.config.lookup_timeout)
         return Message(
-            id=f"{base}:{ts}:delete", origin=Address(self.name, channel, thread),
-            sender=(self.resolver.user(user) if user else None) or user or "slack", sender_id=user or "",
-            native_id=ts, edit_of=ts, deleted=True, reply_to=thread, created=_ts_time(ts),
+            id=f"{base}:{ts}:delete",
+            origin=Address(self.name, channel, thread),
+            sender=(self.resolver.user(user) if user else None) or user or "slack",
+            sender_id=user or "",
+            native_id=ts,
+            edit_of=ts,
+            deleted=True,
+            reply_to=thread,
+            created=_ts_time(ts),
             raw=MappingProxyType(raw),
         )
 
     async def _build(
-        self, msg_id: str, channel: str, ev: MessageEvent, thread: str | None, raw: dict[str, Any],
-        *, edit_of: str | None = None,
+        self,
+        msg_id: str,
+        channel: str,
+        ev: MessageEvent,
+        thread: str | None,
+        raw: dict[str, Any],
+        *,
+        edit_of: str | None = None,
     ) -> Message:
         user = ev.user or ""
         if ev.user_profile is not None and user:
@@ -531,10 +613,17 @@ class SlackGateway(Gateway):
                 for f in ev.files
             )
         return Message(
-            id=msg_id, origin=Address(self.name, channel, thread),
-            sender=self.resolver.user(user) or user or ev.username or "slack", sender_id=user,
-            text=text, native_id=ev.ts, reply_to=thread, edit_of=edit_of, attachments=attachments,
-            created=_ts_time(ev.ts), raw=MappingProxyType(raw),
+            id=msg_id,
+            origin=Address(self.name, channel, thread),
+            sender=self.resolver.user(user) or user or ev.username or "slack",
+            sender_id=user,
+            text=text,
+            native_id=ev.ts,
+            reply_to=thread,
+            edit_of=edit_of,
+            attachments=attachments,
+            created=_ts_time(ev.ts),
+            raw=MappingProxyType(raw),
         )
 
     async def handle_slash_command(self, cmd: SlashCommand) -> Any:
@@ -550,8 +639,11 @@ class SlackGateway(Gateway):
         ident = cmd.trigger_id or f"{cmd.user_id}:{hash(cmd.text)}"
         msg = Message(
             id=f"slack:{self.name}:{team}:{cmd.channel_id}:cmd:{ident}",
-            origin=Address(self.name, cmd.channel_id), sender=self.resolver.user(cmd.user_id) or cmd.user_name,
-            sender_id=cmd.user_id, text=text, is_command=True,
+            origin=Address(self.name, cmd.channel_id),
+            sender=self.resolver.user(cmd.user_id) or cmd.user_name,
+            sender_id=cmd.user_id,
+            text=text,
+            is_command=True,
         )
         return await self.ctx.submit(msg)
 
@@ -562,8 +654,11 @@ class SlackGateway(Gateway):
         user = resp.get("user") or {}
         profile = user.get("profile") or {}
         return (
-            profile.get("display_name") or profile.get("real_name") or user.get("real_name")
-            or user.get("name") or None
+            profile.get("display_name")
+            or profile.get("real_name")
+            or user.get("real_name")
+            or user.get("name")
+            or None
         )
 
     async def _fetch_channel(self, cid: str) -> str | None:
@@ -588,9 +683,14 @@ class SlackGateway(Gateway):
     def rate_limits(self, to: Address) -> Sequence[RateLimit]:
         r = self.config.rate
         return (
-            RateLimit(scope=f"slack:{self.name}:channel:{to.chat}", per_second=r.per_channel_per_s,
-                      burst=r.per_channel_burst),
-            RateLimit(scope=f"slack:{self.name}:workspace", per_second=r.workspace_per_s, burst=r.workspace_burst),
+            RateLimit(
+                scope=f"slack:{self.name}:channel:{to.chat}",
+                per_second=r.per_channel_per_s,
+                burst=r.per_channel_burst,
+            ),
+            RateLimit(
+                scope=f"slack:{self.name}:workspace", per_second=r.workspace_per_s, burst=r.workspace_burst
+            ),
         )
 
     def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
@@ -604,7 +704,11 @@ class SlackGateway(Gateway):
             text = mrkdwn.enable_mass_mentions(text)
         if out.attachments and out.part == 1:
             lines = [a.describe() + (f" {a.url}" if a.url else "") for a in out.attachments]
-            text = "\n".join([text, *map(mrkdwn.escape, lines)]) if text else "\n".join(map(mrkdwn.escape, lines))
+            text = (
+                "\n".join([text, *map(mrkdwn.escape, lines)])
+                if text
+                else "\n".join(map(mrkdwn.escape, lines))
+            )
         return text or "\u200b"
 
     def _thread_for(self, out: Outbound, opts: SlackBindingOptions) -> str | None:
@@ -633,7 +737,10 @@ class SlackGateway(Gateway):
             await self._api("chat_update", channel=channel, ts=out.edit_of, text=text)
             return SendResult(native_ids=(out.edit_of,), thread=self._parents.get((channel, out.edit_of)))
         kwargs: dict[str, Any] = {
-            "channel": channel, "text": text, "unfurl_links": self.config.unfurl, "unfurl_media": self.config.unfurl,
+            "channel": channel,
+            "text": text,
+            "unfurl_links": self.config.unfurl,
+            "unfurl_media": self.config.unfurl,
         }
         thread = self._thread_for(out, opts)
         if thread:
@@ -659,7 +766,9 @@ class SlackGateway(Gateway):
             err = _error_code(exc)
             retry_after = _retry_after(exc)
             if retry_after is not None:
-                raise _delivery_error(f"slack {what}: rate limited", retry_after=retry_after, slack_error=err) from None
+                raise _delivery_error(
+                    f"slack {what}: rate limited", retry_after=retry_after, slack_error=err
+                ) from None
             if err in BAD_CREDENTIALS:
                 self.set_state(GatewayState.BAD_CREDENTIALS, err)
             if err == "missing_scope" and "username" in kwargs:
@@ -675,8 +784,13 @@ class SlackGateway(Gateway):
 
 # -- helpers --------------------------------------------------------------------------------------
 
+
 def _delivery_error(
-    msg: str, *, permanent: bool = False, retry_after: float | None = None, slack_error: str = "",
+    msg: str,
+    *,
+    permanent: bool = False,
+    retry_after: float | None = None,
+    slack_error: str = "",
 ) -> DeliveryError:
     exc = DeliveryError(msg, permanent=permanent, retry_after=retry_after)
     exc.slack_error = slack_error  # type: ignore[attr-defined]

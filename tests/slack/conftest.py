@@ -38,9 +38,18 @@ class FakeSlack:
         self.updates: list[dict[str, Any]] = []
         self.deletes: list[dict[str, Any]] = []
         self.users = {
-            "U1": {"id": "U1", "name": "alice.l", "real_name": "Alice Liddell",
-                   "profile": {"display_name": "alice", "real_name": "Alice Liddell"}},
-            "U2": {"id": "U2", "name": "bob", "real_name": "Bob", "profile": {"display_name": "", "real_name": "Bob B"}},
+            "U1": {
+                "id": "U1",
+                "name": "alice.l",
+                "real_name": "Alice Liddell",
+                "profile": {"display_name": "alice", "real_name": "Alice Liddell"},
+            },
+            "U2": {
+                "id": "U2",
+                "name": "bob",
+                "real_name": "Bob",
+                "profile": {"display_name": "", "real_name": "Bob B"},
+            },
         }
         self.channels = {"C1": {"id": "C1", "name": "general"}, "C2": {"id": "C2", "name": "random"}}
         self.fail_429: dict[str, list[float]] = defaultdict(list)  # channel -> Retry-After per next call
@@ -120,18 +129,29 @@ class FakeSlack:
     async def _m_auth_test(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         if self.auth_error:
             return web.json_response({"ok": False, "error": self.auth_error})
-        return web.json_response({"ok": True, "user_id": BOT_USER, "bot_id": BOT_ID, "team_id": TEAM,
-                                  "user": "meshbot", "team": "Test"})
+        return web.json_response(
+            {
+                "ok": True,
+                "user_id": BOT_USER,
+                "bot_id": BOT_ID,
+                "team_id": TEAM,
+                "user": "meshbot",
+                "team": "Test",
+            }
+        )
 
     async def _m_apps_connections_open(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         self.connections_opened += 1
-        return web.json_response({"ok": True, "url": f"ws://{request.host}/socket?ticket=t{self.connections_opened}"})
+        return web.json_response(
+            {"ok": True, "url": f"ws://{request.host}/socket?ticket=t{self.connections_opened}"}
+        )
 
     def _scripted_failure(self, channel: str) -> web.Response | None:
         if self.fail_429[channel]:
             retry = self.fail_429[channel].pop(0)
-            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
-                                     headers={"Retry-After": str(int(retry))})
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(int(retry))}
+            )
         if self.fail_error[channel]:
             return web.json_response({"ok": False, "error": self.fail_error[channel].pop(0)})
         return None
@@ -147,18 +167,31 @@ class FakeSlack:
         ts = self.next_ts()
         self.posts[channel].append({**p, "ts": ts})
         if self.echo and self.sockets:
-            ev = {"type": "message", "subtype": "bot_message" if p.get("username") else None, "channel": channel,
-                  "user": BOT_USER, "bot_id": BOT_ID, "app_id": APP_ID, "text": p.get("text", ""), "ts": ts,
-                  "team": TEAM}
+            ev = {
+                "type": "message",
+                "subtype": "bot_message" if p.get("username") else None,
+                "channel": channel,
+                "user": BOT_USER,
+                "bot_id": BOT_ID,
+                "app_id": APP_ID,
+                "text": p.get("text", ""),
+                "ts": ts,
+                "team": TEAM,
+            }
             if p.get("thread_ts"):
                 ev["thread_ts"] = p["thread_ts"]
             self.echoed.append(ts)
             task = asyncio.get_running_loop().create_task(
-                self.push(event_callback({k: v for k, v in ev.items() if v is not None}, event_id=f"Echo{ts}"),
-                          wait_ack=False))
+                self.push(
+                    event_callback({k: v for k, v in ev.items() if v is not None}, event_id=f"Echo{ts}"),
+                    wait_ack=False,
+                )
+            )
             self._bg.add(task)
             task.add_done_callback(self._bg.discard)
-        return web.json_response({"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}})
+        return web.json_response(
+            {"ok": True, "channel": channel, "ts": ts, "message": {"text": p.get("text")}}
+        )
 
     async def _m_chat_update(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         failure = self._scripted_failure(p.get("channel", ""))
@@ -176,8 +209,11 @@ class FakeSlack:
 
     async def _m_users_info(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         if self.lookup_429:
-            return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
-                                     headers={"Retry-After": str(int(self.lookup_429.pop(0)))})
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(int(self.lookup_429.pop(0)))},
+            )
         user = self.users.get(p.get("user", ""))
         if user is None:
             return web.json_response({"ok": False, "error": "user_not_found"})
@@ -194,8 +230,14 @@ class FakeSlack:
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         self.sockets.append(ws)
-        await ws.send_json({"type": "hello", "num_connections": 1,
-                            "debug_info": {"host": "fake"}, "connection_info": {"app_id": APP_ID}})
+        await ws.send_json(
+            {
+                "type": "hello",
+                "num_connections": 1,
+                "debug_info": {"host": "fake"},
+                "connection_info": {"app_id": APP_ID},
+            }
+        )
         self.socket_connected.set()
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
@@ -216,17 +258,27 @@ class FakeSlack:
                 self.socket_connected.clear()
                 await self.socket_connected.wait()
             return self.sockets[-1]
+
         return await asyncio.wait_for(_w(), within)
 
-    async def push(self, payload: dict[str, Any], *, kind: str = "events_api", wait_ack: bool = True,
-                   within: float = 5.0) -> str:
+    async def push(
+        self, payload: dict[str, Any], *, kind: str = "events_api", wait_ack: bool = True, within: float = 5.0
+    ) -> str:
         """Send one envelope over the newest socket; by default wait for its ack."""
         ws = await self.wait_socket(within)
         env = f"env-{next(self._ts)}"
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ack_waiters[env] = fut
-        await ws.send_json({"envelope_id": env, "type": kind, "payload": payload,
-                            "accepts_response_payload": False, "retry_attempt": 0, "retry_reason": ""})
+        await ws.send_json(
+            {
+                "envelope_id": env,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": False,
+                "retry_attempt": 0,
+                "retry_reason": "",
+            }
+        )
         if wait_ack:
             await asyncio.wait_for(fut, within)
         return env
@@ -234,16 +286,29 @@ class FakeSlack:
 
 def event_callback(event: dict[str, Any], *, event_id: str = "Ev1") -> dict[str, Any]:
     return {
-        "token": "legacy", "team_id": TEAM, "api_app_id": APP_ID, "type": "event_callback",
-        "event_id": event_id, "event_time": 1700000000, "event": event,
+        "token": "legacy",
+        "team_id": TEAM,
+        "api_app_id": APP_ID,
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": 1700000000,
+        "event": event,
         "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
     }
 
 
-def message_event(text: str = "hello", *, user: str = "U1", channel: str = "C1", ts: str = "1700000100.000100",
-                  **extra: Any) -> dict[str, Any]:
-    ev = {"type": "message", "channel": channel, "user": user, "text": text, "ts": ts, "team": TEAM,
-          "channel_type": "channel"}
+def message_event(
+    text: str = "hello", *, user: str = "U1", channel: str = "C1", ts: str = "1700000100.000100", **extra: Any
+) -> dict[str, Any]:
+    ev = {
+        "type": "message",
+        "channel": channel,
+        "user": user,
+        "text": text,
+        "ts": ts,
+        "team": TEAM,
+        "channel_type": "channel",
+    }
     ev.update(extra)
     return ev
 
@@ -265,8 +330,12 @@ async def http_session():
 
 
 def binding(chat: str = "C1", direction: str = "both", **options: Any) -> Binding:
-    return Binding(route="r1", address=Address("slack", chat), direction=direction,
-                   options=SlackBindingOptions(**options))
+    return Binding(
+        route="r1",
+        address=Address("slack", chat),
+        direction=direction,
+        options=SlackBindingOptions(**options),
+    )
 
 
 @pytest.fixture
@@ -274,11 +343,16 @@ async def make_gateway(fake_slack, http_session):
     """make_gateway(mode="socket"|"events", bindings=[...], **config) -> started SlackGateway."""
     made: list[SlackGateway] = []
 
-    async def make(mode: str = "socket", bindings: list[Binding] | None = None, start: bool = True,
-                   **cfg: Any) -> SlackGateway:
+    async def make(
+        mode: str = "socket", bindings: list[Binding] | None = None, start: bool = True, **cfg: Any
+    ) -> SlackGateway:
         ctx = RecordingContext("slack", http_session, bindings if bindings is not None else [binding("C1")])
-        conf: dict[str, Any] = {"bot_token": BOT_TOKEN, "api_base": f"{fake_slack.url}/api/", "mode": mode,
-                                "ping_interval": 1.0}
+        conf: dict[str, Any] = {
+            "bot_token": BOT_TOKEN,
+            "api_base": f"{fake_slack.url}/api/",
+            "mode": mode,
+            "ping_interval": 1.0,
+        }
         if mode == "socket":
             conf["app_token"] = APP_TOKEN
         else:
@@ -301,7 +375,14 @@ def sk():
     import types
 
     return types.SimpleNamespace(
-        BOT_TOKEN=BOT_TOKEN, APP_TOKEN=APP_TOKEN, SIGNING_SECRET=SIGNING_SECRET, TEAM=TEAM,
-        BOT_USER=BOT_USER, BOT_ID=BOT_ID, APP_ID=APP_ID,
-        event_callback=event_callback, message_event=message_event, binding=binding,
+        BOT_TOKEN=BOT_TOKEN,
+        APP_TOKEN=APP_TOKEN,
+        SIGNING_SECRET=SIGNING_SECRET,
+        TEAM=TEAM,
+        BOT_USER=BOT_USER,
+        BOT_ID=BOT_ID,
+        APP_ID=APP_ID,
+        event_callback=event_callback,
+        message_event=message_event,
+        binding=binding,
     )

@@ -37,8 +37,13 @@ async def app(tmp_path, fake_slack, sk):
     clients = []
 
     async def make(binds=("C1", "C2"), mode="socket", route_extra=None, bind_options=None, **gw_extra):
-        gw = {"type": "slack", "bot_token": sk.BOT_TOKEN, "api_base": f"{fake_slack.url}/api/", "mode": mode,
-              **gw_extra}
+        gw = {
+            "type": "slack",
+            "bot_token": sk.BOT_TOKEN,
+            "api_base": f"{fake_slack.url}/api/",
+            "mode": mode,
+            **gw_extra,
+        }
         if mode == "socket":
             gw["app_token"] = sk.APP_TOKEN
         else:
@@ -47,9 +52,16 @@ async def app(tmp_path, fake_slack, sk):
             fake_slack.channels.setdefault(c, {"id": c, "name": c.lower()})
         cfg = {
             "gateways": {"slack": gw},
-            "routes": [{"name": "room", **(route_extra or {}),
-                        "binds": [{"gateway": "slack", "chat": c, "options": (bind_options or {}).get(c, {})}
-                                  for c in binds]}],
+            "routes": [
+                {
+                    "name": "room",
+                    **(route_extra or {}),
+                    "binds": [
+                        {"gateway": "slack", "chat": c, "options": (bind_options or {}).get(c, {})}
+                        for c in binds
+                    ],
+                }
+            ],
         }
         observer = Observer()
         state = tmp_path / f"s{len(clients)}"
@@ -85,27 +97,48 @@ async def test_threads_and_edits_and_deletes_follow_the_message_map(app, fake_sl
     [copy] = await fake_slack.wait_posts("C2", 1)
     assert "thread_ts" not in copy
     # a thread reply in C1 -> a reply in the copy's thread in C2
-    await fake_slack.push(sk.event_callback(sk.message_event("follow-up", ts="1700000101.0", thread_ts=orig),
-                                            event_id="E2"))
+    await fake_slack.push(
+        sk.event_callback(sk.message_event("follow-up", ts="1700000101.0", thread_ts=orig), event_id="E2")
+    )
     posts = await fake_slack.wait_posts("C2", 2)
     assert posts[1]["thread_ts"] == copy["ts"] and posts[1]["text"] == "alice: follow-up"
     # a thread reply in C2 under the copy -> into the original's thread in C1
-    await fake_slack.push(sk.event_callback(sk.message_event("answer", user="U2", channel="C2", ts="1700000102.0",
-                                                             thread_ts=copy["ts"]), event_id="E3"))
+    await fake_slack.push(
+        sk.event_callback(
+            sk.message_event("answer", user="U2", channel="C2", ts="1700000102.0", thread_ts=copy["ts"]),
+            event_id="E3",
+        )
+    )
     [back] = await fake_slack.wait_posts("C1", 1)
     assert back["thread_ts"] == orig and back["text"] == "Bob B: answer"
     # an edit of the original -> chat.update of the copy
-    changed = {"type": "message", "subtype": "message_changed", "channel": "C1", "ts": "1700000200.0",
-               "message": {"type": "message", "user": "U1", "text": "question (fixed)", "ts": orig,
-                           "edited": {"user": "U1", "ts": "1700000199.0"}},
-               "previous_message": {"type": "message", "user": "U1", "text": "question", "ts": orig}}
+    changed = {
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": "C1",
+        "ts": "1700000200.0",
+        "message": {
+            "type": "message",
+            "user": "U1",
+            "text": "question (fixed)",
+            "ts": orig,
+            "edited": {"user": "U1", "ts": "1700000199.0"},
+        },
+        "previous_message": {"type": "message", "user": "U1", "text": "question", "ts": orig},
+    }
     await fake_slack.push(sk.event_callback(changed, event_id="E4"))
     await wait_until(lambda: any(u["ts"] == copy["ts"] for u in fake_slack.updates))
     upd = [u for u in fake_slack.updates if u["ts"] == copy["ts"]][-1]
     assert upd["channel"] == "C2" and upd["text"] == "alice: question (fixed)"
     # a delete of the original -> chat.delete of the copy
-    deleted = {"type": "message", "subtype": "message_deleted", "channel": "C1", "ts": "1700000300.0",
-               "deleted_ts": orig, "previous_message": {"type": "message", "user": "U1", "text": "x", "ts": orig}}
+    deleted = {
+        "type": "message",
+        "subtype": "message_deleted",
+        "channel": "C1",
+        "ts": "1700000300.0",
+        "deleted_ts": orig,
+        "previous_message": {"type": "message", "user": "U1", "text": "x", "ts": orig},
+    }
     await fake_slack.push(sk.event_callback(deleted, event_id="E5"))
     await wait_until(lambda: {"channel": "C2", "ts": copy["ts"]} in fake_slack.deletes)
 
@@ -113,8 +146,9 @@ async def test_threads_and_edits_and_deletes_follow_the_message_map(app, fake_sl
 async def test_burst_into_one_channel_is_complete_and_paced(app, fake_slack, sk):
     await app()
     for i in range(8):
-        await fake_slack.push(sk.event_callback(sk.message_event(f"burst {i}", ts=f"17000001{i:02d}.0"),
-                                                event_id=f"B{i}"))
+        await fake_slack.push(
+            sk.event_callback(sk.message_event(f"burst {i}", ts=f"17000001{i:02d}.0"), event_id=f"B{i}")
+        )
     await fake_slack.wait_posts("C2", 8, within=25)
     assert fake_slack.texts("C2") == [f"alice: burst {i}" for i in range(8)]  # complete and in order
     assert fake_slack.rate_violations == []  # ~1/s per channel with burst 3 held
@@ -148,15 +182,31 @@ async def test_events_api_mode_through_the_app(app, fake_slack, sk):
     client, _, _ = await app(mode="events")
     body = json.dumps(sk.event_callback(sk.message_event("via events"))).encode()
     stamp = str(int(time.time()))
-    forged = await client.post("/gateways/slack/events", data=body, headers={
-        "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sign("wrong", stamp, body)})
+    forged = await client.post(
+        "/gateways/slack/events",
+        data=body,
+        headers={"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sign("wrong", stamp, body)},
+    )
     assert forged.status == 401
-    ok = await client.post("/gateways/slack/events", data=body, headers={
-        "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sign(sk.SIGNING_SECRET, stamp, body)})
+    ok = await client.post(
+        "/gateways/slack/events",
+        data=body,
+        headers={
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": sign(sk.SIGNING_SECRET, stamp, body),
+        },
+    )
     assert ok.status == 200
-    again = await client.post("/gateways/slack/events", data=body, headers={
-        "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sign(sk.SIGNING_SECRET, stamp, body),
-        "X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+    again = await client.post(
+        "/gateways/slack/events",
+        data=body,
+        headers={
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": sign(sk.SIGNING_SECRET, stamp, body),
+            "X-Slack-Retry-Num": "1",
+            "X-Slack-Retry-Reason": "http_timeout",
+        },
+    )
     assert again.status == 200
     await fake_slack.wait_posts("C2", 1)
     await asyncio.sleep(0.3)

@@ -46,7 +46,10 @@ def test_plugin_registers_the_gateway():
     assert [g.kind for g in registered] == ["slack"]
     # __init__ holds only the hookimpl (and the import it needs)
     public = {k for k in vars(plugin) if not k.startswith("_")}
-    assert public - {"hookimpl", "SlackGateway", "register_gateways", "gateway", "mrkdwn", "signature", "wire"} == set()
+    assert (
+        public - {"hookimpl", "SlackGateway", "register_gateways", "gateway", "mrkdwn", "signature", "wire"}
+        == set()
+    )
 
 
 async def test_secrets_registered(make_gateway, sk):

@@ -19,10 +19,14 @@ class TestSlackContract(GatewayContract):
     @pytest.fixture
     async def contract_gateway(self, fake_slack, http_session, sk):
         ctx = RecordingContext("slack", http_session, [sk.binding("C1")])
-        cfg = SlackGateway.Config.model_validate({
-            "bot_token": sk.BOT_TOKEN, "signing_secret": sk.SIGNING_SECRET, "mode": "events",
-            "api_base": f"{fake_slack.url}/api/",
-        })
+        cfg = SlackGateway.Config.model_validate(
+            {
+                "bot_token": sk.BOT_TOKEN,
+                "signing_secret": sk.SIGNING_SECRET,
+                "mode": "events",
+                "api_base": f"{fake_slack.url}/api/",
+            }
+        )
         gw = SlackGateway("slack", cfg, ctx)
         yield gw
         await gw.stop()
@@ -41,13 +45,20 @@ class TestSlackContract(GatewayContract):
                 client = clients[id(gateway)] = TestClient(TestServer(app, host="127.0.0.1", port=0))
                 await client.start_server()
             ts = f"1700000000.{zlib.crc32(update_id.encode()) % 1_000_000:06d}"
-            body = json.dumps(sk.event_callback(sk.message_event(f"update {update_id}", ts=ts),
-                                                event_id=f"Ev{update_id}")).encode()
+            body = json.dumps(
+                sk.event_callback(sk.message_event(f"update {update_id}", ts=ts), event_id=f"Ev{update_id}")
+            ).encode()
             stamp = str(int(time.time()))
             secret = sk.SIGNING_SECRET if signed else "forged"
-            resp = await client.post(f"/gateways/{gateway.name}/events", data=body, headers={
-                "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sign(secret, stamp, body),
-                "Content-Type": "application/json"})
+            resp = await client.post(
+                f"/gateways/{gateway.name}/events",
+                data=body,
+                headers={
+                    "X-Slack-Request-Timestamp": stamp,
+                    "X-Slack-Signature": sign(secret, stamp, body),
+                    "Content-Type": "application/json",
+                },
+            )
             return resp.status
 
         yield deliver
@@ -66,4 +77,5 @@ class TestSlackContract(GatewayContract):
                 fake_slack.fail_error["C1"].extend(["channel_not_found"] * 10)
             else:
                 fake_slack.fail_429["C1"].extend([3] * 10)
+
         return brk

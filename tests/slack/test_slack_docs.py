@@ -31,7 +31,11 @@ def test_doc_gateway_table_and_binding_options_validate():
 
 def test_every_config_key_is_documented():
     documented = set(re.findall(r"^\| `([a-z_.]+)`", DOC, re.MULTILINE))
-    documented |= {k for cell in re.findall(r"^\| `(rate\.[^|]+)\|", DOC, re.MULTILINE) for k in re.findall(r"rate\.\w+", cell)}
+    documented |= {
+        k
+        for cell in re.findall(r"^\| `(rate\.[^|]+)\|", DOC, re.MULTILINE)
+        for k in re.findall(r"rate\.\w+", cell)
+    }
     keys = set(SlackGateway.Config.model_fields) - {"rate"}
     keys |= {f"rate.{k}" for k in SlackGateway.Config.model_fields["rate"].annotation.model_fields}
     keys |= set(SlackGateway.BindingOptions.model_fields)

@@ -44,7 +44,8 @@ async def test_mass_mentions_only_when_binding_allows(make_gateway, fake_slack, 
     await gw.send(_out(gw, "deploy done @here <!channel> <@U1> mail@here.com <https://x|y>", options=opts))
     # the route allows it: mentions are live, other markup (links) stays escaped
     assert fake_slack.posts["C1"][-1]["text"] == (
-        "deploy done <!here> <!channel> <@U1> mail@here.com &lt;https://x|y&gt;")
+        "deploy done <!here> <!channel> <@U1> mail@here.com &lt;https://x|y&gt;"
+    )
 
 
 async def test_threads_reply_to_binding_thread_and_address_thread(make_gateway, fake_slack):
@@ -133,7 +134,13 @@ async def test_capabilities_and_config_limits(make_gateway):
     gw = await make_gateway(mode="events", max_text=3000)
     caps = gw.capabilities
     assert (caps.max_text, caps.threads, caps.replies, caps.edits, caps.deletes, caps.media) == (
-        3000, True, True, True, True, False)
+        3000,
+        True,
+        True,
+        True,
+        True,
+        False,
+    )
     assert caps.formatting == "mrkdwn"
 
 
@@ -153,9 +160,18 @@ async def test_server_error_and_network_error_are_transient(make_gateway, fake_s
     from claudemesh_gateway.plugins.slack.gateway import SlackGateway
     from claudemesh_gateway.testing import RecordingContext
 
-    dead = SlackGateway("slack", SlackGateway.Config.model_validate(
-        {"bot_token": sk.BOT_TOKEN, "mode": "events", "signing_secret": "s", "api_base": "http://127.0.0.1:9/api/"}),
-        RecordingContext("slack", http_session))
+    dead = SlackGateway(
+        "slack",
+        SlackGateway.Config.model_validate(
+            {
+                "bot_token": sk.BOT_TOKEN,
+                "mode": "events",
+                "signing_secret": "s",
+                "api_base": "http://127.0.0.1:9/api/",
+            }
+        ),
+        RecordingContext("slack", http_session),
+    )
     await dead.start()  # network down at boot: not fatal, retried in the background
     assert dead.state == GatewayState.TRANSIENT_DISCONNECT
     with pytest.raises(DeliveryError) as ei:

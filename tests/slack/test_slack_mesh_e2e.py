@@ -31,7 +31,9 @@ async def mesh_app(tmp_path, dev_broker, fake_slack, sk):  # noqa: F811
     tables = dev_mesh_tables(dev_broker.state_dir)
 
     async def peer(name: str, inbox: list[MeshInbound] | None = None) -> MeshPeer:
-        cfg = MeshConfig.model_validate({**tables[name], "topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5})
+        cfg = MeshConfig.model_validate(
+            {**tables[name], "topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5}
+        )
 
         async def on_message(item: MeshInbound) -> None:
             if inbox is not None:
@@ -50,10 +52,23 @@ async def mesh_app(tmp_path, dev_broker, fake_slack, sk):  # noqa: F811
         mesh_tables["dev"].update({"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5})
         cfg = {
             "mesh": mesh_tables,
-            "gateways": {"slack": {"type": "slack", "bot_token": sk.BOT_TOKEN, "app_token": sk.APP_TOKEN,
-                                   "api_base": f"{fake_slack.url}/api/", **gw_extra}},
-            "routes": [{"name": "general", "mesh": "dev", "topic": "general",
-                        "binds": [{"gateway": "slack", "chat": c} for c in channels]}],
+            "gateways": {
+                "slack": {
+                    "type": "slack",
+                    "bot_token": sk.BOT_TOKEN,
+                    "app_token": sk.APP_TOKEN,
+                    "api_base": f"{fake_slack.url}/api/",
+                    **gw_extra,
+                }
+            },
+            "routes": [
+                {
+                    "name": "general",
+                    "mesh": "dev",
+                    "topic": "general",
+                    "binds": [{"gateway": "slack", "chat": c} for c in channels],
+                }
+            ],
         }
         state = tmp_path / f"gw{len(clients)}"
         state.mkdir()
@@ -92,11 +107,18 @@ async def test_channel_message_reaches_topic_encrypted_v3_for_other_peers(mesh_a
     await wait_until(lambda: any("secret plans" in m.text for m in inbox))
     [got] = [m for m in inbox if "secret plans" in m.text]
     assert got.body_version == 3  # HKDF per-topic key
-    assert got.text.endswith("alice: secret plans @Bob B")  # attribution (after the core's [via slack] marker)
+    assert got.text.endswith(
+        "alice: secret plans @Bob B"
+    )  # attribution (after the core's [via slack] marker)
     assert got.sender_member_id == mesh_app.seed.gateway.member_id
-    rows = [r for r in mesh_app.broker.topic_messages(mesh_app.seed.mesh_id, mesh_app.seed.general_topic_id)
-            if r.id == got.id]
-    assert rows and rows[0].body_version == 3 and "secret plans" not in rows[0].ciphertext  # the broker sees ciphertext
+    rows = [
+        r
+        for r in mesh_app.broker.topic_messages(mesh_app.seed.mesh_id, mesh_app.seed.general_topic_id)
+        if r.id == got.id
+    ]
+    assert (
+        rows and rows[0].body_version == 3 and "secret plans" not in rows[0].ciphertext
+    )  # the broker sees ciphertext
 
 
 async def test_burst_from_the_mesh_is_complete_and_paced_and_429_pauses_one_channel(mesh_app, fake_slack):

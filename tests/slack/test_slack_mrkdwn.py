@@ -13,10 +13,23 @@ def readable(text: str) -> str:
     return mrkdwn.to_readable(text, NAMES.get, CHANNELS.get)
 
 
-@pytest.mark.parametrize("raw", [
-    "<!channel>", "<!here>", "<!everyone>", "<@U123>", "<!subteam^S1|@oncall>", "<#C1>", "a & b < c > d",
-    "&lt;!channel&gt;", "&amp;lt;", "<<!here>>", "&", "&&lt;",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<!channel>",
+        "<!here>",
+        "<!everyone>",
+        "<@U123>",
+        "<!subteam^S1|@oncall>",
+        "<#C1>",
+        "a & b < c > d",
+        "&lt;!channel&gt;",
+        "&amp;lt;",
+        "<<!here>>",
+        "&",
+        "&&lt;",
+    ],
+)
 def test_escape_neutralises_and_is_idempotent(raw):
     once = mrkdwn.escape(raw)
     assert "<" not in once and ">" not in once
@@ -30,24 +43,27 @@ def test_escape_plain_text_roundtrip():
     assert mrkdwn.unescape(mrkdwn.escape("1 < 2 && 3 > 2")) == "1 < 2 && 3 > 2"
 
 
-@pytest.mark.parametrize(("slack", "text"), [
-    ("hi <@U1>", "hi @alice"),
-    ("hi <@U9>", "hi @U9"),
-    ("hi <@U9|zed>", "hi @zed"),
-    ("in <#C1>", "in #general"),
-    ("in <#C2|random>", "in #random"),
-    ("in <#C3|>", "in #C3"),
-    ("<https://x.org|docs>", "docs (https://x.org)"),
-    ("<https://x.org>", "https://x.org"),
-    ("<https://x.org|https://x.org>", "https://x.org"),
-    ("<mailto:a@b.c|a@b.c>", "a@b.c"),
-    ("<!here> <!channel> <!everyone>", "@here @channel @everyone"),
-    ("<!here|@here>", "@here"),
-    ("<!subteam^S1|@oncall>", "@oncall"),
-    ("<!subteam^S1>", "@S1"),
-    ("<!date^1392734382^{date_short}|Feb 18, 2014>", "Feb 18, 2014"),
-    ("a &lt;b&gt; &amp;amp;", "a <b> &amp;"),
-])
+@pytest.mark.parametrize(
+    ("slack", "text"),
+    [
+        ("hi <@U1>", "hi @alice"),
+        ("hi <@U9>", "hi @U9"),
+        ("hi <@U9|zed>", "hi @zed"),
+        ("in <#C1>", "in #general"),
+        ("in <#C2|random>", "in #random"),
+        ("in <#C3|>", "in #C3"),
+        ("<https://x.org|docs>", "docs (https://x.org)"),
+        ("<https://x.org>", "https://x.org"),
+        ("<https://x.org|https://x.org>", "https://x.org"),
+        ("<mailto:a@b.c|a@b.c>", "a@b.c"),
+        ("<!here> <!channel> <!everyone>", "@here @channel @everyone"),
+        ("<!here|@here>", "@here"),
+        ("<!subteam^S1|@oncall>", "@oncall"),
+        ("<!subteam^S1>", "@S1"),
+        ("<!date^1392734382^{date_short}|Feb 18, 2014>", "Feb 18, 2014"),
+        ("a &lt;b&gt; &amp;amp;", "a <b> &amp;"),
+    ],
+)
 def test_inbound_readable(slack, text):
     assert readable(slack) == text
 
@@ -62,7 +78,8 @@ def test_mass_mentions_enabled_only_for_plain_words():
     assert mrkdwn.enable_mass_mentions("a@here.com /@here @heres") == "a@here.com /@here @heres"
     escaped = mrkdwn.escape("<!channel> <!subteam^S1|@ops> <@U1> <https://x|y> <!date^1^x|d>")
     assert mrkdwn.enable_mass_mentions(escaped) == (
-        "<!channel> <!subteam^S1|@ops> <@U1> &lt;https://x|y&gt; &lt;!date^1^x|d&gt;")
+        "<!channel> <!subteam^S1|@ops> <@U1> &lt;https://x|y&gt; &lt;!date^1^x|d&gt;"
+    )
 
 
 async def test_resolver_coalesces_and_caches():

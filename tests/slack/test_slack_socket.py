@@ -26,7 +26,9 @@ async def test_socket_connects_and_reports_state(make_gateway, fake_slack):
 
 async def test_channel_message_submitted_and_acked(make_gateway, fake_slack, sk):
     gw = await make_gateway()
-    env = await fake_slack.push(sk.event_callback(sk.message_event("hi <@U2> in <#C2> see <https://x.org|docs> &amp; <!here>")))
+    env = await fake_slack.push(
+        sk.event_callback(sk.message_event("hi <@U2> in <#C2> see <https://x.org|docs> &amp; <!here>"))
+    )
     assert env in fake_slack.acks
     [msg] = gw.ctx.submitted
     assert msg.id == f"slack:slack:{sk.TEAM}:C1:1700000100.000100"
@@ -39,8 +41,12 @@ async def test_channel_message_submitted_and_acked(make_gateway, fake_slack, sk)
 
 async def test_thread_reply_maps_to_reply_to_and_origin_thread(make_gateway, fake_slack, sk):
     gw = await make_gateway()
-    await fake_slack.push(sk.event_callback(sk.message_event(
-        "in thread", ts="1700000200.000200", thread_ts="1700000100.000100"), event_id="Ev2"))
+    await fake_slack.push(
+        sk.event_callback(
+            sk.message_event("in thread", ts="1700000200.000200", thread_ts="1700000100.000100"),
+            event_id="Ev2",
+        )
+    )
     [msg] = gw.ctx.submitted
     assert msg.reply_to == "1700000100.000100"
     assert msg.origin.thread == "1700000100.000100"
@@ -48,7 +54,9 @@ async def test_thread_reply_maps_to_reply_to_and_origin_thread(make_gateway, fak
     from claudemesh_gateway import Address, Message, Outbound
 
     m = Message(id="mesh:x:1", origin=Address("mesh", "m:#t"), sender="bot", text="ack")
-    res = await gw.send(Outbound(message=m, to=Address("slack", "C1"), text="ack", reply_to="1700000200.000200"))
+    res = await gw.send(
+        Outbound(message=m, to=Address("slack", "C1"), text="ack", reply_to="1700000200.000200")
+    )
     assert fake_slack.posts["C1"][-1]["thread_ts"] == "1700000100.000100"
     assert res.thread == "1700000100.000100"
 
@@ -65,7 +73,9 @@ async def test_own_posts_bot_messages_and_noise_ignored(make_gateway, fake_slack
     ]
     for i, ev in enumerate(ignored):
         await fake_slack.push(sk.event_callback(ev, event_id=f"EvI{i}"))
-    await fake_slack.push({"type": "event_callback", "event": {"type": "reaction_added"}}, )
+    await fake_slack.push(
+        {"type": "event_callback", "event": {"type": "reaction_added"}},
+    )
     await fake_slack.push({"text": "x"}, kind="interactive")
     await fake_slack.push(sk.event_callback(sk.message_event("human", ts="1.7"), event_id="EvH"))
     assert [m.text for m in gw.ctx.submitted] == ["human"]
@@ -104,22 +114,40 @@ async def test_edits_and_deletes_inbound(make_gateway, fake_slack, sk):
     gw = await make_gateway()
     orig = "1700000100.000100"
     changed = {
-        "type": "message", "subtype": "message_changed", "channel": "C1", "ts": "1700000300.000300", "hidden": True,
-        "message": {"type": "message", "user": "U1", "text": "fixed <!here>", "ts": orig,
-                    "edited": {"user": "U1", "ts": "1700000299.000000"}},
+        "type": "message",
+        "subtype": "message_changed",
+        "channel": "C1",
+        "ts": "1700000300.000300",
+        "hidden": True,
+        "message": {
+            "type": "message",
+            "user": "U1",
+            "text": "fixed <!here>",
+            "ts": orig,
+            "edited": {"user": "U1", "ts": "1700000299.000000"},
+        },
         "previous_message": {"type": "message", "user": "U1", "text": "fixd", "ts": orig},
     }
     await fake_slack.push(sk.event_callback(changed, event_id="EvE"))
     # metadata-only change (reply count, unfurl): same text -> not an edit
     same = {**changed, "ts": "1700000301.0", "message": {**changed["message"], "text": "fixd"}}
     await fake_slack.push(sk.event_callback(same, event_id="EvS"))
-    deleted = {"type": "message", "subtype": "message_deleted", "channel": "C1", "ts": "1700000400.0",
-               "deleted_ts": orig, "hidden": True,
-               "previous_message": {"type": "message", "user": "U1", "text": "fixed", "ts": orig}}
+    deleted = {
+        "type": "message",
+        "subtype": "message_deleted",
+        "channel": "C1",
+        "ts": "1700000400.0",
+        "deleted_ts": orig,
+        "hidden": True,
+        "previous_message": {"type": "message", "user": "U1", "text": "fixed", "ts": orig},
+    }
     await fake_slack.push(sk.event_callback(deleted, event_id="EvD"))
     # deleting one of our own posts in Slack is not relayed
-    own_deleted = {**deleted, "deleted_ts": "9.9",
-                   "previous_message": {"type": "message", "user": "UBOT", "bot_id": "BBOT", "text": "x", "ts": "9.9"}}
+    own_deleted = {
+        **deleted,
+        "deleted_ts": "9.9",
+        "previous_message": {"type": "message", "user": "UBOT", "bot_id": "BBOT", "text": "x", "ts": "9.9"},
+    }
     await fake_slack.push(sk.event_callback(own_deleted, event_id="EvD2"))
     edit, delete = gw.ctx.submitted
     assert edit.id == f"slack:slack:{sk.TEAM}:C1:{orig}:edit:1700000299.000000"
@@ -130,12 +158,26 @@ async def test_edits_and_deletes_inbound(make_gateway, fake_slack, sk):
 
 async def test_files_become_attachment_references_without_tokens(make_gateway, fake_slack, sk):
     gw = await make_gateway()
-    files = [{"id": "F1", "name": "plot.png", "title": "weekly plot", "mimetype": "image/png", "size": 2048,
-              "url_private": "https://files.slack.com/files-pri/T-F1/plot.png", "permalink": "https://t.slack.com/f/F1"}]
+    files = [
+        {
+            "id": "F1",
+            "name": "plot.png",
+            "title": "weekly plot",
+            "mimetype": "image/png",
+            "size": 2048,
+            "url_private": "https://files.slack.com/files-pri/T-F1/plot.png",
+            "permalink": "https://t.slack.com/f/F1",
+        }
+    ]
     await fake_slack.push(sk.event_callback(sk.message_event("see", subtype="file_share", files=files)))
     [msg] = gw.ctx.submitted
     [att] = msg.attachments
-    assert (att.name, att.content_type, att.size, att.caption) == ("plot.png", "image/png", 2048, "weekly plot")
+    assert (att.name, att.content_type, att.size, att.caption) == (
+        "plot.png",
+        "image/png",
+        2048,
+        "weekly plot",
+    )
     assert att.url is None  # url_private is useless without the bot token header
     assert msg.raw["files"][0]["url_private"].endswith("plot.png")
     assert sk.BOT_TOKEN not in repr(msg) and sk.BOT_TOKEN not in str(dict(msg.raw))
@@ -157,7 +199,9 @@ async def test_submit_failure_leaves_envelope_unacked_then_redelivery_once(make_
 async def test_name_resolution_is_cached(make_gateway, fake_slack, sk):
     gw = await make_gateway()
     for i in range(5):
-        await fake_slack.push(sk.event_callback(sk.message_event(f"m{i} <@U2> <#C2>", ts=f"5.{i}"), event_id=f"E{i}"))
+        await fake_slack.push(
+            sk.event_callback(sk.message_event(f"m{i} <@U2> <#C2>", ts=f"5.{i}"), event_id=f"E{i}")
+        )
     assert [m.sender for m in gw.ctx.submitted] == ["alice"] * 5
     assert all(m.text.endswith("@Bob B #random") for m in gw.ctx.submitted)
     assert [p["user"] for p in fake_slack.methods("users.info")] in (["U1", "U2"], ["U2", "U1"])
@@ -166,8 +210,11 @@ async def test_name_resolution_is_cached(make_gateway, fake_slack, sk):
 
 async def test_user_profile_in_event_avoids_lookup(make_gateway, fake_slack, sk):
     gw = await make_gateway()
-    await fake_slack.push(sk.event_callback(sk.message_event(
-        "x", user="U9", user_profile={"display_name": "zed", "real_name": "Zed Z"})))
+    await fake_slack.push(
+        sk.event_callback(
+            sk.message_event("x", user="U9", user_profile={"display_name": "zed", "real_name": "Zed Z"})
+        )
+    )
     assert gw.ctx.submitted[0].sender == "zed"
     assert fake_slack.methods("users.info") == []
 
@@ -197,8 +244,18 @@ async def test_disconnect_envelope_reconnects(make_gateway, fake_slack, sk):
 
 async def test_slash_command_over_socket(make_gateway, fake_slack, sk):
     gw = await make_gateway()
-    await fake_slack.push({"command": "/mesh", "text": "topics", "user_id": "U1", "user_name": "alice",
-                           "channel_id": "C1", "team_id": sk.TEAM, "trigger_id": "tr1"}, kind="slash_commands")
+    await fake_slack.push(
+        {
+            "command": "/mesh",
+            "text": "topics",
+            "user_id": "U1",
+            "user_name": "alice",
+            "channel_id": "C1",
+            "team_id": sk.TEAM,
+            "trigger_id": "tr1",
+        },
+        kind="slash_commands",
+    )
     [msg] = gw.ctx.submitted
     assert msg.is_command and msg.text == "/topics" and msg.origin.chat == "C1" and msg.sender_id == "U1"
 
@@ -218,8 +275,9 @@ async def test_bad_bot_token_is_bad_credentials(make_gateway, fake_slack):
 async def test_stop_drains_in_flight_envelopes_and_submits_nothing_after(make_gateway, fake_slack, sk):
     gw = await make_gateway()
     for i in range(5):
-        await fake_slack.push(sk.event_callback(sk.message_event(f"m{i}", ts=f"8.{i}"), event_id=f"E{i}"),
-                              wait_ack=False)
+        await fake_slack.push(
+            sk.event_callback(sk.message_event(f"m{i}", ts=f"8.{i}"), event_id=f"E{i}"), wait_ack=False
+        )
     await gw.stop()
     after_stop = list(gw.ctx.attempts)
     await asyncio.sleep(0.2)
