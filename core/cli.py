@@ -52,7 +52,7 @@ def _config_path(args: argparse.Namespace) -> Path:
     return Path(args.config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def _tool(module: str, name: str) -> Callable[..., Any]:
+def _tool(module: str, name: str) -> Callable[..., Any]:  # functions other packages provide to the CLI
     """A function another part of the gateway provides to the CLI (mesh tools, dev broker)."""
     try:
         mod = importlib.import_module(module)
@@ -300,18 +300,89 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- keys, enrolment, dev broker --------------------------------------------------------------------------------------
+def _toml_str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def _write_key_file(path: Path, secret_hex: str) -> None:
+    path = path.expanduser()
+    if path.exists():
+        raise ConfigError(f"key file {path} already exists; refusing to overwrite an identity")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# claudemesh member secret key (libsodium seed||pubkey, hex). Keep it private.\n")
+        fh.write(secret_hex + "\n")
+
+
+def _identity_lines(pair: Any, key_file: str | None) -> list[str]:
+    if key_file:
+        _write_key_file(Path(key_file), pair.secret_hex)
+        return [f"secret_key_file = {_toml_str(str(Path(key_file).expanduser()))}", f'pubkey = "{pair.public_hex}"']
+    return [f'secret_key = "{pair.secret_hex}"', f'pubkey = "{pair.public_hex}"']
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
+    """A new ed25519 member identity, as the keys of a [mesh.*] table."""
+    from .mesh.crypto import KeyPair
+
     _quiet_logging(args)
-    result = _tool("claudemesh_gateway.mesh.tools", "keygen")()
-    _print_result(result)
+    pair = KeyPair.generate()
+    print("# a new claudemesh member identity; paste into a [mesh.<name>] table")
+    print("\n".join(_identity_lines(pair, args.key_file)))
     return EXIT_OK
+
+
+async def enroll(invite: str, *, name: str | None, display_name: str, key_file: str | None,
+                 timeout: float = 15.0) -> str:
+    """Join a mesh with a v1 invite (spec A.14) and return the ``[mesh.<name>]`` TOML table."""
+    import re
+    import time
+
+    import aiohttp
+
+    from .mesh.config import http_url_for
+    from .mesh.crypto import KeyPair, decode_invite, verify_invite
+
+    try:
+        token, payload = decode_invite(invite)
+        verify_invite(payload, time.time())
+    except ValueError as exc:
+        raise ConfigError(f"enroll: {exc}") from None
+    pair = KeyPair.generate()
+    url = http_url_for(str(payload["broker_url"])) + "/join"
+    body = {"invite_token": token, "invite_payload": payload, "peer_pubkey": pair.public_hex,
+            "display_name": display_name}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+            async with http.post(url, json=body) as resp:
+                status = resp.status
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = {}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise StartupError(f"enroll: broker unreachable at {url}: {type(exc).__name__}") from None
+    if status != 200 or not isinstance(answer, dict) or not answer.get("ok") or not answer.get("memberId"):
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise StartupError(f"enroll: the broker refused the join (HTTP {status}: {error or 'no reason given'})")
+    table = name or re.sub(r"[^A-Za-z0-9_]", "_", str(payload.get("mesh_slug") or "mesh")) or "mesh"
+    lines = [
+        f"# joined mesh {payload.get('mesh_slug')!s} as {display_name} (role {payload.get('role')})",
+        f"[mesh.{table}]",
+        f"broker_url = {_toml_str(str(payload['broker_url']))}",
+        f"mesh_id = {_toml_str(str(payload['mesh_id']))}",
+        f"member_id = {_toml_str(str(answer['memberId']))}",
+        *_identity_lines(pair, key_file),
+        f"root_key = {_toml_str(str(payload['mesh_root_key']))}",
+        f"display_name = {_toml_str(display_name)}",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     _quiet_logging(args)
-    fn = _tool("claudemesh_gateway.mesh.tools", "enroll")
-    result = _run(fn(args.invite, name=args.name, display_name=args.display_name))
-    _print_result(result)
+    print(_run(enroll(args.invite, name=args.name, display_name=args.display_name, key_file=args.key_file)))
     return EXIT_OK
 
 
@@ -493,12 +564,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_routes)
 
     s = sub.add_parser("keygen", help="generate an ed25519 identity for a [mesh.*] table")
+    s.add_argument("--key-file", default=None, help="write the secret to this file (mode 600) instead of stdout")
     s.set_defaults(func=cmd_keygen)
 
     s = sub.add_parser("enroll", help="join a mesh from a v1 invite link; prints the [mesh.*] table")
     s.add_argument("invite")
     s.add_argument("--name", default=None, help="config name of the mesh table")
-    s.add_argument("--display-name", default="claudemesh-gateway", help="peer display name on the mesh")
+    s.add_argument("--display-name", default="gateway", help="peer display name on the mesh")
+    s.add_argument("--key-file", default=None, help="write the secret to this file (mode 600) instead of stdout")
     s.set_defaults(func=cmd_enroll)
 
     s = sub.add_parser("dev-broker", help="run the loopback dev broker standalone (development only)")

@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +176,40 @@ async def test_mesh_commands_against_the_dev_broker(
 
     code, _, lines = run_cli(capsys, "-c", str(cfg), "mesh", "peers", "nope")
     assert code == 2 and "no [mesh.nope] table" in lines[0]
+
+
+async def test_keygen_and_enroll_with_a_dev_broker_invite(
+    tmp_path: Path, dev_broker: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+    import os
+    import stat
+    import tomllib
+
+    from claudemesh_gateway.mesh.config import MeshConfig
+    from claudemesh_gateway.mesh.peer import MeshPeer
+    from claudemesh_gateway.mesh.state import MemoryKV
+
+    code = await asyncio.to_thread(cli.main, ["keygen"])
+    keys = tomllib.loads(capsys.readouterr().out)
+    assert code == 0 and len(keys["secret_key"]) == 128 and keys["secret_key"].endswith(keys["pubkey"])
+
+    token = dev_broker.mint_invite(dev_broker.default_mesh.mesh.mesh_id)
+    key_file = tmp_path / "keys" / "ops.key"
+    code = await asyncio.to_thread(cli.main, ["enroll", token, "--name", "ops", "--display-name", "ops-gw",
+                                              "--key-file", str(key_file)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    table = tomllib.loads(out)["mesh"]["ops"]
+    assert "secret_key" not in table and stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    cfg = MeshConfig.model_validate(table)  # a complete, valid [mesh.*] table
+    peer = MeshPeer("ops", cfg, kv=MemoryKV(), identity="cli")
+    await peer.start()
+    try:
+        await peer.wait_connected(5)  # the broker accepts the enrolled identity
+    finally:
+        await peer.stop()
+
+    code = await asyncio.to_thread(cli.main, ["enroll", token])  # single use: the broker refuses
+    _, err = capsys.readouterr()
+    assert code == 4 and "the broker refused the join" in err
