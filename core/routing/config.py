@@ -171,6 +171,7 @@ class RouteConfig(BaseModel):
     encryption: Literal["hkdf", "plaintext"] = "hkdf"  # for this route's topic
     allow_mass_mentions: bool = False  # @everyone/@channel/@here/<!channel> pass through untouched
     notify_failures: bool = False  # a permanent delivery failure DMs a short notice to the mesh sender
+    max_hops: int = Field(2, ge=1, le=8)  # mesh->mesh relays of this route stop after this many crossings
     binds: list[BindingConfig] = []
 
     @field_validator("name")

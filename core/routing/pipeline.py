@@ -205,7 +205,8 @@ class Pipeline:
             if to.gateway == MESH_GATEWAY:
                 dest_mesh = parse_mesh_chat(to.chat).mesh
                 if origin_mesh is not None:
-                    if message.hops + 1 > table.max_hops(dest_mesh):
+                    limit = d.max_hops if d.max_hops is not None else table.max_hops(dest_mesh)
+                    if message.hops + 1 > limit:
                         reasons.append("hop_limit")
                         continue
                     if dest_mesh in message.visited and dest_mesh != origin_mesh:

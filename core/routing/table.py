@@ -128,6 +128,7 @@ class Destination:
     notify_failures: bool = False
     mesh: str | None = None  # the route's mesh (for the {mesh} field)
     topic: str | None = None  # the route's topic (for the {topic} field)
+    max_hops: int | None = None  # mesh->mesh hop limit of the route (None: the table default)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,6 +306,10 @@ class RouteTable:
     def gateway_kind(self, gateway: str) -> str:
         return self._kinds.get(gateway, gateway)
 
+    def explicit_encryption(self, mesh: str, topic: str) -> str | None:
+        """The ``encryption`` a route sets for ``mesh``/``topic``, or None when no route sets it."""
+        return self._encryption.get((mesh, topic.removeprefix("#")))
+
     def encryption_for(self, mesh: str, topic: str) -> str:
         """``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit ``encryption``,
         else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``), else ``"hkdf"``."""
@@ -439,7 +444,7 @@ class RouteTable:
                     route=r.name, address=address, options=dict(options),
                     attribution=r.cfg.attribution or DEFAULT_ATTRIBUTION,
                     allow_mass_mentions=r.cfg.allow_mass_mentions, notify_failures=r.cfg.notify_failures,
-                    mesh=r.cfg.mesh, topic=r.cfg.topic,
+                    mesh=r.cfg.mesh, topic=r.cfg.topic, max_hops=r.cfg.max_hops,
                 )
         return Resolution(destinations=tuple(dests.values()), matched=tuple(matched), denied=tuple(denied),
                           sources=tuple(sources))
@@ -490,7 +495,7 @@ class RouteTable:
                 "attribution": c.attribution or DEFAULT_ATTRIBUTION,
                 "allow": list(c.allow), "deny": list(c.deny), "mesh_allow": list(c.mesh_allow),
                 "mesh_deny": list(c.mesh_deny), "allow_mass_mentions": c.allow_mass_mentions,
-                "notify_failures": c.notify_failures,
+                "notify_failures": c.notify_failures, "max_hops": c.max_hops,
                 "binds": [
                     {"gateway": b.address.gateway, "chat": b.address.chat, "thread": b.address.thread,
                      "direction": b.direction, "tags": sorted(b.tags)}

@@ -270,6 +270,7 @@ class RoutingTransport:
         cmid = str(uuid.uuid5(_CMID_NS, out.idempotency_key or f"{out.message.id}|{out.to.key}|{out.part}"))
         try:
             if mc.kind == "topic":
+                self._ensure_encryption(peer, mc.mesh, mc.value)
                 mid = await peer.post_topic(mc.value, out.text, reply_to_id=out.reply_to,
                                             mentions=mentions_in(out.text), client_message_id=cmid)
                 return SendResult(native_ids=(str(mid),) if mid else ())
@@ -280,6 +281,24 @@ class RoutingTransport:
         except MeshError as exc:
             raise DeliveryError(f"mesh {mc.mesh}: {exc}") from exc
         raise DeliveryError(f"cannot send to {out.to.chat} directly (tags are expanded at render)", permanent=True)
+
+    def _ensure_encryption(self, peer: Any, mesh: str, topic: str) -> None:
+        """Make the peer's key ring seal ``topic`` the way its route says (``encryption``), and
+        refuse to post in any other mode. Uses the key ring's public ``mode``/``add_mesh``."""
+        table = self.runtime.routes
+        want = table.explicit_encryption(mesh, topic) if table is not None else None
+        keyring = getattr(peer, "keyring", None)
+        if want is None or keyring is None or not callable(getattr(keyring, "mode", None)):
+            return
+        if keyring.mode(mesh, "", topic) == want:
+            return
+        cfg = getattr(peer, "cfg", None)
+        if cfg is not None and callable(getattr(keyring, "add_mesh", None)):
+            keyring.add_mesh(mesh, table.apply_encryption({mesh: cfg})[mesh])
+            log.info("mesh %s: applied the routes' encryption settings to the key ring", mesh)
+        if keyring.mode(mesh, "", topic) != want:
+            raise DeliveryError(f"mesh {mesh}: route wants {want} for #{topic} but the key ring would seal "
+                                f"{keyring.mode(mesh, '', topic)}; refusing to post", permanent=True)
 
     @staticmethod
     async def _pubkey(peer: Any, who: str) -> str:

@@ -322,3 +322,49 @@ async def test_echo_by_member_id_is_a_loop(make_runtime):
     res = await rt.pipeline.on_mesh_inbound(inbound("mine", id="r9", sender="77" * 32,
                                                     sender_member_id="member-gw"))
     assert (res.status, res.reason) == ("dropped", "loop")
+
+
+async def test_route_max_hops_overrides_the_default(make_runtime):
+    peers = {"m": FakePeer("m"), "n": FakePeer("n")}
+    rt = make_runtime([{"name": "b", "mesh": "m", "topic": "general", "direction": "out", "max_hops": 1,
+                        "binds": [{"gateway": "mesh", "chat": "n:#mirror"}]}], meshes=peers)
+    assert (await rt.pipeline.on_mesh_inbound(inbound("fresh", id="mh0"))).destinations == 1
+    res = await rt.pipeline.on_mesh_inbound(inbound("__cmh1:relayed", id="mh1"))
+    assert (res.status, res.reason) == ("dropped", "hop_limit")
+
+
+class FakeKeyRing:
+    def __init__(self, modes):
+        self.modes, self.added = dict(modes), []
+
+    def mode(self, mesh, topic_id, topic_name=None):
+        return self.modes.get(topic_name, "hkdf")
+
+    def add_mesh(self, name, cfg):
+        self.added.append(name)
+        self.modes.update({t: tc.encryption for t, tc in cfg.topics.items()})
+
+
+async def test_route_encryption_is_applied_to_the_key_ring_before_posting(make_runtime):
+    from types import SimpleNamespace
+
+    peer = FakePeer("m")
+    peer.keyring = FakeKeyRing({})
+    peer.cfg = SimpleNamespace(topics={}, model_copy=lambda update: SimpleNamespace(**update))
+    rt = make_runtime([{**ROOM, "encryption": "plaintext"}], meshes={"m": peer})
+    await rt.pipeline.submit(msg("in the clear", chat="c1", mid="pt"))
+    await drain(rt)
+    assert peer.keyring.added == ["m"] and peer.keyring.modes["general"] == "plaintext"
+    assert [p["text"] for p in peer.posts] == ["[via tg] Ann: in the clear"]
+
+
+async def test_posting_in_another_mode_than_the_route_says_is_refused(make_runtime):
+    peer = FakePeer("m")
+    peer.keyring = FakeKeyRing({"general": "hkdf"})  # no cfg: the ring cannot be corrected
+    rt = make_runtime([{**ROOM, "encryption": "plaintext"}], meshes={"m": peer})
+    await rt.pipeline.submit(msg("secret?", chat="c1", mid="pt2"))
+    item = await rt.store.head("mesh/m:#general")
+    outs, _ = await rt.pipeline.render(item)
+    with pytest.raises(DeliveryError) as e:
+        await rt.pipeline.send(outs[0])
+    assert e.value.permanent and peer.posts == []
