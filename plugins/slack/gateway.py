@@ -201,6 +201,7 @@ class SlackGateway(Gateway):
         self._parents: OrderedDict[tuple[str, str], str] = OrderedDict()  # (channel, ts) -> thread parent
         self._recent: OrderedDict[str, None] = OrderedDict()  # event ids already submitted
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._channel_locks: dict[str, asyncio.Lock] = {}
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -491,10 +492,14 @@ class SlackGateway(Gateway):
         if cb.event.get("type") != "message":
             return None
         ev = MessageEvent.model_validate(cb.event)
-        msg = await self._to_message(ev, cb)
-        if msg is None:
-            return None
-        result = await self.ctx.submit(msg)
+        # one channel at a time, in arrival order: a slow name lookup for one message must not
+        # let the next message of the same channel overtake it (the core keeps submit order)
+        lock = self._channel_locks.setdefault(ev.channel, asyncio.Lock())
+        async with lock:
+            msg = await self._to_message(ev, cb)
+            if msg is None:
+                return None
+            result = await self.ctx.submit(msg)
         if cb.event_id:
             self._recent[cb.event_id] = None
             while len(self._recent) > 5000:

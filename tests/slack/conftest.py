@@ -55,6 +55,7 @@ class FakeSlack:
         self.fail_429: dict[str, list[float]] = defaultdict(list)  # channel -> Retry-After per next call
         self.fail_error: dict[str, list[str]] = defaultdict(list)  # channel -> Slack error per next call
         self.lookup_429: list[float] = []
+        self.lookup_delay: dict[str, float] = {}  # user id -> seconds users.info takes
         self.auth_error: str | None = None
         self.rate_violations: list[tuple[str, float]] = []
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -214,6 +215,8 @@ class FakeSlack:
                 status=429,
                 headers={"Retry-After": str(int(self.lookup_429.pop(0)))},
             )
+        if p.get("user") in self.lookup_delay:
+            await asyncio.sleep(self.lookup_delay[p["user"]])
         user = self.users.get(p.get("user", ""))
         if user is None:
             return web.json_response({"ok": False, "error": "user_not_found"})

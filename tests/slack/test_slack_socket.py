@@ -285,3 +285,20 @@ async def test_stop_drains_in_flight_envelopes_and_submits_nothing_after(make_ga
     # whatever was acked had been submitted first
     acked_texts = len(fake_slack.acks)
     assert acked_texts <= len(gw.ctx.submitted)
+
+
+async def test_slow_lookup_does_not_let_a_later_message_overtake(make_gateway, fake_slack, sk):
+    gw = await make_gateway(lookup_timeout=0.5)
+    fake_slack.lookup_delay["U2"] = 0.3
+    await fake_slack.push(
+        sk.event_callback(sk.message_event("first", user="U2", ts="9.1"), event_id="E1"), wait_ack=False
+    )
+    await fake_slack.push(
+        sk.event_callback(
+            sk.message_event("second", user="U9", ts="9.2", user_profile={"display_name": "nine"}),
+            event_id="E2",
+        )
+    )
+    await gw.ctx.wait_for(2)
+    assert [m.text for m in gw.ctx.submitted] == ["first", "second"]
+    assert gw.ctx.submitted[0].sender == "Bob B"  # waited for the name, within lookup_timeout
