@@ -218,3 +218,23 @@ async def test_mass_mentions_when_route_and_binding_allow(app, fake_slack, sk):
     await fake_slack.push(sk.event_callback(sk.message_event("deploy <!here>")))
     [post] = await fake_slack.wait_posts("C2", 1)
     assert post["text"] == "alice: deploy <!here>"
+
+
+async def test_slash_command_is_answered_by_the_core_in_the_channel(app, fake_slack, sk):
+    await app()
+    cmd = {
+        "command": "/mesh",
+        "text": "help",
+        "user_id": "U1",
+        "user_name": "alice",
+        "channel_id": "C1",
+        "team_id": sk.TEAM,
+        "trigger_id": "trig-1",
+    }
+    await fake_slack.push(cmd, kind="slash_commands")
+    [reply] = await fake_slack.wait_posts("C1", 1)
+    assert (
+        "/topics" in reply["text"] and "/dm &lt;peer&gt; &lt;text&gt;" in reply["text"]
+    )  # escaped for Slack
+    await asyncio.sleep(0.2)
+    assert fake_slack.posts["C2"] == []  # a command is answered, not relayed
