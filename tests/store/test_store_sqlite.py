@@ -202,8 +202,15 @@ async def test_store_kv_and_audit(store: SqliteStore, clock: Clock) -> None:
     assert await store.kv_items("mesh:x") == {"b": "ü", "cursor": 6}
     await store.kv_delete("mesh:x", "cursor")
     assert await store.kv_items("mesh:x") == {"b": "ü"}
+    shared = {"b": 1}
     with pytest.raises(TypeError):
-        await store.kv_set("x", "y", object())
+        await store.kv_set("x", "y", {"a": [shared, object()]})
+    await store.kv_set("x", "y", {"a": [shared, shared]})  # no stale circular-reference marker
+    assert await store.kv_get("x", "y") == {"a": [{"b": 1}, {"b": 1}]}
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ValueError):
+        await store.kv_set("x", "z", loop)
 
     await store.audit("admin", "dlq.retry", {"ids": [1]})
     clock.t += 1
