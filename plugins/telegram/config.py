@@ -49,6 +49,7 @@ class TelegramConfig(GatewayConfig):
     public_url: str | None = None
     api_base: str = "https://api.telegram.org"
     parse_mode: Literal["HTML", "plain"] = "HTML"
+    markdown: bool = True  # HTML mode: render code fences, `code`, **bold**, [label](https://url)
     link_preview: bool = False
     poll_timeout: int = Field(25, ge=0, le=50)
     drop_pending_updates: bool = False
@@ -99,6 +100,7 @@ class TelegramBindingOptions(BindingOptions):
     protect_content: bool = False
     link_preview: bool | None = None  # None: the gateway's link_preview
     parse_mode: Literal["HTML", "plain"] | None = None  # None: the gateway's parse_mode
+    markdown: bool | None = None  # None: the gateway's markdown
     mentions: Literal["allow", "neutralise"] = "allow"
     ignore_bots: bool | None = None  # None: the gateway's ignore_bots
 

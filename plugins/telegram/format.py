@@ -13,8 +13,10 @@ import re
 
 __all__ = [
     "ALLOWED_TAGS",
+    "entities_to_text",
     "escape_html",
     "html_to_plain",
+    "markdown_to_html",
     "neutralise_mentions",
     "truncate_utf16",
     "utf16_len",
@@ -66,3 +68,59 @@ def truncate_utf16(text: str, limit: int, marker: str = "…") -> str:
         out.append(ch)
         used += n
     return "".join(out) + marker
+
+
+# -- a safe Markdown subset -> Telegram HTML ------------------------------------------------------
+# Runs on text that is ALREADY escaped (escape_html), so it can only add the tags below, always
+# balanced; anything it does not recognise stays literal. Agents write Markdown; Telegram shows it.
+_FENCE = re.compile(r"```([A-Za-z0-9_+\-]*)\n(.*?)\n?```", re.DOTALL)
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_BOLD = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
+_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^\s)]+)\)")
+
+
+def _inline(segment: str) -> str:
+    out: list[str] = []
+    pos = 0
+    for m in _INLINE_CODE.finditer(segment):
+        out.append(_spans(segment[pos:m.start()]))
+        out.append(f"<code>{m.group(1)}</code>")
+        pos = m.end()
+    out.append(_spans(segment[pos:]))
+    return "".join(out)
+
+
+def _spans(segment: str) -> str:
+    segment = _LINK.sub(lambda m: f'<a href="{m.group(2).replace(chr(34), "&quot;")}">{m.group(1)}</a>', segment)
+    return _BOLD.sub(lambda m: f"<b>{m.group(1)}</b>", segment)
+
+
+def markdown_to_html(escaped: str) -> str:
+    """Render fenced code blocks, inline code, ``**bold**`` and ``[label](https://url)`` of an
+    already HTML-escaped text as Telegram HTML. Unclosed markers stay literal."""
+    out: list[str] = []
+    pos = 0
+    for m in _FENCE.finditer(escaped):
+        out.append(_inline(escaped[pos:m.start()]))
+        lang, body = m.group(1), m.group(2)
+        cls = f' class="language-{lang}"' if lang else ""
+        out.append(f"<pre><code{cls}>{body}</code></pre>")
+        pos = m.end()
+    out.append(_inline(escaped[pos:]))
+    return "".join(out)
+
+
+def entities_to_text(text: str, entities: list) -> str:
+    """Inbound: keep what plain text would lose. ``text_link`` entities (a label hiding a URL)
+    become ``label (url)``. Offsets are UTF-16 code units, as Telegram counts them."""
+    links = sorted((e for e in entities if getattr(e, "type", None) == "text_link" and getattr(e, "url", None)),
+                   key=lambda e: e.offset, reverse=True)
+    if not links:
+        return text
+    units = text.encode("utf-16-le")
+    for e in links:
+        start, end = e.offset * 2, (e.offset + e.length) * 2
+        if end > len(units) or start >= end:
+            continue
+        units = units[:end] + f" ({e.url})".encode("utf-16-le") + units[end:]
+    return units.decode("utf-16-le", errors="replace")

@@ -44,8 +44,10 @@ from claudemesh_gateway.plugins.telegram.config import (
     coerce_options,
 )
 from claudemesh_gateway.plugins.telegram.format import (
+    entities_to_text,
     escape_html,
     html_to_plain,
+    markdown_to_html,
     neutralise_mentions,
     utf16_len,
 )
@@ -596,7 +598,10 @@ class TelegramGateway(Gateway):
     def _to_message(self, update: Update, msg: TgMessage, edited: bool, binding: Binding | None,
                     raw: dict[str, Any]) -> Message | None:
         thread = self._thread_of(msg)
-        text = msg.text if msg.text is not None else (msg.caption or "")
+        if msg.text is not None:
+            text = entities_to_text(msg.text, msg.entities)
+        else:
+            text = entities_to_text(msg.caption or "", msg.caption_entities)
         is_command, text = self._command(text, msg)
         attachments = self._attachments(msg)
         if not text and not attachments:
@@ -649,12 +654,18 @@ class TelegramGateway(Gateway):
         return (opts.parse_mode or self.config.parse_mode) == "HTML"
 
     def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
-        """Attributed plain text -> what ``send`` posts: HTML-escaped in HTML mode (mesh text is
-        never markup), mentions made inert when the binding asks for it."""
+        """Attributed plain text -> what ``send`` posts. HTML mode: everything escaped (mesh text
+        is never markup), then -- unless ``markdown = false`` -- a safe Markdown subset (code
+        fences, inline code, ``**bold**``, ``[label](https://…)``) turned into Telegram tags.
+        Mentions are made inert when the binding asks for it."""
         opts = coerce_options(out_options)
         if opts.mentions == "neutralise":
             text = neutralise_mentions(text)
-        return escape_html(text) if self._html(opts) else text
+        if not self._html(opts):
+            return text
+        html = escape_html(text)
+        markdown = self.config.markdown if opts.markdown is None else opts.markdown
+        return markdown_to_html(html) if markdown else html
 
     async def send(self, out: Outbound) -> SendResult:
         bot = self._ensure_bot()

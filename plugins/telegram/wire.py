@@ -99,6 +99,7 @@ class MessageEntity(_Model):
     type: str
     offset: int
     length: int
+    url: str | None = None  # text_link
 
 
 class TgMessage(_Model):
