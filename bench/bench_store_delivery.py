@@ -39,7 +39,13 @@ from typing import Any
 from claudemesh_gateway.delivery import DeliveryConfig, DeliveryEngine
 from claudemesh_gateway.gateway import RateLimit
 from claudemesh_gateway.messages import (
-    Address, Message, Outbound, SendResult, address_from_dict, address_to_dict, message_from_dict,
+    Address,
+    Message,
+    Outbound,
+    SendResult,
+    address_from_dict,
+    address_to_dict,
+    message_from_dict,
     message_to_dict,
 )
 from claudemesh_gateway.store.base import OutboxItem

@@ -7,6 +7,13 @@ from .engine import DeliveryEngine, DeliveryStats, Transport
 from .ratelimit import RateLimiter, TokenBucket
 
 __all__ = [
-    "DeliveryEngine", "DeliveryConfig", "DeliveryStats", "Transport", "LimitSpec", "RateLimiter",
-    "TokenBucket", "backoff_delay", "VENDOR_DEFAULT_LIMITS",
+    "VENDOR_DEFAULT_LIMITS",
+    "DeliveryConfig",
+    "DeliveryEngine",
+    "DeliveryStats",
+    "LimitSpec",
+    "RateLimiter",
+    "TokenBucket",
+    "Transport",
+    "backoff_delay",
 ]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..gateway import RateLimit
 
-__all__ = ["DeliveryConfig", "LimitSpec", "backoff_delay", "VENDOR_DEFAULT_LIMITS"]
+__all__ = ["VENDOR_DEFAULT_LIMITS", "DeliveryConfig", "LimitSpec", "backoff_delay"]
 
 
 class LimitSpec(BaseModel):

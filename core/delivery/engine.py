@@ -38,7 +38,7 @@ from ..store.base import OutboxItem, Store
 from .config import DeliveryConfig, backoff_delay
 from .ratelimit import RateLimiter
 
-__all__ = ["DeliveryEngine", "Transport", "DeliveryStats"]
+__all__ = ["DeliveryEngine", "DeliveryStats", "Transport"]
 
 log = logging.getLogger(__name__)
 

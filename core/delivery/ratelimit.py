@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable
 
 from ..gateway import RateLimit
 
-__all__ = ["TokenBucket", "RateLimiter"]
+__all__ = ["RateLimiter", "TokenBucket"]
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ _EPS = 1e-9
 
 
 class TokenBucket:
-    __slots__ = ("scope", "per_second", "burst", "tokens", "updated", "paused_until", "queue", "last_used")
+    __slots__ = ("burst", "last_used", "paused_until", "per_second", "queue", "scope", "tokens", "updated")
 
     def __init__(self, scope: str, per_second: float, burst: float, now: float) -> None:
         if per_second <= 0:

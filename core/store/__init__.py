@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from .base import DeadLetter, OutboxItem, Store
 
-__all__ = ["Store", "OutboxItem", "DeadLetter"]
+__all__ = ["DeadLetter", "OutboxItem", "Store"]

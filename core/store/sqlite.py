@@ -40,7 +40,7 @@ import aiosqlite
 from ..errors import StartupError
 from .base import DeadLetter, OutboxItem
 
-__all__ = ["SqliteStore", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ class SqliteStore:
     @staticmethod
     async def _call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
         # aiosqlite runs ``fn`` in the connection's own thread: one hop for a whole batch/query.
-        return await conn._execute(fn, conn._conn, *args)  # noqa: SLF001
+        return await conn._execute(fn, conn._conn, *args)
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._w is None or self._closing:

@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from claudemesh_gateway.delivery import DeliveryConfig, DeliveryEngine
 from claudemesh_gateway.errors import DeliveryError
 from claudemesh_gateway.events import Event
 from claudemesh_gateway.gateway import RateLimit
 from claudemesh_gateway.messages import (
-    Address, Message, Outbound, SendResult, address_from_dict, address_to_dict, message_from_dict,
+    Address,
+    Message,
+    Outbound,
+    SendResult,
+    address_from_dict,
+    address_to_dict,
+    message_from_dict,
     message_to_dict,
 )
 from claudemesh_gateway.store.base import OutboxItem

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from claudemesh_gateway.errors import DeliveryError
 from claudemesh_gateway.events import DeliveryFailed, MessageDelivered
 from claudemesh_gateway.gateway import RateLimit
 from claudemesh_gateway.store.sqlite import SqliteStore
-
-
-import pytest
 
 FakeTransport = make_item = run_virtual = until = None  # bound from the ``dh`` fixture
 

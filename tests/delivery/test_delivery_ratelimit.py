@@ -6,10 +6,9 @@ import asyncio
 import random
 
 import pytest
-from pydantic import ValidationError
-
 from claudemesh_gateway.delivery import DeliveryConfig, LimitSpec, RateLimiter, TokenBucket, backoff_delay
 from claudemesh_gateway.gateway import RateLimit
+from pydantic import ValidationError
 
 
 def test_delivery_bucket_refill_and_burst() -> None:

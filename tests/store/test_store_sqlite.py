@@ -7,7 +7,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from claudemesh_gateway.errors import StartupError
 from claudemesh_gateway.store.base import OutboxItem
 from claudemesh_gateway.store.sqlite import SCHEMA_VERSION, SqliteStore
