@@ -49,6 +49,7 @@ from claudemesh_gateway.plugins.telegram.format import (
     html_to_plain,
     markdown_to_html,
     neutralise_mentions,
+    truncate_utf16,
     utf16_len,
 )
 from claudemesh_gateway.plugins.telegram.transport import (
@@ -229,18 +230,23 @@ class TelegramGateway(Gateway):
             self.set_state(GatewayState.STOPPED)
 
     async def _run(self) -> None:
-        try:
-            if not await self._hello():
+        attempt = 0
+        while not self._stopping:
+            try:
+                if not await self._hello():
+                    return
+                if self.config.mode == "webhook":
+                    await self._register_webhook()
+                else:
+                    await self._poll_loop()
                 return
-            if self.config.mode == "webhook":
-                await self._register_webhook()
-            else:
-                await self._poll_loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # boundary of the background task
-            log.exception("telegram %s: ingress stopped by an unexpected error", self.name)
-            self.set_state(GatewayState.TRANSIENT_DISCONNECT, "ingress crashed; see logs")
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # boundary of the background task: log, back off, restart
+                log.exception("telegram %s: ingress failed unexpectedly; restarting it", self.name)
+                self.set_state(GatewayState.TRANSIENT_DISCONNECT, "ingress failed unexpectedly; restarting")
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
 
     async def _hello(self) -> bool:
         """getMe until it works. False when the token is bad (retries would not help)."""
@@ -825,12 +831,34 @@ class TelegramGateway(Gateway):
             msg = exc.message.lower()
             if "not modified" in msg:
                 return out.edit_of
+            if "no text in the message" in msg:
+                # the copy is a file with a caption: edit the caption instead
+                return await self._edit_caption(bot, out, kwargs, html)
             if "to edit not found" in msg or "can't be edited" in msg or "message_id_invalid" in msg:
                 # the original is gone or too old: post the new text as a reply to it instead
                 note = "(edited) "
                 return await self._send_text(bot, (escape_html(note) if html else note) + out.text, common,
                                              html, preview, out.edit_of)
             raise
+        return out.edit_of
+
+    async def _edit_caption(self, bot: Bot, out: Outbound, kwargs: dict[str, Any], html: bool) -> str:
+        assert out.edit_of is not None
+        args = {"chat_id": kwargs["chat_id"], "message_id": kwargs["message_id"]}
+        caption = out.text
+        if utf16_len(html_to_plain(caption) if html else caption) > MAX_CAPTION:
+            caption = truncate_utf16(html_to_plain(caption) if html else caption, MAX_CAPTION)
+            html = False
+        try:
+            try:
+                await bot.edit_message_caption(caption=caption, parse_mode="HTML" if html else None, **args)
+            except BadRequest as exc:
+                if not (html and _is_parse_error(exc)):
+                    raise
+                await bot.edit_message_caption(caption=html_to_plain(caption), parse_mode=None, **args)
+        except BadRequest as exc:
+            if "not modified" not in exc.message.lower():
+                raise
         return out.edit_of
 
     def _delivery_error(self, exc: TelegramError, chat: str) -> DeliveryError:

@@ -452,12 +452,32 @@ class FakeBotAPI:
         except ParseError as exc:
             return self._err(400, f"Bad Request: can't parse entities: {exc}")
         m = self.messages[key]
+        if "text" not in m:
+            return self._err(400, "Bad Request: there is no text in the message to edit")
         if m.get("text") == text:
             return self._err(400, "Bad Request: message is not modified: specified new message content and "
                                   "reply markup are exactly the same as a current content and reply markup")
         m["text"] = text
         m["edit_date"] = int(time.time())
         self.edits.append({"chat": chat, "message_id": key[1], "text": text, "_params": params})
+        return self._ok(m)
+
+    async def m_editMessageCaption(self, params: dict[str, Any]) -> web.Response:
+        chat = str(params.get("chat_id"))
+        key = (chat, int(params.get("message_id") or 0))
+        if key not in self.messages:
+            return self._err(400, "Bad Request: message to edit not found")
+        try:
+            caption = self._visible(str(params.get("caption") or ""), params.get("parse_mode"))
+        except ParseError as exc:
+            return self._err(400, f"Bad Request: can't parse entities: {exc}")
+        if _utf16(caption) > 1024:
+            return self._err(400, "Bad Request: message caption is too long")
+        m = self.messages[key]
+        if m.get("caption") == caption:
+            return self._err(400, "Bad Request: message is not modified")
+        m["caption"] = caption
+        self.edits.append({"chat": chat, "message_id": key[1], "caption": caption, "_params": params})
         return self._ok(m)
 
     async def _send_file(self, params: dict[str, Any], field: str) -> web.Response:

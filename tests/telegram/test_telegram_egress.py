@@ -204,3 +204,12 @@ async def test_rate_limits_declared_per_chat_group_global(make_gateway):
     assert group["telegram:tg:group:-100123"].per_second == pytest.approx(20 / 60)
     assert group["telegram:tg:group:-100123"].burst == 20
     assert group["telegram:tg:global"].per_second == 30
+
+
+async def test_edit_of_a_file_copy_edits_its_caption(make_gateway, fake_tg):
+    gw, _ = make_gateway()
+    att = Attachment(name="r.pdf", content_type="application/pdf", data=b"%PDF")
+    r = await gw.send(_out(gw, -1014, "v1 & more", attachments=(att,)))
+    await gw.send(_out(gw, -1014, "v2 & more", edit_of=r.native_ids[0]))
+    assert fake_tg.edits[-1]["caption"] == "v2 & more"
+    assert fake_tg.method_calls("editMessageCaption")[0]["caption"] == "v2 &amp; more"

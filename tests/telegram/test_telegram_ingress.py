@@ -288,3 +288,22 @@ async def test_network_down_is_transient_disconnect(make_gateway, tg_binding):
     assert GatewayState.TRANSIENT_DISCONNECT in [s for s, _ in ctx.states]
     await gw.stop()
     assert ctx.states[-1][0] == GatewayState.STOPPED
+
+
+async def test_unexpected_ingress_failure_restarts_the_loop(make_gateway, fake_tg, tg_binding):
+    gw, ctx = make_gateway(bindings=[tg_binding(1)])
+    calls = {"n": 0}
+    real_get = ctx.kv_get
+
+    async def flaky_get(key):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("store not open yet")
+        return await real_get(key)
+
+    ctx.kv_get = flaky_get
+    fake_tg.add_message(1, "still arrives")
+    await gw.start()
+    [m] = await ctx.wait_for(1)
+    assert m.text == "still arrives" and calls["n"] >= 2
+    assert any(s == GatewayState.TRANSIENT_DISCONNECT for s, _ in ctx.states)
