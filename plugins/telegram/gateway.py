@@ -457,7 +457,11 @@ class TelegramGateway(Gateway):
         if message is None:
             return None  # service message or nothing we can carry
         if not bindings:
-            self._drop(message, "unbound_chat", msg.chat)
+            if any(self._chat_matches(b.address.chat, msg.chat) for b in self.ctx.bindings):
+                # a chat we post into (outbound-only, or another forum topic): no "unauthorised" reply
+                self._drop(message, "no_inbound_binding", msg.chat, reply=False)
+            else:
+                self._drop(message, "unbound_chat", msg.chat)
             return None
         allowed = [b for b in bindings if self._sender_allowed(msg, coerce_options(b.options))]
         if not allowed:
@@ -465,11 +469,11 @@ class TelegramGateway(Gateway):
             return None
         return await self.ctx.submit(message)
 
-    def _drop(self, message: Message, reason: str, chat: Chat) -> None:
+    def _drop(self, message: Message, reason: str, chat: Chat, *, reply: bool = True) -> None:
         log.info("telegram %s: dropped a message from chat %s (%s)", self.name, chat.id, reason)
         self.ctx.emit(MessageDropped(message=message, reason=reason))
         text = self.config.reply_unauthorised
-        if not text or chat.type == "channel":
+        if not reply or not text or chat.type == "channel":
             return
         key = str(chat.id)
         now = time.monotonic()
@@ -502,10 +506,7 @@ class TelegramGateway(Gateway):
         for b in self.ctx.bindings:
             if not b.inbound or b.address.gateway != self.name:
                 continue
-            bchat = b.address.chat
-            if bchat != str(chat.id) and not (
-                bchat.startswith("@") and chat.username and bchat[1:].lower() == chat.username.lower()
-            ):
+            if not self._chat_matches(b.address.chat, chat):
                 continue
             opts = coerce_options(b.options)
             bthread = b.address.thread or (str(opts.message_thread_id) if opts.message_thread_id else None)
@@ -514,6 +515,11 @@ class TelegramGateway(Gateway):
             found.append((0 if bthread is not None else 1, b))
         found.sort(key=lambda t: t[0])
         return [b for _, b in found]
+
+    def _chat_matches(self, bound: str, chat: Chat) -> bool:
+        if bound == str(chat.id):
+            return True
+        return bool(bound.startswith("@") and chat.username and bound[1:].lower() == chat.username.lower())
 
     def _sender_allowed(self, msg: TgMessage, opts: TelegramBindingOptions) -> bool:
         user = msg.from_

@@ -104,3 +104,25 @@ class TestTelegramWebhookContract(_Common, GatewayContract):
             resp = await client.post(f"/gateways/{gateway.name}/webhook", json=ids[update_id], headers=headers)
             return resp.status
         return deliver
+
+
+async def test_two_bots_are_two_independent_instances(make_gateway, fake_tg, tg_fake_module, aiohttp_server,
+                                                     tg_binding):
+    other = tg_fake_module.FakeBotAPI("777:OTHER-bot-token_zyxwvutsrqponmlkjihgfedcba")
+    server = await aiohttp_server(other.app)
+    other.url = str(server.make_url("")).rstrip("/")
+    a, actx = make_gateway(name="tg", bindings=[tg_binding(1, gateway="tg")])
+    b, bctx = make_gateway(name="tg_ops", token=other.token, api_base=other.url,
+                           bindings=[tg_binding(1, gateway="tg_ops")])
+    fake_tg.add_message(1, "to bot A")
+    other.add_message(1, "to bot B")
+    await a.start()
+    await b.start()
+    [ma] = await actx.wait_for(1)
+    [mb] = await bctx.wait_for(1)
+    assert ma.id.startswith("telegram:tg:1:") and mb.id.startswith("telegram:tg_ops:1:")
+    assert ma.origin.gateway == "tg" and mb.origin.gateway == "tg_ops"
+    assert {r.scope for r in a.rate_limits(ma.origin)}.isdisjoint({r.scope for r in b.rate_limits(mb.origin)})
+    msg = Message(id="m", origin=Address("mesh", "m:#t"), sender="x", text="hi")
+    await b.send(Outbound(message=msg, to=Address("tg_ops", "1"), text="hi"))
+    assert other.texts(1) == ["hi"] and fake_tg.texts(1) == []

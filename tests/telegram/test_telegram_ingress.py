@@ -66,7 +66,7 @@ async def test_thread_bound_route_only_takes_its_topic(make_gateway, fake_tg, tg
     [m] = await ctx.wait_for(1)
     assert m.text == "our topic"
     await asyncio.sleep(0.1)
-    assert [e.reason for e in ctx.events if isinstance(e, MessageDropped)] == ["unbound_chat"]
+    assert [e.reason for e in ctx.events if isinstance(e, MessageDropped)] == ["no_inbound_binding"]
 
 
 async def test_edits_map_to_edit_of_with_distinct_ids(make_gateway, fake_tg, tg_binding):
@@ -99,7 +99,7 @@ async def test_unbound_chat_dropped_with_event_and_one_short_reply(make_gateway,
 
 
 async def test_outbound_only_binding_and_denied_users_never_submitted(make_gateway, fake_tg, tg_binding):
-    gw, ctx = make_gateway(bindings=[
+    gw, ctx = make_gateway(reply_unauthorised="no", bindings=[
         tg_binding(-1, direction="out"),
         tg_binding(-2, options={"allow_users": ["@Grace", "777"]}),
     ])
@@ -111,7 +111,8 @@ async def test_outbound_only_binding_and_denied_users_never_submitted(make_gatew
     msgs = await ctx.wait_for(2)
     await asyncio.sleep(0.1)
     assert [m.text for m in ctx.submitted] == ["allowed by id", "allowed by name"] == [m.text for m in msgs]
-    assert sorted(e.reason for e in ctx.events if isinstance(e, MessageDropped)) == ["denied", "unbound_chat"]
+    assert fake_tg.texts(-1) == [] and fake_tg.texts(-2) == ["no"]  # no "unauthorised" reply where we post
+    assert sorted(e.reason for e in ctx.events if isinstance(e, MessageDropped)) == ["denied", "no_inbound_binding"]
 
 
 async def test_media_attachments_reference_files_without_the_token(make_gateway, fake_tg, tg_binding, tg_token):
