@@ -144,6 +144,13 @@ class Client:
         """Message pushes (not system events) among everything arriving within ``wait``, backlog included."""
         return [f for f in await self.quiet(wait) if f.get("type") == "push" and f.get("subtype") != "system"]
 
+    async def expect_pushes(self, n: int, wait: float = FRAME_TIMEOUT) -> list[str]:
+        """Message ids of at least ``n`` message pushes (waiting up to ``wait``), plus any extras that follow
+        within a short quiet period."""
+        got = [await self.recv_push(wait) for _ in range(n)]
+        got += await self.pushes(QUIET / 2)
+        return [f["messageId"] for f in got]
+
     async def recv_event(self, event: str, wait: float = FRAME_TIMEOUT) -> dict[str, Any]:
         return await self.recv_match(lambda f: f.get("subtype") == "system" and f.get("event") == event, wait)
 

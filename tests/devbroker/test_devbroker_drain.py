@@ -36,11 +36,11 @@ async def test_b30_drain_triggers_only(make_broker, connect, http):
     # POST /hook/set-status is a trigger
     resp = await http.post(broker.http_url + "/hook/set-status", json={"status": "idle", "session_id": "alice-s"})
     assert (await resp.json()) == {"ok": True, "matched": 1}
-    assert _ids(await alice.pushes()) == [held["messageId"]]
+    assert await alice.expect_pushes(1) == [held["messageId"]]
     # a matching direct send is a trigger (and re-drains rows whose claim expired unacked)
     await asyncio.sleep(0.45)
     nxt = await bob.dm(alice.session.public_hex, "next one")
-    assert _ids(await alice.pushes()) == [held["messageId"], nxt["messageId"]]
+    assert await alice.expect_pushes(2) == [held["messageId"], nxt["messageId"]]
     for mid in (held["messageId"], nxt["messageId"]):
         await alice.send({"type": "client_ack", "brokerMessageId": mid})
     # a reattach is a trigger
@@ -50,13 +50,13 @@ async def test_b30_drain_triggers_only(make_broker, connect, http):
     await asyncio.sleep(0.45)                               # the offline lease's claim expires
     back = await connect(broker, seed.alice, session=alice.session)
     assert back.ack["presenceId"] == alice.ack["presenceId"]
-    assert _ids(await back.pushes()) == [late["messageId"]]
+    assert await back.expect_pushes(1) == [late["messageId"]]
     # a new hello is a trigger (covered with ordering in B.9): a second session drains the member's rows
     again = await bob.dm(seed.alice.pubkey, "to the member")
     await back.pushes()
     await asyncio.sleep(0.45)
     other = await connect(broker, seed.alice)
-    assert again["messageId"] in _ids(await other.pushes())
+    assert again["messageId"] in await other.expect_pushes(1)
 
 
 async def test_b31_selection_priority_targets_and_order(make_broker, connect):
@@ -66,12 +66,15 @@ async def test_b31_selection_priority_targets_and_order(make_broker, connect):
     alice = await connect(broker, seed.alice)
     await alice.send({"type": "set_status", "status": "dnd"})         # dnd sticks
     await alice.request({"type": "list_peers"}, "peers_list")
-    acks = {p: await bob.dm(alice.session.public_hex, p, priority=p) for p in ("low", "next", "now")}
-    assert _ids(await alice.pushes()) == [acks["now"]["messageId"]]
+    acks = {}
+    for prio in ("low", "next", "now"):
+        acks[prio] = await bob.dm(alice.session.public_hex, prio, priority=prio)
+        await asyncio.sleep(0.003)                                    # distinct created_at (ties sort by id)
+    assert await alice.expect_pushes(1) == [acks["now"]["messageId"]]
     await alice.send({"type": "client_ack", "brokerMessageId": acks["now"]["messageId"]})
     await alice.send({"type": "set_status", "status": "working"})     # a manual working is overridden: idle
     trigger = await bob.dm(alice.session.public_hex, "trigger", priority="now")
-    assert _ids(await alice.pushes()) == [acks["low"]["messageId"], acks["next"]["messageId"],
+    assert await alice.expect_pushes(3) == [acks["low"]["messageId"], acks["next"]["messageId"],
                                           trigger["messageId"]]        # created_at, then id
     # targets: member pk, *, session pk, @all, @group and its ancestors, #topic of the member's topics
     carol = broker.add_member(seed.mesh_id, "carol")
@@ -99,7 +102,7 @@ async def test_b31_selection_priority_targets_and_order(make_broker, connect):
     star = _row(broker, "*", sender=seed.bob, created_at=t0 + 20, rid="rS" + "0" * 30)
     star.sender_session_pubkey = bob.session.public_hex
     dm = await bob.dm(c2.session.public_hex, "hello carol")
-    assert _ids(await c2.pushes()) == [dm["messageId"]]
+    assert await c2.expect_pushes(1) == [dm["messageId"]]
     c3 = await connect(broker, carol)                  # a hello-triggered drain does take it
     assert _ids(c3.backlog) == [star.id]
 
@@ -110,7 +113,12 @@ async def test_b32_claims_are_disjoint_with_a_lease(broker, connect):
     a1 = await connect(broker, seed.alice)
     a2 = await connect(broker, seed.alice)
     acks = [await bob.dm(seed.alice.pubkey, f"m{i}") for i in range(4)]
-    got1, got2 = _ids(await a1.pushes()), _ids(await a2.pushes())
+    got1, got2 = [], []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3
+    while len(got1) + len(got2) < 4 and loop.time() < deadline:
+        got1 += _ids(await a1.pushes(0.05))
+        got2 += _ids(await a2.pushes(0.05))
     assert sorted(got1 + got2) == sorted(a["messageId"] for a in acks)     # each row to exactly one drainer
     assert not set(got1) & set(got2)
     for ack in acks:
@@ -187,7 +195,7 @@ async def test_b36_sweeps(make_broker, connect):
     assert row.claim_id is not None
     await asyncio.sleep(0.5)
     assert (row.claimed_at, row.claim_id, row.claim_expires_at) == (None, None, None)   # the loop cleared it
-    assert _ids(await alice.pushes()) == [ack["messageId"]]                            # ...and pushed nothing more
+    assert await alice.expect_pushes(1) == [ack["messageId"]]                            # ...and pushed nothing more
     # undelivered rows older than the purge age go (the #name black hole included); delivered rows stay
     hole = await bob.send_msg("#general")
     old = next(r for r in b.queue_rows() if r.id == hole["messageId"])

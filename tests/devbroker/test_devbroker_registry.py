@@ -126,7 +126,7 @@ async def test_b16_new_identity_during_grace_is_a_ghost(make_broker, connect):
     await _until(lambda: _entry(b, old.session_id) is None)                  # ghost evicted, claim expired
     await asyncio.sleep(0.25)
     second = await bob.dm(seed.alice.pubkey, "again")
-    got = [f["messageId"] for f in await new.quiet(0.5) if f.get("type") == "push"]
+    got = await new.expect_pushes(2)
     assert got == [first["messageId"], second["messageId"]]
 
 

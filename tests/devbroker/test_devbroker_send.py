@@ -180,8 +180,8 @@ async def test_b28_fan_out_rules(broker, connect):
     await gw.request({"type": "set_visible", "visible": False, "_reqId": "v"}, "ack")
     hidden = await a1.send_msg("*")
     assert await gw.pushes() == []
-    assert [f["messageId"] for f in await bob.pushes()] == [hidden["messageId"]]
-    assert [f["messageId"] for f in await late.pushes()] == [hidden["messageId"]]
+    assert await bob.expect_pushes(1) == [hidden["messageId"]]
+    assert await late.expect_pushes(1) == [hidden["messageId"]]
     broker.set_grants(seed.mesh_id, seed.bob.member_id, seed.alice.pubkey, ["read", "dm"])
     await a1.send_msg("*")
     assert await bob.pushes() == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from claudemesh_gateway.devbroker import TopicMessage
 from claudemesh_gateway.mesh import crypto
 
@@ -107,6 +109,7 @@ async def test_b42_topic_history(broker, connect):
     alice = await connect(broker, seed.alice, displayName="Alice override")
     await alice.send_msg("#" + t.topic_id, bodyVersion=3)
     first = broker.topic_messages(topic_id=t.topic_id)[-1]
+    await asyncio.sleep(0.003)                                          # distinct created_at (ties sort by id)
     await alice.send_msg("#" + t.topic_id, replyToId=first.id)
     top = (await hist(limit=2))["messages"]
     assert top[0]["replyToId"] == first.id and "replyToId" not in top[1]
