@@ -67,6 +67,7 @@ class DeliveryConfig(BaseModel):
     concurrency: int = Field(default=256, ge=1)  # lanes delivering at the same time
     prefetch: int = Field(default=32, ge=1, le=1000)  # items read per lane per store query
     drain_timeout: float = Field(default=10.0, ge=0)
+    send_timeout: float = Field(default=120.0, ge=0)  # one part; a hung send is a transient failure (0: none)
     poll_interval: float = Field(default=5.0, gt=0)  # safety poll (dlq retries from another process)
     bucket_idle_ttl: float = Field(default=900.0, gt=0)  # forget full, idle token buckets after this
     default_limits: dict[str, tuple[LimitSpec, ...]] = Field(

@@ -185,6 +185,8 @@ class DeliveryEngine:
             await asyncio.wait(list(self._flushing), timeout=max(1.0, timeout))
         self._workers.clear()
         self._waiting.clear()
+        self._dirty.clear()
+        self._kicked.clear()
         self._started = False
         log.info("delivery engine stopped")
 
@@ -402,13 +404,21 @@ class DeliveryEngine:
                 limits = self.config.limits_for(item.destination, lane)
             results: list[SendResult] = []
             total = len(outs)
+            send_timeout = self.config.send_timeout
             for idx in range(min(item.progress, total), total):
                 if limits:
                     self._sending.discard(lane)
                     await self.limiter.acquire(limits, lane)
                     self._sending.add(lane)
                 try:
-                    res = await self.transport.send(outs[idx])
+                    if send_timeout:
+                        async with asyncio.timeout(send_timeout):
+                            res = await self.transport.send(outs[idx])
+                    else:
+                        res = await self.transport.send(outs[idx])
+                except TimeoutError:
+                    err = DeliveryError(f"send timed out after {send_timeout:g}s")
+                    return await self._failed(item, err, outs, limits)
                 except DeliveryError as e:
                     return await self._failed(item, e, outs, limits)
                 except Exception as e:

@@ -583,6 +583,8 @@ class SqliteStore:
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         if self._w is None or self._closing:
             raise RuntimeError("the store is not open")
+        if self._writer is not None and self._writer.done():
+            raise RuntimeError("the store's writer task has stopped; see the log")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append((fn, args, fut))
         assert self._wake is not None

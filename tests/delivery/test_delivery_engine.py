@@ -403,3 +403,22 @@ async def test_delivery_rendered_to_nothing_is_removed_silently(store, transport
     await until(lambda: eng.stats()["active_lanes"] == 0)
     assert await store.outbox_count() == 0
     assert [e.message.id for e in events if isinstance(e, MessageDelivered)] == ["keep"]
+
+
+async def test_delivery_hung_send_times_out_and_is_retried(store, transport, make_engine, vclock, events) -> None:
+    calls = {"n": 0}
+
+    async def on_send(out):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            await asyncio.Event().wait()  # the vendor never answers
+
+    transport.on_send = on_send
+    await accept_all(store, [make_item("telegram/1", "h1")])
+    eng = make_engine(send_timeout=0.05)
+    await eng.start()
+    await until(lambda: eng.stats()["failed_transient"] == 1, what="the timeout")
+    head = await store.head("telegram/1")
+    assert head is not None and head.attempts == 1 and head.last_error == "send timed out after 0.05s"
+    assert [e.error for e in events if isinstance(e, DeliveryFailed)] == ["send timed out after 0.05s"]
+    await run_virtual(vclock, lambda: transport.ids("telegram/1") == ["h1"], what="the retry")
