@@ -136,3 +136,14 @@ async def test_webhook_mounted_by_the_app(app, fake_tg):
     assert ok.status == 200
     await fake_tg.wait_sent(B, 1)
     assert fake_tg.texts(B) == ["Ada Lovelace: via webhook"]
+
+
+async def test_in_chat_command_is_answered_in_the_same_chat(app, fake_tg):
+    await app()
+    cmd = fake_tg.add_message(int(A), "/help@mesh_test_bot",
+                              entities=[{"type": "bot_command", "offset": 0, "length": 19}])["message"]
+    [answer] = await fake_tg.wait_sent(A, 1)
+    assert answer["reply_to_message"]["message_id"] == cmd["message_id"]
+    assert "/topics" in answer["text"] or "/help" in answer["text"]
+    await asyncio.sleep(0.2)
+    assert fake_tg.texts(B) == []  # a command is not relayed
