@@ -304,3 +304,18 @@ async def test_store_enqueue_without_ledger(store: SqliteStore) -> None:
     assert [i.id for i in await store.peek("a/1")] == ids
     await store.complete_many(ids)
     assert await store.outbox_count() == 0
+
+
+def test_store_sqlite_implements_the_protocol() -> None:
+    import inspect
+
+    from claudemesh_gateway.store.base import Store
+
+    names = [n for n, v in vars(Store).items() if inspect.isfunction(v) and not n.startswith("_")]
+    assert "accept" in names and "map_reverse" in names
+    for name in names:
+        impl = getattr(SqliteStore, name, None)
+        assert impl is not None and inspect.iscoroutinefunction(impl), name
+        want = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Store, name)).parameters.values()]
+        got = [(p.name, p.kind, p.default) for p in inspect.signature(impl).parameters.values()]
+        assert got == want, name
