@@ -79,8 +79,8 @@ class CommandHandler:
 
     def authorised(self, table: RouteTable, message: Message) -> bool:
         """Commands come from a chat bound (inbound) to a route that admits the sender, or a mesh DM."""
-        if message.origin.gateway == MESH_GATEWAY:
-            return ":@" in message.origin.chat
+        if message.origin.gateway == MESH_GATEWAY:  # direct messages only (not topics, not broadcasts)
+            return ":@" in message.origin.chat and message.raw.get("kind", "dm") == "dm"
         return any(table.admits(r, message) for r in table.inbound_routes(message.origin))
 
     async def handle(self, table: RouteTable, message: Message, name: str, args: str) -> CommandResult:

@@ -368,3 +368,17 @@ async def test_posting_in_another_mode_than_the_route_says_is_refused(make_runti
     with pytest.raises(DeliveryError) as e:
         await rt.pipeline.send(outs[0])
     assert e.value.permanent and peer.posts == []
+
+
+async def test_commands_from_mesh_dms_only(make_runtime):
+    peer = FakePeer("m", roster=[Peer(pubkey=BOB, display_name="bob")])
+    rt = make_runtime([ROOM], meshes={"m": peer})
+    res = await rt.pipeline.on_mesh_inbound(inbound("/dm bob psst", id="c-dm", kind="dm"))
+    assert res.status == "queued" and res.destinations == 2  # the reply to alice + the DM to bob
+    await drain(rt)
+    assert sorted((d["pubkey"], d["text"]) for d in peer.dms) == sorted([
+        (ALICE, "DM to bob queued."), (BOB, "__cmh1:alice: psst")])
+    # a broadcast or a topic row that looks like a command is just a message
+    assert (await rt.pipeline.on_mesh_inbound(inbound("/help", id="c-bc", kind="broadcast"))).reason == "no_route"
+    topic = await rt.pipeline.on_mesh_inbound(inbound("/help", id="c-topic"))
+    assert topic.destinations == 2
