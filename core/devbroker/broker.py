@@ -6,6 +6,7 @@ API (stable; the mesh peer and core tests depend on it)::
     await broker.start()            # loads state; seeds mesh "dev" when empty; writes <state_dir>/meshes.toml
     broker.ws_url / broker.http_url / broker.port
     broker.default_mesh             # DevSeed: .mesh (MeshInfo), .gateway/.alice/.bob (MemberInfo), .general_topic_id
+    broker.mesh_tables()            # {"dev": {broker_url, mesh_id, member_id, secret_key, root_key, display_name}, ...}
     broker.create_mesh(slug, *, name=None) -> MeshInfo
     broker.add_member(mesh_id, display_name, *, role="member", groups=(), keypair=None, role_tag=None,
                       message_mode=None) -> MemberInfo
@@ -45,7 +46,7 @@ from .info import DevSeed, MemberInfo, MeshInfo, TopicInfo
 from .model import Invite, Member, Mesh, QueueRow, TopicMessage
 from .presence import Conn, Presence, Registry
 from .ratelimit import TokenBuckets
-from .seed import load_seed, seed_dev_mesh, write_meshes_toml
+from .seed import load_seed, mesh_tables, seed_dev_mesh, write_meshes_toml
 from .store import Store
 from .util import new_id, now_ms
 
@@ -105,6 +106,7 @@ class DevBroker:
         self._save_handle: asyncio.TimerHandle | None = None
         self._seed: DevSeed | None = None
         self._stopping = False
+        self._stopped = False
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -155,9 +157,13 @@ class DevBroker:
             t.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1.0)
+        for p in list(self.registry.entries.values()):
+            p.cancel_eviction()
         if self._save_handle is not None:
             self._save_handle.cancel()
+            self._save_handle = None
         self.save()
+        self._stopped = True
         log.info("dev broker stopped")
 
     async def __aenter__(self) -> Self:
@@ -188,6 +194,10 @@ class DevBroker:
             raise RuntimeError("this broker's state has no seeded dev mesh")
         return self._seed
 
+    def mesh_tables(self) -> dict[str, dict[str, str]]:
+        """The ``meshes.toml`` tables (``dev``, ``dev_alice``, ``dev_bob``) as dicts, for in-memory brokers too."""
+        return mesh_tables(self.default_mesh, self.ws_url)
+
     # -- plumbing ---------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -198,7 +208,7 @@ class DevBroker:
 
     def dirty(self) -> None:
         """Schedule a coalesced save of the state file."""
-        if self.state_dir is None or self.loop is None or self._save_handle is not None:
+        if self.state_dir is None or self.loop is None or self._save_handle is not None or self._stopped:
             return
 
         def _flush() -> None:
@@ -220,7 +230,8 @@ class DevBroker:
 
     def spawn_evict(self, p: Presence) -> None:
         p.evict_handle = None
-        self.spawn(sessions.evict(self, p))
+        if not self._stopping:
+            self.spawn(sessions.evict(self, p))
 
     def detach_and_close(self, p: Presence, code: int, reason: str) -> None:
         """Unlink the entry's socket (its close is then ignored) and close it in the background."""

@@ -58,21 +58,29 @@ def _toml_str(value: str) -> str:
     return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in out) + '"'
 
 
+def mesh_tables(seed: DevSeed, broker_url: str) -> dict[str, dict[str, str]]:
+    """The ``[mesh.<name>]`` tables of ``meshes.toml``: ``dev`` (gateway), ``dev_alice``, ``dev_bob``."""
+    tables = {}
+    for table, member in (("dev", seed.gateway), ("dev_alice", seed.alice), ("dev_bob", seed.bob)):
+        tables[table] = {
+            "broker_url": broker_url,
+            "mesh_id": seed.mesh.mesh_id,
+            "member_id": member.member_id,
+            "secret_key": member.secret_hex,
+            "root_key": seed.mesh.root_key_b64url,
+            "display_name": member.display_name,
+        }
+    return tables
+
+
 def meshes_toml(seed: DevSeed, broker_url: str) -> str:
     lines = ["# Written by `claudemesh-gateway dev-broker` on every start (the broker_url carries the bound port).",
              "# [mesh.dev] is the gateway's identity; dev_alice / dev_bob are demo identities for `mesh send/tail`.",
              ""]
-    for table, member in (("dev", seed.gateway), ("dev_alice", seed.alice), ("dev_bob", seed.bob)):
-        lines += [
-            f"[mesh.{table}]",
-            f"broker_url = {_toml_str(broker_url)}",
-            f"mesh_id = {_toml_str(seed.mesh.mesh_id)}",
-            f"member_id = {_toml_str(member.member_id)}",
-            f"secret_key = {_toml_str(member.secret_hex)}",
-            f"root_key = {_toml_str(seed.mesh.root_key_b64url)}",
-            f"display_name = {_toml_str(member.display_name)}",
-            "",
-        ]
+    for table, values in mesh_tables(seed, broker_url).items():
+        lines.append(f"[mesh.{table}]")
+        lines += [f"{key} = {_toml_str(value)}" for key, value in values.items()]
+        lines.append("")
     return "\n".join(lines)
 
 

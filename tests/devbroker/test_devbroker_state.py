@@ -17,6 +17,7 @@ async def test_first_start_seeds_and_writes_meshes_toml(make_broker, tmp_path, c
     seed = b.default_mesh
     doc = tomllib.loads((tmp_path / "s" / "meshes.toml").read_text())
     assert set(doc["mesh"]) == {"dev", "dev_alice", "dev_bob"}
+    assert doc["mesh"] == b.mesh_tables()
     for table, name in (("dev", "gateway"), ("dev_alice", "alice"), ("dev_bob", "bob")):
         t = doc["mesh"][table]
         assert set(t) == {"broker_url", "mesh_id", "member_id", "secret_key", "root_key", "display_name"}
