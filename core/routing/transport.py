@@ -140,8 +140,13 @@ class RoutingTransport:
         outs: list[Outbound] = []
         n = len(parts)
         binding_opts = dict(options.get("binding", {}))
-        if options.get("allow_mass_mentions"):
-            binding_opts["allow_mass_mentions"] = True  # the route allows them: gateways may keep them live
+        if options.get("allow_mass_mentions") and "allow_mass_mentions" not in binding_opts:
+            # the route allows them: a gateway whose BindingOptions has that switch may keep them live
+            # (only then: options are validated by the gateway's own model, unknown keys are errors)
+            gw = self.runtime.gateways.get(to.gateway)
+            fields = getattr(getattr(gw, "BindingOptions", None), "model_fields", {}) if gw is not None else {}
+            if "allow_mass_mentions" in fields:
+                binding_opts["allow_mass_mentions"] = True
         for target in targets:
             for i, part in enumerate(parts, 1):
                 outs.append(Outbound(

@@ -32,6 +32,7 @@ GATEWAY_PK = "9f" * 32
 
 class FakeOptions(BindingOptions):
     flavour: str = "plain"
+    allow_mass_mentions: bool = False
 
 
 class FakeGateway(Gateway):
@@ -63,6 +64,21 @@ class FakeGateway(Gateway):
 class SendOnlyGateway(FakeGateway):
     kind: ClassVar[str] = "sendonly"
     supports_inbound: ClassVar[bool] = False
+
+
+class StrictOptions(BindingOptions):
+    flavour: str = "plain"
+
+
+class StrictGateway(FakeGateway):
+    """Its BindingOptions has no mass-mention switch: the core must not add unknown keys."""
+
+    kind: ClassVar[str] = "strict"
+    BindingOptions: ClassVar[type[BindingOptions]] = StrictOptions
+
+    async def send(self, out: Outbound) -> SendResult:
+        StrictOptions.model_validate(dict(out.options))  # raises on unknown keys, like a strict plugin
+        return await super().send(out)
 
 
 class HtmlGateway(FakeGateway):

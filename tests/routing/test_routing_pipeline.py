@@ -11,7 +11,7 @@ from claudemesh_gateway.mesh.types import MeshInbound, Peer
 from claudemesh_gateway.routing.commands import HELP_TEXT, parse_command
 from claudemesh_gateway.routing.text import ZWSP
 
-from .conftest import ALICE, BOB, CAROL, GATEWAY_PK, FakePeer, HtmlGateway, drain, msg
+from .conftest import ALICE, BOB, CAROL, GATEWAY_PK, FakeGateway, FakePeer, HtmlGateway, StrictGateway, drain, msg
 
 ROOM = {"name": "room", "mesh": "m", "topic": "general",
         "binds": [{"gateway": "tg", "chat": "c1"}, {"gateway": "sl", "chat": "C1"}]}
@@ -165,15 +165,20 @@ async def test_allow_message_hook_vetoes_and_destinations_hook_adds(make_runtime
 
 
 async def test_mass_mentions_neutralised_unless_allowed(make_runtime):
+    gws = {"tg": FakeGateway("tg"), "sl": FakeGateway("sl"), "st": StrictGateway("st")}
     rt = make_runtime([ROOM, {"name": "loud", "mesh": "m", "topic": "loud", "allow_mass_mentions": True,
-                              "binds": [{"gateway": "sl", "chat": "C-loud"}]}])
+                              "binds": [{"gateway": "sl", "chat": "C-loud"}, {"gateway": "st", "chat": "S"}]}],
+                      gateways=gws)
     await rt.pipeline.on_mesh_inbound(inbound("@everyone <!channel> look", id="mm1"))
     await rt.pipeline.on_mesh_inbound(inbound("@everyone look", id="mm2", topic="loud"))
     await drain(rt)
     by_chat = {o.to.chat: o for o in rt.gateways["sl"].sent}
     assert by_chat["C1"].text == f"alice: @{ZWSP}everyone <!{ZWSP}channel> look"
+    assert by_chat["C1"].options.get("allow_mass_mentions") is None
     assert by_chat["C-loud"].text == "alice: @everyone look"
-    assert by_chat["C-loud"].options.get("allow_mass_mentions") is True
+    assert by_chat["C-loud"].options.get("allow_mass_mentions") is True  # its options model has the switch
+    (strict,) = rt.gateways["st"].sent
+    assert strict.text == "alice: @everyone look" and "allow_mass_mentions" not in strict.options
 
 
 async def test_custom_attribution_template(make_runtime):
