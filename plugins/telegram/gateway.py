@@ -684,9 +684,14 @@ class TelegramGateway(Gateway):
         opts = coerce_options(out.options)
         html = self._html(opts)
         thread = out.to.thread or (str(opts.message_thread_id) if opts.message_thread_id else None)
+        if not out.text.strip() and not out.attachments and not out.edit_of:
+            return SendResult(native_ids=(), thread=thread)  # nothing Telegram would accept
         common: dict[str, Any] = {"chat_id": _chat_id(out.to.chat)}
         if thread:
-            common["message_thread_id"] = int(thread)
+            try:
+                common["message_thread_id"] = int(thread)
+            except ValueError:
+                raise DeliveryError(f"telegram: thread {thread!r} is not a forum topic id", permanent=True) from None
         if opts.disable_notification:
             common["disable_notification"] = True
         if opts.protect_content:

@@ -213,3 +213,12 @@ async def test_edit_of_a_file_copy_edits_its_caption(make_gateway, fake_tg):
     await gw.send(_out(gw, -1014, "v2 & more", edit_of=r.native_ids[0]))
     assert fake_tg.edits[-1]["caption"] == "v2 & more"
     assert fake_tg.method_calls("editMessageCaption")[0]["caption"] == "v2 &amp; more"
+
+
+async def test_nothing_to_send_and_bad_thread(make_gateway, fake_tg):
+    gw, _ = make_gateway()
+    res = await gw.send(Outbound(message=_msg(), to=Address("tg", "-1015"), text="  "))
+    assert res.native_ids == () and fake_tg.method_calls("sendMessage") == []
+    with pytest.raises(DeliveryError) as err:
+        await gw.send(Outbound(message=_msg(), to=Address("tg", "-1015", "general"), text="x"))
+    assert err.value.permanent
