@@ -132,7 +132,7 @@ class RoutingTransport:
         attachments = message.attachments if caps.media else ()
         parts = self._split(message, text, caps, to, options)
         if to.gateway == MESH_GATEWAY and parse_mesh_chat(to.chat).kind == "tag":
-            targets = await self._tagged(to)
+            targets = await self._tagged(to, message)
             if not targets:
                 log.info("no live peer carries %s; nothing to send for %s", to.chat, message.id)
         else:
@@ -241,17 +241,26 @@ class RoutingTransport:
         ids = await store.map_get(origin_id, to.key)
         return ids[0] if ids else None
 
-    async def _tagged(self, to: Address) -> list[Address]:
-        """``<mesh>:tag:<tag>`` -> one DM address per live peer carrying the tag (sorted: stable part order)."""
+    async def _tagged(self, to: Address, message: Message) -> list[Address]:
+        """``<mesh>:tag:<tag>`` -> one DM address per live peer carrying the tag (sorted: stable
+        part order), never the gateway itself nor the message's own sender on that mesh."""
         mc = parse_mesh_chat(to.chat)
         peer = self._peer(mc.mesh)
         try:
             peers = await _maybe(peer.peers_with_tag(mc.value))
         except MeshError as exc:
             raise DeliveryError(f"roster of {mc.mesh} unavailable: {exc}") from exc
-        keys = sorted({str(_get(p, "pubkey")).lower() for p in peers
-                       if _get(p, "pubkey") and not _get(p, "is_self")})
-        return [Address(MESH_GATEWAY, f"{mc.mesh}:@{k}") for k in keys]
+        sender = ""
+        if message.origin.gateway == MESH_GATEWAY and message.origin.chat.partition(":")[0] == mc.mesh:
+            sender = message.sender_id.lower()
+        keys = set()
+        for p in peers:
+            key = str(_get(p, "pubkey") or "").lower()
+            member = str(_get(p, "member_pubkey") or "").lower()
+            if not key or _get(p, "is_self") or (sender and sender in (key, member)):
+                continue
+            keys.add(key)
+        return [Address(MESH_GATEWAY, f"{mc.mesh}:@{k}") for k in sorted(keys)]
 
     # -- send ----------------------------------------------------------------------------------------------------
     async def send(self, out: Outbound) -> SendResult:

@@ -131,6 +131,7 @@ async def test_mesh_dm_with_tag_reaches_tagged_peers(make_runtime):
     rt = make_runtime([{"name": "ops", "tags": ["ops"],
                         "binds": [{"gateway": "mesh", "chat": "m:tag:ops", "direction": "out"}]}],
                       meshes={"m": peer})
+    peer.roster.append(Peer(pubkey=ALICE, display_name="alice", groups=("ops",)))  # the sender herself
     res = await rt.pipeline.on_mesh_inbound(inbound("tag:ops disk full", id="dm1", kind="dm"))
     assert res.status == "queued"
     await drain(rt)
