@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import DeliveryError, MeshError, MeshTerminalError, MeshTimeout
+from .aio import wait_event, with_timeout
 from .handshake import Refusal, build_hello, build_session_hello, classify_refusal
 from .state import SessionIdentity
 
@@ -117,7 +118,7 @@ class Connection:
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
+                await with_timeout(ws.close(), 2.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -210,8 +211,7 @@ class Connection:
             delay = max(self._next_delay(), min_delay)
             self._set_state("backoff", self.last_error or "")
             log.info("mesh %s: reconnecting in %.1fs", self.name, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await wait_event(self._stop, delay)
 
     def _next_delay(self) -> float:
         steps = self.cfg.backoff
@@ -370,7 +370,7 @@ class Connection:
 
     async def _close(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(), 3.0)
+            await with_timeout(ws.close(), 3.0)
 
     # -- reading ---------------------------------------------------------------------------------------------------------
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -509,7 +509,7 @@ class Connection:
         self._pending[rid] = fut
         try:
             await self.send_frame({**frame, "_reqId": rid})
-            return await asyncio.wait_for(fut, max(0.01, deadline - time.monotonic()))
+            return await with_timeout(fut, max(0.01, deadline - time.monotonic()))
         except TimeoutError:
             raise MeshTimeout(f"mesh {self.name}: no reply to {frame.get('type')} within {timeout:.0f}s") from None
         finally:
@@ -522,7 +522,7 @@ class Connection:
         self._acks[fid] = fut
         try:
             await self.send_frame(frame)
-            return await asyncio.wait_for(fut, timeout)
+            return await with_timeout(fut, timeout)
         finally:
             if self._acks.get(fid) is fut:
                 del self._acks[fid]

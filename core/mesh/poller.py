@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import MeshError, MeshTerminalError
+from .aio import wait_event
 from .state import KV_NAMESPACE
 from .types import MeshInbound, Topic, parse_time_ms
 
@@ -101,8 +102,7 @@ class TopicPoller:
                 log.exception("mesh %s: handling a #%s row failed; will retry", self.peer.name, self.topic.name)
                 interval = self.cfg.topic_poll_idle_interval
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            await wait_event(self._wake, interval)
 
     # -- cursor ----------------------------------------------------------------------------------------------------------
     async def _load(self) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..errors import MeshError
+from .aio import wait_event
 from .connection import Connection
 from .types import Peer
 
@@ -70,8 +71,7 @@ class Roster:
                     return
                 log.debug("mesh %s: roster refresh failed: %s", self.name, exc)
             self._dirty.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.cfg.roster_refresh)
+            await wait_event(self._dirty, self.cfg.roster_refresh)
 
     # -- data -------------------------------------------------------------------------------------------------------
     async def refresh(self) -> list[Peer]:
