@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .broker import DevBroker, build_invite
 from .config import DevBrokerConfig
+from .seed import meshes_toml
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     print(f"mesh 'dev' id={seed.mesh_id} members: gateway, alice, bob; topic general", flush=True)
     if state_dir is not None:
         print(f"mesh tables: {Path(state_dir) / 'meshes.toml'}", flush=True)
+    else:
+        print(meshes_toml(seed, broker.ws_url), flush=True)
     try:
         await stop.wait()
     finally:

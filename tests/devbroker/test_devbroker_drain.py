@@ -1,4 +1,4 @@
-"""Part B drains and delivery: B.30–B.37 (B.38, the multicast race, is not emulated)."""
+"""Part B drains and delivery: B.30–B.38."""
 
 from __future__ import annotations
 
@@ -228,3 +228,30 @@ async def test_b37_client_ack(broker, connect):
     await alice.send({"type": "client_ack", "brokerMessageId": foreign.id})
     await alice.request({"type": "list_peers"}, "peers_list")
     assert foreign.delivered_at is not None
+
+
+async def test_b38_multicast_race(broker, connect, monkeypatch):
+    """A drain that runs between a broadcast's insert and its delivered_at update claims the row:
+    the broadcast then arrives twice, live and drained, with the same messageId."""
+    from claudemesh_gateway.devbroker import delivery
+    from claudemesh_gateway.devbroker.presence import Conn
+
+    seed = broker.default_mesh
+    alice = await connect(broker, seed.alice)
+    bob = await connect(broker, seed.bob)
+    bob_entry = broker.registry.entries[bob.ack["presenceId"]]
+    real_send = Conn.send
+    raced: list[str] = []
+
+    async def send_then_race(self, frame):
+        ok = await real_send(self, frame)
+        if frame.get("type") == "ack" and frame.get("queued") and not raced:
+            raced.append(frame["messageId"])
+            await delivery.drain(broker, bob_entry)      # e.g. bob's hello or a DM trigger, interleaved
+        return ok
+
+    monkeypatch.setattr(Conn, "send", send_then_race)
+    ack = await alice.send_msg("*")
+    got = await bob.expect_pushes(2)
+    assert got == [ack["messageId"], ack["messageId"]]
+    assert next(r for r in broker.queue_rows() if r.id == ack["messageId"]).delivered_at is not None
