@@ -319,14 +319,16 @@ async def test_delivery_restart_picks_up_queued_and_backed_off_items(
 
 
 async def test_delivery_kick_wakes_without_polling(store, transport, make_engine) -> None:
+    await store.accept("k0", [make_item("telegram/3", "k0")])
     eng = make_engine()
     await eng.start()
-    await asyncio.sleep(0.01)
+    await until(lambda: transport.ids("telegram/3") == ["k0"], what="start-up scan")  # first poll is over
+    await until(lambda: eng.stats()["active_lanes"] == 0)
     await store.accept("k1", [make_item("telegram/3", "k1")])
     await asyncio.sleep(0.05)
-    assert transport.sent == []  # nothing polls in a busy loop
+    assert transport.ids("telegram/3") == ["k0"]  # nothing polls in a busy loop
     eng.kick("telegram/3")
-    await until(lambda: transport.ids("telegram/3") == ["k1"], what="kicked lane")
+    await until(lambda: transport.ids("telegram/3") == ["k0", "k1"], what="kicked lane")
     await store.accept("k2", [make_item("telegram/4", "k2")])
     eng.kick()
     await until(lambda: transport.ids("telegram/4") == ["k2"], what="kick all")
