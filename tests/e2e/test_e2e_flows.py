@@ -126,7 +126,7 @@ async def test_a_ring_of_routes_delivers_each_message_once_per_destination(e2e_a
 
 
 async def test_retry_after_for_one_chat_slows_only_that_chat(e2e_app, sink):
-    sink.script["slow"] = lambda body, n: (429, {"Retry-After": "2"}) if n == 1 else (200, {})
+    sink.script["slow"] = lambda body, n: (429, {"Retry-After": "4"}) if n == 1 else (200, {})
     client, runtime = await e2e_app([
         {"name": "fan", "binds": [wh("src", sink, direction="in"), wh("slow", sink, direction="out"),
                                   wh("fast", sink, direction="out")]},
