@@ -6,7 +6,7 @@ Steps (ARCHITECTURE.md, "The path of a message"):
 2. normalise  leading ``tag:<name>`` tokens (stripped) + static binding tags + plugin tags
 3. admit      ``allow_message`` hooks (any False drops), route allow/deny lists
 4. loop guard own identities, never back to the origin address, visited meshes, ``[via X]``
-              markers, hop limit (``__cmh<n>:`` prefixes, ``mesh.bridge.max_hops``, default 2)
+              markers, hop limit (``__cmh<n>:`` prefixes, the route's ``max_hops``, default 2)
 5. route      the RouteTable + the ``message_destinations`` hook; in-chat commands
 6. enqueue    one outbox row per destination, in ONE ``store.accept`` transaction, then
               ``delivery.kick()``. ``submit`` returns only after the commit, so the caller
@@ -71,7 +71,12 @@ def own_identities(peer: Any) -> set[str]:
 
 
 def _same_chat(a: Address, b: Address) -> bool:
-    if a.gateway != b.gateway or a.chat.lower() != b.chat.lower():
+    if a.gateway != b.gateway:
+        return False
+    if a.gateway == MESH_GATEWAY:  # pubkeys are case-insensitive hex
+        if a.chat.lower() != b.chat.lower():
+            return False
+    elif a.chat != b.chat:
         return False
     return a.thread is None or b.thread is None or a.thread == b.thread
 
