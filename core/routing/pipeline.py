@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,31 @@ class Pipeline:
             return await self._drop_recorded(message, reason)
         items = [outbox_item(message, d) for d in kept]
         return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
+
+    async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
+        """Queue ``text`` to every destination of ``route`` (admin "test route"). LookupError if the
+        route does not exist. The message bypasses sources and loop rules: it comes from nowhere."""
+        r = self.table.route(route)
+        if r is None:
+            raise LookupError(f"no route named {route!r}")
+        message = Message(
+            id=f"test:{route}:{uuid.uuid4().hex}", origin=Address("admin", actor), sender=f"{BOT_SENDER} test",
+            sender_id=actor, text=text,
+        )
+        dests: list[Destination] = []
+        if r.topic_is_destination and r.topic_address is not None:
+            dests.append(Destination(route=r.name, address=r.topic_address, mesh=r.cfg.mesh, topic=r.cfg.topic,
+                                     attribution=r.cfg.attribution or DEFAULT_ATTRIBUTION))
+        for b in r.binds:
+            if b.outbound:
+                dests.append(Destination(route=r.name, address=b.address, options=dict(b.options),
+                                         attribution=r.cfg.attribution or DEFAULT_ATTRIBUTION,
+                                         mesh=r.cfg.mesh, topic=r.cfg.topic))
+        if not dests:
+            return {"message_id": message.id, "status": "dropped", "reason": "no_route", "destinations": []}
+        items = [outbox_item(message, d) for d in dests]
+        result = await self._enqueue(message, items, [(d.address, d.route) for d in dests])
+        return {"message_id": message.id, "status": result.status, "destinations": [str(d.address) for d in dests]}
 
     def normalise(self, table: RouteTable, message: Message) -> Message:
         tags, text = parse_leading_tags(message.text)

@@ -388,3 +388,14 @@ async def test_commands_from_mesh_dms_only(make_runtime):
     assert (await rt.pipeline.on_mesh_inbound(inbound("/help", id="c-bc", kind="broadcast"))).reason == "no_route"
     topic = await rt.pipeline.on_mesh_inbound(inbound("/help", id="c-topic"))
     assert topic.destinations == 2
+
+
+async def test_admin_test_message_reaches_every_destination_of_a_route(make_runtime):
+    rt = make_runtime([ROOM])
+    result = await rt.pipeline.send_test_message("room", "ping", actor="ops@example")
+    assert result["status"] == "queued" and sorted(result["destinations"]) == ["mesh/m:#general", "sl/C1", "tg/c1"]
+    await drain(rt)
+    assert rt.gateways["tg"].sent[0].text == "claudemesh-gateway test: ping"
+    assert rt.meshes["m"].posts[0]["text"] == "[via admin] claudemesh-gateway test: ping"
+    with pytest.raises(LookupError):
+        await rt.pipeline.send_test_message("nope", "x")
