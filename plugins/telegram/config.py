@@ -60,6 +60,7 @@ class TelegramConfig(GatewayConfig):
     upload_max_bytes: int = Field(50 * MB, ge=0)
     reply_unauthorised: str | None = Field(None, max_length=500)
     ignore_bots: bool = False
+    set_commands: bool = True  # register /topics /peers /status /dm /help in Telegram's command menu
 
     @field_validator("token")
     @classmethod

@@ -70,7 +70,7 @@ from claudemesh_gateway.plugins.telegram.wire import (
     WebhookInfo,
 )
 from pydantic import ValidationError
-from telegram import Bot, InputFile, LinkPreviewOptions, ReplyParameters
+from telegram import Bot, BotCommand, InputFile, LinkPreviewOptions, ReplyParameters
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -92,6 +92,14 @@ MAX_CAPTION = 1024
 PHOTO_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png"})
 PHOTO_MAX_BYTES = 10 * MB
 UNAUTHORISED_REPLY_EVERY_S = 3600.0
+# The core's in-chat commands (docs/contracts.md), shown in Telegram's "/" menu.
+BOT_COMMANDS = (
+    ("topics", "the mesh topics and tags this chat is bridged to"),
+    ("peers", "who is on the mesh right now"),
+    ("status", "gateway and mesh status"),
+    ("dm", "<peer> <text>: direct message to a mesh peer"),
+    ("help", "what this bot does"),
+)
 
 
 def _chat_id(chat: str) -> int | str:
@@ -255,6 +263,8 @@ class TelegramGateway(Gateway):
             try:
                 self._me = await self._get_me()
                 log.info("telegram %s: connected as @%s (id %s)", self.name, self._me.username, self._me.id)
+                if self.config.set_commands:
+                    await self._set_commands()
                 return True
             except InvalidToken:
                 self.set_state(GatewayState.BAD_CREDENTIALS,
@@ -284,6 +294,14 @@ class TelegramGateway(Gateway):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return await bot.do_api_request(method, **kwargs)
+
+    async def _set_commands(self) -> None:
+        """Register the core's in-chat commands in Telegram's command menu (best effort)."""
+        try:
+            await self._ensure_bot().set_my_commands([BotCommand(c, d) for c, d in BOT_COMMANDS])
+        except TelegramError as exc:
+            log.info("telegram %s: setMyCommands failed (%s); the menu stays as it was",
+                     self.name, self._scrub(exc.message))
 
     async def _get_me(self) -> User:
         bot = self._ensure_bot()
@@ -565,12 +583,16 @@ class TelegramGateway(Gateway):
                     return True, text
             return False, text
         command = text[: first.length]
+        rest = text[first.length:]
         if "@" in command:
             cmd, _, target = command.partition("@")
             if self._me is not None and self._me.username and target.lower() != self._me.username.lower():
                 return False, text
-            return True, cmd + text[first.length:]
-        return True, text
+            command = cmd
+        if command.lower() == "/start":
+            # Telegram's "Start" button (and deep links /start <payload>): show the core's help
+            return True, "/help"
+        return True, command + rest
 
     def _ref(self, file_id: str) -> str:
         # never the download URL: it contains the bot token

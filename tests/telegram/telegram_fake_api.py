@@ -120,6 +120,7 @@ class FakeBotAPI:
         self.app.router.add_route("*", "/bot{token}/{method}", self._api)
         self.app.router.add_get("/file/bot{token}/{path:.*}", self._file)
         self.url = ""  # set by the fixture once the server listens
+        self.commands: Any = None
 
     # ------------------------------------------------------------------ test helpers
     @property
@@ -357,6 +358,10 @@ class FakeBotAPI:
     # ------------------------------------------------------------------ methods
     async def m_getMe(self, params: dict[str, Any]) -> web.Response:
         return self._ok(self.bot_user)
+
+    async def m_setMyCommands(self, params: dict[str, Any]) -> web.Response:
+        self.commands = params.get("commands")
+        return self._ok(True)
 
     async def m_getUpdates(self, params: dict[str, Any]) -> web.Response:
         if self.webhook.get("url"):

@@ -161,11 +161,14 @@ async def test_commands_for_this_bot_only(make_gateway, fake_tg, tg_binding):
     fake_tg.add_message(-7, "/help@mesh_test_bot now", entities=[{"type": "bot_command", "offset": 0, "length": 19}])
     fake_tg.add_message(-7, "/peers", entities=[{"type": "bot_command", "offset": 0, "length": 6}])
     fake_tg.add_message(-7, "/help@other_bot", entities=[{"type": "bot_command", "offset": 0, "length": 15}])
+    fake_tg.add_message(-7, "/start deeplink", entities=[{"type": "bot_command", "offset": 0, "length": 6}])
     await _started(gw)
-    a, b, c = await ctx.wait_for(3)
+    a, b, c, d = await ctx.wait_for(4)
     assert (a.is_command, a.text) == (True, "/help now")
     assert (b.is_command, b.text) == (True, "/peers")
     assert (c.is_command, c.text) == (False, "/help@other_bot")
+    assert (d.is_command, d.text) == (True, "/help")  # Telegram's Start button shows the help
+    assert [c["command"] for c in fake_tg.commands] == ["topics", "peers", "status", "dm", "help"]
 
 
 async def test_channel_post_and_anonymous_admin_sender(make_gateway, fake_tg, tg_binding):
