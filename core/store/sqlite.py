@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -510,10 +511,20 @@ class SqliteStore:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
+        """Open (creating it if needed, mode 0600), migrate, start the writer. Raises StartupError."""
         if self._w is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await self._open()
+        except (sqlite3.Error, OSError) as e:
+            raise StartupError(f"cannot open the store {self.path}: {e}") from e
+
+    async def _open(self) -> None:
+        new = not self.path.exists()
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         w = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
+        if new:  # cursors, offsets and the session identity live here: owner only (-wal/-shm follow)
+            os.chmod(self.path, 0o600)
         try:
             await w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = await (await w.execute("PRAGMA journal_mode = WAL")).fetchone()
@@ -522,6 +533,7 @@ class SqliteStore:
             await w.execute(f"PRAGMA synchronous = {self.synchronous}")
             await w.execute("PRAGMA foreign_keys = ON")
             await w.execute("PRAGMA temp_store = MEMORY")
+            await w.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL to 64 MiB after checkpoints
             await self._call(w, migrate)
             r = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
             try:

@@ -319,3 +319,13 @@ def test_store_sqlite_implements_the_protocol() -> None:
         want = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Store, name)).parameters.values()]
         got = [(p.name, p.kind, p.default) for p in inspect.signature(impl).parameters.values()]
         assert got == want, name
+
+
+async def test_store_file_mode_and_unopenable_path(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "new" / "gw.db", purge_interval=0)
+    await s.open()
+    await s.close()
+    assert (tmp_path / "new" / "gw.db").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StartupError, match="cannot open the store"):
+        await SqliteStore(tmp_path / "junk.db", purge_interval=0).open()
