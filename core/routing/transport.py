@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 MESH_CAPABILITIES = Capabilities(max_text=8000, max_parts=10, replies=True, formatting="plain")
 _CMID_NS = uuid.UUID("6f1b0c4e-3c1a-4f59-9a43-6c6d65736867")
 
+FANOUT_NS = "routing"  # kv namespace of the persisted tag fan-out recipient lists
 KIND_RELAY = "relay"  # a routed message: attribution + loop markers
 KIND_REPLY = "reply"  # a command reply from the gateway itself: sent as is
 KIND_NOTICE = "notice"  # a failure notice to a mesh sender: sent as is
@@ -132,7 +133,7 @@ class RoutingTransport:
         attachments = message.attachments if caps.media else ()
         parts = self._split(message, text, caps, to, options)
         if to.gateway == MESH_GATEWAY and parse_mesh_chat(to.chat).kind == "tag":
-            targets = await self._tagged(to, message)
+            targets = await self._fanout_targets(item, to, message)
             if not targets:
                 log.info("no live peer carries %s; nothing to send for %s", to.chat, message.id)
         else:
@@ -241,6 +242,18 @@ class RoutingTransport:
         ids = await store.map_get(origin_id, to.key)
         return ids[0] if ids else None
 
+    async def _fanout_targets(self, item: OutboxItem, to: Address, message: Message) -> list[Address]:
+        """The recipients of a tag fan-out, resolved on the first attempt and persisted, so a retry
+        after a partial send resumes at the same place even if the roster changed meanwhile."""
+        store = self.runtime.store
+        key = f"fanout:{item.id}"
+        saved = await store.kv_get(FANOUT_NS, key)
+        if isinstance(saved, list):
+            return [Address(MESH_GATEWAY, str(chat)) for chat in saved]
+        targets = await self._tagged(to, message)
+        await store.kv_set(FANOUT_NS, key, [t.chat for t in targets])
+        return targets
+
     async def _tagged(self, to: Address, message: Message) -> list[Address]:
         """``<mesh>:tag:<tag>`` -> one DM address per live peer carrying the tag (sorted: stable
         part order), never the gateway itself nor the message's own sender on that mesh."""
@@ -334,11 +347,16 @@ class RoutingTransport:
         ids = [nid for r in results for nid in r.native_ids if nid]
         if ids:
             await self.runtime.store.map_put(item.message["id"], item.lane, ids)
+        if item.destination.get("gateway") == MESH_GATEWAY and ":tag:" in str(item.destination.get("chat", "")):
+            await self.runtime.store.kv_delete(FANOUT_NS, f"fanout:{item.id}")
 
     async def failed(self, item: OutboxItem, error: str, permanent: bool) -> None:
         """After a failed attempt: on a permanent failure of a route with ``notify_failures``,
         queue a short DM to the mesh sender of the message (once per message and destination)."""
         options = item.options or {}
+        if permanent and item.destination.get("gateway") == MESH_GATEWAY \
+                and ":tag:" in str(item.destination.get("chat", "")):
+            await self.runtime.store.kv_delete(FANOUT_NS, f"fanout:{item.id}")  # a dlq retry resolves afresh
         if not permanent or not options.get("notify_failures") or options.get("kind", KIND_RELAY) != KIND_RELAY:
             return
         message = message_from_dict(item.message)

@@ -399,3 +399,21 @@ async def test_admin_test_message_reaches_every_destination_of_a_route(make_runt
     assert rt.meshes["m"].posts[0]["text"] == "[via admin] claudemesh-gateway test: ping"
     with pytest.raises(LookupError):
         await rt.pipeline.send_test_message("nope", "x")
+
+
+async def test_tag_fanout_recipients_are_fixed_at_the_first_attempt(make_runtime):
+    peer = FakePeer("m", roster=[Peer(pubkey=BOB, display_name="bob", groups=("ops",))])
+    rt = make_runtime([{"name": "ops", "tags": ["ops"], "binds": [
+        {"gateway": "mesh", "chat": "m:tag:ops", "direction": "out"}, {"gateway": "tg", "chat": "c1",
+                                                                       "direction": "in"}]}],
+                      meshes={"m": peer})
+    await rt.pipeline.submit(msg("tag:ops restart", chat="c1", mid="fx"))
+    item = await rt.store.head("mesh/m:tag:ops")
+    first, _ = await rt.pipeline.render(item)
+    peer.roster.insert(0, Peer(pubkey=ALICE, display_name="alice", groups=("ops",)))  # joins mid-retry
+    again, _ = await rt.pipeline.render(item)
+    assert [o.to for o in first] == [o.to for o in again] == [Address("mesh", f"m:@{BOB}")]
+    await rt.pipeline.delivered(item, [])
+    assert await rt.store.kv_get("routing", f"fanout:{item.id}") is None
+    fresh, _ = await rt.pipeline.render(item)  # a new delivery (e.g. after dlq retry) resolves again
+    assert sorted(o.to.chat for o in fresh) == sorted([f"m:@{ALICE}", f"m:@{BOB}"])
