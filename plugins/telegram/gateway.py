@@ -966,13 +966,13 @@ class TelegramGateway(Gateway):
         try:
             me = self._me = await self._get_me()
         except InvalidToken:
-            return [f"telegram {self.name}: the bot token was rejected by Telegram; get a new one from @BotFather"]
+            return ["the bot token was rejected by Telegram; get a new one from @BotFather"]
         except TelegramError as exc:
-            return [f"telegram {self.name}: Bot API unreachable ({self._scrub(exc.message)})"]
+            return [f"Bot API unreachable ({self._scrub(exc.message)})"]
         group_bindings = [b for b in self.ctx.bindings if b.inbound and _is_group(b.address.chat)]
         if group_bindings and not me.can_read_all_group_messages:
             problems.append(
-                f"telegram {self.name}: privacy mode is on for @{me.username}: in groups it only sees commands "
+                f"privacy mode is on for @{me.username}: in groups it only sees commands "
                 f"and replies to itself. Disable it (@BotFather /setprivacy -> Disable, then re-add the bot) "
                 f"or make the bot an admin of: " + ", ".join(sorted({b.address.chat for b in group_bindings})))
         try:
@@ -981,27 +981,27 @@ class TelegramGateway(Gateway):
             info = None
         if info is not None:
             if self.config.mode == "polling" and info.url:
-                problems.append(f"telegram {self.name}: a webhook is set for this bot; polling mode deletes it "
-                                f"at start (another deployment using it will stop receiving updates)")
+                problems.append("a webhook is set for this bot; polling mode deletes it "
+                                "at start (another deployment using it will stop receiving updates)")
             if self.config.mode == "webhook":
                 if self.webhook_url and not self.webhook_url.startswith("https://"):
-                    problems.append(f"telegram {self.name}: public_url must be https:// for Telegram webhooks")
+                    problems.append("public_url must be https:// for Telegram webhooks")
                 if info.url and info.url != self.webhook_url:
-                    problems.append(f"telegram {self.name}: the webhook points elsewhere; start() re-registers it")
+                    problems.append("the webhook points elsewhere; start() re-registers it")
                 if info.last_error_message:
-                    problems.append(f"telegram {self.name}: Telegram's last webhook error: "
+                    problems.append(f"Telegram's last webhook error: "
                                     f"{self._scrub(info.last_error_message)}")
         for chat in sorted({b.address.chat for b in self.ctx.bindings}):
             try:
                 c = Chat.model_validate(await self._raw("getChat", chat_id=_chat_id(chat)))
             except (BadRequest, Forbidden):
-                problems.append(f"telegram {self.name}: chat {chat} not found or the bot is not a member")
+                problems.append(f"chat {chat} not found or the bot is not a member")
                 continue
             except (TelegramError, ValidationError):
                 continue
             threaded = [b for b in self.ctx.bindings if b.address.chat == chat and (
                 b.address.thread or coerce_options(b.options).message_thread_id)]
             if threaded and not c.is_forum:
-                problems.append(f"telegram {self.name}: chat {chat} has topics bound but is not a forum")
+                problems.append(f"chat {chat} has topics bound but is not a forum")
         return problems
 
