@@ -97,8 +97,8 @@ async def test_mesh_post_goes_to_whatsapp_with_attribution_window_and_template(m
     await _inbound(client, wh, body="hi, on call today")  # opens USER's 24-hour window
     alice = await member("dev_alice")
     await alice.post_topic("general", "deploy done")
-    await wait_until(lambda: len([r for r in fake.requests if dict(r)["To"] == wh.OTHER]) >= 1
-                     and any(dict(r).get("Body") == "alice: deploy done" for r in fake.requests))
+    await wait_until(lambda: any(dict(r).get("Body") == "alice: deploy done" for r in fake.requests)
+                     and any("deploy done" in dict(r).get("ContentVariables", "") for r in fake.requests))
     to_user = [dict(r) for r in fake.requests if dict(r)["To"] == wh.USER]
     assert [r["Body"] for r in to_user] == ["alice: deploy done"]
     assert to_user[0]["From"] == wh.FROM
