@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
 from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
 

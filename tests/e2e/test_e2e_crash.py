@@ -21,7 +21,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from claudemesh_gateway.store.sqlite import SqliteStore
 
 from .conftest import SECRET, signed_post

@@ -11,7 +11,18 @@ from claudemesh_gateway.mesh.types import MeshInbound, Peer
 from claudemesh_gateway.routing.commands import HELP_TEXT, parse_command
 from claudemesh_gateway.routing.text import ZWSP
 
-from .conftest import ALICE, BOB, CAROL, GATEWAY_PK, FakeGateway, FakePeer, HtmlGateway, StrictGateway, drain, msg
+from .conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    GATEWAY_PK,
+    FakeGateway,
+    FakePeer,
+    HtmlGateway,
+    StrictGateway,
+    drain,
+    msg,
+)
 
 ROOM = {"name": "room", "mesh": "m", "topic": "general",
         "binds": [{"gateway": "tg", "chat": "c1"}, {"gateway": "sl", "chat": "C1"}]}

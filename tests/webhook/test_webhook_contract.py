@@ -8,7 +8,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-
 from claudemesh_gateway import Address, Binding, Message, Outbound
 from claudemesh_gateway.plugins.webhook.gateway import WebhookBindingOptions, WebhookConfig, WebhookGateway
 from claudemesh_gateway.plugins.webhook.signature import signature_headers

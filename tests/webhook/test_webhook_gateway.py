@@ -10,7 +10,6 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-
 from claudemesh_gateway import Address, Binding, DeliveryError, Message, Outbound
 from claudemesh_gateway.plugins.webhook.gateway import (
     WebhookBindingOptions,
