@@ -150,6 +150,9 @@ class DeliveryEngine:
         """Start the scheduler; every lane already queued in the store is picked up."""
         if self._started:
             return
+        lock = getattr(self.store, "acquire_delivery_lock", None)
+        if lock is not None:
+            lock()  # StartupError if another process delivers from the same store
         self._started = True
         self._stopping = False
         self._wake = asyncio.Event()
@@ -188,6 +191,9 @@ class DeliveryEngine:
         self._dirty.clear()
         self._kicked.clear()
         self._started = False
+        unlock = getattr(self.store, "release_delivery_lock", None)
+        if unlock is not None:
+            unlock()
         log.info("delivery engine stopped")
 
     def kick(self, lane: str | None = None, *, full: bool = False) -> None:

@@ -503,6 +503,7 @@ class SqliteStore:
         self._writer: asyncio.Task[None] | None = None
         self._purger: asyncio.Task[None] | None = None
         self._closing = False
+        self._lock_fd: int | None = None
         # counters for metrics
         self.batches = 0
         self.ops = 0
@@ -554,6 +555,7 @@ class SqliteStore:
         log.info("store opened: %s (WAL, synchronous=%s)", self.path, self.synchronous)
 
     async def close(self) -> None:
+        self.release_delivery_lock()
         if self._w is None:
             return
         self._closing = True
@@ -578,6 +580,36 @@ class SqliteStore:
                 log.debug("PRAGMA optimize failed on close", exc_info=True)
             await w.close()
         log.info("store closed: %s", self.path)
+
+    # -- single deliverer ----------------------------------------------------------------------------
+    def acquire_delivery_lock(self) -> None:
+        """Claim the right to deliver from this file (an flock on ``<path>.delivery.lock``).
+
+        Two gateway processes delivering from one store would send everything twice; the
+        DeliveryEngine takes this lock on start. Tools (``dlq``, backups) do not need it.
+        Raises StartupError when another process (or engine) holds it.
+        """
+        if self._lock_fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no advisory locks
+            return
+        lock_path = self.path.with_name(self.path.name + ".delivery.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise StartupError(
+                f"another claudemesh-gateway is already delivering from {self.path} (lock {lock_path} is held)"
+            ) from e
+        self._lock_fd = fd
+
+    def release_delivery_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()

@@ -424,3 +424,22 @@ async def test_delivery_hung_send_times_out_and_is_retried(store, transport, mak
     assert head is not None and head.attempts == 1 and head.last_error == "send timed out after 0.05s"
     assert [e.error for e in events if isinstance(e, DeliveryFailed)] == ["send timed out after 0.05s"]
     await run_virtual(vclock, lambda: transport.ids("telegram/1") == ["h1"], what="the retry")
+
+
+async def test_delivery_one_deliverer_per_store(store, tmp_path, make_engine) -> None:
+    from claudemesh_gateway.errors import StartupError
+
+    eng = make_engine()
+    await eng.start()
+    other = SqliteStore(store.path, purge_interval=0)  # a second process opening the same file
+    await other.open()
+    try:
+        with pytest.raises(StartupError, match="already delivering"):
+            await make_engine(st=other).start()
+        await other.kv_set("tools", "ok", 1)  # tools (dlq, backup) still work alongside
+        await eng.stop(0)
+        second = make_engine(st=other)
+        await second.start()  # the lock is free once the first engine stopped
+        await second.stop(0)
+    finally:
+        await other.close()
