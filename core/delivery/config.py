@@ -64,6 +64,7 @@ class DeliveryConfig(BaseModel):
     max_attempts: int = Field(default=12, ge=1)
     max_attempts_unexpected: int = Field(default=5, ge=1)
     max_age: float = Field(default=86400.0, gt=0)
+    retry_after_floor: float = Field(default=1.0, ge=0)  # least wait honoured for a vendor retry_after
     concurrency: int = Field(default=256, ge=1)  # lanes delivering at the same time
     prefetch: int = Field(default=32, ge=1, le=1000)  # items read per lane per store query
     drain_timeout: float = Field(default=10.0, ge=0)

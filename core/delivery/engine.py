@@ -475,7 +475,7 @@ class DeliveryEngine:
                 self._stats.retry_after += 1
                 scope = getattr(err, "scope", None)
                 if scope and any(lim.scope == scope for lim in limits):
-                    self.limiter.pause(scope, retry_after)
+                    self.limiter.pause(scope, max(retry_after, cfg.retry_after_floor))
             else:
                 retry_after = None
                 attempts += 1
@@ -493,7 +493,10 @@ class DeliveryEngine:
             self._publish(DeliveryFailed(message=message, to=to, route=item.route, error=reason, permanent=True))
             await self._notify(item, reason, True)
             return "reread"
-        delay = retry_after if retry_after is not None else backoff_delay(attempts, cfg, self.rng)
+        if retry_after is not None:  # the vendor's word, floored so a "retry after 0" cannot spin
+            delay = max(retry_after, cfg.retry_after_floor)
+        else:
+            delay = backoff_delay(attempts, cfg, self.rng)
         not_before = now + delay
         await self.store.reschedule(item.id, not_before=not_before, attempts=attempts, error=text)
         self._stats.failed_transient += 1

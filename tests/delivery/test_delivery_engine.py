@@ -443,3 +443,17 @@ async def test_delivery_one_deliverer_per_store(store, tmp_path, make_engine) ->
         await second.stop(0)
     finally:
         await other.close()
+
+
+async def test_delivery_retry_after_zero_is_floored(store, transport, make_engine, vclock) -> None:
+    def on_send(out):
+        if len(transport.attempts) <= 3:
+            raise DeliveryError("429", retry_after=0)
+
+    transport.on_send = on_send
+    await accept_all(store, [make_item("telegram/1", "z")])
+    eng = make_engine(retry_after_floor=2.0)
+    await eng.start()
+    await run_virtual(vclock, lambda: transport.ids("telegram/1") == ["z"], what="delivery after 3 throttles")
+    assert [t for (_l, _m, _p, t) in transport.attempts] == [0.0, 2.0, 4.0, 6.0]
+    assert eng.stats()["retry_after"] == 3 and eng.stats()["dead_lettered"] == 0
