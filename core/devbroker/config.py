@@ -26,6 +26,7 @@ class DevBrokerConfig:
     hook_rate_per_minute: int = 30           # POST /hook/set-status per client IP
     timestamp_skew_ms: int = 60_000
     attestation_max_ttl_ms: int = 24 * 3600 * 1000
+    unique_ms_timestamps: bool = True        # one ms per queue/topic row (see util.row_time)
     drain_before_ack: bool = True            # hello drains push before hello_ack (the real broker races)
     close_timeout_s: float = 5.0             # wait for the peer's close frame
     persist_debounce_s: float = 0.05         # coalesce state writes

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .model import Notification, QueueRow, TopicMessage
 from .presence import Conn, Presence
 from .pushes import drained_push, live_push
-from .util import iso, js_len, new_id, now_ms
+from .util import iso, js_len, new_id, now_ms, row_time
 
 if TYPE_CHECKING:
     from .broker import DevBroker
@@ -147,7 +147,7 @@ async def handle_send(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     row = QueueRow(                                                           # B.25
         id=new_id(), mesh_id=p.mesh_id, target_spec=target, priority=priority, nonce=nonce,
         ciphertext=ciphertext, sender_member_id=p.member_id, sender_session_pubkey=p.session_pubkey,
-        created_at=now_ms(), client_message_id=cmid if isinstance(cmid, str) else None,
+        created_at=row_time(b.config.unique_ms_timestamps), client_message_id=cmid if isinstance(cmid, str) else None,
         request_fingerprint=fp if isinstance(fp, str) else None)
     b.store.queue.append(row)
     if kind == "topic":

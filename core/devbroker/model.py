@@ -95,7 +95,7 @@ class TopicMessage:
     nonce: str
     ciphertext: str
     body_version: int
-    created_at: int
+    created_at: float             # ms (see util.row_time)
     reply_to_id: str | None = None
 
 
@@ -109,7 +109,7 @@ class QueueRow:
     ciphertext: str
     sender_member_id: str
     sender_session_pubkey: str | None
-    created_at: int
+    created_at: float             # ms (see util.row_time)
     client_message_id: str | None = None
     request_fingerprint: str | None = None
     delivered_at: int | None = None
@@ -151,5 +151,5 @@ class Notification:
     topic_id: str
     message_id: str
     member_id: str
-    created_at: int
+    created_at: float
     read_at: int | None = None

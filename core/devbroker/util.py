@@ -26,6 +26,28 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_last_row_time = 0.0
+
+
+def row_time(unique_ms: bool = True) -> float:
+    """A row ``created_at`` in ms, strictly increasing within this process.
+
+    ``unique_ms`` (the default) gives every row its own millisecond, so the ISO ``createdAt`` clients
+    see orders rows exactly: on loopback two sends can land in the same millisecond, which over a
+    real network they rarely do. Without it the value keeps microsecond precision, like the real
+    broker's ``timestamptz``, and rows in the same millisecond differ only below what ISO shows.
+    """
+    global _last_row_time
+    if unique_ms:
+        value = float(max(time.time_ns() // 1_000_000, int(_last_row_time) + 1))
+    else:
+        value = round(time.time_ns() / 1_000_000, 3)
+        if value <= _last_row_time:
+            value = round(_last_row_time + 0.001, 3)
+    _last_row_time = value
+    return value
+
+
 def iso(ms: float | None) -> str | None:
     """JavaScript ``Date.toISOString()`` of a millisecond timestamp."""
     if ms is None:
