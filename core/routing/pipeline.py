@@ -304,7 +304,9 @@ class Pipeline:
             reply_to=message.native_id, created=message.created,
         )
         targets: list[tuple[Address, str]] = [(message.origin, f"command:{name}")]
-        items = [outbox_item(reply, Destination(route=f"command:{name}", address=message.origin), kind=KIND_REPLY)]
+        back = Destination(route=f"command:{name}", address=message.origin,
+                           options=table.binding_options(message.origin))
+        items = [outbox_item(reply, back, kind=KIND_REPLY)]
         for extra, to in result.extra:
             items.append(outbox_item(extra, Destination(route=f"command:{name}", address=to,
                                                         attribution=DEFAULT_ATTRIBUTION)))

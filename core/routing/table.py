@@ -386,6 +386,15 @@ class RouteTable:
                     tags |= b.tags
         return frozenset(tags)
 
+    def binding_options(self, address: Address) -> dict[str, Any]:
+        """The (JSON-safe) options of the first binding for chat ``address`` (answers to a chat
+        reuse them, e.g. a webhook binding's ``url``); empty when none is configured."""
+        for r in self.routes:
+            for b in r.binds:
+                if b.matches_origin(address):
+                    return dict(b.options)
+        return {}
+
     def inbound_routes(self, origin: Address) -> list[Route]:
         """Routes that accept messages from ``origin`` (its topic, or an inbound binding)."""
         return [r for r in self.routes if self._source_binding(r, origin) is not None or

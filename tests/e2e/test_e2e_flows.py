@@ -190,3 +190,17 @@ async def test_route_encryption_plaintext_reaches_the_broker_as_body_version_1(e
     await wait_until(lambda: any("readable by all" in i.text for i in got), 20, "bob to read the post")
     (item,) = [i for i in got if "readable by all" in i.text]
     assert item.body_version == 1
+
+
+async def test_in_chat_commands_are_answered_in_the_chat(e2e_app, member, sink):
+    await member("dev_alice")
+    client, runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general",
+                                      "binds": [wh("team", sink)]}])
+    await post_inbound(client, "team", {"id": "c1", "sender": "ann", "text": "/peers"})
+    await post_inbound(client, "team", {"id": "c2", "sender": "ann", "text": "/topics"})
+    await wait_until(lambda: len(sink.received["team"]) == 2, 20, "the command replies")
+    peers, topics = sink.texts("team")
+    assert peers.startswith("dev: ") and "alice" in peers
+    assert "general: dev:#general (both)" in topics
+    assert all(b["sender"] == "claudemesh-gateway" for b in sink.received["team"])
+    assert [b["reply_to"] for b in sink.received["team"]] == ["c1", "c2"]  # answers the command
