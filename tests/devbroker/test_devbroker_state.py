@@ -98,10 +98,12 @@ async def test_cli_run_and_offline_mint_invite(tmp_path, http, capsys):
 
 
 def test_row_times_strictly_increase():
+    from itertools import pairwise
+
     from claudemesh_gateway.devbroker.util import iso, row_time
 
     unique = [row_time() for _ in range(50)]
-    assert all(b - a >= 1 for a, b in zip(unique, unique[1:], strict=False))        # own millisecond each
+    assert all(b - a >= 1 for a, b in pairwise(unique))        # own millisecond each
     assert len({iso(t) for t in unique}) == 50
     fine = [row_time(unique_ms=False) for _ in range(50)]
-    assert all(b > a for a, b in zip(fine, fine[1:], strict=False))
+    assert all(b > a for a, b in pairwise(fine))
