@@ -126,3 +126,28 @@ async def test_two_bots_are_two_independent_instances(make_gateway, fake_tg, tg_
     msg = Message(id="m", origin=Address("mesh", "m:#t"), sender="x", text="hi")
     await b.send(Outbound(message=msg, to=Address("tg_ops", "1"), text="hi"))
     assert other.texts(1) == ["hi"] and fake_tg.texts(1) == []
+
+
+def test_the_documented_config_validates():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from claudemesh_gateway.plugins.telegram.gateway import TelegramGateway
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "telegram.md").read_text()
+    data = tomllib.loads(re.search(r"```toml\n(.*?)\n```", doc, re.DOTALL).group(1))
+    table = dict(data["gateways"]["telegram"])
+    assert table.pop("type") == "telegram"
+    table["token"] = "123:CHANGE_ME"
+    cfg = TelegramGateway.Config.model_validate(table)
+    assert cfg.rate.per_chat_per_s == 1 and cfg.mode == "polling"
+    binds = [b for r in data["routes"] for b in r["binds"]]
+    assert binds and all(b["gateway"] == "telegram" for b in binds)
+    for b in binds:
+        TelegramGateway.BindingOptions.model_validate(b.get("options", {}))
+    # every documented option of the gateway table exists in the model (and the reverse)
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", doc.split("### Options reference")[1].split("Binding fields")[0], re.MULTILINE))
+    assert documented == set(TelegramGateway.Config.model_fields) - {"rate"}
+    options_doc = doc.split("Binding fields")[1].split("## 3.")[0]
+    assert set(re.findall(r"^\| `([a-z_]+)` \|", options_doc, re.MULTILINE)) == set(TelegramGateway.BindingOptions.model_fields)
