@@ -85,6 +85,7 @@ class WhatsAppConfig(GatewayConfig):
     auth_token: SecretStr  # signs webhooks; authenticates the REST API unless an API key is given
     api_key_sid: str | None = Field(None, pattern=r"^SK[0-9A-Za-z]{8,64}$")
     api_key_secret: SecretStr | None = None
+    webhook_shared_key: SecretStr | None = None  # only if a Twilio Webhook Rule re-signs our webhooks
     from_number: str | None = None  # whatsapp:+E164 of the WhatsApp sender
     messaging_service_sid: str | None = Field(None, pattern=r"^MG[0-9A-Za-z]{8,64}$")
     public_url: str | None = None  # the base URL Twilio calls (scheme://host[:port][/prefix])
@@ -219,8 +220,9 @@ class WhatsAppGateway(Gateway):
             return
         cfg = self.config
         self.ctx.register_secret(cfg.auth_token.get_secret_value())
-        if cfg.api_key_secret is not None:
-            self.ctx.register_secret(cfg.api_key_secret.get_secret_value())
+        for extra in (cfg.api_key_secret, cfg.webhook_shared_key):
+            if extra is not None:
+                self.ctx.register_secret(extra.get_secret_value())
         self._http = self.http_client_class(self.ctx.http, timeout=cfg.request_timeout)
         if cfg.api_key_sid and cfg.api_key_secret is not None:
             username, password = cfg.api_key_sid, cfg.api_key_secret.get_secret_value()
@@ -382,7 +384,7 @@ class WhatsAppGateway(Gateway):
         return DeliveryError(f"Twilio error {code or status}: {text}".rstrip(": "), permanent=True)
 
     def _scrub(self, text: str) -> str:
-        for secret in (self.config.auth_token, self.config.api_key_secret):
+        for secret in (self.config.auth_token, self.config.api_key_secret, self.config.webhook_shared_key):
             if secret is not None and secret.get_secret_value():
                 text = text.replace(secret.get_secret_value(), "***")
         return text
@@ -408,9 +410,11 @@ class WhatsAppGateway(Gateway):
         url = public_request_url(cfg.public_url, self._path(leaf), request.query_string)
         token = cfg.auth_token.get_secret_value()
         settings_header = request.headers.get(SETTINGS_HEADER)
+        shared = cfg.webhook_shared_key.get_secret_value() if cfg.webhook_shared_key else None
         if request.content_type == "application/json":
             raw = await request.read()
-            ok = verify_signature(token, url, None, signature, raw_body=raw, settings_header=settings_header)
+            ok = verify_signature(token, url, None, signature, raw_body=raw, settings_header=settings_header,
+                                  shared_key=shared)
             if ok:
                 try:
                     data = json.loads(raw)
@@ -421,7 +425,8 @@ class WhatsAppGateway(Gateway):
                 params = {str(k): v for k, v in data.items()}
         else:
             form = await request.post()
-            ok = verify_signature(token, url, form, signature, settings_header=settings_header)
+            ok = verify_signature(token, url, form, signature, settings_header=settings_header,
+                                  shared_key=shared)
             params = {str(k): str(v) for k, v in form.items()}
         if not ok:
             log.warning("whatsapp %s: %s webhook with an invalid signature refused", self.name, leaf)

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlparse, urlsplit
 
 from twilio.request_validator import (
     HMAC_SHA1,
+    HMAC_SHA256,
     RequestValidator,
     add_port,
     get_signature_algorithm,
@@ -58,18 +59,26 @@ def verify_signature(
     *,
     raw_body: bytes | None = None,
     settings_header: str | None = None,
+    shared_key: str | None = None,
 ) -> bool:
     """True if ``signature`` is Twilio's signature of this request.
 
     ``params`` are the form fields (a multidict is fine). For a JSON request pass
-    ``raw_body`` and ``params=None``: the URL must carry ``bodySHA256``.
+    ``raw_body`` and ``params=None``: the URL must carry ``bodySHA256``. With an
+    ``X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=...`` header (Webhook
+    Rules) the signature is checked with ``shared_key`` and that algorithm instead.
     """
     if not token or not signature:
         return False
-    algorithm = get_signature_algorithm(settings_header)
-    if algorithm.upper() != HMAC_SHA1:
-        # Webhook Rules sign with a separate shared key we are not configured with.
-        log.warning("twilio webhook signed with %s (webhook rule shared key); not supported", algorithm)
+    algorithm = get_signature_algorithm(settings_header).upper()
+    if settings_header and "key=" in settings_header:
+        # A Webhook Rule signed this request with its Setting's shared key (and algorithm).
+        if not shared_key:
+            log.warning("twilio webhook signed with a webhook-rule shared key; none configured")
+            return False
+        token = shared_key
+    if algorithm not in (HMAC_SHA1, HMAC_SHA256):
+        log.warning("twilio webhook signed with unsupported algorithm %s", algorithm[:32])
         return False
     validator = RequestValidator(token)
     if raw_body is not None and params is None:
@@ -82,6 +91,6 @@ def verify_signature(
     given = signature.strip().encode()
     ok = False
     for candidate in _url_variants(url):
-        computed = validator.compute_signature(candidate, params or {}).encode()
+        computed = validator.compute_signature(candidate, params or {}, algorithm).encode()
         ok |= hmac.compare_digest(computed, given)  # no early exit: constant time over variants
     return ok

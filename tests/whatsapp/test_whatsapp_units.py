@@ -56,10 +56,19 @@ def test_signature_json_body_sha256_variant():
                                 raw_body=body)
 
 
-def test_signature_webhook_rule_algorithm_refused():
+def test_signature_webhook_rule_shared_key():
+    header = "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"
+    shared = "shared-key-secret"
+    sig256 = RequestValidator(shared).compute_signature(URL, PARAMS, "HMAC_SHA256")
+    assert verify_signature(TOKEN, URL, PARAMS, sig256, settings_header=header, shared_key=shared)
+    assert not verify_signature(TOKEN, URL, PARAMS, sig256, settings_header=header)  # no key configured
+    assert not verify_signature(TOKEN, URL, PARAMS, sig256, settings_header=header, shared_key="other")
+    # the auth-token signature does not pass when the header says a rule's key signed it
     sig = RequestValidator(TOKEN).compute_signature(URL, PARAMS)
-    assert not verify_signature(TOKEN, URL, PARAMS, sig, settings_header="key=wsk_1,algorithm=HMAC_SHA256")
+    assert not verify_signature(TOKEN, URL, PARAMS, sig, settings_header=header, shared_key=shared)
     assert verify_signature(TOKEN, URL, PARAMS, sig, settings_header="")
+    assert not verify_signature(TOKEN, URL, PARAMS, sig, settings_header="key=k,algorithm=HMAC_MD5",
+                                shared_key=TOKEN)
 
 
 def test_public_request_url():
