@@ -234,3 +234,21 @@ async def test_slash_command_is_marked(wa, wh):
     await wa.inbound(wh.inbound_params(body="/topics"))
     (msg,) = wa.ctx.submitted
     assert msg.is_command and msg.text == "/topics"
+
+
+async def test_webhook_rule_shared_key_signature(make_wa, wh):
+    from twilio.request_validator import RequestValidator
+
+    wa = await make_wa(webhook_shared_key="rule-shared-key")
+    params = wh.inbound_params(body="via a webhook rule")
+    url = f"{wh.PUBLIC_URL}/gateways/{wh.NAME}/inbound"
+    header = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_1,algorithm=HMAC_SHA256"}
+    bad = RequestValidator(wh.AUTH_TOKEN).compute_signature(url, params, "HMAC_SHA256")
+    resp = await wa.client.post(f"/gateways/{wh.NAME}/inbound", data=params,
+                                headers={**header, "X-Twilio-Signature": bad})
+    assert resp.status == 403 and wa.ctx.submitted == []
+    good = RequestValidator("rule-shared-key").compute_signature(url, params, "HMAC_SHA256")
+    resp = await wa.client.post(f"/gateways/{wh.NAME}/inbound", data=params,
+                                headers={**header, "X-Twilio-Signature": good})
+    assert resp.status == 200 and [m.text for m in wa.ctx.submitted] == ["via a webhook rule"]
+    assert "rule-shared-key" in wa.ctx.secrets
