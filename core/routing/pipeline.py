@@ -230,7 +230,8 @@ class Pipeline:
             if _same_chat(to, origin):
                 reasons.append("origin")
                 continue
-            if via is not None and to.gateway == via:
+            if via is not None and to.gateway != MESH_GATEWAY and via.lower() in (
+                    to.gateway.lower(), table.gateway_kind(to.gateway).lower()):
                 reasons.append("loop")  # it came from that surface through another bridge
                 continue
             if to.gateway == MESH_GATEWAY:

@@ -428,3 +428,15 @@ async def test_tag_fanout_recipients_are_fixed_at_the_first_attempt(make_runtime
     assert await rt.store.kv_get("routing", f"fanout:{item.id}") is None
     fresh, _ = await rt.pipeline.render(item)  # a new delivery (e.g. after dlq retry) resolves again
     assert sorted(o.to.chat for o in fresh) == sorted([f"m:@{ALICE}", f"m:@{BOB}"])
+
+
+async def test_upstream_via_markers_match_gateway_kinds_case_insensitively(make_runtime):
+    gws = {"tg_ops": FakeGateway("tg_ops"), "sl": FakeGateway("sl")}
+    rt = make_runtime([{"name": "r", "mesh": "m", "topic": "general", "direction": "out",
+                        "binds": [{"gateway": "tg_ops", "chat": "1"}, {"gateway": "sl", "chat": "2"}]}],
+                      gateways=gws)
+    # the broker's own Telegram bridge writes "[via Telegram]"; our tg_ops instance is of kind "fake"
+    res = await rt.pipeline.on_mesh_inbound(inbound("[via FAKE] bob: hi", id="v1"))
+    assert (res.status, res.reason) == ("dropped", "loop")
+    res = await rt.pipeline.on_mesh_inbound(inbound("[via TG_OPS] bob: hi", id="v2"))
+    assert res.destinations == 1
