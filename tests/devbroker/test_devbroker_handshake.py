@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from claudemesh_gateway.devbroker import MemberInfo
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.crypto import KeyPair
 
@@ -45,8 +46,7 @@ async def test_b06_hello_checks_order(make_broker, raw_ws, connect, mk):
     assert (err["message"], code, reason) == ("hello rejected: bad_signature", 1008, "bad_signature")
 
     # 6. member lookup: unknown key, uppercase key (signature fine), revoked member
-    stranger = b.add_member(mesh_id, "tmp").__class__(  # an unregistered identity with a real keypair
-        "x", mesh_id, "stranger", "member", KeyPair.generate())
+    stranger = MemberInfo("x", mesh_id, "stranger", "member", KeyPair.generate())   # not a member
     c = await raw_ws(b)
     err, code, reason = await _rejected(c, mk.hello(mesh_id, stranger))
     assert (err["code"], err["message"], code, reason) == ("unauthorized", "pubkey not found in mesh", 1008,
@@ -142,7 +142,7 @@ async def test_b08_session_hello_checks_order(make_broker, raw_ws, connect, mk):
     await check(mk.session_hello(mesh_id, gw, s, signature="12"), "malformed", "session_hello rejected: malformed")
     await check(mk.session_hello(mesh_id, gw, s, signature="00" * 64), "bad_signature",
                 "session_hello rejected: bad_signature")
-    stranger = seed.gateway.__class__("x", mesh_id, "stranger", "member", KeyPair.generate())
+    stranger = MemberInfo("x", mesh_id, "stranger", "member", KeyPair.generate())
     await check(mk.session_hello(mesh_id, stranger, s), "unauthorized", "parent pubkey not found in mesh")
     gone = b.add_member(mesh_id, "gone")
     b.revoke_member(mesh_id, gone.member_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from claudemesh_gateway.devbroker import MemberInfo
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.crypto import KeyPair
 
@@ -35,7 +36,6 @@ async def test_b47_join_with_v1_invite(broker, http, connect):
     assert (status, again) == (200, {"ok": True, "memberId": body["memberId"], "alreadyMember": True})
     assert broker.store.invites[token].used_count == 1
     # the new identity can say hello
-    from claudemesh_gateway.devbroker import MemberInfo
     info = MemberInfo(body["memberId"], seed.mesh_id, "Newbie", "admin", me)
     c = await connect(broker, info, mode="hello")
     assert c.ack["memberDisplayName"] == "Newbie"
