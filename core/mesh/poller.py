@@ -27,6 +27,7 @@ __all__ = ["SEEN_LIMIT", "TopicPoller"]
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 1000
+MAX_PAGE = 200  # the broker clamps topic_history limit to 1..200
 TIE_GRACE_MS = 2000  # unseen rows this much older than high_water still count as new (commit-order ties)
 
 
@@ -138,8 +139,9 @@ class TopicPoller:
         return row["id"] not in self._seen_set and row["_t"] >= self.high_water - TIE_GRACE_MS
 
     # -- fetching --------------------------------------------------------------------------------------------------------
-    async def _page(self, before: str | None = None) -> list[dict[str, Any]]:
-        frame: dict[str, Any] = {"type": "topic_history", "topic": self.topic.id, "limit": self.cfg.topic_page_size}
+    async def _page(self, before: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        frame: dict[str, Any] = {"type": "topic_history", "topic": self.topic.id,
+                                 "limit": limit or self.cfg.topic_page_size}
         if before is not None:
             frame["beforeId"] = before
         reply = await self.peer.connection.request(frame)
@@ -165,17 +167,27 @@ class TopicPoller:
 
     async def _collect(self, page: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         found = {r["id"]: r for r in page if self._is_new(r)}
-        size = self.cfg.topic_page_size
-        while len(page) >= size and all(self._is_new(r) for r in page):
+        limit = self.cfg.topic_page_size
+        before: str | None = None
+        while len(page) >= limit and all(self._is_new(r) for r in page):
             if len(found) >= self.cfg.topic_max_backfill:
                 log.warning("mesh %s: #%s: more than %d unseen rows; older ones are skipped (gap)",
                             self.peer.name, self.topic.name, self.cfg.topic_max_backfill)
                 break
-            before, overlapping = self._before(page)
+            anchor, overlapping = self._before(page)
+            if not overlapping and limit < MAX_PAGE:
+                # the whole page shares one timestamp: re-read this position with the largest page
+                limit = MAX_PAGE
+                page = await self._page(before, limit)
+                for r in page:
+                    if self._is_new(r):
+                        found.setdefault(r["id"], r)
+                continue
             if not overlapping:
-                log.warning("mesh %s: #%s: a whole page shares one timestamp; rows tied on it may be skipped",
-                            self.peer.name, self.topic.name)
-            page = await self._page(before)
+                log.warning("mesh %s: #%s: %d rows share one timestamp; rows tied on it may be skipped",
+                            self.peer.name, self.topic.name, len(page))
+            before, limit = anchor, MAX_PAGE  # backfill pages are as large as the broker allows
+            page = await self._page(before, limit)
             fresh = [r for r in page if self._is_new(r)]
             for r in fresh:
                 found.setdefault(r["id"], r)
@@ -186,9 +198,11 @@ class TopicPoller:
     async def _initial(self, page: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """First run: deliver the newest ``backfill`` rows; everything older counts as seen."""
         rows = list(page)
-        while self.backfill > len(rows) and len(page) >= self.cfg.topic_page_size:
+        limit = self.cfg.topic_page_size
+        while self.backfill > len(rows) and len(page) >= limit:
             before, _ = self._before(page)
-            page = await self._page(before)
+            limit = MAX_PAGE
+            page = await self._page(before, limit)
             known = {r["id"] for r in rows}
             page = [r for r in page if r["id"] not in known]
             if not page:
@@ -202,8 +216,6 @@ class TopicPoller:
         for r in rows:
             if r["id"] not in kept:
                 self._mark(r["id"], r["_t"])
-        if not rows:
-            self.high_water = max(self.high_water, int(time.time() * 1000) - TIE_GRACE_MS)
         self.initialized = True
         await self._save()
         return {r["id"]: r for r in keep}
