@@ -8,12 +8,13 @@ import contextlib
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from .broker import DevBroker, build_invite
 from .config import DevBrokerConfig
-from .seed import meshes_toml
+from .seed import MESHES_TOML, meshes_toml
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,20 @@ def mint_invite_offline(state_dir: Path, *, mesh: str = "dev", role: str = "memb
     row = store.meshes.get(mesh) or store.mesh_by_slug(mesh)
     if row is None:
         raise SystemExit(f"no mesh {mesh!r} in {state_dir} (start the dev broker once to seed it)")
-    url = broker_url or f"ws://127.0.0.1:{DEFAULT_PORT}/ws"
+    url = broker_url or _last_broker_url(Path(state_dir)) or f"ws://127.0.0.1:{DEFAULT_PORT}/ws"
     token = build_invite(store, row.id, url, role=role, expires_in=expires_in, max_uses=max_uses)
     store.save()
     return token
+
+
+def _last_broker_url(state_dir: Path) -> str | None:
+    """The broker_url the last broker start wrote to meshes.toml (it carries the bound port)."""
+    try:
+        doc = tomllib.loads((state_dir / MESHES_TOML).read_text(encoding="utf-8"))
+        url = doc["mesh"]["dev"]["broker_url"]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return None
+    return url if isinstance(url, str) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--role", choices=("member", "admin"), default="member")
     inv.add_argument("--expires-in", type=int, default=7 * 86400, help="seconds")
     inv.add_argument("--max-uses", type=int, default=1)
-    inv.add_argument("--broker-url", default=None, help="ws URL written into the token")
+    inv.add_argument("--broker-url", default=None,
+                     help="ws URL written into the token (default: the one in <state-dir>/meshes.toml)")
     return parser
 
 
@@ -87,9 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "mint-invite":
-        url = args.broker_url or f"ws://{args.host}:{args.port}/ws"
         print(mint_invite_offline(args.state_dir, mesh=args.mesh, role=args.role, expires_in=args.expires_in,
-                                  max_uses=args.max_uses, broker_url=url))
+                                  max_uses=args.max_uses, broker_url=args.broker_url))
         return 0
     state_dir = None if args.memory else args.state_dir
     try:

@@ -84,8 +84,9 @@ async def test_cli_run_and_offline_mint_invite(tmp_path, http, capsys):
         await asyncio.sleep(0.02)
     url = tomllib.loads((state / "meshes.toml").read_text())["mesh"]["dev"]["broker_url"]
     http_url = url.replace("ws://", "http://").removesuffix("/ws")
-    token = mint_invite_offline(state, mesh="dev", broker_url=url)      # written while the broker runs
+    token = mint_invite_offline(state, mesh="dev")      # written while the broker runs
     _, payload = crypto.decode_invite(token)
+    assert payload["broker_url"] == url                 # taken from meshes.toml
     resp = await http.post(http_url + "/join", json={"invite_token": token, "invite_payload": payload,
                                                      "peer_pubkey": KeyPair.generate().public_hex,
                                                      "display_name": "cli-joiner"})
