@@ -36,6 +36,17 @@ async def test_b21_rate_limit_per_member(make_broker, connect):
     assert (await a1.send_msg("*"))["queued"] is True
 
 
+def test_b21_token_bucket_refill_and_idle_drop():
+    from claudemesh_gateway.devbroker.ratelimit import TokenBuckets
+
+    buckets = TokenBuckets(10, 60, idle_s=600)
+    assert all(buckets.take("m", now=100.0) for _ in range(10))      # a new bucket starts full
+    assert not buckets.take("m", now=100.0)
+    assert not buckets.take("m", now=100.5)                          # half a token after 0.5 s (60/min)
+    assert buckets.take("m", now=101.0)                              # the refused take cost nothing
+    assert buckets.prune(now=101.0 + 600.5) == 1 and len(buckets) == 0   # idle 10 min: dropped
+
+
 async def test_b22_payload_too_large(make_broker, connect):
     b = await make_broker(max_frame_bytes=200_000)
     seed = b.default_mesh
