@@ -196,6 +196,15 @@ class Gateway(abc.ABC):
         """Token buckets that apply to ``to``. Default: none (the core still serialises per chat)."""
         return ()
 
+    def mesh_of(self, address: Address) -> str | None:
+        """The mesh (``[mesh.<name>]``) an address of this gateway lies on, or None.
+
+        Gateways that carry messages into another mesh (the bridge) return it, so the
+        core applies the mesh loop rules to them: hop limit, visited meshes and the
+        ``__cmh<n>:`` hop prefix on what it sends.
+        """
+        return None
+
     def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
         """Gateway's own default rendering of already-attributed ``text``; None = plain text."""
         return None

@@ -20,9 +20,12 @@ from __future__ import annotations
 import logging
 import re
 import string
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from ..messages import Address
 
 __all__ = [
     "ATTRIBUTION_FIELDS",
@@ -213,3 +216,11 @@ class RouteConfig(BaseModel):
         if self.topic is None and not self.tags and not self.binds:
             raise ValueError("a route needs a topic, tags or binds")
         return self
+
+
+def mesh_of(runtime: Any, address: Address) -> str | None:
+    """The mesh ``address`` lies on: a ``mesh`` address, or a bridge gateway's (``Gateway.mesh_of``)."""
+    if address.gateway == MESH_GATEWAY:
+        return parse_mesh_chat(address.chat).mesh
+    gateway = runtime.gateways.get(address.gateway) if runtime is not None else None
+    return gateway.mesh_of(address) if gateway is not None else None

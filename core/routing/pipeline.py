@@ -31,7 +31,7 @@ from ..gateway import RateLimit, SubmitResult
 from ..messages import Address, Message, Outbound, SendResult
 from ..store.base import OutboxItem
 from .commands import BOT_SENDER, CommandHandler, parse_command
-from .config import MESH_GATEWAY, parse_mesh_chat
+from .config import MESH_GATEWAY, mesh_of
 from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
 from .text import parse_hop_prefix, parse_leading_tags, parse_via
 from .transport import KIND_RELAY, KIND_REPLY, OutboxItemFactory, RoutingTransport
@@ -223,7 +223,7 @@ class Pipeline:
         kept: list[Destination] = []
         reasons: list[str] = []
         origin = message.origin
-        origin_mesh = origin.chat.partition(":")[0] if origin.gateway == MESH_GATEWAY else None
+        origin_mesh = mesh_of(self.runtime, origin)
         via = message.raw.get("via") if origin.gateway == MESH_GATEWAY else None
         for d in dests:
             to = d.address
@@ -234,16 +234,15 @@ class Pipeline:
                     to.gateway.lower(), table.gateway_kind(to.gateway).lower()):
                 reasons.append("loop")  # it came from that surface through another bridge
                 continue
-            if to.gateway == MESH_GATEWAY:
-                dest_mesh = parse_mesh_chat(to.chat).mesh
-                if origin_mesh is not None:
-                    limit = d.max_hops if d.max_hops is not None else table.max_hops(dest_mesh)
-                    if message.hops + 1 > limit:
-                        reasons.append("hop_limit")
-                        continue
-                    if dest_mesh in message.visited and dest_mesh != origin_mesh:
-                        reasons.append("loop")
-                        continue
+            dest_mesh = mesh_of(self.runtime, to)
+            if dest_mesh is not None and origin_mesh is not None:
+                limit = d.max_hops if d.max_hops is not None else table.max_hops(dest_mesh)
+                if message.hops + 1 > limit:
+                    reasons.append("hop_limit")
+                    continue
+                if dest_mesh in message.visited and dest_mesh != origin_mesh:
+                    reasons.append("loop")
+                    continue
             kept.append(d)
         if reasons:
             log.debug("loop guard removed %d destination(s) of %s: %s", len(reasons), message.id, reasons)

@@ -29,7 +29,7 @@ from ..messages import (
     message_from_dict,
     message_to_dict,
 )
-from .config import MESH_GATEWAY, parse_mesh_chat
+from .config import MESH_GATEWAY, mesh_of, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
 from .text import (
     attribute,
@@ -187,8 +187,8 @@ class RoutingTransport:
                 text = f"(edited) {text}"
         if not options.get("allow_mass_mentions", False):
             text = neutralise_mentions(text)
-        if kind == KIND_RELAY and to.gateway == MESH_GATEWAY:
-            if message.origin.gateway == MESH_GATEWAY:
+        if kind == KIND_RELAY and mesh_of(self.runtime, to) is not None:
+            if mesh_of(self.runtime, message.origin) is not None:
                 text = with_hop_prefix(message.hops + 1, via_marker + text)
             else:
                 text = with_via(message.origin.gateway, text)
