@@ -331,32 +331,57 @@ class WhatsAppGateway(Gateway):
                 kwargs["media_url"] = media
             mode = "session"
         elif opts.outside_window == "template" and opts.template_content_sid:
-            kwargs["content_sid"] = opts.template_content_sid
-            variables = render_template_variables(opts.template_variables, {
-                "sender": out.message.sender, "text": out.text, "topic": out.message.origin.chat,
-                "origin": str(out.message.origin), "part": out.part, "parts": out.parts,
-            })
-            if variables:
-                kwargs["content_variables"] = json.dumps(variables, ensure_ascii=False)
+            kwargs.update(self._template_kwargs(out, opts))
             mode = "template"
         else:
             raise DeliveryError(
                 "outside WhatsApp 24-hour window and no template configured: held until the user writes "
                 "(replay it from the dead letters then)", permanent=True)
 
+        try:
+            msg = await self._create(kwargs, to, mode)
+        except _WindowClosed:
+            # Twilio knows better than our record (63016): use the template right away if allowed
+            if opts.outside_window != "template" or not opts.template_content_sid:
+                raise DeliveryError("outside WhatsApp 24-hour window (Twilio 63016) and no template configured",
+                                    permanent=True) from None
+            for key in ("body", "media_url"):
+                kwargs.pop(key, None)
+            kwargs.update(self._template_kwargs(out, opts))
+            mode = "template"
+            try:
+                msg = await self._create(kwargs, to, mode)
+            except _WindowClosed:
+                raise DeliveryError("template rejected outside the 24-hour window (Twilio 63016)",
+                                    permanent=True) from None
+        sid = str(msg.sid or "")
+        log.debug("whatsapp %s: sent %s to %s (%s, part %d/%d)", self.name, sid, mask_number(to), mode,
+                  out.part, out.parts)
+        return SendResult(native_ids=(sid,) if sid else ())
+
+    @staticmethod
+    def _template_kwargs(out: Outbound, opts: WhatsAppBindingOptions) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"content_sid": opts.template_content_sid}
+        variables = render_template_variables(opts.template_variables, {
+            "sender": out.message.sender, "text": out.text, "topic": out.message.origin.chat,
+            "origin": str(out.message.origin), "part": out.part, "parts": out.parts,
+        })
+        if variables:
+            kwargs["content_variables"] = json.dumps(variables, ensure_ascii=False)
+        return kwargs
+
+    async def _create(self, kwargs: dict[str, Any], to: str, mode: str) -> Any:
+        """``messages.create_async``; Twilio errors become DeliveryError (63016 -> _WindowClosed)."""
+        assert self._client is not None
         _LAST_HEADERS.set(None)
         try:
-            msg = await self._client.messages.create_async(**kwargs)
+            return await self._client.messages.create_async(**kwargs)
         except (TwilioRestException, TwilioServiceException) as exc:
             raise await self._map_error(exc, to, mode) from None
         except TwilioException as exc:
             raise DeliveryError(f"twilio client error: {type(exc).__name__}", permanent=False) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise DeliveryError(f"twilio API unreachable: {type(exc).__name__}", permanent=False) from None
-        sid = str(msg.sid or "")
-        log.debug("whatsapp %s: sent %s to %s (%s, part %d/%d)", self.name, sid, mask_number(to), mode,
-                  out.part, out.parts)
-        return SendResult(native_ids=(sid,) if sid else ())
 
     async def _map_error(self, exc: TwilioRestException | TwilioServiceException, to: str,
                          mode: str) -> DeliveryError:
@@ -366,9 +391,7 @@ class WhatsAppGateway(Gateway):
         text = self._scrub(str(raw_msg).replace("Unable to create record: ", ""))[:200]
         if code == "63016":
             await self.ctx.kv_delete(f"window:{to}")  # Twilio says the window is closed: believe it
-            return DeliveryError("outside WhatsApp 24-hour window (Twilio 63016) and no template configured"
-                                 if mode != "template" else "template rejected outside the 24-hour window "
-                                 "(Twilio 63016)", permanent=True)
+            return _WindowClosed("outside WhatsApp 24-hour window (Twilio 63016)", permanent=True)
         if code == "21610":
             await self.set_opt_out(to, True, "twilio 21610")
             return DeliveryError("recipient opted out (STOP) (Twilio 21610)", permanent=True)
@@ -407,7 +430,7 @@ class WhatsAppGateway(Gateway):
             log.warning("whatsapp %s: %s webhook refused (%s)", self.name, leaf,
                         "no public_url configured" if not cfg.public_url else "unsigned")
             raise web.HTTPForbidden(text="invalid signature")
-        url = public_request_url(cfg.public_url, self._path(leaf), request.query_string)
+        url = public_request_url(cfg.public_url, self._path(leaf), request.rel_url.raw_query_string)
         token = cfg.auth_token.get_secret_value()
         settings_header = request.headers.get(SETTINGS_HEADER)
         shared = cfg.webhook_shared_key.get_secret_value() if cfg.webhook_shared_key else None
@@ -560,6 +583,10 @@ class WhatsAppGateway(Gateway):
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
+class _WindowClosed(DeliveryError):
+    """Twilio 63016: free-form text outside the 24-hour window (internal; callers re-raise a DeliveryError)."""
+
+
 def _basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 

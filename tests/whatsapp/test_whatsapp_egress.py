@@ -169,3 +169,17 @@ async def test_credentials_never_logged_or_in_errors(make_wa, wh, caplog):
     for secret in (wh.AUTH_TOKEN, wh.API_KEY_SECRET):
         assert secret not in text
     assert set(wa.ctx.secrets) == {wh.AUTH_TOKEN, wh.API_KEY_SECRET}  # handed to the core's redaction
+
+
+async def test_63016_falls_back_to_the_template_at_once(wa, wh):
+    await wa.open_window()  # we believe the window is open, Twilio disagrees
+    wa.twilio.fail(400, 63016, "Failed to send freeform message because you are outside the allowed window.")
+    opts = WhatsAppBindingOptions(outside_window="template", template_content_sid=TEMPLATE,
+                                  template_variables={"1": "{text}"})
+    result = await wa.gateway.send(wa.outbound("[alice] ping", options=opts))
+    assert result.native_ids and len(wa.twilio.requests) == 2
+    first, second = (dict(r) for r in wa.twilio.requests)
+    assert first["Body"] == "[alice] ping" and "ContentSid" not in first
+    assert second["ContentSid"] == TEMPLATE and "Body" not in second
+    assert json.loads(second["ContentVariables"]) == {"1": "[alice] ping"}
+    assert not await wa.gateway.in_window(wh.USER)

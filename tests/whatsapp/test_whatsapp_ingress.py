@@ -252,3 +252,11 @@ async def test_webhook_rule_shared_key_signature(make_wa, wh):
                                 headers={**header, "X-Twilio-Signature": good})
     assert resp.status == 200 and [m.text for m in wa.ctx.submitted] == ["via a webhook rule"]
     assert "rule-shared-key" in wa.ctx.secrets
+
+
+async def test_signed_url_uses_the_raw_query_string(wa, wh):
+    params = wh.inbound_params()
+    url = f"{wh.PUBLIC_URL}/gateways/{wh.NAME}/inbound?note=a%20b&x=1"
+    resp = await wa.client.post(f"/gateways/{wh.NAME}/inbound?note=a%20b&x=1", data=params,
+                                headers={"X-Twilio-Signature": wh.sign(params, url)})
+    assert resp.status == 200 and len(wa.ctx.submitted) == 1
