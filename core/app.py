@@ -353,8 +353,7 @@ def _dev_broker_ctx(runtime: Runtime, broker: Any) -> Callable[[web.Application]
         # the CLI started it before loading the includes it writes; we only own its shutdown
         runtime.dev_broker = broker
         yield
-        await broker.stop()
-        log.info("embedded dev broker stopped")
+        await _stop_quietly(broker.stop(), "embedded dev broker", timeout=runtime.settings.server.shutdown_timeout)
 
     return ctx
 

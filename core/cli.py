@@ -153,9 +153,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     boot = _bootstrap(args)
     pending = _dev_broker_pending(boot)
-    if args.online and pending:
+    if args.online and boot.dev_broker.embedded:
         _quiet_logging(args)
-        return _run(_check_with_embedded_broker(args))
+        return _run(_check_with_embedded_broker(args, pending=pending))
     settings = _load(args, allow_missing_includes=pending)
     _quiet_logging(args, settings)
     if pending:
@@ -176,9 +176,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _check_with_embedded_broker(args: argparse.Namespace) -> int:
+async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool) -> int:
+    """``check --online`` with ``[dev_broker] embedded``: start it as ``run`` would. When its port is
+    taken (a gateway is running with it) and its tables exist, check against that one instead."""
     first = load_bootstrap_settings(_config_path(args))
-    broker = await _start_dev_broker(first)
+    try:
+        broker = await _start_dev_broker(first)
+    except StartupError:
+        if pending:
+            raise
+        broker = None
+        print(f"note: the dev broker port {first.dev_broker.port} is taken; checking against the broker"
+              " running there", file=sys.stderr)
     try:
         settings = _load(args)
         pm = make_plugin_manager(disable=settings.plugins.disable)
@@ -191,7 +200,8 @@ async def _check_with_embedded_broker(args: argparse.Namespace) -> int:
         for w in await _online_checks(settings, pm):
             print(f"warning: {w}", file=sys.stderr)
     finally:
-        await broker.stop()
+        if broker is not None:
+            await asyncio.wait_for(broker.stop(), 15)
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
     return EXIT_OK
 

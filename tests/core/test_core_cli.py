@@ -213,3 +213,27 @@ async def test_keygen_and_enroll_with_a_dev_broker_invite(
     code = await asyncio.to_thread(cli.main, ["enroll", token])  # single use: the broker refuses
     _, err = capsys.readouterr()
     assert code == 4 and "the broker refused the join" in err
+
+
+async def test_check_online_starts_the_embedded_broker_and_resolves_topics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    shutil.copy(EXAMPLE, tmp_path / "config.toml")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    monkeypatch.setenv("CLAUDEMESH_DEV_BROKER__PORT", str(port))
+    code = await asyncio.to_thread(cli.main, ["-c", str(tmp_path / "config.toml"), "check", "--online"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.startswith("ok: 3 mesh(es)"), err
+
+    text = (tmp_path / "config.toml").read_text() + (
+        '\n[[routes]]\nname = "ghost"\nmesh = "dev"\ntopic = "no-such-topic"\n'
+        'binds = [{ gateway = "webhook", chat = "ghost" }]\n')
+    (tmp_path / "config.toml").write_text(text)
+    code = await asyncio.to_thread(cli.main, ["-c", str(tmp_path / "config.toml"), "check", "--online"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "mesh.dev: topic 'no-such-topic' used by a route does not exist on the mesh" in err
