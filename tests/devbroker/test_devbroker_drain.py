@@ -193,7 +193,10 @@ async def test_b36_sweeps(make_broker, connect):
     ack = await bob.dm(alice.session.public_hex, "x")
     row = next(r for r in b.queue_rows() if r.id == ack["messageId"])
     assert row.claim_id is not None
-    await asyncio.sleep(0.5)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3
+    while row.claim_id is not None and loop.time() < deadline:
+        await asyncio.sleep(0.05)
     assert (row.claimed_at, row.claim_id, row.claim_expires_at) == (None, None, None)   # the loop cleared it
     assert await alice.expect_pushes(1) == [ack["messageId"]]                            # ...and pushed nothing more
     # undelivered rows older than the purge age go (the #name black hole included); delivered rows stay

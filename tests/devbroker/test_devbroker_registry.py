@@ -203,16 +203,16 @@ async def test_b19_admin_verbs(make_broker, connect, raw_ws, mk):
 
 
 async def test_b20_keepalive_terminates_silent_sockets(make_broker, connect):
-    b = await make_broker(pong_timeout_s=1.0, stale_presence_s=30)
+    b = await make_broker(pong_timeout_s=2.0, stale_presence_s=30)
     seed = b.default_mesh
     good = await connect(b, seed.alice)
     silent = await connect(b, seed.bob, autoping=False)
     await b.keepalive_tick()                        # pings both
-    await good.quiet(0.6)                           # good reads, so its client answers the ping
+    await good.quiet(1.2)                           # good reads, so its client answers the ping
     await silent.ws.ping()                          # client pings refresh nothing
     await b.keepalive_tick()
-    await good.quiet(0.6)
-    await b.keepalive_tick()                        # silent's last pong is > 1 s old: terminated
+    await good.quiet(1.2)
+    await b.keepalive_tick()                        # silent's last pong is > 2 s old: terminated
     code, _ = await silent.wait_closed()
     assert code == 1006                            # no close frame
     await _until(lambda: _entry(b, silent.session_id)["lease"] == "offline")   # grace started
