@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .events import Event, GatewayState, GatewayStateChanged
 from .logconfig import register_secret
+from .meshhandle import CoreMeshHandle, MeshSubscribers
 from .messages import Address
 from .plugin_manager import notify
 from .tasks import TaskSupervisor
@@ -57,6 +58,7 @@ class Runtime:
         self.started_at: float = time.time()
         self.draining: bool = False
         self.supervisor = TaskSupervisor("gateway")
+        self.mesh_subscribers = MeshSubscribers()  # (mesh, topic) consumed by gateways through ctx.mesh()
         self._reload_lock: asyncio.Lock | None = None
 
     @property
@@ -159,3 +161,6 @@ class GatewayContextImpl:
 
     def register_secret(self, value: str) -> None:
         register_secret(value)
+
+    def mesh(self, name: str) -> CoreMeshHandle:
+        return CoreMeshHandle(self.runtime, name, self.name)
