@@ -17,6 +17,14 @@ def _row(broker, target: str, *, sender, priority: str = "next", created_at: int
     return row
 
 
+async def _until(pred, wait: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + wait
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
 def _ids(frames) -> list[str]:
     return [f["messageId"] for f in frames]
 
@@ -193,10 +201,7 @@ async def test_b36_sweeps(make_broker, connect):
     ack = await bob.dm(alice.session.public_hex, "x")
     row = next(r for r in b.queue_rows() if r.id == ack["messageId"])
     assert row.claim_id is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 3
-    while row.claim_id is not None and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    await _until(lambda: row.claim_id is None)
     assert (row.claimed_at, row.claim_id, row.claim_expires_at) == (None, None, None)   # the loop cleared it
     assert await alice.expect_pushes(1) == [ack["messageId"]]                            # ...and pushed nothing more
     # undelivered rows older than the purge age go (the #name black hole included); delivered rows stay
