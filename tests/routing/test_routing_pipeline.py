@@ -440,3 +440,25 @@ async def test_upstream_via_markers_match_gateway_kinds_case_insensitively(make_
     assert (res.status, res.reason) == ("dropped", "loop")
     res = await rt.pipeline.on_mesh_inbound(inbound("[via TG_OPS] bob: hi", id="v2"))
     assert res.destinations == 1
+
+
+class BridgeLike(FakeGateway):
+    """A gateway whose chats lie on another mesh (Gateway.mesh_of), like the mesh-to-mesh bridge."""
+
+    kind = "bridgelike"
+
+    def mesh_of(self, address):
+        return "far"
+
+
+async def test_bridge_gateway_addresses_get_mesh_loop_rules(make_runtime):
+    gws = {"br": BridgeLike("br"), "tg": FakeGateway("tg")}
+    rt = make_runtime([{"name": "b", "mesh": "m", "topic": "general",
+                        "binds": [{"gateway": "br", "chat": "far:#x"}, {"gateway": "tg", "chat": "c1"}]}],
+                      gateways=gws)
+    await rt.pipeline.on_mesh_inbound(inbound("hello", id="b0"))
+    hop2 = await rt.pipeline.on_mesh_inbound(inbound("__cmh2:again", id="b1"))
+    assert hop2.destinations == 1  # the bridge destination is hop-limited like a mesh
+    await rt.pipeline.submit(msg("from tg", chat="c1", mid="b2"))
+    await drain(rt)
+    assert [o.text for o in rt.gateways["br"].sent] == ["__cmh1:alice: hello", "[via tg] Ann: from tg"]
