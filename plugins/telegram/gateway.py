@@ -745,9 +745,11 @@ class TelegramGateway(Gateway):
         sendable: list[Attachment] = []
         described: list[str] = []
         for a in atts:
-            if a.data is not None and len(a.data) <= self.config.upload_max_bytes or a.data is None and a.url and (
-                a.url.startswith(f"tgfile:{self.name}:") or a.url.startswith(("https://", "http://"))
-            ):
+            if a.data is not None:
+                ok = len(a.data) <= self.config.upload_max_bytes
+            else:  # a file of this bot (reused by file_id) or a URL Telegram fetches itself
+                ok = bool(a.url) and a.url.startswith((f"tgfile:{self.name}:", "https://", "http://"))
+            if ok:
                 sendable.append(a)
             else:
                 described.append(a.describe())
