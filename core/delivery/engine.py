@@ -89,7 +89,8 @@ class DeliveryEngine:
     """Deliver outbox items through ``transport``.
 
     :param store: any :class:`~claudemesh_gateway.store.base.Store`; ``peek(lane, n)``,
-        ``next_due(now)``, ``complete_many(ids)``, ``lanes_after(id)`` and ``max_id()`` are used when
+        ``next_due(now)``, ``complete_many(ids)``, ``lanes_after(id)``, ``max_id()`` and
+        ``sent_parts(id)`` (with ``progress(id, n, sent=...)``) are used when
         the store has them (SqliteStore does); without them the engine falls back to the protocol.
     :param transport: see :class:`Transport`.
     :param config: :class:`DeliveryConfig`.
@@ -126,6 +127,7 @@ class DeliveryEngine:
         self._peek = getattr(store, "peek", None)
         self._next_due_q = getattr(store, "next_due", None)
         self._complete_many = getattr(store, "complete_many", None)
+        self._sent_parts = getattr(store, "sent_parts", None)  # with progress(..., sent=...)
         self._lanes_after = getattr(store, "lanes_after", None)
         self._max_id = getattr(store, "max_id", None) if self._lanes_after is not None else None
         self._high_id = 0  # highest outbox id looked at (for kick() without a lane)
@@ -411,6 +413,10 @@ class DeliveryEngine:
             results: list[SendResult] = []
             total = len(outs)
             send_timeout = self.config.send_timeout
+            if item.progress and total and self._sent_parts is not None:
+                # resuming a split message: the parts sent before belong in the message map too
+                saved = await self._sent_parts(item.id)
+                results = [SendResult(native_ids=tuple(p)) for p in saved[: min(item.progress, total)]]
             for idx in range(min(item.progress, total), total):
                 if limits:
                     self._sending.discard(lane)
@@ -434,7 +440,11 @@ class DeliveryEngine:
                 self._stats.parts_sent += 1
                 self._stats.last_activity = self.clock()
                 if idx + 1 < total:
-                    await self.store.progress(item.id, idx + 1)
+                    if self._sent_parts is not None:
+                        await self.store.progress(  # type: ignore[call-arg]
+                            item.id, idx + 1, sent=[r.native_ids for r in results])
+                    else:
+                        await self.store.progress(item.id, idx + 1)
             try:
                 await self.transport.delivered(item, results)
             except Exception:  # the parts are out: never send them again for a map failure

@@ -157,9 +157,17 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
             conn.execute(stmt)
 
 
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    # native ids of the parts already sent (JSON list of lists), so a message split in parts and
+    # interrupted by a crash still gets its complete message map when it resumes
+    conn.execute("ALTER TABLE outbox ADD COLUMN sent TEXT NOT NULL DEFAULT '[]'")
+    conn.execute("ALTER TABLE dead_letters ADD COLUMN sent TEXT NOT NULL DEFAULT '[]'")
+
+
 # (target version, function). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _migrate_v1),
+    (2, _migrate_v2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -233,8 +241,11 @@ def _op_enqueue(c: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[int]
     return ids
 
 
-def _op_progress(c: sqlite3.Connection, item_id: int, parts_done: int) -> None:
-    c.execute("UPDATE outbox SET progress = ? WHERE id = ?", (parts_done, item_id))
+def _op_progress(c: sqlite3.Connection, item_id: int, parts_done: int, sent: str | None) -> None:
+    if sent is None:
+        c.execute("UPDATE outbox SET progress = ? WHERE id = ?", (parts_done, item_id))
+    else:
+        c.execute("UPDATE outbox SET progress = ?, sent = ? WHERE id = ?", (parts_done, sent, item_id))
 
 
 def _op_complete(c: sqlite3.Connection, item_id: int) -> None:
@@ -254,8 +265,8 @@ def _op_reschedule(c: sqlite3.Connection, item_id: int, not_before: float, attem
 
 def _op_dead_letter(c: sqlite3.Connection, item_id: int, reason: str, now: float) -> bool:
     cur = c.execute(
-        f"INSERT OR REPLACE INTO dead_letters ({_OUTBOX_COLS}, reason, failed_at)"
-        f" SELECT {_OUTBOX_COLS}, ?, ? FROM outbox WHERE id = ?",
+        f"INSERT OR REPLACE INTO dead_letters ({_OUTBOX_COLS}, sent, reason, failed_at)"
+        f" SELECT {_OUTBOX_COLS}, sent, ?, ? FROM outbox WHERE id = ?",
         (reason, now, item_id),
     )
     if cur.rowcount == 0:
@@ -278,11 +289,11 @@ def _op_dlq_retry(c: sqlite3.Connection, ids: Sequence[int] | None, now: float) 
     # Re-queued at the END of their lane under a new id (the engine notices new ids cheaply, and a
     # message retried hours later should not jump ahead of what is queued meanwhile). attempts,
     # not_before and the last error start afresh and enqueued_at is now (so max_age counts from the
-    # retry); progress is kept so parts already delivered are not sent twice.
+    # retry); progress (and the ids of those parts) is kept so parts already delivered are not sent twice.
     cur = c.execute(
         "INSERT INTO outbox (lane, route, destination, message, options, attempts, not_before,"
-        " progress, last_error, enqueued_at) SELECT lane, route, destination, message, options, 0, 0,"
-        f" progress, '', ? FROM dead_letters{where} ORDER BY id",
+        " progress, sent, last_error, enqueued_at) SELECT lane, route, destination, message, options, 0, 0,"
+        f" progress, sent, '', ? FROM dead_letters{where} ORDER BY id",
         (now, *args),
     )
     moved = cur.rowcount
@@ -730,8 +741,17 @@ class SqliteStore:
         """Up to ``limit`` oldest items of ``lane`` in order (the engine prefetches with it)."""
         return await self._read(_rd_peek, lane, limit)
 
-    async def progress(self, item_id: int, parts_done: int) -> None:
-        await self._write(_op_progress, item_id, parts_done)
+    async def progress(self, item_id: int, parts_done: int, *, sent: Sequence[Sequence[str]] | None = None) -> None:
+        """Record that ``parts_done`` parts are out; ``sent`` (optional, beyond the protocol): their
+        native ids, one list per part, handed back by :meth:`sent_parts` when the item resumes."""
+        await self._write(
+            _op_progress, item_id, parts_done, None if sent is None else _dumps([list(p) for p in sent])
+        )
+
+    async def sent_parts(self, item_id: int) -> list[list[str]]:
+        """Native ids of the parts recorded with ``progress(..., sent=...)`` (empty if none)."""
+        r = await self._read(_rd_one, "SELECT sent FROM outbox WHERE id = ?", (item_id,))
+        return _loads(r[0]) if r else []
 
     async def complete(self, item_id: int) -> None:
         await self._write(_op_complete, item_id)

@@ -91,10 +91,12 @@ async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "con
 
 
 async def run_virtual(clock: VirtualClock, cond: Callable[[], bool], timeout: float = 10.0,
-                      what: str = "condition", limit: float | None = None) -> None:
+                      what: str = "condition", limit: float | None = 500.0) -> None:
     """Let the system settle, then jump virtual time to the next timer, until ``cond()`` holds.
 
-    ``limit`` caps how far virtual time may go (the scheduler's safety poll is always pending).
+    ``limit`` caps how far virtual time may go: the scheduler's safety poll (at 1000 s in these
+    tests) is always pending, and jumping to it because a timer was not registered *yet* would
+    skip the behaviour under test.
     """
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout

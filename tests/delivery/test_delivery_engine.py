@@ -60,7 +60,8 @@ async def test_delivery_retry_after_pauses_only_that_lane(
     eng = make_engine()
     await eng.start()
     # B flows completely while A waits: no virtual time passes at all
-    await until(lambda: len(transport.ids("telegram/B")) == 10, what="lane B delivered")
+    await until(lambda: len(transport.ids("telegram/B")) == 10 and eng.stats()["failed_transient"] == 1,
+                what="lane B delivered and A's 429 recorded")
     assert transport.ids("telegram/A") == []
     head = await store.head("telegram/A")
     assert head is not None and head.message["id"] == "a1"
@@ -248,11 +249,17 @@ async def test_delivery_mid_split_crash_resumes_at_next_part(
     head = await store.head("telegram/7")
     assert head is not None and head.progress == 2 and head.message["id"] == "long"
 
+    first_ids = [c for c in transport.delivered_calls]
+    assert first_ids == []  # nothing completed before the crash
     fresh = FakeTransport(vclock)
+    fresh._n = 100
     eng2 = make_engine(fresh)
     await eng2.start()
     await until(lambda: len(fresh.sent) == 3, what="resume")
     assert [(m, p) for (_l, m, p, _t) in fresh.sent] == [("long", 3), ("long", 4), ("next", 1)]
+    # the message map gets the ids of all four parts, including the two sent before the crash
+    await until(lambda: len(fresh.delivered_calls) == 2)
+    assert fresh.delivered_calls[0][1] == [("n1",), ("n2",), ("n101",), ("n102",)]
     await until(lambda: eng2.stats()["active_lanes"] == 0)
     assert await store.outbox_count() == 0
 
@@ -314,8 +321,9 @@ async def test_delivery_restart_picks_up_queued_and_backed_off_items(
     await eng.start()  # no kick: start looks at the whole outbox
     await until(lambda: len(transport.sent) == 12, what="queued items")
     assert transport.ids("slack/L") == []
-    vclock.advance(60)  # the engine's timer for the backed-off head fires (no poll needed)
-    await until(lambda: transport.ids("slack/L") == ["later"], what="backed-off item")
+    # the engine's timer for the backed-off head fires at t=60 (the safety poll is at 1000)
+    await run_virtual(vclock, lambda: transport.ids("slack/L") == ["later"], what="backed-off item")
+    assert [t for (ln, _m, _p, t) in transport.sent if ln == "slack/L"] == [60.0]
 
 
 async def test_delivery_kick_wakes_without_polling(store, transport, make_engine) -> None:
@@ -369,7 +377,8 @@ class ProtocolOnlyStore:
         self._inner = inner
 
     def __getattr__(self, name: str):
-        if name in ("peek", "next_due", "complete_many", "lanes_after", "max_id"):
+        if name in ("peek", "next_due", "complete_many", "lanes_after", "max_id", "sent_parts",
+                    "acquire_delivery_lock", "release_delivery_lock"):
             raise AttributeError(name)
         return getattr(self._inner, name)
 
@@ -378,11 +387,13 @@ async def test_delivery_works_with_a_protocol_only_store(store, transport, make_
     thin = ProtocolOnlyStore(store)
     assert not hasattr(thin, "peek") and hasattr(thin, "head")
     await accept_all(store, [make_item(f"telegram/{i % 3}", f"m{i}") for i in range(9)])
+    await accept_all(store, [make_item("telegram/0", "split", parts=3)])
     eng = make_engine(st=thin)
     await eng.start()
-    await until(lambda: len(transport.sent) == 9, what="delivery through the protocol only")
-    for k in range(3):
+    await until(lambda: len(transport.sent) == 12, what="delivery through the protocol only")
+    for k in range(1, 3):
         assert transport.ids(f"telegram/{k}") == [f"m{i}" for i in range(k, 9, 3)]
+    assert transport.ids("telegram/0") == ["m0", "m3", "m6", "split", "split", "split"]
     await store.accept("late", [make_item("telegram/9", "late")])
     eng.kick()  # falls back to a full rescan
     await until(lambda: transport.ids("telegram/9") == ["late"], what="kick with a full rescan")
