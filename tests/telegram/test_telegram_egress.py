@@ -222,3 +222,11 @@ async def test_nothing_to_send_and_bad_thread(make_gateway, fake_tg):
     with pytest.raises(DeliveryError) as err:
         await gw.send(Outbound(message=_msg(), to=Address("tg", "-1015", "general"), text="x"))
     assert err.value.permanent
+
+
+async def test_file_over_upload_limit_is_described(make_gateway, fake_tg):
+    gw, _ = make_gateway(upload_max_bytes=4)
+    big = Attachment(name="big.bin", content_type="application/octet-stream", size=5, data=b"12345")
+    await gw.send(_out(gw, -1016, "file", attachments=(big,)))
+    assert fake_tg.method_calls("sendDocument") == []
+    assert fake_tg.texts(-1016) == ["file\n[application big.bin]"]
