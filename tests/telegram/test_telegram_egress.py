@@ -229,4 +229,4 @@ async def test_file_over_upload_limit_is_described(make_gateway, fake_tg):
     big = Attachment(name="big.bin", content_type="application/octet-stream", size=5, data=b"12345")
     await gw.send(_out(gw, -1016, "file", attachments=(big,)))
     assert fake_tg.method_calls("sendDocument") == []
-    assert fake_tg.texts(-1016) == ["file\n[application big.bin]"]
+    assert fake_tg.texts(-1016) == ["file\n[application big.bin, 0 KiB]"]
