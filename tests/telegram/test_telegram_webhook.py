@@ -99,3 +99,12 @@ async def test_webhook_mode_needs_secret_and_public_url(make_gateway):
         make_gateway(mode="webhook", webhook_secret="has space", public_url="https://x.example")
     with pytest.raises(ValidationError):
         make_gateway(mode="webhook", webhook_secret=SECRET)
+
+
+async def test_webhook_after_stop_answers_503_so_telegram_retries(webhook_gw, fake_tg):
+    gw, ctx, client = webhook_gw
+    await gw.start()
+    await gw.stop()
+    upd = fake_tg.make_update(fake_tg.make_message(-100600, "late"))
+    resp = await client.post("/gateways/tg/webhook", json=upd, headers={HEADER: SECRET})
+    assert resp.status == 503 and ctx.attempts == []
