@@ -246,16 +246,18 @@ class WhatsAppGateway(Gateway):
         warnings: list[str] = []
         cfg = self.config
         if not cfg.public_url:
-            warnings.append(f"{self.name}: public_url is not set, so inbound messages and status callbacks "
+            warnings.append("public_url is not set, so inbound messages and status callbacks "
                             "cannot be verified and are refused (403)")
         elif not cfg.public_url.startswith("https://"):
-            warnings.append(f"{self.name}: public_url is not https; Twilio requires HTTPS with a trusted "
+            warnings.append("public_url is not https; Twilio requires HTTPS with a trusted "
                             "certificate in production")
         if cfg.sandbox and cfg.mps != 80.0:
-            warnings.append(f"{self.name}: sandbox = true overrides mps (1 message / 3 s)")
+            warnings.append("sandbox = true overrides mps (1 message / 3 s)")
         for b in self.ctx.bindings:
-            if b.address.chat == "*" and not _opts(b.options).allow_numbers:
-                warnings.append(f"{self.name}: route {b.route}: chat '*' needs options.allow_numbers")
+            opts = _opts(b.options)
+            if opts.allow_numbers and b.address.chat not in opts.allow_numbers:
+                warnings.append(f"route {b.route}: {mask_number(b.address.chat)} is not in its own allow_numbers, "
+                                "so nothing passes this binding")
         return warnings
 
     # -- limits ------------------------------------------------------------------------------------------------
@@ -291,13 +293,12 @@ class WhatsAppGateway(Gateway):
                 continue
             if inbound is False and not b.outbound:
                 continue
+            if b.address.chat != chat:
+                continue
             opts = _opts(b.options)
-            if b.address.chat == chat:
-                if opts.allow_numbers and chat not in opts.allow_numbers:
-                    continue
-                out.append(b)
-            elif b.address.chat == "*" and chat in opts.allow_numbers:
-                out.append(b)
+            if opts.allow_numbers and chat not in opts.allow_numbers:
+                continue
+            out.append(b)
         return out
 
     # -- egress ------------------------------------------------------------------------------------------------

@@ -95,11 +95,16 @@ async def test_unbound_number_dropped(make_wa, wh):
     assert len(wa.ctx.submitted) == 1
 
 
-async def test_allow_numbers_and_wildcard_binding(make_wa, wh):
-    wa = await make_wa(bindings=[wh.binding("*", allow_numbers=(wh.OTHER,))])
-    await wa.inbound(wh.inbound_params(sender=wh.USER))
+async def test_allow_numbers_guard(make_wa, wh):
+    wa = await make_wa(bindings=[wh.binding(wh.USER, allow_numbers=(wh.OTHER,)),
+                                 wh.binding(wh.OTHER, allow_numbers=(wh.OTHER,))])
+    await wa.inbound(wh.inbound_params(sender=wh.USER))  # its binding does not allow it
     await wa.inbound(wh.inbound_params(sender=wh.OTHER))
     assert [m.origin.chat for m in wa.ctx.submitted] == [wh.OTHER]
+    assert any("allow_numbers" in w for w in await wa.gateway.check())
+    await wa.open_window(wh.USER)
+    with pytest.raises(DeliveryError):
+        await wa.gateway.send(wa.outbound(to=wh.USER, options=wh.WhatsAppBindingOptions(allow_numbers=(wh.OTHER,))))
 
 
 async def test_inbound_media_become_attachments(wa, wh):
