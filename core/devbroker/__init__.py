@@ -17,7 +17,8 @@ The ``claudemesh-gateway dev-broker`` command is :func:`.cli.main` / :func:`.cli
 
 from __future__ import annotations
 
-from .broker import DevBroker, build_invite
+from .api import build_invite
+from .broker import DevBroker
 from .config import DevBrokerConfig
 from .info import DevSeed, MemberInfo, MeshInfo, TopicInfo
 from .model import QueueRow, TopicMessage

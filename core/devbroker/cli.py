@@ -12,7 +12,8 @@ import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
-from .broker import DevBroker, build_invite
+from .api import build_invite
+from .broker import DevBroker
 from .config import DevBrokerConfig
 from .seed import MESHES_TOML, meshes_toml
 from .store import Store
