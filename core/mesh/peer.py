@@ -33,6 +33,7 @@ __all__ = ["MeshPeer"]
 log = logging.getLogger(__name__)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_MENTIONS = 16
+RATE_SAFETY = 0.9
 
 
 class MeshPeer:
@@ -62,7 +63,9 @@ class MeshPeer:
         self.roster: Roster = None  # type: ignore[assignment]
         self.sender: Sender = None  # type: ignore[assignment]
         self.pushes = PushHandler(self)
-        self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute)
+        # refill 10% slower than the broker's bucket: our token is taken at send time, the
+        # broker's at receive time, and jitter in between must never cost a rate_limit ack
+        self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
         self.sent_ids = LRUSet(10_000)
         self.pollers: dict[str, TopicPoller] = {}
         self._topics: dict[str, Topic] = {}  # name -> Topic

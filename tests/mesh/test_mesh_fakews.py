@@ -240,3 +240,27 @@ async def test_requests_fail_fast_when_stopped(fake_peer):
     await peer.stop()
     with pytest.raises(MeshError, match="stopped"):
         await peer.connection.request({"type": "list_peers"})
+
+
+async def test_send_without_ack_is_retried_once_with_the_same_id_then_fails(fake_peer):
+    async def script(fake, ws, hello):
+        await _ack(ws)
+        async for msg in ws:
+            frame = json.loads(msg.data)
+            fake.frames.append(frame)
+            sends = [f for f in fake.frames if f.get("type") == "send"]
+            if frame.get("type") == "send" and frame["ciphertext"] != "c2VsZG9t" and len(sends) == 2:
+                await ws.send_json({"type": "ack", "id": frame["id"], "messageId": "Q" * 32, "queued": True})
+
+    fake, peer = await fake_peer(script)
+    await peer.wait_connected(3)
+    qid = await peer.broadcast("hello")
+    sends = [f for f in fake.frames if f.get("type") == "send"]
+    assert qid == "Q" * 32 and len(sends) == 2 and sends[0]["id"] == sends[1]["id"]
+    assert sends[0]["client_message_id"] == sends[0]["id"] and sends[0]["priority"] == "next"
+    from claudemesh_gateway.errors import DeliveryError
+
+    with pytest.raises(DeliveryError, match="no ack") as ei:
+        await peer.broadcast("seldom")  # base64 "c2VsZG9t": never acked
+    assert not ei.value.permanent
+    assert len([f for f in fake.frames if f.get("ciphertext") == "c2VsZG9t"]) == 2

@@ -10,10 +10,10 @@ from claudemesh_gateway.mesh.crypto import KeyPair
 
 async def test_burst_of_30_with_matching_buckets_never_hits_the_broker_limit(broker, make_peer, new_inbox):
     seed = broker.default_mesh
-    broker.set_rate_limit(10, 1200)  # the real shape (burst 10), refilled 20x faster to keep the test short
+    broker.set_rate_limit(10, 600)  # the real shape (burst 10), refilled 10x faster to keep the test short
     inbox = new_inbox()
     gw = await make_peer(seed.gateway, on_message=inbox)
-    alice = await make_peer(seed.alice, rate_burst=10, rate_per_minute=1200)
+    alice = await make_peer(seed.alice, rate_burst=10, rate_per_minute=600)
     for i in range(30):
         await alice.send_dm(gw.session_pubkey, f"m{i}")
     await inbox.wait(30, timeout=20)
