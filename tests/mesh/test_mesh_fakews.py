@@ -252,7 +252,7 @@ async def test_send_without_ack_is_retried_once_with_the_same_id_then_fails(fake
             if frame.get("type") == "send" and frame["ciphertext"] != "c2VsZG9t" and len(sends) == 2:
                 await ws.send_json({"type": "ack", "id": frame["id"], "messageId": "Q" * 32, "queued": True})
 
-    fake, peer = await fake_peer(script)
+    fake, peer = await fake_peer(script, idle_timeout=10, ping_interval=5)
     await peer.wait_connected(3)
     qid = await peer.broadcast("hello")
     sends = [f for f in fake.frames if f.get("type") == "send"]
