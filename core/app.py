@@ -41,9 +41,19 @@ from .runtime import Runtime
 from .settings import Settings, iter_secrets, validation_problems
 
 __all__ = [
-    "RUNTIME", "SETTINGS", "PLUGIN_MANAGER", "create_app", "validate_gateways", "error_middleware",
-    "runtime_of", "open_store", "route_problems", "describe_routes", "online_problems", "reload_config",
+    "PLUGIN_MANAGER",
+    "RUNTIME",
+    "SETTINGS",
+    "create_app",
+    "describe_routes",
+    "error_middleware",
     "install_reload_signal",
+    "online_problems",
+    "open_store",
+    "reload_config",
+    "route_problems",
+    "runtime_of",
+    "validate_gateways",
 ]
 
 log = logging.getLogger(__name__)
@@ -264,7 +274,7 @@ async def online_problems(
         try:
             try:
                 await peer.wait_connected(timeout)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
                 problems.append(f"mesh.{name}: could not connect: {getattr(peer, 'last_error', None) or exc}")
                 continue
             topics = {t.name for t in await peer.topics()}
@@ -279,7 +289,7 @@ async def online_problems(
         gw = cls(name, cfg, runtime.context_for(name))
         try:
             warnings.extend(f"gateways.{name}: {w}" for w in await gw.check())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
             problems.append(f"gateways.{name}: check failed: {type(exc).__name__}: {exc}")
     return problems, warnings
 
@@ -658,7 +668,7 @@ async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors:
             try:
                 await _start_mesh(runtime, name)
                 started.append(name)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
                 errors.append(f"mesh {name} could not start: {exc}")
         else:
             _watch_topics(runtime, name)  # topics new routes read

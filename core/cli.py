@@ -34,7 +34,7 @@ from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
 from .settings import BootstrapSettings, Settings, load_bootstrap_settings, load_settings
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_UNEXPECTED", "EXIT_CONFIG", "EXIT_PLUGIN", "EXIT_STARTUP"]
+__all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_PLUGIN", "EXIT_STARTUP", "EXIT_UNEXPECTED", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +364,13 @@ async def enroll(invite: str, *, name: str | None, display_name: str, key_file: 
     body = {"invite_token": token, "invite_payload": payload, "peer_pubkey": pair.public_hex,
             "display_name": display_name}
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
-            async with http.post(url, json=body) as resp:
-                status = resp.status
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
+                http.post(url, json=body) as resp:
+            status = resp.status
+            try:
+                answer = await resp.json(content_type=None)
+            except ValueError:
+                answer = {}
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise StartupError(f"enroll: broker unreachable at {url}: {type(exc).__name__}") from None
     if status != 200 or not isinstance(answer, dict) or not answer.get("ok") or not answer.get("memberId"):
@@ -659,7 +659,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (the CLI boundary: exit code 1)
         if args.traceback:
             traceback.print_exc()
         _fail("unexpected error", [f"{type(exc).__name__}: {exc} (re-run with --traceback for details)"])

@@ -31,8 +31,16 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 __all__ = [
-    "SecretRegistry", "RedactionFilter", "JsonFormatter", "configure_logging", "register_secret",
-    "register_secrets", "redact", "SECRETS", "STRUCTURED_FIELDS", "MASK",
+    "MASK",
+    "SECRETS",
+    "STRUCTURED_FIELDS",
+    "JsonFormatter",
+    "RedactionFilter",
+    "SecretRegistry",
+    "configure_logging",
+    "redact",
+    "register_secret",
+    "register_secrets",
 ]
 
 MASK = "***"
@@ -101,7 +109,7 @@ class RedactionFilter(logging.Filter):
         reg = self.registry
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string: keep the raw text
+        except Exception:  # noqa: BLE001 - a broken format string: keep the raw text
             message = str(record.msg)
         record.msg = reg.redact(message)
         record.args = None

@@ -27,8 +27,15 @@ if TYPE_CHECKING:
     from .gateway import Gateway
 
 __all__ = [
-    "BUILTIN_PLUGINS", "SYNC_ONLY_HOOKS", "GatewayPluginManager", "make_plugin_manager",
-    "call_hook", "notify", "await_me_maybe", "gateway_kinds", "plugin_info",
+    "BUILTIN_PLUGINS",
+    "SYNC_ONLY_HOOKS",
+    "GatewayPluginManager",
+    "await_me_maybe",
+    "call_hook",
+    "gateway_kinds",
+    "make_plugin_manager",
+    "notify",
+    "plugin_info",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,7 @@ async def await_me_maybe(value: Any) -> Any:
 def _dist_name(dist: importlib.metadata.Distribution) -> str:
     try:
         return dist.metadata["Name"] or "?"
-    except Exception:  # broken metadata must not stop loading the others
+    except Exception:  # noqa: BLE001 - broken metadata must not stop loading the others
         return "?"
 
 

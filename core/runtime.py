@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .messages import Message
     from .settings import Settings
 
-__all__ = ["Runtime", "GatewayContextImpl"]
+__all__ = ["GatewayContextImpl", "Runtime"]
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,19 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .errors import ConfigError
 
 __all__ = [
-    "Settings", "ServerSettings", "DevBrokerSettings", "PluginSettings", "LogSettings",
-    "load_settings", "load_bootstrap_settings", "BootstrapSettings", "read_toml_with_includes", "placeholder_problems", "validation_problems",
-    "iter_secrets", "PLACEHOLDER",
+    "PLACEHOLDER",
+    "BootstrapSettings",
+    "DevBrokerSettings",
+    "LogSettings",
+    "PluginSettings",
+    "ServerSettings",
+    "Settings",
+    "iter_secrets",
+    "load_bootstrap_settings",
+    "load_settings",
+    "placeholder_problems",
+    "read_toml_with_includes",
+    "validation_problems",
 ]
 
 log = logging.getLogger(__name__)

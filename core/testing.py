@@ -40,7 +40,12 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 __all__ = [
-    "RecordingContext", "GatewayContract", "dev_broker", "gateway_app", "build_test_app", "dev_mesh_tables",
+    "GatewayContract",
+    "RecordingContext",
+    "build_test_app",
+    "dev_broker",
+    "dev_mesh_tables",
+    "gateway_app",
     "webhook_client",
 ]
 

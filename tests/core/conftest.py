@@ -11,9 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # importlib mode: make core_fakes importable
 
-from core_fakes import JOURNAL, MemoryPlugin  # noqa: E402
-
-from claudemesh_gateway.testing import build_test_app, dev_broker, gateway_app  # noqa: E402,F401  (fixtures)
+from claudemesh_gateway.testing import build_test_app, dev_broker, gateway_app  # noqa: F401  (fixtures)
+from core_fakes import JOURNAL, MemoryPlugin
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from pydantic import SecretStr
-
 from claudemesh_gateway import (
     Address,
     Capabilities,
@@ -20,6 +18,7 @@ from claudemesh_gateway import (
     WebhookAuthError,
     hookimpl,
 )
+from pydantic import SecretStr
 
 JOURNAL: list[str] = []  # lifecycle order across gateways and plugins (cleared per test)
 SIG = "memory-signature-0123"

@@ -6,10 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-from core_fakes import MemoryGateway, post_in
-
 from claudemesh_gateway import GatewayState, hookimpl
 from claudemesh_gateway.errors import ConfigError, StartupError
+from core_fakes import MemoryGateway, post_in
 
 
 async def test_message_flows_between_two_gateways(core_app: Any, journal: list[str]) -> None:
@@ -26,7 +25,7 @@ async def test_message_flows_between_two_gateways(core_app: Any, journal: list[s
 
 
 async def test_health_and_plugins_endpoints(core_app: Any) -> None:
-    client, runtime = await core_app()
+    client, _runtime = await core_app()
     health = await (await client.get("/-/health")).json()
     components = health.get("gateways") or health.get("components")
     assert components["a"]["state"] == "connected" and components["b"]["state"] == "connected"
@@ -136,7 +135,7 @@ async def test_permanent_send_failure_becomes_dead_letter_and_event(core_app: An
 
 
 async def test_gateway_context_kv_and_bindings(core_app: Any) -> None:
-    client, runtime = await core_app()
+    _client, runtime = await core_app()
     ctx = runtime.gateways["a"].ctx
     await ctx.kv_set("offset", {"n": 5})
     assert await ctx.kv_get("offset") == {"n": 5}

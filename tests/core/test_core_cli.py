@@ -7,10 +7,9 @@ import json
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-
 from claudemesh_gateway import cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
@@ -29,14 +28,14 @@ def test_config_error_exit_2_one_line_per_problem(tmp_path: Path, capsys: pytest
     assert code == 2
     assert sorted(lines) == sorted([
         "claudemesh-gateway: config error: bogus: unknown key",
-        "claudemesh-gateway: config error: server.port: Input should be a valid integer, unable to parse string "
-        "as an integer",
+        ("claudemesh-gateway: config error: server.port: Input should be a valid integer, unable to parse string "
+         "as an integer"),
         "claudemesh-gateway: config error: gateways.webhook.secret: placeholder value CHANGE_ME must be replaced",
     ])
     cfg.write_text("[gateways.webhook]\nsecret = 'CHANGE_ME-CHANGE_ME'\n[gateways.x]\ntype = 'nope'\n")
     code, _, lines = run_cli(capsys, "-c", str(cfg), "check")
-    assert (code, lines) == (2, ["claudemesh-gateway: config error: gateways.webhook.secret: placeholder value "
-                                 "CHANGE_ME must be replaced"])
+    assert (code, lines) == (2, [("claudemesh-gateway: config error: gateways.webhook.secret: placeholder value "
+                                  "CHANGE_ME must be replaced")])
     cfg.write_text("[gateways.x]\ntype = 'nope'\n")
     code, _, lines = run_cli(capsys, "-c", str(cfg), "check")
     assert code == 2 and len(lines) == 1 and "gateways.x.type: unknown gateway kind 'nope'" in lines[0]
@@ -55,7 +54,7 @@ def test_plugin_error_exit_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
             return object()
 
     class Dist:
-        metadata = {"Name": "claudemesh-gateway-impostor"}
+        metadata: ClassVar[dict[str, str]] = {"Name": "claudemesh-gateway-impostor"}
         version = "9"
         entry_points = (EP(),)
 
@@ -63,8 +62,8 @@ def test_plugin_error_exit_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     monkeypatch.chdir(Path(__file__).parent)  # no ./config.toml here: plugins works without one
     code, _, lines = run_cli(capsys, "plugins")
     assert code == 3 and lines == [
-        "claudemesh-gateway: plugin error: plugin name 'telegram' is already taken (built-in plugins reserve "
-        "their names)"]
+        ("claudemesh-gateway: plugin error: plugin name 'telegram' is already taken (built-in plugins reserve "
+         "their names)")]
 
 
 def test_startup_error_exit_4(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

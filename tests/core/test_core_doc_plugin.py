@@ -10,16 +10,16 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-
 from claudemesh_gateway.plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "app.md").read_text()
 
 
 def _block(lang: str, first_line: str) -> str:
-    for match in re.finditer(rf"```{lang}\n(.*?)```", DOC, re.S):
+    for match in re.finditer(rf"```{lang}\n(.*?)```", DOC, re.DOTALL):
         if match.group(1).startswith(first_line):
             return match.group(1)
     raise AssertionError(f"docs/app.md has no {lang} block starting with {first_line!r}")
@@ -33,7 +33,8 @@ sys.path.insert(0, str(_pkg_root))
 importlib.invalidate_caches()
 
 # the doc's test module, verbatim: defines TestEcho(GatewayContract), collected from here
-exec(compile(_block("python", "# tests/test_echo.py"), "docs/app.md:tests/test_echo.py", "exec"), globals())
+_TEST_MODULE = _block("python", "# tests/test_echo.py")
+exec(compile(_TEST_MODULE, "docs/app.md:tests/test_echo.py", "exec"), globals())  # noqa: S102 - the doc is the test
 
 
 def test_doc_entry_point_registers_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,7 +48,7 @@ def test_doc_entry_point_registers_the_gateway(monkeypatch: pytest.MonkeyPatch) 
             return importlib.import_module(target)
 
     class Dist:
-        metadata = {"Name": project["name"]}
+        metadata: ClassVar[dict[str, str]] = {"Name": project["name"]}
         version = project["version"]
         entry_points = (EP(),)
 

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from claudemesh_gateway.app import route_problems, validate_gateways
 from claudemesh_gateway.errors import ConfigError
 from claudemesh_gateway.plugin_manager import gateway_kinds, make_plugin_manager
@@ -53,7 +52,7 @@ async def test_example_config_before_the_dev_broker_wrote_its_tables(tmp_path: P
 async def test_commented_examples_validate(example_dir: Path) -> None:
     text = (example_dir / "config.toml").read_text()
     assert text.count("\n#: ") > 10
-    uncommented = "\n".join(line[3:] if line.startswith("#: ") else line for line in text.splitlines())
+    uncommented = "\n".join(line.removeprefix("#: ") for line in text.splitlines())
     (example_dir / "full.toml").write_text(uncommented)
     assert _validate(example_dir / "full.toml", allow_placeholders=True) == []
     with pytest.raises(ConfigError) as info:

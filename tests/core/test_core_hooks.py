@@ -7,15 +7,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from core_fakes import MemoryGateway, post_in
-
 from claudemesh_gateway import Address, hookimpl
 from claudemesh_gateway.errors import ConfigError, PluginError
 from claudemesh_gateway.plugin_manager import make_plugin_manager
+from core_fakes import MemoryGateway, post_in
 
 
 async def test_hook_register_gateways(core_app: Any) -> None:
-    client, runtime = await core_app()
+    _client, runtime = await core_app()
     assert type(runtime.gateways["a"]) is MemoryGateway and runtime.gateways["a"].name == "a"
     # an instance table naming a kind nobody registered is a config error, one line
     with pytest.raises(ConfigError, match=r"gateways.x.type: unknown gateway kind 'nope'"):
@@ -122,7 +121,7 @@ async def test_hook_track_event(core_app: Any) -> None:
         def track_event(self, event: Any) -> None:
             raise RuntimeError("observer bug")
 
-    client, runtime = await core_app(plugins=[("broken", Broken()), ("recorder", Recorder())])
+    client, _runtime = await core_app(plugins=[("broken", Broken()), ("recorder", Recorder())])
     await post_in(client, "a", "1", "observe me")
     await asyncio.wait_for(delivered.wait(), 5)
     assert {"message-received", "message-queued", "message-delivered"} <= set(seen)

@@ -8,7 +8,6 @@ import json
 import logging
 
 import pytest
-
 from claudemesh_gateway.logconfig import JsonFormatter, RedactionFilter, SecretRegistry, TextFormatter
 from claudemesh_gateway.settings import settings_from_dict
 from claudemesh_gateway.tasks import TaskSupervisor

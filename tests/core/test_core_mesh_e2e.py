@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from core_fakes import post_in
-
 from claudemesh_gateway import GatewayState
+from core_fakes import post_in
 
 FAST = {"topic_poll_interval": 0.1, "topic_poll_idle_interval": 0.3}
 

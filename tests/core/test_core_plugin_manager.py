@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from claudemesh_gateway import Capabilities, Gateway, GatewayConfig, SendResult, hookimpl
 from claudemesh_gateway import plugin_manager as pmod
 from claudemesh_gateway.errors import PluginError

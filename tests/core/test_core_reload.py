@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from core_fakes import MemoryPlugin, post_in
-
 from claudemesh_gateway import GatewayState
 from claudemesh_gateway.app import RUNTIME, create_app, reload_config
 from claudemesh_gateway.plugin_manager import make_plugin_manager
 from claudemesh_gateway.settings import load_settings
+from core_fakes import MemoryPlugin, post_in
 
 BASE = """
 [server]
@@ -65,7 +64,7 @@ async def test_reload_swaps_routes_and_restarts_only_what_changed(served: Any, j
 
 
 async def test_new_gateway_with_webhooks_needs_a_restart(served: Any, journal: list[str]) -> None:
-    client, runtime, cfg = served
+    _client, runtime, cfg = served
     cfg.write_text(cfg.read_text() + '[gateways.c]\ntype = "memory"\n')
     journal.clear()
     result = await reload_config(runtime, actor="test")
@@ -74,7 +73,7 @@ async def test_new_gateway_with_webhooks_needs_a_restart(served: Any, journal: l
 
 
 async def test_invalid_reload_keeps_the_running_config(served: Any, journal: list[str]) -> None:
-    client, runtime, cfg = served
+    _client, runtime, cfg = served
     routes_before, settings_before = runtime.routes, runtime.settings
     cfg.write_text(cfg.read_text() + '[gateways.d]\ntype = "memory"\nsignatur = "x"\n')
     journal.clear()

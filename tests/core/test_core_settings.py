@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from claudemesh_gateway.errors import ConfigError
 from claudemesh_gateway.settings import iter_secrets, load_settings, settings_from_dict
 
