@@ -200,6 +200,9 @@ class Connection:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"cannot reach broker: {type(exc).__name__}: {exc}"
                 log.warning("mesh %s: %s", self.name, self.last_error)
+            except Exception as exc:  # the loop is a boundary: never die silently, retry with backoff
+                self.last_error = f"unexpected {type(exc).__name__}: {exc}"
+                log.exception("mesh %s: connection failed unexpectedly", self.name)
             finally:
                 self._ws = None
                 self._fail_waiters(ConnectionLost(f"mesh {self.name}: connection lost"))
