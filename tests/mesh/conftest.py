@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig, MeshPeer
 

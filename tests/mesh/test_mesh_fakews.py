@@ -8,7 +8,6 @@ import secrets
 
 import pytest
 from aiohttp import WSMsgType, web
-
 from claudemesh_gateway.errors import MeshError, MeshTerminalError, MeshTimeout
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig, MeshPeer
 from claudemesh_gateway.mesh.connection import MeshRequestError

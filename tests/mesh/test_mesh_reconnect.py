@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from claudemesh_gateway.errors import MeshTerminalError
 from claudemesh_gateway.mesh import MemoryKV
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from claudemesh_gateway.errors import MeshTerminalError, MeshTimeout
 from claudemesh_gateway.mesh import connection as connection_mod
 from claudemesh_gateway.mesh import handshake

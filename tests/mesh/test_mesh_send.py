@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from claudemesh_gateway.errors import DeliveryError
 from claudemesh_gateway.mesh.crypto import KeyPair
 

@@ -8,7 +8,6 @@ import os
 import stat
 
 import pytest
-
 from claudemesh_gateway.errors import MeshError
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig, crypto, tools
 from claudemesh_gateway.mesh.crypto import KeyPair
@@ -97,7 +96,7 @@ async def test_peers_send_and_tail_use_an_ephemeral_identity(broker, make_peer, 
     roster = await tools.peers("dev", cfg)
     names = sorted(p["displayName"] for p in roster)
     assert names == ["alice", "gateway", "gateway"]
-    assert [p for p in roster if p["self"]][0]["sessionId"].startswith("gw-cli-")
+    assert next(p for p in roster if p["self"])["sessionId"].startswith("gw-cli-")
 
     out = await tools.send("dev", cfg, "hi from the cli", to="Alice")
     assert out["to"] == alice.session_pubkey and out["messageId"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from claudemesh_gateway.errors import DeliveryError, MeshError
 from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MemoryKV, crypto
@@ -132,7 +131,7 @@ async def test_backlog_after_downtime_no_duplicate_no_gap(broker, make_peer, new
     assert stamps == sorted(stamps)
     by_row = {r.id: r.created_at for r in broker.topic_messages()}
     expected = [(by_row[i.id], i.text) for i in second.items]
-    assert _grouped(expected) == _grouped([(by_row[r.id], t) for r, t in zip(_rows_in_post_order(broker, texts), texts)])
+    assert _grouped(expected) == _grouped([(by_row[r.id], t) for r, t in zip(_rows_in_post_order(broker, texts), texts, strict=True)])
     assert len({i.id for i in second.items}) == 500
     assert first.texts == ["before 0"]
 
