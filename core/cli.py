@@ -310,89 +310,37 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # -- keys, enrolment, dev broker --------------------------------------------------------------------------------------
-def _toml_str(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
-
-
-def _write_key_file(path: Path, secret_hex: str) -> None:
-    path = path.expanduser()
-    if path.exists():
-        raise ConfigError(f"key file {path} already exists; refusing to overwrite an identity")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write("# claudemesh member secret key (libsodium seed||pubkey, hex). Keep it private.\n")
-        fh.write(secret_hex + "\n")
-
-
-def _identity_lines(pair: Any, key_file: str | None) -> list[str]:
-    if key_file:
-        _write_key_file(Path(key_file), pair.secret_hex)
-        return [f"secret_key_file = {_toml_str(str(Path(key_file).expanduser()))}", f'pubkey = "{pair.public_hex}"']
-    return [f'secret_key = "{pair.secret_hex}"', f'pubkey = "{pair.public_hex}"']
-
-
 def cmd_keygen(args: argparse.Namespace) -> int:
-    """A new ed25519 member identity, as the keys of a [mesh.*] table."""
-    from .mesh.crypto import KeyPair
-
+    """A new ed25519 member identity, printed as the keys of a [mesh.*] table."""
     _quiet_logging(args)
-    pair = KeyPair.generate()
+    from .errors import MeshError
+
+    keygen = _tool("claudemesh_gateway.mesh.tools", "keygen")
+    try:
+        keys = keygen(args.key_file)
+    except (OSError, ValueError, MeshError) as exc:  # e.g. the key file exists: never overwrite an identity
+        raise ConfigError(f"keygen: {exc}") from None
     print("# a new claudemesh member identity; paste into a [mesh.<name>] table")
-    print("\n".join(_identity_lines(pair, args.key_file)))
+    for key, value in keys.items():
+        print(f"{key} = {json.dumps(value)}")
     return EXIT_OK
-
-
-async def enroll(invite: str, *, name: str | None, display_name: str, key_file: str | None,
-                 timeout: float = 15.0) -> str:
-    """Join a mesh with a v1 invite (spec A.14) and return the ``[mesh.<name>]`` TOML table."""
-    import re
-    import time
-
-    import aiohttp
-
-    from .mesh.config import http_url_for
-    from .mesh.crypto import KeyPair, decode_invite, verify_invite
-
-    try:
-        token, payload = decode_invite(invite)
-        verify_invite(payload, time.time())
-    except ValueError as exc:
-        raise ConfigError(f"enroll: {exc}") from None
-    pair = KeyPair.generate()
-    url = http_url_for(str(payload["broker_url"])) + "/join"
-    body = {"invite_token": token, "invite_payload": payload, "peer_pubkey": pair.public_hex,
-            "display_name": display_name}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http, \
-                http.post(url, json=body) as resp:
-            status = resp.status
-            try:
-                answer = await resp.json(content_type=None)
-            except ValueError:
-                answer = {}
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise StartupError(f"enroll: broker unreachable at {url}: {type(exc).__name__}") from None
-    if status != 200 or not isinstance(answer, dict) or not answer.get("ok") or not answer.get("memberId"):
-        error = answer.get("error") if isinstance(answer, dict) else None
-        raise StartupError(f"enroll: the broker refused the join (HTTP {status}: {error or 'no reason given'})")
-    table = name or re.sub(r"[^A-Za-z0-9_]", "_", str(payload.get("mesh_slug") or "mesh")) or "mesh"
-    lines = [
-        f"# joined mesh {payload.get('mesh_slug')!s} as {display_name} (role {payload.get('role')})",
-        f"[mesh.{table}]",
-        f"broker_url = {_toml_str(str(payload['broker_url']))}",
-        f"mesh_id = {_toml_str(str(payload['mesh_id']))}",
-        f"member_id = {_toml_str(str(answer['memberId']))}",
-        *_identity_lines(pair, key_file),
-        f"root_key = {_toml_str(str(payload['mesh_root_key']))}",
-        f"display_name = {_toml_str(display_name)}",
-    ]
-    return "\n".join(lines)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     _quiet_logging(args)
-    print(_run(enroll(args.invite, name=args.name, display_name=args.display_name, key_file=args.key_file)))
+    enroll = _tool("claudemesh_gateway.mesh.tools", "enroll")
+    from .mesh.tools import EnrollError
+
+    try:
+        result = _run(enroll(args.invite, display_name=args.display_name, key_path=args.key_file, name=args.name))
+    except EnrollError as exc:
+        message = str(exc)
+        if message.startswith("invite:"):  # the link itself is bad: the operator's input
+            raise ConfigError(f"enroll: {message}") from None
+        raise StartupError(f"enroll: {message}") from None
+    note = " (this key was already a member)" if result.get("already_member") else ""
+    print(f"# joined as {args.display_name}{note}; paste into your config")
+    print(result["toml"], end="")
     return EXIT_OK
 
 
@@ -441,9 +389,7 @@ def _print_result(result: Any) -> None:
         _out(result)
 
 
-# -- mesh tools ---------------------------------------------------------------------------------------------------------
-# Thin adapters over MeshPeer, speaking as a [mesh.*] identity with an ephemeral session
-# (identity="cli"), so they never disturb a running gateway's session or cursors.
+# -- mesh tools (claudemesh_gateway.mesh.tools: an ephemeral cli session, never the gateway's own) ------------------
 def _mesh_cfg(settings: Settings, name: str) -> Any:
     try:
         return settings.mesh[name]
@@ -452,96 +398,32 @@ def _mesh_cfg(settings: Settings, name: str) -> Any:
         raise ConfigError(f"mesh: no [mesh.{name}] table (configured: {known})") from None
 
 
-async def _cli_peer(name: str, cfg: Any, timeout: float | None, on_message: Any = None) -> Any:
-    from .errors import MeshError
-    from .mesh.peer import MeshPeer
-    from .mesh.state import MemoryKV
-
-    peer = MeshPeer(name, cfg, kv=MemoryKV(), identity="cli", on_message=on_message)
-    await peer.start()
-    try:
-        await peer.wait_connected(timeout)
-    except (MeshError, TimeoutError) as exc:
-        detail = peer.last_error or f"{type(exc).__name__}: {exc}"
-        await peer.stop()
-        raise StartupError(f"mesh {name}: could not connect to {cfg.broker_url}: {detail}") from None
-    return peer
-
-
-def _peer_json(p: Any) -> dict[str, Any]:
-    return {"pubkey": p.pubkey, "member_pubkey": p.member_pubkey, "name": p.display_name, "status": p.status,
-            "summary": p.summary, "groups": list(p.groups), "role": p.peer_role, "type": p.peer_type,
-            "channel": p.channel, "session_id": p.session_id, "connected_at": p.connected_at, "self": p.is_self}
-
-
-async def mesh_peers(name: str, cfg: Any, *, timeout: float) -> list[dict[str, Any]]:
-    peer = await _cli_peer(name, cfg, timeout)
-    try:
-        return [_peer_json(p) for p in await asyncio.wait_for(peer.peers(refresh=True), timeout)]
-    finally:
-        await peer.stop()
-
-
-async def mesh_send(name: str, cfg: Any, *, text: str, topic: str | None, to: str | None,
-                    timeout: float) -> dict[str, Any]:
-    peer = await _cli_peer(name, cfg, timeout)
-    try:
-        if topic is not None:
-            msg_id = await asyncio.wait_for(peer.post_topic(topic, text), timeout)
-            return {"topic": topic, "id": msg_id}
-        target = await asyncio.wait_for(peer.resolve_peer(to), timeout)
-        queued = await asyncio.wait_for(peer.send_dm(target.pubkey, text), timeout)
-        return {"to": target.pubkey, "name": target.display_name, "id": queued}
-    finally:
-        await peer.stop()
-
-
-async def mesh_tail(name: str, cfg: Any, *, topic: str, count: int | None, timeout: float | None,
-                    emit: Callable[[dict[str, Any]], None]) -> int:
-    """Print new messages of ``topic`` until ``count`` arrived or ``timeout`` passed. Returns how many."""
-    done = asyncio.Event()
-    seen = 0
-
-    def on_message(item: Any) -> None:
-        nonlocal seen
-        if item.kind != "topic" or item.topic != topic or done.is_set():
-            return
-        emit({"id": item.id, "sender": item.sender_name or item.sender_pubkey, "senderPubkey": item.sender_pubkey,
-              "text": item.text, "createdAt": item.created_at})
-        seen += 1
-        if count is not None and seen >= count:
-            done.set()
-
-    peer = await _cli_peer(name, cfg, timeout if timeout is not None else 30.0, on_message=on_message)
-    try:
-        await peer.watch_topic(topic, timeout=timeout)
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except TimeoutError:
-            pass
-        return seen
-    finally:
-        await peer.stop()
-
-
 def cmd_mesh(args: argparse.Namespace) -> int:
+    from .errors import MeshError
+
     settings = _load(args, allow_placeholders=True)
     _quiet_logging(args, settings)
     cfg = _mesh_cfg(settings, args.mesh)
-    if args.mesh_cmd == "peers":
-        _out(_run(mesh_peers(args.mesh, cfg, timeout=args.timeout)))
-        return EXIT_OK
-    if args.mesh_cmd == "send":
-        _out(_run(mesh_send(args.mesh, cfg, text=args.text, topic=args.topic, to=args.to, timeout=args.timeout)))
-        return EXIT_OK
-    if args.mesh_cmd == "tail":
-        def emit(row: dict[str, Any]) -> None:
-            _out(row)
-            sys.stdout.flush()
+    tools = "claudemesh_gateway.mesh.tools"
+    try:
+        if args.mesh_cmd == "peers":
+            _out(_run(_tool(tools, "peers")(args.mesh, cfg, timeout=args.timeout)))
+        elif args.mesh_cmd == "send":
+            _out(_run(_tool(tools, "send")(args.mesh, cfg, args.text, topic=args.topic, to=args.to,
+                                           timeout=args.timeout)))
+        else:
+            def emit(row: dict[str, Any]) -> None:
+                _out(row)
+                sys.stdout.flush()
 
-        _run(mesh_tail(args.mesh, cfg, topic=args.topic, count=args.count, timeout=args.timeout, emit=emit))
-        return EXIT_OK
-    raise ConfigError(f"mesh: unknown command {args.mesh_cmd!r}")
+            _run(_tool(tools, "tail")(args.mesh, cfg, args.topic, count=args.count, timeout=args.timeout,
+                                      on_row=emit))
+    except LookupError as exc:  # unknown peer or topic name: the operator's input
+        raise ConfigError(f"mesh {args.mesh}: {exc}") from None
+    except (MeshError, TimeoutError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise StartupError(f"mesh {args.mesh}: {detail} (broker {cfg.broker_url})") from None
+    return EXIT_OK
 
 
 # -- parser -------------------------------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ async def test_mesh_commands_against_the_dev_broker(
 
     code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "mesh", "send", "dev_alice", "--to", "bob", "psst"])
     sent = json.loads(capsys.readouterr().out)
-    assert code == 0 and sent["name"] == "bob" and sent["id"]
+    assert code == 0 and sent["name"] == "bob" and sent["messageId"]
 
     code, _, lines = run_cli(capsys, "-c", str(cfg), "mesh", "peers", "nope")
     assert code == 2 and "no [mesh.nope] table" in lines[0]
@@ -211,7 +211,7 @@ async def test_keygen_and_enroll_with_a_dev_broker_invite(
 
     code = await asyncio.to_thread(cli.main, ["enroll", token])  # single use: the broker refuses
     _, err = capsys.readouterr()
-    assert code == 4 and "the broker refused the join" in err
+    assert code == 4 and "claudemesh-gateway: startup error: enroll: join refused" in err
 
 
 async def test_check_online_starts_the_embedded_broker_and_resolves_topics(
