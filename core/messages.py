@@ -53,6 +53,14 @@ class Address:
         return str(self)
 
 
+def _human_size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.0f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Attachment:
     name: str
@@ -64,7 +72,7 @@ class Attachment:
 
     def describe(self) -> str:
         """Short text for destinations that accept no files."""
-        kb = f", {self.size // 1024} KiB" if self.size else ""
+        kb = f", {_human_size(self.size)}" if self.size else ""
         cap = f": {self.caption}" if self.caption else ""
         return f"[{self.content_type.split('/')[0]} {self.name}{kb}]{cap}"
 

@@ -192,7 +192,7 @@ async def test_foreign_or_unusable_attachments_become_descriptions(make_gateway,
     # a file Telegram refuses: the description goes out instead
     bad = Attachment(name="b.jpg", content_type="image/jpeg", size=8, url="tgfile:tg:NOPE")
     await gw.send(_out(gw, -1013, "third", attachments=(bad,)))
-    assert fake_tg.texts(-1013)[-1] == "third\n[image b.jpg, 0 KiB]"
+    assert fake_tg.texts(-1013)[-1] == "third\n[image b.jpg, 8 B]"
 
 
 async def test_rate_limits_declared_per_chat_group_global(make_gateway):
@@ -229,4 +229,4 @@ async def test_file_over_upload_limit_is_described(make_gateway, fake_tg):
     big = Attachment(name="big.bin", content_type="application/octet-stream", size=5, data=b"12345")
     await gw.send(_out(gw, -1016, "file", attachments=(big,)))
     assert fake_tg.method_calls("sendDocument") == []
-    assert fake_tg.texts(-1016) == ["file\n[application big.bin, 0 KiB]"]
+    assert fake_tg.texts(-1016) == ["file\n[application big.bin, 5 B]"]
