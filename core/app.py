@@ -629,6 +629,7 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
 
         for name in removed + restarted:  # stop first: one bot token must never poll twice
             await _stop_gateway(runtime, runtime.gateways[name])
+            runtime.mesh_subscribers.remove_gateway(name)  # a restarted gateway subscribes again in start()
         for name in removed:
             del runtime.gateways[name]
             runtime.web_routes.pop(name, None)
@@ -657,22 +658,42 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
         return result
 
 
+def _subscriptions(runtime: Runtime) -> dict[str, set[str]]:
+    """mesh -> topics gateways consume through ``ctx.mesh()`` (the bridge)."""
+    out: dict[str, set[str]] = {}
+    for (mesh, topic), subs in getattr(runtime.mesh_subscribers, "_by_topic", {}).items():
+        if subs:
+            out.setdefault(mesh, set()).add(topic)
+    return out
+
+
 async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors: list[str]) -> dict[str, list[str]]:
+    """Connect what new routes use, disconnect what only old routes used, reconnect changed tables.
+    Meshes gateways use through ``ctx.mesh()`` stay (and are resubscribed after a reconnect)."""
     used = set(_used_meshes(new))
-    stopped = [n for n in list(runtime.meshes) if n not in used or old.mesh.get(n) != new.mesh.get(n)]
+    subscribed = _subscriptions(runtime)
+    stopped = [n for n in list(runtime.meshes)
+               if n not in new.mesh or old.mesh.get(n) != new.mesh.get(n)
+               or (n not in used and n not in subscribed)]
     for name in stopped:
         await _stop_mesh(runtime, name)
     started = []
-    for name in _used_meshes(new):
+    for name in [n for n in new.mesh if n in used or (n in subscribed and n in stopped)]:
         if name not in runtime.meshes:
             try:
                 await _start_mesh(runtime, name)
                 started.append(name)
             except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
                 errors.append(f"mesh {name} could not start: {exc}")
+                continue
+            if name in subscribed:  # gateways reading this mesh keep their topics
+                peer = runtime.meshes[name]
+                runtime.mesh_subscribers.install(runtime, peer)
+                for topic in sorted(subscribed[name]):
+                    runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}:resubscribe")
         else:
             _watch_topics(runtime, name)  # topics new routes read
-            wanted = set(_mesh_topics(runtime, name))
+            wanted = set(_mesh_topics(runtime, name)) | subscribed.get(name, set())
             for topic in [t for t in runtime.watchers.get(name, {}) if t not in wanted]:
                 runtime.watchers[name].pop(topic).cancel()
                 await runtime.meshes[name].unwatch_topic(topic)
