@@ -63,7 +63,7 @@ class Connection:
         on_push: Callable[[dict[str, Any]], None],
         on_connected: Callable[[dict[str, Any], bool], Awaitable[None] | None] | None = None,
         on_state: Callable[[str, str], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, presence_id: str | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -77,7 +77,7 @@ class Connection:
         self.last_error: str | None = None
         self.reconnects = 0
         self.connects = 0
-        self.presence_id: str | None = None
+        self.presence_id: str | None = presence_id  # the last lease we held (persisted across restarts)
         self.hello_ack: dict[str, Any] = {}
         self.connected_since: float | None = None
         self.terminal_error: MeshTerminalError | None = None
@@ -292,8 +292,7 @@ class Connection:
 
     def _acknowledged(self, ws: aiohttp.ClientWebSocketResponse, ack: dict[str, Any]) -> None:
         presence = ack.get("presenceId") if isinstance(ack.get("presenceId"), str) else None
-        reattached = presence is not None and presence == self.presence_id
-        was_outage = self.connects > 0
+        reattached = presence is not None and presence == self.presence_id  # our lease survived the outage
         self.presence_id = presence
         self.hello_ack = ack
         self.connects += 1
@@ -305,7 +304,7 @@ class Connection:
         self._set_state("connected")
         redrain = self._redrain_pending
         self._redrain_pending = False
-        if reattached and was_outage and self.cfg.post_reattach_redrain and not redrain:
+        if reattached and self.cfg.post_reattach_redrain and not redrain:
             self._redrain_task = asyncio.create_task(self._redrain(ws), name=f"mesh:{self.name}:redrain")
         if self._on_connected is not None:
             self._spawn(self._on_connected(ack, reattached))

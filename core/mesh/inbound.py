@@ -93,7 +93,12 @@ class PushHandler:
         cmid = frame.get("client_message_id")
         if isinstance(cmid, str) and cmid:
             ack["clientMessageId"] = cmid
-        if not await self.peer.connection.send_nowait(ack):
+        conn = self.peer.connection
+        if not conn.connected:
+            # pushes can precede hello_ack (A.3.4), and nothing may be sent before it
+            with contextlib.suppress(MeshError):
+                await conn.wait_connected(self.peer.cfg.hello_timeout)
+        if not await conn.send_nowait(ack):
             log.debug("mesh %s: client_ack for %s not sent (disconnected); the push will return", self.peer.name, mid)
 
     def _drop(self, reason: str, frame: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ from .poller import TopicPoller
 from .ratelimit import TokenBucket
 from .roster import Roster
 from .sender import Sender
-from .state import KV, load_session_identity
+from .state import KV, KV_NAMESPACE, load_session_identity
 from .types import MeshInbound, Peer, Topic
 
 __all__ = ["MeshPeer"]
@@ -88,8 +88,13 @@ class MeshPeer:
                                             ephemeral=self.identity == "cli")
         self.session_keypair = ident.keypair
         self.own_keys = frozenset({self.cfg.member_pubkey, ident.pubkey})
+        last_presence = None
+        if ident.persisted:
+            saved = await self.kv.kv_get(KV_NAMESPACE, self._presence_key)
+            last_presence = saved if isinstance(saved, str) else None
         self.connection = Connection(self.name, self.cfg, ident, on_push=self.pushes.put,
-                                     on_connected=self._connected, on_state=self._state_changed, clock=self._clock)
+                                     on_connected=self._connected, on_state=self._state_changed, clock=self._clock,
+                                     presence_id=last_presence)
         self.roster = Roster(self.name, self.cfg, self.connection, self.own_keys)
         self.sender = Sender(self.name, self.cfg, self.connection, self.bucket)
         self._started = True
@@ -164,7 +169,16 @@ class MeshPeer:
             except Exception:
                 log.exception("mesh %s: on_state callback failed", self.name)
 
+    @property
+    def _presence_key(self) -> str:
+        return f"{self.name}:presence"
+
     async def _connected(self, ack: dict[str, Any], reattached: bool) -> None:
+        if self.connection.ident.persisted and not reattached and self.connection.presence_id:
+            try:  # remembered so a restart within the lease's grace detects the reattach (redrain)
+                await self.kv.kv_set(KV_NAMESPACE, self._presence_key, self.connection.presence_id)
+            except Exception:
+                log.warning("mesh %s: could not persist the presence id", self.name, exc_info=True)
         for poller in self.pollers.values():
             poller.wake()
         self.roster.invalidate()

@@ -62,3 +62,23 @@ async def test_on_message_failure_leaves_push_unacked(broker, make_peer, eventua
     await eventually(lambda: calls == ["keep me"])
     rows = [r for r in broker.queue_rows() if r.target_spec == gw.session_pubkey]
     assert rows and rows[0].delivered_at is None  # not acked: comes back on the next drain
+
+
+async def test_restart_within_grace_redrains_dm_claimed_for_the_old_socket(broker, make_peer, new_inbox,
+                                                                           eventually):
+    """A restart is an outage too: the persisted presence id tells the new process it
+    reattached, so the post-reattach redrain fetches the DM claimed for the old socket."""
+    from claudemesh_gateway.mesh import MemoryKV
+
+    seed = broker.default_mesh
+    alice = await make_peer(seed.alice)
+    kv = MemoryKV()
+    bob = await make_peer(seed.bob, kv=kv)
+    await bob.stop()  # bob's lease stays (grace): alice's DM is claimed for the closed socket
+    await alice.send_dm(seed.bob.pubkey, "waiting for you")
+    inbox = new_inbox()
+    # same identity: reattach; the claim (1 s) outlives the first drain, the redrain gets it
+    await make_peer(seed.bob, kv=kv, on_message=inbox, reattach_redrain_delay=1.2)
+    await inbox.wait(1, timeout=5)
+    assert inbox.texts == ["waiting for you"]
+    await eventually(lambda: all(r.delivered_at for r in broker.queue_rows() if r.target_spec == seed.bob.pubkey))

@@ -263,3 +263,39 @@ async def test_send_without_ack_is_retried_once_with_the_same_id_then_fails(fake
         await peer.broadcast("seldom")  # base64 "c2VsZG9t": never acked
     assert not ei.value.permanent
     assert len([f for f in fake.frames if f.get("ciphertext") == "c2VsZG9t"]) == 2
+
+
+async def test_push_before_hello_ack_is_delivered_and_acked_after_the_ack(aiohttp_server):
+    got = []
+
+    async def script(fake, ws, hello):
+        await ws.send_json({"type": "push", "messageId": "early", "senderPubkey": "ab" * 32, "nonce": "",
+                            "ciphertext": "aGk=", "senderName": "x", "priority": "next",
+                            "createdAt": "2026-01-01T00:00:00.000Z"})
+        await asyncio.sleep(0.3)  # the ack comes late; nothing may be sent before it
+        await _ack(ws)
+        await fake.serve(ws)
+
+    fake = Fake(script)
+    app = web.Application()
+    app.router.add_get("/ws", fake.handler)
+    server = await aiohttp_server(app)
+    cfg = MeshConfig(broker_url=str(server.make_url("/ws")).replace("http://", "ws://"), mesh_id="M" * 32,
+                     member_id="me", secret_key=KeyPair.generate().secret_hex, **{**FAST, "hello_timeout": 2.0})
+
+    async def on_message(item):
+        got.append((item.text, item.kind))
+
+    peer = MeshPeer("fake", cfg, kv=MemoryKV(), on_message=on_message)
+    await peer.start()
+    try:
+        await peer.wait_connected(3)
+        for _ in range(40):
+            if any(f.get("type") == "client_ack" for f in fake.frames):
+                break
+            await asyncio.sleep(0.05)
+        assert got == [("hi", "broadcast")]
+        assert [f for f in fake.frames if f.get("type") == "client_ack"] == [
+            {"type": "client_ack", "brokerMessageId": "early"}]
+    finally:
+        await peer.stop()
