@@ -1,0 +1,114 @@
+"""A:#general <-> B:#lobby through a bridge gateway, on two dev brokers: attribution, exactly once,
+no echo, replies across the bridge, and bodyVersion 3 re-sealed under the far mesh's key."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .conftest import two_way, wait_until
+
+MESHES = {"a": "a", "b": "b"}
+READY = [("a", "general"), ("b", "lobby")]
+
+
+def _config(**gw):
+    return {"gateways": {"to_b": {"type": "bridge", "mesh": "b", **gw}}, "routes": two_way()}
+
+
+def _by(rows, sender):
+    return [r for r in rows if r["sender"] == sender]
+
+
+async def test_bridge_both_ways_once_with_attribution(net, bridge_app):
+    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+
+    await alice.post_topic("general", "hello from A")
+    await wait_until(lambda: _by(net.rows("b", "lobby"), "gateway"), what="A's post on B")
+    await bob.post_topic("lobby", "hello from B")
+    await wait_until(lambda: _by(net.rows("a", "general"), "gateway"), what="B's post on A")
+    await asyncio.sleep(1.0)  # several poll rounds: an echo or a loop would show up now
+
+    on_b = net.rows("b", "lobby")
+    on_a = net.rows("a", "general")
+    # who wrote it and on which mesh; the hop prefix marks one mesh crossing
+    assert [r["text"] for r in _by(on_b, "gateway")] == ["__cmh1:alice @ a: hello from A"]
+    assert [r["text"] for r in _by(on_a, "gateway")] == ["__cmh1:bob @ b: hello from B"]
+    assert len(on_b) == 2 and len(on_a) == 2  # nothing else: no echo, no loop
+    # the gateway's own posts were seen by its pollers and never taken in again
+    assert rt.meshes["b"].pollers["lobby"].echoes >= 1
+    assert rt.meshes["a"].pollers["general"].echoes >= 1
+    assert await rt.store.dlq_count() == 0
+
+
+async def test_bridge_hop_limit_stops_cmh2(net, bridge_app):
+    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+    await alice.post_topic("general", "__cmh2:already two hops")
+    await bob.post_topic("lobby", "__cmh2:two hops too")
+    await alice.post_topic("general", "__cmh1:one hop")  # one more crossing is still allowed
+    await wait_until(lambda: _by(net.rows("b", "lobby"), "gateway"), what="the one-hop message on B")
+    await asyncio.sleep(1.0)
+    assert [r["text"] for r in _by(net.rows("b", "lobby"), "gateway")] == ["__cmh2:alice @ a: one hop"]
+    assert _by(net.rows("a", "general"), "gateway") == []
+
+
+async def test_bridge_replies_keep_threading(net, bridge_app):
+    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+
+    m = await alice.post_topic("general", "question from A")
+    await wait_until(lambda: _by(net.rows("b", "lobby"), "gateway"), what="the question on B")
+    copy_on_b = _by(net.rows("b", "lobby"), "gateway")[0]
+    # bob answers the copy on B: on A, the answer threads under alice's original
+    await asyncio.sleep(0.01)
+    answer = await bob.post_topic("lobby", "answer from B", reply_to_id=copy_on_b["id"])
+    await wait_until(lambda: _by(net.rows("a", "general"), "gateway"), what="the answer on A")
+    copy_on_a = _by(net.rows("a", "general"), "gateway")[0]
+    assert copy_on_a["text"] == "__cmh1:bob @ b: answer from B"
+    assert copy_on_a["reply_to"] == m
+
+    # alice answers the copy on A: on B, that threads under bob's original
+    await asyncio.sleep(0.01)
+    await alice.post_topic("general", "thanks", reply_to_id=copy_on_a["id"])
+    await wait_until(lambda: len(_by(net.rows("b", "lobby"), "gateway")) == 2, what="the thanks on B")
+    thanks = _by(net.rows("b", "lobby"), "gateway")[1]
+    assert thanks["text"] == "__cmh1:alice @ a: thanks"
+    assert thanks["reply_to"] == answer
+
+
+async def test_bridge_reseals_v3_under_the_far_key(net, bridge_app):
+    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    await alice.post_topic("general", "secret plans")
+    await wait_until(lambda: net.raw_rows("b", "lobby"), what="the copy on B")
+
+    original = net.raw_rows("a", "general")[-1]
+    copy = net.raw_rows("b", "lobby")[-1]
+    assert original.body_version == 3 and copy.body_version == 3
+    assert b"secret" not in copy.ciphertext.encode()  # not plaintext on the far broker
+    a_tid, b_tid = net.topic_ids[("a", "general")], net.topic_ids[("b", "lobby")]
+    # a member of B opens it with B's HKDF topic key
+    assert net.keyring("b").open("b", b_tid, "lobby", copy.nonce, copy.ciphertext, 3) == \
+        "__cmh1:alice @ a: secret plans"
+    # A's key cannot: neither A's own topic key nor B's derivation fed with A's root key
+    assert net.keyring("a").open("a", a_tid, "general", copy.nonce, copy.ciphertext, 3) is None
+    assert net.keyring("b", root_key_of="a").open("b", b_tid, "lobby", copy.nonce, copy.ciphertext, 3) is None
+    # and the original on A is sealed with A's key only
+    assert net.keyring("a").open("a", a_tid, "general", original.nonce, original.ciphertext, 3) == "secret plans"
+    assert net.keyring("b").open("b", b_tid, "lobby", original.nonce, original.ciphertext, 3) is None
+
+
+async def test_bridge_health_shows_far_mesh(net, bridge_app):
+    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    await wait_until(lambda: str(rt.states.get("to_b", ("",))[0]) == "connected", what="bridge connected")
+    resp = await client.get("/-/health")
+    body = await resp.json()
+    assert body["gateways"]["to_b"]["state"] == "connected"
+    assert body["meshes"]["b"]["state"] == "connected"  # the far mesh's own entry, topics polled
+    assert "lobby" in body["meshes"]["b"]["topics"]
+    ready = await client.get("/-/ready")
+    assert ready.status == 200, await ready.text()
