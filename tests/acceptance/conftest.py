@@ -1,0 +1,223 @@
+"""Acceptance-audit fixtures: the REAL app (built from a config file on disk, so reload works),
+a signing webhook sink on loopback, real mesh members on the dev broker, admin tokens.
+
+Copied in spirit from tests/e2e/conftest.py (importlib mode: no cross-directory conftest imports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
+from claudemesh_gateway.testing import dev_broker  # noqa: F401  (fixture)
+
+WH_SECRET = "acceptance-webhook-secret-0123456789"
+JWT_SECRET = "acceptance-jwt-secret-0123456789-abcdef"
+AUD = "claudemesh-gateway"
+FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
+
+
+async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0, what: str = "condition") -> None:
+    try:
+        async with asyncio.timeout(limit_s):
+            while not pred():  # noqa: ASYNC110 (the state lives in other tasks)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
+
+
+def admin_token(*, aud: str = AUD, exp_in: float = 300, sub: str = "auditor@example") -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "aud": aud, "iat": now, "exp": now + int(exp_in)}, JWT_SECRET, algorithm="HS256")
+
+
+def bearer(tok: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tok}"}
+
+
+class Sink:
+    """A loopback webhook receiver that verifies every signature and records bodies per chat.
+
+    ``script[chat]`` is ``fn(body, attempt) -> (status, headers)``; ``delay_s`` slows every answer."""
+
+    def __init__(self, secret: str = WH_SECRET) -> None:
+        self.secret = secret
+        self.received: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.attempts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+        self.bad_signatures = 0
+        self.script: dict[str, Callable[[dict[str, Any], int], tuple[int, dict[str, str]]]] = {}
+        self.delay_s = 0.0
+        self.base = ""
+        self._ids = itertools.count(1)
+
+    def url(self, chat: str) -> str:
+        return f"{self.base}/{chat}"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            verify(self.secret, request.headers.get("X-Claudemesh-Timestamp"),
+                   request.headers.get("X-Claudemesh-Signature"), raw, tolerance_s=30)
+        except SignatureError:
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        chat = request.match_info["chat"]
+        body = json.loads(raw)
+        self.attempts[chat].append(body)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        fn = self.script.get(chat)
+        status, headers = fn(body, len(self.attempts[chat])) if fn else (200, {})
+        if status != 200:
+            return web.Response(status=status, headers=headers)
+        self.received[chat].append(body)
+        return web.json_response({"id": f"sink-{next(self._ids)}"})
+
+    def texts(self, chat: str) -> list[str]:
+        return [b["text"] for b in self.received[chat]]
+
+
+@pytest.fixture
+async def sink(aiohttp_server):
+    s = Sink()
+    app = web.Application()
+    app.router.add_post("/sink/{chat}", s.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    s.base = str(server.make_url("/sink"))
+    return s
+
+
+def signed_post(payload: dict[str, Any], secret: str = WH_SECRET) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    return body, {**signature_headers(secret, body), "Content-Type": "application/json"}
+
+
+async def post_inbound(client: TestClient, chat: str, payload: dict[str, Any], gateway: str = "wh") -> dict[str, Any]:
+    body, headers = signed_post(payload)
+    resp = await client.post(f"/gateways/{gateway}/{chat}", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def to_toml(cfg: dict[str, Any]) -> str:
+    """A tiny TOML writer for the config shapes these tests use (tables of scalars, arrays of tables)."""
+    lines: list[str] = []
+    scalars = {k: v for k, v in cfg.items() if not isinstance(v, dict) and not (
+        isinstance(v, list) and v and all(isinstance(x, dict) for x in v))}
+    for k, v in scalars.items():
+        lines.append(f"{k} = {toml_value(v)}")
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if flat or not subs:
+            lines.append(f"[{prefix}]")
+            for k, v in flat.items():
+                lines.append(f"{k} = {toml_value(v)}")
+        for k, v in subs.items():
+            table(f"{prefix}.{k}", v)
+
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            table(k, v)
+    for k, v in cfg.items():
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for item in v:
+                lines.append(f"[[{k}]]")
+                for ik, iv in item.items():
+                    lines.append(f"{ik} = {toml_value(iv)}")
+    return "\n".join(lines) + "\n"
+
+
+async def start_app_from_file(path: Path) -> tuple[TestClient, Any]:
+    """The real app as ``claudemesh-gateway run`` builds it (minus signals), from a TOML file on disk."""
+    from claudemesh_gateway.app import RUNTIME, create_app
+    from claudemesh_gateway.plugin_manager import make_plugin_manager
+    from claudemesh_gateway.settings import load_settings
+
+    settings = load_settings(path)
+    pm = make_plugin_manager(entry_points=False, builtins=True, disable=settings.plugins.disable)
+    app = create_app(settings, pm)
+    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    try:
+        await client.start_server()
+    except BaseException:
+        await client.close()
+        raise
+    return client, app[RUNTIME]
+
+
+@pytest.fixture
+async def file_app(tmp_path: Path):
+    """``client, runtime, path = await file_app(cfg_dict, meshes=dev_broker_or_None)``: writes the config
+    as TOML (with ``include`` of the dev broker's meshes.toml when given) and starts the real app."""
+    clients: list[TestClient] = []
+
+    async def make(cfg: dict[str, Any], *, broker: Any | None = None) -> tuple[TestClient, Any, Path]:
+        n = len(clients)
+        state = tmp_path / f"gw{n}"
+        state.mkdir()
+        full = {**cfg}
+        if broker is not None:
+            full = {"include": [str(Path(broker.state_dir) / "meshes.toml")], **full}
+        full["server"] = {"state_dir": str(state), "shutdown_timeout": 5.0, **cfg.get("server", {})}
+        path = tmp_path / f"gw{n}.toml"
+        path.write_text(to_toml(full))
+        client, runtime = await start_app_from_file(path)
+        clients.append(client)
+        return client, runtime, path
+
+    try:
+        yield make
+    finally:
+        for c in reversed(clients):
+            await c.close()
+
+
+@pytest.fixture
+async def member(dev_broker):  # noqa: F811
+    """``await member("dev_alice", on_message=...)``: a real mesh client with a demo identity."""
+    from claudemesh_gateway.mesh import MeshPeer
+    from claudemesh_gateway.mesh.config import MeshConfig
+    from claudemesh_gateway.mesh.state import MemoryKV
+    from claudemesh_gateway.testing import dev_mesh_tables
+
+    tables = dev_mesh_tables(dev_broker.state_dir)
+    peers = []
+
+    async def make(name: str, on_message=None, groups: tuple[str, ...] = ()):
+        cfg = MeshConfig.model_validate({**tables[name], **FAST_POLL, "groups": list(groups)})
+        peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
+        await peer.start()
+        await peer.wait_connected(10)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for p in peers:
+        await p.stop()
