@@ -216,7 +216,7 @@ async def phase_latency(args: argparse.Namespace, d: str) -> dict[str, Any]:
     k = 0
     while idx < total:
         k += 1
-        upto = min(total, int(round(k * per_tick)))
+        upto = min(total, round(k * per_tick))
         while idx < upto:
             mid, it = items[idx]
             tasks.append(asyncio.ensure_future(one(mid, it)))
@@ -278,10 +278,10 @@ asyncio.run(main())
 async def phase_http(args: argparse.Namespace, d: str) -> dict[str, Any]:
     import aiohttp
 
-    proc = subprocess.Popen([sys.executable, "-c", SINK_SERVER], stdout=subprocess.PIPE, text=True)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SINK_SERVER, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+        port = int(await proc.stdout.readline())
         url = f"http://127.0.0.1:{port}/sink"
         store = await open_store(args, d)
         n = args.http_n
@@ -300,7 +300,7 @@ async def phase_http(args: argparse.Namespace, d: str) -> dict[str, Any]:
         return {"http_e2e_msg_per_s": round(n / dt), "messages": n, "lanes": args.lanes}
     finally:
         proc.terminate()
-        proc.wait(5)
+        await proc.wait()
 
 
 async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:

@@ -247,12 +247,13 @@ class DeliveryEngine:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, delay: float) -> None:
+        """Until kicked or ``delay`` seconds (through the injected sleep) have passed."""
         assert self._wake is not None
         if self._wake.is_set():
             return
         waiter = asyncio.ensure_future(self._wake.wait())
-        timer = asyncio.ensure_future(self.sleep(max(0.0, timeout)))
+        timer = asyncio.ensure_future(self.sleep(max(0.0, delay)))
         try:
             await asyncio.wait((waiter, timer), return_when=asyncio.FIRST_COMPLETED)
         finally:

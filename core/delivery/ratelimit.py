@@ -55,14 +55,9 @@ class TokenBucket:
         """Seconds until ``who`` may take a token, given the waiters ahead of it."""
         self._refill(now)
         pause = self.paused_until - now
+        pos = len(self.queue)
         if who in self.queue:
-            pos = 0
-            for w in self.queue:
-                if w == who:
-                    break
-                pos += 1
-        else:
-            pos = len(self.queue)
+            pos = next(i for i, w in enumerate(self.queue) if w == who)
         need = pos + 1 - self.tokens
         wait = need / self.per_second if need > _EPS else 0.0
         return max(pause, wait, 0.0)

@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import aiosqlite
 
@@ -622,7 +622,7 @@ class SqliteStore:
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the flock
 
-    async def __aenter__(self) -> SqliteStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 from claudemesh_gateway.errors import DeliveryError
@@ -145,7 +146,7 @@ async def test_delivery_shared_bucket_is_fair_between_lanes(
     first = [ln for (ln, _m, _p, _t) in transport.sent[:8]]
     assert first.count("telegram/X") >= 3 and first.count("telegram/Y") >= 3
     times = sorted(t for (_l, _m, _p, t) in transport.sent)
-    assert all(b - a >= 1 - 1e-6 for a, b in zip(times, times[1:], strict=False))  # the shared rate holds
+    assert all(b - a >= 1 - 1e-6 for a, b in itertools.pairwise(times))  # the shared rate holds
 
 
 async def test_delivery_permanent_failure_dead_letters_and_lane_goes_on(

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from claudemesh_gateway.store.sqlite import SqliteStore
 
 CHILD = r"""
