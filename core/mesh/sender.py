@@ -21,6 +21,7 @@ TOO_LARGE = "too_large"
 NO_PEER = "no_peer"
 BLOCKED = "blocked"
 UNKNOWN = "unknown"
+MAX_RATE_LIMIT_RETRIES = 30  # then hand the item back to the core's retry schedule
 
 
 def classify_ack_error(error: str) -> str:
@@ -62,6 +63,7 @@ class Sender:
         started = time.monotonic()
         timeouts = 0
         no_peer_attempt = 0
+        limited = 0
         while True:
             await self.bucket.acquire()
             try:
@@ -87,6 +89,10 @@ class Sender:
             kind = classify_ack_error(error)
             if kind == RATE_LIMIT:
                 self.rate_limited += 1
+                limited += 1
+                if limited > MAX_RATE_LIMIT_RETRIES:
+                    raise DeliveryError(f"mesh {self.name}: broker kept refusing with rate_limit (another process "
+                                        "sharing this member?)", retry_after=10)
                 self.bucket.drain()
                 delay = max(1.0, self.bucket.wait_time())
                 log.warning("mesh %s: broker rate limit; resending %s in %.1fs", self.name, frame["id"], delay)

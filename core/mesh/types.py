@@ -82,14 +82,14 @@ class Peer:
                 groups.append(g)
         profile = d.get("profile") if isinstance(d.get("profile"), dict) else {}
         pubkey = str(d.get("pubkey") or "")
+        role_tag = d.get("roleTag") or profile.get("roleTag")
         return cls(
             pubkey=pubkey, member_pubkey=str(d.get("memberPubkey") or ""),
             display_name=str(d.get("displayName") or d.get("name") or ""), status=str(d.get("status") or ""),
             summary=str(d.get("summary") or ""), groups=tuple(groups), session_id=str(d.get("sessionId") or ""),
             peer_role=str(d.get("peerRole") or ""), peer_type=str(d.get("peerType") or ""),
             channel=str(d.get("channel") or ""),
-            role_tag=(d.get("roleTag") or profile.get("roleTag")) if isinstance(
-                d.get("roleTag") or profile.get("roleTag"), str) else None,
+            role_tag=role_tag if isinstance(role_tag, str) and role_tag else None,
             profile=dict(profile), connected_at=d.get("connectedAt") if isinstance(d.get("connectedAt"), str) else None,
             is_self=pubkey in own_keys,
         )
