@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from claudemesh_gateway.mesh import crypto
+from claudemesh_gateway.mesh import MemoryKV, crypto
 
 
 @pytest.mark.parametrize("handshake", ["session", "member"])
@@ -82,3 +82,21 @@ async def test_restart_within_grace_redrains_dm_claimed_for_the_old_socket(broke
     await inbox.wait(1, timeout=5)
     assert inbox.texts == ["waiting for you"]
     await eventually(lambda: all(r.delivered_at for r in broker.queue_rows() if r.target_spec == seed.bob.pubkey))
+
+
+async def test_drained_plaintext_topic_row_is_classified_and_dropped(broker, make_peer, new_inbox, eventually):
+    """A.9 step 6: a drained base64 push without senderName is classified with message_status;
+    a #topic row is acked and dropped (topics are read from history), never shown as a DM."""
+    seed = broker.default_mesh
+    topics = {"general": {"encryption": "plaintext"}}
+    inbox = new_inbox()
+    kv = MemoryKV()
+    gw = await make_peer(seed.gateway, kv=kv, topics=topics)
+    await gw.stop()
+    alice = await make_peer(seed.alice, topics=topics)
+    await alice.post_topic("general", "plain topic row")
+    gw2 = await make_peer(seed.gateway, kv=kv, on_message=inbox, topics=topics)  # hello drains the row
+    await eventually(lambda: gw2.pushes.dropped["topic_row"] >= 1)
+    assert inbox.items == []
+    row = next(r for r in broker.queue_rows() if r.target_spec.startswith("#"))
+    await eventually(lambda: row.delivered_at is not None)
