@@ -332,14 +332,16 @@ def _op_audit(c: sqlite3.Connection, now: float, actor: str, action: str, detail
     c.execute("INSERT INTO audit (ts, actor, action, detail) VALUES (?,?,?,?)", (now, actor, action, detail))
 
 
-def _op_purge(
-    c: sqlite3.Connection, inbox_before: float, map_before: float, audit_before: float
-) -> dict[str, int]:
-    return {
-        "inbox": c.execute("DELETE FROM inbox WHERE seen_at < ?", (inbox_before,)).rowcount,
-        "message_map": c.execute("DELETE FROM message_map WHERE created_at < ?", (map_before,)).rowcount,
-        "audit": c.execute("DELETE FROM audit WHERE ts < ?", (audit_before,)).rowcount,
-    }
+_PURGE = {  # table -> a DELETE of at most ? expired rows (chunks keep each commit short)
+    "inbox": "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE seen_at < ? LIMIT ?)",
+    "message_map": "DELETE FROM message_map WHERE (origin_id, lane, part) IN"
+                   " (SELECT origin_id, lane, part FROM message_map WHERE created_at < ? LIMIT ?)",
+    "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ? LIMIT ?)",
+}
+
+
+def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int) -> int:
+    return c.execute(_PURGE[table], (before, limit)).rowcount
 
 
 def _op_sql(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
@@ -840,12 +842,23 @@ class SqliteStore:
         return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
 
     # -- maintenance -------------------------------------------------------------------------------------------------
-    async def purge(self, now: float | None = None) -> dict[str, int]:
-        """Delete inbox ids, message-map rows and audit rows past their TTL. Returns counts per table."""
+    async def purge(self, now: float | None = None, *, chunk: int = 5000) -> dict[str, int]:
+        """Delete inbox ids, message-map rows and audit rows past their TTL. Returns counts per table.
+
+        Deletes in chunks of ``chunk`` rows, each its own write, so a large purge never holds the
+        writer (and everyone's commits) for long.
+        """
         now = self.clock() if now is None else now
-        counts = await self._write(
-            _op_purge, now - self.inbox_ttl, now - self.map_ttl, now - self.audit_ttl
-        )
+        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl}
+        counts = {}
+        for table, before in cutoffs.items():
+            total = 0
+            while True:
+                n = await self._write(_op_purge_chunk, table, before, chunk)
+                total += n
+                if n < chunk:
+                    break
+            counts[table] = total
         if any(counts.values()):
             log.info("store purge: %s", counts)
         return counts

@@ -235,6 +235,16 @@ async def test_store_purge_honours_ttls(store: SqliteStore, clock: Clock) -> Non
     assert await store.map_get("old", "a/1") == ["1"]
     clock.t += 30 * 86400
     assert (await store.purge())["message_map"] == 1
+    # chunked: many expired rows go in several short writes, all of them
+    for i in range(25):
+        await store.map_put(f"o{i}", "a/1", ["x", "y"])
+        await store.audit("x", "y", {})
+    clock.t += 100 * 86400
+    batches = store.batches
+    counts = await store.purge(chunk=7)
+    assert counts["message_map"] == 50 and counts["audit"] == 26  # + the first one, now 141 days old
+    assert store.batches - batches >= 50 // 7 + 25 // 7
+    assert await store.map_get("o3", "a/1") == []
     with pytest.raises(ValueError):
         SqliteStore("x.db", inbox_ttl=86400)
 
