@@ -38,7 +38,7 @@ async def with_dead_letter(file_app, sink):
     """The real app with one dead letter (sink answered 400 -> permanent)."""
     broken = {"on": True}
     sink.script["down"] = lambda body, n: (400, {}) if broken["on"] else (200, {})
-    client, runtime, path = await file_app(config(sink))
+    client, runtime, _path = await file_app(config(sink))
     await post_inbound(client, "src", {"id": "d1", "sender": "ann", "text": "secret body text"})
     async with asyncio.timeout(20):
         while await runtime.store.dlq_count() < 1:  # noqa: ASYNC110
