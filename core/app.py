@@ -8,13 +8,16 @@ added in this order and torn down in reverse::
     shared ClientSession + background tasks
     store (open / close)
     embedded dev broker (only when the CLI started one)
-    mesh peers (connect, watch the topics routes need / stop)
-    gateways, one context each (start / stop)
-    delivery engine (start / stop, draining for up to server.shutdown_timeout)
+    mesh peers (connect the meshes routes use, watch the topics they read / stop)
+    gateways (start in config order / stop in reverse, whatever a reload left running)
+    delivery engine (start / stop, draining up to min(delivery.drain_timeout, server.shutdown_timeout))
     plugin lifespan contexts
 
-A context whose startup failed is never torn down; the ones before it are.
-Startup failures surface as :class:`StartupError` (exit code 4 from the CLI).
+A context whose startup failed is never torn down; the ones before it are (the gateways
+context stops the gateways it already started). Startup failures surface as
+:class:`StartupError` (exit code 4 from the CLI). ``app[RUNTIME]`` is the live state;
+``app[SETTINGS]`` is the configuration the app was *built* with (``runtime.settings`` follows
+reloads).
 """
 
 from __future__ import annotations
@@ -169,10 +172,15 @@ class DevSink:
                 continue
         return False
 
+    @staticmethod
+    def _loopback_only(request: web.Request) -> None:
+        if request.remote not in ("127.0.0.1", "::1"):
+            raise web.HTTPForbidden(text='{"error":"the dev sink answers loopback clients only"}',
+                                    content_type="application/json")
+
     async def post(self, request: web.Request) -> web.Response:
-        body = await request.content.read(1_000_001)
-        if len(body) > 1_000_000:
-            return web.json_response({"error": "body too large"}, status=413)
+        self._loopback_only(request)
+        body = await request.read()  # bounded by the app's client_max_size (1 MiB): 413 above
         try:
             payload: Any = json.loads(body) if body else None
         except ValueError:
@@ -187,6 +195,7 @@ class DevSink:
         return web.json_response({"id": f"sink-{self._n}"})
 
     async def get(self, request: web.Request) -> web.Response:
+        self._loopback_only(request)
         return web.json_response(self.received)
 
 
