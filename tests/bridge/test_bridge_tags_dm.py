@@ -1,0 +1,77 @@
+"""Tags across meshes (a tag on mesh A fans out as DMs to tagged peers of mesh B) and ``/dm`` typed
+on the far mesh (off by default: dropped at the bridge, never relayed; ``allow_dm = true``: a DM to
+a peer of the route's mesh)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from .conftest import two_way, wait_until
+
+
+def _dms(box):
+    return [m.text for m in box if m.kind == "dm"]
+
+
+async def test_bridge_tag_reaches_tagged_peers_of_the_far_mesh(net, bridge_app):
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [*two_way(), {"name": "ops", "tags": ["ops"], "direction": "out",
+                                "binds": [{"gateway": "mesh", "chat": "b:tag:ops"}]}],
+    }
+    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    bob_box, other_box = [], []
+    await net.member("b_bob", on_message=bob_box.append, groups=("ops",))
+    await net.member("b_alice", on_message=other_box.append)  # on B, not tagged
+    alice = await net.member("a_alice")
+
+    async def tagged() -> bool:
+        await rt.meshes["b"].peers(refresh=True)
+        return bool(await rt.meshes["b"].peers_with_tag("ops"))
+
+    async with asyncio.timeout(10):
+        while not await tagged():
+            await asyncio.sleep(0.1)
+
+    await alice.post_topic("general", "tag:ops deploy done")
+    await wait_until(lambda: _dms(bob_box), what="the tagged DM on B")
+    await wait_until(lambda: net.rows("b", "lobby"), what="the topic copy on B")
+    await asyncio.sleep(0.8)
+    assert _dms(bob_box) == ["__cmh1:alice: deploy done"]  # one crossing, tag token stripped
+    assert _dms(other_box) == []
+    assert [r["text"] for r in net.rows("b", "lobby")] == ["__cmh1:alice @ a: deploy done"]
+
+
+async def test_bridge_far_dm_command_dropped_by_default(net, bridge_app):
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}}, "routes": two_way()}
+    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    alice_box = []
+    await net.member("a_alice", on_message=alice_box.append)
+    bob = await net.member("b_bob")
+    await bob.post_topic("lobby", "/dm alice psst, private")
+    await asyncio.sleep(0.01)
+    await bob.post_topic("lobby", "tag:x /DM alice also private")
+    await asyncio.sleep(0.01)
+    await bob.post_topic("lobby", "public again")
+    await wait_until(lambda: [r for r in net.rows("a", "general") if r["sender"] == "gateway"], what="the public post")
+    await asyncio.sleep(0.8)
+    assert [r["text"] for r in net.rows("a", "general")] == ["__cmh1:bob @ b: public again"]
+    assert _dms(alice_box) == []
+    assert [r["text"] for r in net.rows("b", "lobby")][-1] == "public again"  # no command reply either
+
+
+async def test_bridge_far_dm_command_allowed(net, bridge_app):
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b", "allow_dm": True}}, "routes": two_way()}
+    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    alice_box = []
+    alice = await net.member("a_alice", on_message=alice_box.append)
+    bob = await net.member("b_bob")
+    await rt.meshes["a"].peers(refresh=True)
+    await bob.post_topic("lobby", "/dm alice psst")
+    await wait_until(lambda: _dms(alice_box), what="the DM on A")
+    await wait_until(lambda: len(net.rows("b", "lobby")) == 2, what="the command's answer on B")
+    assert _dms(alice_box) == ["__cmh1:bob: psst"]
+    assert net.rows("b", "lobby")[-1]["text"] == "DM to alice queued."
+    assert net.rows("b", "lobby")[-1]["reply_to"] == net.rows("b", "lobby")[0]["id"]
+    assert [r for r in net.rows("a", "general")] == []  # never relayed into the topic
+    assert alice is not None
