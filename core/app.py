@@ -270,12 +270,19 @@ async def online_problems(
     from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
 
+    from .routing.config import MESH_GATEWAY, parse_mesh_chat
+    from .routing.table import RouteTable
+
     problems: list[str] = []
     warnings: list[str] = []
     wanted: dict[str, set[str]] = {}
     for route in settings.routes:
         if route.mesh and route.topic:
             wanted.setdefault(route.mesh, set()).add(route.topic)
+        for b in route.binds:
+            mc = parse_mesh_chat(b.chat) if b.gateway == MESH_GATEWAY else None
+            if mc is not None and mc.kind == "topic":
+                wanted.setdefault(mc.mesh, set()).add(mc.value)
     keyring = _build_keyring_for(settings) if settings.mesh else None
     for name, cfg in settings.mesh.items():
         peer = MeshPeer(name, cfg, kv=MemoryKV(), keyring=keyring, identity="cli")
@@ -292,10 +299,12 @@ async def online_problems(
                     problems.append(f"mesh.{name}: topic {topic!r} used by a route does not exist on the mesh")
         finally:
             await peer.stop()
-    runtime = Runtime(settings, pm)
+    runtime = Runtime(settings, pm)  # a throwaway one: gateways see their bindings and the shared session
     runtime.http = http
     for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
-        gw = cls(name, cfg, runtime.context_for(name))
+        runtime.gateways[name] = cls(name, cfg, runtime.context_for(name))
+    runtime.routes = RouteTable.from_settings(settings, runtime.gateways)
+    for name, gw in runtime.gateways.items():
         try:
             warnings.extend(f"gateways.{name}: {w}" for w in await gw.check())
         except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
