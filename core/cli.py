@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import json
 import logging
@@ -121,13 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     first = _bootstrap(args)
     configure_logging(None, level="DEBUG" if args.verbose else first.log.level, fmt=first.log.format)
-    if not first.dev_broker.embedded:
-        load_once = _load(args)  # everything is validated before anything starts
+    # everything is validated before anything starts (after the embedded broker wrote its tables)
+    load_once: Settings | None = None if first.dev_broker.embedded else _load(args)
 
     async def build() -> web.Application:
         broker = await _start_dev_broker(first) if first.dev_broker.embedded else None
         try:
-            settings = _load(args) if broker is not None else load_once  # now with the files the broker wrote
+            settings = load_once if load_once is not None else _load(args)
             configure_logging(settings, level="DEBUG" if args.verbose else None)
             pm = make_plugin_manager(disable=settings.plugins.disable)
             app = create_app(settings, pm, dev_broker=broker)
@@ -136,13 +137,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             if broker is not None:
                 await broker.stop()
             raise
-        log.info("claudemesh-gateway %s listening on http://%s:%d", __version__, first.server.host, first.server.port)
         return app
 
-    web.run_app(
-        build(), host=first.server.host, port=first.server.port,
-        shutdown_timeout=first.server.shutdown_timeout, print=None, access_log=logging.getLogger("aiohttp.access"),
-    )
+    def announce(text: str) -> None:  # aiohttp's banner, once the sockets are bound
+        urls = [word for word in text.split() if word.startswith(("http://", "https://"))]
+        log.info("claudemesh-gateway %s listening on %s", __version__, ", ".join(urls) or text.strip())
+
+    try:
+        web.run_app(
+            build(), host=first.server.host, port=first.server.port, shutdown_timeout=first.server.shutdown_timeout,
+            print=announce, access_log=logging.getLogger("aiohttp.access"),
+        )
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise StartupError(f"cannot listen on {first.server.host}:{first.server.port}: {exc.strerror}") from exc
+        raise
     log.info("stopped")
     return EXIT_OK
 

@@ -236,3 +236,17 @@ async def test_check_online_starts_the_embedded_broker_and_resolves_topics(
     code = await asyncio.to_thread(cli.main, ["-c", str(tmp_path / "config.toml"), "check", "--online"])
     _, err = capsys.readouterr()
     assert code == 2 and "mesh.dev: topic 'no-such-topic' used by a route does not exist on the mesh" in err
+
+
+def test_http_port_in_use_is_startup_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"[server]\nport = {port}\nstate_dir = 'var'\n")
+        code, _, lines = run_cli(capsys, "-c", str(cfg), "run")
+    finally:
+        busy.close()
+    assert code == 4 and lines[0].startswith(f"claudemesh-gateway: startup error: cannot listen on 127.0.0.1:{port}")
