@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from claudemesh_gateway import (
     BindingOptions,
     Capabilities,
     ConfigError,
+    DeliveryError,
     Gateway,
     GatewayConfig,
     GatewayState,
@@ -131,18 +133,45 @@ class BridgeGateway(Gateway):
                     "mesh's identity (broker_url, mesh_id, member_id, secret_key, root_key)") from None
         return self._handle
 
+    def far_topic(self, chat: str) -> str:
+        """The far topic a binding ``chat`` names: ``"lobby"``, ``"#lobby"`` or ``"<mesh>:#lobby"``
+        (the last reads well in attributions: ``{chat}`` is then ``b:#lobby`` as for mesh chats)."""
+        chat = chat.strip()
+        mesh, sep, topic = chat.partition(":#")
+        if sep:
+            if mesh != self.cfg.mesh:
+                raise ConfigError(f"gateways.{self.name}: chat {chat!r} names mesh {mesh!r}, but this bridge "
+                                  f"carries mesh {self.cfg.mesh!r} (write \"{topic}\" or \"{self.cfg.mesh}:#{topic}\")")
+            return topic
+        return chat.removeprefix("#")
+
     def inbound_topics(self) -> list[str]:
         """Far topics this bridge reads: the chats of its bindings with direction in/both."""
         out: list[str] = []
         for b in self.ctx.bindings:
-            if b.inbound and b.address.chat not in out:
-                out.append(b.address.chat)
+            topic = self.far_topic(b.address.chat)
+            if b.inbound and topic not in out:
+                out.append(topic)
+        return out
+
+    def _origin_chats(self) -> dict[str, str]:
+        """far topic -> the ``chat`` its (first) inbound binding spells it with (a message's origin
+        must be that exact chat for the core to find its route)."""
+        out: dict[str, str] = {}
+        for b in self.ctx.bindings:
+            if b.inbound:
+                topic = self.far_topic(b.address.chat)
+                if out.setdefault(topic, b.address.chat) != b.address.chat:
+                    log.warning("bridge %s: #%s is bound as %r and %r; inbound rows use %r (spell it one way)",
+                                self.name, topic, out[topic], b.address.chat, out[topic])
         return out
 
     async def start(self) -> None:
         if self._running:
             return
         handle = self._mesh()  # raises ConfigError when the far mesh is not configured
+        for b in self.ctx.bindings:
+            self.far_topic(b.address.chat)  # raises ConfigError for a chat on another mesh
         self._running = True
         self.set_state(GatewayState.STARTING, f"connecting to mesh {self.cfg.mesh}")
         for topic in self.inbound_topics():
@@ -223,6 +252,9 @@ class BridgeGateway(Gateway):
                      message.sender or message.sender_id[:8], self.cfg.mesh)
             self.ctx.emit(MessageDropped(message=message, reason="dm_disabled"))
             return
+        chat = self._origin_chats().get(message.origin.chat)
+        if chat is not None and chat != message.origin.chat:
+            message = dataclasses.replace(message, origin=Address(self.name, chat, message.origin.thread))
         await self.ctx.submit(message)
 
     # -- egress -------------------------------------------------------------------------------------------------
@@ -232,7 +264,11 @@ class BridgeGateway(Gateway):
             # the core prefixes only the first part; every part posted into the far mesh must carry
             # the hop count, or another bridge there would take parts 2..n for fresh messages
             text = f"__cmh{out.message.hops + 1}:{text}"
-        native = await self._mesh().post_topic(out.to.chat, text, reply_to=out.reply_to)
+        try:
+            topic = self.far_topic(out.to.chat)
+        except ConfigError as exc:
+            raise DeliveryError(str(exc), permanent=True) from None
+        native = await self._mesh().post_topic(topic, text, reply_to=out.reply_to)
         return SendResult(native_ids=(str(native),) if native else ())
 
     def rate_limits(self, to: Address) -> Sequence[RateLimit]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from .conftest import two_way, wait_until
 
 MESHES = {"a": "a", "b": "b"}
@@ -112,3 +114,37 @@ async def test_bridge_health_shows_far_mesh(net, bridge_app):
     assert "lobby" in body["meshes"]["b"]["topics"]
     ready = await client.get("/-/ready")
     assert ready.status == 200, await ready.text()
+
+
+async def test_bridge_one_route_both_ways_with_mesh_address_chat(net, bridge_app):
+    """One ``direction = "both"`` route; the binding spells the far topic ``b:#lobby``, so ``{chat}``
+    names the source mesh and topic in either direction. Replies still thread."""
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general", "attribution": "{sender} ({chat}): {text}",
+                    "binds": [{"gateway": "to_b", "chat": "b:#lobby"}]}],
+    }
+    client, rt = await bridge_app(config, meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+    m = await alice.post_topic("general", "ping")
+    await wait_until(lambda: _by(net.rows("b", "lobby"), "gateway"), what="ping on B")
+    copy = _by(net.rows("b", "lobby"), "gateway")[0]
+    assert copy["text"] == "__cmh1:alice (a:#general): ping"
+    await asyncio.sleep(0.01)
+    await bob.post_topic("lobby", "pong", reply_to_id=copy["id"])
+    await wait_until(lambda: _by(net.rows("a", "general"), "gateway"), what="pong on A")
+    await asyncio.sleep(0.8)
+    back = _by(net.rows("a", "general"), "gateway")
+    assert [(r["text"], r["reply_to"]) for r in back] == [("__cmh1:bob (b:#lobby): pong", m)]
+    assert len(net.rows("b", "lobby")) == 2
+
+
+async def test_bridge_chat_on_another_mesh_is_refused(net, bridge_app):
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general", "binds": [{"gateway": "to_b", "chat": "c:#lobby"}]}],
+    }
+    with pytest.raises(Exception) as info:
+        await bridge_app(config, meshes=MESHES)
+    assert "names mesh 'c'" in str(info.value)
