@@ -47,7 +47,7 @@ from claudemesh_gateway import (
 )
 from pydantic import Field, field_validator
 
-__all__ = ["BridgeBindingOptions", "BridgeConfig", "BridgeGateway", "STATE_POLL_S", "is_dm_command"]
+__all__ = ["STATE_POLL_S", "BridgeBindingOptions", "BridgeConfig", "BridgeGateway", "is_dm_command"]
 
 log = logging.getLogger(__name__)
 

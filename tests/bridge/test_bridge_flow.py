@@ -22,7 +22,7 @@ def _by(rows, sender):
 
 
 async def test_bridge_both_ways_once_with_attribution(net, bridge_app):
-    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    _client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
     alice = await net.member("a_alice")
     bob = await net.member("b_bob")
 
@@ -45,7 +45,7 @@ async def test_bridge_both_ways_once_with_attribution(net, bridge_app):
 
 
 async def test_bridge_hop_limit_stops_cmh2(net, bridge_app):
-    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    _client, _rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
     alice = await net.member("a_alice")
     bob = await net.member("b_bob")
     await alice.post_topic("general", "__cmh2:already two hops")
@@ -58,7 +58,7 @@ async def test_bridge_hop_limit_stops_cmh2(net, bridge_app):
 
 
 async def test_bridge_replies_keep_threading(net, bridge_app):
-    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    _client, _rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
     alice = await net.member("a_alice")
     bob = await net.member("b_bob")
 
@@ -83,7 +83,7 @@ async def test_bridge_replies_keep_threading(net, bridge_app):
 
 
 async def test_bridge_reseals_v3_under_the_far_key(net, bridge_app):
-    client, rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
+    _client, _rt = await bridge_app(_config(), meshes=MESHES, ready=READY)
     alice = await net.member("a_alice")
     await alice.post_topic("general", "secret plans")
     await wait_until(lambda: net.raw_rows("b", "lobby"), what="the copy on B")
@@ -124,7 +124,7 @@ async def test_bridge_one_route_both_ways_with_mesh_address_chat(net, bridge_app
         "routes": [{"name": "ab", "mesh": "a", "topic": "general", "attribution": "{sender} ({chat}): {text}",
                     "binds": [{"gateway": "to_b", "chat": "b:#lobby"}]}],
     }
-    client, rt = await bridge_app(config, meshes=MESHES, ready=READY)
+    _client, _rt = await bridge_app(config, meshes=MESHES, ready=READY)
     alice = await net.member("a_alice")
     bob = await net.member("b_bob")
     m = await alice.post_topic("general", "ping")

@@ -26,7 +26,7 @@ async def test_bridge_ring_in_one_process(net, bridge_app):
             {"name": "ca", "mesh": "c", "topic": "lobby", "binds": [{"gateway": "to_a", "chat": "general"}]},
         ],
     }
-    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b", "c": "c"},
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b", "c": "c"},
                                   ready=[("a", "general"), ("b", "lobby"), ("c", "lobby")])
     alice = await net.member("a_alice")
     bob = await net.member("b_bob")

@@ -19,7 +19,7 @@ async def test_bridge_tag_reaches_tagged_peers_of_the_far_mesh(net, bridge_app):
         "routes": [*two_way(), {"name": "ops", "tags": ["ops"], "direction": "out",
                                 "binds": [{"gateway": "mesh", "chat": "b:tag:ops"}]}],
     }
-    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
     bob_box, other_box = [], []
     await net.member("b_bob", on_message=bob_box.append, groups=("ops",))
     await net.member("b_alice", on_message=other_box.append)  # on B, not tagged
@@ -30,7 +30,7 @@ async def test_bridge_tag_reaches_tagged_peers_of_the_far_mesh(net, bridge_app):
         return bool(await rt.meshes["b"].peers_with_tag("ops"))
 
     async with asyncio.timeout(10):
-        while not await tagged():
+        while not await tagged():  # noqa: ASYNC110 (the roster lives on the broker)
             await asyncio.sleep(0.1)
 
     await alice.post_topic("general", "tag:ops deploy done")
@@ -44,7 +44,7 @@ async def test_bridge_tag_reaches_tagged_peers_of_the_far_mesh(net, bridge_app):
 
 async def test_bridge_far_dm_command_dropped_by_default(net, bridge_app):
     config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}}, "routes": two_way()}
-    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    _client, _rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
     alice_box = []
     await net.member("a_alice", on_message=alice_box.append)
     bob = await net.member("b_bob")
@@ -62,7 +62,7 @@ async def test_bridge_far_dm_command_dropped_by_default(net, bridge_app):
 
 async def test_bridge_far_dm_command_allowed(net, bridge_app):
     config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b", "allow_dm": True}}, "routes": two_way()}
-    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
     alice_box = []
     alice = await net.member("a_alice", on_message=alice_box.append)
     bob = await net.member("b_bob")

@@ -198,12 +198,12 @@ class TestBridgeContract(GatewayContract):
     def contract_inbound(self):
         async def deliver(gateway, update_id, *, signed=True):
             if not signed:
-                return None  # rows come from the mesh peer (signed by the broker), no webhook
+                return  # rows come from the mesh peer (signed by the broker), no webhook
             handle = gateway.ctx.handles["b"]
             # the core's handle delivers a row again (same id) when the cursor did not advance
             await handle.callback(Message(id=f"to_b:b:{update_id}", origin=Address("to_b", "lobby"),
                                           sender="bob", text="hello", visited=("b",)))
-            return None
+            return
         return deliver
 
     @pytest.fixture
