@@ -111,6 +111,8 @@ class MeshPeer:
         await self.roster.stop()
         await self.pushes.stop()
         await self.connection.stop()
+        self.pollers.clear()
+        self._started = False  # start() may be called again (same identity, fresh connection)
         log.info("mesh %s: stopped", self.name)
 
     async def wait_connected(self, timeout: float | None = None) -> None:
@@ -124,23 +126,25 @@ class MeshPeer:
     # -- state & metrics ---------------------------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        return self.connection.state if self._started else "stopped"
+        if self.connection is None:
+            return "stopped"
+        return self.connection.state
 
     @property
     def last_error(self) -> str | None:
-        return self.connection.last_error if self._started else None
+        return self.connection.last_error if self.connection is not None else None
 
     @property
     def reconnects(self) -> int:
-        return self.connection.reconnects if self._started else 0
+        return self.connection.reconnects if self.connection is not None else 0
 
     @property
     def presence_id(self) -> str | None:
-        return self.connection.presence_id if self._started else None
+        return self.connection.presence_id if self.connection is not None else None
 
     @property
     def session_id(self) -> str | None:
-        return self.connection.ident.session_id if self._started else None
+        return self.connection.ident.session_id if self.connection is not None else None
 
     @property
     def session_pubkey(self) -> str | None:

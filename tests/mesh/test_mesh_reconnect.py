@@ -78,3 +78,19 @@ async def test_second_instance_with_same_identity_makes_the_first_terminal(broke
     assert "session_replaced" in (first.last_error or "")
     assert isinstance(first.connection.terminal_error, MeshTerminalError)
     assert second.state == "connected"
+
+
+async def test_peer_can_be_restarted_after_stop(broker, make_peer, new_inbox):
+    seed = broker.default_mesh
+    inbox = new_inbox()
+    gw = await make_peer(seed.gateway, on_message=inbox)
+    sid = gw.session_id
+    await gw.stop()
+    assert gw.state == "stopped"
+    await gw.start()
+    await gw.wait_connected(5)
+    assert gw.session_id == sid and gw.state == "connected"
+    alice = await make_peer(seed.alice)
+    await alice.send_dm(gw.session_pubkey, "after restart")
+    await inbox.wait(1)
+    assert inbox.texts == ["after restart"]
