@@ -54,3 +54,32 @@ async def test_bridge_far_broker_outage(net, bridge_app):
     assert await rt.store.dlq_count() == 0
     assert net.rows("a", "general")[-1]["text"] == "during 4"  # nothing came back to A
     assert len(net.rows("a", "general")) == 6
+
+
+async def test_bridge_reconnects_a_far_mesh_stopped_under_it(net, bridge_app):
+    """A config reload stops meshes no route lists (today the core does not count bridges' meshes):
+    the bridge connects its mesh again and carries on from its cursor; nothing posted meanwhile is lost."""
+    from claudemesh_gateway.app import _stop_mesh
+
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+              "routes": [{"name": "ab", "mesh": "a", "topic": "general",
+                          "binds": [{"gateway": "to_b", "chat": "lobby"}]}]}
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    bob = await net.member("b_bob")
+    alice = await net.member("a_alice")
+    old = rt.meshes["b"]
+    await _stop_mesh(rt, "b")  # what _reload_meshes does to a mesh it thinks unused
+    await bob.post_topic("lobby", "while b was stopped")
+
+    def back() -> bool:
+        peer = rt.meshes.get("b")
+        return peer is not None and peer is not old and "lobby" in peer.pollers and peer.pollers["lobby"].initialized
+
+    await wait_until(back, what="mesh b connected again with #lobby polled")
+    await wait_until(lambda: [r for r in net.rows("a", "general") if r["sender"] == "gateway"], what="bob's post on A")
+    await alice.post_topic("general", "and back")
+    await wait_until(lambda: len(net.rows("b", "lobby")) == 2, what="alice's post on B")
+    await asyncio.sleep(0.6)
+    assert [r["text"] for r in net.rows("a", "general")] == ["__cmh1:bob: while b was stopped", "and back"]
+    assert [r["text"] for r in net.rows("b", "lobby")] == ["while b was stopped", "__cmh1:alice: and back"]
+    assert str(rt.states["to_b"][0]) == "connected"
