@@ -281,9 +281,14 @@ class BridgeGateway(Gateway):
     async def check(self) -> list[str]:
         warnings: list[str] = []
         try:
-            self._mesh()
-        except ConfigError as exc:
-            warnings.append(str(exc))
+            self.ctx.mesh(self.cfg.mesh)
+        except KeyError:
+            warnings.append(f"mesh: no [mesh.{self.cfg.mesh}] table; the bridge cannot start")
+        for b in self.ctx.bindings:
+            try:
+                self.far_topic(b.address.chat)
+            except ConfigError as exc:
+                warnings.append(str(exc).removeprefix(f"gateways.{self.name}: "))
         if not self.ctx.bindings:
-            warnings.append(f"bridge {self.name}: no route binds it; mesh {self.cfg.mesh} carries nothing")
+            warnings.append(f"no route binds it; mesh {self.cfg.mesh} carries nothing")
         return warnings

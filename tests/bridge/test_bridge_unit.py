@@ -216,3 +216,14 @@ class TestBridgeContract(GatewayContract):
         def brk(permanent):
             contract_gateway.ctx.handles["b"].fail = DeliveryError("mesh b: refused", permanent=permanent)
         return brk
+
+
+async def test_bridge_check_warnings(http):
+    gw, _ctx, _h = _gateway(http)
+    assert await gw.check() == ["no route binds it; mesh b carries nothing"]
+    gw, _ctx, _h = _gateway(http, _bindings(("c:#x", "both"), ("b:#y", "out")))
+    warnings = await gw.check()
+    assert len(warnings) == 1 and "names mesh 'c'" in warnings[0]
+    ctx = MeshContext("to_z", http, bindings=_bindings(("t", "in")), meshes={})
+    assert await BridgeGateway("to_z", BridgeConfig(mesh="z"), ctx).check() == [
+        "mesh: no [mesh.z] table; the bridge cannot start"]
