@@ -148,3 +148,20 @@ async def test_bridge_chat_on_another_mesh_is_refused(net, bridge_app):
     with pytest.raises(Exception) as info:
         await bridge_app(config, meshes=MESHES)
     assert "names mesh 'c'" in str(info.value)
+
+
+async def test_bridge_long_message_every_part_carries_the_hop_count(net, bridge_app):
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b", "max_text": 200}}, "routes": two_way()}
+    _client, _rt = await bridge_app(config, meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    words = " ".join(f"w{i:03d}é😀" for i in range(60))  # ~480 characters, multi-byte
+    await alice.post_topic("general", words)
+    await wait_until(lambda: len(net.rows("b", "lobby")) >= 3, what="the parts on B")
+    await asyncio.sleep(0.5)
+    parts = [r["text"] for r in net.rows("b", "lobby")]
+    assert len(parts) == 3
+    assert all(p.startswith("__cmh1:") for p in parts), parts
+    assert all(len(p) <= 200 + len("__cmh1:") for p in parts)
+    body = " ".join(p.removeprefix("__cmh1:") for p in parts)
+    for i in range(60):
+        assert f"w{i:03d}é😀" in body
