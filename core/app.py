@@ -354,8 +354,11 @@ def _http_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[Non
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=60, connect=15)
         runtime.http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": f"claudemesh-gateway/{__version__}"})
+        runtime.start_events()
         yield
-        await runtime.supervisor.aclose(grace=min(5.0, runtime.settings.server.shutdown_timeout))
+        grace = min(5.0, runtime.settings.server.shutdown_timeout)
+        await runtime.stop_events(grace)
+        await runtime.supervisor.aclose(grace=grace)
         await runtime.http.close()
         runtime.http = None
 

@@ -60,6 +60,9 @@ class Runtime:
         self.supervisor = TaskSupervisor("gateway")
         self.mesh_subscribers = MeshSubscribers()  # (mesh, topic) consumed by gateways through ctx.mesh()
         self._reload_lock: asyncio.Lock | None = None
+        self._event_queue: asyncio.Queue[Event] | None = None
+        self._event_worker: asyncio.Task[Any] | None = None
+        self.events_dropped = 0
 
     @property
     def reload_lock(self) -> asyncio.Lock:
@@ -69,9 +72,24 @@ class Runtime:
         return self._reload_lock
 
     # -- events ------------------------------------------------------------------------------------------
+    EVENT_QUEUE_MAX = 10_000
+
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to every ``track_event`` observer in the background. Never raises."""
+        """Hand ``event`` to every ``track_event`` observer, in the background and in emission order.
+        Never raises and never blocks: while the app runs, events go through one bounded queue (an
+        observer that falls 10,000 events behind loses events, with a warning); before the app
+        started, each event gets its own background task."""
         try:
+            queue = self._event_queue
+            if queue is not None:
+                try:
+                    queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    self.events_dropped += 1
+                    if self.events_dropped in (1, 100) or self.events_dropped % 10_000 == 0:
+                        log.warning("track_event observers are behind; %d event(s) dropped so far",
+                                    self.events_dropped)
+                return
             if self.supervisor.closing:
                 log.debug("event %s after shutdown; not delivered to observers", event.name)
                 return
@@ -79,8 +97,35 @@ class Runtime:
                                   what=f"track_event:{event.name}")
         except RuntimeError:  # no running loop, or the supervisor is closing
             log.debug("event %s not delivered to observers (no running loop)", event.name)
-        except Exception:  # the boundary: an observer problem must never reach the caller
+        except Exception:  # noqa: BLE001 - the boundary: an observer problem must never reach the caller
             log.exception("could not dispatch event %s", event.name)
+
+    def start_events(self) -> None:
+        """Start the ordered event dispatcher (the app does, once its loop runs)."""
+        if self._event_queue is None:
+            self._event_queue = asyncio.Queue(self.EVENT_QUEUE_MAX)
+            self._event_worker = self.supervisor.spawn(self._dispatch_events(self._event_queue), what="events")
+
+    async def stop_events(self, grace: float) -> None:
+        """Deliver what is queued (up to ``grace`` seconds), then stop the dispatcher."""
+        queue, worker = self._event_queue, self._event_worker
+        self._event_queue, self._event_worker = None, None
+        if queue is None or worker is None:
+            return
+        try:
+            await asyncio.wait_for(queue.join(), grace)
+        except TimeoutError:
+            log.warning("%d event(s) not delivered to observers at shutdown", queue.qsize())
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+    async def _dispatch_events(self, queue: asyncio.Queue[Event]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                await notify(self.pm.hook.track_event, event=event, app=self.app)
+            finally:
+                queue.task_done()
 
     def set_state(self, name: str, state: GatewayState, detail: str = "") -> None:
         """Record a mesh/gateway state (health, readiness, dashboard) and emit GatewayStateChanged."""

@@ -126,3 +126,5 @@ async def test_hook_track_event(core_app: Any) -> None:
     await asyncio.wait_for(delivered.wait(), 5)
     assert {"message-received", "message-queued", "message-delivered"} <= set(seen)
     assert "gateway-state-changed" in seen
+    # one ordered dispatcher: observers see events in the order they happened
+    assert seen.index("message-received") < seen.index("message-queued") < seen.index("message-delivered")
