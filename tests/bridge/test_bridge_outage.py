@@ -83,3 +83,16 @@ async def test_bridge_reconnects_a_far_mesh_stopped_under_it(net, bridge_app):
     assert [r["text"] for r in net.rows("a", "general")] == ["__cmh1:bob: while b was stopped", "and back"]
     assert [r["text"] for r in net.rows("b", "lobby")] == ["while b was stopped", "__cmh1:alice: and back"]
     assert str(rt.states["to_b"][0]) == "connected"
+
+
+async def test_bridge_far_identity_refused_is_bad_credentials(net, bridge_app):
+    table = net.identity("b", "revoked-gw")
+    net.b2.revoke_member(table["mesh_id"], table["member_id"])
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+              "routes": [{"name": "ab", "mesh": "a", "topic": "general",
+                          "binds": [{"gateway": "to_b", "chat": "lobby"}]}]}
+    client, rt = await bridge_app(config, meshes={"a": "a", "b": table}, ready=[("a", "general")])
+    await wait_until(lambda: str(rt.states.get("to_b", ("",))[0]) == "bad_credentials", what="bad credentials")
+    health = await (await client.get("/-/health")).json()
+    assert health["gateways"]["to_b"]["state"] == "bad_credentials"
+    assert health["meshes"]["a"]["state"] == "connected"  # the near mesh is unaffected
