@@ -55,6 +55,50 @@ except ImportError:  # pragma: no cover - production installs
     pytest = None  # type: ignore[assignment]
 
 
+class RecordingMeshHandle:
+    """A ``MeshHandle`` for unit tests: records ``posts`` and ``dms``; ``await deliver(topic, msg)``
+    plays an inbound topic row to whoever called ``watch_topic``. ``fail_send`` makes sends raise."""
+
+    def __init__(self, name: str, mesh_id: str = "mesh-id-for-tests") -> None:
+        self.name = name
+        self._mesh_id = mesh_id
+        self.state_value = "connected"
+        self.watched: dict[str, Callable[[Message], Awaitable[None]]] = {}
+        self.posts: list[tuple[str, str, str | None]] = []  # (topic, text, reply_to)
+        self.dms: list[tuple[str, str]] = []  # (peer, text)
+        self.peer_list: list[dict[str, Any]] = []
+        self.fail_send: Exception | None = None
+
+    @property
+    def state(self) -> str:
+        return self.state_value
+
+    @property
+    def mesh_id(self) -> str:
+        return self._mesh_id
+
+    async def watch_topic(self, topic: str, on_message: Callable[[Message], Awaitable[None]]) -> None:
+        self.watched[topic] = on_message
+
+    async def deliver(self, topic: str, message: Message) -> None:
+        await self.watched[topic](message)
+
+    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None) -> str | None:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.posts.append((topic, text, reply_to))
+        return f"{self.name}-post-{len(self.posts)}"
+
+    async def send_dm(self, peer: str, text: str) -> str:
+        if self.fail_send is not None:
+            raise self.fail_send
+        self.dms.append((peer, text))
+        return f"{self.name}-dm-{len(self.dms)}"
+
+    async def peers(self) -> list[dict[str, Any]]:
+        return list(self.peer_list)
+
+
 class RecordingContext:
     """A ``GatewayContext`` that records what a gateway hands to the core.
 
@@ -77,6 +121,7 @@ class RecordingContext:
         self.secrets: list[str] = []
         self.origin_map: dict[tuple[str, str], str] = {}
         self.fail_submit: Exception | None = None
+        self.meshes: dict[str, RecordingMeshHandle] = {}
         self._seen: set[str] = set()
         self._changed = asyncio.Event()
 
@@ -126,6 +171,17 @@ class RecordingContext:
 
     def register_secret(self, value: str) -> None:
         self.secrets.append(value)
+
+    def add_mesh(self, name: str) -> RecordingMeshHandle:
+        """Make ``ctx.mesh(name)`` answer (a :class:`RecordingMeshHandle`)."""
+        handle = self.meshes[name] = RecordingMeshHandle(name)
+        return handle
+
+    def mesh(self, name: str) -> RecordingMeshHandle:
+        try:
+            return self.meshes[name]
+        except KeyError:
+            raise KeyError(f"no [mesh.{name}] table in the configuration (RecordingContext.add_mesh)") from None
 
 
 @contextlib.asynccontextmanager

@@ -106,3 +106,4 @@ async def test_supervisor_cancels_what_outlives_the_grace() -> None:
     await started.wait()
     await sup.aclose(grace=0.05)
     assert cancelled.is_set() and len(sup) == 0
+
