@@ -7,7 +7,6 @@ import pytest
 
 async def test_recording_context_mesh_handle() -> None:
     import aiohttp
-
     from claudemesh_gateway import Address, Message
     from claudemesh_gateway.testing import RecordingContext
 
