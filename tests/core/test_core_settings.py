@@ -127,3 +127,22 @@ def test_gateway_kind_defaults_to_table_name() -> None:
     assert s.gateway_kind("webhook") == "webhook"
     assert s.gateway_kind("ops") == "telegram"
     assert s.gateway_table("ops") == {"token": "t"}
+
+
+def test_malformed_hex_and_key_mismatch_in_mesh_tables(tmp_path: Path) -> None:
+    from claudemesh_gateway.mesh.crypto import KeyPair
+
+    pair, other = KeyPair.generate(), KeyPair.generate()
+    base = ('broker_url = "wss://broker.example/ws"\nmesh_id = "m1"\nmember_id = "u1"\n'
+            'root_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"\n')
+    cfg = write(tmp_path / "c.toml",
+                f'[mesh.a]\n{base}secret_key = "zz-not-hex"\n'
+                f'[mesh.b]\n{base}secret_key = "{pair.secret_hex}"\npubkey = "{other.public_hex}"\n'
+                f'[mesh.c]\n{base}secret_key = "{pair.secret_hex}"\npubkey = "{pair.public_hex}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("mesh.a.secret_key: must be 128 hex chars")
+    assert problems[1].startswith("mesh.b: pubkey does not match the public key of secret_key")
+    assert all(pair.secret_hex not in p for p in problems)  # secrets never echoed
