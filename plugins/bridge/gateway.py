@@ -115,6 +115,7 @@ class BridgeGateway(Gateway):
         self._handle: Any = None
         self._watched: set[str] = set()
         self._state_task: asyncio.Task[None] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
         self._running = False
         self._ever_connected = False
         self._stopped_at = time.monotonic()
@@ -214,10 +215,28 @@ class BridgeGateway(Gateway):
         under us (a config reload that no longer lists it among the meshes routes use), connect it
         again and re-watch our topics: ``ctx.mesh`` connects a mesh on first use."""
         handle = self._mesh()
-        stopped_polls = 0
         if not self._watched:  # send-only: connect now, so health shows the far mesh from the start
-            with contextlib.suppress(Exception):
+            self._start_connect(handle)
+        try:
+            await self._mirror_loop(handle)
+        finally:
+            task, self._connect_task = self._connect_task, None
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _start_connect(self, handle: Any) -> None:
+        """Connect the far mesh in the background (``ctx.mesh`` connects on first use)."""
+        if self._connect_task is not None and not self._connect_task.done():
+            return
+
+        async def connect() -> None:
+            with contextlib.suppress(Exception):  # the state mirror reports what happens
                 await asyncio.wait_for(handle.peers(), 30)
+
+        self._connect_task = asyncio.create_task(connect(), name=f"bridge:{self.name}:connect")
+
+    async def _mirror_loop(self, handle: Any) -> None:
+        stopped_polls = 0
         while self._running:
             raw = self._sync_state()
             stopped_polls = stopped_polls + 1 if raw == "stopped" else 0
@@ -225,11 +244,11 @@ class BridgeGateway(Gateway):
                 log.warning("bridge %s: mesh %s was stopped; connecting it again", self.name, self.cfg.mesh)
                 stopped_polls = 0
                 try:
-                    for topic in self.inbound_topics() or [None]:
-                        if topic is None:
-                            await asyncio.wait_for(handle.peers(), 30)
-                        else:
-                            await self._watch(handle, topic)
+                    topics = self.inbound_topics()
+                    for topic in topics:
+                        await self._watch(handle, topic)
+                    if not topics:
+                        self._start_connect(handle)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001  (retried on the next round)

@@ -165,3 +165,22 @@ async def test_bridge_long_message_every_part_carries_the_hop_count(net, bridge_
     body = " ".join(p.removeprefix("__cmh1:") for p in parts)
     for i in range(60):
         assert f"w{i:03d}é😀" in body
+
+
+async def test_bridge_send_only_connects_at_start(net, bridge_app):
+    """A bridge with only outbound bindings reads nothing on B, yet connects B at start (health)."""
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general", "direction": "out",
+                    "binds": [{"gateway": "to_b", "chat": "lobby"}]}],
+    }
+    _client, rt = await bridge_app(config, meshes=MESHES, ready=[("a", "general")])
+    await wait_until(lambda: str(rt.states.get("to_b", ("",))[0]) == "connected", what="bridge connected")
+    assert "lobby" not in rt.meshes["b"].pollers
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+    await alice.post_topic("general", "one way")
+    await bob.post_topic("lobby", "not carried back")
+    await wait_until(lambda: len(net.rows("b", "lobby")) == 2, what="the post on B")
+    await asyncio.sleep(0.6)
+    assert [r["text"] for r in net.rows("a", "general")] == ["one way"]
