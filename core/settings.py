@@ -17,7 +17,6 @@ the result does not depend on the working directory.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -27,7 +26,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .delivery.config import DeliveryConfig
 from .errors import ConfigError
+from .mesh.config import MeshConfig
+from .routing.config import RouteConfig
+from .web.config import AdminConfig, HealthConfig
 
 __all__ = [
     "PLACEHOLDER",
@@ -51,41 +54,8 @@ PLACEHOLDER = "CHANGE_ME"
 ENV_PREFIX = "CLAUDEMESH_"
 
 
-# -- models other engineers own, imported when present -------------------------------------------------------
-def _optional(module: str, attr: str) -> Any | None:
-    """``module.attr`` if that module exists; None only when the module itself is missing."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            log.debug("optional config model %s.%s not available", module, attr)
-            return None
-        raise
-    return getattr(mod, attr, None)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _LenientTable(BaseModel):
-    """Stand-in while a table's real model has not landed: keeps its keys, validates nothing."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-
-def _model_or_table(module: str, attr: str) -> type[BaseModel]:
-    model = _optional(module, attr)
-    return model if model is not None else _LenientTable
-
-
-MeshConfig = _model_or_table("claudemesh_gateway.mesh.config", "MeshConfig")
-RouteConfig = _model_or_table("claudemesh_gateway.routing.config", "RouteConfig")
-DeliveryConfig = _model_or_table("claudemesh_gateway.delivery.config", "DeliveryConfig")
-AdminConfig = _model_or_table("claudemesh_gateway.web.config", "AdminConfig")
-HealthConfig = _model_or_table("claudemesh_gateway.web.config", "HealthConfig")
-if DeliveryConfig is _LenientTable:  # the delivery package may export it from __init__
-    DeliveryConfig = _model_or_table("claudemesh_gateway.delivery", "DeliveryConfig")
 
 
 # -- our own tables --------------------------------------------------------------------------------------------
@@ -152,14 +122,14 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     dev_broker: DevBrokerSettings = DevBrokerSettings()
     include: list[str] = []
-    mesh: dict[str, MeshConfig] = {}  # type: ignore[valid-type]
+    mesh: dict[str, MeshConfig] = {}
     plugins: PluginSettings = PluginSettings()
     gateways: dict[str, dict[str, Any]] = {}
-    routes: list[RouteConfig] = []  # type: ignore[valid-type]
-    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)  # type: ignore[valid-type]
+    routes: list[RouteConfig] = []
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     log: LogSettings = LogSettings()
-    admin: AdminConfig = Field(default_factory=AdminConfig)  # type: ignore[valid-type]
-    health: HealthConfig = Field(default_factory=HealthConfig)  # type: ignore[valid-type]
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     # where the values came from (set by load_settings; not configuration)
     config_path: Path | None = Field(None, exclude=True)
