@@ -239,6 +239,7 @@ class BridgeGateway(Gateway):
         stopped_polls = 0
         while self._running:
             raw = self._sync_state()
+            await self._watch_new_topics(handle)
             stopped_polls = stopped_polls + 1 if raw == "stopped" else 0
             if stopped_polls >= 4 and self._running:
                 log.warning("bridge %s: mesh %s was stopped; connecting it again", self.name, self.cfg.mesh)
@@ -254,6 +255,21 @@ class BridgeGateway(Gateway):
                 except Exception as exc:  # noqa: BLE001  (retried on the next round)
                     log.warning("bridge %s: reconnecting mesh %s failed: %s", self.name, self.cfg.mesh, exc)
             await asyncio.sleep(STATE_POLL_S)
+
+    async def _watch_new_topics(self, handle: Any) -> None:
+        """A reload that only changes routes keeps this gateway running: read far topics that
+        inbound bindings gained since."""
+        try:
+            new = [t for t in self.inbound_topics() if t not in self._watched]
+        except ConfigError as exc:
+            log.error("bridge %s: %s", self.name, exc)
+            return
+        for topic in new:
+            try:
+                await self._watch(handle, topic)
+                log.info("bridge %s: now reading #%s of mesh %s", self.name, topic, self.cfg.mesh)
+            except Exception as exc:  # noqa: BLE001  (retried on the next round)
+                log.warning("bridge %s: cannot read #%s of mesh %s yet: %s", self.name, topic, self.cfg.mesh, exc)
 
     # -- ingress ----------------------------------------------------------------------------------------------
     async def _on_row(self, message: Message) -> None:

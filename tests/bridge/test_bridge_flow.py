@@ -184,3 +184,26 @@ async def test_bridge_send_only_connects_at_start(net, bridge_app):
     await wait_until(lambda: len(net.rows("b", "lobby")) == 2, what="the post on B")
     await asyncio.sleep(0.6)
     assert [r["text"] for r in net.rows("a", "general")] == ["one way"]
+
+
+async def test_bridge_reads_far_topics_bound_by_a_routes_reload(net, bridge_app):
+    """A reload that only changes routes swaps the route table and keeps the bridge running: the
+    bridge starts reading a far topic an inbound binding gained."""
+    from claudemesh_gateway.routing.table import RouteTable
+
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general", "direction": "out",
+                    "binds": [{"gateway": "to_b", "chat": "lobby"}]}],
+    }
+    _client, rt = await bridge_app(config, meshes=MESHES, ready=[("a", "general")])
+    await wait_until(lambda: str(rt.states.get("to_b", ("",))[0]) == "connected", what="bridge connected")
+    assert "lobby" not in rt.meshes["b"].pollers
+    both = [{"name": "ab", "mesh": "a", "topic": "general", "binds": [{"gateway": "to_b", "chat": "lobby"}]}]
+    rt.routes = RouteTable.build(both, gateways=rt.gateways, meshes=rt.settings.mesh)  # as reload_config does
+    await wait_until(lambda: "lobby" in rt.meshes["b"].pollers and rt.meshes["b"].pollers["lobby"].initialized,
+                     what="#lobby read after the reload")
+    bob = await net.member("b_bob")
+    await bob.post_topic("lobby", "now both ways")
+    await wait_until(lambda: net.rows("a", "general"), what="bob's post on A")
+    assert [r["text"] for r in net.rows("a", "general")] == ["__cmh1:bob: now both ways"]
