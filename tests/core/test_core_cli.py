@@ -250,3 +250,32 @@ def test_http_port_in_use_is_startup_error(tmp_path: Path, capsys: pytest.Captur
     finally:
         busy.close()
     assert code == 4 and lines[0].startswith(f"claudemesh-gateway: startup error: cannot listen on 127.0.0.1:{port}")
+
+
+async def test_dlq_list_retry_drop_on_a_real_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from claudemesh_gateway.settings import load_settings
+    from claudemesh_gateway.store.base import OutboxItem
+    from claudemesh_gateway.store.sqlite import SqliteStore
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nstate_dir = 'var'\n")
+    store = SqliteStore(load_settings(cfg).server.store)
+    await store.open()
+    for n in (1, 2):
+        item = OutboxItem(lane="b/room", route="ab", destination={"gateway": "b", "chat": "room", "thread": None},
+                          message={"id": f"m{n}", "text": "x"})
+        assert await store.accept(f"m{n}", [item])
+        head = await store.head("b/room")
+        await store.dead_letter(head.id, "HTTP 400 (rejected)")
+    await store.close()
+
+    code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "dlq", "list"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and sorted(r["message_id"] for r in rows) == ["m1", "m2"]
+    assert all(r["reason"] == "HTTP 400 (rejected)" and r["lane"] == "b/room" for r in rows)
+    code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "dlq", "retry", str(rows[0]["id"])])
+    assert code == 0 and capsys.readouterr().out.startswith("moved 1 dead letter(s) back to the outbox")
+    code = await asyncio.to_thread(cli.main, ["-c", str(cfg), "dlq", "drop", "--all"])
+    assert code == 0 and capsys.readouterr().out.startswith("dropped 1 dead letter(s)")
