@@ -109,8 +109,12 @@ class MeshHandle(Protocol):
         (stripped). The cursor advances only after ``on_message`` returns. Rows posted by this
         gateway's own identity are never delivered."""
 
-    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None) -> str | None:
-        """Post to ``topic`` (by name); returns the topic message id. Raises DeliveryError."""
+    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None,
+                         idempotency_key: str | None = None) -> str | None:
+        """Post to ``topic`` (by name); returns the topic message id. Raises DeliveryError.
+
+        Pass ``Outbound.idempotency_key``: retries of one part then reuse one client message id,
+        as the core's own mesh posts do. Mentions are derived from ``@name`` tokens in ``text``."""
 
     async def send_dm(self, peer: str, text: str) -> str:
         """Direct, encrypted message to a peer by display name or pubkey. Raises DeliveryError."""

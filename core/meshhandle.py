@@ -118,10 +118,15 @@ class CoreMeshHandle:
         # Joining needs a connection; a far mesh that is down must not block the gateway's start.
         self._runtime.supervisor.spawn(peer.watch_topic(topic), what=f"watch:{self.name}:#{topic}:{self._gateway}")
 
-    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None) -> str | None:
+    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None,
+                         idempotency_key: str | None = None) -> str | None:
+        from .routing.text import mentions_in
+        from .routing.transport import client_message_id
+
         peer = await self._peer()
         try:
-            return await peer.post_topic(topic, text, reply_to_id=reply_to)
+            return await peer.post_topic(topic, text, reply_to_id=reply_to, mentions=mentions_in(text),
+                                         client_message_id=client_message_id(idempotency_key))
         except DeliveryError:
             raise
         except (MeshError, OSError, TimeoutError) as exc:

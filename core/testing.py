@@ -65,6 +65,7 @@ class RecordingMeshHandle:
         self.state_value = "connected"
         self.watched: dict[str, Callable[[Message], Awaitable[None]]] = {}
         self.posts: list[tuple[str, str, str | None]] = []  # (topic, text, reply_to)
+        self.idempotency_keys: list[str | None] = []
         self.dms: list[tuple[str, str]] = []  # (peer, text)
         self.peer_list: list[dict[str, Any]] = []
         self.fail_send: Exception | None = None
@@ -83,9 +84,11 @@ class RecordingMeshHandle:
     async def deliver(self, topic: str, message: Message) -> None:
         await self.watched[topic](message)
 
-    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None) -> str | None:
+    async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None,
+                         idempotency_key: str | None = None) -> str | None:
         if self.fail_send is not None:
             raise self.fail_send
+        self.idempotency_keys.append(idempotency_key)
         self.posts.append((topic, text, reply_to))
         return f"{self.name}-post-{len(self.posts)}"
 

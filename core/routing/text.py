@@ -17,6 +17,7 @@ __all__ = [
     "attribute",
     "mentions_in",
     "neutralise_mentions",
+    "loop_marker",
     "parse_hop_prefix",
     "parse_leading_tags",
     "parse_via",
@@ -71,6 +72,18 @@ def parse_hop_prefix(text: str) -> tuple[int, str]:
 
 def with_hop_prefix(hops: int, text: str) -> str:
     return f"__cmh{hops}:{text}"
+
+
+def loop_marker(text: str) -> str:
+    """The leading loop markers of ``text``: an ``__cmh<n>:`` prefix and/or a ``[via X] `` tag.
+
+    Every part of a split message must carry them, or a part could slip past another
+    bridge's loop guard.
+    """
+    m = _HOP.match(text)
+    end = m.end() if m else 0
+    v = _VIA.match(text[end:])
+    return text[:end + (v.end() if v else 0)]
 
 
 def parse_via(text: str) -> str | None:

@@ -33,6 +33,7 @@ from .config import MESH_GATEWAY, mesh_of, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
 from .text import (
     attribute,
+    loop_marker,
     mentions_in,
     neutralise_mentions,
     parse_via,
@@ -62,6 +63,11 @@ log = logging.getLogger(__name__)
 #: (A.7.4), i.e. ~48 KB of UTF-8; 8000 characters stays under that even at 4 bytes a character.
 MESH_CAPABILITIES = Capabilities(max_text=8000, max_parts=10, replies=True, formatting="plain")
 _CMID_NS = uuid.UUID("6f1b0c4e-3c1a-4f59-9a43-6c6d65736867")
+
+def client_message_id(idempotency_key: str | None) -> str:
+    """The mesh ``client_message_id`` of one outbound part: stable across retries of that part."""
+    return str(uuid.uuid5(_CMID_NS, idempotency_key)) if idempotency_key else str(uuid.uuid4())
+
 
 FANOUT_NS = "routing"  # kv namespace of the persisted tag fan-out recipient lists
 KIND_RELAY = "relay"  # a routed message: attribution + loop markers
@@ -131,7 +137,12 @@ class RoutingTransport:
 
         text = self.compose(message, to, options, caps, edited=is_edit_as_new)
         attachments = message.attachments if caps.media else ()
-        parts = self._split(message, text, caps, to, options)
+        marker = loop_marker(text) if mesh_of(self.runtime, to) is not None else ""
+        if marker:  # every part into a mesh carries the hop prefix / via tag, not just the first
+            room = dataclasses.replace(caps, max_text=max(16, caps.max_text - len(marker)))
+            parts = [marker + p for p in self._split(message, text[len(marker):], room, to, options)]
+        else:
+            parts = self._split(message, text, caps, to, options)
         if to.gateway == MESH_GATEWAY and parse_mesh_chat(to.chat).kind == "tag":
             targets = await self._fanout_targets(item, to, message)
             if not targets:
@@ -294,7 +305,7 @@ class RoutingTransport:
     async def _send_mesh(self, out: Outbound) -> SendResult:
         mc = parse_mesh_chat(out.to.chat)
         peer = self._peer(mc.mesh)
-        cmid = str(uuid.uuid5(_CMID_NS, out.idempotency_key or f"{out.message.id}|{out.to.key}|{out.part}"))
+        cmid = client_message_id(out.idempotency_key or f"{out.message.id}|{out.to.key}|{out.part}")
         try:
             if mc.kind == "topic":
                 self._ensure_encryption(peer, mc.mesh, mc.value)

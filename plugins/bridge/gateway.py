@@ -60,7 +60,6 @@ STOPPED_RETRY_S = 60.0
 #: every character takes 4 bytes, hop prefix and part numbers included.
 DEFAULT_MAX_TEXT = 11_000
 
-_HOP = re.compile(r"^__cmh\d{1,3}:")
 _LEADING_TAGS = re.compile(r"^(?:\s*tag:\S+)+\s*", re.IGNORECASE)
 _DM = re.compile(r"^/dm(?:@[A-Za-z0-9_]+)?(?:\s|$)", re.IGNORECASE)
 
@@ -294,16 +293,13 @@ class BridgeGateway(Gateway):
 
     # -- egress -------------------------------------------------------------------------------------------------
     async def send(self, out: Outbound) -> SendResult:
-        text = out.text
-        if out.part > 1 and out.message.visited and not _HOP.match(text):
-            # the core prefixes only the first part; every part posted into the far mesh must carry
-            # the hop count, or another bridge there would take parts 2..n for fresh messages
-            text = f"__cmh{out.message.hops + 1}:{text}"
         try:
             topic = self.far_topic(out.to.chat)
         except ConfigError as exc:
             raise DeliveryError(str(exc), permanent=True) from None
-        native = await self._mesh().post_topic(topic, text, reply_to=out.reply_to)
+        # the core puts the hop prefix on every part (mesh_of) and derives the client id from the key
+        native = await self._mesh().post_topic(topic, out.text, reply_to=out.reply_to,
+                                               idempotency_key=out.idempotency_key)
         return SendResult(native_ids=(str(native),) if native else ())
 
     def rate_limits(self, to: Address) -> Sequence[RateLimit]:

@@ -28,14 +28,16 @@ class FakeHandle:
         self.posts: list[tuple[str, str, str | None]] = []
         self.callback = None
         self.fail: Exception | None = None
+        self.keys: list[str | None] = []
 
     async def watch_topic(self, topic, on_message):
         self.watched.append(topic)
         self.callback = on_message
 
-    async def post_topic(self, topic, text, *, reply_to=None):
+    async def post_topic(self, topic, text, *, reply_to=None, idempotency_key=None):
         if self.fail is not None:
             raise self.fail
+        self.keys.append(idempotency_key)
         self.posts.append((topic, text, reply_to))
         return f"row{len(self.posts)}"
 
@@ -150,12 +152,14 @@ async def test_bridge_send_posts_to_the_far_topic(http):
     gw, _ctx, handle = _gateway(http)
     msg = Message(id="mesh:a:1", origin=Address("mesh", "a:#general"), sender="alice", text="x" * 20,
                   hops=0, visited=("a",))
+    # the core renders every part with the hop prefix (mesh_of); the bridge posts it as given
     r1 = await gw.send(Outbound(message=msg, to=Address("to_b", "lobby"), text="__cmh1:alice: xx (1/2)",
-                                part=1, parts=2, reply_to="row-parent"))
-    r2 = await gw.send(Outbound(message=msg, to=Address("to_b", "lobby"), text="xx (2/2)", part=2, parts=2))
+                                part=1, parts=2, reply_to="row-parent", idempotency_key="k1"))
+    r2 = await gw.send(Outbound(message=msg, to=Address("to_b", "lobby"), text="__cmh1:xx (2/2)", part=2,
+                                parts=2, idempotency_key="k2"))
     assert r1.native_ids == ("row1",) and r2.native_ids == ("row2",)
-    # every part carries the hop count, so a bridge on the far mesh never takes part 2 as fresh
     assert handle.posts == [("lobby", "__cmh1:alice: xx (1/2)", "row-parent"), ("lobby", "__cmh1:xx (2/2)", None)]
+    assert handle.keys == ["k1", "k2"]  # retries of a part reuse its client message id on the far mesh
     handle.fail = DeliveryError("mesh b: not connected")
     with pytest.raises(DeliveryError):
         await gw.send(Outbound(message=msg, to=Address("to_b", "lobby"), text="y"))

@@ -107,6 +107,24 @@ async def test_hop_limit_for_mesh_to_mesh(make_runtime):
     assert r3.destinations == 1
 
 
+async def test_every_part_into_another_mesh_carries_the_loop_marker(make_runtime):
+    """A split relay must not let parts 2..n slip past another bridge's hop limit."""
+    peers = {"m": FakePeer("m"), "n": FakePeer("n")}
+    bridge = {"name": "bridge", "mesh": "m", "topic": "general", "direction": "out",
+              "binds": [{"gateway": "mesh", "chat": "n:#mirror"}]}
+    rt = make_runtime([bridge], meshes=peers)
+    words = [f"w{i}" for i in range(5000)]
+    await rt.pipeline.on_mesh_inbound(inbound("__cmh1:" + " ".join(words), id="big"))
+    await drain(rt)
+    posts = [p["text"] for p in peers["n"].posts]
+    assert len(posts) >= 4
+    assert all(p.startswith("__cmh2:") for p in posts), [p[:20] for p in posts]
+    assert all(len(p) <= 8000 for p in posts)
+    bodies = [re.sub(r" \(\d+/\d+\)$", "", p[len("__cmh2:"):]) for p in posts]
+    assert bodies[0].startswith("alice: ")
+    assert " ".join(bodies)[len("alice: "):].split() == words  # nothing lost, in order
+
+
 async def test_hop_limit_alone_drops_with_reason(make_runtime):
     peers = {"m": FakePeer("m"), "n": FakePeer("n")}
     rt = make_runtime([{"name": "b", "mesh": "m", "topic": "general", "direction": "out",
