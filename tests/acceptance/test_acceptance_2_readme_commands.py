@@ -43,13 +43,17 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 def exec_line(script: str) -> list[str]:
     (line,) = [ln for ln in (ROOT / script).read_text().splitlines() if ln.startswith("exec ")]
-    return shlex.split(line)[1:]
+    return [a for a in shlex.split(line)[1:] if a != "$@"]  # "$@": the script's own arguments (none here)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+RUN_SH_BUG = "claudemesh-gateway run -c" in (ROOT / "scripts" / "run.sh").read_text()
+
+
+@pytest.mark.xfail(RUN_SH_BUG, strict=True, reason=(
     "BUG: scripts/run.sh execs `claudemesh-gateway run -c config.example.toml`, but -c is a global option "
     "of core/cli.py's parser (before the subcommand); argparse exits 2 'unrecognized arguments: -c "
-    "config.example.toml', so the README's first command never starts the gateway"))
+    "config.example.toml', so the README's first command never starts the gateway (a fix to scripts/run.sh "
+    "is being made in the working tree; the marker applies only while the script still has the old order)"))
 async def test_run_script_command_line_starts_the_gateway_on_the_example(tmp_path: Path) -> None:
     argv = exec_line("scripts/run.sh")
     assert argv[0] == ".venv/bin/claudemesh-gateway"
