@@ -43,3 +43,18 @@ def test_plugin_example_is_the_one_the_suite_runs():
 def test_every_doc_the_readme_links_exists():
     for target in re.findall(r"\]\(((?:docs|deploy)/[^)#]+)", README):
         assert (ROOT / target).is_file(), target
+
+
+def test_run_script_command_line_parses():
+    """scripts/run.sh's exec line must be a command line the CLI accepts (it once put -c after 'run')."""
+    import shlex
+
+    from claudemesh_gateway.cli import build_parser
+
+    (line,) = [ln for ln in (ROOT / "scripts/run.sh").read_text().splitlines() if ln.startswith("exec ")]
+    argv = shlex.split(line.replace('"$@"', ""))[1:]  # drop "exec"
+    assert argv[0].endswith("claudemesh-gateway")
+    args = build_parser().parse_args(argv[1:])
+    assert args.config in ("config.example.toml", ROOT / "config.example.toml") or str(args.config).endswith(
+        "config.example.toml")
+    assert (ROOT / "config.example.toml").is_file()
