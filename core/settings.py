@@ -324,6 +324,23 @@ def iter_secrets(obj: Any) -> Iterator[str]:
             yield leaf.get_secret_value().decode("utf-8", "replace")
         elif isinstance(leaf, str) and _looks_secret(path):
             yield leaf
+    for model in _models(obj):  # secrets a model holds outside its fields (e.g. a key read from a file)
+        values = getattr(model, "secret_values", None)
+        if callable(values):
+            yield from values()
+
+
+def _models(value: Any) -> Iterator[BaseModel]:
+    if isinstance(value, BaseModel):
+        yield value
+        for name in type(value).model_fields:
+            yield from _models(getattr(value, name))
+    elif isinstance(value, Mapping):
+        for sub in value.values():
+            yield from _models(sub)
+    elif isinstance(value, (list, tuple)):
+        for sub in value:
+            yield from _models(sub)
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------

@@ -251,6 +251,14 @@ class MeshConfig(_Strict):
         return self
 
     # -- derived values ------------------------------------------------------------------------------
+    def secret_values(self) -> tuple[str, ...]:
+        """Secrets held outside SecretStr fields (a key read from ``secret_key_file``), in every form
+        a log line could show them, for the redaction filter (``settings.iter_secrets``)."""
+        if self._member is None:
+            return ()
+        full = self._member.secret_hex
+        return (full, full[:64])
+
     def member_keypair(self) -> KeyPair:
         """The member's ed25519 keypair (loaded and checked at validation)."""
         assert self._member is not None

@@ -107,10 +107,6 @@ async def test_every_secret_type_is_scrubbed_from_logs(tmp_path, dev_broker, cap
     assert leaked == [], f"secrets in the {fmt} log: {leaked}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core/mesh/config.py MeshConfig._identity reads secret_key_file into the private _member KeyPair, "
-    "not a SecretStr field, so settings.iter_secrets() (core/settings.py) never yields it and neither "
-    "configure_logging() nor create_app() registers it for redaction"))
 async def test_mesh_secret_key_from_a_key_file_is_scrubbed_too(tmp_path, dev_broker, capsys, restore_logging):
     tables = dev_mesh_tables(dev_broker.state_dir)
     key_file = tmp_path / "dev.key"
