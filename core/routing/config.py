@@ -35,7 +35,9 @@ __all__ = [
     "Direction",
     "MeshChat",
     "RouteConfig",
+    "mesh_of",
     "normalise_tag",
+    "origin_labels",
     "parse_mesh_chat",
 ]
 
@@ -44,8 +46,10 @@ log = logging.getLogger(__name__)
 Direction = Literal["in", "out", "both"]
 
 MESH_GATEWAY = "mesh"
-#: fields an attribution template may use
-ATTRIBUTION_FIELDS = frozenset({"sender", "text", "gateway", "chat", "mesh", "topic"})
+#: fields an attribution template may use. ``mesh``/``topic`` are the route's; ``origin_mesh`` is the
+#: mesh the message was written on (else the route's mesh); ``origin`` a label of where it came
+#: from ("mesh b", or a platform gateway's instance name such as "telegram")
+ATTRIBUTION_FIELDS = frozenset({"sender", "text", "gateway", "chat", "mesh", "topic", "origin_mesh", "origin"})
 #: a tag name: starts with a letter or digit; letters, digits and ``: _ . / -`` after that
 TAG_RE = re.compile(r"[a-z0-9][a-z0-9:_./\-]{0,63}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
@@ -166,6 +170,7 @@ class RouteConfig(BaseModel):
     tags: list[str] = []  # match messages carrying any of these tags, from any source
     direction: Direction = "both"
     #: "{sender}: {text}" by default; fields {sender} {text} {gateway} {chat} {mesh} {topic}
+    #: {origin_mesh} {origin}
     attribution: str | None = None
     allow: list[str] = []  # external sender ids (platform user ids) allowed; empty = everyone
     deny: list[str] = []
@@ -224,3 +229,22 @@ def mesh_of(runtime: Any, address: Address) -> str | None:
         return parse_mesh_chat(address.chat).mesh
     gateway = runtime.gateways.get(address.gateway) if runtime is not None else None
     return gateway.mesh_of(address) if gateway is not None else None
+
+
+def origin_labels(runtime: Any, origin: Address, route_mesh: str | None) -> tuple[str, str]:
+    """``(origin_mesh, origin)`` for attribution templates.
+
+    ``origin_mesh``: the mesh the message was written on (a mesh topic or DM, or a bridge's far
+    mesh, by :func:`mesh_of`); for a message from a platform chat, the route's mesh (the mesh of
+    the room it entered); without either, the origin gateway's instance name.
+    ``origin``: ``"mesh <name>"`` for a message written on a mesh, else the origin gateway's
+    instance name (``"telegram"``, ``"hooks"``...).
+    """
+    try:
+        written_on = mesh_of(runtime, origin)
+    except Exception:  # a plugin's mesh_of must not break rendering
+        log.debug("mesh_of(%s) failed", origin, exc_info=True)
+        written_on = None
+    if written_on:
+        return written_on, f"mesh {written_on}"
+    return route_mesh or origin.gateway, origin.gateway

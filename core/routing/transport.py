@@ -29,7 +29,7 @@ from ..messages import (
     message_from_dict,
     message_to_dict,
 )
-from .config import MESH_GATEWAY, mesh_of, parse_mesh_chat
+from .config import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
 from .text import (
     attribute,
@@ -188,10 +188,11 @@ class RoutingTransport:
             if text.lstrip(" ").startswith(("```", "~~~")):
                 text = "\n" + text  # a leading code fence must stay at the start of a line
             mesh_name, topic = options.get("mesh") or "", options.get("topic") or ""
+            origin_mesh, origin = origin_labels(self.runtime, message.origin, mesh_name)
             fields = {
                 "sender": message.sender or message.sender_id or "?",
                 "text": text, "gateway": message.origin.gateway, "chat": message.origin.chat,
-                "mesh": mesh_name, "topic": topic,
+                "mesh": mesh_name, "topic": topic, "origin_mesh": origin_mesh, "origin": origin,
             }
             text = attribute(options.get("attribution") or DEFAULT_ATTRIBUTION, fields)
             if edited:

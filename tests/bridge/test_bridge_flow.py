@@ -140,6 +140,29 @@ async def test_bridge_one_route_both_ways_with_mesh_address_chat(net, bridge_app
     assert len(net.rows("b", "lobby")) == 2
 
 
+async def test_bridge_one_route_names_the_source_mesh_both_ways(net, bridge_app):
+    """The recommended template: ONE ``direction = "both"`` route with ``{origin_mesh}`` tells each
+    side which mesh a message was written on (``{mesh}`` would say ``a`` both ways)."""
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general",
+                    "attribution": "{sender} @ {origin_mesh} ({origin}, route {mesh}): {text}",
+                    "binds": [{"gateway": "to_b", "chat": "lobby"}]}],
+    }
+    _client, _rt = await bridge_app(config, meshes=MESHES, ready=READY)
+    alice = await net.member("a_alice")
+    bob = await net.member("b_bob")
+    await alice.post_topic("general", "hello from A")
+    await wait_until(lambda: _by(net.rows("b", "lobby"), "gateway"), what="A's post on B")
+    await bob.post_topic("lobby", "hello from B")
+    await wait_until(lambda: _by(net.rows("a", "general"), "gateway"), what="B's post on A")
+    await asyncio.sleep(0.8)
+    assert [r["text"] for r in _by(net.rows("b", "lobby"), "gateway")] == [
+        "__cmh1:alice @ a (mesh a, route a): hello from A"]
+    assert [r["text"] for r in _by(net.rows("a", "general"), "gateway")] == [
+        "__cmh1:bob @ b (mesh b, route a): hello from B"]
+
+
 async def test_bridge_chat_on_another_mesh_is_refused(net, bridge_app):
     config = {
         "gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
