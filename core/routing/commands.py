@@ -1,6 +1,6 @@
 """In-chat commands, handled once in the core for every gateway.
 
-``/help``, ``/topics``, ``/peers``, ``/status`` and ``/dm <peer> <text>``. A command
+``/help``, ``/topics``, ``/peers``, ``/status`` and ``/dm <peer>[@<mesh>] <text>``. A command
 is answered to the chat it came from, through the outbox like any other message
 (durable, rate-limited, ordered). Commands are only honoured from chats bound to
 a route that admits the sender, and from direct messages of mesh peers.
@@ -15,13 +15,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from ..messages import Address, Message
-from .config import MESH_GATEWAY
-from .table import RouteTable, mesh_address
+from .config import MESH_GATEWAY, mesh_of
+from .table import Route, RouteTable, mesh_address
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["BOT_SENDER", "COMMANDS", "HELP_TEXT", "CommandHandler", "CommandResult", "parse_command"]
+__all__ = ["BOT_SENDER", "COMMANDS", "HELP_TEXT", "CommandHandler", "CommandResult", "DmScope", "parse_command"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ HELP_TEXT = (
     "/peers: who is on the mesh right now\n"
     "/status: gateway and mesh status\n"
     "/dm <peer> <text>: send a direct message to a mesh peer\n"
+    "/dm <peer>@<mesh> <text>: the same, to a peer of that mesh (another mesh bridged to this chat)\n"
     "/help: this help\n"
     "Start a message with tag:<name> to send it to everyone following that tag."
 )
@@ -57,6 +58,27 @@ class CommandResult:
 
     reply: str
     extra: tuple[tuple[Message, Address], ...] = ()
+    attribution: str | None = None  # template for the extras (None: the default "{sender}: {text}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DmScope:
+    """Where ``/dm`` may look from one chat.
+
+    ``near``: the meshes of the routes the chat is bound to (and a mesh origin's own mesh), searched
+    without ``@mesh``; ``far``: far mesh -> bridge gateway (``allow_dm = true``) bound in those
+    routes, also searched; ``closed``: far mesh -> bridge gateway with ``allow_dm = false`` (refused);
+    ``own``: the mesh the origin lies on (None for a platform chat).
+    """
+
+    near: tuple[str, ...]
+    far: dict[str, str]
+    closed: dict[str, str]
+    own: str | None
+
+    @property
+    def searched(self) -> list[str]:
+        return [*self.near, *(m for m in self.far if m not in self.near)]
 
 
 def _attr(obj: Any, *names: str, default: Any = None) -> Any:
@@ -142,29 +164,107 @@ class CommandHandler:
             lines.append(f"store: unavailable ({type(exc).__name__})")
         return CommandResult(reply="\n".join(lines) if lines else "No components.")
 
+    def dm_scope(self, table: RouteTable, origin: Address) -> DmScope:
+        """The meshes ``/dm`` may reach from ``origin`` (see :class:`DmScope`).
+
+        Bridges count when bound in a route the origin is bound to; for a DM to the gateway from a
+        mesh peer, also in the routes whose ``mesh`` is that peer's mesh. A bridge's far mesh that is
+        the origin's own mesh (a ``/dm`` typed on the far side of that bridge) is not "far".
+        """
+        near = table.meshes_for(origin)
+        try:
+            own = mesh_of(self.runtime, origin)
+        except Exception:
+            own = None
+        routes: list[Route] = list(table.inbound_routes(origin))
+        if origin.gateway == MESH_GATEWAY and ":@" in origin.chat and own:
+            routes += [r for r in table.routes if r.cfg.mesh == own and r not in routes]
+        far: dict[str, str] = {}
+        closed: dict[str, str] = {}
+        for r in routes:
+            for b in r.binds:
+                name = b.address.gateway
+                gw = self.runtime.gateways.get(name) if name != MESH_GATEWAY else None
+                if gw is None:
+                    continue
+                try:
+                    mesh = gw.mesh_of(b.address)
+                except Exception:  # a plugin's mesh_of must not break the command
+                    log.debug("mesh_of of %s failed", name, exc_info=True)
+                    continue
+                if not mesh or mesh == own or mesh in near:
+                    continue
+                if getattr(getattr(gw, "config", None), "allow_dm", False) is True:
+                    far.setdefault(mesh, name)
+                else:
+                    closed.setdefault(mesh, name)
+        for mesh in far:
+            closed.pop(mesh, None)  # one bridge that allows DMs to that mesh is enough
+        return DmScope(near=tuple(near), far=far, closed=closed, own=own)
+
+    def _configured_meshes(self) -> set[str]:
+        return set(getattr(self.runtime.settings, "mesh", None) or {}) | set(self.runtime.meshes)
+
     async def _cmd_dm(self, table: RouteTable, message: Message, args: str) -> CommandResult:
         who, _, text = args.partition(" ")
         who, text = who.strip().lstrip("@"), text.strip()
         if not who or not text:
-            return CommandResult(reply="Usage: /dm <peer> <text>")
-        problems = []
-        for mesh in table.meshes_for(message.origin):
+            return CommandResult(reply="Usage: /dm <peer> <text> or /dm <peer>@<mesh> <text>")
+        scope = self.dm_scope(table, message.origin)
+        name_part, at, mesh_part = who.rpartition("@")
+        explicit: str | None = None
+        unknown_mesh = ""
+        if at and name_part:
+            if mesh_part in self._configured_meshes():
+                explicit, who = mesh_part, name_part
+            else:  # maybe a display name with an "@" in it; say so if nobody has that name
+                unknown_mesh = f" There is no mesh named {mesh_part!r}."
+        if explicit is not None:
+            if explicit in scope.near or explicit == scope.own or explicit in scope.far:
+                candidates = [explicit]
+            elif explicit in scope.closed:
+                return CommandResult(reply=f"DMs to mesh {explicit} are off: bridge {scope.closed[explicit]} "
+                                           "has allow_dm = false. Nothing was sent.")
+            else:
+                return CommandResult(reply=f"Mesh {explicit} is not bridged to this chat. Nothing was sent.")
+        else:
+            candidates = scope.searched
+        found: list[tuple[str, Any]] = []
+        problems: list[str] = []
+        for mesh in candidates:
             peer = self.runtime.meshes.get(mesh)
             if peer is None:
+                problems.append(f"{mesh}: not connected")
                 continue
             try:
-                found = await _maybe(peer.resolve_peer(who))
+                hit = await _maybe(peer.resolve_peer(who))
             except Exception as exc:  # unknown / ambiguous: try the next mesh, report at the end
                 problems.append(f"{mesh}: {exc}")
                 continue
-            if found is None:
-                continue
-            pubkey = _attr(found, "pubkey")
-            name = _attr(found, "display_name", "displayName", "name", default=who)
-            if not pubkey:
-                continue
-            dm = dataclasses.replace(message, id=f"{message.id}:dm", text=text, is_command=False,
-                                     reply_to=None, edit_of=None, tags=frozenset())
-            return CommandResult(reply=f"DM to {name} queued.", extra=((dm, mesh_address(mesh, peer=pubkey)),))
-        detail = f" ({'; '.join(problems)})" if problems else ""
-        return CommandResult(reply=f"No peer named {who!r} on the bridged mesh(es){detail}.")
+            if hit is not None and _attr(hit, "pubkey"):
+                found.append((mesh, hit))
+        if len(found) > 1:  # a pubkey "resolves" on every mesh: prefer the meshes whose roster knows it
+            known = [(m, p) for m, p in found if _attr(p, "display_name", "displayName", "name")]
+            found = known if known else found[:1]
+        if len(found) > 1:
+            meshes = ", ".join(m for m, _ in found)
+            return CommandResult(reply=f"{who!r} is on several meshes ({meshes}); write /dm {who}@<mesh> <text> "
+                                       f"(e.g. /dm {who}@{found[-1][0]} ...). Nothing was sent.")
+        if not found:
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            if explicit is not None:
+                return CommandResult(reply=f"No peer named {who!r} on mesh {explicit}{detail}.")
+            closed = ""
+            if scope.closed:
+                closed = " " + "; ".join(f"mesh {m} is not searched: bridge {g} has allow_dm = false"
+                                         for m, g in sorted(scope.closed.items())) + "."
+            return CommandResult(reply=f"No peer named {who!r} on the bridged mesh(es){detail}.{closed}{unknown_mesh}")
+        mesh, hit = found[0]
+        pubkey = str(_attr(hit, "pubkey"))
+        name = _attr(hit, "display_name", "displayName", "name", default=who) or who
+        dm = dataclasses.replace(message, id=f"{message.id}:dm", text=text, is_command=False,
+                                 reply_to=None, edit_of=None, tags=frozenset())
+        crossing = scope.own is not None and mesh != scope.own
+        where = f" on {mesh}" if explicit is not None or mesh not in scope.near else ""
+        return CommandResult(reply=f"DM to {name}{where} queued.", extra=((dm, mesh_address(mesh, peer=pubkey)),),
+                             attribution="{sender} @ {origin_mesh}: {text}" if crossing else None)

@@ -309,7 +309,7 @@ class Pipeline:
         items = [outbox_item(reply, back, kind=KIND_REPLY)]
         for extra, to in result.extra:
             items.append(outbox_item(extra, Destination(route=f"command:{name}", address=to,
-                                                        attribution=DEFAULT_ATTRIBUTION)))
+                                                        attribution=result.attribution or DEFAULT_ATTRIBUTION)))
             targets.append((to, f"command:{name}"))
         log.info("command /%s from %s", name, message.origin)
         return await self._enqueue(message, items, targets)

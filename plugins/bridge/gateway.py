@@ -73,8 +73,11 @@ class BridgeConfig(GatewayConfig):
     """``[gateways.<name>]`` with ``type = "bridge"``."""
 
     mesh: str = Field(min_length=1)  # the far mesh: a [mesh.<name>] table
-    #: honour ``/dm <peer> <text>`` typed on the far mesh (a DM to a peer of the route's mesh).
-    #: Off: such commands are dropped at the bridge (never relayed: the text was meant to be private).
+    #: DMs across this bridge, both ways. On: ``/dm <peer> <text>`` typed on the far mesh is a DM to a
+    #: peer of the route's mesh, and ``/dm`` from the chats of its routes also looks up (or, with
+    #: ``<peer>@<far mesh>``, only looks up) peers of the far mesh. Off: such far-side commands are
+    #: dropped at the bridge (never relayed: the text was meant to be private), and the core refuses
+    #: ``/dm`` to the far mesh with a reply.
     allow_dm: bool = False
     max_text: int = Field(DEFAULT_MAX_TEXT, ge=200, le=45_000)
 

@@ -1,6 +1,6 @@
-"""Tags across meshes (a tag on mesh A fans out as DMs to tagged peers of mesh B) and ``/dm`` typed
+"""Tags across meshes (a tag on mesh A fans out as DMs to tagged peers of mesh B), ``/dm`` typed
 on the far mesh (off by default: dropped at the bridge, never relayed; ``allow_dm = true``: a DM to
-a peer of the route's mesh)."""
+a peer of the route's mesh) and ``/dm peer@<far mesh>`` from the near mesh (``allow_dm`` again)."""
 
 from __future__ import annotations
 
@@ -70,8 +70,66 @@ async def test_bridge_far_dm_command_allowed(net, bridge_app):
     await bob.post_topic("lobby", "/dm alice psst")
     await wait_until(lambda: _dms(alice_box), what="the DM on A")
     await wait_until(lambda: len(net.rows("b", "lobby")) == 2, what="the command's answer on B")
-    assert _dms(alice_box) == ["__cmh1:bob: psst"]
+    assert _dms(alice_box) == ["__cmh1:bob @ b: psst"]  # a DM across meshes names the sender's mesh
     assert net.rows("b", "lobby")[-1]["text"] == "DM to alice queued."
     assert net.rows("b", "lobby")[-1]["reply_to"] == net.rows("b", "lobby")[0]["id"]
     assert [r for r in net.rows("a", "general")] == []  # never relayed into the topic
     assert alice is not None
+
+
+async def _gateway_pubkey(member) -> str:
+    return (await member.resolve_peer("gateway")).pubkey
+
+
+async def _roster_has(rt, mesh: str, name: str) -> None:
+    async def has() -> bool:
+        return any(p.display_name == name for p in await rt.meshes[mesh].peers(refresh=True))
+
+    async with asyncio.timeout(10):
+        while not await has():  # noqa: ASYNC110 (the roster lives on the broker)
+            await asyncio.sleep(0.1)
+
+
+async def test_dm_peer_at_far_mesh_from_a_mesh_dm(net, bridge_app):
+    """alice DMs the gateway on mesh A: ``/dm bob@b ...`` reaches bob on mesh B (a crypto_box DM
+    from the gateway's B identity, decrypted by bob); ``/dm bob ...`` with a bob on both meshes asks
+    which one."""
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b", "allow_dm": True}}, "routes": two_way()}
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    alice_box, bob_a_box, bob_b_box = [], [], []
+    alice = await net.member("a_alice", on_message=alice_box.append)
+    await net.member("a_bob", on_message=bob_a_box.append)
+    bob = await net.member("b_bob", on_message=bob_b_box.append)
+    await _roster_has(rt, "a", "bob")
+    await _roster_has(rt, "b", "bob")
+    gateway = await _gateway_pubkey(alice)
+
+    await alice.send_dm(gateway, "/dm bob which bob?")
+    await wait_until(lambda: _dms(alice_box), what="the answer to the ambiguous /dm")
+    await alice.send_dm(gateway, "/dm bob@b hello from A")
+    await wait_until(lambda: _dms(bob_b_box), what="the DM on B")
+    await wait_until(lambda: len(_dms(alice_box)) == 2, what="the second answer")
+    await asyncio.sleep(0.5)
+    first, second = _dms(alice_box)
+    assert "'bob' is on several meshes (a, b)" in first and "/dm bob@<mesh>" in first
+    assert second == "DM to bob on b queued."
+    assert _dms(bob_b_box) == ["__cmh1:alice @ a: hello from A"]
+    dm = next(m for m in bob_b_box if m.kind == "dm")
+    assert dm.sender_pubkey == (await bob.resolve_peer("gateway")).pubkey  # sent by the core's B identity
+    assert _dms(bob_a_box) == []
+    assert net.rows("a", "general") == [] and net.rows("b", "lobby") == []  # never relayed
+
+
+async def test_dm_peer_at_far_mesh_refused_when_the_bridge_disallows_dms(net, bridge_app):
+    config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}}, "routes": two_way()}  # allow_dm = false
+    _client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    alice_box, bob_box = [], []
+    alice = await net.member("a_alice", on_message=alice_box.append)
+    await net.member("b_bob", on_message=bob_box.append)
+    await _roster_has(rt, "b", "bob")
+    await alice.send_dm(await _gateway_pubkey(alice), "/dm bob@b hello from A")
+    await wait_until(lambda: _dms(alice_box), what="the refusal")
+    await asyncio.sleep(0.5)
+    assert _dms(alice_box) == ["DMs to mesh b are off: bridge to_b has allow_dm = false. Nothing was sent."]
+    assert _dms(bob_box) == []
+    assert net.rows("b", "lobby") == []
