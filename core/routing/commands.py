@@ -174,7 +174,7 @@ class CommandHandler:
         near = table.meshes_for(origin)
         try:
             own = mesh_of(self.runtime, origin)
-        except Exception:
+        except Exception:  # noqa: BLE001  (a plugin's mesh_of must not break /dm)
             own = None
         routes: list[Route] = list(table.inbound_routes(origin))
         if origin.gateway == MESH_GATEWAY and ":@" in origin.chat and own:
@@ -238,7 +238,7 @@ class CommandHandler:
                 continue
             try:
                 hit = await _maybe(peer.resolve_peer(who))
-            except Exception as exc:  # unknown / ambiguous: try the next mesh, report at the end
+            except Exception as exc:  # noqa: BLE001  unknown / ambiguous: try the next mesh, report at the end
                 problems.append(f"{mesh}: {exc}")
                 continue
             if hit is not None and _attr(hit, "pubkey"):

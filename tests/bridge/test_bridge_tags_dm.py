@@ -133,3 +133,45 @@ async def test_dm_peer_at_far_mesh_refused_when_the_bridge_disallows_dms(net, br
     assert _dms(alice_box) == ["DMs to mesh b are off: bridge to_b has allow_dm = false. Nothing was sent."]
     assert _dms(bob_box) == []
     assert net.rows("b", "lobby") == []
+
+
+async def test_dm_peer_at_far_mesh_from_a_signed_webhook(net, bridge_app, aiohttp_server):
+    """A platform chat (a signed webhook) bound to the bridged route: ``/dm bob@b`` reaches bob on B;
+    the answer goes back to the webhook chat."""
+    import json
+
+    from aiohttp import web
+    from claudemesh_gateway.plugins.webhook.signature import signature_headers
+
+    received: list[dict] = []
+
+    async def sink(request: web.Request) -> web.Response:
+        received.append(json.loads(await request.read()))
+        return web.json_response({"id": f"r{len(received)}"})
+
+    app = web.Application()
+    app.router.add_post("/sink", sink)
+    server = await aiohttp_server(app)
+    secret = "bridge-dm-webhook-secret-0123456789"
+    config = {
+        "gateways": {"to_b": {"type": "bridge", "mesh": "b", "allow_dm": True},
+                     "hooks": {"type": "webhook", "secret": secret}},
+        "routes": [{"name": "ab", "mesh": "a", "topic": "general", "binds": [
+            {"gateway": "to_b", "chat": "lobby"},
+            {"gateway": "hooks", "chat": "ci", "options": {"url": str(server.make_url("/sink"))}}]}],
+    }
+    client, rt = await bridge_app(config, meshes={"a": "a", "b": "b"}, ready=[("a", "general"), ("b", "lobby")])
+    bob_box = []
+    await net.member("b_bob", on_message=bob_box.append)
+    await _roster_has(rt, "b", "bob")
+    body = json.dumps({"id": "dm-1", "sender": "CI", "text": "/dm bob@b build 7 is green"}).encode()
+    resp = await client.post("/gateways/hooks/ci", data=body,
+                             headers={**signature_headers(secret, body), "Content-Type": "application/json"})
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["status"] == "queued"
+    await wait_until(lambda: _dms(bob_box), what="the DM on B")
+    await wait_until(lambda: received, what="the answer on the webhook")
+    await asyncio.sleep(0.5)
+    assert _dms(bob_box) == ["[via hooks] CI: build 7 is green"]
+    assert [r["text"] for r in received] == ["DM to bob on b queued."]
+    assert net.rows("a", "general") == [] and net.rows("b", "lobby") == []  # never relayed
