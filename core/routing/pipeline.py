@@ -322,6 +322,9 @@ class Pipeline:
         if message.native_id and not message.edit_of and not message.deleted:
             try:  # lets replies on other chats find this message's original (not needed for delivery)
                 await store.map_put(message.id, message.origin.key, [message.native_id])
+                if message.origin.thread:  # replies sent back to the chat look it up by the chat's lane
+                    chat = Address(message.origin.gateway, message.origin.chat)
+                    await store.map_put(message.id, chat.key, [message.native_id])
             except Exception:
                 log.exception("could not record the origin id of %s", message.id)
         for to, route in targets:

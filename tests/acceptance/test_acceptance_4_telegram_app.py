@@ -115,11 +115,6 @@ async def test_unauthorised_telegram_user_never_reaches_the_mesh(file_app, dev_b
     assert len(rows) == 1, "exactly one post (the authorised one) reached the broker"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (same as the Slack thread case): a forum-topic message bound by a chat-only binding has origin "
-    "tg/<chat>/<thread>; core/routing/pipeline.py Pipeline._enqueue records its native id under that key "
-    "and core/routing/transport.py RoutingTransport._mapped looks it up under the destination key "
-    "tg/<chat>, so a mesh reply to it is sent without reply_parameters"))
 async def test_mesh_reply_to_a_forum_topic_message_replies_to_it_in_telegram(file_app, dev_broker, member, fake_bot):
     got: list[Any] = []
     bob = await member("dev_bob", on_message=got.append)

@@ -115,12 +115,6 @@ async def test_slack_thread_reply_becomes_a_mesh_reply_to_the_mapped_post(file_a
     assert answer.body_version == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: core/routing/transport.py RoutingTransport._mapped looks up the Slack native id with "
-    "store.map_get(origin_id, to.key) where to.key is 'slack/C1', but Pipeline._enqueue "
-    "(core/routing/pipeline.py) recorded the origin's native id under message.origin.key, which for a "
-    "Slack thread reply carries the thread: 'slack/C1/<thread ts>'; the lookup misses, Outbound.reply_to "
-    "is None and the mesh reply is posted at the channel's top level instead of in the thread"))
 async def test_mesh_reply_to_a_slack_thread_reply_lands_in_that_thread(file_app, dev_broker, member, fake_slack):
     alice, copy, _, answer = await thread_reply_into_the_mesh(file_app, dev_broker, member, fake_slack)
     await alice.post_topic("general", "thanks for owning it", reply_to_id=answer.id)
