@@ -318,6 +318,55 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         await store.close()
 
 
+# -- admin tokens ------------------------------------------------------------------------------------------------------
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    """``3600``, ``90s``, ``30m``, ``1h``, ``2d`` -> seconds (> 0). ValueError otherwise."""
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in _TTL_UNITS else "s"
+    number = raw[:-1] if raw[-1:] in _TTL_UNITS else raw
+    try:
+        seconds = int(float(number) * _TTL_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"--ttl {text!r}: use seconds or a number with s, m, h or d (e.g. 1h, 30m, 3600)") from None
+    if seconds <= 0:
+        raise ValueError(f"--ttl {text!r}: must be positive")
+    return seconds
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """A JWT for the admin API and dashboard, signed as ``[admin]`` says (HS256 secret or EdDSA key)."""
+    settings = _load(args, allow_missing_includes=True, allow_placeholders=True)
+    _quiet_logging(args, settings)
+    from .web.auth import mint_token
+
+    admin = settings.admin
+    if admin.jwt_secret is None and admin.jwt_public_key is None:
+        raise ConfigError("token: the admin API is not configured (set [admin] jwt_secret or jwt_public_key)")
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        raise ConfigError(f"token: {exc}") from None
+    pem: str | None = None
+    if args.private_key:
+        if admin.jwt_secret is not None:
+            raise ConfigError("token: [admin] uses jwt_secret (HS256); --private-key is for EdDSA setups")
+        try:
+            pem = Path(args.private_key).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(f"token: --private-key {args.private_key}: {exc.strerror or exc}") from None
+    try:
+        token = mint_token(admin, ttl_s=ttl, subject=args.subject, private_key_pem=pem)
+    except ValueError as exc:  # EdDSA without --private-key, or a key that is not an Ed25519 PEM
+        raise ConfigError(f"token: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  (PyJWT/cryptography reject a bad key in several ways)
+        raise ConfigError(f"token: the private key could not sign ({type(exc).__name__})") from None
+    print(token)
+    return EXIT_OK
+
+
 # -- keys, enrolment, dev broker --------------------------------------------------------------------------------------
 def cmd_keygen(args: argparse.Namespace) -> int:
     """A new ed25519 member identity, printed as the keys of a [mesh.*] table."""
@@ -463,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("routes", help="print the resolved route table")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_routes)
+
+    s = sub.add_parser("token", help="print a JWT for the admin API and dashboard ([admin] must be configured)")
+    s.add_argument("--ttl", default="1h", help="lifetime: seconds or 30m, 1h, 2d (default 1h)")
+    s.add_argument("--subject", default="admin", help="the token's sub claim, recorded in the audit log")
+    s.add_argument("--private-key", default=None, help="Ed25519 private key PEM file (EdDSA setups)")
+    s.set_defaults(func=cmd_token)
 
     s = sub.add_parser("keygen", help="generate an ed25519 identity for a [mesh.*] table")
     s.add_argument("--key-file", default=None, help="write the secret to this file (mode 600) instead of stdout")
