@@ -257,8 +257,8 @@ class WebhookGateway(Gateway):
     async def _inbound(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > self.config.max_body_bytes:
             return web.json_response({"error": "body too large"}, status=413)
-        body = await request.content.read(self.config.max_body_bytes + 1)
-        if len(body) > self.config.max_body_bytes:
+        body = await _read_capped(request, self.config.max_body_bytes)
+        if body is None:
             return web.json_response({"error": "body too large"}, status=413)
         try:
             verify(self._secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER),
@@ -293,3 +293,19 @@ class WebhookGateway(Gateway):
             return web.json_response({"error": "not queued, retry later"}, status=503, headers={"Retry-After": "5"})
         return web.json_response({"status": result.status, "id": message.id, "reason": result.reason,
                                   "destinations": result.destinations})
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes | None:
+    """The whole body (until EOF, however it arrives: chunked or in several segments), or None
+    as soon as it exceeds ``cap`` bytes. ``content.read(n)`` alone may return only what has arrived
+    so far, which would cut a large body and fail its signature."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
