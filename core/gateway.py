@@ -128,6 +128,9 @@ class GatewayContext(Protocol):
 
     name: str  # the gateway instance name
     http: aiohttp.ClientSession  # shared session; never create your own per call
+    #: the server's public base URL ([server] public_url, no trailing slash), for gateways that
+    #: register webhooks; None when not configured. A gateway's own ``public_url`` takes precedence.
+    public_url: str | None
 
     @property
     def bindings(self) -> Sequence[Binding]:

@@ -162,6 +162,11 @@ class GatewayContextImpl:
         return self.runtime.http
 
     @property
+    def public_url(self) -> str | None:
+        """``[server] public_url`` (validated, no trailing slash), or None."""
+        return self.runtime.settings.server.public_url
+
+    @property
     def bindings(self) -> Sequence[Binding]:
         routes = self.runtime.routes
         if routes is None:

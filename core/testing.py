@@ -109,12 +109,15 @@ class RecordingContext:
     as the real inbox ledger does. ``attempts`` holds the id of *every* ``submit``
     call, duplicates included (a gateway must give a redelivered update the same
     id). ``kv`` is in memory. Use it to test a gateway in isolation against a fake
-    vendor server.
+    vendor server. ``public_url`` stands for ``[server] public_url`` (default None; set it
+    as an argument or attribute).
     """
 
-    def __init__(self, name: str, http: aiohttp.ClientSession, bindings: Sequence[Binding] = ()) -> None:
+    def __init__(self, name: str, http: aiohttp.ClientSession, bindings: Sequence[Binding] = (), *,
+                 public_url: str | None = None) -> None:
         self.name = name
         self.http = http
+        self.public_url = public_url
         self._bindings = list(bindings)
         self.submitted: list[Message] = []
         self.attempts: list[str] = []

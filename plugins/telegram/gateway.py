@@ -26,6 +26,7 @@ from claudemesh_gateway import (
     Attachment,
     Binding,
     Capabilities,
+    ConfigError,
     DeliveryError,
     Gateway,
     GatewayContext,
@@ -179,10 +180,17 @@ class TelegramGateway(Gateway):
         return self._bot
 
     @property
+    def public_url(self) -> str | None:
+        """This table's ``public_url``, else ``[server] public_url`` (``ctx.public_url``)."""
+        base = self.config.public_url or getattr(self.ctx, "public_url", None)
+        return base.rstrip("/") if base else None
+
+    @property
     def webhook_url(self) -> str | None:
-        if not self.config.public_url:
+        base = self.public_url
+        if not base:
             return None
-        return f"{self.config.public_url}/gateways/{self.name}/webhook"
+        return f"{base}/gateways/{self.name}/webhook"
 
     def _backoff(self, attempt: int, cap: float | None = None) -> float:
         cap = self.backoff_max if cap is None else cap
@@ -205,6 +213,9 @@ class TelegramGateway(Gateway):
     async def start(self) -> None:
         if self._started:
             return  # idempotent (even when the ingress task already finished, e.g. webhook registered)
+        if self.config.mode == "webhook" and not self.public_url:
+            raise ConfigError(f"gateways.{self.name}: mode = \"webhook\" needs a public URL: set public_url in "
+                              f"[gateways.{self.name}] or [server] public_url")
         self._started = True
         self._ensure_bot()
         self._stopping = False
@@ -986,6 +997,8 @@ class TelegramGateway(Gateway):
                 problems.append("a webhook is set for this bot; polling mode deletes it "
                                 "at start (another deployment using it will stop receiving updates)")
             if self.config.mode == "webhook":
+                if not self.webhook_url:
+                    problems.append("mode = \"webhook\" without public_url here or in [server]: start() refuses")
                 if self.webhook_url and not self.webhook_url.startswith("https://"):
                     problems.append("public_url must be https:// for Telegram webhooks")
                 if info.url and info.url != self.webhook_url:

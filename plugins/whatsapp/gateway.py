@@ -229,7 +229,7 @@ class WhatsAppGateway(Gateway):
         else:
             username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
-        detail = "" if cfg.public_url else "no public_url: inbound webhooks are refused"
+        detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
                  mask_number(cfg.from_number) if cfg.from_number else cfg.messaging_service_sid,
@@ -245,10 +245,12 @@ class WhatsAppGateway(Gateway):
     async def check(self) -> list[str]:
         warnings: list[str] = []
         cfg = self.config
-        if not cfg.public_url:
-            warnings.append("public_url is not set, so inbound messages and status callbacks "
+        public_url = self.public_url
+        if not public_url:
+            warnings.append("public_url is not set (here or in [server]), so inbound messages and status "
+                            "callbacks "
                             "cannot be verified and are refused (403)")
-        elif not cfg.public_url.startswith("https://"):
+        elif not public_url.startswith("https://"):
             warnings.append("public_url is not https; Twilio requires HTTPS with a trusted "
                             "certificate in production")
         if cfg.sandbox and cfg.mps != 80.0:
@@ -322,8 +324,8 @@ class WhatsAppGateway(Gateway):
             kwargs["from_"] = cfg.from_number
         if cfg.messaging_service_sid:
             kwargs["messaging_service_sid"] = cfg.messaging_service_sid
-        if cfg.status_callback and cfg.public_url:
-            kwargs["status_callback"] = public_request_url(cfg.public_url, self._path(self.STATUS_PATH))
+        if cfg.status_callback and self.public_url:
+            kwargs["status_callback"] = public_request_url(self.public_url, self._path(self.STATUS_PATH))
 
         if await self.in_window(to):
             body, media = _body_and_media(out, self.capabilities.max_media_bytes)
@@ -420,6 +422,12 @@ class WhatsAppGateway(Gateway):
             web.post(f"/{self.STATUS_PATH}", self.handle_status),
         )
 
+    @property
+    def public_url(self) -> str | None:
+        """The base URL Twilio calls: this table's ``public_url``, else ``[server] public_url``."""
+        base = self.config.public_url or getattr(self.ctx, "public_url", None)
+        return base.rstrip("/") if base else None
+
     def _path(self, leaf: str) -> str:
         return f"/gateways/{self.name}/{leaf}"
 
@@ -427,11 +435,12 @@ class WhatsAppGateway(Gateway):
         """Verify ``X-Twilio-Signature`` over the public URL; return the fields. 403 on failure."""
         cfg = self.config
         signature = request.headers.get(SIGNATURE_HEADER)
-        if not cfg.public_url or not signature:
+        public_url = self.public_url
+        if not public_url or not signature:
             log.warning("whatsapp %s: %s webhook refused (%s)", self.name, leaf,
-                        "no public_url configured" if not cfg.public_url else "unsigned")
+                        "no public_url configured" if not public_url else "unsigned")
             raise web.HTTPForbidden(text="invalid signature")
-        url = public_request_url(cfg.public_url, self._path(leaf), request.rel_url.raw_query_string)
+        url = public_request_url(public_url, self._path(leaf), request.rel_url.raw_query_string)
         token = cfg.auth_token.get_secret_value()
         settings_header = request.headers.get(SETTINGS_HEADER)
         shared = cfg.webhook_shared_key.get_secret_value() if cfg.webhook_shared_key else None

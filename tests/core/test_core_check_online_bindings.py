@@ -47,3 +47,19 @@ async def test_gateway_check_sees_its_bindings(tmp_path: Path) -> None:
         "gateways.a: bound to room-1", "gateways.a: bound to room-3"]
     assert {w for w in warnings if w.startswith("gateways.b:")} == {"gateways.b: bound to room-2"}
     assert "gateways.idle: no bindings" in warnings
+
+
+async def test_context_public_url_is_the_server_setting(tmp_path: Path) -> None:
+    from claudemesh_gateway.runtime import Runtime
+    from claudemesh_gateway.testing import RecordingContext
+
+    settings = settings_from_dict({"server": {"state_dir": str(tmp_path), "public_url": "https://gw.example.org/"}})
+    pm = make_plugin_manager(entry_points=False, builtins=False)
+    assert Runtime(settings, pm).context_for("x").public_url == "https://gw.example.org"
+    bare = settings_from_dict({"server": {"state_dir": str(tmp_path)}})
+    assert Runtime(bare, pm).context_for("x").public_url is None
+    async with aiohttp.ClientSession() as http:
+        ctx = RecordingContext("x", http)
+        assert ctx.public_url is None
+        ctx.public_url = "https://a.example"
+        assert RecordingContext("y", http, public_url="https://b.example").public_url == "https://b.example"

@@ -91,14 +91,33 @@ async def test_webhook_bad_json_with_good_secret_is_400_and_unknown_update_is_ac
     assert resp.status == 200 and ctx.attempts == []
 
 
-async def test_webhook_mode_needs_secret_and_public_url(make_gateway):
+async def test_webhook_mode_needs_secret_and_public_url(make_gateway, fake_tg):
+    from claudemesh_gateway import ConfigError
     from pydantic import ValidationError
     with pytest.raises(ValidationError):
         make_gateway(mode="webhook", public_url="https://x.example")
     with pytest.raises(ValidationError):
         make_gateway(mode="webhook", webhook_secret="has space", public_url="https://x.example")
-    with pytest.raises(ValidationError):
-        make_gateway(mode="webhook", webhook_secret=SECRET)
+    gw, _ = make_gateway(mode="webhook", webhook_secret=SECRET)  # [server] public_url may supply it
+    with pytest.raises(ConfigError, match=r"public_url in \[gateways.tg\] or \[server\] public_url"):
+        await gw.start()
+    assert fake_tg.method_calls("setWebhook") == []
+    assert any("without public_url" in w for w in await gw.check())
+
+
+async def test_webhook_falls_back_to_server_public_url(make_gateway, fake_tg, http):
+    from claudemesh_gateway.testing import RecordingContext
+    ctx = RecordingContext("tg", http, public_url="https://server.example.org/prefix")
+    gw, _ = make_gateway(ctx=ctx, mode="webhook", webhook_secret=SECRET)
+    await gw.start()
+    await gw.wait_ready(5)
+    [p] = fake_tg.method_calls("setWebhook")
+    assert p["url"] == "https://server.example.org/prefix/gateways/tg/webhook"
+    await gw.stop()
+    ctx2 = RecordingContext("tg2", http, public_url="https://server.example.org")
+    own, _ = make_gateway(name="tg2", ctx=ctx2, mode="webhook", webhook_secret=SECRET,
+                          public_url="https://own.example.org")
+    assert own.webhook_url == "https://own.example.org/gateways/tg2/webhook"  # the gateway's own wins
 
 
 async def test_webhook_after_stop_answers_503_so_telegram_retries(webhook_gw, fake_tg):

@@ -181,14 +181,17 @@ def default_config(**over: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def make_wa(aiohttp_client) -> Callable[..., Any]:
-    """``await make_wa(bindings=[...], **config)`` -> :class:`WA` (started; stopped at teardown)."""
+    """``await make_wa(bindings=[...], server_public_url=None, **config)`` -> :class:`WA` (started; stopped
+    at teardown). ``server_public_url`` plays ``[server] public_url`` (``ctx.public_url``)."""
     made: list[tuple[WhatsAppGateway, FakeTwilio, aiohttp.ClientSession]] = []
 
-    async def factory(bindings: list[Binding] | None = None, fake: FakeTwilio | None = None, **config: Any) -> WA:
+    async def factory(bindings: list[Binding] | None = None, fake: FakeTwilio | None = None,
+                      server_public_url: str | None = None, **config: Any) -> WA:
         twilio = fake or FakeTwilio()
         await twilio.server.start_server()
         session = aiohttp.ClientSession()
-        ctx = RecordingContext(NAME, session, bindings if bindings is not None else [binding()])
+        ctx = RecordingContext(NAME, session, bindings if bindings is not None else [binding()],
+                               public_url=server_public_url)
         cls = type("TestWhatsAppGateway", (WhatsAppGateway,), {"http_client_class": fake_http_class(twilio.url)})
         gw = cls(NAME, WhatsAppGateway.Config.model_validate(default_config(**config)), ctx)
         await gw.start()

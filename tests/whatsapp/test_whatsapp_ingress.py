@@ -77,6 +77,16 @@ async def test_no_public_url_refuses_webhooks(make_wa, wh):
     assert any("public_url" in w for w in await wa.gateway.check())
 
 
+async def test_server_public_url_is_the_fallback(make_wa, wh):
+    wa = await make_wa(public_url=None, server_public_url=wh.PUBLIC_URL + "/")
+    assert (await wa.inbound(wh.inbound_params())).status == 200  # signed over [server] public_url
+    assert len(wa.ctx.submitted) == 1
+    assert not any("public_url" in w for w in await wa.gateway.check())
+    own = await make_wa(public_url="https://own.example.org", server_public_url=wh.PUBLIC_URL)
+    assert own.gateway.public_url == "https://own.example.org"  # the gateway's own wins
+    assert (await own.inbound(wh.inbound_params())).status == 403  # signed for the server URL, not this one
+
+
 async def test_duplicate_message_sid_processed_once(wa, wh):
     params = wh.inbound_params()
     for _ in range(3):  # Twilio retries the same webhook
