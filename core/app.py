@@ -679,27 +679,50 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
         return result
 
 
-def _subscriptions(runtime: Runtime) -> dict[str, set[str]]:
-    """mesh -> topics gateways consume through ``ctx.mesh()`` (the bridge)."""
-    out: dict[str, set[str]] = {}
-    for (mesh, topic), subs in getattr(runtime.mesh_subscribers, "_by_topic", {}).items():
-        if subs:
-            out.setdefault(mesh, set()).add(topic)
-    return out
+def _gateway_meshes(runtime: Runtime) -> set[str]:
+    """Meshes gateways use through ``ctx.mesh()`` (the bridge): those they consume topics of, and
+    those their ``mesh_of(binding address)`` names (a send-only bridge subscribes to nothing)."""
+    meshes = set(runtime.mesh_subscribers.meshes())
+    routes = runtime.routes
+    for name, gw in runtime.gateways.items():
+        for b in routes.bindings_for(name) if routes is not None else ():
+            try:
+                mesh = gw.mesh_of(b.address)
+            except Exception:  # noqa: BLE001  (a plugin's bug must not break the reload)
+                log.exception("gateway %s: mesh_of(%s) failed", name, b.address)
+                continue
+            if mesh:
+                meshes.add(mesh)
+    return meshes
+
+
+def _resubscribe(runtime: Runtime, name: str) -> None:
+    """A (re)started peer of mesh ``name``: gateways reading it get the dispatcher and their topics."""
+    topics = runtime.mesh_subscribers.topics(name)
+    if not topics:
+        return
+    peer = runtime.meshes[name]
+    runtime.mesh_subscribers.install(runtime, peer)
+    tasks = runtime.watchers.setdefault(name, {})
+    for topic in sorted(topics):
+        if topic not in tasks:  # not already watched for a route by _start_mesh
+            tasks[topic] = runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}:resubscribe")
 
 
 async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors: list[str]) -> dict[str, list[str]]:
     """Connect what new routes use, disconnect what only old routes used, reconnect changed tables.
-    Meshes gateways use through ``ctx.mesh()`` stay (and are resubscribed after a reconnect)."""
+    Meshes gateways use through ``ctx.mesh()`` (subscribed to, or named by a gateway's ``mesh_of``)
+    stay; a reconnected one gets the subscribers' dispatcher and topics again. Runs after the
+    gateways were (re)started and the route table swapped, so it sees their current subscriptions."""
     used = set(_used_meshes(new))
-    subscribed = _subscriptions(runtime)
+    kept = _gateway_meshes(runtime)
     stopped = [n for n in list(runtime.meshes)
                if n not in new.mesh or old.mesh.get(n) != new.mesh.get(n)
-               or (n not in used and n not in subscribed)]
+               or (n not in used and n not in kept)]
     for name in stopped:
         await _stop_mesh(runtime, name)
     started = []
-    for name in [n for n in new.mesh if n in used or (n in subscribed and n in stopped)]:
+    for name in [n for n in new.mesh if n in used or (n in kept and n in stopped)]:
         if name not in runtime.meshes:
             try:
                 await _start_mesh(runtime, name)
@@ -707,14 +730,10 @@ async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors:
             except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
                 errors.append(f"mesh {name} could not start: {exc}")
                 continue
-            if name in subscribed:  # gateways reading this mesh keep their topics
-                peer = runtime.meshes[name]
-                runtime.mesh_subscribers.install(runtime, peer)
-                for topic in sorted(subscribed[name]):
-                    runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}:resubscribe")
+            _resubscribe(runtime, name)
         else:
             _watch_topics(runtime, name)  # topics new routes read
-            wanted = set(_mesh_topics(runtime, name)) | subscribed.get(name, set())
+            wanted = set(_mesh_topics(runtime, name)) | runtime.mesh_subscribers.topics(name)
             for topic in [t for t in runtime.watchers.get(name, {}) if t not in wanted]:
                 runtime.watchers[name].pop(topic).cancel()
                 await runtime.meshes[name].unwatch_topic(topic)

@@ -31,7 +31,6 @@ class MeshSubscribers:
 
     def __init__(self) -> None:
         self._by_topic: dict[tuple[str, str], dict[str, OnMessage]] = {}
-        self._wrapped: set[int] = set()
 
     def add(self, mesh: str, topic: str, gateway: str, callback: OnMessage) -> None:
         self._by_topic.setdefault((mesh, topic), {})[gateway] = callback
@@ -43,11 +42,23 @@ class MeshSubscribers:
     def has(self, mesh: str, topic: str) -> bool:
         return bool(self._by_topic.get((mesh, topic)))
 
+    def topics(self, mesh: str) -> set[str]:
+        """Topics of ``mesh`` at least one gateway consumes."""
+        return {topic for (m, topic), subs in self._by_topic.items() if m == mesh and subs}
+
+    def gateways(self, mesh: str) -> set[str]:
+        """Gateways that consume some topic of ``mesh``."""
+        return {gw for (m, _), subs in self._by_topic.items() if m == mesh for gw in subs}
+
+    def meshes(self) -> set[str]:
+        """Meshes with at least one subscriber."""
+        return {m for (m, _), subs in self._by_topic.items() if subs}
+
     def install(self, runtime: Runtime, peer: Any) -> None:
-        """Route the peer's topic rows to subscribers as well as to the pipeline (once per peer)."""
-        if id(peer) in self._wrapped:
+        """Route the peer's topic rows to subscribers as well as to the pipeline (once per peer:
+        a peer that already dispatches is left alone; a new peer for the same mesh gets its own)."""
+        if getattr(peer.on_message, "_mesh_subscribers_dispatch", False):
             return
-        self._wrapped.add(id(peer))
         original = peer.on_message
         mesh = peer.name
 
@@ -61,6 +72,7 @@ class MeshSubscribers:
                 if hasattr(result, "__await__"):
                     await result
 
+        dispatch._mesh_subscribers_dispatch = True  # type: ignore[attr-defined]
         peer.on_message = dispatch
 
 
@@ -114,9 +126,15 @@ class CoreMeshHandle:
 
     async def watch_topic(self, topic: str, on_message: OnMessage) -> None:
         peer = await self._peer()
-        self._runtime.mesh_subscribers.add(self.name, topic, self._gateway, on_message)
+        runtime = self._runtime
+        runtime.mesh_subscribers.add(self.name, topic, self._gateway, on_message)
         # Joining needs a connection; a far mesh that is down must not block the gateway's start.
-        self._runtime.supervisor.spawn(peer.watch_topic(topic), what=f"watch:{self.name}:#{topic}:{self._gateway}")
+        # Tracked with the routes' watchers: stopping the mesh cancels it, a reload unwatches the
+        # topic once neither a route nor a gateway reads it.
+        task = runtime.supervisor.spawn(peer.watch_topic(topic), what=f"watch:{self.name}:#{topic}:{self._gateway}")
+        watchers = runtime.watchers.setdefault(self.name, {})
+        if topic not in watchers or watchers[topic].done():
+            watchers[topic] = task
 
     async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None,
                          idempotency_key: str | None = None) -> str | None:
