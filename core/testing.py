@@ -9,6 +9,8 @@ sessions). It provides:
 - fixtures ``dev_broker`` (a started loopback dev broker on port 0 with a temporary state dir)
   and ``gateway_app`` (a factory: the whole gateway app from a config dict + the dev broker's
   mesh tables, served on 127.0.0.1 port 0; yields ``(client, runtime)``).
+- :func:`mesh_member` and the fixture ``mesh_member_factory``: a real mesh member (a started,
+  connected ``MeshPeer``) on a dev broker, to post into and read from the mesh a test app uses.
 - :class:`GatewayContract`: a base test class each gateway plugin's tests subclass.
 
 The fixtures need ``pytest`` and ``pytest-asyncio`` (``asyncio_mode = "auto"``), as this
@@ -46,6 +48,8 @@ __all__ = [
     "dev_broker",
     "dev_mesh_tables",
     "gateway_app",
+    "mesh_member",
+    "mesh_member_factory",
     "webhook_client",
 ]
 
@@ -249,7 +253,68 @@ async def build_test_app(
     return client, app[RUNTIME]
 
 
+async def mesh_member(
+    broker: Any | None,
+    name: str,
+    *,
+    on_message: Callable[[Any], Any] | None = None,
+    groups: Sequence[str] = (),
+    mesh: Mapping[str, Any] | Any | None = None,
+    options: Mapping[str, Any] | None = None,
+    connect_within: float = 10.0,
+) -> Any:
+    """A real mesh member: a started ``MeshPeer`` connected within ``connect_within`` seconds, its state
+    in a ``MemoryKV``, with the ``cli`` identity (not the gateway's). The caller stops it (or use
+    the ``mesh_member_factory`` fixture, which does).
+
+    ``broker``: a started dev broker; ``name`` picks one of the ``[mesh.*]`` tables it wrote
+    (``dev``, ``dev_alice``, ``dev_bob``) and names the peer. ``mesh``: an explicit ``[mesh.*]``
+    table (dict or ``MeshConfig``) instead (``broker`` may then be None). ``options``: extra table
+    keys (e.g. faster poll timers); ``groups``: the member's groups. ``on_message`` receives every
+    inbound row (DMs, and topics the member watches with ``await peer.watch_topic(name)``).
+    """
+    from .mesh import MeshPeer
+    from .mesh.config import MeshConfig
+    from .mesh.state import MemoryKV
+
+    if mesh is None:
+        if broker is None:
+            raise ValueError("mesh_member: give a dev broker or an explicit mesh table")
+        mesh = dev_mesh_tables(broker.state_dir)[name]
+    if isinstance(mesh, MeshConfig) and not options and not groups:
+        cfg = mesh
+    else:
+        table = mesh.model_dump() if isinstance(mesh, MeshConfig) else dict(mesh)
+        cfg = MeshConfig.model_validate({**table, **(options or {}), **({"groups": list(groups)} if groups else {})})
+    peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
+    await peer.start()
+    try:
+        await peer.wait_connected(connect_within)
+    except BaseException:
+        await peer.stop()
+        raise
+    return peer
+
+
 if pytest is not None:
+
+    @pytest.fixture
+    async def mesh_member_factory() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+        """Factory with :func:`mesh_member`'s arguments: ``alice = await mesh_member_factory(dev_broker,
+        "dev_alice", on_message=got.append)``. Every member made is stopped at teardown."""
+        peers: list[Any] = []
+
+        async def make(broker: Any | None, name: str, **kw: Any) -> Any:
+            peer = await mesh_member(broker, name, **kw)
+            peers.append(peer)
+            return peer
+
+        try:
+            yield make
+        finally:
+            for peer in reversed(peers):
+                with contextlib.suppress(Exception):
+                    await peer.stop()
 
     @pytest.fixture
     async def dev_broker(tmp_path: Path) -> AsyncIterator[Any]:

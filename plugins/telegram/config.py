@@ -85,10 +85,9 @@ class TelegramConfig(GatewayConfig):
 
     @model_validator(mode="after")
     def _webhook_needs(self) -> TelegramConfig:
-        if self.mode == "webhook":
-            # public_url may come from [server] public_url instead (checked when the gateway starts)
-            if self.webhook_secret is None:
-                raise ValueError('mode = "webhook" needs webhook_secret')
+        # public_url may come from [server] public_url instead (checked when the gateway starts)
+        if self.mode == "webhook" and self.webhook_secret is None:
+            raise ValueError('mode = "webhook" needs webhook_secret')
         return self
 
 

@@ -23,8 +23,7 @@ from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
 from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MeshPeer
 from claudemesh_gateway.mesh.config import MeshConfig
-from claudemesh_gateway.mesh.state import MemoryKV
-from claudemesh_gateway.testing import build_test_app
+from claudemesh_gateway.testing import build_test_app, mesh_member
 
 FAST = {
     "topic_poll_interval": 0.1, "topic_poll_idle_interval": 0.3, "roster_refresh": 0.5,
@@ -104,10 +103,9 @@ class Net:
         self.b2.set_rate_limit(10_000, 600_000)
 
     async def member(self, table: str, on_message: Any = None, groups: tuple[str, ...] = ()) -> MeshPeer:
-        cfg = MeshConfig.model_validate({**self.tables[table], **FAST, "groups": list(groups)})
-        peer = MeshPeer(table, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
-        await peer.start()
-        await peer.wait_connected(10)
+        """A connected member with the identity of ``table`` (stopped by :meth:`stop`)."""
+        peer = await mesh_member(None, table, mesh=self.tables[table], options=FAST, groups=groups,
+                                 on_message=on_message)
         self.peers.append(peer)
         return peer
 

@@ -13,7 +13,7 @@ from claudemesh_gateway.plugin_manager import make_plugin_manager
 from claudemesh_gateway.settings import settings_from_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from core_fakes import MemoryGateway  # noqa: E402
+from core_fakes import MemoryGateway
 
 
 class BindingsReportingGateway(MemoryGateway):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
-from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
 
 SECRET = "e2e-webhook-secret-0123456789"
 FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
@@ -118,24 +118,11 @@ async def e2e_app(tmp_path: Path, dev_broker):  # noqa: F811
 
 
 @pytest.fixture
-async def member(dev_broker):  # noqa: F811
-    """``await member("dev_alice", on_message=..., groups=[...])``: a real mesh client (demo identity)."""
-    from claudemesh_gateway.mesh import MeshPeer
-    from claudemesh_gateway.mesh.config import MeshConfig
-    from claudemesh_gateway.mesh.state import MemoryKV
-    from claudemesh_gateway.testing import dev_mesh_tables
-
-    tables = dev_mesh_tables(dev_broker.state_dir)
-    peers = []
+def member(dev_broker, mesh_member_factory):  # noqa: F811
+    """``await member("dev_alice", on_message=..., groups=[...])``: a real mesh client (demo identity),
+    stopped at teardown (``claudemesh_gateway.testing.mesh_member``)."""
 
     async def make(name: str, on_message=None, groups: tuple[str, ...] = ()):
-        cfg = MeshConfig.model_validate({**tables[name], **FAST_POLL, "groups": list(groups)})
-        peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
-        await peer.start()
-        await peer.wait_connected(10)
-        peers.append(peer)
-        return peer
+        return await mesh_member_factory(dev_broker, name, on_message=on_message, groups=groups, options=FAST_POLL)
 
-    yield make
-    for p in peers:
-        await p.stop()
+    return make

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
 
 CHAT = "-100001"
 CHAT2 = "-100002"
@@ -39,24 +39,14 @@ async def mesh_app(tmp_path, dev_broker, fake_tg, tg_token):  # noqa: F811
 
 
 @pytest.fixture
-async def member(mesh_app):
+def member(mesh_app, mesh_member_factory):  # noqa: F811
     """``await member("dev_alice", on_message=...)``: a started mesh client with a demo identity."""
-    from claudemesh_gateway.mesh import MeshPeer
-    from claudemesh_gateway.mesh.state import MemoryKV
-
     _, runtime, _ = mesh_app
-    peers = []
 
     async def make(name: str, on_message=None):
-        peer = MeshPeer(name, runtime.settings.mesh[name], kv=MemoryKV(), on_message=on_message, identity="cli")
-        await peer.start()
-        await peer.wait_connected(10)
-        peers.append(peer)
-        return peer
+        return await mesh_member_factory(None, name, mesh=runtime.settings.mesh[name], on_message=on_message)
 
-    yield make
-    for p in peers:
-        await p.stop()
+    return make
 
 
 async def test_mesh_topic_post_appears_in_the_bound_chat_with_attribution(mesh_app, member, fake_tg):

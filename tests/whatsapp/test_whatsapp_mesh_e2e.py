@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
-from claudemesh_gateway.testing import build_test_app, dev_broker  # noqa: F401  (fixture)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
 
 TEMPLATE = "HX" + "cd" * 16
 
@@ -49,23 +49,14 @@ async def mesh_app(tmp_path, dev_broker, monkeypatch, wh):  # noqa: F811
 
 
 @pytest.fixture
-async def member(mesh_app):
-    from claudemesh_gateway.mesh import MeshPeer
-    from claudemesh_gateway.mesh.state import MemoryKV
-
+def member(mesh_app, mesh_member_factory):  # noqa: F811
+    """``await member("dev_bob", on_message=...)``: a started mesh client with a demo identity."""
     runtime = mesh_app[1]
-    peers = []
 
     async def make(name: str, on_message=None):
-        peer = MeshPeer(name, runtime.settings.mesh[name], kv=MemoryKV(), on_message=on_message, identity="cli")
-        await peer.start()
-        await peer.wait_connected(10)
-        peers.append(peer)
-        return peer
+        return await mesh_member_factory(None, name, mesh=runtime.settings.mesh[name], on_message=on_message)
 
-    yield make
-    for p in peers:
-        await p.stop()
+    return make
 
 
 async def _inbound(client, wh, **kw):
