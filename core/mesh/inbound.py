@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import MeshError
 from . import crypto
+from .aio import TaskOwner
 from .types import MeshInbound, parse_time_ms
 
 __all__ = ["LRUSet", "PushHandler"]
@@ -51,25 +52,16 @@ class LRUSet:
         return len(self._d)
 
 
-class PushHandler:
+class PushHandler(TaskOwner):
     def __init__(self, peer: Any) -> None:
         self.peer = peer
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.seen = LRUSet(10_000)
-        self._task: asyncio.Task[None] | None = None
         self.handled = 0
         self.dropped: collections.Counter[str] = collections.Counter()
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"mesh:{self.peer.name}:pushes")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._start_task(self._loop, f"mesh:{self.peer.name}:pushes")
 
     def put(self, frame: dict[str, Any]) -> None:
         self.queue.put_nowait(frame)

@@ -11,14 +11,13 @@ empty page. New rows are handed over oldest first, and the cursor only advances 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import MeshError, MeshTerminalError
-from .aio import wait_event
+from .aio import TaskOwner, wait_event
 from .state import KV_NAMESPACE
 from .types import MeshInbound, Topic, parse_time_ms
 
@@ -31,7 +30,7 @@ MAX_PAGE = 200  # the broker clamps topic_history limit to 1..200
 TIE_GRACE_MS = 2000  # unseen rows this much older than high_water still count as new (commit-order ties)
 
 
-class TopicPoller:
+class TopicPoller(TaskOwner):
     """Polls one topic. ``include_own`` (tools) also delivers our own member's rows."""
 
     def __init__(self, peer: Any, topic: Topic, on_row: Callable[[MeshInbound], Awaitable[Any]], *,
@@ -56,21 +55,12 @@ class TopicPoller:
         self.undecryptable = 0
         self.last_error: str | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._loaded = False
         self.watch_started_ms = int(time.time() * 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(), name=f"mesh:{self.peer.name}:poll:{self.topic.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._start_task(self.run, f"mesh:{self.peer.name}:poll:{self.topic.name}")
 
     def wake(self) -> None:
         self._wake.set()

@@ -6,14 +6,13 @@ The broker resolves no names; we do, case-insensitively, preferring ``session`` 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from typing import Any
 
 from ..errors import MeshError
-from .aio import wait_event
+from .aio import TaskOwner, wait_event
 from .connection import Connection
 from .types import Peer
 
@@ -31,7 +30,7 @@ class AmbiguousPeer(MeshError, LookupError):
     pass
 
 
-class Roster:
+class Roster(TaskOwner):
     def __init__(self, name: str, cfg: Any, conn: Connection, own_keys: frozenset[str]) -> None:
         self.name = name
         self.cfg = cfg
@@ -41,19 +40,10 @@ class Roster:
         self.refreshed_at: float | None = None
         self._lock = asyncio.Lock()
         self._dirty = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name=f"mesh:{self.name}:roster")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._start_task(self._loop, f"mesh:{self.name}:roster")
 
     def invalidate(self) -> None:
         """A presence event arrived: refresh soon (events are hints only)."""
