@@ -158,6 +158,30 @@ class _AuthFailed(Exception):
         self.error = error
 
 
+class _SocketClient(SocketModeClient):
+    """The SDK's Socket Mode client, except that a refused app token ends it.
+
+    On every reconnect the SDK asks ``apps.connections.open`` for a fresh URL and, when
+    that fails, logs and tries again forever, so an app token revoked after start would
+    spin silently. Here a credentials error closes the client and tells the gateway,
+    which reports ``bad_credentials`` the same way a refused token at start does."""
+
+    def __init__(self, *args: Any, on_refused: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_refused = on_refused
+
+    async def issue_new_wss_url(self) -> str:
+        try:
+            return await super().issue_new_wss_url()
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            if err in BAD_CREDENTIALS:
+                self.closed = True  # stops connect() and the session monitor from retrying
+                self.auto_reconnect_enabled = False
+                self._on_refused(f"app_token: {err}")
+            raise
+
+
 class SlackGateway(Gateway):
     kind = "slack"
     Config = SlackConfig
@@ -294,8 +318,9 @@ class SlackGateway(Gateway):
             if err in BAD_CREDENTIALS:
                 raise _AuthFailed(f"app_token: {err}") from None
             raise RuntimeError(f"apps.connections.open failed: {err}") from None
-        client = SocketModeClient(
+        client = _SocketClient(
             app_token=app_token,
+            on_refused=self._app_token_refused,
             web_client=self._web,
             auto_reconnect_enabled=True,
             ping_interval=self.config.ping_interval,
@@ -354,8 +379,20 @@ class SlackGateway(Gateway):
         elif kind == "disconnect":
             self.set_state(GatewayState.TRANSIENT_DISCONNECT, str(message.get("reason") or "disconnect"))
 
+    def _app_token_refused(self, error: str) -> None:
+        if self.state == GatewayState.BAD_CREDENTIALS:
+            return
+        self.set_state(GatewayState.BAD_CREDENTIALS, error)
+        log.error(
+            "gateway %s: Slack refused the app token while reconnecting (%s); Socket Mode stopped, "
+            "fix [gateways.%s].app_token and reload",
+            self.name,
+            error,
+            self.name,
+        )
+
     async def _on_socket_close(self, message: Any) -> None:
-        if self._started:
+        if self._started and self.state != GatewayState.BAD_CREDENTIALS:
             self.set_state(GatewayState.TRANSIENT_DISCONNECT, "socket closed")
 
     async def _on_socket_request(self, client: Any, req: SocketModeRequest) -> None:

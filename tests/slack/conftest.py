@@ -57,6 +57,7 @@ class FakeSlack:
         self.lookup_429: list[float] = []
         self.lookup_delay: dict[str, float] = {}  # user id -> seconds users.info takes
         self.auth_error: str | None = None
+        self.connections_error: str | None = None  # apps.connections.open fails with this
         self.rate_violations: list[tuple[str, float]] = []
         self._buckets: dict[str, tuple[float, float]] = {}
         self._ts = itertools.count(1)
@@ -142,6 +143,8 @@ class FakeSlack:
         )
 
     async def _m_apps_connections_open(self, request: web.Request, p: dict[str, Any]) -> web.Response:
+        if self.connections_error:
+            return web.json_response({"ok": False, "error": self.connections_error})
         self.connections_opened += 1
         return web.json_response(
             {"ok": True, "url": f"ws://{request.host}/socket?ticket=t{self.connections_opened}"}

@@ -242,6 +242,27 @@ async def test_disconnect_envelope_reconnects(make_gateway, fake_slack, sk):
     assert [m.text for m in gw.ctx.submitted] == ["after refresh"]
 
 
+async def test_app_token_revoked_after_start_is_bad_credentials_and_stops_retrying(
+    make_gateway, fake_slack, caplog
+):
+    gw = await make_gateway()
+    first = await fake_slack.wait_socket()
+    fake_slack.connections_error = "token_revoked"
+    await first.send_json({"type": "disconnect", "reason": "refresh_requested"})
+    for _ in range(250):
+        if gw.state == GatewayState.BAD_CREDENTIALS:
+            break
+        await asyncio.sleep(0.02)
+    assert gw.state == GatewayState.BAD_CREDENTIALS
+    assert "token_revoked" in gw.state_detail
+    attempts = len(fake_slack.methods("apps.connections.open"))
+    await asyncio.sleep(2.5)  # the SDK alone would ask again every ping_interval (1 s)
+    assert len(fake_slack.methods("apps.connections.open")) == attempts
+    assert gw.state == GatewayState.BAD_CREDENTIALS
+    assert any("refused the app token" in r.getMessage() for r in caplog.records)
+    assert not any(sk_secret in r.getMessage() for r in caplog.records for sk_secret in ("xapp-1", "xoxb-"))
+
+
 async def test_slash_command_over_socket(make_gateway, fake_slack, sk):
     gw = await make_gateway()
     await fake_slack.push(
