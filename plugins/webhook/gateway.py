@@ -51,7 +51,7 @@ from claudemesh_gateway.plugins.webhook.signature import (
 )
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-__all__ = ["WebhookGateway", "WebhookConfig", "WebhookBindingOptions", "InboundPayload", "parse_retry_after"]
+__all__ = ["InboundPayload", "WebhookBindingOptions", "WebhookConfig", "WebhookGateway", "parse_retry_after"]
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import hmac
 import logging
 import time
 
-__all__ = ["TIMESTAMP_HEADER", "SIGNATURE_HEADER", "SignatureError", "sign", "signature_headers", "verify"]
+__all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SignatureError", "sign", "signature_headers", "verify"]
 
 log = logging.getLogger(__name__)
 

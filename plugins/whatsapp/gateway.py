@@ -7,7 +7,9 @@
   over an aiohttp-based async HTTP client that shares the core's session.
 - State (``ctx.kv``): ``window:<whatsapp:+E164>`` = epoch seconds of the user's
   last inbound message (24-hour session window), ``optout:<whatsapp:+E164>`` =
-  consent registry entry, ``status:recent`` = the last status callbacks.
+  consent registry entry, ``status:recent`` = the last status callbacks,
+  ``initiated`` = ``{number: epoch seconds}`` of the business-initiated (template)
+  messages of the last 24 hours, for Meta's unique-recipient messaging limit.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ log = logging.getLogger(__name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 MB = 1024 * 1024
+DAY = 86400.0
+INITIATED_KEY = "initiated"
 
 #: Response headers of the last Twilio call made *in this task* (for Retry-After).
 _LAST_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
@@ -92,6 +96,9 @@ class WhatsAppConfig(GatewayConfig):
     mps: float = Field(80.0, gt=0, le=1000)
     sandbox: bool = False  # Twilio Sandbox: forces 1 message / 3 s
     session_window_h: float = Field(24.0, gt=0, le=24 * 7)
+    # Meta's messaging limit: business-initiated messages (templates, outside the window) to
+    # at most this many unique users per rolling 24 h (250 -> 2,000 -> 10,000 -> 100,000); 0 = no cap
+    daily_unique_users: int = Field(250, ge=0)
     status_callback: bool = True
     request_timeout: float = Field(15.0, gt=0, le=120)
 
@@ -213,6 +220,8 @@ class WhatsAppGateway(Gateway):
         self._http: TwilioHttpClient | None = None
         self._status_lock = asyncio.Lock()
         self._seen_status: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._initiated: dict[str, float] | None = None  # loaded from ctx.kv on first use
+        self._initiated_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -327,22 +336,20 @@ class WhatsAppGateway(Gateway):
         if cfg.status_callback and self.public_url:
             kwargs["status_callback"] = public_request_url(self.public_url, self._path(self.STATUS_PATH))
 
-        if await self.in_window(to):
-            body, media = _body_and_media(out, self.capabilities.max_media_bytes)
-            kwargs["body"] = body
-            if media:
-                kwargs["media_url"] = media
-            mode = "session"
-        elif opts.outside_window == "template" and opts.template_content_sid:
-            kwargs.update(self._template_kwargs(out, opts))
-            mode = "template"
-        else:
+        if not await self.in_window(to):
+            if opts.outside_window == "template" and opts.template_content_sid:
+                kwargs.update(self._template_kwargs(out, opts))
+                return await self._initiate(kwargs, to, out)
             raise DeliveryError(
                 "outside WhatsApp 24-hour window and no template configured: held until the user writes "
                 "(replay it from the dead letters then)", permanent=True)
 
+        body, media = _body_and_media(out, self.capabilities.max_media_bytes)
+        kwargs["body"] = body
+        if media:
+            kwargs["media_url"] = media
         try:
-            msg = await self._create(kwargs, to, mode)
+            msg = await self._create(kwargs, to, "session")
         except _WindowClosed:
             # Twilio knows better than our record (63016): use the template right away if allowed
             if opts.outside_window != "template" or not opts.template_content_sid:
@@ -351,16 +358,72 @@ class WhatsAppGateway(Gateway):
             for key in ("body", "media_url"):
                 kwargs.pop(key, None)
             kwargs.update(self._template_kwargs(out, opts))
-            mode = "template"
-            try:
-                msg = await self._create(kwargs, to, mode)
-            except _WindowClosed:
-                raise DeliveryError("template rejected outside the 24-hour window (Twilio 63016)",
-                                    permanent=True) from None
+            return await self._initiate(kwargs, to, out)
+        return self._sent(msg, to, "session", out)
+
+    def _sent(self, msg: Any, to: str, mode: str, out: Outbound) -> SendResult:
         sid = str(msg.sid or "")
         log.debug("whatsapp %s: sent %s to %s (%s, part %d/%d)", self.name, sid, mask_number(to), mode,
                   out.part, out.parts)
         return SendResult(native_ids=(sid,) if sid else ())
+
+    # -- Meta's messaging limit: unique users reached by business-initiated messages per rolling 24 h --------
+    async def _initiate(self, kwargs: dict[str, Any], to: str, out: Outbound) -> SendResult:
+        """Send a template (a business-initiated message) within ``daily_unique_users``.
+
+        A recipient already reached in the last 24 hours costs nothing more; a new one takes a
+        slot, or, when the slots are full, the message is held (transient, with the wait until
+        the oldest slot frees as ``retry_after``) instead of being sent into error 63018."""
+        added = await self._take_slot(to)
+        try:
+            msg = await self._create(kwargs, to, "template")
+        except _WindowClosed:
+            await self._give_back_slot(to, added)
+            raise DeliveryError("template rejected outside the 24-hour window (Twilio 63016)",
+                                permanent=True) from None
+        except DeliveryError:
+            await self._give_back_slot(to, added)  # Twilio took nothing, Meta counted nothing
+            raise
+        return self._sent(msg, to, "template", out)
+
+    async def _book(self, now: float) -> dict[str, float]:
+        if self._initiated is None:
+            raw = await self.ctx.kv_get(INITIATED_KEY)
+            self._initiated = {str(k): float(v) for k, v in raw.items()
+                               if isinstance(v, int | float)} if isinstance(raw, dict) else {}
+        for number in [n for n, at in self._initiated.items() if now - at >= DAY]:
+            del self._initiated[number]
+        return self._initiated
+
+    async def initiated_count(self, now: float | None = None) -> int:
+        """Unique users reached by business-initiated messages in the last 24 hours."""
+        async with self._initiated_lock:
+            return len(await self._book(time.time() if now is None else now))
+
+    async def _take_slot(self, to: str) -> bool:
+        """Record ``to`` as reached now; True when that took a new slot. Raises when none is free."""
+        limit = self.config.daily_unique_users
+        async with self._initiated_lock:
+            now = time.time()
+            book = await self._book(now)
+            added = to not in book
+            if added and limit and len(book) >= limit:
+                wait = max(min(book.values()) + DAY - now, 1.0)
+                raise DeliveryError(
+                    f"WhatsApp messaging limit: {limit} unique users already reached by business-initiated "
+                    f"messages in the last 24 h (daily_unique_users); held, next slot in {wait / 60:.0f} min",
+                    permanent=False, retry_after=wait)
+            book[to] = now
+            await self.ctx.kv_set(INITIATED_KEY, book)
+            return added
+
+    async def _give_back_slot(self, to: str, added: bool) -> None:
+        if not added:
+            return
+        async with self._initiated_lock:
+            book = await self._book(time.time())
+            if book.pop(to, None) is not None:
+                await self.ctx.kv_set(INITIATED_KEY, book)
 
     @staticmethod
     def _template_kwargs(out: Outbound, opts: WhatsAppBindingOptions) -> dict[str, Any]:
@@ -398,6 +461,10 @@ class WhatsAppGateway(Gateway):
         if code == "21610":
             await self.set_opt_out(to, True, "twilio 21610")
             return DeliveryError("recipient opted out (STOP) (Twilio 21610)", permanent=True)
+        if code == "63018":  # Meta's messaging limit (or the channel's rate) was hit anyway: hold, retry later
+            return DeliveryError("WhatsApp messaging limit exceeded (Twilio 63018); held and retried in 5 min, "
+                                 "check daily_unique_users against the sender's tier", permanent=False,
+                                 retry_after=_retry_after(300.0))
         if status == 429 or code == "20429":
             return DeliveryError(f"rate limited by Twilio ({code or status})", permanent=False,
                                  retry_after=_retry_after(1.0))

@@ -183,3 +183,73 @@ async def test_63016_falls_back_to_the_template_at_once(wa, wh):
     assert second["ContentSid"] == TEMPLATE and "Body" not in second
     assert json.loads(second["ContentVariables"]) == {"1": "[alice] ping"}
     assert not await wa.gateway.in_window(wh.USER)
+
+
+# -- Meta's messaging limit: unique users reached by business-initiated messages per rolling 24 h ----------------
+def _template_opts() -> WhatsAppBindingOptions:
+    return WhatsAppBindingOptions(outside_window="template", template_content_sid=TEMPLATE,
+                                  template_variables={"1": "{text}"})
+
+
+async def test_unique_recipient_cap_holds_new_recipients_without_calling_twilio(make_wa, wh):
+    wa = await make_wa(daily_unique_users=2)
+    users = ["whatsapp:+15550000001", "whatsapp:+15550000002", "whatsapp:+15550000003"]
+    for u in users[:2]:
+        await wa.gateway.send(wa.outbound("hi", to=u, options=_template_opts()))
+    assert await wa.gateway.initiated_count() == 2
+    # an already reached user costs no new slot
+    await wa.gateway.send(wa.outbound("again", to=users[0], options=_template_opts()))
+    sent_before = len(wa.twilio.requests)
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound("hi", to=users[2], options=_template_opts()))
+    assert not err.value.permanent  # held and retried, never dead-lettered at once
+    assert 23 * 3600 < err.value.retry_after <= 24 * 3600  # until the oldest slot frees
+    assert "daily_unique_users" in str(err.value)
+    assert len(wa.twilio.requests) == sent_before  # nothing was sent into error 63018
+    # in-window (user-initiated) messages are not business-initiated and still go out
+    await wa.open_window(users[2])
+    await wa.gateway.send(wa.outbound("reply", to=users[2], options=_template_opts()))
+    assert wa.twilio.last()["Body"] == "reply"
+
+
+async def test_unique_recipient_slots_free_after_24h_and_survive_a_restart(make_wa, wh):
+    wa = await make_wa(daily_unique_users=1)
+    await wa.gateway.send(wa.outbound("hi", to="whatsapp:+15550000001", options=_template_opts()))
+    # a restarted gateway (same store) still counts the slot
+    again = type(wa.gateway)(wh.NAME, wa.gateway.config, wa.ctx)
+    with pytest.raises(DeliveryError):
+        await again._take_slot("whatsapp:+15550000002")
+    # 24 h later the slot is free again
+    book = await wa.ctx.kv_get("initiated")
+    await wa.ctx.kv_set("initiated", {n: t - 86401 for n, t in book.items()})
+    again = type(wa.gateway)(wh.NAME, wa.gateway.config, wa.ctx)
+    again._client = wa.gateway._client
+    await again.send(wa.outbound("hi", to="whatsapp:+15550000002", options=_template_opts()))
+    assert await again.initiated_count() == 1
+
+
+async def test_a_failed_template_gives_its_slot_back(make_wa, wh):
+    wa = await make_wa(daily_unique_users=1)
+    wa.twilio.fail(400, 21211, "The 'To' number is not a valid phone number.")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound("hi", to="whatsapp:+15550000001", options=_template_opts()))
+    assert err.value.permanent
+    assert await wa.gateway.initiated_count() == 0
+    await wa.gateway.send(wa.outbound("hi", to="whatsapp:+15550000002", options=_template_opts()))
+    assert wa.twilio.last()["To"] == "whatsapp:+15550000002"
+
+
+async def test_twilio_63018_is_held_and_retried_not_dead_lettered(wa):
+    wa.twilio.fail(400, 63018, "Rate limit exceeded for Channel")
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound("hi", to="whatsapp:+15550000001", options=_template_opts()))
+    assert not err.value.permanent and err.value.retry_after == 300.0
+    assert "63018" in str(err.value)
+    assert await wa.gateway.initiated_count() == 0
+
+
+async def test_zero_means_no_cap(make_wa):
+    wa = await make_wa(daily_unique_users=0)
+    for i in range(5):
+        await wa.gateway.send(wa.outbound("hi", to=f"whatsapp:+1555000000{i}", options=_template_opts()))
+    assert await wa.gateway.initiated_count() == 5
