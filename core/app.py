@@ -269,7 +269,6 @@ async def online_problems(
     Returns (problems, warnings)."""
     from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
-
     from .routing.config import MESH_GATEWAY, parse_mesh_chat
     from .routing.table import RouteTable
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 __all__ = [
-    "GatewayError", "ConfigError", "PluginError", "StartupError", "WebhookAuthError",
-    "DeliveryError", "Unsupported", "MeshError", "MeshTerminalError", "MeshTimeout",
+    "ConfigError",
+    "DeliveryError",
+    "GatewayError",
+    "MeshError",
+    "MeshTerminalError",
+    "MeshTimeout",
+    "PluginError",
+    "StartupError",
+    "Unsupported",
+    "WebhookAuthError",
 ]
 
 

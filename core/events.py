@@ -10,8 +10,15 @@ from typing import ClassVar
 from .messages import Address, Message
 
 __all__ = [
-    "Event", "GatewayState", "MessageReceived", "MessageDropped", "MessageQueued",
-    "MessageDelivered", "DeliveryFailed", "DeliveryStatus", "GatewayStateChanged",
+    "DeliveryFailed",
+    "DeliveryStatus",
+    "Event",
+    "GatewayState",
+    "GatewayStateChanged",
+    "MessageDelivered",
+    "MessageDropped",
+    "MessageQueued",
+    "MessageReceived",
 ]
 
 

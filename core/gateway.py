@@ -24,8 +24,14 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 __all__ = [
-    "Gateway", "GatewayConfig", "BindingOptions", "GatewayContext", "Binding", "RateLimit", "SubmitResult",
+    "Binding",
+    "BindingOptions",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayContext",
     "MeshHandle",
+    "RateLimit",
+    "SubmitResult",
 ]
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,16 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
-    "Address", "Attachment", "Message", "Outbound", "SendResult", "Capabilities",
-    "message_to_dict", "message_from_dict", "address_to_dict", "address_from_dict",
+    "Address",
+    "Attachment",
+    "Capabilities",
+    "Message",
+    "Outbound",
+    "SendResult",
+    "address_from_dict",
+    "address_to_dict",
+    "message_from_dict",
+    "message_to_dict",
 ]
 
 

@@ -97,7 +97,7 @@ class Runtime:
                                   what=f"track_event:{event.name}")
         except RuntimeError:  # no running loop, or the supervisor is closing
             log.debug("event %s not delivered to observers (no running loop)", event.name)
-        except Exception:  # noqa: BLE001 - the boundary: an observer problem must never reach the caller
+        except Exception:
             log.exception("could not dispatch event %s", event.name)
 
     def start_events(self) -> None:

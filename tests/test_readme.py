@@ -10,7 +10,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def _blocks(text: str, lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.DOTALL)
 
 
 def test_readme_opens_with_the_two_commands():

@@ -540,7 +540,7 @@ class DeliveryEngine:
             return outs[0].message
         try:
             return message_from_dict(item.message)
-        except Exception:  # malformed row: still report something useful
+        except Exception:  # noqa: BLE001 - malformed row: still report something useful
             return Message(id=str(item.message.get("id", f"outbox:{item.id}")), origin=Address("?", "?"), sender="")
 
     @staticmethod
@@ -549,7 +549,7 @@ class DeliveryEngine:
             return outs[0].to
         try:
             return address_from_dict(item.destination)
-        except Exception:
+        except Exception:  # noqa: BLE001 - malformed row: still name the lane
             return Address("?", item.lane)
 
     def describe(self) -> dict[str, Any]:

@@ -127,7 +127,7 @@ async def enroll(invite_or_link: str, *, display_name: str = "claudemesh-gateway
     except BaseException:
         if key_path is not None:
             with contextlib.suppress(OSError):
-                Path(key_path).expanduser().unlink()
+                Path(key_path).expanduser().unlink()  # noqa: ASYNC240 - a one-shot CLI, nothing else runs
         raise
     table_name = name or _SLUG.sub("-", str(payload.get("mesh_slug") or "mesh").lower()).strip("-") or "mesh"
     config: dict[str, Any] = {
@@ -135,7 +135,7 @@ async def enroll(invite_or_link: str, *, display_name: str = "claudemesh-gateway
         "pubkey": pair.public_hex, "root_key": payload["mesh_root_key"], "display_name": display_name,
     }
     if key_path is not None:
-        config["secret_key_file"] = str(Path(key_path).expanduser())
+        config["secret_key_file"] = str(Path(key_path).expanduser())  # noqa: ASYNC240 - no I/O
     else:
         config["secret_key"] = pair.secret_hex
     toml = "\n".join([f"[mesh.{table_name}]", *(f"{k} = {_toml_str(str(v))}" for k, v in config.items())]) + "\n"

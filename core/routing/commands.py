@@ -138,7 +138,7 @@ class CommandHandler:
                 continue
             try:
                 peers = await _maybe(peer.peers())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one mesh's trouble must not hide the others
                 out.append(f"{mesh}: roster unavailable ({type(exc).__name__})")
                 continue
             names = []
@@ -160,7 +160,7 @@ class CommandHandler:
             queued = sum(n for n, _ in depths.values())
             dead = await rt.store.dlq_count()
             lines.append(f"queued: {queued}, dead letters: {dead}")
-        except Exception as exc:  # status must answer even when the store struggles
+        except Exception as exc:  # noqa: BLE001 - status must answer even when the store struggles
             lines.append(f"store: unavailable ({type(exc).__name__})")
         return CommandResult(reply="\n".join(lines) if lines else "No components.")
 

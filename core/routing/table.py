@@ -488,9 +488,7 @@ class RouteTable:
         if deny and sid in deny:
             return False
         allow = src.allow if (src is not None and src.allow) else r.allow
-        if allow and sid not in allow:
-            return False
-        return True
+        return not allow or sid in allow
 
     # -- operations -------------------------------------------------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:

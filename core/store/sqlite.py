@@ -672,7 +672,7 @@ class SqliteStore:
                     if not fut.done():
                         fut.set_exception(RuntimeError("store closed before the commit"))
                 raise
-            except Exception as e:  # BEGIN/COMMIT failed (disk full, I/O error, locked): nothing committed
+            except Exception as e:  # noqa: BLE001 - BEGIN/COMMIT failed (disk full, I/O error, locked): nothing committed
                 self.batch_errors += 1
                 log.error("store: a batch of %d writes failed to commit: %s", len(batch), e)
                 for _fn, _args, fut in batch:

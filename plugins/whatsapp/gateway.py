@@ -171,7 +171,7 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
         data: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 (twilio's HttpClient signature)
+        timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> TwilioResponse:
         fields: list[tuple[str, str]] = []

@@ -24,7 +24,7 @@ async def post_inbound(client, chat: str, payload: dict) -> dict:
 
 
 async def test_mesh_topic_post_reaches_webhook_sink_with_attribution(e2e_app, member, sink):
-    _, runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general", "direction": "out",
+    _, _runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general", "direction": "out",
                                  "binds": [wh("out", sink)]}])
     alice = await member("dev_alice")
     await alice.post_topic("general", "deploy finished @everyone")
@@ -37,7 +37,7 @@ async def test_mesh_topic_post_reaches_webhook_sink_with_attribution(e2e_app, me
 
 
 async def test_signed_inbound_webhook_reaches_topic_as_v3_and_a_peer_decrypts_it(e2e_app, member, sink, dev_broker):
-    client, runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general", "direction": "in",
+    client, _runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general", "direction": "in",
                                       "binds": [wh("ci", sink, url=False)]}])
     got = []
     bob = await member("dev_bob", on_message=got.append)
@@ -57,7 +57,7 @@ async def test_signed_inbound_webhook_reaches_topic_as_v3_and_a_peer_decrypts_it
 
 
 async def test_tag_route_delivers_to_two_destinations(e2e_app, sink):
-    client, runtime = await e2e_app([
+    client, _runtime = await e2e_app([
         {"name": "intake", "binds": [wh("in", sink, direction="in"), wh("log", sink, direction="out")]},
         {"name": "ops", "tags": ["ops"], "binds": [wh("ops-a", sink, direction="out"),
                                                    wh("ops-b", sink, direction="out")]},
@@ -96,7 +96,7 @@ async def test_a_ring_of_routes_delivers_each_message_once_per_destination(e2e_a
         dev_broker.create_topic(seed.mesh.mesh_id, name, seed.gateway.member_id)
         dev_broker.join_topic(seed.mesh.mesh_id, name, seed.bob.member_id)
     # general -> ring1 (and a sink), ring1 -> general (and a sink): a loop through the gateway itself
-    client, runtime = await e2e_app([
+    _client, _runtime = await e2e_app([
         {"name": "g-to-r", "mesh": "dev", "topic": "general", "direction": "out",
          "binds": [{"gateway": "mesh", "chat": "dev:#ring1"}, wh("seen-general", sink)]},
         {"name": "r-to-g", "mesh": "dev", "topic": "ring1", "direction": "out",
@@ -127,7 +127,7 @@ async def test_a_ring_of_routes_delivers_each_message_once_per_destination(e2e_a
 
 async def test_retry_after_for_one_chat_slows_only_that_chat(e2e_app, sink):
     sink.script["slow"] = lambda body, n: (429, {"Retry-After": "4"}) if n == 1 else (200, {})
-    client, runtime = await e2e_app([
+    client, _runtime = await e2e_app([
         {"name": "fan", "binds": [wh("src", sink, direction="in"), wh("slow", sink, direction="out"),
                                   wh("fast", sink, direction="out")]},
     ])
@@ -194,7 +194,7 @@ async def test_route_encryption_plaintext_reaches_the_broker_as_body_version_1(e
 
 async def test_in_chat_commands_are_answered_in_the_chat(e2e_app, member, sink):
     await member("dev_alice")
-    client, runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general",
+    client, _runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general",
                                       "binds": [wh("team", sink)]}])
     await post_inbound(client, "team", {"id": "c1", "sender": "ann", "text": "/peers"})
     await post_inbound(client, "team", {"id": "c2", "sender": "ann", "text": "/topics"})

@@ -7,7 +7,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from claudemesh_gateway.plugin_manager import gateway_kinds, make_plugin_manager
 from claudemesh_gateway.routing.table import RouteTable
 

@@ -70,7 +70,7 @@ async def test_mesh_topic_post_goes_out_with_hop_and_reply_mapping(make_runtime)
     (tg_out,) = rt.gateways["tg"].sent
     assert tg_out.text == "alice: answer"
     assert tg_out.reply_to == "900"  # mapped back to the Telegram original
-    sl_answer = [o for o in rt.gateways["sl"].sent if o.message.id == "mesh:m:row-7"][0]
+    sl_answer = next(o for o in rt.gateways["sl"].sent if o.message.id == "mesh:m:row-7")
     sl_question = (await rt.store.map_get("tg:q", "sl/C1"))[0]
     assert sl_answer.reply_to == sl_question  # the Slack copy answers the Slack copy
     # and a Telegram reply to the relayed answer reaches the topic as a reply to row-7

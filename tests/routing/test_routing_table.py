@@ -203,7 +203,7 @@ def test_bindings_for_and_describe():
 
 def test_from_settings_accepts_models_and_dicts():
     class S:
-        routes = [RouteConfig(name="r", mesh="m", topic="t", binds=[{"gateway": "tg", "chat": "1"}])]
+        routes = (RouteConfig(name="r", mesh="m", topic="t", binds=[{"gateway": "tg", "chat": "1"}]),)
         mesh = MESHES
 
     assert RouteTable.from_settings(S(), GWS).route("r") is not None

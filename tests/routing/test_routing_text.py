@@ -62,7 +62,7 @@ def test_mass_mentions_are_defanged(raw):
     out = neutralise_mentions(raw)
     assert out != raw
     assert out.replace(ZWSP, "") == raw  # reads the same
-    assert not re.search(r"(?<!\w)@(everyone|here|channel|all)\b", out, re.I)
+    assert not re.search(r"(?<!\w)@(everyone|here|channel|all)\b", out, re.IGNORECASE)
     assert "<!channel>" not in out and "<!here>" not in out
 
 
