@@ -50,6 +50,7 @@ __all__ = [
     "gateway_app",
     "mesh_member",
     "mesh_member_factory",
+    "wait_until",
     "webhook_client",
 ]
 
@@ -57,6 +58,21 @@ try:  # the fixtures are defined only where pytest is installed (it is not a run
     import pytest
 except ImportError:  # pragma: no cover - production installs
     pytest = None  # type: ignore[assignment]
+
+
+async def wait_until(
+    pred: Callable[[], Any], limit_s: float = 15.0, what: str = "condition", *, interval: float = 0.02
+) -> None:
+    """Poll ``pred`` until it is truthy; fail the test with ``what`` after ``limit_s`` seconds.
+
+    For state that lives in other tasks (the delivery engine, a fake vendor server), where
+    there is no event to await."""
+    try:
+        async with asyncio.timeout(limit_s):
+            while not pred():  # noqa: ASYNC110 - the state lives in other tasks
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
 
 
 class RecordingMeshHandle:

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
-from claudemesh_gateway.testing import dev_broker  # noqa: F401  (fixture)
+from claudemesh_gateway.testing import dev_broker, wait_until  # noqa: F401  (fixture; wait_until re-exported to the tests)
 
 WH_SECRET = "acceptance-webhook-secret-0123456789"
 JWT_SECRET = "acceptance-jwt-secret-0123456789-abcdef"
@@ -28,13 +28,6 @@ AUD = "claudemesh-gateway"
 FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0, what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            while not pred():  # noqa: ASYNC110 (the state lives in other tasks)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
 
 
 def admin_token(*, aud: str = AUD, exp_in: float = 300, sub: str = "auditor@example") -> str:

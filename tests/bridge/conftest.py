@@ -12,9 +12,7 @@ and decrypts it with that mesh's key ring (the way any member would).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
 from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MeshPeer
 from claudemesh_gateway.mesh.config import MeshConfig
-from claudemesh_gateway.testing import build_test_app, mesh_member
+from claudemesh_gateway.testing import build_test_app, mesh_member, wait_until
 
 FAST = {
     "topic_poll_interval": 0.1, "topic_poll_idle_interval": 0.3, "roster_refresh": 0.5,
@@ -33,13 +31,6 @@ FAST = {
 DELIVERY = {"backoff_base": 0.1, "backoff_cap": 0.4, "poll_interval": 0.3, "max_attempts": 500}
 
 
-async def wait_until(pred: Callable[[], Any], limit_s: float = 15.0, what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            while not pred():  # noqa: ASYNC110 (the state lives in other tasks)
-                await asyncio.sleep(0.03)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
 
 
 def _broker_cfg() -> DevBrokerConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import json
@@ -13,19 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
-from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures)
 
 SECRET = "e2e-webhook-secret-0123456789"
 FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0, what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(limit_s):
-            while not pred():  # noqa: ASYNC110 (the state lives in other tasks)
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {limit_s}s waiting for {what}") from None
 
 
 class Sink:

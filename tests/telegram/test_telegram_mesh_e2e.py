@@ -7,19 +7,14 @@ demo identities), so "another peer decrypts" is checked with the real key ring, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
-from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures)
 
 CHAT = "-100001"
 CHAT2 = "-100002"
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 15.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110 (state lives in other tasks)
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

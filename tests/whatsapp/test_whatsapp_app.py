@@ -8,14 +8,12 @@ attributed through the core's message map.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from claudemesh_gateway import DeliveryFailed, DeliveryStatus, Event, hookimpl
 from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
-from claudemesh_gateway.testing import build_test_app
+from claudemesh_gateway.testing import build_test_app, wait_until
 
 
 class Observer:
@@ -30,11 +28,6 @@ class Observer:
         return [e for e in self.events if isinstance(e, cls)]
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 10.0) -> None:
-    """Poll ``pred`` (state lives in other tasks: the delivery engine, the fake server)."""
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110 (no event to wait on across the app)
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 
 import pytest
 from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
-from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory  # noqa: F401  (fixtures)
+from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures)
 
 TEMPLATE = "HX" + "cd" * 16
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 20.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110 (state lives in other tasks)
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
