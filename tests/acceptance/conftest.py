@@ -6,20 +6,16 @@ Copied in spirit from tests/e2e/conftest.py (importlib mode: no cross-directory 
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import itertools
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
+from claudemesh_gateway.plugins.webhook.testing import WebhookSink
+from claudemesh_gateway.plugins.webhook.testing import signed_post as _signed_post
 from claudemesh_gateway.testing import dev_broker, wait_until  # noqa: F401  (fixture; wait_until re-exported to the tests)
 
 WH_SECRET = "acceptance-webhook-secret-0123456789"
@@ -39,61 +35,18 @@ def bearer(tok: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tok}"}
 
 
-class Sink:
-    """A loopback webhook receiver that verifies every signature and records bodies per chat.
-
-    ``script[chat]`` is ``fn(body, attempt) -> (status, headers)``; ``delay_s`` slows every answer."""
-
-    def __init__(self, secret: str = WH_SECRET) -> None:
-        self.secret = secret
-        self.received: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        self.attempts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        self.bad_signatures = 0
-        self.script: dict[str, Callable[[dict[str, Any], int], tuple[int, dict[str, str]]]] = {}
-        self.delay_s = 0.0
-        self.base = ""
-        self._ids = itertools.count(1)
-
-    def url(self, chat: str) -> str:
-        return f"{self.base}/{chat}"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            verify(self.secret, request.headers.get("X-Claudemesh-Timestamp"),
-                   request.headers.get("X-Claudemesh-Signature"), raw, tolerance_s=30)
-        except SignatureError:
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        chat = request.match_info["chat"]
-        body = json.loads(raw)
-        self.attempts[chat].append(body)
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        fn = self.script.get(chat)
-        status, headers = fn(body, len(self.attempts[chat])) if fn else (200, {})
-        if status != 200:
-            return web.Response(status=status, headers=headers)
-        self.received[chat].append(body)
-        return web.json_response({"id": f"sink-{next(self._ids)}"})
-
-    def texts(self, chat: str) -> list[str]:
-        return [b["text"] for b in self.received[chat]]
 
 
 @pytest.fixture
 async def sink(aiohttp_server):
-    s = Sink()
-    app = web.Application()
-    app.router.add_post("/sink/{chat}", s.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    s = WebhookSink(WH_SECRET)
+    server = await aiohttp_server(s.app(), host="127.0.0.1")
     s.base = str(server.make_url("/sink"))
     return s
 
 
 def signed_post(payload: dict[str, Any], secret: str = WH_SECRET) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(payload).encode()
-    return body, {**signature_headers(secret, body), "Content-Type": "application/json"}
+    return _signed_post(payload, secret)
 
 
 async def post_inbound(client: TestClient, chat: str, payload: dict[str, Any], gateway: str = "wh") -> dict[str, Any]:

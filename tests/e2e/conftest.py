@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import collections
-import itertools
-import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from claudemesh_gateway.plugins.webhook.signature import SignatureError, signature_headers, verify
+from claudemesh_gateway.plugins.webhook.testing import WebhookSink
+from claudemesh_gateway.plugins.webhook.testing import signed_post as _signed_post
 from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures)
 
 SECRET = "e2e-webhook-secret-0123456789"
@@ -20,61 +16,18 @@ FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roste
 
 
 
-class Sink:
-    """A loopback webhook receiver that checks every signature and records bodies per chat.
-
-    ``script[chat]`` is ``fn(body, attempt) -> (status, headers)`` for chats that should fail.
-    """
-
-    def __init__(self, secret: str = SECRET) -> None:
-        self.secret = secret
-        self.received: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        self.attempts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-        self.events: list[tuple[str, str, int]] = []  # (chat, message id, status) in arrival order
-        self.bad_signatures = 0
-        self.script: dict[str, Callable[[dict[str, Any], int], tuple[int, dict[str, str]]]] = {}
-        self.base = ""
-        self._ids = itertools.count(1)
-
-    def url(self, chat: str) -> str:
-        return f"{self.base}/{chat}"
-
-    async def handle(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            verify(self.secret, request.headers.get("X-Claudemesh-Timestamp"),
-                   request.headers.get("X-Claudemesh-Signature"), raw, tolerance_s=30)
-        except SignatureError:
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        chat = request.match_info["chat"]
-        body = json.loads(raw)
-        self.attempts[chat].append(body)
-        fn = self.script.get(chat)
-        status, headers = fn(body, len(self.attempts[chat])) if fn else (200, {})
-        self.events.append((chat, body["id"], status))
-        if status != 200:
-            return web.Response(status=status, headers=headers)
-        self.received[chat].append(body)
-        return web.json_response({"id": f"sink-{next(self._ids)}"})
-
-    def texts(self, chat: str) -> list[str]:
-        return [b["text"] for b in self.received[chat]]
 
 
 @pytest.fixture
 async def sink(aiohttp_server):
-    s = Sink()
-    app = web.Application()
-    app.router.add_post("/sink/{chat}", s.handle)
-    server = await aiohttp_server(app)
+    s = WebhookSink(SECRET)
+    server = await aiohttp_server(s.app())
     s.base = str(server.make_url("/sink"))
     return s
 
 
 def signed_post(payload: dict[str, Any], secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(payload).encode()
-    return body, {**signature_headers(secret, body), "Content-Type": "application/json"}
+    return _signed_post(payload, secret)
 
 
 @pytest.fixture
