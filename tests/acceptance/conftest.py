@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink
 from claudemesh_gateway.plugins.webhook.testing import signed_post as _signed_post
-from claudemesh_gateway.testing import dev_broker, wait_until  # noqa: F401  (fixture; wait_until re-exported to the tests)
+from claudemesh_gateway.testing import dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures; wait_until re-exported)
 
 WH_SECRET = "acceptance-webhook-secret-0123456789"
 JWT_SECRET = "acceptance-jwt-secret-0123456789-abcdef"
@@ -146,24 +146,10 @@ async def file_app(tmp_path: Path):
 
 
 @pytest.fixture
-async def member(dev_broker):  # noqa: F811
+async def member(dev_broker, mesh_member_factory):  # noqa: F811
     """``await member("dev_alice", on_message=...)``: a real mesh client with a demo identity."""
-    from claudemesh_gateway.mesh import MeshPeer
-    from claudemesh_gateway.mesh.config import MeshConfig
-    from claudemesh_gateway.mesh.state import MemoryKV
-    from claudemesh_gateway.testing import dev_mesh_tables
-
-    tables = dev_mesh_tables(dev_broker.state_dir)
-    peers = []
 
     async def make(name: str, on_message=None, groups: tuple[str, ...] = ()):
-        cfg = MeshConfig.model_validate({**tables[name], **FAST_POLL, "groups": list(groups)})
-        peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
-        await peer.start()
-        await peer.wait_connected(10)
-        peers.append(peer)
-        return peer
+        return await mesh_member_factory(dev_broker, name, on_message=on_message, groups=groups, options=FAST_POLL)
 
-    yield make
-    for p in peers:
-        await p.stop()
+    return make
