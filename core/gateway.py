@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import Unsupported
 from .events import Event, GatewayState
-from .messages import Address, Capabilities, Message, Outbound, SendResult
+from .messages import Address, Attachment, Capabilities, Message, Outbound, SendResult
 
 if TYPE_CHECKING:
     import aiohttp
@@ -204,6 +205,17 @@ class Gateway(abc.ABC):
     @abc.abstractmethod
     async def send(self, out: Outbound) -> SendResult:
         """Deliver one part. Raise :class:`DeliveryError` (``permanent``/``retry_after``) on failure."""
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes of a file this gateway referenced in a message it submitted.
+
+        The core calls it at delivery time when the message goes to *another* gateway that
+        takes files (``Capabilities.media``) and the attachment has no bytes and no http(s)
+        URL: a reference in this gateway's own scheme (``tgfile:…``, ``slackfile:…``). Never
+        read more than ``max_bytes``. Raise :class:`DeliveryError`: ``permanent`` when the file
+        is gone or too large (the destination then gets its description), otherwise the
+        delivery is retried. The default: this gateway's files cannot be fetched."""
+        raise Unsupported(f"{self.kind} files cannot be fetched for other platforms")
 
     def rate_limits(self, to: Address) -> Sequence[RateLimit]:
         """Token buckets that apply to ``to``. Default: none (the core still serialises per chat)."""

@@ -69,6 +69,11 @@ class DeliveryConfig(BaseModel):
     prefetch: int = Field(default=32, ge=1, le=1000)  # items read per lane per store query
     drain_timeout: float = Field(default=10.0, ge=0)
     send_timeout: float = Field(default=120.0, ge=0)  # one part; a hung send is a transient failure (0: none)
+    # files carried between platforms: fetched from the source gateway at send time, at most this
+    # big (0: never, destinations get a description), at most attachment_fetches at once
+    # (bytes held in memory <= attachment_fetches * attachment_max_bytes)
+    attachment_max_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
+    attachment_fetches: int = Field(default=4, ge=1, le=64)
     poll_interval: float = Field(default=5.0, gt=0)  # safety poll (dlq retries from another process)
     bucket_idle_ttl: float = Field(default=900.0, gt=0)  # forget full, idle token buckets after this
     default_limits: dict[str, tuple[LimitSpec, ...]] = Field(

@@ -9,6 +9,7 @@ honoured.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
@@ -16,10 +17,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..delivery.config import DeliveryConfig
 from ..errors import DeliveryError, MeshError
 from ..gateway import RateLimit
 from ..messages import (
     Address,
+    Attachment,
     Capabilities,
     Message,
     Outbound,
@@ -102,6 +105,88 @@ class RoutingTransport:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self._fetch_slots: asyncio.Semaphore | None = None
+
+    # -- files between platforms ----------------------------------------------------------------------
+    def _delivery_config(self) -> DeliveryConfig:
+        cfg = getattr(getattr(self.runtime, "settings", None), "delivery", None)
+        return cfg if isinstance(cfg, DeliveryConfig) else DeliveryConfig()
+
+    def _attachment_cap(self, caps: Capabilities) -> int:
+        cap = self._delivery_config().attachment_max_bytes
+        if caps.max_media_bytes:
+            cap = min(cap, caps.max_media_bytes)
+        return cap
+
+    def _slots(self) -> asyncio.Semaphore:
+        if self._fetch_slots is None:
+            self._fetch_slots = asyncio.Semaphore(self._delivery_config().attachment_fetches)
+        return self._fetch_slots
+
+    @staticmethod
+    def _needs_fetch(att: Attachment, message: Message, to: Address) -> bool:
+        """A reference only its origin gateway can read (``tgfile:``, ``slackfile:``), going elsewhere."""
+        if att.data is not None or not att.url or att.url.startswith(("http://", "https://")):
+            return False
+        return to.gateway != message.origin.gateway
+
+    def _plan_attachments(self, message: Message, to: Address,
+                          caps: Capabilities) -> tuple[tuple[Attachment, ...], list[Attachment]]:
+        """(attachments handed to the destination, attachments only described in the text)."""
+        if not message.attachments:
+            return (), []
+        if not caps.media:
+            return (), list(message.attachments)
+        cap = self._attachment_cap(caps)
+        source = self.runtime.gateways.get(message.origin.gateway)
+        passed: list[Attachment] = []
+        described: list[Attachment] = []
+        for att in message.attachments:
+            if not self._needs_fetch(att, message, to):
+                passed.append(att)
+            elif cap <= 0 or source is None or (att.size is not None and att.size > cap):
+                described.append(att)
+            else:
+                passed.append(att)  # fetched from the source gateway right before the send
+        return tuple(passed), described
+
+    async def _fetch_attachments(self, out: Outbound, gw: Any) -> Outbound:
+        """Replace foreign references in ``out.attachments`` by their bytes; a file that cannot be
+        had (gone, too large, not fetchable) is described in the text instead."""
+        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to)]
+        if not pending:
+            return out
+        source = self.runtime.gateways.get(out.message.origin.gateway)
+        cap = self._attachment_cap(gw.capabilities)
+        kept: list[Attachment] = []
+        described: list[Attachment] = []
+        for att in out.attachments:
+            if att not in pending:
+                kept.append(att)
+                continue
+            if source is None or cap <= 0:
+                described.append(att)
+                continue
+            try:
+                data = await source.fetch_attachment(att, cap)
+            except DeliveryError as exc:
+                if not exc.permanent:
+                    raise DeliveryError(f"fetching file {att.name!r} from {source.name}: {exc}",
+                                        retry_after=exc.retry_after) from None
+                log.info("file %r of %s not carried to %s (%s); described instead", att.name, out.message.id,
+                         out.to, exc)
+                described.append(att)
+                continue
+            if len(data) > cap:
+                described.append(att)
+                continue
+            kept.append(dataclasses.replace(att, data=data, size=len(data)))
+        text = out.text
+        if described:
+            lines = neutralise_mentions("\n".join(a.describe() for a in described))
+            extra = self._render_part(out.message, lines, gw, {"binding": out.options})
+            text = f"{text}\n{extra}" if text else extra
+        return dataclasses.replace(out, text=text, attachments=tuple(kept))
 
     # -- render --------------------------------------------------------------------------------------------
     def capabilities(self, to: Address) -> Capabilities:
@@ -135,8 +220,8 @@ class RoutingTransport:
             edit_of = None
         is_edit_as_new = bool(message.edit_of) and edit_of is None
 
-        text = self.compose(message, to, options, caps, edited=is_edit_as_new)
-        attachments = message.attachments if caps.media else ()
+        attachments, described = self._plan_attachments(message, to, caps)
+        text = self.compose(message, to, options, caps, edited=is_edit_as_new, described=described)
         marker = loop_marker(text) if mesh_of(self.runtime, to) is not None else ""
         if marker:  # every part into a mesh carries the hop prefix / via tag, not just the first
             room = dataclasses.replace(caps, max_text=max(16, caps.max_text - len(marker)))
@@ -172,13 +257,18 @@ class RoutingTransport:
         return outs, self._limits(to)
 
     def compose(self, message: Message, to: Address, options: Mapping[str, Any], caps: Capabilities,
-                *, edited: bool = False) -> str:
-        """Attributed, mention-neutralised, loop-marked text (before splitting and platform rendering)."""
+                *, edited: bool = False, described: Sequence[Attachment] | None = None) -> str:
+        """Attributed, mention-neutralised, loop-marked text (before splitting and platform rendering).
+
+        ``described``: attachments that travel as a line of text (default: all of them when the
+        destination takes no files)."""
         kind = options.get("kind", KIND_RELAY)
         text = message.text
-        if not caps.media and message.attachments:
-            described = "\n".join(a.describe() for a in message.attachments)
-            text = f"{text}\n{described}" if text else described
+        if described is None:
+            described = () if caps.media else message.attachments
+        if described:
+            lines = "\n".join(a.describe() for a in described)
+            text = f"{text}\n{lines}" if text else lines
         via_marker = ""
         if kind == KIND_RELAY:
             via = parse_via(text) if message.origin.gateway == MESH_GATEWAY else None
@@ -294,6 +384,9 @@ class RoutingTransport:
         gw = self.runtime.gateways.get(out.to.gateway)
         if gw is None:
             raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
+        if out.attachments and any(self._needs_fetch(a, out.message, out.to) for a in out.attachments):
+            async with self._slots():  # bounds the bytes held: slots x attachment_max_bytes
+                return await gw.send(await self._fetch_attachments(out, gw))
         return await gw.send(out)
 
     def _peer(self, mesh: str) -> Any:

@@ -931,14 +931,16 @@ class TelegramGateway(Gateway):
         return DeliveryError(f"telegram: {desc}")
 
     # ------------------------------------------------------------------ files
-    async def fetch_attachment(self, att: Attachment) -> bytes:
+    async def fetch_attachment(self, att: Attachment, max_bytes: int | None = None) -> bytes:
         """Download a ``tgfile:<this gateway>:<file_id>`` attachment (getFile + file download),
-        capped at ``download_max_bytes``. The download URL (it holds the token) never leaves here."""
+        capped at ``download_max_bytes`` (and ``max_bytes``). The download URL (it holds the
+        token) never leaves here."""
         prefix = f"tgfile:{self.name}:"
         if not att.url or not att.url.startswith(prefix):
             raise DeliveryError("telegram: not a file of this bot", permanent=True)
         file_id = att.url[len(prefix):]
-        limit = self.config.download_max_bytes
+        limit = self.config.download_max_bytes if max_bytes is None else min(max_bytes,
+                                                                             self.config.download_max_bytes)
         if att.size is not None and att.size > limit:
             raise DeliveryError(f"telegram: file {att.name!r} is larger than download_max_bytes", permanent=True)
         bot = self._ensure_bot()

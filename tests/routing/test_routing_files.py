@@ -1,0 +1,160 @@
+"""Files between platforms: the core fetches a source gateway's file reference at send time and hands
+the bytes to a destination that takes files; what cannot travel is described in the text."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from claudemesh_gateway import Attachment, Capabilities, DeliveryError
+from claudemesh_gateway.delivery.config import DeliveryConfig
+
+from .conftest import FakeGateway, HtmlGateway, drain, msg
+
+ROOM = {"name": "room", "mesh": "m", "topic": "general", "direction": "both",
+        "binds": [{"gateway": "src", "chat": "c1"}, {"gateway": "dst", "chat": "D1"}]}
+
+
+class SourceGateway(FakeGateway):
+    """Owns ``src:<id>`` references; records every fetch."""
+
+    kind: ClassVar[str] = "src"
+    capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=10_000)
+
+    def __init__(self, name: str, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.files: dict[str, bytes] = {}
+        self.fetches: list[tuple[str, int]] = []
+        self.fetch_error: DeliveryError | None = None
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        self.fetches.append((attachment.url or "", max_bytes))
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        data = self.files.get((attachment.url or "").removeprefix("src:"))
+        if data is None:
+            raise DeliveryError("gone", permanent=True)
+        return data
+
+
+class MediaGateway(FakeGateway):
+    kind: ClassVar[str] = "media"
+    capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=5_000)
+
+
+class HtmlMediaGateway(HtmlGateway):
+    capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=5_000,
+                                                        formatting="html")
+
+
+def photo(ref: str = "src:f1", size: int | None = 3, name: str = "cat.jpg") -> Attachment:
+    return Attachment(name=name, content_type="image/jpeg", size=size, url=ref, caption="")
+
+
+def runtime(make_runtime, dst: FakeGateway | None = None, **delivery: Any):
+    src = SourceGateway("src")
+    src.files["f1"] = b"\xff\xd8\xff"
+    gws = {"src": src, "dst": dst or MediaGateway("dst")}
+    rt = make_runtime([ROOM], gateways=gws)
+    rt.settings.delivery = DeliveryConfig(**delivery)
+    return rt, src, gws["dst"]
+
+
+async def test_a_file_reference_reaches_a_media_destination_as_bytes(make_runtime):
+    rt, src, dst = runtime(make_runtime)
+    await rt.pipeline.submit(msg("look", gateway="src", chat="c1", mid="src:1", attachments=(photo(),)))
+    await drain(rt)
+    (out,) = dst.sent
+    (att,) = out.attachments
+    assert att.data == b"\xff\xd8\xff" and att.name == "cat.jpg" and att.size == 3
+    assert out.text == "Ann: look"  # no description: the file itself travels
+    assert src.fetches == [("src:f1", 5_000)]  # capped by the destination's max_media_bytes
+    # the mesh takes no files: it gets the description, and nothing was fetched for it
+    assert rt.meshes["m"].posts[0]["text"] == "[via src] Ann: look\n[image cat.jpg, 3 B]"
+
+
+async def test_a_file_larger_than_the_cap_is_described_without_fetching(make_runtime):
+    rt, src, dst = runtime(make_runtime, attachment_max_bytes=1_000)
+    await rt.pipeline.submit(msg("big", gateway="src", chat="c1", mid="src:2",
+                                 attachments=(photo(size=2_000, name="huge.jpg"),)))
+    await drain(rt)
+    (out,) = dst.sent
+    assert out.attachments == ()
+    assert out.text == "Ann: big\n[image huge.jpg, 2 KiB]"
+    assert src.fetches == []
+
+
+async def test_zero_max_bytes_turns_transfer_off(make_runtime):
+    rt, src, dst = runtime(make_runtime, attachment_max_bytes=0)
+    await rt.pipeline.submit(msg("", gateway="src", chat="c1", mid="src:3", attachments=(photo(),)))
+    await drain(rt)
+    (out,) = dst.sent
+    assert out.attachments == () and "[image cat.jpg" in out.text and src.fetches == []
+
+
+async def test_a_file_gone_at_the_source_is_described_in_the_rendered_text(make_runtime):
+    rt, src, dst = runtime(make_runtime, dst=HtmlMediaGateway("dst"))
+    await rt.pipeline.submit(msg("see <this>", gateway="src", chat="c1", mid="src:4",
+                                 attachments=(photo("src:missing", name="a<b>.jpg"),)))
+    await drain(rt)
+    (out,) = dst.sent
+    assert out.attachments == ()
+    # the description is rendered by the destination like the rest of the text (HTML-escaped here)
+    assert out.text == "Ann: see &lt;this&gt;\n[image a&lt;b&gt;.jpg, 3 B]"
+    assert src.fetches == [("src:missing", 5_000)]
+
+
+async def test_a_transient_fetch_failure_retries_the_delivery(make_runtime):
+    rt, src, dst = runtime(make_runtime)
+    src.fetch_error = DeliveryError("source API down", retry_after=7.0)
+    await rt.pipeline.submit(msg("later", gateway="src", chat="c1", mid="src:5", attachments=(photo(),)))
+    item = await rt.store.head("dst/D1")
+    outs, _ = await rt.pipeline.render(item)
+    try:
+        await rt.pipeline.send(outs[0])
+    except DeliveryError as exc:
+        assert not exc.permanent and exc.retry_after == 7.0 and "source API down" in str(exc)
+    else:
+        raise AssertionError("a transient fetch failure must fail the send")
+    assert dst.sent == []
+    src.fetch_error = None
+    assert (await rt.pipeline.send(outs[0])).native_ids
+    assert dst.sent[0].attachments[0].data == b"\xff\xd8\xff"
+
+
+async def test_a_gateway_without_fetch_support_gets_its_files_described(make_runtime):
+    rt, _src, dst = runtime(make_runtime)
+    rt.gateways["src"] = FakeGateway("src")  # the base Gateway.fetch_attachment: Unsupported
+    await rt.pipeline.submit(msg("x", gateway="src", chat="c1", mid="src:6", attachments=(photo(),)))
+    await drain(rt)
+    (out,) = dst.sent
+    assert out.attachments == () and out.text == "Ann: x\n[image cat.jpg, 3 B]"
+
+
+async def test_urls_and_own_references_pass_untouched(make_runtime):
+    rt, src, dst = runtime(make_runtime)
+    url = Attachment(name="r.pdf", content_type="application/pdf", size=10, url="https://files.example/r.pdf")
+    await rt.pipeline.submit(msg("r", gateway="src", chat="c1", mid="src:7", attachments=(url,)))
+    await drain(rt)
+    assert dst.sent[0].attachments == (url,) and src.fetches == []
+    # a reference going back to a chat of its own gateway is the gateway's business (e.g. by file_id)
+    own = {"name": "own", "mesh": "m", "topic": "t2", "direction": "both",
+           "binds": [{"gateway": "src", "chat": "c1"}, {"gateway": "src", "chat": "c2"}]}
+    rt2 = make_runtime([own], gateways={"src": src})
+    rt2.settings.delivery = DeliveryConfig()
+    await rt2.pipeline.submit(msg("o", gateway="src", chat="c1", mid="src:8", attachments=(photo(),)))
+    await drain(rt2)
+    (out,) = src.sent
+    assert out.attachments == (photo(),) and src.fetches == []
+
+
+async def test_fetched_bytes_never_reach_the_outbox(make_runtime):
+    rt, _src, dst = runtime(make_runtime)
+    await rt.pipeline.submit(msg("p", gateway="src", chat="c1", mid="src:9", attachments=(photo(),)))
+    item = await rt.store.head("dst/D1")
+    assert item.message["attachments"] == [
+        {k: v for k, v in dataclasses.asdict(photo()).items() if k != "data"}
+    ]
+    await drain(rt)
+    assert dst.sent[0].attachments[0].data == b"\xff\xd8\xff"
+    assert (await rt.store.head("dst/D1")) is None
