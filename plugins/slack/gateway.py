@@ -44,6 +44,8 @@ from claudemesh_gateway import (
     StartupError,
 )
 from claudemesh_gateway.plugins.slack import mrkdwn
+from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURSORS_KEY
+from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlashCommand
 from pydantic import ConfigDict, Field, SecretStr
@@ -107,6 +109,8 @@ BAD_CREDENTIALS = frozenset(
 # Message subtypes that carry a person's words; everything else (joins, topic changes,
 # bot_message, ...) is not relayed.
 RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_message"})
+# conversations.history errors that skip the channel for this catch-up (besides PERMANENT_ERRORS)
+HISTORY_REFUSALS = frozenset({"invalid_cursor", "invalid_ts_oldest", "invalid_limit", "method_deprecated"})
 PARENTS_KEY = "thread_parents"  # kv: [[channel, reply ts, parent ts], ...], newest last
 PARENTS_SAVED = 5000
 
@@ -140,6 +144,12 @@ class SlackConfig(GatewayConfig):
     name_cache_ttl: float = Field(3600.0, ge=0)
     request_timeout: int = Field(10, ge=1, le=60)
     ping_interval: float = Field(5.0, gt=0)  # Socket Mode keep-alive
+    # catch-up after downtime from conversations.history (opt-in: Slack's limits for new
+    # non-Marketplace apps are ~1 request/min with <= 15 messages)
+    history_catchup: bool = False
+    history_rate_per_min: float = Field(1.0, gt=0)  # conversations.history calls, all channels together
+    history_page_limit: int = Field(15, ge=1, le=200)  # messages per call
+    history_max_age: float = Field(86400.0, gt=0)  # seconds: never fetch older messages
     rate: RateConfig = RateConfig()
 
 
@@ -227,6 +237,9 @@ class SlackGateway(Gateway):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._channel_locks: dict[str, asyncio.Lock] = {}
         self._started = False
+        self._hellos = 0  # Socket Mode hellos since start: every one after the first is a reconnect
+        self.app_id: str | None = None  # from the socket hello or events; recognises our own posts
+        self._history = HistoryCatchup(self) if config.history_catchup else None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -240,8 +253,14 @@ class SlackGateway(Gateway):
 
     async def _start(self) -> None:
         self._started = True
+        self._hellos = 0
         cfg = self.config
         await self._load_parents()
+        if self._history is not None:
+            await self._history.load()
+        else:
+            with contextlib.suppress(Exception):  # off forgets: a later enable starts at "now"
+                await self.ctx.kv_delete(HISTORY_CURSORS_KEY)
         if not cfg.bot_token.get_secret_value().startswith("xoxb-"):
             raise StartupError(f"gateway {self.name}: bot_token must be a bot token (xoxb-...)")
         if cfg.mode == "socket" and (
@@ -265,7 +284,7 @@ class SlackGateway(Gateway):
             if cfg.mode == "socket":
                 await self._open_socket()
             else:
-                self.set_state(GatewayState.CONNECTED, "events api")
+                self._events_connected()
         except _AuthFailed as exc:
             self.set_state(GatewayState.BAD_CREDENTIALS, exc.error)
             raise StartupError(f"gateway {self.name}: Slack refused the token ({exc.error})") from None
@@ -282,7 +301,7 @@ class SlackGateway(Gateway):
                 if self.config.mode == "socket":
                     await self._open_socket()
                 else:
-                    self.set_state(GatewayState.CONNECTED, "events api")
+                    self._events_connected()
                 return
             except _AuthFailed as exc:
                 self.set_state(GatewayState.BAD_CREDENTIALS, exc.error)
@@ -291,6 +310,11 @@ class SlackGateway(Gateway):
             except Exception as exc:  # noqa: BLE001
                 self.set_state(GatewayState.TRANSIENT_DISCONNECT, type(exc).__name__)
                 delay = min(delay * 2, 60.0)
+
+    def _events_connected(self) -> None:
+        self.set_state(GatewayState.CONNECTED, "events api")
+        if self._history is not None:
+            self._history.connected(reconnect=False)
 
     async def _auth(self) -> None:
         assert self._web is not None
@@ -341,6 +365,8 @@ class SlackGateway(Gateway):
         for task in list(self._tasks):
             if task.get_name().endswith((":bootstrap", ":connect")):
                 task.cancel()
+        if self._history is not None:
+            self._history.cancel()  # sleeping on its rate bucket, maybe for a minute
         if self._socket is not None:
             with contextlib.suppress(Exception):
                 await self._socket.close()
@@ -352,6 +378,8 @@ class SlackGateway(Gateway):
             await asyncio.gather(*pending, return_exceptions=True)
         await self.resolver.aclose()
         await self._save_parents()
+        if self._history is not None:
+            await self._history.save()
         self.set_state(GatewayState.STOPPED)
 
     def _spawn(self, coro: Any, what: str) -> asyncio.Task[Any]:
@@ -375,7 +403,14 @@ class SlackGateway(Gateway):
     async def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         kind = message.get("type")
         if kind == "hello":
+            # synchronous up to here: the gaps are taken before this socket's first envelope
+            self._hellos += 1
+            app_id = (message.get("connection_info") or {}).get("app_id")
+            if isinstance(app_id, str) and app_id:
+                self.app_id = app_id
             self.set_state(GatewayState.CONNECTED, "socket mode")
+            if self._history is not None and self._started:
+                self._history.connected(reconnect=self._hellos > 1)
         elif kind == "disconnect":
             self.set_state(GatewayState.TRANSIENT_DISCONNECT, str(message.get("reason") or "disconnect"))
 
@@ -528,20 +563,58 @@ class SlackGateway(Gateway):
             return None
         if cb.event.get("type") != "message":
             return None
+        if cb.api_app_id:
+            self.app_id = cb.api_app_id
         ev = MessageEvent.model_validate(cb.event)
-        # one channel at a time, in arrival order: a slow name lookup for one message must not
-        # let the next message of the same channel overtake it (the core keeps submit order)
-        lock = self._channel_locks.setdefault(ev.channel, asyncio.Lock())
-        async with lock:
-            msg = await self._to_message(ev, cb)
-            if msg is None:
-                return None
-            result = await self.ctx.submit(msg)
+        result = await self._submit_event(ev, cb)
         if cb.event_id:
             self._recent[cb.event_id] = None
             while len(self._recent) > 5000:
                 self._recent.popitem(last=False)
         return result
+
+    async def _submit_event(self, ev: MessageEvent, cb: EventCallback) -> Any:
+        """The one inbound path, for live events and history catch-up alike."""
+        # one channel at a time, in arrival order: a slow name lookup for one message must not
+        # let the next message of the same channel overtake it (the core keeps submit order)
+        lock = self._channel_locks.setdefault(ev.channel, asyncio.Lock())
+        async with lock:
+            msg = await self._to_message(ev, cb)
+            result = await self.ctx.submit(msg) if msg is not None else None
+        if self._history is not None and ev.ts and self._binding_for(ev.channel) is not None:
+            self._history.seen(ev.channel, ev.ts)  # submitted or filtered out: seen
+        return result
+
+    async def submit_history(self, channel: str, message: Mapping[str, Any]) -> Any:
+        """Submit one ``conversations.history`` message as if it had arrived as a live event:
+        same filters, same :attr:`Message.id`, so the core drops whatever also came live."""
+        ev = MessageEvent.model_validate({**message, "type": "message", "channel": channel})
+        cb = EventCallback(type="event_callback", team_id=self.team_id or "", api_app_id=self.app_id or "")
+        return await self._submit_event(ev, cb)
+
+    async def history_page(self, channel: str, **params: Any) -> Mapping[str, Any]:
+        """One ``conversations.history`` call. Raises HistoryRateLimited (429), HistoryRefused
+        (permanent for this channel, or bad credentials), anything else when it may get better."""
+        if self._web is None:
+            raise RuntimeError("not started")
+        try:
+            resp = await self._web.conversations_history(
+                channel=channel, **{k: v for k, v in params.items() if v is not None}
+            )
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            retry_after = _retry_after(exc)
+            if retry_after is not None:
+                raise HistoryRateLimited(retry_after) from None
+            if err in BAD_CREDENTIALS:
+                self.set_state(GatewayState.BAD_CREDENTIALS, err)
+                raise HistoryRefused(err, bad_credentials=True) from None
+            status = exc.response.status_code if exc.response is not None else 0
+            if status < 500 and (err in PERMANENT_ERRORS or err in HISTORY_REFUSALS):
+                raise HistoryRefused(err) from None
+            raise RuntimeError(f"slack conversations.history: {err}") from None
+        data = resp.data
+        return data if isinstance(data, Mapping) else {}
 
     async def _to_message(self, ev: MessageEvent, cb: EventCallback) -> Message | None:
         channel = ev.channel

@@ -8,6 +8,7 @@ import json
 import time
 import urllib.parse
 from collections import defaultdict
+from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -29,8 +30,8 @@ APP_ID = "A0APP"
 class FakeSlack:
     """Enough of Slack for the gateway: records every call, enforces the bearer token,
     ~1 msg/s per channel (burst 3) for chat.postMessage (violations are recorded, not
-    enforced), scripted 429s, and a Socket Mode websocket that pushes envelopes and
-    collects acks."""
+    enforced), scripted 429s, a Socket Mode websocket that pushes envelopes and
+    collects acks, and ``conversations.history`` over per-channel ``history`` lists."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -70,6 +71,13 @@ class FakeSlack:
         self.echo = False  # like Slack: every post comes back as a message event over the socket
         self.echoed: list[str] = []
         self._bg: set[asyncio.Task[Any]] = set()
+        # conversations.history: per channel, messages as Slack stores them (any order here)
+        self.history: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.history_calls: list[tuple[float, dict[str, Any]]] = []  # (time.monotonic(), params)
+        self.history_429: list[float] = []  # Retry-After of the next history calls
+        self.history_error: dict[str, str] = {}  # channel -> error of every history call
+        self.history_delay = 0.0  # seconds each history call takes
+        self._history_last = 0.0
 
     # -- helpers ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -81,6 +89,21 @@ class FakeSlack:
     def next_ts(self) -> str:
         n = next(self._ts)
         return f"{1700000000 + n}.{n:06d}"
+
+    def add_history(
+        self, channel: str, text: str, *, user: str | None = "U1", ts: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """A message posted to ``channel`` (what conversations.history will return). Without
+        ``ts``, one just after the previous one and never before the wall clock."""
+        if ts is None:
+            now = max(time.time(), self._history_last + 0.001)
+            self._history_last = now
+            ts = f"{now:.6f}"
+        msg: dict[str, Any] = {"type": "message", "user": user, "text": text, "ts": ts, "team": TEAM}
+        msg.update(extra)
+        msg = {k: v for k, v in msg.items() if v is not None}
+        self.history[channel].append(msg)
+        return msg
 
     def texts(self, channel: str) -> list[str]:
         return [p["text"] for p in self.posts[channel]]
@@ -225,6 +248,57 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "user_not_found"})
         return web.json_response({"ok": True, "user": user})
 
+    async def _m_conversations_history(self, request: web.Request, p: dict[str, Any]) -> web.Response:
+        """Newest first; ``oldest``/``latest`` exclusive unless ``inclusive``; ``limit`` per page;
+        ``cursor`` is the ``next_cursor`` of the previous page (paging towards older messages)."""
+        self.history_calls.append((time.monotonic(), p))
+        if self.history_delay:
+            await asyncio.sleep(self.history_delay)
+        if self.history_429:
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(int(self.history_429.pop(0)))},
+            )
+        channel = p.get("channel", "")
+        if channel in self.history_error:
+            return web.json_response({"ok": False, "error": self.history_error[channel]})
+        if channel not in self.channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        inclusive = str(p.get("inclusive", "0")).lower() in ("1", "true")
+        oldest = Decimal(str(p["oldest"])) if p.get("oldest") else None
+        latest = Decimal(str(p["latest"])) if p.get("latest") else None
+        limit = int(p.get("limit") or 100)
+        if not 1 <= limit <= 1000:
+            return web.json_response({"ok": False, "error": "invalid_limit"})
+
+        def inside(m: dict[str, Any]) -> bool:
+            ts = Decimal(m["ts"])
+            if oldest is not None and (ts < oldest or (ts == oldest and not inclusive)):
+                return False
+            return latest is None or ts < latest or (ts == latest and inclusive)
+
+        msgs = sorted(
+            (m for m in self.history[channel] if inside(m)), key=lambda m: Decimal(m["ts"]), reverse=True
+        )
+        start = 0
+        if p.get("cursor"):
+            cursor = str(p["cursor"])
+            if not cursor.startswith("page:"):
+                return web.json_response({"ok": False, "error": "invalid_cursor"})
+            start = int(cursor[5:])
+        page = msgs[start : start + limit]
+        more = start + limit < len(msgs)
+        return web.json_response(
+            {
+                "ok": True,
+                "messages": page,
+                "has_more": more,
+                "pin_count": 0,
+                "response_metadata": {"next_cursor": f"page:{start + limit}" if more else ""},
+            }
+        )
+
     async def _m_conversations_info(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         ch = self.channels.get(p.get("channel", ""))
         if ch is None:
@@ -350,9 +424,19 @@ async def make_gateway(fake_slack, http_session):
     made: list[SlackGateway] = []
 
     async def make(
-        mode: str = "socket", bindings: list[Binding] | None = None, start: bool = True, **cfg: Any
+        mode: str = "socket",
+        bindings: list[Binding] | None = None,
+        start: bool = True,
+        ctx: RecordingContext | None = None,
+        **cfg: Any,
     ) -> SlackGateway:
-        ctx = RecordingContext("slack", http_session, bindings if bindings is not None else [binding("C1")])
+        """``ctx``: reuse another gateway's context (its kv: a restart of the same instance)."""
+        if ctx is None:
+            ctx = RecordingContext(
+                "slack", http_session, bindings if bindings is not None else [binding("C1")]
+            )
+        elif bindings is not None:
+            ctx.set_bindings(bindings)
         conf: dict[str, Any] = {
             "bot_token": BOT_TOKEN,
             "api_base": f"{fake_slack.url}/api/",

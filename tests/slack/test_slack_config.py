@@ -47,7 +47,17 @@ def test_plugin_registers_the_gateway():
     # __init__ holds only the hookimpl (and the import it needs)
     public = {k for k in vars(plugin) if not k.startswith("_")}
     assert (
-        public - {"hookimpl", "SlackGateway", "register_gateways", "gateway", "mrkdwn", "signature", "wire"}
+        public
+        - {
+            "hookimpl",
+            "SlackGateway",
+            "register_gateways",
+            "gateway",
+            "history",
+            "mrkdwn",
+            "signature",
+            "wire",
+        }
         == set()
     )
 
