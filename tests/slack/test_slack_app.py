@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 
 import pytest
 from claudemesh_gateway import DeliveryFailed, Event, hookimpl
 from claudemesh_gateway.plugins.slack.signature import sign
-from claudemesh_gateway.testing import build_test_app
+from claudemesh_gateway.testing import build_test_app, wait_until
 
 
 class Observer:
@@ -26,10 +25,6 @@ class Observer:
         self.events.append(event)
 
 
-async def wait_until(pred: Callable[[], bool], limit_s: float = 10.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110 - state lives in the app's tasks and the fake server
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -7,17 +7,10 @@ mesh peers (their own MeshPeer connections) that post to and read from topic "ge
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig, MeshInbound, MeshPeer
-from claudemesh_gateway.testing import build_test_app, dev_broker, dev_mesh_tables  # noqa: F401 (fixture)
-
-
-async def wait_until(pred: Callable[[], bool], limit_s: float = 15.0) -> None:
-    async with asyncio.timeout(limit_s):
-        while not pred():  # noqa: ASYNC110 - state lives in the app's tasks, the broker and the fake
-            await asyncio.sleep(0.02)
+from claudemesh_gateway.testing import build_test_app, dev_broker, dev_mesh_tables, wait_until  # noqa: F401 (fixture)
 
 
 @pytest.fixture
