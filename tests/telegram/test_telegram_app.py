@@ -142,3 +142,37 @@ async def test_in_chat_command_is_answered_in_the_same_chat(app, fake_tg):
     assert "/topics" in answer["text"] or "/help" in answer["text"]
     await asyncio.sleep(0.2)
     assert fake_tg.texts(B) == []  # a command is not relayed
+
+
+async def test_a_photo_reaches_a_chat_of_another_bot_as_an_upload(tmp_path, aiohttp_server, fake_tg, tg_token,
+                                                                   tg_fake_module):
+    """Issue 4: files up to a configurable size pass to destinations that take files. A file_id is
+    only good for the bot that saw it, so the core fetches the bytes from bot 1 (getFile + download)
+    and bot 2 uploads them."""
+    other_token = "654321:OTHER-token_abcdefghijklmnopqrstuvwxyz01"
+    fake2 = tg_fake_module.FakeBotAPI(other_token)
+    server2 = await aiohttp_server(fake2.app)
+    fake2.url = str(server2.make_url("")).rstrip("/")
+    cfg = {
+        "gateways": {
+            "tg1": {"type": "telegram", "token": tg_token, "api_base": fake_tg.url, "poll_timeout": 1},
+            "tg2": {"type": "telegram", "token": other_token, "api_base": fake2.url, "poll_timeout": 1},
+        },
+        "routes": [{"name": "room", "binds": [{"gateway": "tg1", "chat": A}, {"gateway": "tg2", "chat": B}]}],
+    }
+    client, _runtime = await build_test_app(cfg, state_dir=tmp_path)
+    try:
+        content = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+        fid = fake_tg.add_file(content, "photos/file_9.png")
+        fake_tg.add_message(int(A), None, caption="the chart",
+                            photo=[{"file_id": fid, "file_unique_id": fid, "width": 10, "height": 10,
+                                    "file_size": len(content)}])
+        [sent] = await fake2.wait_sent(B, 1)
+        assert sent["caption"] == "Ada Lovelace: the chart"
+        uploaded = sent["photo"][-1]["file_id"]
+        assert fake2.files[uploaded][1] == content  # the same bytes, uploaded by bot 2
+        assert [c["file_id"] for c in fake_tg.method_calls("getFile")] == [fid]  # fetched from bot 1
+        [call] = fake2.method_calls("sendPhoto")
+        assert not isinstance(call["photo"], str)  # an upload, not bot 1's file_id (useless to bot 2)
+    finally:
+        await client.close()
