@@ -55,8 +55,20 @@ class _Retry(Exception):
         self.min_delay = min_delay
 
 
+class _ClockSkew(_Retry):
+    """The broker rejected our timestamp: nothing changes until the system clock does."""
+
+
 class Connection:
-    """The broker connection of one mesh peer. ``state``: connecting|connected|backoff|terminal|stopped."""
+    """The broker connection of one mesh peer. ``state``: connecting|connected|backoff|terminal|stopped.
+
+    A clock skew is terminal until the clock changes: the state is ``terminal``, a waiter with a
+    deadline gets the error at once, and the connection reconnects by itself as soon as the system
+    clock moves (NTP fixed it) or, at the latest, every ``SKEW_RETRY`` seconds."""
+
+    SKEW_RETRY = 300.0  # seconds between attempts while the clock stays where it is
+    SKEW_CHECK = 1.0  # how often the clock is compared with the monotonic clock
+    SKEW_JUMP = 2.0  # a change of the wall clock's offset larger than this is "the clock was fixed"
 
     def __init__(
         self, name: str, cfg: Any, ident: SessionIdentity, *,
@@ -81,6 +93,8 @@ class Connection:
         self.hello_ack: dict[str, Any] = {}
         self.connected_since: float | None = None
         self.terminal_error: MeshTerminalError | None = None
+        self.skew_error: MeshTerminalError | None = None  # set while the broker rejects our clock
+        self._skewed = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -131,7 +145,7 @@ class Connection:
             await self._http.close()
             self._http = None
         self._fail_waiters(MeshError(f"mesh {self.name}: peer stopped"))
-        if self.state != "terminal":
+        if self.terminal_error is None:
             self._set_state("stopped")
         self._dead.set()
 
@@ -143,25 +157,28 @@ class Connection:
         """Return once connected; raise MeshTerminalError / MeshError (stopped) / MeshTimeout."""
         if self.connected:
             return
-        self._raise_if_dead()
-        conn = asyncio.ensure_future(self._connected.wait())
-        dead = asyncio.ensure_future(self._dead.wait())
+        self._raise_if_dead(timeout is not None)
+        waits = {asyncio.ensure_future(self._connected.wait()), asyncio.ensure_future(self._dead.wait())}
+        if timeout is not None:  # a caller with a deadline hears of a clock skew at once
+            waits.add(asyncio.ensure_future(self._skewed.wait()))
         try:
-            done, _ = await asyncio.wait({conn, dead}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            conn.cancel()
-            dead.cancel()
+            for w in waits:
+                w.cancel()
         if self.connected:
             return
-        self._raise_if_dead()
+        self._raise_if_dead(timeout is not None)
         if not done:
             why = f" (last error: {self.last_error})" if self.last_error else ""
             raise MeshTimeout(f"mesh {self.name}: not connected within {timeout:.0f}s{why}")
         raise MeshError(f"mesh {self.name}: not connected")
 
-    def _raise_if_dead(self) -> None:
+    def _raise_if_dead(self, skew: bool = False) -> None:
         if self.terminal_error is not None:
             raise self.terminal_error
+        if skew and self.skew_error is not None:
+            raise self.skew_error
         if self._stop.is_set():
             raise MeshError(f"mesh {self.name}: peer stopped")
 
@@ -189,11 +206,14 @@ class Connection:
             first = False
             self._set_state("connecting")
             min_delay = 0.0
+            skew = ""
             try:
                 await self._session()
             except MeshTerminalError as exc:
                 self._terminal(exc)
                 return
+            except _ClockSkew as exc:
+                skew = exc.human
             except _Retry as exc:
                 self.last_error = exc.human
                 min_delay = exc.min_delay
@@ -208,6 +228,9 @@ class Connection:
                 self._fail_waiters(ConnectionLost(f"mesh {self.name}: connection lost"))
             if self._stop.is_set():
                 break
+            if skew:
+                await self._until_clock_changes(skew)
+                continue
             if self._immediate:
                 self._immediate = False
                 continue
@@ -215,6 +238,27 @@ class Connection:
             self._set_state("backoff", self.last_error or "")
             log.info("mesh %s: reconnecting in %.1fs", self.name, delay)
             await wait_event(self._stop, delay)
+
+    async def _until_clock_changes(self, human: str) -> None:
+        """Terminal for the broker's sake (no reconnect storm) until the wall clock moves."""
+        self.last_error = human
+        self.skew_error = MeshTerminalError("timestamp_skew", human)
+        self._skewed.set()
+        self._set_state("terminal", f"{human}; reconnecting when the system clock changes")
+        offset = self._clock() - time.monotonic()
+        waited = 0.0
+        try:
+            while not self._stop.is_set() and waited < self.SKEW_RETRY:
+                if await wait_event(self._stop, self.SKEW_CHECK):
+                    return
+                waited += self.SKEW_CHECK
+                moved = (self._clock() - time.monotonic()) - offset
+                if abs(moved) > self.SKEW_JUMP:
+                    log.warning("mesh %s: the system clock moved by %+.0fs; reconnecting", self.name, moved)
+                    return
+        finally:
+            self.skew_error = None
+            self._skewed.clear()
 
     def _next_delay(self) -> float:
         steps = self.cfg.backoff
@@ -363,7 +407,7 @@ class Connection:
             raise _Retry(refusal.human)
         if refusal.action == "skew":
             log.error("mesh %s: %s", self.name, refusal.human)
-            raise _Retry(refusal.human)
+            raise _ClockSkew(refusal.human)
         if refusal.action == "capacity":
             log.error("mesh %s: %s", self.name, refusal.human)
             raise _Retry(refusal.human, min_delay=self.cfg.capacity_backoff)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
-from claudemesh_gateway.errors import MeshTerminalError, MeshTimeout
+from claudemesh_gateway.errors import MeshTerminalError
 from claudemesh_gateway.mesh import connection as connection_mod
 from claudemesh_gateway.mesh import handshake
 from claudemesh_gateway.mesh.crypto import KeyPair
@@ -49,16 +50,26 @@ async def test_bad_signature_is_terminal(broker, make_peer, monkeypatch, mode):
     assert ei.value.code == "bad_signature" and "signature" in ei.value.human_message
 
 
-async def test_skewed_clock_retries_with_explicit_message(broker, make_peer, eventually):
-    states = []
-    peer = await make_peer(broker.default_mesh.gateway, connect=False, clock=lambda: time.time() + 3600,
-                           backoff=[0.1])
-    peer.on_state = lambda s, d: states.append((s, d))
-    with pytest.raises(MeshTimeout, match="clock skew: fix the system clock"):
-        await peer.wait_connected(0.5)
-    assert peer.state in ("backoff", "connecting") and peer.connection.terminal_error is None
-    await eventually(lambda: any(s == "backoff" and "clock skew" in d for s, d in states))
-    assert peer.reconnects >= 1
+async def test_skewed_clock_is_terminal_until_the_clock_is_fixed(broker, make_peer, monkeypatch, eventually):
+    """Issue 2: a clear terminal error. Spec A.4: "skew: fix clock, retry". Both: no reconnect storm
+    while the clock is wrong, and a reconnect by itself once it moved (NTP caught up)."""
+    monkeypatch.setattr(connection_mod.Connection, "SKEW_CHECK", 0.05)
+    skew = [3600.0]
+    peer = await make_peer(broker.default_mesh.gateway, connect=False, clock=lambda: time.time() + skew[0],
+                           backoff=[0.05])
+    t0 = time.monotonic()
+    with pytest.raises(MeshTerminalError, match="clock skew: fix the system clock") as ei:
+        await peer.wait_connected(10)
+    assert time.monotonic() - t0 < 5  # at once, not after the deadline
+    assert ei.value.code == "timestamp_skew"
+    assert peer.state == "terminal" and "reconnecting when the system clock changes" in peer.connection.detail
+    attempts = peer.reconnects
+    await asyncio.sleep(0.5)  # ten clock checks, with a 0.05 s backoff: no new attempt while the clock is wrong
+    assert peer.reconnects == attempts
+    skew[0] = 0.0  # the clock is fixed
+    await eventually(lambda: peer.state == "connected")
+    assert peer.connection.skew_error is None
+    await peer.wait_connected(1)
 
 
 async def test_revoked_member_is_terminal(broker, make_peer, eventually):
