@@ -5,6 +5,9 @@
   we sent). The signature is verified first, over the configured ``public_url``.
 - Egress: ``client.messages.create_async`` with the official ``twilio`` library
   over an aiohttp-based async HTTP client that shares the core's session.
+- Files: bytes handed to ``send`` are held in memory for a while and offered to Twilio as
+  ``<public_url>/gateways/<name>/media/<token>`` (``GET``/``HEAD``); inbound ``MediaUrl<n>``
+  become ``twilio:<name>:<path>`` references read by ``fetch_attachment`` (see ``media.py``).
 - State (``ctx.kv``): ``window:<whatsapp:+E164>`` = epoch seconds of the user's
   last inbound message (24-hour session window), ``optout:<whatsapp:+E164>`` =
   consent registry entry, ``status:recent`` = the last status callbacks,
@@ -18,6 +21,7 @@ import asyncio
 import base64
 import collections
 import contextvars
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -46,6 +50,15 @@ from claudemesh_gateway import (
     RateLimit,
     SendResult,
 )
+from claudemesh_gateway.plugins.whatsapp.media import (
+    TWILIO_API,
+    MediaStore,
+    install_access_log_filter,
+    is_media_path,
+    media_path_of,
+    scrub_media_tokens,
+    served_content_type,
+)
 from claudemesh_gateway.plugins.whatsapp.signature import (
     SETTINGS_HEADER,
     SIGNATURE_HEADER,
@@ -65,6 +78,7 @@ from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioS
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response as TwilioResponse
 from twilio.rest import Client
+from yarl import URL
 
 __all__ = ["EMPTY_TWIML", "TwilioHttpClient", "WhatsAppBindingOptions", "WhatsAppConfig", "WhatsAppGateway"]
 
@@ -101,6 +115,13 @@ class WhatsAppConfig(GatewayConfig):
     daily_unique_users: int = Field(250, ge=0)
     status_callback: bool = True
     request_timeout: float = Field(15.0, gt=0, le=120)
+    # WhatsApp media limits (Twilio): 16 MB per message, images 5 MB; larger files are described (0 = no files)
+    max_media_bytes: int = Field(16 * MB, ge=0)
+    max_image_bytes: int = Field(5 * MB, ge=0)
+    # bytes (a file from Telegram, Slack...) are served to Twilio from memory for media_ttl seconds,
+    # at most media_cache_bytes in all (oldest out first; 0 = never: such files are described)
+    media_ttl: float = Field(900.0, gt=0, le=7 * 86400)
+    media_cache_bytes: int = Field(64 * MB, ge=0)
 
     @field_validator("from_number")
     @classmethod
@@ -156,8 +177,12 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
     shared and is never closed here), a bounded timeout, no request logging
     (bodies are message content), list values sent as repeated form fields
     (``MediaUrl``), and the response headers kept for ``Retry-After``.
-    Tests subclass this and rewrite ``https://api.twilio.com`` to a fake.
+    Tests subclass this and point :meth:`resolve` (``https://api.twilio.com``) at a fake; both
+    the REST calls and media downloads go through it.
     """
+
+    REDIRECTS: ClassVar[frozenset[int]] = frozenset({301, 302, 303, 307, 308})
+    MAX_REDIRECTS: ClassVar[int] = 3
 
     def __init__(self, session: aiohttp.ClientSession, *, timeout: float = 15.0) -> None:
         super().__init__(pool_connections=False, timeout=timeout)
@@ -174,6 +199,7 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
         timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> TwilioResponse:
+        url = self.resolve(url)
         fields: list[tuple[str, str]] = []
         for key, value in (data or {}).items():
             if isinstance(value, list | tuple):
@@ -191,6 +217,45 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
             text = await resp.text()
             _LAST_HEADERS.set(dict(resp.headers))
             return TwilioResponse(resp.status, text, resp.headers)
+
+    def resolve(self, url: str) -> str:
+        """The URL actually requested for a Twilio API URL (the test seam)."""
+        return url
+
+    async def download(self, url: str, auth: tuple[str, str], max_bytes: int) -> bytes:
+        """GET a Twilio media URL with HTTP basic auth and return its bytes, at most ``max_bytes``.
+
+        Twilio answers with a redirect to its media CDN (a short-lived signed URL); that hop, and any
+        after it, is requested *without* the credentials (they are for Twilio's API only, whatever the
+        host). Raises :class:`DeliveryError`; its text never holds a URL or a credential."""
+        target = URL(self.resolve(url))
+        headers = {"Authorization": _basic_auth(auth[0], auth[1])}
+        per_call = self.timeout or 15.0
+        timeout = aiohttp.ClientTimeout(total=max(60.0, 4 * per_call), sock_connect=per_call, sock_read=per_call)
+        for _ in range(self.MAX_REDIRECTS + 1):
+            async with self.session.get(target, headers=headers, allow_redirects=False, timeout=timeout) as resp:
+                if resp.status in self.REDIRECTS:
+                    location = resp.headers.get("Location", "")
+                    nxt = target.join(URL(location, encoded=True)) if location else None
+                    if nxt is None or nxt.scheme not in ("http", "https") or not nxt.host:
+                        raise DeliveryError("twilio media: redirect without a usable location", permanent=True)
+                    target, headers = nxt, {}  # never the credentials past Twilio's API
+                    continue
+                if resp.status != 200:
+                    transient = resp.status >= 500 or resp.status in (408, 429)
+                    raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
+                                        retry_after=_header_seconds(resp.headers) if transient else None)
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    raise DeliveryError(f"twilio media is larger than {max_bytes} bytes", permanent=True)
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in resp.content.iter_chunked(65536):
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise DeliveryError(f"twilio media is larger than {max_bytes} bytes", permanent=True)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise DeliveryError("twilio media: too many redirects", permanent=True)
 
     async def close(self) -> None:  # the session belongs to the core
         return None
@@ -210,6 +275,9 @@ class WhatsAppGateway(Gateway):
 
     INBOUND_PATH: ClassVar[str] = "inbound"
     STATUS_PATH: ClassVar[str] = "status"
+    MEDIA_PATH: ClassVar[str] = "media"
+    #: the scheme of inbound media references: ``twilio:<gateway name>:<media path>``
+    REF_SCHEME: ClassVar[str] = "twilio"
     RECENT_STATUS_KEEP: ClassVar[int] = 200
 
     config: WhatsAppConfig
@@ -222,6 +290,13 @@ class WhatsAppGateway(Gateway):
         self._seen_status: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._initiated: dict[str, float] | None = None  # loaded from ctx.kv on first use
         self._initiated_lock = asyncio.Lock()
+        self._auth: tuple[str, str] | None = None  # REST / media credentials, set by start()
+        cfg = self.config
+        #: files served to Twilio on /gateways/<name>/media/<token> (see media.py)
+        self.media = MediaStore(ttl=cfg.media_ttl, max_bytes=cfg.media_cache_bytes)
+        # per instance: the core caps what it fetches for us at max_media_bytes
+        self.capabilities = dataclasses.replace(  # type: ignore[misc]
+            type(self).capabilities, media=cfg.max_media_bytes > 0, max_media_bytes=cfg.max_media_bytes)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -237,7 +312,9 @@ class WhatsAppGateway(Gateway):
             username, password = cfg.api_key_sid, cfg.api_key_secret.get_secret_value()
         else:
             username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
+        self._auth = (username, password)
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
+        install_access_log_filter()  # media tokens stay out of the access log
         detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
@@ -249,6 +326,7 @@ class WhatsAppGateway(Gateway):
             await self._http.close()
         self._client = None
         self._http = None
+        self.media.clear()
         self.set_state(GatewayState.STOPPED)
 
     async def check(self) -> list[str]:
@@ -344,7 +422,7 @@ class WhatsAppGateway(Gateway):
                 "outside WhatsApp 24-hour window and no template configured: held until the user writes "
                 "(replay it from the dead letters then)", permanent=True)
 
-        body, media = _body_and_media(out, self.capabilities.max_media_bytes)
+        body, media = await self._body_and_media(out)
         kwargs["body"] = body
         if media:
             kwargs["media_url"] = media
@@ -360,6 +438,117 @@ class WhatsAppGateway(Gateway):
             kwargs.update(self._template_kwargs(out, opts))
             return await self._initiate(kwargs, to, out)
         return self._sent(msg, to, "session", out)
+
+    # -- files, outbound ------------------------------------------------------------------------------------
+    def media_limit(self, content_type: str) -> int:
+        """The largest file WhatsApp takes of this type: ``max_image_bytes`` for images (capped by
+        ``max_media_bytes``), else ``max_media_bytes``."""
+        cfg = self.config
+        if content_type.split(";", 1)[0].strip().lower().startswith("image/"):
+            return min(cfg.max_image_bytes, cfg.max_media_bytes)
+        return cfg.max_media_bytes
+
+    async def _body_and_media(self, out: Outbound) -> tuple[str, list[str]]:
+        """The free-form body and at most one media URL.
+
+        WhatsApp takes one file per message (Twilio ignores any further ``MediaUrl``): the first
+        attachment that can be sent rides with the text, every other one is described in it
+        (``[image cat.jpg, 88 KiB]``). One outbound part stays one Twilio message, so a retry never
+        re-sends a file that went out, and the core's rate limit counts what Twilio counts."""
+        media: list[str] = []
+        described: list[Attachment] = []
+        for index, att in enumerate(out.attachments):
+            url = await self._media_url(att, out, index) if not media else None
+            if url:
+                media.append(url)
+            else:
+                described.append(att)
+        body = out.text
+        if described:
+            lines = [(dataclasses.replace(a, size=len(a.data)) if a.size is None and a.data is not None
+                      else a).describe() for a in described]
+            body = "\n".join([body, *lines]) if body else "\n".join(lines)
+        return body[:1600], media
+
+    async def _media_url(self, att: Attachment, out: Outbound, index: int) -> str | None:
+        """A URL Twilio can fetch ``att`` from, or None (then it is described)."""
+        ctype = served_content_type(att.content_type, att.name)
+        limit = self.media_limit(ctype)
+        if limit <= 0 or (att.size is not None and att.size > limit):
+            return None
+        if att.data is not None:
+            data = att.data
+        elif att.url and att.url.startswith(("https://", "http://")):
+            return att.url  # a public URL: Twilio fetches it itself
+        elif att.url and self._own_media_path(att.url) is not None and self._can_host(1):
+            # a file of ours going back to WhatsApp (another chat of this gateway): Twilio cannot read
+            # its own media URL when HTTP auth is enforced, so fetch it and offer the bytes
+            try:
+                data = await self.fetch_attachment(att, min(limit, self.config.media_cache_bytes))
+            except DeliveryError as exc:
+                if not exc.permanent:
+                    raise
+                log.info("whatsapp %s: file %r not re-sent (%s); described instead", self.name, att.name, exc)
+                return None
+        else:
+            return None  # a reference of another platform the core did not fetch, or nothing at all
+        if len(data) > limit or not self._can_host(len(data)):
+            return None
+        token = self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
+        if token is None:
+            return None
+        log.debug("whatsapp %s: offering a %s file of %d bytes to Twilio", self.name, ctype, len(data))
+        return public_request_url(self.public_url or "", self._path(f"{self.MEDIA_PATH}/{token}"))
+
+    def _can_host(self, size: int) -> bool:
+        return bool(self.public_url) and 0 < size <= self.config.media_cache_bytes
+
+    async def handle_media(self, request: web.Request) -> web.Response:
+        """``GET``/``HEAD /gateways/<name>/media/<token>``: a file ``send`` offered to Twilio; 404 for
+        anything else (unknown, expired or evicted)."""
+        entry = self.media.get(request.match_info.get("token", ""))
+        if entry is None:
+            raise web.HTTPNotFound(text="not found")
+        return web.Response(body=entry.data, headers={
+            "Content-Type": entry.content_type,
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    # -- files, inbound ---------------------------------------------------------------------------------------
+    def _media_ref(self, url: str) -> str | None:
+        """``twilio:<name>:<path>`` for a Twilio media URL, None for any other URL."""
+        path = media_path_of(url)
+        return f"{self.REF_SCHEME}:{self.name}:{path}" if path else None
+
+    def _own_media_path(self, ref: str) -> str | None:
+        prefix = f"{self.REF_SCHEME}:{self.name}:"
+        if not ref.startswith(prefix):
+            return None
+        path = ref[len(prefix):]
+        return path if is_media_path(path) else None
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes of a ``twilio:<this gateway>:<path>`` media file, downloaded from Twilio with the
+        account's credentials (its CDN hop gets none), at most ``max_bytes``. Gone (404), refused or
+        too large: permanent; Twilio down, a timeout or a network error: transient."""
+        path = self._own_media_path(attachment.url or "")
+        if path is None:
+            raise DeliveryError("whatsapp: not a media file of this gateway", permanent=True)
+        if max_bytes <= 0 or (attachment.size is not None and attachment.size > max_bytes):
+            raise DeliveryError(f"whatsapp: file {attachment.name!r} is too large", permanent=True)
+        if self._http is None or self._auth is None:
+            raise DeliveryError("whatsapp gateway not started", permanent=False, retry_after=1.0)
+        try:
+            return await self._http.download(TWILIO_API + path, self._auth, max_bytes)
+        except DeliveryError as exc:
+            raise DeliveryError(f"whatsapp: file {attachment.name!r}: {self._scrub(str(exc))}",
+                                permanent=exc.permanent, retry_after=exc.retry_after) from None
+        except Exception as exc:  # noqa: BLE001 - aiohttp errors may carry the URL: never surface them
+            raise DeliveryError(f"whatsapp: file {attachment.name!r}: twilio media unreachable "
+                                f"({type(exc).__name__})", permanent=False) from None
 
     def _sent(self, msg: Any, to: str, mode: str, out: Outbound) -> SendResult:
         sid = str(msg.sid or "")
@@ -477,6 +666,7 @@ class WhatsAppGateway(Gateway):
         return DeliveryError(f"Twilio error {code or status}: {text}".rstrip(": "), permanent=True)
 
     def _scrub(self, text: str) -> str:
+        text = scrub_media_tokens(text)  # Twilio may quote a MediaUrl back in an error
         for secret in (self.config.auth_token, self.config.api_key_secret, self.config.webhook_shared_key):
             if secret is not None and secret.get_secret_value():
                 text = text.replace(secret.get_secret_value(), "***")
@@ -487,6 +677,7 @@ class WhatsAppGateway(Gateway):
         return (
             web.post(f"/{self.INBOUND_PATH}", self.handle_inbound),
             web.post(f"/{self.STATUS_PATH}", self.handle_status),
+            web.get(f"/{self.MEDIA_PATH}/{{token}}", self.handle_media),  # HEAD too (aiohttp's allow_head)
         )
 
     @property
@@ -582,7 +773,10 @@ class WhatsAppGateway(Gateway):
         for n, media in enumerate(form.media()):
             ext = mimetypes.guess_extension(media.content_type.split(";")[0].strip()) or ""
             leaf = media.url.rstrip("/").rsplit("/", 1)[-1] or f"media{n}"
-            attachments.append(Attachment(name=f"{leaf}{ext}", content_type=media.content_type, url=media.url))
+            # Twilio's own media: a reference only this gateway can read (the URL may need the account's
+            # credentials); any other URL stays as it came
+            ref = self._media_ref(media.url)
+            attachments.append(Attachment(name=f"{leaf}{ext}", content_type=media.content_type, url=ref or media.url))
         text = form.text
         return Message(
             id=f"whatsapp:{self.name}:{form.message_sid}",
@@ -693,17 +887,9 @@ def _retry_after(default: float | None) -> float | None:
     return default
 
 
-def _body_and_media(out: Outbound, max_bytes: int) -> tuple[str, list[str]]:
-    """Free-form body plus public media URLs; attachments Twilio cannot fetch are described in text."""
-    media: list[str] = []
-    described: list[str] = []
-    for att in out.attachments:
-        fetchable = att.url and att.url.startswith(("https://", "http://"))
-        if fetchable and (att.size is None or att.size <= max_bytes) and len(media) < 10:
-            media.append(att.url)  # type: ignore[arg-type]
-        else:
-            described.append(att.describe())
-    body = out.text
-    if described:
-        body = "\n".join([body, *described]) if body else "\n".join(described)
-    return body[:1600], media
+def _header_seconds(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None

@@ -2,7 +2,10 @@
 
 Everything runs on 127.0.0.1; nothing reaches the internet. The twilio library has
 no base-URL setting, so :class:`FakeTwilioHttp` (a subclass of the gateway's
-``AsyncTwilioHttpClient``) rewrites ``https://api.twilio.com`` to the fake.
+``TwilioHttpClient``) resolves ``https://api.twilio.com`` to the fake, for REST calls and media
+downloads alike. The fake serves inbound media as Twilio does: basic auth on
+``/2010-04-01/Accounts/<sid>/Messages/<MM>/Media/<ME>``, answered with a 307 to a "CDN" path that
+refuses any ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -40,16 +43,71 @@ NAME = "wa"
 
 
 class FakeTwilio:
-    """``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` as Twilio answers it."""
+    """``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` as Twilio answers it, plus inbound media
+    (``add_media``) behind basic auth and a redirect to an auth-refusing CDN path."""
 
     def __init__(self, username: str = ACCOUNT_SID, password: str = AUTH_TOKEN) -> None:
         self.username, self.password = username, password
         self.requests: list[list[tuple[str, str]]] = []
         self.errors: list[tuple[int, int | None, str, dict[str, str]]] = []
+        self.media: dict[tuple[str, str], tuple[bytes, str]] = {}  # (MM, ME) -> (bytes, content type)
+        self.media_errors: list[int] = []  # statuses the next media requests get (API hop)
+        self.media_requests: list[dict[str, str]] = []  # headers of each API-hop request
+        self.cdn_requests: list[dict[str, str]] = []  # headers of each CDN-hop request
+        self.cdn_chunked = False  # stream CDN bodies without Content-Length
+        self._cdn: dict[str, tuple[bytes, str]] = {}
         self.app = web.Application()
         self.app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self.create)
+        self.app.router.add_get("/2010-04-01/Accounts/{account}/Messages/{message}/Media/{media}", self.get_media)
+        self.app.router.add_get("/cdn/{key}", self.cdn)
         self.server = TestServer(self.app, host="127.0.0.1", port=0)
         self.count = 0
+
+    def add_media(self, data: bytes, content_type: str = "image/jpeg", message: str = "MM" + "1" * 32,
+                  media: str | None = None) -> str:
+        """Store a file as Twilio holds inbound media; returns its MediaUrl as a webhook carries it."""
+        media = media or "ME" + secrets.token_hex(16)
+        self.media[(message, media)] = (data, content_type)
+        return f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{message}/Media/{media}"
+
+    def _authorized(self, request: web.Request) -> bool:
+        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return request.headers.get("Authorization", "") == expected
+
+    async def get_media(self, request: web.Request) -> web.Response:
+        self.media_requests.append(dict(request.headers))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        if self.media_errors:
+            status = self.media_errors.pop(0)
+            return self._error(status, None, "media error")
+        found = self.media.get((request.match_info["message"], request.match_info["media"]))
+        if request.match_info["account"] != ACCOUNT_SID or found is None:
+            return self._error(404, 20404, "The requested resource was not found")
+        key = secrets.token_urlsafe(16)
+        self._cdn[key] = found
+        # Twilio redirects to a short-lived signed URL on its media CDN (mms.twiliocdn.com / S3)
+        return web.Response(status=307, headers={"Location": f"{self.url}/cdn/{key}?Expires=1&Signature=x%2By"})
+
+    async def cdn(self, request: web.Request) -> web.StreamResponse:
+        self.cdn_requests.append(dict(request.headers))
+        if "Authorization" in request.headers:  # S3 rejects a second auth scheme on a signed URL
+            return web.Response(status=400, text="Only one auth mechanism allowed")
+        if request.query.get("Signature") != "x+y":
+            return web.Response(status=403, text="SignatureDoesNotMatch")
+        found = self._cdn.get(request.match_info["key"])
+        if found is None:
+            return web.Response(status=404)
+        data, ctype = found
+        if not self.cdn_chunked:
+            return web.Response(body=data, headers={"Content-Type": ctype})
+        resp = web.StreamResponse(headers={"Content-Type": ctype})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(data), 1024):
+            await resp.write(data[i:i + 1024])
+        await resp.write_eof()
+        return resp
 
     @property
     def url(self) -> str:
@@ -68,9 +126,7 @@ class FakeTwilio:
         return web.json_response(body, status=status, headers=headers)
 
     async def create(self, request: web.Request) -> web.Response:
-        auth = request.headers.get("Authorization", "")
-        expected = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        if auth != expected:
+        if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
         if request.match_info["account"] != ACCOUNT_SID:
             return self._error(404, 20404, "The requested resource was not found")
@@ -79,7 +135,8 @@ class FakeTwilio:
         self.requests.append(fields)
         if self.errors:
             status, code, message, headers = self.errors.pop(0)
-            return self._error(status, code, message, headers)
+            media = [v for k, v in fields if k == "MediaUrl"]
+            return self._error(status, code, message.replace("{MediaUrl}", media[0] if media else ""), headers)
         self.count += 1
         sid = "SM" + f"{self.count:032x}"
         f = _fields(fields)
@@ -108,9 +165,9 @@ def _fields(pairs: list[tuple[str, str]]) -> dict[str, Any]:
 
 def fake_http_class(base_url: str) -> type[TwilioHttpClient]:
     class FakeTwilioHttp(TwilioHttpClient):
-        async def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        def resolve(self, url: str) -> str:
             assert url.startswith("https://api.twilio.com/"), url
-            return await super().request(method, url.replace("https://api.twilio.com", base_url), *args, **kwargs)
+            return url.replace("https://api.twilio.com", base_url, 1)
 
     return FakeTwilioHttp
 

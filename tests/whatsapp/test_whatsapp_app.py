@@ -98,3 +98,67 @@ async def test_relay_split_window_and_status_through_the_core(app, wh):
     await wait_until(lambda: len(fake.requests) >= 3)
     notice = dict(fake.requests[2])
     assert notice["To"] == wh.USER and f"⚠ delivery to {wh.OTHER} failed: 63016" in notice["Body"]
+
+
+@pytest.fixture
+async def two_senders(tmp_path, monkeypatch, wh):
+    """Two WhatsApp instances (two senders of one account) on one route: files cross between them."""
+    fake = wh.FakeTwilio()
+    await fake.server.start_server()
+    monkeypatch.setattr(WhatsAppGateway, "http_client_class", wh.fake_http_class(fake.url))
+    observer = Observer()
+    cfg = {
+        "gateways": {
+            "wa": {"type": "whatsapp", **wh.default_config()},
+            "wa2": {"type": "whatsapp", **wh.default_config(from_number="whatsapp:+14155238887")},
+        },
+        "routes": [{"name": "files", "binds": [
+            {"gateway": "wa", "chat": wh.USER},
+            {"gateway": "wa2", "chat": wh.OTHER},
+        ]}],
+    }
+    client, _runtime = await build_test_app(cfg, state_dir=tmp_path, plugins=[("wa-observer", observer)])
+    try:
+        yield client, fake, observer
+    finally:
+        await client.close()
+        await fake.server.close()
+
+
+async def test_an_inbound_image_reaches_another_gateway_as_bytes(two_senders, wh):
+    """WhatsApp (wa) -> the core fetches the twilio: reference with wa's credentials (CDN hop without
+    them) -> wa2 gets bytes, offers them to Twilio on its media URL, and Twilio can fetch them there."""
+    client, fake, obs = two_senders
+
+    async def post(gateway: str, params: dict[str, str]):
+        url = f"{wh.PUBLIC_URL}/gateways/{gateway}/inbound"
+        return await client.post(f"/gateways/{gateway}/inbound", data=params,
+                                 headers={"X-Twilio-Signature": wh.sign(params, url)})
+
+    # OTHER writes to wa2 first (opens their window there); the copy to USER is held: USER never wrote
+    assert (await post("wa2", wh.inbound_params(sender=wh.OTHER, body="hi", To="whatsapp:+14155238887"))).status == 200
+    await wait_until(lambda: any(e.to.chat == wh.USER for e in obs.of(DeliveryFailed)))
+
+    image = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 16
+    media_url = fake.add_media(image, "image/jpeg")
+    params = wh.inbound_params(sender=wh.USER, body="look", NumMedia="1", MediaUrl0=media_url,
+                               MediaContentType0="image/jpeg")
+    assert (await post("wa", params)).status == 200
+    await wait_until(lambda: any(dict(r).get("To") == wh.OTHER for r in fake.requests))
+    sent = wh._fields(next(r for r in fake.requests if dict(r).get("To") == wh.OTHER))
+    assert sent["From"] == "whatsapp:+14155238887"
+    assert sent["Body"] == "Ada: look"  # the file travels itself: no description
+    (hosted,) = sent["MediaUrl"]
+    prefix = f"{wh.PUBLIC_URL}/gateways/wa2/media/"
+    assert hosted.startswith(prefix)
+
+    # the core fetched it from wa: credentials on Twilio's API, none on the CDN hop
+    assert len(fake.media_requests) == 1 and fake.media_requests[0]["Authorization"].startswith("Basic ")
+    assert len(fake.cdn_requests) == 1 and "Authorization" not in fake.cdn_requests[0]
+
+    # Twilio fetches the file from the mounted media route of wa2 (and only there)
+    resp = await client.get(hosted[len(wh.PUBLIC_URL):])
+    assert resp.status == 200 and resp.headers["Content-Type"] == "image/jpeg"
+    assert await resp.read() == image
+    token = hosted[len(prefix):]
+    assert (await client.get(f"/gateways/wa/media/{token}")).status == 404

@@ -35,5 +35,5 @@ def test_every_option_is_documented():
     text = DOC.read_text("utf-8")
     for name in (*WhatsAppConfig.model_fields, *WhatsAppBindingOptions.model_fields):
         assert f"`{name}`" in text, f"{name} is not documented in docs/whatsapp.md"
-    for url in ("/gateways/<name>/inbound", "/gateways/<name>/status"):
+    for url in ("/gateways/<name>/inbound", "/gateways/<name>/status", "/gateways/<name>/media/<token>"):
         assert url in text

@@ -128,17 +128,18 @@ async def test_not_a_whatsapp_address_is_permanent(wa):
     assert err.value.permanent
 
 
-async def test_outbound_media_urls(wa):
+async def test_outbound_media_urls_one_file_per_message(wa):
+    """WhatsApp takes one file per message: the first goes as MediaUrl, the others are described."""
     await wa.open_window()
     atts = (
         Attachment(name="a.png", content_type="image/png", url="https://files.example/a.png", size=1000),
         Attachment(name="b.pdf", content_type="application/pdf", url="https://files.example/b.pdf"),
-        Attachment(name="local.bin", data=b"xx", size=2),  # no URL Twilio could fetch: described instead
+        Attachment(name="c.jpg", content_type="image/jpeg", url="tgfile:tg:AgAD", size=2048),  # not fetched
     )
     await wa.gateway.send(wa.outbound("[alice] files", attachments=atts))
     sent = wa.twilio.last()
-    assert sent["MediaUrl"] == ["https://files.example/a.png", "https://files.example/b.pdf"]
-    assert sent["Body"].startswith("[alice] files\n[application local.bin")
+    assert sent["MediaUrl"] == ["https://files.example/a.png"]
+    assert sent["Body"] == "[alice] files\n[application b.pdf]\n[image c.jpg, 2 KiB]"
 
 
 async def test_rate_limits(make_wa, wh):

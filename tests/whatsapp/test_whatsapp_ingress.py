@@ -118,17 +118,22 @@ async def test_allow_numbers_guard(make_wa, wh):
 
 
 async def test_inbound_media_become_attachments(wa, wh):
-    base = f"https://api.twilio.com/2010-04-01/Accounts/{wh.ACCOUNT_SID}/Messages/MM1/Media"
-    params = wh.inbound_params(body="look", NumMedia="2",
+    """Twilio's media URLs become references of this gateway (read with the account's credentials
+    by fetch_attachment); a URL that is not Twilio's media stays as it came."""
+    path = f"/2010-04-01/Accounts/{wh.ACCOUNT_SID}/Messages/MM1/Media"
+    base = f"https://api.twilio.com{path}"
+    params = wh.inbound_params(body="look", NumMedia="3",
                                MediaUrl0=f"{base}/ME111", MediaContentType0="image/jpeg",
-                               MediaUrl1=f"{base}/ME222", MediaContentType1="application/pdf")
+                               MediaUrl1=f"{base}/ME222", MediaContentType1="application/pdf",
+                               MediaUrl2="https://cdn.example/x/ME333", MediaContentType2="image/png")
     assert (await wa.inbound(params)).status == 200
     (msg,) = wa.ctx.submitted
     assert [(a.url, a.content_type) for a in msg.attachments] == [
-        (f"{base}/ME111", "image/jpeg"), (f"{base}/ME222", "application/pdf")]
+        (f"twilio:{wh.NAME}:{path}/ME111", "image/jpeg"), (f"twilio:{wh.NAME}:{path}/ME222", "application/pdf"),
+        ("https://cdn.example/x/ME333", "image/png")]
     assert msg.attachments[0].name.startswith("ME111") and msg.attachments[1].name == "ME222.pdf"
-    for a in msg.attachments:  # no credentials smuggled into the URLs
-        assert wh.AUTH_TOKEN not in a.url and "@" not in a.url
+    for a in msg.attachments:  # no credentials smuggled into the references
+        assert wh.AUTH_TOKEN not in a.url and "@" not in a.url and a.data is None
 
 
 async def test_opt_out_until_start(wa, wh):
