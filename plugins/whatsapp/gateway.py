@@ -617,8 +617,12 @@ class WhatsAppGateway(Gateway):
     @staticmethod
     def _template_kwargs(out: Outbound, opts: WhatsAppBindingOptions) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"content_sid": opts.template_content_sid}
+        text = out.text
+        if out.attachments:  # a template carries no media: the files are named in its text
+            text = "\n".join([text, *(a.describe() for a in out.attachments)]) if text else "\n".join(
+                a.describe() for a in out.attachments)
         variables = render_template_variables(opts.template_variables, {
-            "sender": out.message.sender, "text": out.text, "topic": out.message.origin.chat,
+            "sender": out.message.sender, "text": text, "topic": out.message.origin.chat,
             "origin": str(out.message.origin), "part": out.part, "parts": out.parts,
         })
         if variables:

@@ -254,3 +254,16 @@ async def test_zero_means_no_cap(make_wa):
     for i in range(5):
         await wa.gateway.send(wa.outbound("hi", to=f"whatsapp:+1555000000{i}", options=_template_opts()))
     assert await wa.gateway.initiated_count() == 5
+
+
+async def test_a_template_names_the_files_it_cannot_carry(wa, wh):
+    """Outside the window only a template may go out, and templates carry no media: the files are
+    described in its text instead of silently dropped."""
+    await wa.open_window(age_s=25 * 3600)
+    opts = WhatsAppBindingOptions(outside_window="template", template_content_sid=TEMPLATE,
+                                  template_variables={"1": "{text}"})
+    photo = Attachment(name="chart.png", content_type="image/png", size=2048, data=b"\x89PNG" + b"0" * 2044)
+    await wa.gateway.send(wa.outbound("[alice] see chart", options=opts, attachments=(photo,)))
+    sent = wa.twilio.last()
+    assert "MediaUrl" not in sent
+    assert json.loads(sent["ContentVariables"]) == {"1": "[alice] see chart [image chart.png, 2 KiB]"}
