@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 MB = 1024 * 1024
 DAY = 86400.0
+MEDIA_NOT_YET = (0.5, 1.5)  # seconds: Twilio media can answer 404 for a moment right after the webhook
 INITIATED_KEY = "initiated"
 
 #: Response headers of the last Twilio call made *in this task* (for Retry-After).
@@ -241,6 +242,8 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
                         raise DeliveryError("twilio media: redirect without a usable location", permanent=True)
                     target, headers = nxt, {}  # never the credentials past Twilio's API
                     continue
+                if resp.status == 404:
+                    raise _MediaNotFound("twilio media download failed (HTTP 404)", permanent=True)
                 if resp.status != 200:
                     transient = resp.status >= 500 or resp.status in (408, 429)
                     raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
@@ -542,7 +545,14 @@ class WhatsAppGateway(Gateway):
         if self._http is None or self._auth is None:
             raise DeliveryError("whatsapp gateway not started", permanent=False, retry_after=1.0)
         try:
-            return await self._http.download(TWILIO_API + path, self._auth, max_bytes)
+            for delay in (*MEDIA_NOT_YET, None):
+                try:
+                    return await self._http.download(TWILIO_API + path, self._auth, max_bytes)
+                except _MediaNotFound:
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)  # media can 404 for a moment right after the webhook
+            raise AssertionError("unreachable")
         except DeliveryError as exc:
             raise DeliveryError(f"whatsapp: file {attachment.name!r}: {self._scrub(str(exc))}",
                                 permanent=exc.permanent, retry_after=exc.retry_after) from None
@@ -858,6 +868,10 @@ class WhatsAppGateway(Gateway):
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
+class _MediaNotFound(DeliveryError):
+    """Twilio answered 404 for a media file (internal: retried briefly, then permanent)."""
+
+
 class _WindowClosed(DeliveryError):
     """Twilio 63016: free-form text outside the 24-hour window (internal; callers re-raise a DeliveryError)."""
 

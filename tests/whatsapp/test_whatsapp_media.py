@@ -262,7 +262,23 @@ async def test_fetch_attachment_cap_is_permanent(wa, wh, chunked):
     assert err.value.permanent and len(wa.twilio.media_requests) == before
 
 
-async def test_fetch_attachment_errors(wa, wh):
+async def test_media_not_there_yet_is_asked_again_before_giving_up(wa, monkeypatch):
+    from claudemesh_gateway.plugins.whatsapp import gateway as wa_module
+
+    monkeypatch.setattr(wa_module, "MEDIA_NOT_YET", (0.01, 0.01))
+    att = ref_att(wa, wa.twilio.add_media(b"jpeg"))
+    wa.twilio.media_errors.extend([404, 404])  # right after the webhook Twilio may not have it yet
+    assert await wa.gateway.fetch_attachment(att, 100) == b"jpeg"
+    wa.twilio.media_errors.extend([404, 404, 404])  # still missing after the short retries: gone
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.fetch_attachment(att, 100)
+    assert err.value.permanent and "404" in str(err.value)
+
+
+async def test_fetch_attachment_errors(wa, wh, monkeypatch):
+    from claudemesh_gateway.plugins.whatsapp import gateway as wa_module
+
+    monkeypatch.setattr(wa_module, "MEDIA_NOT_YET", (0.01,))
     att = ref_att(wa, wa.twilio.add_media(b"jpeg"))
     gone = Attachment(name="ME9.jpg", content_type="image/jpeg", url=att.url[:-4] + "dead")
     errors: list[DeliveryError] = []
