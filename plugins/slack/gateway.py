@@ -2,7 +2,10 @@
 
 Translation only. Routing, retries, rate limiting, splitting and attribution are the
 core's; this module turns Slack events into :class:`Message` and :class:`Outbound`
-into ``chat.postMessage`` / ``chat.update`` / ``chat.delete``.
+into ``chat.postMessage`` / ``chat.update`` / ``chat.delete``, and files both ways:
+inbound files become ``slackfile:<gateway>:<file id>`` references read back with
+``files.info`` + a download with the bot token (:meth:`SlackGateway.fetch_attachment`),
+outbound bytes are uploaded with the SDK's ``files_upload_v2``.
 
 Acknowledgement policy (both modes): an event is acknowledged (socket envelope ack or
 HTTP 200) only *after* ``ctx.submit`` has returned, i.e. after the core's durable
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
+import re
 import urllib.parse
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -47,9 +52,9 @@ from claudemesh_gateway.plugins.slack import mrkdwn
 from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURSORS_KEY
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
-from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlashCommand
+from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlackFile, SlashCommand
 from pydantic import ConfigDict, Field, SecretStr
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
@@ -94,6 +99,18 @@ PERMANENT_ERRORS = frozenset(
         "compliance_exports_prevent_deletion",
         "duplicate_message_not_found",
         "channel_type_not_supported",
+        # files.info, files.getUploadURLExternal, files.completeUploadExternal
+        "file_not_found",
+        "file_deleted",
+        "file_type_not_allowed",
+        "file_upload_size_restricted",
+        "file_uploads_disabled",
+        "file_uploads_except_images_disabled",
+        "missing_argument",
+        "snippet_too_large",
+        "alt_txt_too_large",
+        "invalid_channel",
+        "posting_to_general_channel_denied",
     }
 )
 BAD_CREDENTIALS = frozenset(
@@ -113,6 +130,10 @@ RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_messag
 HISTORY_REFUSALS = frozenset({"invalid_cursor", "invalid_ts_oldest", "invalid_limit", "method_deprecated"})
 PARENTS_KEY = "thread_parents"  # kv: [[channel, reply ts, parent ts], ...], newest last
 PARENTS_SAVED = 5000
+FILE_SCHEME = "slackfile"  # Attachment.url = "slackfile:<gateway name>:<file id>"
+UPLOAD_BATCH = 10  # files per files.completeUploadExternal call (one message)
+FILES_READ_HINT = "reading Slack files needs the files:read scope"
+FILES_WRITE_HINT = "uploading files needs the files:write scope"
 
 
 class RateConfig(GatewayConfig):
@@ -150,6 +171,12 @@ class SlackConfig(GatewayConfig):
     history_rate_per_min: float = Field(1.0, gt=0)  # conversations.history calls, all channels together
     history_page_limit: int = Field(15, ge=1, le=200)  # messages per call
     history_max_age: float = Field(86400.0, gt=0)  # seconds: never fetch older messages
+    # files: largest file uploaded to Slack (files_upload_v2, scope files:write); 0 = never upload,
+    # files are described in the text. Slack itself takes up to 1 GB.
+    upload_max_bytes: int = Field(50 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
+    # the text goes with the upload as its initial_comment when at most this long (and
+    # customize = false); otherwise it is posted as its own message first, then the files
+    upload_comment_max: int = Field(4000, ge=0, le=40000)
     rate: RateConfig = RateConfig()
 
 
@@ -202,24 +229,27 @@ class SlackGateway(Gateway):
         replies=True,
         edits=True,
         deletes=True,
-        media=False,
+        media=True,
+        max_media_bytes=50 * 1024 * 1024,
         formatting="mrkdwn",
     )
+    #: after an upload whose file message Slack has not shared yet: files.info after these waits
+    share_waits: tuple[float, ...] = (0.5, 1.0)
 
     config: SlackConfig
 
     def __init__(self, name: str, config: SlackConfig, ctx: Any) -> None:  # ctx: GatewayContext
         super().__init__(name, config, ctx)
-        if config.max_text != type(self).capabilities.max_text:
-            self.capabilities = Capabilities(
-                max_text=config.max_text,
-                threads=True,
-                replies=True,
-                edits=True,
-                deletes=True,
-                media=False,
-                formatting="mrkdwn",
-            )
+        self.capabilities = Capabilities(
+            max_text=config.max_text,
+            threads=True,
+            replies=True,
+            edits=True,
+            deletes=True,
+            media=config.upload_max_bytes > 0,
+            max_media_bytes=config.upload_max_bytes,
+            formatting="mrkdwn",
+        )
         for secret in (config.bot_token, config.app_token, config.signing_secret):
             if secret is not None:
                 ctx.register_secret(secret.get_secret_value())
@@ -240,6 +270,10 @@ class SlackGateway(Gateway):
         self._hellos = 0  # Socket Mode hellos since start: every one after the first is a reconnect
         self.app_id: str | None = None  # from the socket hello or events; recognises our own posts
         self._history = HistoryCatchup(self) if config.history_catchup else None
+        # idempotency key -> ts of a text already posted ahead of its files (a retry after a
+        # failed upload must not post the text twice)
+        self._text_posted: OrderedDict[str, str] = OrderedDict()
+        self._warned_scopes: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -717,16 +751,15 @@ class SlackGateway(Gateway):
                 name=f.name or f.title or f.id or "file",
                 content_type=f.mimetype or "application/octet-stream",
                 size=f.size,
+                url=self._file_ref(f),
                 caption=f.title if f.title and f.title != f.name else "",
             )
             for f in ev.files
         )
         if ev.files:
-            # references only: url_private needs the bot token as a header; never in a URL
-            raw["files"] = tuple(
-                MappingProxyType({"id": f.id, "url_private": f.url_private, "permalink": f.permalink})
-                for f in ev.files
-            )
+            # ids only: url_private needs the bot token as a header and never leaves this gateway;
+            # the core reads a file back through fetch_attachment(<slackfile: reference>)
+            raw["files"] = tuple(MappingProxyType({"id": f.id, "permalink": f.permalink}) for f in ev.files)
         return Message(
             id=msg_id,
             origin=Address(self.name, channel, thread),
@@ -811,20 +844,20 @@ class SlackGateway(Gateway):
     def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
         return mrkdwn.escape(text)
 
-    def _final_text(self, out: Outbound, opts: SlackBindingOptions) -> str:
+    def _final_text(self, out: Outbound, opts: SlackBindingOptions, described: Sequence[Attachment] = ()) -> str:
+        """The escaped text of ``out`` with a line per ``described`` attachment ("" if none)."""
         # escape again here: idempotent, and it also covers text rendered by another plugin's
         # render_text hook. Mesh text can never carry a live <!channel>/<@U...> into Slack.
         text = mrkdwn.escape(out.text)
         if opts.allow_mass_mentions or _truthy(out.options.get("allow_mass_mentions")):
             text = mrkdwn.enable_mass_mentions(text)
-        if out.attachments and out.part == 1:
-            lines = [a.describe() + (f" {a.url}" if a.url else "") for a in out.attachments]
-            text = (
-                "\n".join([text, *map(mrkdwn.escape, lines)])
-                if text
-                else "\n".join(map(mrkdwn.escape, lines))
+        if described:
+            # a link only for public http(s) URLs: a reference (slackfile:, tgfile:) means nothing here
+            lines = "\n".join(
+                mrkdwn.escape(a.describe() + (f" {a.url}" if _is_http(a.url) else "")) for a in described
             )
-        return text or "\u200b"
+            text = f"{text}\n{lines}" if text else lines
+        return text
 
     def _thread_for(self, out: Outbound, opts: SlackBindingOptions) -> str | None:
         channel = out.to.chat
@@ -847,17 +880,50 @@ class SlackGateway(Gateway):
                 if getattr(exc, "slack_error", "") != "message_not_found":
                     raise
             return SendResult(native_ids=(out.edit_of,), thread=self._parents.get((channel, out.edit_of)))
-        text = self._final_text(out, opts)
+        attachments = out.attachments if out.part == 1 else ()
         if out.edit_of:
+            # the files went up with the original; an edit changes the text (files that were
+            # described by link are described again, as in the original)
+            described = [a for a in attachments if a.data is None and _is_http(a.url)]
+            text = self._final_text(out, opts, described) or "\u200b"
             await self._api("chat_update", channel=channel, ts=out.edit_of, text=text)
             return SendResult(native_ids=(out.edit_of,), thread=self._parents.get((channel, out.edit_of)))
+        files, described = await self._files_to_upload(attachments)
+        text = self._final_text(out, opts, described)
+        thread = self._thread_for(out, opts)
+        if not files:
+            ts = await self._post(out, opts, channel, text or "\u200b", thread)
+            return SendResult(native_ids=(ts,) if ts else (), thread=thread)
+        native: list[str] = []
+        comment: str | None = text or None
+        if text and (self.config.customize or len(text) > self.config.upload_comment_max):
+            # text first (as the sender's username with customize), then the files under it
+            key = out.idempotency_key
+            ts = self._text_posted.get(key, "") if key else ""
+            if not ts:
+                ts = await self._post(out, opts, channel, text, thread)
+                if key and ts:
+                    self._text_posted[key] = ts
+                    while len(self._text_posted) > 1000:
+                        self._text_posted.popitem(last=False)
+            if ts:
+                native.append(ts)
+            comment = None
+        native += await self._upload(channel, thread, files, comment)
+        if out.idempotency_key:
+            self._text_posted.pop(out.idempotency_key, None)
+        return SendResult(native_ids=tuple(native), thread=thread)
+
+    async def _post(
+        self, out: Outbound, opts: SlackBindingOptions, channel: str, text: str, thread: str | None
+    ) -> str:
+        """chat.postMessage; returns the new message's ts."""
         kwargs: dict[str, Any] = {
             "channel": channel,
             "text": text,
             "unfurl_links": self.config.unfurl,
             "unfurl_media": self.config.unfurl,
         }
-        thread = self._thread_for(out, opts)
         if thread:
             kwargs["thread_ts"] = thread
         if self.config.customize:
@@ -870,11 +936,210 @@ class SlackGateway(Gateway):
         ts = str(resp.get("ts") or "")
         if ts:
             self._remember_parent(channel, ts, thread)
-        return SendResult(native_ids=(ts,) if ts else (), thread=thread)
+        return ts
 
+    # -- files ---------------------------------------------------------------------------------
+    def _file_ref(self, f: SlackFile) -> str | None:
+        """``slackfile:<gateway>:<file id>``: a reference only this gateway can read (no token, no URL)."""
+        if not f.id or f.is_external or f.mode in ("tombstone", "hidden_by_limit", "external"):
+            return None
+        return f"{FILE_SCHEME}:{self.name}:{f.id}"
+
+    async def _files_to_upload(self, attachments: Sequence[Attachment]) -> tuple[list[Attachment], list[Attachment]]:
+        """(attachments with bytes to upload, attachments described in the text).
+
+        Bytes (the core fetched them from another platform) are uploaded; so are this gateway's
+        own references (a file relayed between two channels of this workspace), read back first.
+        A public http(s) URL without bytes is described with its link."""
+        cap = self.config.upload_max_bytes
+        files: list[Attachment] = []
+        described: list[Attachment] = []
+        own = f"{FILE_SCHEME}:{self.name}:"
+        for a in attachments:
+            if a.data is not None:
+                (files if 0 < len(a.data) <= cap else described).append(a)
+            elif cap > 0 and a.url and a.url.startswith(own):
+                try:
+                    data = await self.fetch_attachment(a, cap)
+                except DeliveryError as exc:
+                    if not exc.permanent:
+                        raise
+                    log.info("gateway %s: file %r not re-uploaded (%s); described instead", self.name, a.name, exc)
+                    described.append(a)
+                    continue
+                files.append(dataclasses.replace(a, data=data, size=len(data)))
+            else:
+                described.append(a)
+        return files, described
+
+    async def _upload(
+        self, channel: str, thread: str | None, files: Sequence[Attachment], comment: str | None
+    ) -> list[str]:
+        """``files_upload_v2`` (files.getUploadURLExternal, POST of the bytes to the returned
+        upload_url, files.completeUploadExternal), up to 10 files per message. Returns the ts of
+        the file messages that are known (see :meth:`_shared_ts`)."""
+        ids: list[str] = []
+        for i in range(0, len(files), UPLOAD_BATCH):
+            batch = files[i : i + UPLOAD_BATCH]
+            kwargs: dict[str, Any] = {
+                "file_uploads": [
+                    {"file": a.data, "filename": a.name or "file", "title": a.name or "file"} for a in batch
+                ],
+                "channel": channel,
+            }
+            if thread:
+                kwargs["thread_ts"] = thread
+            if comment and i == 0:
+                kwargs["initial_comment"] = comment
+            resp = await self._call("files_upload_v2", kwargs, what="files upload", scope_hint=FILES_WRITE_HINT)
+            done = [f for f in (resp.get("files") or []) if isinstance(f, Mapping)]
+            ts = _share_ts(done, channel) or await self._shared_ts(done, channel)
+            if ts:
+                ids.append(ts)
+                self._remember_parent(channel, ts, thread)
+        return ids
+
+    async def _shared_ts(self, files: Sequence[Mapping[str, Any]], channel: str) -> str | None:
+        """Slack shares an uploaded file asynchronously: completeUploadExternal may return before
+        the file message exists. Ask files.info after each of ``share_waits``; None if still unknown."""
+        fid = next((str(f["id"]) for f in files if f.get("id")), None)
+        if fid is None or self._web is None:
+            return None
+        for delay in self.share_waits:
+            await asyncio.sleep(delay)
+            try:
+                resp = await self._web.files_info(file=fid)
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+                code = _error_code(exc) if isinstance(exc, SlackApiError) else type(exc).__name__
+                log.info("gateway %s: files.info for an uploaded file failed (%s)", self.name, code)
+                return None
+            info = resp.get("file")
+            ts = _share_ts([info], channel) if isinstance(info, Mapping) else None
+            if ts:
+                return ts
+        log.info(
+            "gateway %s: file %s in %s not shared yet; its message is not in the message map", self.name, fid, channel
+        )
+        return None
+
+    def _file_url_allowed(self, url: str) -> bool:
+        """The bot token goes only to Slack's own hosts (https) or to the configured api_base host."""
+        try:
+            u = urllib.parse.urlsplit(url)
+            host, port = (u.hostname or "").lower(), u.port
+        except ValueError:
+            return False
+        if not host or u.username is not None or u.password is not None:
+            return False
+        if u.scheme == "https" and (host == "slack.com" or host.endswith(".slack.com")):
+            return True
+        base = urllib.parse.urlsplit(self.config.api_base)
+        return u.scheme == base.scheme and host == (base.hostname or "").lower() and port == base.port
+
+    async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
+        """The bytes of a ``slackfile:<this gateway>:<file id>`` attachment: ``files.info`` for the
+        download URL and size, then a GET with the bot token, streamed and cut at ``max_bytes``.
+
+        The token is sent only to slack.com / *.slack.com (or the api_base host), never follows a
+        redirect elsewhere, and no error text carries the token or the URL."""
+        prefix = f"{FILE_SCHEME}:{self.name}:"
+        ref = attachment.url or ""
+        file_id = ref[len(prefix) :] if ref.startswith(prefix) else ""
+        if not file_id:
+            raise _delivery_error(f"slack {self.name}: not a file of this gateway", permanent=True)
+        label = f"slack file {file_id}"
+        if attachment.size is not None and attachment.size > max_bytes:
+            raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
+        if self._web is None:
+            raise _delivery_error(f"slack gateway {self.name} is not started")
+        try:
+            resp = await self._call("files_info", {"file": file_id}, what="files.info", scope_hint=FILES_READ_HINT)
+        except DeliveryError as exc:
+            if getattr(exc, "slack_error", "").startswith("missing_scope") and "files:read" not in self._warned_scopes:
+                self._warned_scopes.add("files:read")
+                log.warning(
+                    "gateway %s: the bot token lacks files:read; Slack files reach other platforms only as "
+                    "descriptions (add the scope and reinstall the app)",
+                    self.name,
+                )
+            raise
+        info = SlackFile.model_validate(resp.get("file") or {})
+        if info.mode in ("tombstone", "hidden_by_limit"):
+            raise _delivery_error(f"{label} is deleted or hidden ({info.mode})", permanent=True)
+        if info.size is not None and info.size > max_bytes:
+            raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
+        url = info.url_private_download or info.url_private
+        if info.is_external or not url:
+            raise _delivery_error(f"{label} is not stored on Slack", permanent=True)
+        return await self._download(url, max_bytes, label, info.mimetype or attachment.content_type)
+
+    async def _download(self, url: str, max_bytes: int, label: str, mimetype: str) -> bytes:
+        token = self.config.bot_token.get_secret_value()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.config.request_timeout, sock_read=self.config.request_timeout
+        )
+        for _ in range(4):  # the URL and at most 3 redirects, each checked before the token goes out
+            if not self._file_url_allowed(url):
+                raise _delivery_error(
+                    f"{label}: the download URL is not on slack.com; the bot token is not sent there",
+                    permanent=True,
+                )
+            try:
+                async with self.ctx.http.get(
+                    url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False, timeout=timeout
+                ) as resp:
+                    status = resp.status
+                    if status in (301, 302, 303, 307, 308):
+                        location = resp.headers.get("Location")
+                        if not location:
+                            raise _delivery_error(f"{label}: download redirected nowhere", permanent=True)
+                        url = urllib.parse.urljoin(url, location)
+                        continue
+                    if status == 429 or status >= 500:
+                        # transient; a vendor Retry-After (always for 429) paces the retry
+                        retry = _header_seconds(resp.headers.get("Retry-After"))
+                        if retry is None and status == 429:
+                            retry = 1.0
+                        raise _delivery_error(f"{label}: download failed (HTTP {status})", retry_after=retry)
+                    if status in (401, 403):
+                        raise _delivery_error(
+                            f"{label}: download refused (HTTP {status}; {FILES_READ_HINT})", permanent=True
+                        )
+                    if status != 200:
+                        raise _delivery_error(f"{label}: download failed (HTTP {status})", permanent=True)
+                    if resp.content_type == "text/html" and not mimetype.startswith("text/html"):
+                        # what Slack serves a token that may not read the file: its login page
+                        raise _delivery_error(
+                            f"{label}: Slack answered with a login page ({FILES_READ_HINT})", permanent=True
+                        )
+                    if resp.content_length is not None and resp.content_length > max_bytes:
+                        raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
+                    chunks: list[bytes] = []
+                    total = 0
+                    async for chunk in resp.content.iter_chunked(65536):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
+                        chunks.append(chunk)
+                    return b"".join(chunks)
+            except DeliveryError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                # aiohttp's messages carry the URL: only the exception's type leaves here
+                raise _delivery_error(f"{label}: download failed ({type(exc).__name__})") from None
+        raise _delivery_error(f"{label}: too many redirects", permanent=True)
+
+    # -- Web API calls -------------------------------------------------------------------------
     async def _api(self, method: str, **kwargs: Any) -> Any:
+        hint = "customize = true needs chat:write.customize" if "username" in kwargs else ""
+        return await self._call(method, kwargs, scope_hint=hint)
+
+    async def _call(
+        self, method: str, kwargs: Mapping[str, Any], *, what: str = "", scope_hint: str = ""
+    ) -> Any:
+        """One SDK call; every failure becomes a DeliveryError (permanent or not, retry_after)."""
         assert self._web is not None
-        what = method.replace("_", ".", 1)
+        what = what or method.replace("_", ".", 1)
         try:
             return await getattr(self._web, method)(**kwargs)
         except SlackApiError as exc:
@@ -886,13 +1151,23 @@ class SlackGateway(Gateway):
                 ) from None
             if err in BAD_CREDENTIALS:
                 self.set_state(GatewayState.BAD_CREDENTIALS, err)
-            if err == "missing_scope" and "username" in kwargs:
-                err = "missing_scope (customize = true needs chat:write.customize)"
+            if err == "missing_scope" and scope_hint:
+                err = f"missing_scope ({scope_hint})"
             permanent = err.split(" ", 1)[0] in PERMANENT_ERRORS
             status = exc.response.status_code if exc.response is not None else 0
             if status >= 500:
                 permanent = False
             raise _delivery_error(f"slack {what}: {err}", permanent=permanent, slack_error=err) from None
+        except SlackRequestError as exc:
+            # files_upload_v2: the POST of the bytes to the upload URL was not answered with 200. The
+            # SDK's message quotes the response body; only the status leaves here. A new attempt asks
+            # for a new upload URL, so anything but "too large" is worth retrying.
+            status = _upload_status(str(exc))
+            raise _delivery_error(
+                f"slack {what}: the upload was refused (HTTP {status or '?'})",
+                permanent=status == 413,
+                slack_error=f"http {status}",
+            ) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _delivery_error(f"slack {what}: {type(exc).__name__}") from None
 
@@ -938,6 +1213,39 @@ def _retry_after(exc: SlackApiError) -> float | None:
         except ValueError:
             return 1.0
     return None
+
+
+def _is_http(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("http://", "https://"))
+
+
+def _share_ts(files: Sequence[Any], channel: str) -> str | None:
+    """The ts of the message that shares one of ``files`` in ``channel`` (``files[].shares``)."""
+    for f in files:
+        shares = f.get("shares") if isinstance(f, Mapping) else None
+        if not isinstance(shares, Mapping):
+            continue
+        for kind in ("public", "private"):
+            by_channel = shares.get(kind)
+            entries = by_channel.get(channel) if isinstance(by_channel, Mapping) else None
+            for entry in entries or ():
+                if isinstance(entry, Mapping) and entry.get("ts"):
+                    return str(entry["ts"])
+    return None
+
+
+def _header_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def _upload_status(message: str) -> int | None:
+    m = re.search(r"status: (\d{3})", message)
+    return int(m.group(1)) if m else None
 
 
 def _options(raw: Any) -> SlackBindingOptions:

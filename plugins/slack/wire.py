@@ -31,7 +31,10 @@ class SlackFile(_Wire):
     mimetype: str | None = None
     size: int | None = None
     url_private: str | None = None  # fetching needs "Authorization: Bearer <bot token>"
+    url_private_download: str | None = None  # likewise; the raw bytes, not a viewer page
     permalink: str | None = None
+    mode: str | None = None  # "hosted", "external", "snippet", "tombstone" (deleted), "hidden_by_limit"
+    is_external: bool = False  # a Google Drive/Dropbox link: no bytes on Slack
 
 
 class Edited(_Wire):

@@ -31,7 +31,10 @@ class FakeSlack:
     """Enough of Slack for the gateway: records every call, enforces the bearer token,
     ~1 msg/s per channel (burst 3) for chat.postMessage (violations are recorded, not
     enforced), scripted 429s, a Socket Mode websocket that pushes envelopes and
-    collects acks, and ``conversations.history`` over per-channel ``history`` lists."""
+    collects acks, ``conversations.history`` over per-channel ``history`` lists, and files:
+    ``files.info`` + a download path that wants the bot token (``add_file``), and the upload
+    flow of ``files_upload_v2`` (``files.getUploadURLExternal`` -> POST of the bytes to the
+    loopback ``upload_url`` -> ``files.completeUploadExternal``, recorded in ``uploads``)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
@@ -78,13 +81,52 @@ class FakeSlack:
         self.history_error: dict[str, str] = {}  # channel -> error of every history call
         self.history_delay = 0.0  # seconds each history call takes
         self._history_last = 0.0
+        # files: id -> {"info": the file object files.info returns, "data": bytes}
+        self.files: dict[str, dict[str, Any]] = {}
+        self._file_ids = itertools.count(1)
+        self.files_deleted: set[str] = set()  # files.info answers file_deleted for these
+        self.files_info_error: str | None = None  # every files.info fails with this (e.g. missing_scope)
+        self.files_info_429: list[float] = []  # Retry-After of the next files.info calls
+        self.download_status: list[tuple[int, dict[str, str]]] = []  # (status, headers) of the next downloads
+        self.downloads: list[dict[str, Any]] = []  # every download request: path, host, authorization
+        self.download_chunked = False  # stream downloads without a Content-Length
+        self.upload_url_error: str | None = None  # files.getUploadURLExternal fails with this
+        self.upload_status: list[int] = []  # HTTP status of the next POSTs to an upload_url
+        self.upload_posts: list[dict[str, Any]] = []  # every POST to an upload_url: file id, content type
+        self._pending: dict[str, dict[str, Any]] = {}  # file id -> filename, length, data (not completed)
+        self.uploads: list[dict[str, Any]] = []  # completed: channel, thread_ts, initial_comment, files, ts
+        self.complete_shares = True  # completeUploadExternal's files carry shares (Slack: not always)
+        self.info_shares = True  # files.info of an uploaded file carries its shares
 
     # -- helpers ------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{ident}/download/{name}", self._download)
+        app.router.add_post("/upload/v1/{file_id}", self._upload_post)
         return app
+
+    def add_file(
+        self, data: bytes, name: str = "plot.png", mimetype: str = "image/png", **info: Any
+    ) -> dict[str, Any]:
+        """A file stored on the fake; returns its file object as a message event carries it."""
+        fid = f"F{next(self._file_ids):04d}"
+        url = f"{self.url}/files-pri/{TEAM}-{fid}/download/{name}"
+        obj = {
+            "id": fid,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "size": len(data),
+            "mode": "hosted",
+            "url_private": url,
+            "url_private_download": url,
+            "permalink": f"https://test.slack.com/files/{BOT_USER}/{fid}/{name}",
+            **info,
+        }
+        self.files[fid] = {"info": obj, "data": data}
+        return dict(obj)
 
     def next_ts(self) -> str:
         n = next(self._ts)
@@ -298,6 +340,147 @@ class FakeSlack:
                 "response_metadata": {"next_cursor": f"page:{start + limit}" if more else ""},
             }
         )
+
+    # -- files ---------------------------------------------------------------------------------------
+    async def _m_files_info(self, request: web.Request, p: dict[str, Any]) -> web.Response:
+        if self.files_info_429:
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(int(self.files_info_429.pop(0)))},
+            )
+        if self.files_info_error:
+            return web.json_response({"ok": False, "error": self.files_info_error, "needed": "files:read"})
+        fid = p.get("file", "")
+        if fid in self.files_deleted:
+            return web.json_response({"ok": False, "error": "file_deleted"})
+        f = self.files.get(fid)
+        if f is None:
+            return web.json_response({"ok": False, "error": "file_not_found"})
+        info = dict(f["info"])
+        if not self.info_shares:
+            info.pop("shares", None)
+        return web.json_response({"ok": True, "file": info, "comments": []})
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        self.downloads.append(
+            {"path": request.path, "host": request.host, "authorization": request.headers.get("Authorization")}
+        )
+        if self.download_status:
+            status, headers = self.download_status.pop(0)
+            return web.Response(status=status, headers=headers, text="scripted")
+        if request.headers.get("Authorization") != f"Bearer {BOT_TOKEN}":
+            # what Slack serves without a token that may read the file: its login page, with 200
+            return web.Response(text="<html><body>Sign in to Slack</body></html>", content_type="text/html")
+        fid = request.match_info["ident"].rpartition("-")[2]
+        f = self.files.get(fid)
+        if f is None:
+            return web.Response(status=404, text="not found")
+        ctype = f["info"].get("mimetype") or "application/octet-stream"
+        if not self.download_chunked:
+            return web.Response(body=f["data"], content_type=ctype)
+        resp = web.StreamResponse(headers={"Content-Type": ctype})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(0, len(f["data"]), 1024):
+            await resp.write(f["data"][i : i + 1024])
+        await resp.write_eof()
+        return resp
+
+    async def _m_files_getUploadURLExternal(self, request: web.Request, p: dict[str, Any]) -> web.Response:
+        if self.upload_url_error:
+            return web.json_response({"ok": False, "error": self.upload_url_error})
+        if not p.get("filename") or not int(p.get("length") or 0):
+            return web.json_response({"ok": False, "error": "missing_argument"})
+        fid = f"F{next(self._file_ids):04d}"
+        self._pending[fid] = {"filename": p["filename"], "length": int(p["length"]), "data": None}
+        return web.json_response({"ok": True, "upload_url": f"{self.url}/upload/v1/{fid}", "file_id": fid})
+
+    async def _upload_post(self, request: web.Request) -> web.Response:
+        """Slack's upload URL takes the raw bytes or a multipart form; answers 200 ``OK - <length>``."""
+        fid = request.match_info["file_id"]
+        self.upload_posts.append(
+            {"file_id": fid, "content_type": request.content_type, "authorization": request.headers.get("Authorization")}
+        )
+        if self.upload_status:
+            return web.Response(status=self.upload_status.pop(0), text="scripted failure")
+        pending = self._pending.get(fid)
+        if pending is None:
+            return web.Response(status=404, text="unknown upload")
+        if request.content_type.startswith("multipart/"):
+            reader = await request.multipart()
+            part = await reader.next()
+            data = await part.read() if part is not None else b""
+        else:
+            data = await request.read()
+        pending["data"] = bytes(data)
+        return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
+
+    async def _m_files_completeUploadExternal(self, request: web.Request, p: dict[str, Any]) -> web.Response:
+        channel = p.get("channel_id", "")
+        failure = self._scripted_failure(channel)
+        if failure is not None:
+            return failure
+        if channel not in self.channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"})
+        wanted = json.loads(p.get("files") or "[]")
+        for f in wanted:
+            pending = self._pending.get(f.get("id", ""))
+            if pending is None or pending["data"] is None:
+                return web.json_response({"ok": False, "error": "file_not_found"})
+        self._rate_check(channel)  # a file message counts against the channel's posting pace
+        ts = self.next_ts()
+        share: dict[str, Any] = {"ts": ts, "channel_name": self.channels[channel].get("name"), "team_id": TEAM}
+        if p.get("thread_ts"):
+            share["thread_ts"] = p["thread_ts"]
+        kind = "private" if channel.startswith("G") else "public"
+        done = []
+        for f in wanted:
+            pending = self._pending.pop(f["id"])
+            obj = {
+                "id": f["id"],
+                "name": pending["filename"],
+                "title": f.get("title") or pending["filename"],
+                "mimetype": "application/octet-stream",
+                "size": len(pending["data"]),
+                "mode": "hosted",
+                "user": BOT_USER,
+                "shares": {kind: {channel: [share]}},
+            }
+            self.files[f["id"]] = {"info": obj, "data": pending["data"], "declared_length": pending["length"]}
+            done.append(obj)
+        self.uploads.append(
+            {
+                "channel": channel,
+                "thread_ts": p.get("thread_ts"),
+                "initial_comment": p.get("initial_comment"),
+                "files": [{**o, "data": self.files[o["id"]]["data"]} for o in done],
+                "ts": ts,
+            }
+        )
+        if self.echo and self.sockets:
+            ev = {
+                "type": "message",
+                "subtype": "file_share",
+                "channel": channel,
+                "user": BOT_USER,
+                "upload": True,
+                "display_as_bot": False,
+                "text": p.get("initial_comment") or "",
+                "files": [{k: v for k, v in o.items() if k != "shares"} for o in done],
+                "ts": ts,
+                "team": TEAM,
+            }
+            if p.get("thread_ts"):
+                ev["thread_ts"] = p["thread_ts"]
+            self.echoed.append(ts)
+            task = asyncio.get_running_loop().create_task(
+                self.push(event_callback(ev, event_id=f"Echo{ts}"), wait_ack=False)
+            )
+            self._bg.add(task)
+            task.add_done_callback(self._bg.discard)
+        files = [o if self.complete_shares else {"id": o["id"], "title": o["title"]} for o in done]
+        return web.json_response({"ok": True, "files": files})
 
     async def _m_conversations_info(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         ch = self.channels.get(p.get("channel", ""))

@@ -139,9 +139,12 @@ async def test_capabilities_and_config_limits(make_gateway):
         True,
         True,
         True,
-        False,
+        True,
     )
     assert caps.formatting == "mrkdwn"
+    assert caps.max_media_bytes == 50 * 1024 * 1024  # upload_max_bytes
+    off = await make_gateway(mode="events", start=False, upload_max_bytes=0)
+    assert off.capabilities.media is False  # files are then described in the text
 
 
 async def test_server_error_and_network_error_are_transient(make_gateway, fake_slack, http_session, sk):

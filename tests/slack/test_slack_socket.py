@@ -178,8 +178,9 @@ async def test_files_become_attachment_references_without_tokens(make_gateway, f
         2048,
         "weekly plot",
     )
-    assert att.url is None  # url_private is useless without the bot token header
-    assert msg.raw["files"][0]["url_private"].endswith("plot.png")
+    assert att.url == "slackfile:slack:F1"  # a reference only this gateway reads (fetch_attachment)
+    assert dict(msg.raw["files"][0]) == {"id": "F1", "permalink": "https://t.slack.com/f/F1"}
+    assert "files.slack.com" not in repr(msg) and "files.slack.com" not in str(dict(msg.raw))
     assert sk.BOT_TOKEN not in repr(msg) and sk.BOT_TOKEN not in str(dict(msg.raw))
 
 
