@@ -220,7 +220,10 @@ class RoutingTransport:
             edit_of = None
         is_edit_as_new = bool(message.edit_of) and edit_of is None
 
-        attachments, described = self._plan_attachments(message, to, caps)
+        if message.edit_of:  # the copy already has its files: an edit is text (or a described new message)
+            attachments, described = (), (list(message.attachments) if is_edit_as_new else [])
+        else:
+            attachments, described = self._plan_attachments(message, to, caps)
         text = self.compose(message, to, options, caps, edited=is_edit_as_new, described=described)
         marker = loop_marker(text) if mesh_of(self.runtime, to) is not None else ""
         if marker:  # every part into a mesh carries the hop prefix / via tag, not just the first

@@ -39,7 +39,8 @@ class SourceGateway(FakeGateway):
 
 class MediaGateway(FakeGateway):
     kind: ClassVar[str] = "media"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=5_000)
+    capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=5_000,
+                                                        edits=True)
 
 
 class HtmlMediaGateway(HtmlGateway):
@@ -158,3 +159,31 @@ async def test_fetched_bytes_never_reach_the_outbox(make_runtime):
     await drain(rt)
     assert dst.sent[0].attachments[0].data == b"\xff\xd8\xff"
     assert (await rt.store.head("dst/D1")) is None
+
+
+async def test_an_edit_fetches_no_file_again(make_runtime):
+    rt, src, dst = runtime(make_runtime)
+    await rt.pipeline.submit(msg("v1", gateway="src", chat="c1", mid="src:10", native_id="n1",
+                                 attachments=(photo(),)))
+    await drain(rt)
+    assert len(src.fetches) == 1
+    await rt.pipeline.submit(msg("v2", gateway="src", chat="c1", mid="src:10:e1", native_id="n1",
+                                 edit_of="n1", attachments=(photo(),)))
+    await drain(rt)
+    edit = dst.sent[-1]
+    assert edit.edit_of is not None and edit.attachments == () and edit.text == "Ann: v2"
+    assert len(src.fetches) == 1  # the edit did not download the file again
+
+
+async def test_an_edit_sent_as_a_new_message_describes_the_file(make_runtime):
+    rt, src, dst = runtime(make_runtime, dst=HtmlMediaGateway("dst"))  # takes files, cannot edit
+    await rt.pipeline.submit(msg("v1", gateway="src", chat="c1", mid="src:11", native_id="n2",
+                                 attachments=(photo(),)))
+    await drain(rt)
+    await rt.pipeline.submit(msg("v2", gateway="src", chat="c1", mid="src:11:e1", native_id="n2",
+                                 edit_of="n2", attachments=(photo(),)))
+    await drain(rt)
+    again = dst.sent[-1]
+    assert again.edit_of is None and again.attachments == ()
+    assert again.text == "(edited) Ann: v2\n[image cat.jpg, 3 B]"
+    assert len(src.fetches) == 1
