@@ -48,6 +48,7 @@ from claudemesh_gateway import (
     SendResult,
     StartupError,
 )
+from claudemesh_gateway.files import read_capped
 from claudemesh_gateway.plugins.slack import mrkdwn
 from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURSORS_KEY
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
@@ -1112,16 +1113,7 @@ class SlackGateway(Gateway):
                         raise _delivery_error(
                             f"{label}: Slack answered with a login page ({FILES_READ_HINT})", permanent=True
                         )
-                    if resp.content_length is not None and resp.content_length > max_bytes:
-                        raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
-                    chunks: list[bytes] = []
-                    total = 0
-                    async for chunk in resp.content.iter_chunked(65536):
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise _delivery_error(f"{label} is larger than {max_bytes} bytes", permanent=True)
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+                    return await read_capped(resp, max_bytes, label)
             except DeliveryError:
                 raise
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

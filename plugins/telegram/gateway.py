@@ -38,6 +38,7 @@ from claudemesh_gateway import (
     SendResult,
     SubmitResult,
 )
+from claudemesh_gateway.files import read_capped
 from claudemesh_gateway.plugins.telegram.config import (
     MB,
     TelegramBindingOptions,
@@ -960,15 +961,7 @@ class TelegramGateway(Gateway):
                 if resp.status != 200:
                     raise DeliveryError(f"telegram: file download failed (HTTP {resp.status})",
                                         permanent=resp.status in (400, 404))
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.content.iter_chunked(65536):
-                    total += len(chunk)
-                    if total > limit:
-                        raise DeliveryError(f"telegram: file {att.name!r} exceeds download_max_bytes",
-                                            permanent=True)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await read_capped(resp, limit, f"telegram: file {att.name!r}")
         except DeliveryError:
             raise
         except Exception as exc:  # noqa: BLE001 - aiohttp errors may carry the URL: never surface them

@@ -50,6 +50,7 @@ from claudemesh_gateway import (
     RateLimit,
     SendResult,
 )
+from claudemesh_gateway.files import read_capped
 from claudemesh_gateway.plugins.whatsapp.media import (
     TWILIO_API,
     MediaStore,
@@ -248,16 +249,7 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
                     transient = resp.status >= 500 or resp.status in (408, 429)
                     raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
                                         retry_after=_header_seconds(resp.headers) if transient else None)
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise DeliveryError(f"twilio media is larger than {max_bytes} bytes", permanent=True)
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.content.iter_chunked(65536):
-                    total += len(chunk)
-                    if total > max_bytes:
-                        raise DeliveryError(f"twilio media is larger than {max_bytes} bytes", permanent=True)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+                return await read_capped(resp, max_bytes, "twilio media")
         raise DeliveryError("twilio media: too many redirects", permanent=True)
 
     async def close(self) -> None:  # the session belongs to the core
