@@ -8,6 +8,7 @@ attributed through the core's message map.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -30,12 +31,23 @@ class Observer:
 
 
 
-@pytest.fixture
-async def app(tmp_path, monkeypatch, wh):
+@contextlib.asynccontextmanager
+async def _running(cfg, tmp_path, monkeypatch, wh):
+    """The app on ``cfg`` with every WhatsApp instance pointed at one fake Twilio."""
     fake = wh.FakeTwilio()
     await fake.server.start_server()
     monkeypatch.setattr(WhatsAppGateway, "http_client_class", wh.fake_http_class(fake.url))
     observer = Observer()
+    client, _runtime = await build_test_app(cfg, state_dir=tmp_path, plugins=[("wa-observer", observer)])
+    try:
+        yield client, fake, observer
+    finally:
+        await client.close()
+        await fake.server.close()
+
+
+@pytest.fixture
+async def app(tmp_path, monkeypatch, wh):
     cfg = {
         "gateways": {"wa": {"type": "whatsapp", **wh.default_config()}},
         "routes": [{"name": "pair", "binds": [
@@ -43,12 +55,8 @@ async def app(tmp_path, monkeypatch, wh):
             {"gateway": "wa", "chat": wh.OTHER, "options": {"notify_status": True}},
         ]}],
     }
-    client, _runtime = await build_test_app(cfg, state_dir=tmp_path, plugins=[("wa-observer", observer)])
-    try:
-        yield client, fake, observer
-    finally:
-        await client.close()
-        await fake.server.close()
+    async with _running(cfg, tmp_path, monkeypatch, wh) as running:
+        yield running
 
 
 async def _post(client, wh, leaf: str, params: dict[str, str], token: str | None = None):
@@ -103,10 +111,6 @@ async def test_relay_split_window_and_status_through_the_core(app, wh):
 @pytest.fixture
 async def two_senders(tmp_path, monkeypatch, wh):
     """Two WhatsApp instances (two senders of one account) on one route: files cross between them."""
-    fake = wh.FakeTwilio()
-    await fake.server.start_server()
-    monkeypatch.setattr(WhatsAppGateway, "http_client_class", wh.fake_http_class(fake.url))
-    observer = Observer()
     cfg = {
         "gateways": {
             "wa": {"type": "whatsapp", **wh.default_config()},
@@ -117,12 +121,8 @@ async def two_senders(tmp_path, monkeypatch, wh):
             {"gateway": "wa2", "chat": wh.OTHER},
         ]}],
     }
-    client, _runtime = await build_test_app(cfg, state_dir=tmp_path, plugins=[("wa-observer", observer)])
-    try:
-        yield client, fake, observer
-    finally:
-        await client.close()
-        await fake.server.close()
+    async with _running(cfg, tmp_path, monkeypatch, wh) as running:
+        yield running
 
 
 async def test_an_inbound_image_reaches_another_gateway_as_bytes(two_senders, wh):
