@@ -131,6 +131,7 @@ RELAYED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast", "me_messag
 HISTORY_REFUSALS = frozenset({"invalid_cursor", "invalid_ts_oldest", "invalid_limit", "method_deprecated"})
 PARENTS_KEY = "thread_parents"  # kv: [[channel, reply ts, parent ts], ...], newest last
 PARENTS_SAVED = 5000
+TEXT_FIRST_KEY = "text_first"  # kv: text_first:<idempotency key> -> ts of a text posted ahead of its files
 FILE_SCHEME = "slackfile"  # Attachment.url = "slackfile:<gateway name>:<file id>"
 UPLOAD_BATCH = 10  # files per files.completeUploadExternal call (one message)
 FILES_READ_HINT = "reading Slack files needs the files:read scope"
@@ -271,9 +272,6 @@ class SlackGateway(Gateway):
         self._hellos = 0  # Socket Mode hellos since start: every one after the first is a reconnect
         self.app_id: str | None = None  # from the socket hello or events; recognises our own posts
         self._history = HistoryCatchup(self) if config.history_catchup else None
-        # idempotency key -> ts of a text already posted ahead of its files (a retry after a
-        # failed upload must not post the text twice)
-        self._text_posted: OrderedDict[str, str] = OrderedDict()
         self._warned_scopes: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -899,20 +897,20 @@ class SlackGateway(Gateway):
         comment: str | None = text or None
         if text and (self.config.customize or len(text) > self.config.upload_comment_max):
             # text first (as the sender's username with customize), then the files under it
-            key = out.idempotency_key
-            ts = self._text_posted.get(key, "") if key else ""
+            # kept in the gateway's kv, so a retry (even after a restart) does not post the text twice
+            key = f"{TEXT_FIRST_KEY}:{out.idempotency_key}" if out.idempotency_key else ""
+            saved = await self.ctx.kv_get(key) if key else None
+            ts = saved if isinstance(saved, str) else ""
             if not ts:
                 ts = await self._post(out, opts, channel, text, thread)
                 if key and ts:
-                    self._text_posted[key] = ts
-                    while len(self._text_posted) > 1000:
-                        self._text_posted.popitem(last=False)
+                    await self.ctx.kv_set(key, ts)
             if ts:
                 native.append(ts)
             comment = None
         native += await self._upload(channel, thread, files, comment)
-        if out.idempotency_key:
-            self._text_posted.pop(out.idempotency_key, None)
+        if out.idempotency_key and comment is None and text:
+            await self.ctx.kv_delete(f"{TEXT_FIRST_KEY}:{out.idempotency_key}")
         return SendResult(native_ids=tuple(native), thread=thread)
 
     async def _post(

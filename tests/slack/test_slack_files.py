@@ -334,6 +334,19 @@ async def test_a_retry_after_a_failed_upload_does_not_repeat_the_text(make_gatew
     res = await gw.send(out)
     assert len(fake_slack.posts["C1"]) == 1 and len(fake_slack.uploads) == 1
     assert res.native_ids == (fake_slack.posts["C1"][0]["ts"], fake_slack.uploads[0]["ts"])
+    assert await gw.ctx.kv_get("text_first:m1|slack/C1|1") is None  # done: nothing left behind
+
+
+async def test_the_text_posted_before_a_failed_upload_survives_a_restart(make_gateway, fake_slack):
+    gw = await make_gateway(mode="events", upload_comment_max=5)
+    out = _out(gw, "alice: long enough", attachments=[_blob()], idempotency_key="m2|slack/C1|1")
+    fake_slack.upload_status.append(500)
+    with pytest.raises(DeliveryError):
+        await gw.send(out)
+    await gw.stop()
+    again = await make_gateway(mode="events", upload_comment_max=5, ctx=gw.ctx)  # same store
+    await again.send(_out(again, "alice: long enough", attachments=[_blob()], idempotency_key="m2|slack/C1|1"))
+    assert len(fake_slack.posts["C1"]) == 1 and len(fake_slack.uploads) == 1
 
 
 async def test_customize_posts_the_text_as_the_sender_then_the_file(make_gateway, fake_slack):
