@@ -422,14 +422,47 @@ class SlackGateway(Gateway):
         return task
 
     async def check(self) -> list[str]:
+        """Config remarks, then ``auth.test``: the token, and the scopes Slack says it has
+        (``x-oauth-scopes``) against what the bindings and options need."""
+        cfg = self.config
         warnings = []
-        if self.config.mode == "events" and self.config.app_token is not None:
+        if cfg.mode == "events" and cfg.app_token is not None:
             warnings.append(f'{self.name}: app_token is unused in mode = "events"')
-        if self.config.customize:
-            warnings.append(
-                f"{self.name}: customize = true needs the chat:write.customize scope; "
-                "sender names then also appear as the Slack username"
-            )
+        web = self._web or AsyncWebClient(
+            token=cfg.bot_token.get_secret_value(), base_url=cfg.api_base, session=self.ctx.http,
+            timeout=cfg.request_timeout, retry_handlers=[],
+        )
+        try:
+            resp = await web.auth_test()
+        except SlackApiError as exc:
+            err = _error_code(exc)
+            if err in BAD_CREDENTIALS:
+                return [*warnings, f"{self.name}: Slack refused bot_token ({err})"]
+            return [*warnings, f"{self.name}: auth.test failed ({err})"]
+        except Exception as exc:  # noqa: BLE001 - check reports, it does not raise
+            return [*warnings, f"{self.name}: Slack API unreachable ({type(exc).__name__})"]
+        header = (resp.headers or {}).get("x-oauth-scopes")
+        if header is None:
+            return warnings  # Slack did not say; nothing more to tell
+        have = {s.strip() for s in str(header).split(",") if s.strip()}
+        bindings = list(self.ctx.bindings)
+        inbound = any(b.inbound for b in bindings)
+        outbound = any(b.outbound for b in bindings) or not bindings
+        need: list[tuple[str, str]] = []
+        if outbound:
+            need.append(("chat:write", "it cannot post"))
+        if inbound and not have & {"channels:history", "groups:history"}:
+            need.append(("channels:history", "it receives no channel messages (groups:history for private ones)"))
+        if inbound:
+            need.append(("users:read", "senders show as U… ids"))
+            need.append(("files:read", "files posted in Slack reach other platforms only as descriptions"))
+        if outbound and cfg.upload_max_bytes:
+            need.append(("files:write", "files from other platforms fail (or set upload_max_bytes = 0)"))
+        if cfg.customize:
+            need.append(("chat:write.customize", "customize = true cannot set the sender's name"))
+        for scope, effect in need:
+            if scope not in have:
+                warnings.append(f"{self.name}: the bot token lacks the {scope} scope: {effect}")
         return warnings
 
     # -- Socket Mode -------------------------------------------------------------------------

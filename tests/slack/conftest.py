@@ -61,6 +61,11 @@ class FakeSlack:
         self.lookup_429: list[float] = []
         self.lookup_delay: dict[str, float] = {}  # user id -> seconds users.info takes
         self.auth_error: str | None = None
+        # what Slack reports in x-oauth-scopes on every Web API answer (None: no header)
+        self.scopes: set[str] | None = {
+            "chat:write", "channels:history", "groups:history", "users:read", "channels:read",
+            "files:read", "files:write",
+        }
         self.connections_error: str | None = None  # apps.connections.open fails with this
         self.rate_violations: list[tuple[str, float]] = []
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -191,7 +196,10 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
-        return await handler(request, params)
+        resp = await handler(request, params)
+        if self.scopes is not None and method != "apps.connections.open":
+            resp.headers["x-oauth-scopes"] = ",".join(sorted(self.scopes))
+        return resp
 
     async def _m_auth_test(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         if self.auth_error:

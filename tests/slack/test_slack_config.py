@@ -65,3 +65,30 @@ def test_plugin_registers_the_gateway():
 async def test_secrets_registered(make_gateway, sk):
     gw = await make_gateway(mode="socket", start=False, signing_secret=sk.SIGNING_SECRET)
     assert set(gw.ctx.secrets) == {sk.BOT_TOKEN, sk.APP_TOKEN, sk.SIGNING_SECRET}
+
+
+async def test_check_reports_missing_scopes_from_auth_test(make_gateway, fake_slack):
+    gw = await make_gateway(mode="events", start=False)
+    assert await gw.check() == []  # the fake grants everything this binding (both ways) needs
+    fake_slack.scopes -= {"files:write", "users:read"}
+    warnings = await gw.check()
+    assert any("lacks the files:write scope" in w and "upload_max_bytes = 0" in w for w in warnings)
+    assert any("lacks the users:read scope" in w for w in warnings)
+    assert len(warnings) == 2
+    fake_slack.scopes -= {"channels:history", "groups:history"}
+    assert any("receives no channel messages" in w for w in await gw.check())
+
+
+async def test_check_customize_needs_its_scope_and_uploads_off_need_no_files_write(make_gateway, fake_slack):
+    fake_slack.scopes -= {"files:write"}
+    gw = await make_gateway(mode="events", start=False, customize=True, upload_max_bytes=0)
+    assert await gw.check() == ["slack: the bot token lacks the chat:write.customize scope: "
+                                "customize = true cannot set the sender's name"]
+
+
+async def test_check_reports_a_refused_token_without_showing_it(make_gateway, fake_slack):
+    fake_slack.auth_error = "token_revoked"
+    gw = await make_gateway(mode="events", start=False)
+    warnings = await gw.check()
+    assert warnings == ["slack: Slack refused bot_token (token_revoked)"]
+    assert "xoxb" not in " ".join(warnings)
