@@ -82,8 +82,8 @@ async def test_check_reports_missing_scopes_from_auth_test(make_gateway, fake_sl
 async def test_check_customize_needs_its_scope_and_uploads_off_need_no_files_write(make_gateway, fake_slack):
     fake_slack.scopes -= {"files:write"}
     gw = await make_gateway(mode="events", start=False, customize=True, upload_max_bytes=0)
-    assert await gw.check() == ["slack: the bot token lacks the chat:write.customize scope: "
-                                "customize = true cannot set the sender's name"]
+    assert await gw.check() == [("slack: the bot token lacks the chat:write.customize scope: "
+                                "customize = true cannot set the sender's name")]
 
 
 async def test_check_reports_a_refused_token_without_showing_it(make_gateway, fake_slack):
