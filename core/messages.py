@@ -127,6 +127,7 @@ class Capabilities:
     deletes: bool = False
     media: bool = False
     max_media_bytes: int = 0
+    max_files: int = 10  # files handed over with one message; the core describes the rest
     formatting: str = "plain"  # plain | html | mrkdwn | whatsapp | markdown
 
 

@@ -70,8 +70,8 @@ class DeliveryConfig(BaseModel):
     drain_timeout: float = Field(default=10.0, ge=0)
     send_timeout: float = Field(default=120.0, ge=0)  # one part; a hung send is a transient failure (0: none)
     # files carried between platforms: fetched from the source gateway at send time, at most this
-    # big (0: never, destinations get a description), at most attachment_fetches at once
-    # (bytes held in memory <= attachment_fetches * attachment_max_bytes)
+    # big (0: never, destinations get a description); the bytes held at once never exceed
+    # attachment_fetches * attachment_max_bytes (a message whose files would is trimmed, the rest described)
     attachment_max_bytes: int = Field(default=20 * 1024 * 1024, ge=0)
     attachment_fetches: int = Field(default=4, ge=1, le=64)
     poll_interval: float = Field(default=5.0, gt=0)  # safety poll (dlq retries from another process)

@@ -100,12 +100,34 @@ async def origin_of_native(store: Any, chat: Address, native_id: str) -> str | N
     return await store.map_reverse(lane + "/", native_id)
 
 
+class _ByteBudget:
+    """Bytes of fetched files held at once (``attachment_fetches`` x ``attachment_max_bytes``):
+    a send reserves the most its files may weigh before fetching them and gives it back after."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.limit)
+            self.used += n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
 class RoutingTransport:
     """Implements the DeliveryEngine transport protocol for gateways and mesh destinations."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._fetch_slots: asyncio.Semaphore | None = None
+        self._budget: _ByteBudget | None = None
 
     # -- files between platforms ----------------------------------------------------------------------
     def _delivery_config(self) -> DeliveryConfig:
@@ -118,10 +140,11 @@ class RoutingTransport:
             cap = min(cap, caps.max_media_bytes)
         return cap
 
-    def _slots(self) -> asyncio.Semaphore:
-        if self._fetch_slots is None:
-            self._fetch_slots = asyncio.Semaphore(self._delivery_config().attachment_fetches)
-        return self._fetch_slots
+    def _bytes(self) -> _ByteBudget:
+        if self._budget is None:
+            cfg = self._delivery_config()
+            self._budget = _ByteBudget(cfg.attachment_fetches * cfg.attachment_max_bytes)
+        return self._budget
 
     @staticmethod
     def _needs_fetch(att: Attachment, message: Message, to: Address) -> bool:
@@ -130,23 +153,35 @@ class RoutingTransport:
             return False
         return to.gateway != message.origin.gateway
 
-    def _plan_attachments(self, message: Message, to: Address,
-                          caps: Capabilities) -> tuple[tuple[Attachment, ...], list[Attachment]]:
-        """(attachments handed to the destination, attachments only described in the text)."""
+    def _plan_attachments(self, message: Message, to: Address, caps: Capabilities, *,
+                          edit: bool = False) -> tuple[tuple[Attachment, ...], list[Attachment]]:
+        """(attachments handed to the destination, attachments only described in the text).
+
+        At most ``caps.max_files`` files go with a message, and no more foreign files than the
+        fetch budget holds at this destination's cap; the rest are described. An applied edit
+        (``edit``) fetches nothing: the copy already has those files, and what was described
+        before is described again."""
         if not message.attachments:
             return (), []
         if not caps.media:
             return (), list(message.attachments)
         cap = self._attachment_cap(caps)
         source = self.runtime.gateways.get(message.origin.gateway)
+        budget = self._delivery_config().attachment_fetches * self._delivery_config().attachment_max_bytes
+        fetch_room = budget // cap if cap > 0 else 0
         passed: list[Attachment] = []
         described: list[Attachment] = []
         for att in message.attachments:
-            if not self._needs_fetch(att, message, to):
-                passed.append(att)
-            elif cap <= 0 or source is None or (att.size is not None and att.size > cap):
+            if len(passed) >= caps.max_files:
                 described.append(att)
+            elif not self._needs_fetch(att, message, to):
+                passed.append(att)
+            elif cap <= 0 or source is None or (att.size is not None and att.size > cap) or fetch_room <= 0:
+                described.append(att)
+            elif edit:
+                continue  # carried by the original copy
             else:
+                fetch_room -= 1
                 passed.append(att)  # fetched from the source gateway right before the send
         return tuple(passed), described
 
@@ -220,10 +255,10 @@ class RoutingTransport:
             edit_of = None
         is_edit_as_new = bool(message.edit_of) and edit_of is None
 
-        if message.edit_of:  # the copy already has its files: an edit is text (or a described new message)
-            attachments, described = (), (list(message.attachments) if is_edit_as_new else [])
+        if is_edit_as_new:  # a new "(edited)" message: name the files, do not send them again
+            attachments, described = (), list(message.attachments)
         else:
-            attachments, described = self._plan_attachments(message, to, caps)
+            attachments, described = self._plan_attachments(message, to, caps, edit=edit_of is not None)
         text = self.compose(message, to, options, caps, edited=is_edit_as_new, described=described)
         marker = loop_marker(text) if mesh_of(self.runtime, to) is not None else ""
         if marker:  # every part into a mesh carries the hop prefix / via tag, not just the first
@@ -388,8 +423,12 @@ class RoutingTransport:
         if gw is None:
             raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
         if out.attachments and any(self._needs_fetch(a, out.message, out.to) for a in out.attachments):
-            async with self._slots():  # bounds the bytes held: slots x attachment_max_bytes
+            pending = sum(1 for a in out.attachments if self._needs_fetch(a, out.message, out.to))
+            held = await self._bytes().acquire(pending * self._attachment_cap(gw.capabilities))
+            try:  # the bytes stay reserved until the send is over
                 return await gw.send(await self._fetch_attachments(out, gw))
+            finally:
+                await self._bytes().release(held)
         return await gw.send(out)
 
     def _peer(self, mesh: str) -> Any:

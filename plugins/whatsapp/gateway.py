@@ -263,7 +263,7 @@ class WhatsAppGateway(Gateway):
     BindingOptions: ClassVar[type[BindingOptions]] = WhatsAppBindingOptions  # type: ignore[assignment]
     capabilities: ClassVar[Capabilities] = Capabilities(
         max_text=1600, replies=False, edits=False, deletes=False, threads=False,
-        media=True, max_media_bytes=16 * MB, formatting="whatsapp",
+        media=True, max_media_bytes=16 * MB, max_files=1, formatting="whatsapp",
     )
     #: The HTTP client class handed to twilio's ``Client`` (the test seam).
     http_client_class: ClassVar[type[TwilioHttpClient]] = TwilioHttpClient

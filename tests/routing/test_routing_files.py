@@ -3,6 +3,7 @@ the bytes to a destination that takes files; what cannot travel is described in 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, ClassVar
 
@@ -187,3 +188,76 @@ async def test_an_edit_sent_as_a_new_message_describes_the_file(make_runtime):
     assert again.edit_of is None and again.attachments == ()
     assert again.text == "(edited) Ann: v2\n[image cat.jpg, 3 B]"
     assert len(src.fetches) == 1
+
+
+async def test_an_applied_edit_keeps_the_descriptions_of_a_text_only_destination(make_runtime):
+    class TextEdits(FakeGateway):
+        capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, edits=True)
+
+    rt, src, dst = runtime(make_runtime, dst=TextEdits("dst"))
+    await rt.pipeline.submit(msg("v1", gateway="src", chat="c1", mid="src:12", native_id="n3",
+                                 attachments=(photo(),)))
+    await drain(rt)
+    await rt.pipeline.submit(msg("v2", gateway="src", chat="c1", mid="src:12:e1", native_id="n3",
+                                 edit_of="n3", attachments=(photo(),)))
+    await drain(rt)
+    first, edit = dst.sent
+    assert first.text == "Ann: v1\n[image cat.jpg, 3 B]"
+    assert edit.edit_of is not None and edit.text == "Ann: v2\n[image cat.jpg, 3 B]"
+    assert src.fetches == []
+
+
+async def test_max_files_per_message_and_the_rest_described(make_runtime):
+    class OneFile(MediaGateway):
+        capabilities: ClassVar[Capabilities] = Capabilities(max_text=400, media=True, max_media_bytes=5_000,
+                                                            max_files=1)
+
+    rt, src, dst = runtime(make_runtime, dst=OneFile("dst"))
+    src.files["f2"] = b"png"
+    await rt.pipeline.submit(msg("two", gateway="src", chat="c1", mid="src:13",
+                                 attachments=(photo(), photo("src:f2", name="dog.png"))))
+    await drain(rt)
+    (out,) = dst.sent
+    assert [a.name for a in out.attachments] == ["cat.jpg"] and out.attachments[0].data == b"\xff\xd8\xff"
+    assert out.text == "Ann: two\n[image dog.png, 3 B]"
+    assert src.fetches == [("src:f1", 5_000)]  # the second file was never downloaded
+
+
+async def test_fetched_bytes_held_at_once_stay_within_the_budget(make_runtime):
+    """attachment_fetches x attachment_max_bytes bounds the bytes held: one message cannot take more
+    files than that, and concurrent sends wait for each other's reservations."""
+    rt, src, dst = runtime(make_runtime, attachment_fetches=2, attachment_max_bytes=4_000)
+    for i in range(5):
+        src.files[f"g{i}"] = bytes([i]) * 10
+    files = tuple(photo(f"src:g{i}", size=10, name=f"f{i}.jpg") for i in range(5))
+    await rt.pipeline.submit(msg("many", gateway="src", chat="c1", mid="src:14", attachments=files))
+    await drain(rt)
+    (out,) = dst.sent
+    assert [a.name for a in out.attachments] == ["f0.jpg", "f1.jpg"]  # 2 x 4,000 bytes of room
+    assert out.text.endswith("[image f2.jpg, 10 B]\n[image f3.jpg, 10 B]\n[image f4.jpg, 10 B]")
+    assert rt.pipeline.transport._bytes().used == 0  # everything given back after the send
+
+
+async def test_a_send_waits_while_another_holds_the_budget(make_runtime):
+    gate = asyncio.Event()
+
+    class Slow(MediaGateway):
+        async def send(self, out):
+            await gate.wait()
+            return await super().send(out)
+
+    rt, src, _dst = runtime(make_runtime, dst=Slow("dst"), attachment_fetches=1, attachment_max_bytes=4_000)
+    src.files["h2"] = b"2"
+    await rt.pipeline.submit(msg("a", gateway="src", chat="c1", mid="src:15", attachments=(photo(),)))
+    outs, _ = await rt.pipeline.render(await rt.store.head("dst/D1"))
+    first = asyncio.create_task(rt.pipeline.send(outs[0]))
+    await asyncio.sleep(0.05)
+    assert len(src.fetches) == 1 and rt.pipeline.transport._bytes().used == 4_000
+    b_out = dataclasses.replace(outs[0], attachments=(photo("src:h2"),))
+    second = asyncio.create_task(rt.pipeline.send(b_out))
+    await asyncio.sleep(0.05)
+    assert len(src.fetches) == 1  # waiting for the budget: its file is not downloaded yet
+    gate.set()
+    await asyncio.gather(first, second)
+    assert [f for f, _ in src.fetches] == ["src:f1", "src:h2"]
+    assert rt.pipeline.transport._bytes().used == 0
