@@ -80,8 +80,12 @@ class TopicPoller(TaskOwner):
                 interval = self.cfg.topic_poll_interval if n else min(interval * 2, self.cfg.topic_poll_idle_interval)
             except asyncio.CancelledError:
                 raise
-            except MeshTerminalError:
-                return
+            except MeshTerminalError as exc:
+                if conn.terminal_error is not None:
+                    return  # refused for good
+                # a clock skew is terminal only until the clock is fixed: keep the poller
+                self.last_error = str(exc)
+                interval = self.cfg.topic_poll_idle_interval
             except MeshError as exc:
                 if conn.state == "stopped":
                     return

@@ -87,3 +87,29 @@ async def test_stop_is_idempotent_and_final(broker, make_peer):
     await peer.stop()
     await peer.stop()
     assert peer.state == "stopped"
+
+
+async def test_a_topic_poller_outlives_a_clock_skew(broker, make_peer, new_inbox, eventually):
+    """A poll request that meets the skew (the socket dropped between the poller's wait and its
+    request, and the broker refused the reconnect) must not end the poller: a skew is terminal
+    only until the clock is fixed, and the topic must be read again after that."""
+    seed = broker.default_mesh
+    inbox = new_inbox()
+    gw = await make_peer(seed.gateway, on_message=inbox, topic_poll_interval=0.05, topic_poll_idle_interval=0.1)
+    alice = await make_peer(seed.alice)
+    poller = await gw.watch_topic("general")
+    real = poller.poll_once
+    hits = []
+
+    async def skewed_once():
+        if not hits:
+            hits.append(1)
+            raise MeshTerminalError("timestamp_skew", "clock skew: fix the system clock")
+        return await real()
+
+    poller.poll_once = skewed_once
+    await eventually(lambda: hits)
+    await alice.post_topic("general", "after the fix")
+    await inbox.wait(1, timeout=10)
+    assert inbox.texts == ["after the fix"]
+    assert poller._task is not None and not poller._task.done()
