@@ -114,6 +114,18 @@ PERMANENT_ERRORS = frozenset(
         "posting_to_general_channel_denied",
     }
 )
+# Slack refuses the file itself (the workspace's settings, its size): the message still goes, with
+# the files described, instead of the whole message being dead-lettered
+FILE_REFUSALS = frozenset(
+    {
+        "file_type_not_allowed",
+        "file_upload_size_restricted",
+        "file_uploads_disabled",
+        "file_uploads_except_images_disabled",
+        "snippet_too_large",
+        "http 413",
+    }
+)
 BAD_CREDENTIALS = frozenset(
     {
         "invalid_auth",
@@ -941,7 +953,24 @@ class SlackGateway(Gateway):
             if ts:
                 native.append(ts)
             comment = None
-        native += await self._upload(channel, thread, files, comment)
+        try:
+            native += await self._upload(channel, thread, files, comment)
+        except DeliveryError as exc:
+            refusal = getattr(exc, "slack_error", "")
+            if not exc.permanent:
+                raise  # retried; a text posted first is remembered under text_first
+            if out.idempotency_key and comment is None and text:
+                await self.ctx.kv_delete(f"{TEXT_FIRST_KEY}:{out.idempotency_key}")
+            if refusal not in FILE_REFUSALS:
+                raise
+            # the workspace will not take these files: the message goes without them
+            log.warning("gateway %s: Slack refused the file(s) for %s (%s); sent as a description",
+                        self.name, channel, refusal)
+            lines = mrkdwn.escape("\n".join(a.describe() for a in files))
+            rest = lines if comment is None else f"{comment}\n{lines}"
+            ts = await self._post(out, opts, channel, rest, thread)
+            native.append(ts)
+            return SendResult(native_ids=tuple(n for n in native if n), thread=thread)
         if out.idempotency_key and comment is None and text:
             await self.ctx.kv_delete(f"{TEXT_FIRST_KEY}:{out.idempotency_key}")
         return SendResult(native_ids=tuple(native), thread=thread)

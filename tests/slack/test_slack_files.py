@@ -377,11 +377,10 @@ async def test_upload_bigger_than_upload_max_bytes_is_described(make_gateway, fa
     [
         (lambda fake: setattr(fake, "upload_url_error", "missing_scope"), True, "files:write"),
         (lambda fake: fake.fail_error["C1"].append("not_in_channel"), True, "not_in_channel"),
-        (lambda fake: setattr(fake, "upload_url_error", "file_type_not_allowed"), True, "file_type_not_allowed"),
         (lambda fake: fake.fail_429["C1"].append(3), False, "rate limited"),
         (lambda fake: fake.upload_status.append(502), False, "HTTP 502"),
     ],
-    ids=["missing_scope", "not_in_channel", "file_type", "429", "upload_5xx"],
+    ids=["missing_scope", "not_in_channel", "429", "upload_5xx"],
 )
 async def test_upload_errors_map_like_post_errors(make_gateway, fake_slack, sk, arrange, permanent, needle):
     gw = await make_gateway(mode="events")
@@ -392,6 +391,30 @@ async def test_upload_errors_map_like_post_errors(make_gateway, fake_slack, sk, 
     if needle == "rate limited":
         assert info.value.retry_after == 3
     assert sk.BOT_TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize("refusal", ["file_type_not_allowed", "file_uploads_disabled", "http 413"])
+async def test_a_refused_file_still_delivers_the_message_with_a_description(make_gateway, fake_slack, refusal):
+    """The workspace will not take the file: the text must not be dead-lettered with it."""
+    gw = await make_gateway(mode="events")
+    if refusal == "http 413":
+        fake_slack.upload_status.append(413)
+    else:
+        fake_slack.upload_url_error = refusal
+    res = await gw.send(_out(gw, "alice: see this", attachments=[_blob()]))
+    [post] = fake_slack.posts["C1"]
+    assert post["text"].startswith("alice: see this\n[") and fake_slack.uploads == []
+    assert res.native_ids == (post["ts"],)
+
+
+async def test_a_refused_file_after_the_text_went_first_adds_only_the_description(make_gateway, fake_slack):
+    gw = await make_gateway(mode="events", upload_comment_max=5)
+    fake_slack.upload_url_error = "file_uploads_disabled"
+    res = await gw.send(_out(gw, "alice: long enough", attachments=[_blob()], idempotency_key="m3|slack/C1|1"))
+    texts = [p["text"] for p in fake_slack.posts["C1"]]
+    assert texts[0] == "alice: long enough" and texts[1].startswith("[") and len(texts) == 2
+    assert len(res.native_ids) == 2
+    assert await gw.ctx.kv_get("text_first:m3|slack/C1|1") is None  # nothing left behind
 
 
 async def test_file_ts_from_files_info_when_completion_has_no_shares(make_gateway, fake_slack):
