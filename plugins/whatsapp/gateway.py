@@ -90,6 +90,7 @@ MB = 1024 * 1024
 DAY = 86400.0
 MEDIA_NOT_YET = (0.5, 1.5)  # seconds: Twilio media can answer 404 for a moment right after the webhook
 INITIATED_KEY = "initiated"
+INITIATED_SAVE_EVERY = 60.0  # seconds between saves of refreshed (not new) entries
 
 #: Response headers of the last Twilio call made *in this task* (for Retry-After).
 _LAST_HEADERS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
@@ -285,6 +286,7 @@ class WhatsAppGateway(Gateway):
         self._seen_status: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._initiated: dict[str, float] | None = None  # loaded from ctx.kv on first use
         self._initiated_lock = asyncio.Lock()
+        self._initiated_saved = 0.0
         self._auth: tuple[str, str] | None = None  # REST / media credentials, set by start()
         cfg = self.config
         #: files served to Twilio on /gateways/<name>/media/<token> (see media.py)
@@ -322,6 +324,9 @@ class WhatsAppGateway(Gateway):
         self._client = None
         self._http = None
         self.media.clear()
+        if self._initiated is not None and self.config.daily_unique_users:
+            async with self._initiated_lock:  # refreshed times not saved yet
+                await self.ctx.kv_set(INITIATED_KEY, self._initiated)
         self.set_state(GatewayState.STOPPED)
 
     async def check(self) -> list[str]:
@@ -594,18 +599,24 @@ class WhatsAppGateway(Gateway):
     async def _take_slot(self, to: str) -> bool:
         """Record ``to`` as reached now; True when that took a new slot. Raises when none is free."""
         limit = self.config.daily_unique_users
+        if not limit:
+            return False  # no cap: nothing to count
         async with self._initiated_lock:
             now = time.time()
             book = await self._book(now)
             added = to not in book
-            if added and limit and len(book) >= limit:
+            if added and len(book) >= limit:
                 wait = max(min(book.values()) + DAY - now, 1.0)
                 raise DeliveryError(
                     f"WhatsApp messaging limit: {limit} unique users already reached by business-initiated "
                     f"messages in the last 24 h (daily_unique_users); held, next slot in {wait / 60:.0f} min",
                     permanent=False, retry_after=wait)
             book[to] = now
-            await self.ctx.kv_set(INITIATED_KEY, book)
+            # a new user is written at once; a user already counted only refreshes its time, which
+            # is saved at most once a minute (the whole book is one value: keep writes rare)
+            if added or now - self._initiated_saved >= INITIATED_SAVE_EVERY:
+                await self.ctx.kv_set(INITIATED_KEY, book)
+                self._initiated_saved = now
             return added
 
     async def _give_back_slot(self, to: str, added: bool) -> None:

@@ -249,11 +249,30 @@ async def test_twilio_63018_is_held_and_retried_not_dead_lettered(wa):
     assert await wa.gateway.initiated_count() == 0
 
 
-async def test_zero_means_no_cap(make_wa):
+async def test_zero_means_no_cap_and_no_bookkeeping(make_wa):
     wa = await make_wa(daily_unique_users=0)
     for i in range(5):
         await wa.gateway.send(wa.outbound("hi", to=f"whatsapp:+1555000000{i}", options=_template_opts()))
-    assert await wa.gateway.initiated_count() == 5
+    assert len(wa.twilio.requests) == 5
+    assert await wa.ctx.kv_get("initiated") is None  # nothing counted, nothing written
+
+
+async def test_a_user_already_counted_is_not_rewritten_on_every_send(make_wa, monkeypatch):
+    wa = await make_wa(daily_unique_users=10)
+    writes = []
+    real = wa.ctx.kv_set
+
+    async def counting(key, value):
+        if key == "initiated":
+            writes.append(dict(value))
+        await real(key, value)
+
+    monkeypatch.setattr(wa.ctx, "kv_set", counting)
+    for _ in range(5):
+        await wa.gateway.send(wa.outbound("hi", to="whatsapp:+15550000001", options=_template_opts()))
+    assert len(writes) == 1  # the new user; refreshes of its time wait for the next minute (or stop)
+    await wa.gateway.stop()
+    assert len(writes) == 2 and await wa.ctx.kv_get("initiated") == writes[-1]
 
 
 async def test_a_template_names_the_files_it_cannot_carry(wa, wh):
