@@ -42,6 +42,7 @@ from .gateway import Gateway, GatewayConfig
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
 from .settings import Settings, iter_secrets, validation_problems
+from .signals import add_signal_handler, remove_signal_handler
 
 __all__ = [
     "PLUGIN_MANAGER",
@@ -751,7 +752,6 @@ async def _audit(runtime: Runtime, actor: str, detail: dict[str, Any]) -> None:
 
 def install_reload_signal(app: web.Application) -> None:
     """SIGHUP reloads the config (``run`` installs this; tests and embedders need not)."""
-    import signal
 
     async def on_startup(app: web.Application) -> None:
         runtime = app[RUNTIME]
@@ -763,16 +763,11 @@ def install_reload_signal(app: web.Application) -> None:
             except RuntimeError:
                 log.info("SIGHUP during shutdown ignored")
 
-        try:
-            loop.add_signal_handler(signal.SIGHUP, hup)
-        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
-            log.debug("SIGHUP reload not available on this platform")
+        if not add_signal_handler(loop, "SIGHUP", hup):
+            log.debug("SIGHUP reload not available here (platform or thread)")
 
     async def on_cleanup(app: web.Application) -> None:
-        try:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        except (NotImplementedError, RuntimeError, ValueError, AttributeError):
-            pass
+        remove_signal_handler(asyncio.get_running_loop(), "SIGHUP")
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

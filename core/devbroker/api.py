@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from claudemesh_gateway.mesh import crypto
@@ -32,8 +32,7 @@ class BrokerAPI:
     config: DevBrokerConfig
     ws_url: str
 
-    def dirty(self) -> None:  # implemented by DevBroker
-        raise NotImplementedError
+    dirty: Callable[[], None]  # DevBroker.dirty: schedule a coalesced save of the state file
 
     # -- seeding API ------------------------------------------------------------------------
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..signals import add_signal_handler, remove_signal_handler
 from .api import build_invite
 from .broker import DevBroker
 from .config import DevBrokerConfig
@@ -31,11 +30,7 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     await broker.start()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = [name for name in ("SIGINT", "SIGTERM") if add_signal_handler(loop, name, stop.set)]
     seed = broker.default_mesh
     print(f"dev broker: {broker.ws_url}  (http {broker.http_url})", flush=True)
     print(f"mesh 'dev' id={seed.mesh_id} members: gateway, alice, bob; topic general", flush=True)
@@ -46,8 +41,8 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     try:
         await stop.wait()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        for name in installed:
+            remove_signal_handler(loop, name)
         await broker.stop()
 
 
