@@ -167,8 +167,7 @@ class RoutingTransport:
             return (), list(message.attachments)
         cap = self._attachment_cap(caps)
         source = self.runtime.gateways.get(message.origin.gateway)
-        budget = self._delivery_config().attachment_fetches * self._delivery_config().attachment_max_bytes
-        fetch_room = budget // cap if cap > 0 else 0
+        fetch_room = self._bytes().limit // cap if cap > 0 else 0
         passed: list[Attachment] = []
         described: list[Attachment] = []
         for att in message.attachments:
@@ -185,12 +184,9 @@ class RoutingTransport:
                 passed.append(att)  # fetched from the source gateway right before the send
         return tuple(passed), described
 
-    async def _fetch_attachments(self, out: Outbound, gw: Any) -> Outbound:
-        """Replace foreign references in ``out.attachments`` by their bytes; a file that cannot be
-        had (gone, too large, not fetchable) is described in the text instead."""
-        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to)]
-        if not pending:
-            return out
+    async def _fetch_attachments(self, out: Outbound, gw: Any, pending: Sequence[Attachment]) -> Outbound:
+        """Replace the foreign references ``pending`` of ``out.attachments`` by their bytes; a file
+        that cannot be had (gone, too large, not fetchable) is described in the text instead."""
         source = self.runtime.gateways.get(out.message.origin.gateway)
         cap = self._attachment_cap(gw.capabilities)
         kept: list[Attachment] = []
@@ -422,11 +418,11 @@ class RoutingTransport:
         gw = self.runtime.gateways.get(out.to.gateway)
         if gw is None:
             raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
-        if out.attachments and any(self._needs_fetch(a, out.message, out.to) for a in out.attachments):
-            pending = sum(1 for a in out.attachments if self._needs_fetch(a, out.message, out.to))
-            held = await self._bytes().acquire(pending * self._attachment_cap(gw.capabilities))
+        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to)]
+        if pending:
+            held = await self._bytes().acquire(len(pending) * self._attachment_cap(gw.capabilities))
             try:  # the bytes stay reserved until the send is over
-                return await gw.send(await self._fetch_attachments(out, gw))
+                return await gw.send(await self._fetch_attachments(out, gw, pending))
             finally:
                 await self._bytes().release(held)
         return await gw.send(out)

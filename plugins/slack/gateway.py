@@ -940,10 +940,11 @@ class SlackGateway(Gateway):
             return SendResult(native_ids=(ts,) if ts else (), thread=thread)
         native: list[str] = []
         comment: str | None = text or None
+        # text first: its ts is kept in the gateway's kv until the files are up (or refused for
+        # good), so a retry, even after a restart, does not post the text twice
+        key = f"{TEXT_FIRST_KEY}:{out.idempotency_key}" if out.idempotency_key else ""
         if text and (self.config.customize or len(text) > self.config.upload_comment_max):
-            # text first (as the sender's username with customize), then the files under it
-            # kept in the gateway's kv, so a retry (even after a restart) does not post the text twice
-            key = f"{TEXT_FIRST_KEY}:{out.idempotency_key}" if out.idempotency_key else ""
+            # (as the sender's username with customize), then the files under it
             saved = await self.ctx.kv_get(key) if key else None
             ts = saved if isinstance(saved, str) else ""
             if not ts:
@@ -953,14 +954,15 @@ class SlackGateway(Gateway):
             if ts:
                 native.append(ts)
             comment = None
+        text_first = bool(key and text and comment is None)
         try:
             native += await self._upload(channel, thread, files, comment)
         except DeliveryError as exc:
             refusal = getattr(exc, "slack_error", "")
             if not exc.permanent:
-                raise  # retried; a text posted first is remembered under text_first
-            if out.idempotency_key and comment is None and text:
-                await self.ctx.kv_delete(f"{TEXT_FIRST_KEY}:{out.idempotency_key}")
+                raise  # retried; the text posted first stays remembered
+            if text_first:
+                await self.ctx.kv_delete(key)
             if refusal not in FILE_REFUSALS:
                 raise
             # the workspace will not take these files: the message goes without them
@@ -971,8 +973,8 @@ class SlackGateway(Gateway):
             ts = await self._post(out, opts, channel, rest, thread)
             native.append(ts)
             return SendResult(native_ids=tuple(n for n in native if n), thread=thread)
-        if out.idempotency_key and comment is None and text:
-            await self.ctx.kv_delete(f"{TEXT_FIRST_KEY}:{out.idempotency_key}")
+        if text_first:
+            await self.ctx.kv_delete(key)
         return SendResult(native_ids=tuple(native), thread=thread)
 
     async def _post(
@@ -1260,10 +1262,8 @@ def _retry_after(exc: SlackApiError) -> float | None:
         if k.lower() == "retry-after":
             value = v[0] if isinstance(v, list | tuple) else v
     if resp.status_code == 429 or _error_code(exc) == "ratelimited":
-        try:
-            return max(float(value), 0.0) if value is not None else 1.0
-        except ValueError:
-            return 1.0
+        seconds = _header_seconds(value)
+        return 1.0 if seconds is None else seconds
     return None
 
 

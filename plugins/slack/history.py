@@ -30,6 +30,9 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
+from claudemesh_gateway import RateLimit
+from claudemesh_gateway.delivery.ratelimit import RateLimiter
+
 if TYPE_CHECKING:
     from claudemesh_gateway.plugins.slack.gateway import SlackGateway
 
@@ -63,31 +66,17 @@ class HistoryRateLimited(Exception):
 
 
 class RateBucket:
-    """A token bucket of ``per_minute`` calls, burst 1, starting full. ``clock`` and ``sleep``
-    can be replaced (tests)."""
+    """``per_minute`` history calls, burst 1, starting full: one bucket of the core's
+    :class:`~claudemesh_gateway.delivery.ratelimit.RateLimiter` (``clock`` and ``sleep`` can be
+    replaced in tests)."""
 
     def __init__(self, per_minute: float, *, clock: Any = time.monotonic, sleep: Any = asyncio.sleep) -> None:
-        self.rate = per_minute / 60.0
-        self.clock = clock
-        self.sleep = sleep
-        self._tokens = 1.0
-        self._stamp = clock()
-        self._lock = asyncio.Lock()
+        self.limiter = RateLimiter(monotonic=clock, sleep=sleep)
+        self.limit = RateLimit(scope="slack:history", per_second=per_minute / 60.0, burst=1.0)
 
     async def acquire(self) -> float:
         """Take one token, sleeping until there is one. Returns the seconds waited."""
-        waited = 0.0
-        async with self._lock:
-            while True:
-                now = self.clock()
-                self._tokens = min(1.0, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1.0 - 1e-9:
-                    self._tokens -= 1.0
-                    return waited
-                delay = (1.0 - self._tokens) / self.rate
-                await self.sleep(delay)
-                waited += delay
+        return await self.limiter.acquire((self.limit,), "history")
 
 
 def ts_key(ts: Any) -> Decimal | None:

@@ -898,18 +898,13 @@ def _opts(options: Any) -> WhatsAppBindingOptions:
 
 
 def _retry_after(default: float | None) -> float | None:
-    headers = _LAST_HEADERS.get() or {}
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if value is not None:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-    return default
+    """Retry-After of the last Twilio call made in this task, else ``default``."""
+    seconds = _header_seconds(_LAST_HEADERS.get() or {})
+    return default if seconds is None else seconds
 
 
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:

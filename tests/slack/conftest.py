@@ -223,6 +223,13 @@ class FakeSlack:
             {"ok": True, "url": f"ws://{request.host}/socket?ticket=t{self.connections_opened}"}
         )
 
+    def _refusal(self, channel: str) -> web.Response | None:
+        """A scripted failure for ``channel``, else channel_not_found for an unknown one, else None."""
+        failure = self._scripted_failure(channel)
+        if failure is None and channel not in self.channels:
+            failure = web.json_response({"ok": False, "error": "channel_not_found"})
+        return failure
+
     def _scripted_failure(self, channel: str) -> web.Response | None:
         if self.fail_429[channel]:
             retry = self.fail_429[channel].pop(0)
@@ -235,11 +242,9 @@ class FakeSlack:
 
     async def _m_chat_postMessage(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         channel = p.get("channel", "")
-        failure = self._scripted_failure(channel)
+        failure = self._refusal(channel)
         if failure is not None:
             return failure
-        if channel not in self.channels:
-            return web.json_response({"ok": False, "error": "channel_not_found"})
         self._rate_check(channel)
         ts = self.next_ts()
         self.posts[channel].append({**p, "ts": ts})
@@ -426,11 +431,9 @@ class FakeSlack:
 
     async def _m_files_completeUploadExternal(self, request: web.Request, p: dict[str, Any]) -> web.Response:
         channel = p.get("channel_id", "")
-        failure = self._scripted_failure(channel)
+        failure = self._refusal(channel)
         if failure is not None:
             return failure
-        if channel not in self.channels:
-            return web.json_response({"ok": False, "error": "channel_not_found"})
         wanted = json.loads(p.get("files") or "[]")
         for f in wanted:
             pending = self._pending.get(f.get("id", ""))
