@@ -72,6 +72,22 @@ MAX_INBOUND_VALUES = 250_000
 _BAD_FRAME_LOG_EVERY = 60.0  # seconds: one WARNING per reason per window, DEBUG for the rest
 _CLOSE_REASON_REFUSALS = {"session_replaced", "kicked", "banned"}
 
+# Closes of later upstream brokers that mean "your presence is gone, hello again" (not in the spec's
+# pinned commit; modelled by the dev broker, see its module docstring). Matched by code or reason.
+_PRESENCE_LOST_CLOSES = {
+    4004: ("presence_evicted", ("the broker evicted our presence while the socket was open"
+                                " (its presence row went stale: pongs lost or late)")),
+    4005: ("no_presence", "the broker had no presence for this socket (a zombie connection)"),
+}
+
+
+def _presence_lost(code: int | None, reason: str) -> str | None:
+    """``"<code> <name>: <cause>"`` for a 4004/4005 close (by code, or by reason with another code)."""
+    for known, (name, cause) in _PRESENCE_LOST_CLOSES.items():
+        if code == known or reason == name:
+            return f"{code} {name}: {cause}"
+    return None
+
 
 class MeshRequestError(MeshError):
     """The broker answered a request with an error frame (``code``: ``message``)."""
@@ -156,6 +172,7 @@ class Connection:
         self.bad_frames: Counter[str] = Counter()  # reason -> frames dropped (see the module docstring)
         self._bad_logged: dict[str, float] = {}  # reason -> monotonic time of the last WARNING
         self._oversized = False  # this socket ended because the broker sent a frame over the inbound cap
+        self._no_presence = False  # the broker answered no_hello after our hello_ack: it lost our presence
         self._oversized_run = 0  # consecutive sockets that ended that way (backoff grows with it)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -333,6 +350,7 @@ class Connection:
         self._refusal = None
         self._close_reason = ""
         self._oversized = False
+        self._no_presence = False
         ws = await self._http.ws_connect(
             self.cfg.broker_url, autoping=False, autoclose=True, heartbeat=None,
             max_msg_size=MAX_INBOUND_FRAME_BYTES,
@@ -442,6 +460,13 @@ class Connection:
             log.error("mesh %s: %s; reconnecting", self.name, what)
             raise _Retry(what, min_delay=steps[min(self._oversized_run - 1, len(steps) - 1)])
         if refusal is None:
+            lost = _presence_lost(code, reason)
+            if lost is not None:
+                what = f"broker closed the connection with {lost}"
+                log.warning("mesh %s: %s; reconnecting with a new hello", self.name, what)
+                raise _Retry(what)
+            if self._no_presence:
+                raise _Retry("the broker answered no_hello after hello_ack: it has no presence for this socket")
             if code == 1009:
                 log.error("mesh %s: broker closed with 1009 (frame too large): this is a bug", self.name)
             what = f"connection closed (code {code}{', ' + reason if reason else ''})"
@@ -561,6 +586,8 @@ class Connection:
             if self.state != "connected" and code != "no_hello":
                 self._refusal = frame
                 log.warning("mesh %s: handshake refused: %s: %s", self.name, code, message)
+            elif code == "no_hello" and self.state == "connected":
+                self._presence_gone()
             else:
                 log.warning("mesh %s: broker error %s: %s", self.name, code, message)
             return
@@ -570,6 +597,18 @@ class Connection:
                 fut.set_result(frame)
             return
         log.debug("mesh %s: ignoring unsolicited %s frame", self.name, ftype)
+
+    def _presence_gone(self) -> None:
+        """``no_hello`` after our ``hello_ack``: the broker holds no presence for this socket (a zombie:
+        no pushes, invisible to ``list_peers``). A pinned-commit broker never closes such a socket and a
+        later one only after its 30 s zombie sweep (4005), so close it now and hello again."""
+        ws = self._ws
+        if self._no_presence or ws is None or ws.closed:
+            return
+        self._no_presence = True
+        log.warning("mesh %s: the broker says no_hello on a connected socket (our presence is gone); "
+                    "reconnecting", self.name)
+        self._spawn(self._close(ws))
 
     def _pending_for(self, frame: dict[str, Any]) -> asyncio.Future[dict[str, Any]] | None:
         for key in ("_reqId", "id"):
