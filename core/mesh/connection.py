@@ -126,7 +126,7 @@ class Connection:
 
     def __init__(
         self, name: str, cfg: Any, ident: SessionIdentity, *,
-        on_push: Callable[[dict[str, Any]], None],
+        on_push: Callable[[dict[str, Any], int], None],
         on_connected: Callable[[dict[str, Any], bool], Awaitable[None] | None] | None = None,
         on_state: Callable[[str, str], None] | None = None,
         clock: Callable[[], float] = time.time, presence_id: str | None = None,
@@ -173,6 +173,7 @@ class Connection:
         self._bad_logged: dict[str, float] = {}  # reason -> monotonic time of the last WARNING
         self._oversized = False  # this socket ended because the broker sent a frame over the inbound cap
         self._no_presence = False  # the broker answered no_hello after our hello_ack: it lost our presence
+        self._rx_size = 0  # length of the frame being dispatched (the push queue is bounded in bytes)
         self._oversized_run = 0  # consecutive sockets that ended that way (backoff grows with it)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
@@ -549,6 +550,7 @@ class Connection:
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self._bad_frame("no_type", "not a JSON object with a string \"type\"")
             return
+        self._rx_size = len(data)
         try:
             self._dispatch(frame)
         except Exception as exc:  # noqa: BLE001 - a broker frame must never kill the reader (logged with traceback)
@@ -564,7 +566,7 @@ class Connection:
                 self._acknowledged(self._ws, frame)  # connected before the next frame is dispatched
             return
         if ftype == "push":
-            self._on_push(frame)
+            self._on_push(frame, self._rx_size)
             return
         if ftype == "ack":
             fid = frame.get("id")
