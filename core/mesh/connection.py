@@ -174,7 +174,8 @@ class Connection:
         self._oversized = False  # this socket ended because the broker sent a frame over the inbound cap
         self._no_presence = False  # the broker answered no_hello after our hello_ack: it lost our presence
         self._rx_size = 0  # length of the frame being dispatched (the push queue is bounded in bytes)
-        self._oversized_run = 0  # consecutive sockets that ended that way (backoff grows with it)
+        self._oversized_run = 0  # consecutive sockets that ended that way (backoff grows with it, even
+        # though each of them was acknowledged, which resets the ordinary backoff)
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -405,7 +406,6 @@ class Connection:
         self.connects += 1
         self._attempt = 0
         self._attest_failures = 0
-        self._oversized_run = 0
         self.last_error = None
         self.connected_since = time.time()
         log.info("mesh %s: connected (presence %s%s)", self.name, presence, ", reattached" if reattached else "")
@@ -444,6 +444,8 @@ class Connection:
         reason = self._close_reason
         if self._stop.is_set():
             return
+        if not self._oversized:
+            self._oversized_run = 0  # only sockets ended by oversized frames in a row grow the backoff
         refusal: Refusal | None = None
         if self._refusal is not None:
             refusal = classify_refusal(str(self._refusal.get("code") or ""), str(self._refusal.get("message") or ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 import secrets
 import time
@@ -322,7 +323,8 @@ async def test_hostile_closes_at_bad_moments_then_recovers(hostile):
     assert peer.connection.terminal_error is None
 
 
-async def test_hostile_huge_frames_reconnect_with_growing_backoff(hostile, monkeypatch):
+async def test_hostile_huge_frames_reconnect_with_growing_backoff(hostile, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="claudemesh_gateway.mesh.connection")
     monkeypatch.setattr(connection, "MAX_INBOUND_FRAME_BYTES", 256 * 1024)   # the same path, smaller frames
     huge = json.dumps({"type": "push", "messageId": "huge", "ciphertext": "A" * (300 * 1024)})
 
@@ -334,9 +336,13 @@ async def test_hostile_huge_frames_reconnect_with_growing_backoff(hostile, monke
             return "closed"
         return None
 
-    broker, peer = await hostile(script, connect=False)
+    broker, peer = await hostile(script, connect=False, backoff=[0.1, 0.2, 0.4])
     await until(lambda: broker.connections == 4 and peer.state == "connected")
     assert peer.bad_frames == {"oversized": 3}
+    # each of those sockets was acknowledged (which resets the ordinary backoff), yet the delays grow
+    delays = [float(r.getMessage().rsplit(" ", 1)[1].rstrip("s")) for r in caplog.records
+              if r.getMessage().startswith("mesh hostile: reconnecting in ")]
+    assert delays == [0.1, 0.2, 0.4]
     assert await peer.peers(refresh=True) == []
     assert peer.connection.terminal_error is None
 
