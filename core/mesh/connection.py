@@ -7,7 +7,7 @@ through a callback. A frame the broker sends that we do not understand is logged
 and otherwise ignored: nothing the broker says can break the read loop.
 
 Frames that are bad rather than merely unknown (not JSON, nested too deeply, too many values,
-not an object, or a handler failure) are counted in :attr:`Connection.bad_frames` by reason and
+not an object, a handler failure, or an error frame for nothing we wait for) are counted in :attr:`Connection.bad_frames` by reason and
 logged on one line, at WARNING for the first of each reason per minute and at DEBUG after that,
 so a flood cannot flood the log. The connection survives them. A frame over
 :data:`MAX_INBOUND_FRAME_BYTES` cannot be skipped (aiohttp refuses it from its header, before
@@ -87,6 +87,10 @@ def _presence_lost(code: int | None, reason: str) -> str | None:
         if code == known or reason == name:
             return f"{code} {name}: {cause}"
     return None
+
+
+def _size(data: str | bytes) -> str:
+    return f"{len(data)} {'characters' if isinstance(data, str) else 'bytes'}"
 
 
 class MeshRequestError(MeshError):
@@ -539,15 +543,15 @@ class Connection:
         else:
             values = data.count(b"{") + data.count(b"[") + data.count(b",")
         if values > MAX_INBOUND_VALUES:
-            self._bad_frame("too_many_values", f"{len(data)} bytes with over {MAX_INBOUND_VALUES} JSON values")
+            self._bad_frame("too_many_values", f"{_size(data)} with over {MAX_INBOUND_VALUES} JSON values")
             return
         try:
             frame = json.loads(data)
         except RecursionError:
-            self._bad_frame("too_deep", f"JSON nested too deeply ({len(data)} bytes)")
+            self._bad_frame("too_deep", f"JSON nested too deeply ({_size(data)})")
             return
         except (ValueError, UnicodeDecodeError):
-            self._bad_frame("not_json", f"not JSON ({len(data)} bytes)")
+            self._bad_frame("not_json", f"not JSON ({_size(data)})")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self._bad_frame("no_type", "not a JSON object with a string \"type\"")
@@ -557,8 +561,8 @@ class Connection:
             self._dispatch(frame)
         except Exception as exc:  # noqa: BLE001 - a broker frame must never kill the reader (logged with traceback)
             ftype = frame["type"][:40]
-            self._bad_frame("handler_failed", f"handling a {ftype!r} frame failed: {type(exc).__name__}: {exc}",
-                            exc_info=True)
+            self._bad_frame("handler_failed", f"handling a {ftype!r} frame failed: {type(exc).__name__}: "
+                            f"{str(exc)[:200]}", exc_info=True)
 
     def _dispatch(self, frame: dict[str, Any]) -> None:
         ftype = frame["type"]
@@ -592,8 +596,8 @@ class Connection:
                 log.warning("mesh %s: handshake refused: %s: %s", self.name, code, message)
             elif code == "no_hello" and self.state == "connected":
                 self._presence_gone()
-            else:
-                log.warning("mesh %s: broker error %s: %s", self.name, code, message)
+            else:  # a late reply to a request that timed out, or a broker talking to nobody: rate-limited
+                self._bad_frame("unsolicited_error", f"error {code[:60]!r} for nothing we wait for: {message[:200]}")
             return
         fut = self._pending_for(frame)
         if fut is not None:

@@ -154,7 +154,8 @@ def _garbage(i: int) -> str | bytes:
     return kinds[i % len(kinds)]
 
 
-async def test_hostile_flood_of_garbage_duplicates_and_stray_acks(hostile):
+async def test_hostile_flood_of_garbage_duplicates_and_stray_acks(hostile, caplog):
+    caplog.set_level(logging.DEBUG, logger="claudemesh_gateway.mesh")
     got: list[str] = []
 
     async def on_message(item):
@@ -186,6 +187,10 @@ async def test_hostile_flood_of_garbage_duplicates_and_stray_acks(hostile):
     bad = peer.bad_frames
     assert bad.get("not_json", 0) > 0 and bad.get("too_deep", 0) > 0 and bad.get("no_type", 0) > 0
     assert peer.pushes.dropped["duplicate"] == 300 and peer.pushes.dropped["undecryptable"] > 0
+    assert bad.get("unsolicited_error", 0) > 0
+    # about 1,500 bad frames, and the log holds one WARNING per reason (the rest at DEBUG)
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.endswith("connection")]
+    assert 0 < len(loud) <= len(bad)
 
 
 async def test_hostile_push_flood_keeps_the_push_queue_bounded(hostile, monkeypatch):
