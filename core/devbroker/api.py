@@ -130,6 +130,26 @@ class BrokerAPI:
             n += 1
         return n
 
+    def orphan_presences(self, mesh_id: str | None = None, *, pubkey: str | None = None) -> int:
+        """Forget online presences but leave their sockets open: the zombies of upstream's close/reattach
+        race. Each socket then gets ``no_hello`` for every verb, and the next ``keepalive_tick`` older
+        than ``zombie_min_age_s`` closes it with 4005 ``no_presence``. Same filters as ``drop_connections``.
+        """
+        n = 0
+        for p in list(self.registry.entries.values()):
+            conn = p.conn
+            if p.lease != "online" or conn is None:
+                continue
+            if mesh_id is not None and p.mesh_id != mesh_id:
+                continue
+            if pubkey is not None and pubkey not in (p.member_pubkey, p.session_pubkey):
+                continue
+            self.registry.delete(p, decrement=True)
+            p.db_disconnected = True
+            p.conn, conn.presence = None, None
+            n += 1
+        return n
+
     def set_status(self, pubkey: str, status: str) -> int:
         """Force the computed status of presences whose member or session pubkey is ``pubkey``."""
         if status not in ("idle", "working", "dnd"):

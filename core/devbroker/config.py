@@ -30,3 +30,8 @@ class DevBrokerConfig:
     drain_before_ack: bool = True            # hello drains push before hello_ack (the real broker races)
     close_timeout_s: float = 5.0             # wait for the peer's close frame
     persist_debounce_s: float = 0.05         # coalesce state writes
+    # Later upstream brokers (after the spec's pinned commit; see broker.py "Later upstream behaviour").
+    # False / None reproduce the pinned commit exactly.
+    role_scoped_dedup: bool = True           # sessionId dedup only among presences of the hello's role
+    evict_split_presences: bool = True       # a stale-swept row with an online lease: evict, close 4004
+    zombie_min_age_s: float | None = 30.0    # an open socket without a presence this old: close 4005

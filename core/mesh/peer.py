@@ -139,6 +139,11 @@ class MeshPeer:
         return self.connection.reconnects if self.connection is not None else 0
 
     @property
+    def bad_frames(self) -> dict[str, int]:
+        """Frames from the broker dropped as bad, by reason (``not_json``, ``too_deep``, ``oversized``, ...)."""
+        return dict(self.connection.bad_frames) if self.connection is not None else {}
+
+    @property
     def presence_id(self) -> str | None:
         return self.connection.presence_id if self.connection is not None else None
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 1000
 MAX_PAGE = 200  # the broker clamps topic_history limit to 1..200
+MAX_ROW_ID_CHARS = 128  # topic_message ids are 32 characters
 TIE_GRACE_MS = 2000  # unseen rows this much older than high_water still count as new (commit-order ties)
 
 
@@ -144,8 +145,11 @@ class TopicPoller(TaskOwner):
             raise MeshError(f"topic_history for #{self.topic.name} returned no messages list")
         rows = []
         for r in raw:
-            if isinstance(r, dict) and isinstance(r.get("id"), str):
+            # topic_message ids are 32 characters; a longer one would pin memory in ``seen`` (and the kv)
+            if isinstance(r, dict) and isinstance(r.get("id"), str) and 0 < len(r["id"]) <= MAX_ROW_ID_CHARS:
                 rows.append({**r, "_t": parse_time_ms(r.get("createdAt"))})
+            else:
+                log.debug("mesh %s: #%s: history entry without a usable id skipped", self.peer.name, self.topic.name)
         return rows
 
     @staticmethod
