@@ -103,8 +103,11 @@ class LogSettings(_Strict):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # third-party libraries (aiosqlite, aiohttp, asyncio, telegram, slack_sdk, twilio...) log at this level
+    # or above `level`: their DEBUG lines hold SQL arguments (secret keys), request bodies, phone numbers
+    library_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "library_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
