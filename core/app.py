@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from . import __version__
 from .errors import ConfigError, PluginError, StartupError, WebhookAuthError
 from .events import GatewayState
+from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
@@ -235,7 +236,7 @@ def open_store(settings: Settings) -> Any:
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700: the store holds the session secret keys
     return SqliteStore(path)
 
 

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..files import make_private_dir
 from ..logconfig import register_secret
 from .crypto import KeyPair
 
@@ -82,7 +83,7 @@ class JsonFileKV(MemoryKV):
         out: dict[str, dict[str, Any]] = {}
         for (ns, key), value in self.data.items():
             out.setdefault(ns, {})[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".kv-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
