@@ -68,6 +68,9 @@ class ServerSettings(_Strict):
     shutdown_timeout: float = Field(10.0, ge=0)
     state_dir: Path = Path("var")
     store_path: Path | None = None  # default: <state_dir>/gateway.sqlite3
+    # Host names the dashboard, admin API and dev sink answer besides IP addresses, localhost, `host`
+    # and public_url's host (DNS rebinding guard): "name", ".domain" (and its subdomains), "*" (any)
+    allowed_hosts: list[str] = []
 
     @field_validator("public_url")
     @classmethod
