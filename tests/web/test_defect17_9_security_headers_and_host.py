@@ -37,6 +37,12 @@ def _app(tmp_path: Path, **server):
 
 @pytest.fixture
 async def served(tmp_path, raw_http):
+    async with raw_http.serve(_app(tmp_path, public_url="https://gw.example.org/base")) as port:
+        yield port
+
+
+@pytest.fixture
+async def served_listed(tmp_path, raw_http):
     async with raw_http.serve(_app(tmp_path, public_url="https://gw.example.org/base",
                                    allowed_hosts=["dash.internal", ".corp.example"])) as port:
         yield port
@@ -112,9 +118,11 @@ async def test_defect17_9_dev_sink_bodies_do_not_leak_to_a_rebinding_page(served
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8080", "[::1]:8080", "10.1.2.3", "localhost",
                                   "localhost:8080", "LOCALHOST.", "app.localhost:8080", "gw.example.org",
                                   "gw.example.org:443", "dash.internal", "corp.example", "a.b.corp.example:9"])
-async def test_defect17_9_the_gateways_own_names_are_answered(served, raw_http, host):
-    status, _, body = await raw_http.request(served, "GET", "/-/api/overview", [("Host", host), _auth()])
+async def test_defect17_9_the_gateways_own_names_are_answered(served_listed, raw_http, host):
+    status, _, body = await raw_http.request(served_listed, "GET", "/-/api/overview", [("Host", host), _auth()])
     assert status == 200, (host, body)
+    status, _, _ = await raw_http.request(served_listed, "GET", "/-/", [("Host", "corp.example.evil")])
+    assert status == 403
 
 
 @pytest.mark.parametrize("path", ["/-/health", "/-/ready", "/-/metrics"])
