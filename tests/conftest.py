@@ -13,6 +13,20 @@ import pytest
 VECTORS = Path(__file__).parent / "vectors"
 
 
+@pytest.fixture(autouse=True)
+def _library_log_levels():
+    """``configure_logging`` caps third-party loggers (``LIBRARY_LOGGERS``) at INFO; a test that runs
+    it (the CLI, log tests) must not leave the cap on for the tests after it (caplog at DEBUG)."""
+    import logging
+
+    from claudemesh_gateway.logconfig import LIBRARY_LOGGERS
+
+    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def mesh_vectors() -> dict:
     return json.loads((VECTORS / "mesh-vectors.json").read_text())
