@@ -78,8 +78,9 @@ class RawHTTP:
             lines.append(b"Host: 127.0.0.1")
         if "content-length" not in names:
             lines.append(b"Content-Length: " + str(length).encode())
-        for name, value in headers:
-            lines.append(name.encode() + b": " + (value.encode() if isinstance(value, str) else value))
+        for name, value in headers:  # a None value only suppresses the default (e.g. Content-Length)
+            if value is not None:
+                lines.append(name.encode() + b": " + (value.encode() if isinstance(value, str) else value))
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
     async def request(self, port: int, method: str, path: str, headers: list[tuple[str, bytes | str]] = (),

@@ -15,19 +15,30 @@ and ``*.localhost``, ``[server] host``, the host of ``[server] public_url``, and
 allowed_hosts`` (``"name"``, ``".example.org"`` for the domain and its subdomains, ``"*"`` for any).
 Others get 403. Webhooks (``/gateways/``) and the probes (``/-/health``, ``/-/ready``,
 ``/-/metrics``) accept any ``Host``: vendors, proxies and scrapers send names of their own.
+
+**Credentials only in the Authorization header.** A request to the dashboard or the admin API with a
+credential in its query string (``?token=``, ``?access_token=``, ``?jwt=``...) is refused (400) even
+when its header is valid: URLs end up in access logs, proxies and browser history. The access log
+masks such values too. Cookies are never read, so there is nothing for a cross-site request to ride.
+
+**Size.** A body announced larger than :data:`MAX_OPS_BODY` on the core's ``/-/`` endpoints is refused
+(413) before a byte of it is read; the handlers cap what they read as well, chunked bodies included
+(``claudemesh_gateway.webhooks``), and so does every gateway's webhook.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
-__all__ = ["CSP_DASHBOARD", "CSP_DEFAULT", "HostPolicy", "host_name", "setup_security"]
+__all__ = ["CREDENTIAL_PARAMS", "CSP_DASHBOARD", "CSP_DEFAULT", "MAX_OPS_BODY", "HostPolicy", "host_name",
+           "setup_security"]
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +47,15 @@ CSP_DASHBOARD = ("default-src 'none'; script-src 'self'; style-src 'self'; conne
 CSP_DEFAULT = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 DASHBOARD_PATH = "/-/"
 OPS_PREFIX = "/-/"
+PLUGIN_PREFIX = "/-/plugins/"  # plugins' own routes set their own body limits
 UNCHECKED = frozenset({"/-/health", "/-/ready", "/-/metrics"})  # probes and scrapers
 _WILDCARD_LISTEN = frozenset({"", "0.0.0.0", "::", "*"})
 _LOGGED_MAX = 64
+MAX_OPS_BODY = 1024 * 1024  # the largest body any /-/ endpoint reads (the dev sink's cap)
+#: query parameters that carry credentials; refused on the dashboard and the admin API, masked in logs
+CREDENTIAL_PARAMS = frozenset({"token", "access_token", "id_token", "jwt", "bearer", "auth", "authorization"})
+_NAMES = "|".join(sorted(CREDENTIAL_PARAMS))
+_CREDENTIAL_IN_URL = re.compile(rf"([?&;](?:{_NAMES})=)[^&;\s\"']*", re.IGNORECASE)
 
 
 def host_name(value: str) -> str | None:
@@ -115,11 +132,41 @@ def _checked(path: str) -> bool:
     return path.startswith(OPS_PREFIX) and path not in UNCHECKED
 
 
+def _credential_in_query(request: web.Request) -> bool:
+    path = request.path
+    if path != DASHBOARD_PATH and not path.startswith("/-/api/"):
+        return False
+    return any(key.lower() in CREDENTIAL_PARAMS for key in request.query)
+
+
+class _MaskCredentialsInURLs(logging.Filter):
+    """On ``aiohttp.access``: ``?token=<value>`` -> ``?token=***`` in the request line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        masked = _CREDENTIAL_IN_URL.sub(r"\1***", text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        return True
+
+
+_ACCESS_FILTER = _MaskCredentialsInURLs()
+
+
 def host_middleware(policy: HostPolicy) -> Callable[..., Awaitable[web.StreamResponse]]:
     logged: set[str] = set()
 
     @web.middleware
     async def check_host(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        if request.path.startswith(OPS_PREFIX) and not request.path.startswith(PLUGIN_PREFIX):
+            if request.content_length is not None and request.content_length > MAX_OPS_BODY:
+                return web.json_response({"error": f"body is larger than {MAX_OPS_BODY} bytes"}, status=413)
+            if _credential_in_query(request):
+                return web.json_response({"error": "credentials go in the Authorization header, never in the URL"},
+                                         status=400)
         if _checked(request.path):
             header = request.headers.get("Host")
             if not policy.allows(header):
@@ -154,4 +201,7 @@ def setup_security(app: web.Application, settings: Any) -> HostPolicy:
     policy = HostPolicy.from_settings(settings)
     app.middlewares.insert(0, host_middleware(policy))
     app.on_response_prepare.append(_security_headers)
+    access = logging.getLogger("aiohttp.access")
+    if _ACCESS_FILTER not in access.filters:
+        access.addFilter(_ACCESS_FILTER)
     return policy

@@ -97,3 +97,11 @@ async def test_defect17_7_client_hanging_up_mid_body_is_one_quiet_line(served, s
     assert len(went) == 1 and went[0].levelno == logging.INFO
     assert _levels(caplog) == ([], []) and not any(r.exc_info for r in caplog.records)
     assert gw.ctx.attempts == []
+
+
+@pytest.mark.parametrize("path", [PATH, "/gateways/slack/commands"])
+async def test_issue16_oversize_request_is_413(served, sk, raw_http, path):
+    port, gw = served
+    body = b'{"type": "event_callback", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    status, _, _ = await raw_http.request(port, "POST", path, _signed(sk.SIGNING_SECRET, body), body)
+    assert status == 413 and gw.ctx.attempts == []

@@ -66,3 +66,11 @@ async def test_defect17_7_a_good_update_still_flows_after_bad_ones(served, fake_
     status, _, _ = await raw_http.request(port, "POST", PATH, [
         ("Content-Type", "application/json"), (HEADER, SECRET)], body)
     assert status == 200 and [m.text for m in ctx.submitted] == ["real"]
+
+
+async def test_issue16_oversize_update_is_413(served, raw_http):
+    port, ctx = served
+    body = b'{"update_id": 1, "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    status, _, _ = await raw_http.request(port, "POST", PATH, [("Content-Type", "application/json"),
+                                                               (HEADER, SECRET)], body)
+    assert status == 413 and ctx.attempts == []

@@ -60,3 +60,12 @@ async def test_defect17_7_signed_json_that_is_nested_or_not_an_object_is_400(ser
     params = wh.inbound_params(body="after the bad ones")
     resp = await wa.inbound(params)
     assert resp.status == 200 and [m.text for m in wa.ctx.submitted] == ["after the bad ones"]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+async def test_issue16_oversize_webhook_is_413(served, wh, raw_http, content_type):
+    port, wa = served
+    body = b"Body=" + b"x" * (2 * 1024 * 1024)
+    status, _, _ = await raw_http.request(port, "POST", f"/gateways/{wh.NAME}/inbound", [
+        ("Content-Type", content_type), ("X-Twilio-Signature", "c2lnbmF0dXJl")], body)
+    assert status == 413 and wa.ctx.attempts == []
