@@ -19,9 +19,9 @@ def _library_log_levels():
     it (the CLI, log tests) must not leave the cap on for the tests after it (caplog at DEBUG)."""
     import logging
 
-    from claudemesh_gateway.logconfig import LIBRARY_LOGGERS
+    from claudemesh_gateway import logconfig
 
-    levels = {name: logging.getLogger(name).level for name in LIBRARY_LOGGERS}
+    levels = {name: logging.getLogger(name).level for name in getattr(logconfig, "LIBRARY_LOGGERS", ())}
     yield
     for name, level in levels.items():
         logging.getLogger(name).setLevel(level)
