@@ -17,10 +17,12 @@ included), request bodies and phone numbers.
 Every record is one line: both formatters escape control characters (newlines,
 carriage returns, escape sequences, Unicode line separators) in the message and in
 every field, so a value from outside (a token's ``sub``, a chat name, a header) can
-never forge a log line; a traceback keeps its own newlines. JSON format (``[log] format = "json"``) emits one object per line
-with ``ts``, ``level``, ``logger``, ``msg`` and the structured ``extra`` keys
-(``gateway``, ``route``, ``message_id``, ``mesh``, ``lane``, ``destination``,
-``event``) when a record carries them.
+never forge a log line; a traceback keeps its own newlines.
+
+JSON format (``[log] format = "json"``) emits one object per line with ``ts``,
+``level``, ``logger``, ``msg`` and the structured ``extra`` keys (``gateway``,
+``route``, ``message_id``, ``mesh``, ``lane``, ``destination``, ``event``) when a
+record carries them.
 """
 
 from __future__ import annotations
