@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -38,11 +37,13 @@ from pydantic import ValidationError
 from . import __version__
 from .errors import ConfigError, PluginError, StartupError, WebhookAuthError
 from .events import GatewayState
+from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
 from .settings import Settings, iter_secrets, validation_problems
 from .signals import add_signal_handler, remove_signal_handler
+from .webhooks import JsonTooDeep, parse_json, read_body
 
 __all__ = [
     "PLUGIN_MANAGER",
@@ -120,6 +121,10 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return web.json_response({"error": "forbidden"}, status=403)
     except asyncio.CancelledError:
         raise
+    except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:  # the client went away mid-request
+        log.info("%s %s: client went away before the request was complete (%s)", request.method, request.path,
+                 type(exc).__name__)
+        return web.json_response({"error": "request incomplete"}, status=400)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response({"error": "internal server error"}, status=500)
@@ -144,6 +149,7 @@ async def _plugins_json(request: web.Request) -> web.Response:
 # -- development sink (only with the embedded dev broker) ---------------------------------------------------------
 DEV_SINK_PATH = "/-/dev/sink"
 DEV_SINK_KEEP = 200
+DEV_SINK_MAX_BYTES = 1024 * 1024
 
 
 class DevSink:
@@ -181,11 +187,13 @@ class DevSink:
 
     async def post(self, request: web.Request) -> web.Response:
         self._loopback_only(request)
-        body = await request.read()  # bounded by the app's client_max_size (1 MiB): 413 above
+        body = await read_body(request, max_bytes=DEV_SINK_MAX_BYTES)  # 413 above
         try:
-            payload: Any = json.loads(body) if body else None
-        except ValueError:
-            payload = body.decode("utf-8", "replace")
+            payload: Any = parse_json(body) if body else None
+        except JsonTooDeep:
+            raise  # 400: not worth keeping (and it would trip whoever reads GET /-/dev/sink)
+        except web.HTTPBadRequest:
+            payload = body.decode("utf-8", "replace")  # not JSON: kept as text
         self._n += 1
         entry = {"n": self._n, "received_at": time.time(), "signed": self._signed(request, body), "body": payload}
         self.received.append(entry)
@@ -228,7 +236,7 @@ def open_store(settings: Settings) -> Any:
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700: the store holds the session secret keys
     return SqliteStore(path)
 
 

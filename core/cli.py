@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, GatewayError, PluginError, StartupError
+from .files import make_private_dir
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
 from .settings import BootstrapSettings, Settings, load_bootstrap_settings, load_settings
@@ -104,7 +105,7 @@ async def _start_dev_broker(settings: Settings | BootstrapSettings, *, port: int
     from .devbroker import DevBroker
 
     db = settings.dev_broker
-    db.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(db.state_dir)  # 0700, parents too (it is under [server] state_dir by default)
     broker = DevBroker(db.state_dir, host=db.host, port=db.port if port is None else port)
     try:
         await broker.start()
@@ -417,7 +418,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
     state_dir, host, port = _broker_defaults(args)
     configure_logging(None, level="DEBUG" if args.verbose else "INFO")
     run = _tool("claudemesh_gateway.devbroker.cli", "run")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(state_dir)
     try:
         _run(run(state_dir, host, port))
     except OSError as exc:

@@ -66,6 +66,7 @@ from typing import Any, Self
 
 from aiohttp import WSMsgType, web
 
+from ..files import make_private_dir
 from . import delivery, roster, sessions, topics
 from .api import BrokerAPI
 from .config import DevBrokerConfig
@@ -159,7 +160,7 @@ class DevBroker(BrokerAPI):
                        asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep)),
                        asyncio.create_task(self._every(self.config.purge_interval_s, self._purge))]
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.state_dir)
             self.save()
             if self._seed is not None:
                 write_meshes_toml(self.state_dir, self._seed, self.ws_url)

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import make_private_dir
 from .model import (
     Invite,
     Member,
@@ -139,7 +140,7 @@ class Store:
         if path is None:
             return
         self.merge_disk_invites()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import DeliveryError, MeshError
+from ..files import make_private_dir
 from . import crypto
 from .aio import with_timeout
 from .config import http_url_for
@@ -70,7 +71,7 @@ JOIN_ERRORS = {
 def _write_key_file(path: Path, pair: crypto.KeyPair) -> None:
     """Create ``path`` with mode 0600; refuse to overwrite anything."""
     path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # a directory we create for it is 0700
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -39,6 +39,7 @@ from typing import Any, Literal, Self
 import aiosqlite
 
 from ..errors import StartupError
+from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -462,6 +463,21 @@ def _rd_backup(c: sqlite3.Connection, dest: str) -> None:
         target.close()
 
 
+def _tighten(path: Path) -> None:
+    """Mode 0600 for the store file and its -wal/-shm companions (a store made by an older version,
+    or copied in, may be readable by others); a file we may not chmod is left with a warning."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = p.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, 0o600)
+                log.warning("store file %s was mode %o; now 0600 (it holds the session secret key)", p, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("store file %s is readable by others and could not be made 0600: %s", p, exc.strerror)
+
+
 # -- the store -----------------------------------------------------------------------------------------
 
 class SqliteStore:
@@ -534,11 +550,12 @@ class SqliteStore:
             raise StartupError(f"cannot open the store {self.path}: {e}") from e
 
     async def _open(self) -> None:
-        new = not self.path.exists()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        # cursors, offsets and the session identity live here: owner only, from the first byte
+        # (SQLite gives -wal, -shm and -journal files the mode of the database file)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        _tighten(self.path)
         w = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
-        if new:  # cursors, offsets and the session identity live here: owner only (-wal/-shm follow)
-            os.chmod(self.path, 0o600)
         try:
             await w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = await (await w.execute("PRAGMA journal_mode = WAL")).fetchone()
@@ -866,10 +883,14 @@ class SqliteStore:
     async def backup(self, dest: str | Path) -> None:
         """Write a consistent online copy of the database to ``dest`` (SQLite backup API).
 
-        Safe while the gateway runs: the copy is the last committed state.
+        Safe while the gateway runs: the copy is the last committed state. It holds what the store
+        holds (the session identity's secret key among it), so it is created 0600 (a missing
+        directory 0700), before SQLite writes a byte.
         """
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(dest.parent)
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(dest, 0o600)  # also when it existed
         await self._read(_rd_backup, str(dest))
 
     async def checkpoint(self) -> None:
