@@ -24,6 +24,7 @@ from .inbound import LRUSet, PushHandler
 from .poller import TopicPoller
 from .ratelimit import TokenBucket
 from .roster import Roster
+from .sealed import SealedTopicKeys
 from .sender import Sender
 from .state import KV, KV_NAMESPACE, load_session_identity
 from .types import MeshInbound, Peer, Topic
@@ -62,6 +63,7 @@ class MeshPeer:
         self.connection: Connection = None  # type: ignore[assignment]  # set by start()
         self.roster: Roster = None  # type: ignore[assignment]
         self.sender: Sender = None  # type: ignore[assignment]
+        self.sealed: SealedTopicKeys | None = None  # bodyVersion 2 keys, when REST is configured (A.13)
         self.pushes = PushHandler(self)
         # refill 10% slower than the broker's bucket: our token is taken at send time, the
         # broker's at receive time, and jitter in between must never cost a rate_limit ack
@@ -97,6 +99,10 @@ class MeshPeer:
                                      presence_id=last_presence)
         self.roster = Roster(self.name, self.cfg, self.connection, self.own_keys)
         self.sender = Sender(self.name, self.cfg, self.connection, self.bucket)
+        if self.cfg.rest_url is not None:
+            self.sealed = SealedTopicKeys(self.name, self.cfg, self.connection.request)
+            self.keyring.set_sealed_key_provider(self.sealed, mesh=self.name)
+            await self.sealed.start()
         self._started = True
         self.pushes.start()
         self.roster.start()
@@ -110,6 +116,10 @@ class MeshPeer:
             await poller.stop()
         await self.roster.stop()
         await self.pushes.stop()
+        if self.sealed is not None:
+            await self.sealed.stop()  # revokes its API keys while the socket is still up
+            self.keyring.set_sealed_key_provider(None, mesh=self.name)
+            self.sealed = None
         await self.connection.stop()
         self.pollers.clear()
         self._started = False  # start() may be called again (same identity, fresh connection)
@@ -157,6 +167,30 @@ class MeshPeer:
                    "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error}
             for name, p in self.pollers.items()
         }
+
+    def sealed_key_report(self) -> dict[str, dict[str, Any]]:
+        """Per bound topic: the sealed key's ``state`` (sealed, unencrypted, pending, error) and ``detail``;
+        empty when REST is not configured."""
+        return self.sealed.report() if self.sealed is not None else {}
+
+    async def effective_encryption(self, name_or_id: str) -> tuple[str, int | None, str]:
+        """``(mode, body_version, detail)`` a post to this topic gets now: the configured mode, the
+        bodyVersion (None when ``auto`` cannot send yet) and why (the key state, or the error)."""
+        topic = await self.resolve_topic(name_or_id)
+        mode = self.keyring.mode(self.name, topic.id, topic.name)
+        if self.sealed is not None and mode == "auto":
+            await self.sealed.ensure(topic)
+        try:
+            bv = self.keyring.body_version(self.name, topic.id, topic.name)
+        except KeyRingError as exc:
+            return mode, None, str(exc)
+        if mode != "auto":
+            detail = f"encryption = {mode!r}"
+        elif self.sealed is None:
+            detail = "REST is not configured (rest.url): sealed topic keys cannot be fetched, so auto posts bodyVersion 1"
+        else:
+            detail = self.sealed.topic_status(self.name, topic.id).detail
+        return mode, bv, detail
 
     @property
     def last_poll_at(self) -> dict[str, float | None]:
@@ -289,6 +323,8 @@ class MeshPeer:
                 return self.pollers[name]
             await self.connection.wait_connected(timeout)
             topic = await self.join_topic(name)
+            if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
+                await self.sealed.ensure(topic)
             poller = TopicPoller(self, topic, self.deliver)
             self.pollers[name] = poller
             poller.start()
@@ -344,7 +380,7 @@ class MeshPeer:
     async def post_topic(self, topic_name: str, text: str, *, reply_to_id: str | None = None,
                          mentions: Sequence[str] | Iterable[str] = (), client_message_id: str | None = None,
                          priority: str | None = None) -> str | None:
-        """Post to ``#<topicId>`` (never ``#name``), encrypted per the key ring. Returns the
+        """Post to ``#<topicId>`` (never ``#name``), sealed per the key ring (v2 / v3 / v1). Returns the
         topic_message id (found in ``topic_history`` by our nonce), or None if it could not be found."""
         self._require_started()
         self._check_text(text)
@@ -352,10 +388,12 @@ class MeshPeer:
             topic = await self.resolve_topic(topic_name)
         except MeshRequestError as exc:
             raise DeliveryError(f"mesh {self.name}: {exc}") from exc
+        if self.sealed is not None and self.keyring.mode(self.name, topic.id, topic.name) == "auto":
+            await self.sealed.ensure(topic)  # fetch the sealed key once (or learn the topic is v1)
         try:
             nonce, ct, bv = self.keyring.seal(self.name, topic.id, topic.name, text)
         except KeyRingError as exc:
-            raise DeliveryError(str(exc), permanent=True) from exc
+            raise DeliveryError(str(exc), permanent=not exc.transient) from exc
         cmid = client_message_id or str(uuid.uuid4())
         frame = self._frame("#" + topic.id, nonce, ct, cmid, priority or self.cfg.default_priority)
         frame["bodyVersion"] = bv

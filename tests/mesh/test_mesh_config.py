@@ -89,7 +89,7 @@ def test_unknown_key_and_topic_settings():
     cfg = MeshConfig(**data)
     assert cfg.topic_settings("ops").encryption == "plaintext"
     assert cfg.topic_settings("sec").accept_epochs == [1, 0]
-    assert cfg.topic_settings("other").encryption == "hkdf"
+    assert cfg.topic_settings("other").encryption == "auto"  # the default: v2 where sealed, else v1
     data, _ = _base(topics={"x": {"epoch": 1, "accept_epochs": [1]}})
     assert any("current epoch" in e for e in _errors(data))
     data, _ = _base(topics={"x": {"encryption": "aes"}})

@@ -15,7 +15,8 @@ TOPIC = "T" * 32
 
 def _cfg(**over) -> MeshConfig:
     data = {"broker_url": "ws://127.0.0.1:1/ws", "mesh_id": "Mesh0123456789abcdefghijABCDEFGH", "member_id": "m",
-            "secret_key": KeyPair.generate().secret_hex, "root_key": secrets.token_urlsafe(32)}
+            "secret_key": KeyPair.generate().secret_hex, "root_key": secrets.token_urlsafe(32),
+            "default_encryption": "hkdf"}  # the HKDF tests choose v3 explicitly; auto is tested below
     data.update(over)
     return MeshConfig(**data)
 
