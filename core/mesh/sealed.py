@@ -102,8 +102,7 @@ class SealedTopicKeys:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.rest.request_timeout))
+        """Start the retry / re-seal loop (fetching works without it)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"mesh:{self.name}:sealed-keys")
 
@@ -245,7 +244,7 @@ class SealedTopicKeys:
 
     async def _http_call(self, method: str, path: str, secret: str, body: dict[str, Any] | None) -> dict[str, Any]:
         if self._http is None:
-            raise RestError(0, "network", "the sealed-key provider is not started")
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.rest.request_timeout))
         try:
             async with self._http.request(method, self.base_url + path, json=body,
                                           headers={"Authorization": f"Bearer {secret}"}) as resp:
