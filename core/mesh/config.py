@@ -100,6 +100,7 @@ class RestConfig(_Strict):
     url: str | None = None  # default: https://claudemesh.com for the hosted broker, else unset
     enabled: bool | None = None  # default: on whenever a url is known
     key_ttl: float = Field(300.0, ge=30, le=86_400)  # lifetime of the API keys minted over WS (the CLI: 5 min)
+    reseal: bool = True  # seal the keys we hold for members that join later (as upstream key holders do)
     reseal_interval: float = Field(30.0, gt=0)  # pending-seals poll per topic whose key we hold
     key_retry_interval: float = Field(30.0, gt=0)  # re-ask for a key not sealed for us yet, or after an error
     request_timeout: float = Field(10.0, gt=0)

@@ -282,7 +282,7 @@ class SealedTopicKeys:
         now = self._clock()
         async with st.lock:
             if st.state == SEALED:
-                if now >= st.next_reseal:
+                if self.rest.reseal and now >= st.next_reseal:
                     st.next_reseal = now + self.rest.reseal_interval
                     await self.reseal(st.topic)
             elif st.state == UNKNOWN or now >= st.next_check:

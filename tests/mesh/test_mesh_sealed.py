@@ -191,3 +191,16 @@ async def test_stop_revokes_the_minted_keys(provider, fake):
     await provider.ensure(TOPIC)
     await provider.stop()
     assert [f["type"] for f in provider.minter.frames] == ["apikey_create", "apikey_revoke"]
+
+
+async def test_reseal_can_be_turned_off(fake, mesh_vectors):
+    peer = KeyPair.from_secret_hex(mesh_vectors["keys"]["peer"]["ed25519_secret_key_64_hex"])
+    fake.pending = [{"memberId": "m-peer", "pubkey": peer.public_hex, "displayName": "peer"}]
+    p = SealedTopicKeys("m", _cfg(mesh_vectors, fake.url, reseal=False), Minter())
+    try:
+        assert (await p.ensure(TOPIC)).state == "sealed"
+        await p.start()
+        await asyncio.sleep(0.3)  # several loop ticks (reseal_interval 0.05 s)
+        assert fake.seals == [] and p.topic_key("m", TOPIC.id) is not None
+    finally:
+        await p.stop()
