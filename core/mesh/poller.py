@@ -247,6 +247,8 @@ class TopicPoller(TaskOwner):
             sealed = getattr(peer, "sealed", None)
             if bv == 2 and sealed is not None:
                 status = await sealed.ensure(self.topic)
+                if status.state == UNENCRYPTED:  # a v2 row in a keyless topic: claimed since we looked?
+                    status = await sealed.ensure(self.topic, refresh=True)
                 if status.state not in (SEALED, UNENCRYPTED):
                     raise KeyWait(f"bodyVersion 2 row {row['id']} waits for the topic key ({status.state}: "
                                   f"{status.detail})")
