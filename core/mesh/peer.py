@@ -64,6 +64,7 @@ class MeshPeer:
         self.roster: Roster = None  # type: ignore[assignment]
         self.sender: Sender = None  # type: ignore[assignment]
         self.sealed: SealedTopicKeys | None = None  # bodyVersion 2 keys, when REST is configured (A.13)
+        self.v2_topics: set[str] = set()  # topic ids whose history carries bodyVersion 2 rows
         self.pushes = PushHandler(self)
         # refill 10% slower than the broker's bucket: our token is taken at send time, the
         # broker's at receive time, and jitter in between must never cost a rate_limit ack
@@ -180,6 +181,9 @@ class MeshPeer:
         mode = self.keyring.mode(self.name, topic.id, topic.name)
         if self.sealed is not None and mode == "auto":
             await self.sealed.ensure(topic)
+        refusal = self._no_rest_refusal(topic, mode)
+        if refusal is not None:
+            return mode, None, refusal
         try:
             bv = self.keyring.body_version(self.name, topic.id, topic.name)
         except KeyRingError as exc:
@@ -191,6 +195,15 @@ class MeshPeer:
         else:
             detail = self.sealed.topic_status(self.name, topic.id).detail
         return mode, bv, detail
+
+    def _no_rest_refusal(self, topic: Topic, mode: str) -> str | None:
+        """Without REST, ``auto`` cannot see sealed keys and posts v1; but never into a topic whose
+        history shows bodyVersion 2 rows: that topic is encrypted, and v1 would be in the clear."""
+        if mode != "auto" or self.sealed is not None or topic.id not in self.v2_topics:
+            return None
+        return (f"mesh {self.name}: topic {topic.name!r} carries bodyVersion 2 (sealed-key) posts but REST is not "
+                f"configured ([mesh.{self.name}.rest] url), so its key cannot be fetched; not posting in the clear. "
+                "Set rest.url, or choose encryption = \"plaintext\" or \"hkdf\" for this topic")
 
     @property
     def last_poll_at(self) -> dict[str, float | None]:
@@ -388,8 +401,12 @@ class MeshPeer:
             topic = await self.resolve_topic(topic_name)
         except MeshRequestError as exc:
             raise DeliveryError(f"mesh {self.name}: {exc}") from exc
-        if self.sealed is not None and self.keyring.mode(self.name, topic.id, topic.name) == "auto":
+        mode = self.keyring.mode(self.name, topic.id, topic.name)
+        if self.sealed is not None and mode == "auto":
             await self.sealed.ensure(topic)  # fetch the sealed key once (or learn the topic is v1)
+        refusal = self._no_rest_refusal(topic, mode)
+        if refusal is not None:
+            raise DeliveryError(refusal, permanent=True)
         try:
             nonce, ct, bv = self.keyring.seal(self.name, topic.id, topic.name, text)
         except KeyRingError as exc:

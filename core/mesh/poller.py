@@ -245,6 +245,8 @@ class TopicPoller(TaskOwner):
             bv = row.get("bodyVersion")
             bv = bv if isinstance(bv, int) and not isinstance(bv, bool) else 1
             sealed = getattr(peer, "sealed", None)
+            if bv == 2 and isinstance(getattr(peer, "v2_topics", None), set):
+                peer.v2_topics.add(self.topic.id)  # an encrypted topic: auto never posts v1 into it
             if bv == 2 and sealed is not None:
                 status = await sealed.ensure(self.topic)
                 if status.state == UNENCRYPTED:  # a v2 row in a keyless topic: claimed since we looked?
