@@ -279,8 +279,8 @@ class SealedTopicKeys:
                     await self._wake.wait()
 
     async def _tend(self, st: _TopicKey) -> None:
-        now = self._clock()
         async with st.lock:
+            now = self._clock()  # after the lock: a fetch that just held it sets next_reseal = now
             if st.state == SEALED:
                 if self.rest.reseal and now >= st.next_reseal:
                     st.next_reseal = now + self.rest.reseal_interval

@@ -204,3 +204,20 @@ async def test_reseal_can_be_turned_off(fake, mesh_vectors):
         assert fake.seals == [] and p.topic_key("m", TOPIC.id) is not None
     finally:
         await p.stop()
+
+
+async def test_first_reseal_follows_the_first_fetch_at_once(fake, mesh_vectors):
+    """With the default 30 s intervals, members waiting when the gateway starts are sealed for right
+    after the key is fetched, not one interval later (the loop was already waiting when the topic came)."""
+    peer = KeyPair.from_secret_hex(mesh_vectors["keys"]["peer"]["ed25519_secret_key_64_hex"])
+    fake.pending = [{"memberId": "m-peer", "pubkey": peer.public_hex, "displayName": "peer"}]
+    p = SealedTopicKeys("m", _cfg(mesh_vectors, fake.url, reseal_interval=30, key_retry_interval=30), Minter())
+    try:
+        await p.start()
+        await asyncio.sleep(0.05)          # the loop found nothing to do and waits
+        assert (await p.ensure(TOPIC)).state == "sealed"
+        async with asyncio.timeout(5):
+            while not fake.seals:  # noqa: ASYNC110 - the re-seal loop runs in its own task
+                await asyncio.sleep(0.02)
+    finally:
+        await p.stop()
