@@ -89,3 +89,12 @@ async def test_without_rest_auto_posts_v1_and_v2_rows_are_skipped(broker, make_p
     # a keyless topic still gets v1 (readable upstream), with the reason stated
     mode, bv, detail = await gw.effective_encryption("general")
     assert (mode, bv) == ("auto", 1) and "REST is not configured" in detail
+
+
+async def test_effective_encryption_reports_each_mode(broker, make_peer):
+    seed = broker.default_mesh
+    gw = await make_peer(seed.gateway, root_key=None, topics={"general": {"encryption": "hkdf"}}, **_rest(broker))
+    mode, bv, detail = await gw.effective_encryption("general")
+    assert (mode, bv) == ("hkdf", None) and "neither root_key nor key_secret" in detail
+    plain = await make_peer(seed.alice, topics={"team": {"encryption": "plaintext"}}, **_rest(broker))
+    assert await plain.effective_encryption("team") == ("plaintext", 1, "encryption = 'plaintext'")
