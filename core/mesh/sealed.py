@@ -112,10 +112,11 @@ class SealedTopicKeys:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for st in self._by_id.values():  # best effort, as the CLI: a leaked key dies within key_ttl anyway
-            if st.api_key is not None:
-                await self._revoke(st.api_key, timeout=1.0)
-                st.api_key = None
+        keys = [st.api_key for st in self._by_id.values() if st.api_key is not None]
+        for st in self._by_id.values():
+            st.api_key = None
+        if keys:  # best effort, as the CLI, and bounded: a leaked key dies within key_ttl anyway
+            await asyncio.gather(*(self._revoke(k, timeout=1.0) for k in keys))
         if self._http is not None:
             await self._http.close()
             self._http = None
