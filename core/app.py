@@ -272,26 +272,27 @@ def describe_routes(settings: Settings, gateways: Mapping[str, Any]) -> list[dic
 
 
 async def online_problems(
-    settings: Settings, pm: pluggy.PluginManager, http: aiohttp.ClientSession, *, timeout: float = 10.0
+    settings: Settings, pm: pluggy.PluginManager, http: aiohttp.ClientSession, *, timeout: float = 10.0,
+    encryption: list[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Connect to each mesh and resolve the routed topics; run each gateway's ``check()``.
-    Returns (problems, warnings)."""
+    Returns (problems, warnings). ``encryption``, when given, receives one line per bound topic:
+    the mode a post gets now (``auto`` resolved against the broker) and who can read it."""
+    from .keys import KeyRing
     from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
-    from .routing.config import MESH_GATEWAY, parse_mesh_chat
     from .routing.table import RouteTable
 
     problems: list[str] = []
     warnings: list[str] = []
-    wanted: dict[str, set[str]] = {}
-    for route in settings.routes:
-        if route.mesh and route.topic:
-            wanted.setdefault(route.mesh, set()).add(route.topic)
-        for b in route.binds:
-            mc = parse_mesh_chat(b.chat) if b.gateway == MESH_GATEWAY else None
-            if mc is not None and mc.kind == "topic":
-                wanted.setdefault(mc.mesh, set()).add(mc.value)
-    keyring = _build_keyring_for(settings) if settings.mesh else None
+    runtime = Runtime(settings, pm)  # a throwaway one: gateways see their bindings and the shared session
+    runtime.http = http
+    for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
+        runtime.gateways[name] = cls(name, cfg, runtime.context_for(name))
+    runtime.routes = RouteTable.from_settings(settings, runtime.gateways)
+    wanted = bound_topics(settings)
+    # the routes' explicit encryption applies, as when the gateway runs
+    keyring = KeyRing.from_configs(runtime.routes.apply_encryption(settings.mesh)) if settings.mesh else None
     for name, cfg in settings.mesh.items():
         peer = MeshPeer(name, cfg, kv=MemoryKV(), keyring=keyring, identity="cli")
         await peer.start()
@@ -305,19 +306,69 @@ async def online_problems(
             for topic in sorted(wanted.get(name, ())):
                 if topic not in topics:
                     problems.append(f"mesh.{name}: topic {topic!r} used by a route does not exist on the mesh")
+                elif encryption is not None:
+                    mode, bv, detail = await peer.effective_encryption(topic)
+                    encryption.append(describe_encryption(name, topic, mode, bv, detail))
         finally:
             await peer.stop()
-    runtime = Runtime(settings, pm)  # a throwaway one: gateways see their bindings and the shared session
-    runtime.http = http
-    for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
-        runtime.gateways[name] = cls(name, cfg, runtime.context_for(name))
-    runtime.routes = RouteTable.from_settings(settings, runtime.gateways)
     for name, gw in runtime.gateways.items():
         try:
             warnings.extend(f"gateways.{name}: {w}" for w in await gw.check())
         except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
             problems.append(f"gateways.{name}: check failed: {type(exc).__name__}: {exc}")
     return problems, warnings
+
+
+def bound_topics(settings: Settings) -> dict[str, set[str]]:
+    """``{mesh: {topic}}`` of every topic a route reads or a ``gateway = "mesh"`` binding posts to."""
+    from .routing.config import MESH_GATEWAY, parse_mesh_chat
+
+    wanted: dict[str, set[str]] = {}
+    for route in settings.routes:
+        if route.mesh and route.topic:
+            wanted.setdefault(route.mesh, set()).add(route.topic)
+        for b in route.binds:
+            mc = parse_mesh_chat(b.chat) if b.gateway == MESH_GATEWAY else None
+            if mc is not None and mc.kind == "topic":
+                wanted.setdefault(mc.mesh, set()).add(mc.value)
+    return wanted
+
+
+def describe_encryption(mesh: str, topic: str, mode: str, body_version: int | None, detail: str) -> str:
+    """One ``check`` line: the topic's configured mode, the bodyVersion posts get, who can read them."""
+    from .keys import reader_note
+
+    names = {1: "bodyVersion 1 (plaintext)", 2: "bodyVersion 2 (sealed topic key)", 3: "bodyVersion 3 (HKDF key)"}
+    if body_version is None:
+        return f"mesh {mesh} #{topic}: {mode} -> cannot post yet: {detail}"
+    why = f" [{detail}]" if detail and mode == "auto" else ""
+    return f"mesh {mesh} #{topic}: {mode} -> {names[body_version]}{why}: {reader_note(body_version)}"
+
+
+def configured_encryption(settings: Settings) -> list[str]:
+    """``check`` without ``--online``: the configured mode of every bound topic (``auto`` needs the broker)."""
+    from .keys import BODY_HKDF, BODY_PLAINTEXT
+
+    lines = []
+    for mesh, topics in sorted(bound_topics(settings).items()):
+        for topic in sorted(topics):
+            mode = _configured_mode(settings, mesh, topic)
+            if mode == "auto":
+                lines.append(f"mesh {mesh} #{topic}: auto -> bodyVersion 2 if the topic has a sealed key and REST "
+                             "is configured, else bodyVersion 1 (check --online shows which)")
+            else:
+                bv = BODY_HKDF if mode == "hkdf" else BODY_PLAINTEXT
+                lines.append(describe_encryption(mesh, topic, mode, bv, ""))
+    return lines
+
+
+def _configured_mode(settings: Settings, mesh: str, topic: str) -> str:
+    """A route's explicit ``encryption`` for the topic, else the mesh config's (as RouteTable.encryption_for)."""
+    for route in settings.routes:
+        if route.mesh == mesh and route.topic == topic and "encryption" in route.model_fields_set:
+            return route.encryption
+    cfg = settings.mesh.get(mesh)
+    return cfg.topic_settings(topic).encryption if cfg is not None else "auto"
 
 
 def _build_routing(runtime: Runtime) -> None:

@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import MeshError, MeshTerminalError
+from ..keys import SEALED, UNENCRYPTED
 from .aio import TaskOwner, wait_event
 from .state import KV_NAMESPACE
 from .types import MeshInbound, Topic, parse_time_ms
 
-__all__ = ["SEEN_LIMIT", "TopicPoller"]
+__all__ = ["SEEN_LIMIT", "KeyWait", "TopicPoller"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,11 @@ SEEN_LIMIT = 1000
 MAX_PAGE = 200  # the broker clamps topic_history limit to 1..200
 MAX_ROW_ID_CHARS = 128  # topic_message ids are 32 characters
 TIE_GRACE_MS = 2000  # unseen rows this much older than high_water still count as new (commit-order ties)
+
+
+class KeyWait(MeshError):
+    """A bodyVersion 2 row arrived and the topic's sealed key is not held yet: the poll stops at
+    that row (nothing after it is handed over, the cursor stays) and is retried later."""
 
 
 class TopicPoller(TaskOwner):
@@ -81,6 +87,11 @@ class TopicPoller(TaskOwner):
                 interval = self.cfg.topic_poll_interval if n else min(interval * 2, self.cfg.topic_poll_idle_interval)
             except asyncio.CancelledError:
                 raise
+            except KeyWait as exc:
+                if self.last_error != str(exc):
+                    log.warning("mesh %s: #%s: %s", self.peer.name, self.topic.name, exc)
+                self.last_error = str(exc)
+                interval = self.cfg.topic_poll_idle_interval
             except MeshTerminalError as exc:
                 if conn.terminal_error is not None:
                     return  # refused for good
@@ -237,6 +248,16 @@ class TopicPoller(TaskOwner):
         else:
             bv = row.get("bodyVersion")
             bv = bv if isinstance(bv, int) and not isinstance(bv, bool) else 1
+            sealed = getattr(peer, "sealed", None)
+            if bv == 2 and isinstance(getattr(peer, "v2_topics", None), set):
+                peer.v2_topics.add(self.topic.id)  # an encrypted topic: auto never posts v1 into it
+            if bv == 2 and sealed is not None:
+                status = await sealed.ensure(self.topic)
+                if status.state == UNENCRYPTED:  # a v2 row in a keyless topic: claimed since we looked?
+                    status = await sealed.ensure(self.topic, refresh=True)
+                if status.state not in (SEALED, UNENCRYPTED):
+                    raise KeyWait(f"bodyVersion 2 row {row['id']} waits for the topic key ({status.state}: "
+                                  f"{status.detail})")
             res = peer.keyring.open_detailed(peer.name, self.topic.id, self.topic.name, str(row.get("nonce") or ""),
                                              str(row.get("ciphertext") or ""), bv)
             if res.text is None:

@@ -23,7 +23,7 @@ from ..errors import DeliveryError, MeshError
 from ..files import make_private_dir
 from . import crypto
 from .aio import with_timeout
-from .config import http_url_for
+from .config import PRODUCTION_BROKER_HOST, http_url_for
 from .peer import MeshPeer
 from .poller import TopicPoller
 from .state import MemoryKV
@@ -139,7 +139,11 @@ async def enroll(invite_or_link: str, *, display_name: str = "claudemesh-gateway
         config["secret_key_file"] = str(Path(key_path).expanduser())  # noqa: ASYNC240 - no I/O
     else:
         config["secret_key"] = pair.secret_hex
-    toml = "\n".join([f"[mesh.{table_name}]", *(f"{k} = {_toml_str(str(v))}" for k, v in config.items())]) + "\n"
+    lines = [f"[mesh.{table_name}]", *(f"{k} = {_toml_str(str(v))}" for k, v in config.items())]
+    if PRODUCTION_BROKER_HOST not in broker_url:  # the hosted broker's web app is known; others must be named
+        lines.append('# rest = { url = "https://..." }  # the web app serving /api/v1 for this broker: '
+                     'sealed topic keys (bodyVersion 2)')
+    toml = "\n".join(lines) + "\n"
     return {"name": table_name, "already_member": bool(body.get("alreadyMember")), "config": config, "toml": toml}
 
 

@@ -40,6 +40,9 @@ def component_report(runtime: Runtime) -> dict[str, Any]:
             t: {"last_poll_age_s": None if age == float("inf") else round(age, 1), "latency_s": round(lat, 4)}
             for t, (age, lat) in polls.items()
         }
+        keys = getattr(runtime.meshes[name], "sealed_key_report", None)
+        if callable(keys):  # bodyVersion 2: sealed / unencrypted / pending (key_not_sealed_for_member) / error
+            meshes[name]["topic_keys"] = keys()
     for name in runtime.gateways:
         gateways.setdefault(name, {"state": "unknown", "detail": "", "since": None, "for_s": None})
     return {"meshes": meshes, "gateways": gateways}
