@@ -138,7 +138,8 @@ class DeliveryEngine:
         self._high_id = 0  # highest outbox id looked at (for kick() without a lane)
         self._kick_new = False
         self._flushing: set[asyncio.Future[None]] = set()  # completion writes on their way to the store
-        self._completing: list[tuple[int, asyncio.Future[None]]] = []  # collected this loop turn
+        # (ids, write) of the removal write that has not started yet; ids may still be appended
+        self._completing: tuple[list[int], asyncio.Future[None]] | None = None
         self._unrecorded: dict[int, str] = {}  # delivered item id -> lane, its removal failed: retry it
         self._retry_at: dict[str, tuple[int, float]] = {}  # lane -> (head item id, monotonic deadline)
 
@@ -194,7 +195,6 @@ class DeliveryEngine:
                 for t in pending:
                     t.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        self._flush_completions()  # removals queued in this loop turn: submit them now
         if self._flushing:  # removals of delivered items still on their way to the store
             await asyncio.wait(list(self._flushing), timeout=max(1.0, timeout))
         self._workers.clear()
@@ -413,40 +413,21 @@ class DeliveryEngine:
         """Remove the items of ``lane`` delivered earlier whose removal failed (before reading it again)."""
         ids = [i for i, ln in self._unrecorded.items() if ln == lane]
         if ids:
-            await asyncio.shield(self._submit_completion(ids))
+            await asyncio.shield(self._submit_completion(list(ids)))
             for i in ids:
                 self._unrecorded.pop(i, None)
             log.info("delivery: %d delivered item(s) of %s recorded after the store recovered", len(ids), lane)
 
     def _complete_soon(self, item_id: int) -> asyncio.Future[None]:
-        """Queue the removal of a delivered item. The removals queued in one event-loop turn (every
-        lane's) go to the store as one write, in the same group commit as what the lanes write
-        meanwhile (the message map)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._completing:
-            asyncio.get_running_loop().call_soon(self._flush_completions)
-        self._completing.append((item_id, fut))
-        return fut
-
-    def _flush_completions(self) -> None:
-        batch, self._completing = self._completing, []
-        if not batch:
-            return
-        write = self._submit_completion([i for i, _f in batch])
-
-        def settle(w: asyncio.Future[None]) -> None:
-            exc = None if w.cancelled() else w.exception()
-            for _i, f in batch:
-                if f.done():
-                    continue
-                if w.cancelled():
-                    f.cancel()
-                elif exc is not None:
-                    f.set_exception(exc)
-                else:
-                    f.set_result(None)
-
-        write.add_done_callback(settle)
+        """Queue the removal of a delivered item. The write is submitted when the event loop next
+        runs, ahead of what the lane writes meanwhile (the message map), so both share one group
+        commit; removals queued by other lanes before that join the same ``complete_many``."""
+        if self._completing is None:
+            fresh: list[int] = []
+            self._completing = (fresh, self._submit_completion(fresh))
+        ids, write = self._completing
+        ids.append(item_id)
+        return write
 
     def _submit_completion(self, ids: list[int]) -> asyncio.Future[None]:
         fut = asyncio.ensure_future(self._complete(ids))
@@ -455,6 +436,8 @@ class DeliveryEngine:
         return fut
 
     async def _complete(self, ids: list[int]) -> None:
+        if self._completing is not None and self._completing[0] is ids:
+            self._completing = None  # started: later removals go into the next write
         if self._complete_many is not None:
             await self._complete_many(ids)
         else:
