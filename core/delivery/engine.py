@@ -422,7 +422,7 @@ class DeliveryEngine:
         """Queue the removal of a delivered item. The write is submitted when the event loop next
         runs, ahead of what the lane writes meanwhile (the message map), so both share one group
         commit; removals queued by other lanes before that join the same ``complete_many``."""
-        if self._completing is None:
+        if self._completing is None or self._completing[1].done():  # (done: cancelled before it ran)
             fresh: list[int] = []
             self._completing = (fresh, self._submit_completion(fresh))
         ids, write = self._completing
