@@ -6,16 +6,16 @@
 * **Rate limits.** Before every part, one token from every bucket the transport declared (per chat,
   per group, global...). See :mod:`.ratelimit`.
 * **Completions.** Each delivered item is recorded (removed from the outbox) before its lane sends
-  the next one. The removals of all lanes are collected per event-loop turn into one
-  ``complete_many`` and share the store's group commit with the message-map write, so a lane waits
-  for about one commit per item and a crash re-sends at most the one item per lane that was being
+  the next one. The removal is queued just before the message-map write, so both share the store's
+  group commit (removals of other lanes queued meanwhile join one ``complete_many``): a lane waits
+  for about one commit per item, and a crash re-sends at most the one item per lane that was being
   sent or recorded.
 * **Failures.** ``DeliveryError(permanent=True)`` -> dead letter + ``DeliveryFailed(permanent=True)``.
   Transient errors (and unexpected exceptions, with a lower cap) -> exponential backoff with jitter:
   only that lane waits. The wait runs on the monotonic clock (a step of the wall clock neither
-  stalls nor hurries it); the item's ``not_before`` is persisted as wall-clock time for a restart. A ``retry_after`` replaces the
-  backoff; if the error also names a rate-limit ``scope`` (attribute ``scope`` on the exception)
-  that bucket is paused too, so every lane sharing it waits and no other.
+  stalls nor hurries it); the item's ``not_before`` is persisted as wall-clock time for a restart.
+  A ``retry_after`` replaces the backoff; if the error also names a rate-limit ``scope`` (attribute
+  ``scope`` on the exception) that bucket is paused too, so every lane sharing it waits and no other.
 * **Scheduling.** ``kick(lane)`` after an enqueue wakes the scheduler at once; timers wake it when a
   backoff expires; a low-frequency safety poll catches changes made by another process (``dlq
   retry`` from the CLI). No busy loop. ``start()`` picks up every queued lane (restart recovery).
