@@ -18,7 +18,7 @@ import sqlite3
 import aiosqlite
 import pytest
 
-from .conftest import WH_SECRET, post_inbound, signed_post, wait_until
+from .conftest import JWT_SECRET, WH_SECRET, admin_token, bearer, post_inbound, signed_post, wait_until
 
 DISK = {"full": False}
 
@@ -45,6 +45,7 @@ def full_disk(monkeypatch):
 
 def config(sink) -> dict:
     return {
+        "admin": {"jwt_secret": JWT_SECRET},
         "gateways": {"wh": {"type": "webhook", "secret": WH_SECRET}},
         "delivery": {"backoff_base": 0.05, "backoff_cap": 0.2, "poll_interval": 0.5},
         "routes": [{"name": "r", "binds": [
@@ -74,6 +75,9 @@ async def test_defect17_14_disk_full_not_ready_one_error_line_recovery_logged_no
         assert resp.status == 503, await resp.text()
         assert resp.headers.get("Retry-After") == "5"
         refused += 1
+    # any other request that needs a write (here the admin API) is a 503 too, not a 500 + traceback
+    resp = await client.post("/-/api/dlq/retry", json={}, headers=bearer(admin_token()))
+    assert resp.status == 503 and resp.headers.get("Retry-After") == "5", await resp.text()
     resp = await client.get("/-/ready")
     ready = await resp.json()
     assert resp.status == 503 and not ready["ready"], ready
