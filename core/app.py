@@ -35,7 +35,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import ConfigError, PluginError, StartupError, WebhookAuthError
+from .errors import ConfigError, PluginError, StartupError, StoreUnavailable, WebhookAuthError
 from .events import GatewayState
 from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
@@ -108,7 +108,8 @@ def validate_gateways(
 # -- middleware ------------------------------------------------------------------------------------------------------
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-    """JSON errors that never leak internals; 503 for webhooks while draining (the vendor retries)."""
+    """JSON errors that never leak internals; 503 for webhooks while draining (the vendor retries) and
+    for any request the store could not write (a traceback per refused request would flood the log)."""
     runtime = request.config_dict.get(RUNTIME)
     if runtime is not None and runtime.draining and request.path.startswith(GATEWAY_PREFIX + "/"):
         return web.json_response({"error": "draining, retry later"}, status=503, headers={"Retry-After": "5"})
@@ -119,6 +120,9 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except WebhookAuthError:
         log.warning("rejected %s %s: bad signature", request.method, request.path)
         return web.json_response({"error": "forbidden"}, status=403)
+    except StoreUnavailable:  # disk full or the like: the store logs it (rate-limited), /-/ready reports it
+        return web.json_response({"error": "the store cannot write, retry later"}, status=503,
+                                 headers={"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
     except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:  # the client went away mid-request

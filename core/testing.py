@@ -31,7 +31,7 @@ import aiohttp
 
 from .errors import DeliveryError
 from .events import Event, GatewayState
-from .gateway import Binding, SubmitResult
+from .gateway import Binding, RateLimit, SubmitResult
 from .messages import Message
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class RecordingMeshHandle:
         self.dms: list[tuple[str, str]] = []  # (peer, text)
         self.peer_list: list[dict[str, Any]] = []
         self.fail_send: Exception | None = None
+        self.rate_limit = RateLimit(scope=f"mesh:{name}:member", per_second=1.0, burst=10)  # the defaults
 
     @property
     def state(self) -> str:

@@ -24,7 +24,7 @@ import re
 import time
 from typing import Any
 
-from ..errors import MeshError
+from ..errors import MeshError, StoreUnavailable
 from . import crypto
 from .aio import TaskOwner
 from .types import MeshInbound, parse_time_ms
@@ -115,6 +115,8 @@ class PushHandler(TaskOwner):
                 await self.handle(frame)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:  # left unacked: it returns; the store logs its outage (rate-limited)
+                log.debug("mesh %s: a push was not taken: the store cannot write", self.peer.name)
             except Exception:  # one bad push never stops the others
                 log.exception("mesh %s: handling a push failed", self.peer.name)
             finally:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import MeshError, MeshTerminalError
+from ..errors import MeshError, MeshTerminalError, StoreUnavailable
 from ..keys import SEALED, UNENCRYPTED
 from .aio import TaskOwner, wait_event
 from .state import KV_NAMESPACE
@@ -104,6 +104,9 @@ class TopicPoller(TaskOwner):
                 self.last_error = str(exc)
                 log.warning("mesh %s: polling #%s failed: %s", self.peer.name, self.topic.name, exc)
                 interval = self.cfg.topic_poll_interval
+            except StoreUnavailable as exc:  # the store logs its outage (rate-limited): rows are read again
+                self.last_error = str(exc)
+                interval = self.cfg.topic_poll_idle_interval
             except Exception as exc:  # on_message failed: keep the cursor, retry the same rows later
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("mesh %s: handling a #%s row failed; will retry", self.peer.name, self.topic.name)

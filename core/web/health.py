@@ -1,6 +1,7 @@
 """``/-/health`` (liveness + component states) and ``/-/ready`` (fails when down or silently stalled).
 
 Readiness fails when:
+- the store cannot write (disk full, I/O error...): nothing new can be accepted;
 - a mesh or gateway is not CONNECTED (starting, reconnecting, bad credentials, stopped);
 - a mesh topic poller has not completed a poll within ``health.poll_stall_after_s``;
 - delivery is stalled: items are due in the outbox but no delivery attempt has
@@ -52,6 +53,9 @@ async def readiness_problems(runtime: Runtime, cfg: HealthConfig) -> list[str]:
     problems: list[str] = []
     if runtime.draining:
         problems.append("shutting down")
+    write_problem = getattr(runtime.store, "write_problem", None)  # optional on a Store
+    if isinstance(write_problem, str) and write_problem:
+        problems.append(f"store cannot write: {write_problem}")
     report = component_report(runtime)
     for kind in ("meshes", "gateways"):
         for name, entry in report[kind].items():

@@ -41,6 +41,7 @@ from claudemesh_gateway import (
     Message,
     Outbound,
     SendResult,
+    StoreUnavailable,
 )
 from claudemesh_gateway.plugins.webhook.signature import (
     SIGNATURE_HEADER,
@@ -285,6 +286,8 @@ class WebhookGateway(Gateway):
             result = await self.ctx.submit(message)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable:  # disk full or the like: the store logs it (rate-limited) and /-/ready says so
+            return web.json_response({"error": "not queued, retry later"}, status=503, headers={"Retry-After": "5"})
         except Exception:  # not durable: the sender must retry
             log.exception("webhook %s: could not queue %s", self.name, message.id)
             return web.json_response({"error": "not queued, retry later"}, status=503, headers={"Retry-After": "5"})
