@@ -305,6 +305,8 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         ids = None if args.all else args.ids
         if not ids and not args.all:
             raise ConfigError("dlq: give dead-letter ids or --all")
+        if ids and not all(1 <= i <= 2**63 - 1 for i in ids):  # what the store's 64-bit ids can hold
+            raise ConfigError("dlq: dead-letter ids are integers from 1 to 2**63-1")
         if args.dlq_cmd == "retry":
             n = await store.dlq_retry(ids)
             await store.audit("cli", "dlq_retry", {"ids": ids, "count": n})
