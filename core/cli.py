@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .confcheck import one_line
 from .errors import ConfigError, GatewayError, PluginError, StartupError
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
@@ -607,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- entry point ------------------------------------------------------------------------------------------------------
 def _fail(prefix: str, lines: Sequence[str]) -> None:
     for line in lines:  # stderr bypasses the logging filter: scrub here too (URLs can embed tokens)
-        print(f"claudemesh-gateway: {prefix}: {redact(line)}", file=sys.stderr)
+        print(f"claudemesh-gateway: {prefix}: {one_line(redact(line))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ __all__ = [
     "check_format_template",
     "check_path",
     "expand_path",
+    "one_line",
     "read_regular_file",
 ]
 
@@ -32,6 +33,15 @@ _SPEC = re.compile(
     r"(?:\.(?P<precision>\d+))?(?P<type>[a-zA-Z%])?",
     re.DOTALL,
 )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, CR, NUL, C1, line separators) written as escapes,
+    so a key name or value quoted in a message can never start a line of its own."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _check_text(text: str) -> None:

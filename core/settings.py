@@ -35,7 +35,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from .confcheck import check_path, expand_path, read_regular_file
+from .confcheck import check_path, expand_path, one_line, read_regular_file
 from .delivery.config import DeliveryConfig
 from .errors import ConfigError
 from .mesh.config import MeshConfig
@@ -69,7 +69,7 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- our own tables --------------------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
     (see :func:`claudemesh_gateway.app.validate_gateways`)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, allow_inf_nan=False,
         nested_model_default_partial_update=False,
     )
 
@@ -365,7 +365,7 @@ def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + one_line(str(part))
     return out or "(top level)"
 
 

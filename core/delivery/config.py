@@ -22,7 +22,7 @@ SCOPE_FIELDS = frozenset({"gateway", "chat", "thread", "lane"})
 class LimitSpec(BaseModel):
     """A token bucket template. ``scope`` may use ``{gateway}``, ``{chat}``, ``{thread}`` and ``{lane}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     scope: str = Field(min_length=1)
     per_second: float = Field(gt=0)
@@ -66,7 +66,7 @@ class DeliveryConfig(BaseModel):
     ``max_age`` seconds, it goes to the dead letters.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_factor: float = Field(default=2.0, ge=1)

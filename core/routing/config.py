@@ -108,7 +108,7 @@ def _tags(values: list[str]) -> list[str]:
 class BindingConfig(BaseModel):
     """One chat of a route: ``{gateway, chat, thread?, tags, options, direction?, allow, deny}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gateway: str = Field(min_length=1)  # gateway instance name, or "mesh"
     chat: str = Field(min_length=1)  # platform chat id / webhook binding name / mesh address
@@ -154,7 +154,7 @@ class BindingConfig(BaseModel):
 class RouteConfig(BaseModel):
     """One ``[[routes]]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     mesh: str | None = None  # mesh config name ([mesh.<name>]); required with topic

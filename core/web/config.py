@@ -29,7 +29,7 @@ class AdminConfig(BaseModel):
     checked when the configuration is validated (``check``, startup, reload), not per request.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
@@ -104,7 +104,7 @@ def _load_public_key(value: str) -> tuple[str, Any]:
 class HealthConfig(BaseModel):
     """Readiness bounds: when is a connected component considered silently stalled."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    stall_after_s: float = 60.0  # queued work but no delivery attempt completed for this long
-    poll_stall_after_s: float = 60.0  # a watched topic poller with no completed poll for this long
+    stall_after_s: float = Field(60.0, gt=0)  # queued work but no delivery attempt completed for this long
+    poll_stall_after_s: float = Field(60.0, gt=0)  # a watched topic poller with no completed poll for this long
