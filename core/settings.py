@@ -164,8 +164,9 @@ class Settings(BaseSettings):
     @classmethod
     def _gateway_tables(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, table in v.items():
-            if not name or "/" in name:
-                raise ValueError(f"{name!r}: gateway instance names may not be empty or contain '/'")
+            if not name or "/" in name or one_line(name) != name:
+                raise ValueError(f"{name!r}: gateway instance names may not be empty or contain '/' or control "
+                                 "characters")
             kind = table.get("type", name)
             if not isinstance(kind, str) or not kind:
                 raise ValueError(f"{name}.type: must be a non-empty string")
@@ -398,10 +399,10 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(getattr(value, name), f"{path}.{name}" if path else name)
         extra = value.__pydantic_extra__ or {}
         for name, sub in extra.items():
-            yield from _walk(sub, f"{path}.{name}" if path else name)
+            yield from _walk(sub, f"{path}.{one_line(name)}" if path else one_line(name))
     elif isinstance(value, Mapping):
         for key, sub in value.items():
-            yield from _walk(sub, f"{path}.{key}" if path else str(key))
+            yield from _walk(sub, f"{path}.{one_line(str(key))}" if path else one_line(str(key)))
     elif isinstance(value, (list, tuple)):
         for i, sub in enumerate(value):
             yield from _walk(sub, f"{path}[{i}]")

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from claudemesh_gateway import cli
+from claudemesh_gateway import ConfigError, cli
+from claudemesh_gateway.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +44,16 @@ def test_toml_key_with_newline_is_one_line(tmp_path: Path, capsys: pytest.Captur
         r"claudemesh-gateway: config error: x\nclaudemesh-gateway: forged: unknown key",
         r"claudemesh-gateway: config error: server.\u2028: unknown key",
     ])
+
+
+def test_loader_problems_themselves_are_single_lines(tmp_path: Path) -> None:
+    """What reload returns and logs is ConfigError.problems, not the CLI's lines: each is one line too
+    (the fuzzer's second case: a placeholder under a key with a newline)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[server]\n"\\n" = "CHANGE_ME"\n[gateways."a\\nb"]\ntype = "webhook"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    problems = info.value.problems
+    assert problems and all("\n" not in p and "\r" not in p for p in problems), problems
+    assert r"server.\n: unknown key" in problems
+    assert any(p.startswith("gateways: 'a\\nb': gateway instance names may not") for p in problems), problems
