@@ -112,8 +112,8 @@ class DevBrokerSettings(_Strict):
 
     @field_validator("state_dir")
     @classmethod
-    def _path(cls, v: Path) -> Path | None:
-        return check_path(v)
+    def _path(cls, v: Path) -> Path:
+        return expand_path(v)
 
 
 class PluginSettings(_Strict):
