@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .confcheck import one_line
+from .confcheck import expand_path, one_line, read_regular_file
 from .errors import ConfigError, GatewayError, PluginError, StartupError
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
@@ -356,10 +356,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.private_key:
         if admin.jwt_secret is not None:
             raise ConfigError("token: [admin] uses jwt_secret (HS256); --private-key is for EdDSA setups")
-        try:
-            pem = Path(args.private_key).expanduser().read_text()
-        except OSError as exc:
-            raise ConfigError(f"token: --private-key {args.private_key}: {exc.strerror or exc}") from None
+        try:  # a regular file only: a FIFO would block for ever
+            raw = read_regular_file(expand_path(args.private_key), max_bytes=64 * 1024, what="file")
+            pem = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"token: --private-key {args.private_key}: no such file") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = "not a PEM text file" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise ConfigError(f"token: --private-key: {reason}") from None
     try:
         token = mint_token(admin, ttl_s=ttl, subject=args.subject, private_key_pem=pem)
     except ValueError as exc:  # EdDSA without --private-key, or a key that is not an Ed25519 PEM

@@ -137,3 +137,22 @@ def test_tilde_user_config_path_is_a_config_error(capsys: pytest.CaptureFixture[
     _, err = capsys.readouterr()
     expected = f"claudemesh-gateway: config error: config: cannot expand '{NO_USER}': no such user"
     assert (code, err.splitlines()) == (2, [expected])
+
+
+def test_token_private_key_fifo_is_refused_instead_of_hanging(tmp_path: Path) -> None:
+    """The same hang in ``token --private-key FIFO`` (the key was read with read_text)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    pub = Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[admin]\njwt_public_key = """' + pub + '"""\n')
+    os.mkfifo(tmp_path / "key.fifo", 0o600)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CLAUDEMESH_")}
+    proc = subprocess.run([sys.executable, "-m", "claudemesh_gateway", "-c", str(cfg), "token", "--private-key",
+                           str(tmp_path / "key.fifo")], check=False, capture_output=True, text=True, env=env,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    expected = f"claudemesh-gateway: config error: token: --private-key: file {tmp_path / 'key.fifo'} is not a regular file"
+    assert proc.stderr.splitlines() == [expected]
