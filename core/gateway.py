@@ -41,13 +41,13 @@ log = logging.getLogger(__name__)
 class GatewayConfig(BaseModel):
     """Base for a gateway's ``[gateways.<name>]`` table. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BindingOptions(BaseModel):
     """Base for per-binding options (``options = {...}`` on a route binding)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

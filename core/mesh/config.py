@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from ..confcheck import check_path, read_regular_file
 from .crypto import KeyPair
 
 __all__ = ["PLACEHOLDER", "PRODUCTION_BROKER_HOST", "PRODUCTION_REST_URL", "GroupConfig", "MeshConfig", "RestConfig",
@@ -61,20 +62,29 @@ def _check_secret_hex(text: str) -> KeyPair:
         raise ValueError(str(exc)) from None
 
 
+#: a member key file holds one hex line (and maybe comments); anything bigger is not one
+KEY_FILE_MAX_BYTES = 64 * 1024
+
+
 def read_key_file(path: Path) -> str:
-    """The secret hex stored in a member key file (``#`` lines ignored). Refuses a group/world readable file."""
+    """The secret hex stored in a member key file (``#`` lines ignored). Refuses a group/world readable
+    file, and anything but a regular file (a FIFO would block the reader for ever)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise ValueError(f"key file {path} does not exist") from None
-    except OSError as exc:
-        raise ValueError(f"key file {path} cannot be read ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"key file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"key file {path} is not a regular file")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"key file {path} is readable by group/others (mode {stat.S_IMODE(st.st_mode):o}); "
                          f"run: chmod 600 {path}")
     try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_regular_file(path, max_bytes=KEY_FILE_MAX_BYTES, what="key file").decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"key file {path} does not exist") from None
+    except UnicodeDecodeError:
         raise ValueError(f"key file {path} cannot be read as text") from None
     body = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if len(body) != 1:
@@ -83,7 +93,7 @@ def read_key_file(path: Path) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GroupConfig(_Strict):
@@ -222,6 +232,11 @@ class MeshConfig(_Strict):
         if not v or not _ID.match(v):
             raise ValueError(f"must be the {what}: letters, digits, - and _ only")
         return v
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _key_path(cls, v: Path | None) -> Path | None:
+        return check_path(v)
 
     @field_validator("secret_key")
     @classmethod

@@ -67,6 +67,7 @@ from claudemesh_gateway.plugins.whatsapp.signature import (
     verify_signature,
 )
 from claudemesh_gateway.plugins.whatsapp.text import (
+    check_template_variable,
     consent_keyword,
     failure_reason,
     mask_number,
@@ -166,6 +167,16 @@ class WhatsAppBindingOptions(BindingOptions):
     @classmethod
     def _numbers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(normalise_number(n) for n in v)
+
+    @field_validator("template_variables")
+    @classmethod
+    def _variables(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, template in v.items():
+            try:
+                check_template_variable(template)
+            except ValueError as exc:
+                raise ValueError(f"template_variables.{key}: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _template(self) -> WhatsAppBindingOptions:
