@@ -30,3 +30,5 @@ class DevBrokerConfig:
     drain_before_ack: bool = True            # hello drains push before hello_ack (the real broker races)
     close_timeout_s: float = 5.0             # wait for the peer's close frame
     persist_debounce_s: float = 0.05         # coalesce state writes
+    clock_offset_ms: int = 0                 # added to the created_at of new queue/topic rows: a broker clock
+    #                                          that runs fast (> 0) or slow (< 0); may be changed while running
