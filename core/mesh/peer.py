@@ -151,10 +151,13 @@ class MeshPeer:
         return self.session_keypair.public_hex if self.session_keypair else None
 
     def poll_stats(self) -> dict[str, dict[str, Any]]:
-        """Per watched topic: last poll completion (epoch s), latency (s), counters."""
+        """Per watched topic: last poll completion (epoch s), latency (s), counters. ``skipped``: unseen
+        rows not delivered, by reason (``beyond_window``, ``backfill_cap``); ``bad_timestamps``: rows
+        delivered with the receipt time because their ``createdAt`` did not convert."""
         return {
             name: {"last_poll_at": p.last_poll_at, "poll_latency": p.poll_latency, "polls": p.polls,
-                   "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error}
+                   "delivered": p.delivered, "undecryptable": p.undecryptable, "skipped": dict(p.skipped),
+                   "bad_timestamps": p.bad_timestamps, "last_error": p.last_error}
             for name, p in self.pollers.items()
         }
 
