@@ -141,6 +141,7 @@ class PushHandler(TaskOwner):
                 self._drop("topic_row", frame)
                 self.seen.add(key)
                 await self._ack(frame)
+                peer.wake_topic(hit[0])  # the row is news: read that topic's history now
                 return
         # 5. base64 UTF-8 (broadcast, group, v1 topic row, scheduled)
         if text is None:
@@ -161,6 +162,7 @@ class PushHandler(TaskOwner):
                     self._drop("topic_row", frame)
                     self.seen.add(key)
                     await self._ack(frame)
+                    peer.wake_topic(target[1:])
                     return
                 kind = "broadcast" if target.startswith(("*", "@")) else "dm"
         name = frame.get("senderName") if isinstance(frame.get("senderName"), str) else None

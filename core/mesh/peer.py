@@ -67,6 +67,8 @@ class MeshPeer:
         # broker's at receive time, and jitter in between must never cost a rate_limit ack
         self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
         self.sent_ids = LRUSet(10_000)
+        # every topic_history request of the pollers takes a token: a fixed request rate per mesh
+        self.poll_bucket = TokenBucket(max(1, int(cfg.topic_poll_budget)), cfg.topic_poll_budget * 60)
         self.pollers: dict[str, TopicPoller] = {}
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
@@ -297,6 +299,12 @@ class MeshPeer:
             poller.start()
             log.info("mesh %s: polling #%s (%s)", self.name, topic.name, topic.id)
             return poller
+
+    def wake_topic(self, topic_id: str) -> None:
+        """Poll the topic with this id now (a drained row of it arrived: it has news)."""
+        for poller in self.pollers.values():
+            if poller.topic.id == topic_id:
+                poller.wake()
 
     async def unwatch_topic(self, name: str) -> None:
         poller = self.pollers.pop(name, None)

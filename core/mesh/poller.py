@@ -138,7 +138,7 @@ class TopicPoller(TaskOwner):
                 self.last_poll_at = time.time()
                 self.polls += 1
                 self.last_error = None
-                interval = self.cfg.topic_poll_interval if n else min(interval * 2, self.cfg.topic_poll_idle_interval)
+                interval = self.cfg.topic_poll_interval if n else min(interval * 2, self.idle_interval())
             except asyncio.CancelledError:
                 raise
             except MeshTerminalError as exc:
@@ -146,7 +146,7 @@ class TopicPoller(TaskOwner):
                     return  # refused for good
                 # a clock skew is terminal only until the clock is fixed: keep the poller
                 self.last_error = str(exc)
-                interval = self.cfg.topic_poll_idle_interval
+                interval = self.idle_interval()
             except MeshError as exc:
                 if conn.state == "stopped":
                     return
@@ -156,9 +156,15 @@ class TopicPoller(TaskOwner):
             except Exception as exc:  # on_message failed: keep the cursor, retry the same rows later
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("mesh %s: handling a #%s row failed; will retry", self.peer.name, self.topic.name)
-                interval = self.cfg.topic_poll_idle_interval
+                interval = self.idle_interval()
             self._wake.clear()
             await wait_event(self._wake, interval)
+
+    def idle_interval(self) -> float:
+        """The period of a quiet topic: ``topic_poll_idle_interval``, longer when the mesh's topics
+        would otherwise need more than ``topic_poll_budget`` requests/s between them."""
+        topics = len(getattr(self.peer, "pollers", None) or ()) or 1
+        return max(self.cfg.topic_poll_idle_interval, topics / self.cfg.topic_poll_budget)
 
     # -- the window ----------------------------------------------------------------------------------------------------
     async def _load(self) -> None:
@@ -215,6 +221,9 @@ class TopicPoller(TaskOwner):
                                  "limit": limit or self.cfg.topic_page_size}
         if before is not None:
             frame["beforeId"] = before
+        bucket = getattr(self.peer, "poll_bucket", None)
+        if bucket is not None:
+            await bucket.acquire()  # the mesh's poll budget, shared by its topics
         reply = await self.peer.connection.request(frame)
         raw = reply.get("messages")
         if not isinstance(raw, list):
