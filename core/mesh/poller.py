@@ -24,9 +24,12 @@ below). Hence the rule, which needs no clock: **a row is new iff its id is not i
 it sits above the bottom of the window** (anywhere, when ``complete``). Everything that
 existed above the bottom when we read it is in ``seen``; an unknown id up there can only have
 been inserted since, whatever its timestamp says. Rows below the bottom are history we never
-tracked (older than the first poll, or truncated out of the window); if a read reaches any,
-they are recorded, skipped, logged at WARNING and counted (``skipped["beyond_window"]``) --
-a broker clock stepped back further than the window reaches would put new rows there.
+tracked (older than the first poll, or truncated out of the window). The window is kept at
+least one backfill page (200) deep -- a shallower one (a topic's first run, an old-format
+window) is read with a page of 200 and what lies under it recorded as history, as the first
+run does -- so a backlog read never reaches below it. If a read does, the rows there are
+recorded, skipped, logged at WARNING and counted (``skipped["beyond_window"]``): a broker clock
+stepped back further than the window reaches puts new rows there.
 
 How far a poll reads (position, then time as a hint only):
 
@@ -117,6 +120,7 @@ class TopicPoller(TaskOwner):
         self._pending: set[str] = set()
         self._order: list[str] = []
         self._unsaved = 0
+        self._shallow = False  # the last read started from a window shallower than a backfill page
         self.watch_started_ms = int(time.time() * 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -256,8 +260,9 @@ class TopicPoller(TaskOwner):
 
         A window shallower than a backfill page (the first run, an old-format window) starts
         with the largest page, so a backlog read never overshoots the window's bottom."""
-        shallow = depth or (not self.complete and len(self._order) < MAX_PAGE)
-        limit = MAX_PAGE if shallow else self.cfg.topic_page_size
+        shallow = not self.complete and len(self._order) < MAX_PAGE
+        self._shallow = shallow and not depth
+        limit = MAX_PAGE if depth or shallow else self.cfg.topic_page_size
         before: str | None = None
         rows: list[dict[str, Any]] = []
         ids: set[str] = set()
@@ -380,7 +385,12 @@ class TopicPoller(TaskOwner):
             return await self._initial()
         rows, reached_end, capped = await self._read()
         new, beyond = self._classify(rows, capped)
-        if beyond:
+        if beyond and self._shallow:
+            # the window was shallower than one page: what lies under it is history it never held
+            # (the first run, or an old-format window), recorded now as the first run records it
+            log.debug("mesh %s: #%s: %d older rows under a shallow window recorded as history",
+                      self.peer.name, self.topic.name, len(beyond))
+        elif beyond:
             self._skip(beyond)
         self._rebuild(rows, reached_end, capped, new)
         return await self._hand_over(new)

@@ -250,3 +250,26 @@ def _metrics_runtime(stats: dict[str, Any]) -> Any:
     peer = types.SimpleNamespace(reconnects=0, poll_stats=lambda: stats)
     return types.SimpleNamespace(store=Store(), delivery=types.SimpleNamespace(stats=dict), states={},
                                  meshes={"fake": peer})
+
+
+async def test_a_window_saved_by_the_old_poller_is_upgraded_and_recovers_the_rows_it_hid():
+    """State written by the timestamp-cursor poller (ids in marking order plus a high_water that a
+    row dated 2100 pushed up): the first poll after the upgrade delivers the rows it had hidden,
+    nothing it had delivered, and saves the new ordered format."""
+    hist, kv, got = History(), MemoryKV(), []
+    old = hist.add([f"old {i}" for i in range(80)], NOW - 100_000)
+    future = hist.add(["from 2100"], 4_102_444_800_000)
+    hidden = hist.add([f"hidden {i}" for i in range(4)], NOW)  # never delivered: "older than high_water"
+    key = "fake:topic:" + "T" * 32
+    await kv.kv_set("mesh", key, {"seen": [f"id-{t}" for t in old[30:] + future], "high_water": 4_102_444_800_000,
+                                  "initialized": True, "topic": "t"})
+    poller = _poller(hist, kv, got)
+    assert await poller.poll_once() == 4
+    assert got == hidden and poller.skipped == {}
+    saved = await kv.kv_get("mesh", key)
+    assert saved["v"] == 2 and saved["seen"][:6] == ["id-from 2100", *[f"id-hidden {i}" for i in range(3, -1, -1)],
+                                                      "id-old 79"]
+    assert await poller.poll_once() == 0
+    later = hist.add(["later"], NOW + 1_000)
+    again = _poller(hist, kv, got)
+    assert await again.poll_once() == 1 and got == hidden + later
