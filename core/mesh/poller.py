@@ -136,6 +136,7 @@ class TopicPoller(TaskOwner):
         while True:
             try:
                 await conn.wait_connected(None)
+                self._wake.clear()  # a wake while this poll runs polls again at once (it may be news)
                 t0 = time.monotonic()
                 n = await self.poll_once()
                 self.poll_latency = time.monotonic() - t0
@@ -161,7 +162,6 @@ class TopicPoller(TaskOwner):
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("mesh %s: handling a #%s row failed; will retry", self.peer.name, self.topic.name)
                 interval = self.idle_interval()
-            self._wake.clear()
             await wait_event(self._wake, interval)
 
     def idle_interval(self) -> float:
