@@ -31,6 +31,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, GatewayError, PluginError, StartupError
+from .files import make_private_dir
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
 from .settings import BootstrapSettings, Settings, load_bootstrap_settings, load_settings
@@ -104,7 +105,7 @@ async def _start_dev_broker(settings: Settings | BootstrapSettings, *, port: int
     from .devbroker import DevBroker
 
     db = settings.dev_broker
-    db.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(db.state_dir)  # 0700, parents too (it is under [server] state_dir by default)
     broker = DevBroker(db.state_dir, host=db.host, port=db.port if port is None else port)
     try:
         await broker.start()
@@ -177,12 +178,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     warnings: list[str] = []
+    encryption: list[str] = []
     if args.online:
-        warnings = _run(_online_checks(settings, pm))
+        warnings = _run(_online_checks(settings, pm, encryption))
+    elif not pending:
+        from .app import configured_encryption
+
+        encryption = configured_encryption(settings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    _print_encryption(encryption)
     return EXIT_OK
+
+
+def _print_encryption(lines: Sequence[str]) -> None:
+    """The effective encryption of every bound topic, after the ``ok:`` line (docs: README Security)."""
+    for line in lines:
+        print(f"encryption: {line}")
 
 
 async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool) -> int:
@@ -206,12 +219,14 @@ async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool
         problems = _route_problems(settings, configs)
         if problems:
             raise ConfigError(problems)
-        for w in await _online_checks(settings, pm):
+        encryption: list[str] = []
+        for w in await _online_checks(settings, pm, encryption):
             print(f"warning: {w}", file=sys.stderr)
     finally:
         if broker is not None:
             await asyncio.wait_for(broker.stop(), 15)
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    _print_encryption(encryption)
     return EXIT_OK
 
 
@@ -222,14 +237,15 @@ def _route_problems(settings: Settings, configs: dict[str, Any], *, skip_meshes:
     return route_problems(settings, {name: cls for name, (cls, _) in configs.items()}, skip_meshes=skip_meshes)
 
 
-async def _online_checks(settings: Settings, pm: Any) -> list[str]:
-    """Resolve every routed topic against its broker and run each gateway's ``check()``."""
+async def _online_checks(settings: Settings, pm: Any, encryption: list[str] | None = None) -> list[str]:
+    """Resolve every routed topic against its broker (and its effective encryption into
+    ``encryption``) and run each gateway's ``check()``."""
     import aiohttp
 
     from .app import online_problems
 
     async with aiohttp.ClientSession() as http:
-        problems, warnings = await online_problems(settings, pm, http)
+        problems, warnings = await online_problems(settings, pm, http, encryption=encryption)
     if problems:
         raise ConfigError(problems)
     return warnings
@@ -417,7 +433,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
     state_dir, host, port = _broker_defaults(args)
     configure_logging(None, level="DEBUG" if args.verbose else "INFO")
     run = _tool("claudemesh_gateway.devbroker.cli", "run")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(state_dir)
     try:
         _run(run(state_dir, host, port))
     except OSError as exc:

@@ -1,7 +1,10 @@
-"""Small helpers for gateways that download files for the core (``Gateway.fetch_attachment``)."""
+"""Small file helpers: capped downloads for gateways (``Gateway.fetch_attachment``) and private
+directories and files for state (the store, the session identity, key files: 0600 in 0700)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import DeliveryError
@@ -9,7 +12,7 @@ from .errors import DeliveryError
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["read_capped"]
+__all__ = ["make_private_dir", "read_capped"]
 
 CHUNK = 64 * 1024
 
@@ -29,3 +32,22 @@ async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int, what: str) -
             raise DeliveryError(too_large, permanent=True)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create directory ``path`` and every missing parent with mode 0700 (owner only, whatever the
+    umask). Directories that already exist are left as they are. Returns ``path``."""
+    path = Path(path).expanduser()
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # created meanwhile by someone else: theirs to keep
+            continue
+        os.chmod(directory, 0o700)
+    path.mkdir(mode=0o700, exist_ok=True)  # raises if path is a file
+    return path

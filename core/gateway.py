@@ -109,6 +109,12 @@ class MeshHandle(Protocol):
     @property
     def mesh_id(self) -> str: ...
 
+    @property
+    def rate_limit(self) -> RateLimit:
+        """The mesh member's send budget (``[mesh.<name>] rate_per_minute`` / ``rate_burst``), the
+        scope the core's own posts to this mesh use: return it from ``rate_limits`` for what is
+        posted through this handle, so both share one bucket. Follows a config reload."""
+
     async def watch_topic(self, topic: str, on_message: Callable[[Message], Awaitable[None]]) -> None:
         """Poll ``topic`` (joining it) and hand each new row, decrypted, to ``on_message`` as a
         :class:`Message` with ``origin = Address(<gateway name>, topic)``, ``native_id`` = the topic

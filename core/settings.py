@@ -68,6 +68,9 @@ class ServerSettings(_Strict):
     shutdown_timeout: float = Field(10.0, ge=0)
     state_dir: Path = Path("var")
     store_path: Path | None = None  # default: <state_dir>/gateway.sqlite3
+    # Host names the dashboard, admin API and dev sink answer besides IP addresses, localhost, `host`
+    # and public_url's host (DNS rebinding guard): "name", ".domain" (and its subdomains), "*" (any)
+    allowed_hosts: list[str] = []
 
     @field_validator("public_url")
     @classmethod
@@ -103,8 +106,11 @@ class LogSettings(_Strict):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # third-party libraries (aiosqlite, aiohttp, asyncio, telegram, slack_sdk, twilio...) log at this level
+    # or above `level`: their DEBUG lines hold SQL arguments (secret keys), request bodies, phone numbers
+    library_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "library_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v

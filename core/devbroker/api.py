@@ -105,6 +105,19 @@ class BrokerAPI:
                    None)
         return (row.encrypted_key, row.nonce) if row else None
 
+    def create_api_key(self, mesh_id: str, capabilities: Iterable[str], *, topic_scopes: Iterable[str] | None = None,
+                       issued_by_member_id: str | None = None, label: str = "seeded",
+                       expires_in: float | None = None) -> str:
+        """A REST API key (A.13); the secret is returned, only its hash is stored. Without
+        ``issued_by_member_id`` it is a legacy key with no issuer (``api_key_has_no_issuer``)."""
+        from .rest import mint_api_key
+
+        expires = now_ms() + int(expires_in * 1000) if expires_in is not None else None
+        _row, secret = mint_api_key(self, mesh_id, label=label, capabilities=list(capabilities),
+                                    topic_scopes=list(topic_scopes) if topic_scopes is not None else None,
+                                    expires_at_ms=expires, issued_by_member_id=issued_by_member_id)
+        return secret
+
     def mint_invite(self, mesh_id: str, *, role: str = "member", expires_in: int = 7 * 86400, max_uses: int = 1,
                     broker_url: str | None = None, preset: dict[str, Any] | None = None) -> str:
         token = build_invite(self.store, mesh_id, broker_url or self.ws_url, role=role, expires_in=expires_in,
@@ -127,6 +140,26 @@ class BrokerAPI:
             if pubkey is not None and (p is None or pubkey not in (p.member_pubkey, p.session_pubkey)):
                 continue
             conn.terminate()
+            n += 1
+        return n
+
+    def orphan_presences(self, mesh_id: str | None = None, *, pubkey: str | None = None) -> int:
+        """Forget online presences but leave their sockets open: the zombies of upstream's close/reattach
+        race. Each socket then gets ``no_hello`` for every verb, and the next ``keepalive_tick`` older
+        than ``zombie_min_age_s`` closes it with 4005 ``no_presence``. Same filters as ``drop_connections``.
+        """
+        n = 0
+        for p in list(self.registry.entries.values()):
+            conn = p.conn
+            if p.lease != "online" or conn is None:
+                continue
+            if mesh_id is not None and p.mesh_id != mesh_id:
+                continue
+            if pubkey is not None and pubkey not in (p.member_pubkey, p.session_pubkey):
+                continue
+            self.registry.delete(p, decrement=True)
+            p.db_disconnected = True
+            p.conn, conn.presence = None, None
             n += 1
         return n
 

@@ -14,14 +14,47 @@ API (stable; the mesh peer and core tests depend on it)::
     broker.create_topic(mesh_id, name, creator_member_id, *, visibility="public", encrypted=True) -> TopicInfo
     broker.join_topic(mesh_id, topic_id_or_name, member_id, role="member")
     broker.mint_invite(mesh_id, *, role="member", expires_in=7*86400, max_uses=1, preset=None) -> token
+    broker.create_api_key(mesh_id, capabilities, *, topic_scopes=None, issued_by_member_id=None) -> secret
+    broker.rest_url                 # http://host:port: /api/v1 (A.13) is served here, as the web app would
     # test knobs
     broker.drop_connections(mesh_id=None, *, pubkey=None) -> int   # abort sockets, no close frame: grace
     broker.set_status(pubkey, "working"|"dnd"|"idle") -> int
     broker.set_rate_limit(burst, per_minute)
     broker.presences(mesh_id=None) -> list[dict]; broker.mesh_count(mesh_id) -> int
     broker.queue_rows(mesh_id=None) -> list[QueueRow]; broker.topic_messages(mesh_id=None, topic_id=None)
+    broker.orphan_presences(mesh_id=None, *, pubkey=None) -> int   # forget leases, keep sockets: zombies
     await broker.keepalive_tick(); broker.sweep_claims() -> int; broker.purge_old() -> int
     await broker.stop()             # closes every socket with 1001 "shutting down" and saves state
+
+Later upstream behaviour
+------------------------
+Part B describes the broker at the spec's pinned commit. Later upstream brokers changed three
+things after a "daemon restart blackout", and the dev broker models them by default (each can
+be switched back in ``DevBrokerConfig``):
+
+* **Role-scoped sessionId dedup** (``role_scoped_dedup``): ``hello`` replaces only
+  ``control-plane`` presences with its sessionId, ``session_hello`` only ``session`` presences
+  (see :mod:`.sessions`).
+* **4004 presence_evicted** (``evict_split_presences``): the stale-row sweep (B.20, every 30 s)
+  no longer hides a row whose lease is live (online, socket open, last pong within
+  ``pong_timeout_s``): memory is the source of truth. A row it does hide while the lease is
+  still online with an open socket is a split brain (``list_peers`` hides the peer, pushes still
+  reach it, and nobody tells the client), so the broker evicts that presence: peer_state saved,
+  entry removed, slot given back, ``peer_left`` to other members, and the socket closed with
+  4004 ``presence_evicted``. When is that? A client that stopped answering pings, once its row
+  is older than ``stale_presence_s`` (90 s) before the pong check (75 s, run on its own timer
+  upstream) has terminated it; here the row sweep runs first in each ``keepalive_tick``, so a
+  lease whose last pong is older than both limits is evicted with 4004 rather than terminated.
+  A client that answers pings never sees 4004. Offline leases keep their grace.
+* **4005 no_presence** (``zombie_min_age_s``): every ``keepalive_tick``, a socket that is open,
+  has no presence and is at least that old (room for a hello in flight) is closed with 4005
+  ``no_presence``. Such a zombie cannot receive pushes and is invisible to ``list_peers``, yet
+  its client answers pings and believes it is connected. Upstream's zombies came from a close
+  handler racing a reattach; here they come from a hello that created no presence (B.7) or from
+  the ``orphan_presences`` knob, which reproduces that race. Verbs on a zombie still get
+  ``no_hello`` (B.4) until the sweep closes it.
+
+Clients are expected to reconnect after 4004 and 4005 (a new hello, a new presence).
 """
 
 from __future__ import annotations
@@ -35,7 +68,8 @@ from typing import Any, Self
 
 from aiohttp import WSMsgType, web
 
-from . import delivery, roster, sessions, topics
+from ..files import make_private_dir
+from . import delivery, rest, roster, sessions, topics
 from .api import BrokerAPI
 from .config import DevBrokerConfig
 from .http import BROKER_KEY, HOOK_BUCKETS_KEY
@@ -43,7 +77,7 @@ from .http import routes as http_routes
 from .info import DevSeed
 from .presence import Conn, Presence, Registry
 from .ratelimit import TokenBuckets
-from .seed import load_seed, mesh_tables, seed_dev_mesh, write_meshes_toml
+from .seed import ensure_sealed_topic, load_seed, mesh_tables, seed_dev_mesh, write_meshes_toml
 from .store import Store
 from .util import now_ms
 
@@ -73,6 +107,9 @@ HANDLERS: dict[str, Handler] = {
     "kick": roster.handle_kick,
     "disconnect": roster.handle_disconnect,
     "ban": roster.handle_ban,
+    "apikey_create": rest.handle_apikey_create,
+    "apikey_list": rest.handle_apikey_list,
+    "apikey_revoke": rest.handle_apikey_revoke,
 }
 
 
@@ -113,10 +150,13 @@ class DevBroker(BrokerAPI):
         if not self.store.meshes:
             seed_dev_mesh(self)
         self._seed = load_seed(self)
+        if self._seed is not None:
+            ensure_sealed_topic(self, self._seed)
         app = web.Application(middlewares=[self._upgrade_gate], client_max_size=self.config.max_message_bytes)
         app[BROKER_KEY] = self
         app[HOOK_BUCKETS_KEY] = TokenBuckets(self.config.hook_rate_per_minute, self.config.hook_rate_per_minute)
         app.add_routes([web.get("/ws", self._ws_handler), *http_routes(self)])
+        rest.install(app, self)  # the web app's /api/v1 (sealed topic keys, A.13) on the same port
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.requested_port)
@@ -128,7 +168,7 @@ class DevBroker(BrokerAPI):
                        asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep)),
                        asyncio.create_task(self._every(self.config.purge_interval_s, self._purge))]
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.state_dir)
             self.save()
             if self._seed is not None:
                 write_meshes_toml(self.state_dir, self._seed, self.ws_url)
@@ -179,6 +219,11 @@ class DevBroker(BrokerAPI):
         return f"http://{self._url_host}:{self.port or self.requested_port}"
 
     @property
+    def rest_url(self) -> str:
+        """Base URL of the emulated web app REST API (``/api/v1``): the broker's own HTTP port."""
+        return self.http_url
+
+    @property
     def _url_host(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"[{host}]" if ":" in host else host
@@ -191,7 +236,7 @@ class DevBroker(BrokerAPI):
             raise RuntimeError("this broker's state has no seeded dev mesh")
         return self._seed
 
-    def mesh_tables(self) -> dict[str, dict[str, str]]:
+    def mesh_tables(self) -> dict[str, dict[str, Any]]:
         """The ``meshes.toml`` tables (``dev``, ``dev_alice``, ``dev_bob``) as dicts, for in-memory brokers too."""
         return mesh_tables(self.default_mesh, self.ws_url)
 
@@ -335,9 +380,15 @@ class DevBroker(BrokerAPI):
     # -- periodic work ----------------------------------------------------------------------
 
     async def keepalive_tick(self) -> None:
-        """B.20: terminate online sockets whose last pong is too old, ping the rest; hide stale rows."""
+        """B.20: terminate online sockets whose last pong is too old, ping the rest; hide stale rows.
+
+        Later upstream (see the module docstring): the stale-row sweep runs first, skips live leases
+        and evicts online ones it hides (4004); sockets without a presence are closed (4005)."""
         now = now_ms()
         timeout_ms = self.config.pong_timeout_s * 1000
+        if self.config.evict_split_presences:
+            await self._sweep_stale_rows(now, reconcile=True)
+        self.close_zombies(now)
         for p in list(self.registry.entries.values()):
             conn = p.conn
             if p.lease != "online" or conn is None or not conn.open:
@@ -351,10 +402,39 @@ class DevBroker(BrokerAPI):
                 await conn.ws.ping()
             except (ConnectionError, RuntimeError):
                 pass
+        if not self.config.evict_split_presences:
+            await self._sweep_stale_rows(now, reconcile=False)
+
+    async def _sweep_stale_rows(self, now: int, *, reconcile: bool) -> None:
         stale_ms = self.config.stale_presence_s * 1000
-        for p in self.registry.entries.values():
-            if not p.db_disconnected and now - p.last_ping_at > stale_ms:
-                p.db_disconnected = True
+        timeout_ms = self.config.pong_timeout_s * 1000
+        split: list[Presence] = []
+        for p in list(self.registry.entries.values()):
+            if p.db_disconnected or now - p.last_ping_at <= stale_ms:
+                continue
+            online = p.lease == "online" and p.conn is not None and p.conn.open
+            if reconcile and online and now - p.last_pong_at <= timeout_ms:
+                continue  # a live lease: the row is only a projection of it
+            p.db_disconnected = True
+            if reconcile and online:
+                split.append(p)
+        for p in split:
+            await sessions.evict_online(self, p, 4004, "presence_evicted")
+
+    def close_zombies(self, now: int | None = None) -> int:
+        """Close open sockets that have no presence and are ``zombie_min_age_s`` old with 4005 no_presence."""
+        min_age = self.config.zombie_min_age_s
+        if min_age is None:
+            return 0
+        now = now_ms() if now is None else now
+        n = 0
+        for conn in list(self.conns):
+            if conn.presence is None and conn.open and not conn.closing and now - conn.opened_at >= min_age * 1000:
+                log.info("conn %s: open for %d ms without a presence: close 4005 no_presence", conn.id,
+                         now - conn.opened_at)
+                self.spawn(conn.close(4005, "no_presence"))
+                n += 1
+        return n
 
     def sweep_claims(self) -> int:
         return delivery.sweep_claims(self)

@@ -32,3 +32,8 @@ class DevBrokerConfig:
     persist_debounce_s: float = 0.05         # coalesce state writes
     clock_offset_ms: int = 0                 # added to the created_at of new queue/topic rows: a broker clock
     #                                          that runs fast (> 0) or slow (< 0); may be changed while running
+    # Later upstream brokers (after the spec's pinned commit; see broker.py "Later upstream behaviour").
+    # False / None reproduce the pinned commit exactly.
+    role_scoped_dedup: bool = True           # sessionId dedup only among presences of the hello's role
+    evict_split_presences: bool = True       # a stale-swept row with an online lease: evict, close 4004
+    zombie_min_age_s: float | None = 30.0    # an open socket without a presence this old: close 4005

@@ -26,6 +26,8 @@ class Conn:
         self.transport = transport
         self.remote = remote
         self.presence: Presence | None = None
+        self.opened_at = now_ms()
+        self.closing = False  # a close frame was sent (or the socket was aborted)
 
     @property
     def open(self) -> bool:
@@ -48,8 +50,9 @@ class Conn:
             self.transport.abort()
 
     async def close(self, code: int, reason: str) -> None:
-        if self.ws.closed:
+        if self.ws.closed or self.closing:
             return
+        self.closing = True
         try:
             await self.ws.close(code=code, message=reason.encode("utf-8"))
         except (TimeoutError, ConnectionError, RuntimeError) as exc:

@@ -1,4 +1,13 @@
-"""Handshake flows, reattach, dedup, offline leases and eviction (spec B.6–B.18)."""
+"""Handshake flows, reattach, dedup, offline leases and eviction (spec B.6–B.18).
+
+Later upstream behaviour (``DevBrokerConfig.role_scoped_dedup``, default on): sessionId dedup
+(B.17) is scoped by role. Upstream's launch wrapper sends a member-level ``hello`` and its
+daemon a ``session_hello`` for the same Claude Code session, both with that session's UUID as
+``sessionId``; at the pinned commit each kicked the other's presence on every relaunch. Later
+brokers let a ``control-plane`` and a ``session`` presence with one sessionId coexist: ``hello``
+replaces only ``control-plane`` entries with its sessionId, ``session_hello`` only ``session``
+entries (still 1000 ``session_replaced``, deleted without ``peer_left`` or a slot back).
+"""
 
 from __future__ import annotations
 
@@ -45,12 +54,16 @@ async def reject(conn: Conn, err: HandshakeError) -> None:
     await conn.close(err.close_code, err.reason)
 
 
-def dedup_session_id(b: DevBroker, mesh_id: str, session_id: Any, keep: Presence | None = None) -> None:
-    """B.17: every other entry with this sessionId gets 1000 session_replaced and is deleted (slot leaks)."""
+def dedup_session_id(b: DevBroker, mesh_id: str, session_id: Any, role: str, keep: Presence | None = None) -> None:
+    """B.17: every other entry with this sessionId gets 1000 session_replaced and is deleted (slot leaks).
+
+    With ``role_scoped_dedup`` (later upstream) only entries of ``role``, the role the hello creates."""
     if not isinstance(session_id, str):
         return
     for p in b.registry.in_mesh(mesh_id):
         if p is keep or p.session_id != session_id:
+            continue
+        if b.config.role_scoped_dedup and p.role != role:
             continue
         log.info("sessionId dedup: replacing presence %s (%s)", p.presence_id, p.display_name)
         b.registry.delete(p, decrement=False)
@@ -143,7 +156,7 @@ async def handle_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
             await _ack_and_drain(b, conn, p, ack)
             return
 
-    dedup_session_id(b, mesh.id, msg.get("sessionId"))
+    dedup_session_id(b, mesh.id, msg.get("sessionId"), "control-plane")
     if not presence_fields_ok(msg):
         log.warning("hello from %s lacks cwd/pid/sessionId: presence insert fails, no reply", member.display_name)
         return
@@ -199,7 +212,7 @@ async def handle_session_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) ->
         await _ack_and_drain(b, conn, p, ack)
         return
 
-    dedup_session_id(b, mesh.id, msg.get("sessionId"))
+    dedup_session_id(b, mesh.id, msg.get("sessionId"), "session")
     if not presence_fields_ok(msg):
         log.warning("session_hello from %s lacks cwd/pid/sessionId: no reply", member.display_name)
         return
@@ -221,17 +234,20 @@ def socket_closed(b: DevBroker, conn: Conn) -> None:
     conn.presence = None
     if p is None or p.conn is not conn or b.registry.entries.get(p.presence_id) is not p:
         return  # already replaced, kicked or deduped
-    now = now_ms()
-    b.store.peer_states[(p.mesh_id, p.member_id)] = PeerState(
-        mesh_id=p.mesh_id, member_id=p.member_id, groups=list(p.groups), summary=p.summary, last_seen_at=now,
-        stats=dict(p.stats), visible=p.visible, profile=dict(p.profile))
-    b.dirty()
+    _save_peer_state(b, p)
     p.conn = None
     p.lease = "offline"
     p.cancel_eviction()
     if b.loop is not None:
         p.evict_handle = b.loop.call_later(b.config.grace_s, b.spawn_evict, p)
     log.info("presence %s (%s) offline; grace %.1fs", p.presence_id, p.display_name, b.config.grace_s)
+
+
+def _save_peer_state(b: DevBroker, p: Presence) -> None:
+    b.store.peer_states[(p.mesh_id, p.member_id)] = PeerState(
+        mesh_id=p.mesh_id, member_id=p.member_id, groups=list(p.groups), summary=p.summary, last_seen_at=now_ms(),
+        stats=dict(p.stats), visible=p.visible, profile=dict(p.profile))
+    b.dirty()
 
 
 async def evict(b: DevBroker, p: Presence) -> None:
@@ -241,6 +257,25 @@ async def evict(b: DevBroker, p: Presence) -> None:
     b.registry.delete(p, decrement=True)
     p.db_disconnected = True
     log.info("presence %s (%s) evicted", p.presence_id, p.display_name)
+    await _peer_left(b, p)
+
+
+async def evict_online(b: DevBroker, p: Presence, code: int, reason: str) -> None:
+    """Evict an entry whose socket is still open (later upstream): save its peer_state, remove it,
+    give the slot back, close the socket with ``code``/``reason`` and tell other members ``peer_left``.
+    The client reconnects and gets a new presence (``peer_returned`` for the others)."""
+    if b.registry.entries.get(p.presence_id) is not p:
+        return
+    _save_peer_state(b, p)
+    b.registry.delete(p, decrement=True)
+    p.db_disconnected = True
+    log.info("presence %s (%s) evicted with its socket open: close %d %s", p.presence_id, p.display_name,
+             code, reason)
+    b.detach_and_close(p, code, reason)
+    await _peer_left(b, p)
+
+
+async def _peer_left(b: DevBroker, p: Presence) -> None:
     frame = system_push(p.mesh_id, "peer_left", {"name": p.display_name, "pubkey": p.pubkey})
     for q in b.registry.in_mesh(p.mesh_id):
         if q.member_id != p.member_id and q.conn is not None:

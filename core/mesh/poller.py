@@ -20,7 +20,8 @@ one. So no timestamp ever decides whether a row is new. Instead, per topic, the 
     :data:`SEEN_LIMIT`): nothing older exists, so nothing below the bottom is history.
 
 A row's position among old rows never changes: inserts only add rows (above, between or
-below). Hence the rule, which needs no clock: **a row is new iff its id is not in ``seen`` and
+below). Positions are the page order the broker sends (``created_at`` DESC, id DESC); a page
+that is not newest first is sorted into that order, duplicates on a page count once. Hence the rule, which needs no clock: **a row is new iff its id is not in ``seen`` and
 it sits above the bottom of the window** (anywhere, when ``complete``). Everything that
 existed above the bottom when we read it is in ``seen``; an unknown id up there can only have
 been inserted since, whatever its timestamp says. Rows below the bottom are history we never
@@ -65,26 +66,34 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import MeshError, MeshTerminalError
+from ..errors import MeshError, MeshTerminalError, StoreUnavailable
+from ..keys import SEALED, UNENCRYPTED
 from .aio import TaskOwner, wait_event
 from .state import KV_NAMESPACE
 from .types import MeshInbound, Topic, parse_time_ms
 
-__all__ = ["FUTURE_TOLERANCE_MS", "MAX_FUTURE_PAGES", "SEEN_LIMIT", "TopicPoller"]
+__all__ = ["FUTURE_TOLERANCE_MS", "MAX_FUTURE_PAGES", "SEEN_LIMIT", "KeyWait", "TopicPoller"]
 
 log = logging.getLogger(__name__)
 
 SEEN_LIMIT = 2000  # ids kept per topic (the window); larger than any page, so a poll never outruns it
 MAX_PAGE = 200  # the broker clamps topic_history limit to 1..200
+MAX_ROW_ID_CHARS = 128  # topic_message ids are 32 characters
 FUTURE_TOLERANCE_MS = 2000  # a row dated this much after our clock counts as future-dated (read past it)
 MAX_FUTURE_PAGES = 5  # pages read past a block of future-dated seen rows, per poll
 SAVE_EVERY = 32  # persist the window at least every this many handed-over rows
 STATE_VERSION = 2
+
+
+class KeyWait(MeshError):
+    """A bodyVersion 2 row arrived and the topic's sealed key is not held yet: the poll stops at
+    that row (nothing after it is handed over, the cursor stays) and is retried later."""
 
 
 class TopicPoller(TaskOwner):
@@ -146,6 +155,11 @@ class TopicPoller(TaskOwner):
                 interval = self.cfg.topic_poll_interval if n else min(interval * 2, self.idle_interval())
             except asyncio.CancelledError:
                 raise
+            except KeyWait as exc:
+                if self.last_error != str(exc):
+                    log.warning("mesh %s: #%s: %s", self.peer.name, self.topic.name, exc)
+                self.last_error = str(exc)
+                interval = self.idle_interval()
             except MeshTerminalError as exc:
                 if conn.terminal_error is not None:
                     return  # refused for good
@@ -158,6 +172,9 @@ class TopicPoller(TaskOwner):
                 self.last_error = str(exc)
                 log.warning("mesh %s: polling #%s failed: %s", self.peer.name, self.topic.name, exc)
                 interval = self.cfg.topic_poll_interval
+            except StoreUnavailable as exc:  # the store logs its outage (rate-limited): rows are read again
+                self.last_error = str(exc)
+                interval = self.idle_interval()
             except Exception as exc:  # on_message failed: keep the cursor, retry the same rows later
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("mesh %s: handling a #%s row failed; will retry", self.peer.name, self.topic.name)
@@ -233,9 +250,21 @@ class TopicPoller(TaskOwner):
         if not isinstance(raw, list):
             raise MeshError(f"topic_history for #{self.topic.name} returned no messages list")
         rows = []
+        ids: set[str] = set()
         for r in raw:
-            if isinstance(r, dict) and isinstance(r.get("id"), str):
-                rows.append({**r, "_t": parse_time_ms(r.get("createdAt"))})
+            # topic_message ids are 32 characters; a longer one would pin memory in ``seen`` (and the kv)
+            if isinstance(r, dict) and isinstance(r.get("id"), str) and 0 < len(r["id"]) <= MAX_ROW_ID_CHARS:
+                if r["id"] not in ids:  # a row twice on one page: the first copy counts
+                    ids.add(r["id"])
+                    rows.append({**r, "_t": parse_time_ms(r.get("createdAt"))})
+            else:
+                log.debug("mesh %s: #%s: history entry without a usable id skipped", self.peer.name, self.topic.name)
+        dated = [r["_t"] for r in rows if r["_t"] > 0]
+        if any(a < b for a, b in itertools.pairwise(dated)):
+            # not newest first: the broker's order is created_at DESC, id DESC, so sort by it; rows
+            # without a usable createdAt cannot be placed and go on top (new rather than history)
+            log.debug("mesh %s: #%s: topic_history page out of order; sorted", self.peer.name, self.topic.name)
+            rows.sort(key=lambda r: (r["_t"] if r["_t"] > 0 else float("inf"), r["id"]), reverse=True)
         return rows
 
     @staticmethod
@@ -437,6 +466,16 @@ class TopicPoller(TaskOwner):
             return
         bv = row.get("bodyVersion")
         bv = bv if isinstance(bv, int) and not isinstance(bv, bool) else 1
+        sealed = getattr(peer, "sealed", None)
+        if bv == 2 and isinstance(getattr(peer, "v2_topics", None), set):
+            peer.v2_topics.add(self.topic.id)  # an encrypted topic: auto never posts v1 into it
+        if bv == 2 and sealed is not None:
+            status = await sealed.ensure(self.topic)
+            if status.state == UNENCRYPTED:  # a v2 row in a keyless topic: claimed since we looked?
+                status = await sealed.ensure(self.topic, refresh=True)
+            if status.state not in (SEALED, UNENCRYPTED):
+                raise KeyWait(f"bodyVersion 2 row {row['id']} waits for the topic key ({status.state}: "
+                              f"{status.detail})")
         res = peer.keyring.open_detailed(peer.name, self.topic.id, self.topic.name, str(row.get("nonce") or ""),
                                          str(row.get("ciphertext") or ""), bv)
         if res.text is None:

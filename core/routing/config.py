@@ -176,7 +176,7 @@ class RouteConfig(BaseModel):
     deny: list[str] = []
     mesh_allow: list[str] = []  # mesh senders allowed (display names or pubkeys); empty = everyone
     mesh_deny: list[str] = []
-    encryption: Literal["hkdf", "plaintext"] = "hkdf"  # for this route's topic
+    encryption: Literal["auto", "hkdf", "plaintext"] = "auto"  # for this route's topic (only if set explicitly)
     allow_mass_mentions: bool = False  # @everyone/@channel/@here/<!channel> pass through untouched
     notify_failures: bool = False  # a permanent delivery failure DMs a short notice to the mesh sender
     max_hops: int = Field(2, ge=1, le=8)  # mesh->mesh relays of this route stop after this many crossings

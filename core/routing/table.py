@@ -311,13 +311,14 @@ class RouteTable:
         return self._encryption.get((mesh, topic.removeprefix("#")))
 
     def encryption_for(self, mesh: str, topic: str) -> str:
-        """``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit ``encryption``,
-        else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``), else ``"hkdf"``."""
+        """``"auto"``, ``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit
+        ``encryption``, else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``),
+        else ``"auto"``. What ``auto`` sends depends on the topic (the mesh peer decides)."""
         topic = topic.removeprefix("#")
         mode = self._encryption.get((mesh, topic))
         if mode is not None:
             return mode
-        return _mesh_topic_encryption(self._meshes.get(mesh), topic, defaults=True) or "hkdf"
+        return _mesh_topic_encryption(self._meshes.get(mesh), topic, defaults=True) or "auto"
 
     def topic_encryption(self) -> dict[str, dict[str, str]]:
         """``{mesh: {topic: mode}}`` for every topic whose route sets ``encryption`` explicitly."""
@@ -543,16 +544,19 @@ def _shape_problems(r: Route) -> list[str]:
 
 def _mesh_topic_encryption(cfg: Any, topic: str, *, defaults: bool = False) -> str | None:
     """The encryption a MeshConfig declares for ``topic`` (explicit ``topics`` entry; with
-    ``defaults`` also ``default_encryption``), or None."""
+    ``defaults`` also what the entry inherits: ``default_encryption``), or None."""
     if cfg is None:
         return None
     topics = getattr(cfg, "topics", None)
     if isinstance(topics, Mapping) and topic in topics:
         entry = topics[topic]
-        if not defaults and "encryption" not in getattr(entry, "model_fields_set", {"encryption"}):
-            return None
-        return getattr(entry, "encryption", None)
+        mode = getattr(entry, "encryption", None)
+        if mode is not None and (defaults or "encryption" in getattr(entry, "model_fields_set", {"encryption"})):
+            return mode
     if defaults:
+        settings = getattr(cfg, "topic_settings", None)
+        if callable(settings):
+            return settings(topic).encryption
         mode = getattr(cfg, "default_encryption", None)
         return mode if isinstance(mode, str) else None
     return None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..webhooks import read_json_object
 from . import appkeys
 from .auth import verify_request
 from .health import component_report, readiness_problems
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 * 1024  # admin requests carry a list of ids or one test message
 
 __all__ = ["admin_routes", "overview", "require_admin"]
 
@@ -33,15 +36,10 @@ def _runtime(request: web.Request) -> Runtime:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object body ({} without one); 400 for invalid or absurdly nested JSON, 413 above 256 KiB."""
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error":"body is not valid JSON"}', content_type="application/json") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error":"body must be a JSON object"}', content_type="application/json")
-    return body
+    return await read_json_object(request, max_bytes=MAX_BODY_BYTES)
 
 
 def _ids(body: dict[str, Any]) -> list[int] | None:

@@ -11,11 +11,14 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from ..webhooks import MalformedHeader, header_value
 from .config import AdminConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["is_loopback", "mint_token", "verify_request"]
+
+MAX_TOKEN_HEADER = 8192  # "Bearer <JWT>": a few hundred characters in practice
 
 
 def _key_and_algorithms(cfg: AdminConfig) -> tuple[Any, list[str]]:
@@ -65,7 +68,10 @@ def verify_request(request: web.Request, cfg: AdminConfig) -> dict[str, Any]:
     if not cfg.allow_remote and not is_loopback(request):
         raise web.HTTPForbidden(text='{"error":"admin API answers loopback clients only"}',
                                 content_type="application/json")
-    header = request.headers.get("Authorization", "")
+    try:
+        header = header_value(request.headers, "Authorization", max_length=MAX_TOKEN_HEADER) or ""
+    except MalformedHeader:
+        raise _unauthorized("malformed Authorization header") from None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token")

@@ -67,6 +67,8 @@ class Metrics:
         self.state_changes = Counter(p + "state_changes", "State transitions", ["component", "state"], registry=r)
         self.mesh_reconnects = Gauge(p + "mesh_reconnects", "Mesh reconnects since start (cumulative)", ["mesh"],
                                      registry=r)
+        self.mesh_bad_frames = Gauge(p + "mesh_bad_frames", "Frames from the broker dropped as bad (cumulative)",
+                                     ["mesh", "reason"], registry=r)
         self.poll_age = Gauge(p + "mesh_poll_age_seconds", "Seconds since a topic poll last completed",
                               ["mesh", "topic"], registry=r)
         self.poll_latency = Gauge(p + "mesh_poll_latency_seconds", "Duration of the last topic poll",
@@ -122,6 +124,8 @@ class Metrics:
             self.state.labels(name, kind).set(1 if state == GatewayState.CONNECTED else 0)
         for mesh_name, peer in runtime.meshes.items():
             self.mesh_reconnects.labels(mesh_name).set(getattr(peer, "reconnects", 0))
+            for reason, count in (getattr(peer, "bad_frames", None) or {}).items():
+                self.mesh_bad_frames.labels(mesh_name, reason).set(count)
             for topic, (age, latency) in poll_status(peer, now).items():
                 self.poll_age.labels(mesh_name, topic).set(age)
                 self.poll_latency.labels(mesh_name, topic).set(latency)

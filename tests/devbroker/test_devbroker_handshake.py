@@ -90,7 +90,7 @@ async def test_b07_hello_without_cwd_pid_or_session_id(broker, raw_ws, connect, 
         assert await c.quiet() == [], missing            # no reply, socket open
         assert broker.presences(seed.mesh_id) == []      # no presence
     # sessionId dedup has already run: an entry holding that sessionId is replaced
-    old = await connect(broker, seed.alice, session_id="shared-sid")
+    old = await connect(broker, seed.alice, mode="hello", session_id="shared-sid")  # same role: dedup scope
     c = await raw_ws(broker)
     await c.send(mk.hello(seed.mesh_id, seed.gateway, session_id="shared-sid", drop=("cwd",)))
     assert await old.wait_closed() == (1000, "session_replaced")

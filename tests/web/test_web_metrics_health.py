@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 class Peer:
     def __init__(self):
         self.reconnects = 2
+        self.bad_frames = {"too_deep": 1}
         self.polls = {"general": {"last_poll_at": time.time(), "poll_latency": 0.012, "polls": 3}}
 
     def poll_stats(self):
@@ -111,6 +112,7 @@ async def test_metric_values_after_known_traffic(client):
     assert s[(p + "vendor_429", ())] == 1
     assert s[(p + "component_up", (("component", "dev"), ("kind", "mesh")))] == 1
     assert s[(p + "mesh_reconnects", (("mesh", "dev"),))] == 2
+    assert s[(p + "mesh_bad_frames", (("mesh", "dev"), ("reason", "too_deep")))] == 1
     assert s[(p + "mesh_poll_latency_seconds", (("mesh", "dev"), ("topic", "general")))] == pytest.approx(0.012)
     # a lane that drained goes back to zero instead of keeping its last value
     client.rt.store.depths = {}
