@@ -201,7 +201,8 @@ class MeshConfig(_Strict):
 
     # topics
     topic_poll_interval: float = Field(1.0, gt=0)  # while a topic is active
-    topic_poll_idle_interval: float = Field(5.0, gt=0)  # ceiling once it is quiet (spec A.12: 2-5 s)
+    topic_poll_idle_interval: float = Field(1.5, gt=0)  # ceiling once it is quiet (idle ingest p99 < 2 s)
+    topic_poll_budget: float = Field(10.0, gt=0)  # topic_history requests/s per mesh, shared by its topics
     topic_page_size: int = Field(50, ge=1, le=200)
     topic_backfill: int = Field(0, ge=0)  # rows delivered on the very first poll of a topic
     topic_max_backfill: int = Field(10_000, ge=1)  # cap on rows recovered after a long downtime

@@ -189,6 +189,7 @@ class PushHandler(TaskOwner):
                 self._drop("topic_row", frame)
                 self.seen.add(key)
                 await self._ack(frame)
+                peer.wake_topic(hit[0])  # the row is news: read that topic's history now
                 return
         # 5. base64 UTF-8 (broadcast, group, v1 topic row, scheduled)
         if text is None:
@@ -200,6 +201,7 @@ class PushHandler(TaskOwner):
                     self._drop("topic_row", frame)
                     self.seen.add(key)
                     await self._ack(frame)
+                    peer.wake_topic(target[1:])
                     return
             if text is None:
                 log.warning("mesh %s: push %s from %s… is undecryptable; dropped", peer.name, mid, sender[:12])
@@ -217,6 +219,7 @@ class PushHandler(TaskOwner):
                     self._drop("topic_row", frame)
                     self.seen.add(key)
                     await self._ack(frame)
+                    peer.wake_topic(target[1:])
                     return
                 kind = "broadcast" if target.startswith(("*", "@")) else "dm"
         name = frame.get("senderName") if isinstance(frame.get("senderName"), str) else None

@@ -70,6 +70,8 @@ class MeshPeer:
         # broker's at receive time, and jitter in between must never cost a rate_limit ack
         self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
         self.sent_ids = LRUSet(10_000)
+        # every topic_history request of the pollers takes a token: a fixed request rate per mesh
+        self.poll_bucket = TokenBucket(max(1, int(cfg.topic_poll_budget)), cfg.topic_poll_budget * 60)
         self.pollers: dict[str, TopicPoller] = {}
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
@@ -167,10 +169,13 @@ class MeshPeer:
         return self.session_keypair.public_hex if self.session_keypair else None
 
     def poll_stats(self) -> dict[str, dict[str, Any]]:
-        """Per watched topic: last poll completion (epoch s), latency (s), counters."""
+        """Per watched topic: last poll completion (epoch s), latency (s), counters. ``skipped``: unseen
+        rows not delivered, by reason (``beyond_window``, ``backfill_cap``); ``bad_timestamps``: rows
+        delivered with the receipt time because their ``createdAt`` did not convert."""
         return {
             name: {"last_poll_at": p.last_poll_at, "poll_latency": p.poll_latency, "polls": p.polls,
-                   "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error}
+                   "delivered": p.delivered, "undecryptable": p.undecryptable, "skipped": dict(p.skipped),
+                   "bad_timestamps": p.bad_timestamps, "last_error": p.last_error}
             for name, p in self.pollers.items()
         }
 
@@ -348,6 +353,12 @@ class MeshPeer:
             poller.start()
             log.info("mesh %s: polling #%s (%s)", self.name, topic.name, topic.id)
             return poller
+
+    def wake_topic(self, topic_id: str) -> None:
+        """Poll the topic with this id now (a drained row of it arrived: it has news)."""
+        for poller in self.pollers.values():
+            if poller.topic.id == topic_id:
+                poller.wake()
 
     async def unwatch_topic(self, name: str) -> None:
         poller = self.pollers.pop(name, None)
