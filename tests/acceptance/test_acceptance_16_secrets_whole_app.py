@@ -172,6 +172,7 @@ class World:
         self.state = tmp / "state"
         self.cfg_path = tmp / "gateway.toml"
         self.snapshots = tmp / "store-snapshots"
+        self.log_format = "text"
         self.admin = admin_token()  # the one valid bearer token of this run: a credential, scanned for too
 
     async def serve(self, app: Any) -> str:
@@ -196,6 +197,7 @@ class World:
         self.sink.base = await self.serve(self.sink.app()) + "/sink"
 
     def config(self, store: dict[str, Any] | None, *, broken: bool = False) -> dict[str, Any]:
+        log_format = self.log_format
         tables = dev_mesh_tables(self.tmp / "devbroker")
         key_file = self.tmp / "keys" / "side.key"
         key_file.parent.mkdir(mode=0o700, exist_ok=True)
@@ -211,7 +213,7 @@ class World:
         cfg: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": self.port, "state_dir": str(self.state),
                        "public_url": PUBLIC_URL, "shutdown_timeout": 3.0},
-            "log": {"level": "DEBUG", "library_level": "DEBUG", "format": "text"},
+            "log": {"level": "DEBUG", "library_level": "DEBUG", "format": log_format},
             "admin": {"jwt_secret": JWT_SECRET},
             "delivery": {"backoff_base": 0.1, "backoff_cap": 0.5, "poll_interval": 0.3},
             "mesh": {
@@ -337,13 +339,16 @@ def _store_params() -> list[Any]:
         why = "this base has no [store] table: the PostgreSQL DSN cannot be configured yet"
     elif not os.environ.get(PG_DSN_ENV):
         why = f"{PG_DSN_ENV} is not set (no PostgreSQL server for the DSN password)"
-    return ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(why is not None, reason=why or ""))]
+    # the "postgres" case: its DSN and the DSN's password join the secrets; the rows are read back
+    return [("sqlite", "text"), ("sqlite", "json"),
+            pytest.param("postgres", "text", marks=pytest.mark.skipif(why is not None, reason=why or ""))]
 
 
 # -- the test --------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("store_backend", _store_params())
-async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend: str) -> None:
+@pytest.mark.parametrize(("store_backend", "log_format"), _store_params())
+async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend: str, log_format: str) -> None:
     world = World(tmp_path)
+    world.log_format = log_format
     store: dict[str, Any] | None = None
     secrets = {
         "telegram token": TG_TOKEN, "telegram token (revoked)": TG_REVOKED_TOKEN,
@@ -356,7 +361,9 @@ async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend:
         "mesh key_secret (mesh-wide)": MESH_KEY_SECRET, "mesh key_secret (topic)": TOPIC_KEY_SECRET,
         "invalid reload: bot token": RELOAD_BAD_TOKEN, "invalid reload: webhook secret": RELOAD_SHORT_SECRET,
     }
-    extra = {"twilio auth token": basic_auth(twilio_fake.ACCOUNT_SID, twilio_fake.AUTH_TOKEN),
+    extra = {"telegram token": {TG_TOKEN.split(":", 1)[1]},  # the part after the bot id is the secret
+             "telegram token (revoked)": {TG_REVOKED_TOKEN.split(":", 1)[1]},
+             "twilio auth token": basic_auth(twilio_fake.ACCOUNT_SID, twilio_fake.AUTH_TOKEN),
              "twilio api key secret": basic_auth(twilio_fake.API_KEY_SID, twilio_fake.API_KEY_SECRET)}
     secrets["admin bearer token (valid)"] = world.admin
     if store_backend == "postgres":
@@ -408,8 +415,11 @@ async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend:
 
     log = world.log()
     # the run really went through the error paths it claims to (each is a line of the log)
-    for expected in ("bot token rejected by Telegram", "reload refused (sighup)", "config reloaded by sighup",
-                     "Traceback (most recent call last)", "aiosqlite", "_op_kv_set", "aiohttp.access"):
+    expected_lines = ["bot token rejected by Telegram", "reload refused (sighup)", "config reloaded by sighup",
+                      "Traceback (most recent call last)", "aiohttp.access"]
+    if store_backend == "sqlite":
+        expected_lines += ["aiosqlite", "_op_kv_set"]  # the SQL arguments are logged (library_level DEBUG)
+    for expected in expected_lines:
         assert expected in log, f"the run never logged {expected!r}: the scan would prove nothing"
     assert "***" in log  # the redaction filter did work on this run
 
