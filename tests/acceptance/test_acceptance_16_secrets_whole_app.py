@@ -432,8 +432,8 @@ async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend:
     if store_backend == "postgres":
         surfaces["store postgres rows"] = await _postgres_rows(os.environ[PG_DSN_ENV])
 
-    # the session identities: in the store's kv (by design), nowhere else
     hits = scan(surfaces, secrets, extra)
+    # the session identities: in their own kv rows of the store (by design), nowhere else
     if store_backend == "sqlite":
         sessions = _session_secrets(world.snapshots / "backup.sqlite3")
         assert set(sessions) == {"dev:session", "side:session"}, sessions

@@ -17,8 +17,8 @@ import io
 import logging
 
 import pytest
-from claudemesh_gateway.cli import main
 from claudemesh_gateway import logconfig
+from claudemesh_gateway.cli import main
 from claudemesh_gateway.logconfig import SECRETS, configure_logging
 from claudemesh_gateway.settings import iter_secrets, settings_from_dict
 
