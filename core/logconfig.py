@@ -53,6 +53,7 @@ __all__ = [
     "redact",
     "register_secret",
     "register_secrets",
+    "url_password",
 ]
 
 MASK = "***"
@@ -114,6 +115,17 @@ class SecretRegistry:
 
 
 SECRETS = SecretRegistry()  # process-wide, like logging itself
+
+
+def url_password(text: str) -> str | None:
+    """The password in a URL's userinfo (``scheme://user:password@host/...``), decoded, else None."""
+    if "://" not in text or "@" not in text:
+        return None
+    try:
+        password = urllib.parse.urlsplit(text.strip()).password
+    except ValueError:  # not a URL after all (a bad port, brackets...)
+        return None
+    return urllib.parse.unquote(password) if password else None
 
 
 def register_secret(value: str | None) -> None:

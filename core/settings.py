@@ -38,6 +38,7 @@ from pydantic_settings import (
 from .confcheck import check_path, expand_path, one_line, read_regular_file
 from .delivery.config import DeliveryConfig
 from .errors import ConfigError
+from .logconfig import url_password
 from .mesh.config import MeshConfig
 from .routing.config import RouteConfig
 from .web.config import AdminConfig, HealthConfig
@@ -441,14 +442,24 @@ def _looks_secret(path: str) -> bool:
 def iter_secrets(obj: Any) -> Iterator[str]:
     """Every SecretStr/SecretBytes value in ``obj``, plus string values of raw tables whose
     key names look secret (``token``, ``*_secret``, ``password``...) for tables not yet
-    validated by a plugin model (gateway tables before the plugins load)."""
+    validated by a plugin model (gateway tables before the plugins load), plus the password
+    of every URL with credentials (``https://user:password@host``: a webhook target, a DSN),
+    which a log line may show without the rest of the URL."""
     for path, leaf in _walk(obj, ""):
         if isinstance(leaf, SecretStr):
-            yield leaf.get_secret_value()
+            text = leaf.get_secret_value()
         elif isinstance(leaf, SecretBytes):
-            yield leaf.get_secret_value().decode("utf-8", "replace")
-        elif isinstance(leaf, str) and _looks_secret(path):
-            yield leaf
+            text = leaf.get_secret_value().decode("utf-8", "replace")
+        elif isinstance(leaf, str):
+            text = leaf if _looks_secret(path) else ""
+            if (password := url_password(leaf)) is not None:
+                yield password
+        else:
+            continue
+        if text:
+            yield text
+            if (password := url_password(text)) is not None:
+                yield password
     for model in _models(obj):  # secrets a model holds outside its fields (e.g. a key read from a file)
         values = getattr(model, "secret_values", None)
         if callable(values):

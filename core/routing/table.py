@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from ..gateway import Binding, Gateway
+from ..logconfig import url_password
 from ..messages import Address, Message
 from .config import MESH_GATEWAY, MeshChat, RouteConfig, parse_mesh_chat
 
@@ -260,6 +261,10 @@ class RouteTable:
                             msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg")
                             problems.append(f"{bwhere}.options{'.' + loc if loc else ''}: {msg}")
                         continue
+                    for key in _credential_urls(options):
+                        problems.append(f"{bwhere}.options.{key}: a URL with a password (user:password@host); "
+                                        "binding options are stored with every queued message, so "
+                                        f"credentials belong in [gateways.{b.gateway}]")
                     if direction in ("in", "both") and not getattr(gcls, "supports_inbound", True):
                         problems.append(f"{bwhere}: gateway {b.gateway!r} ({gcls.kind}) cannot receive; "
                                         "its binding can only be direction = \"out\"")
@@ -560,6 +565,18 @@ def _mesh_topic_encryption(cfg: Any, topic: str, *, defaults: bool = False) -> s
         mode = getattr(cfg, "default_encryption", None)
         return mode if isinstance(mode, str) else None
     return None
+
+
+def _credential_urls(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Keys (dotted) of binding option values that are URLs carrying a password."""
+    found: list[str] = []
+    for key, value in options.items():
+        where = f"{prefix}{key}"
+        if isinstance(value, str) and url_password(value) is not None:
+            found.append(where)
+        elif isinstance(value, Mapping):
+            found.extend(_credential_urls(value, f"{where}."))
+    return found
 
 
 def _known(m: Mapping[str, Any]) -> str:
