@@ -57,6 +57,8 @@ __all__ = [
     "reload_config",
     "route_problems",
     "runtime_of",
+    "store_check",
+    "store_where",
     "validate_gateways",
 ]
 
@@ -224,12 +226,47 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
 def open_store(settings: Settings) -> Any:
-    """The configured store (not yet opened): SQLite at ``server.store_path``."""
+    """The configured store (not yet opened): SQLite at ``server.store_path``, or PostgreSQL
+    when ``[store] backend = "postgres"``."""
+    cfg = settings.store
+    if cfg.backend == "postgres":
+        from .store.postgres import PostgresStore
+
+        return PostgresStore(cfg.dsn_value(), max_pool=cfg.pool_size, connect_timeout=cfg.connect_timeout)
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
     path.parent.mkdir(parents=True, exist_ok=True)
     return SqliteStore(path)
+
+
+def store_where(settings: Settings) -> str:
+    """Where the store lives, safe to show (never the DSN): a file path or PostgreSQL host:port/db."""
+    if settings.store.backend == "postgres":
+        from .store.postgres import describe_dsn
+
+        return f"PostgreSQL {describe_dsn(settings.store.dsn_value())}"
+    return str(settings.server.store)
+
+
+async def store_check(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, notes) about the configured store for ``check``: with PostgreSQL, connect with the
+    DSN and compare the schema version with this gateway's. SQLite is opened only by ``run``."""
+    if settings.store.backend != "postgres":
+        return [], []
+    from .store.postgres import SCHEMA_VERSION, probe_schema
+
+    try:
+        found = await probe_schema(settings.store.dsn_value(), timeout=settings.store.connect_timeout)
+    except StartupError as exc:
+        return [f"store.dsn: {exc}"], []
+    where = store_where(settings)
+    if found > SCHEMA_VERSION:
+        return [(f"store: the schema at {where} is version {found}, newer than this gateway understands "
+                f"({SCHEMA_VERSION}); upgrade claudemesh-gateway")], []
+    if found < SCHEMA_VERSION:
+        return [], [f"store: {where} reached; schema version {found}, `run` migrates it to {SCHEMA_VERSION}"]
+    return [], [f"store: {where} reached; schema version {found} (current)"]
 
 
 def route_problems(
@@ -371,7 +408,7 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         try:
             await s.open()
         except Exception as exc:
-            raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
+            raise StartupError(f"store could not be opened ({store_where(runtime.settings)}): {exc}") from exc
         runtime.store = s
         yield
         await s.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import random
 import time
@@ -154,7 +155,9 @@ class DeliveryEngine:
             return
         lock = getattr(self.store, "acquire_delivery_lock", None)
         if lock is not None:
-            lock()  # StartupError if another process delivers from the same store
+            r = lock()  # StartupError if another process delivers from the same store
+            if inspect.isawaitable(r):  # a database store takes its lock over the network
+                await r
         self._started = True
         self._stopping = False
         self._wake = asyncio.Event()
@@ -195,7 +198,9 @@ class DeliveryEngine:
         self._started = False
         unlock = getattr(self.store, "release_delivery_lock", None)
         if unlock is not None:
-            unlock()
+            r = unlock()
+            if inspect.isawaitable(r):
+                await r
         log.info("delivery engine stopped")
 
     def kick(self, lane: str | None = None, *, full: bool = False) -> None:
