@@ -3,6 +3,8 @@
 #
 #   eval "$(bash scripts/pg-test-server.sh start)"   # exports CLAUDEMESH_TEST_PG_DSN and PG_TEST_DIR
 #   bash scripts/pg-test-server.sh stop "$PG_TEST_DIR"
+#   bash scripts/pg-test-server.sh pause|resume DIR   # stop/start the server, keeping data and port
+#                                                     # (the PostgreSQL-restart fault test)
 #
 # `start` exits 3 (printing nothing on stdout) when no PostgreSQL server binaries are found, so the
 # caller can skip the PostgreSQL half of the suite. The binaries are looked up on PATH, then in
@@ -50,9 +52,10 @@ start() {
   port=$(free_port)
   # loopback TCP only; the unix socket lives in the temp dir; fsync off: a test server loses nothing
   # that matters when the machine dies, and the suite runs much faster on a slow disk
-  if ! as_owner "$pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off \
-          -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" start >/dev/null; then
+  echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off" \
+       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200" > "$dir/options"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir/options"
+  if ! server_start "$dir" "$pg_ctl"; then
     cat "$dir/server.log" >&2 || true
     echo "pg-test-server: the server did not start" >&2
     rm -rf "$dir"
@@ -69,6 +72,20 @@ start() {
   echo "pg-test-server: PostgreSQL $("$pg_ctl" --version | awk '{print $3}') on 127.0.0.1:$port ($dir)" >&2
 }
 
+server_start() {
+  as_owner "$2" -D "$1/data" -l "$1/server.log" -w -t 60 -o "$(cat "$1/options")" start >/dev/null
+}
+
+pause() {
+  local dir=${1:?usage: pg-test-server.sh pause DIR}
+  as_owner "$(find_bin pg_ctl)" -D "$dir/data" -m fast -w -t 30 stop >/dev/null
+}
+
+resume() {
+  local dir=${1:?usage: pg-test-server.sh resume DIR}
+  server_start "$dir" "$(find_bin pg_ctl)"
+}
+
 stop() {
   local dir=${1:?usage: pg-test-server.sh stop DIR} pg_ctl
   case "$dir" in */claudemesh-pg.*) ;; *) echo "pg-test-server: refusing to remove $dir" >&2; return 1 ;; esac
@@ -82,5 +99,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: $0 start | stop DIR" >&2; exit 2 ;;
+  pause) pause "${2:-}" ;;
+  resume) resume "${2:-}" ;;
+  *) echo "usage: $0 start | stop DIR | pause DIR | resume DIR" >&2; exit 2 ;;
 esac

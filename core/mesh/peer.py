@@ -68,6 +68,7 @@ class MeshPeer:
         self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
         self.sent_ids = LRUSet(10_000)
         self.pollers: dict[str, TopicPoller] = {}
+        self.topic_gate: Callable[[TopicPoller], Awaitable[bool]] | None = None  # replicas: a topic lease
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
         self._topics_fetched = False
@@ -154,7 +155,8 @@ class MeshPeer:
         """Per watched topic: last poll completion (epoch s), latency (s), counters."""
         return {
             name: {"last_poll_at": p.last_poll_at, "poll_latency": p.poll_latency, "polls": p.polls,
-                   "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error}
+                   "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error,
+                   "standby": p.standby}
             for name, p in self.pollers.items()
         }
 

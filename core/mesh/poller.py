@@ -56,6 +56,10 @@ class TopicPoller(TaskOwner):
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._loaded = False
+        # several replicas: ``await gate(self)`` is True while this replica may poll the topic (a
+        # lease); a standby poller polls nothing and reloads the cursor when it takes over
+        self.gate: Callable[[TopicPoller], Awaitable[bool]] | None = getattr(peer, "topic_gate", None)
+        self.standby = False
         self.watch_started_ms = int(time.time() * 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -71,6 +75,12 @@ class TopicPoller(TaskOwner):
         while True:
             try:
                 await conn.wait_connected(None)
+                if self.gate is not None and not await self.gate(self):
+                    self.standby, self._loaded = True, False  # the owner's cursor is the truth on takeover
+                    self._wake.clear()
+                    await wait_event(self._wake, self.cfg.topic_poll_interval)
+                    continue
+                self.standby = False
                 t0 = time.monotonic()
                 n = await self.poll_once()
                 self.poll_latency = time.monotonic() - t0

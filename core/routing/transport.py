@@ -78,9 +78,10 @@ KIND_REPLY = "reply"  # a command reply from the gateway itself: sent as is
 KIND_NOTICE = "notice"  # a failure notice to a mesh sender: sent as is
 
 
-def mesh_rate_limit(mesh: str) -> RateLimit:
-    """The broker's per-member budget (A.7.3): burst 10, 60 a minute, shared by every lane of the mesh."""
-    return RateLimit(scope=f"mesh:{mesh}:member", per_second=60 / 60, burst=10)
+def mesh_rate_limit(mesh: str, *, burst: int = 10, per_minute: float = 60.0) -> RateLimit:
+    """The broker's per-member budget (A.7.3; by default burst 10, 60 a minute, or the mesh's
+    ``rate_burst`` / ``rate_per_minute``), shared by every lane of the mesh."""
+    return RateLimit(scope=f"mesh:{mesh}:member", per_second=per_minute / 60, burst=burst)
 
 
 async def _maybe(v: Any) -> Any:
@@ -359,7 +360,11 @@ class RoutingTransport:
 
     def _limits(self, to: Address) -> Sequence[RateLimit]:
         if to.gateway == MESH_GATEWAY:
-            return (mesh_rate_limit(to.chat.partition(":")[0]),)
+            mesh = to.chat.partition(":")[0]
+            cfg = (getattr(getattr(self.runtime, "settings", None), "mesh", None) or {}).get(mesh)
+            if cfg is None:
+                return (mesh_rate_limit(mesh),)
+            return (mesh_rate_limit(mesh, burst=cfg.rate_burst, per_minute=cfg.rate_per_minute),)
         gw = self.runtime.gateways.get(to.gateway)
         return tuple(gw.rate_limits(to)) if gw is not None else ()
 

@@ -52,6 +52,10 @@ class StoreConfig(BaseModel):
     dsn_file: Path | None = None
     pool_size: int = Field(8, ge=2, le=200)  # PostgreSQL connections per replica
     connect_timeout: float = Field(10.0, gt=0)
+    # several replicas (postgres): this replica's stable name (default: the host name); it keys the
+    # replica's own mesh session identity, so two replicas on one host need different names
+    replica_id: str | None = Field(None, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:-]+$")
+    lease_ttl: float = Field(15.0, ge=1, le=600)  # seconds until another replica takes over a lease
     _dsn: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -124,9 +125,26 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
 """
 
+# v2: coordination between replicas. Times are the database's clock (epoch seconds), so replicas
+# with skewed clocks agree on who holds what.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS leases (
+    name        TEXT PRIMARY KEY,
+    owner       TEXT NOT NULL,
+    expires_at  DOUBLE PRECISION NOT NULL,
+    acquired_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS token_buckets (
+    name       TEXT PRIMARY KEY,
+    tokens     DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+"""
+
 # (target version, SQL). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),
+    (2, _SCHEMA_V2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -380,7 +398,53 @@ async def _op_noop(c: asyncpg.Connection) -> None:
     return None
 
 
+_NOW = "extract(epoch from clock_timestamp())::float8"
+
+
+async def _op_lease_acquire(c: asyncpg.Connection, names: list[str], owner: str, ttl: float) -> list[str]:
+    # take a free or expired lease, renew our own; another owner's live lease is left alone
+    rows = await c.fetch(
+        "INSERT INTO leases (name, owner, expires_at, acquired_at)"
+        f" SELECT n, $2, t.ts + $3, t.ts FROM unnest($1::text[]) AS n, (SELECT {_NOW} AS ts) AS t"
+        " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,"
+        " acquired_at = CASE WHEN leases.owner = excluded.owner THEN leases.acquired_at ELSE excluded.acquired_at END"
+        " WHERE leases.owner = excluded.owner OR leases.expires_at < excluded.acquired_at"
+        " RETURNING name",
+        sorted(set(names)), owner, ttl,
+    )
+    return [r[0] for r in rows]
+
+
+async def _op_lease_release(c: asyncpg.Connection, names: list[str], owner: str) -> int:
+    return len(await c.fetch(
+        "DELETE FROM leases WHERE name = ANY($1::text[]) AND owner = $2 RETURNING 1", names, owner))
+
+
+async def _op_bucket_take(c: asyncpg.Connection, name: str, burst: float, rate: float) -> float:
+    await c.execute(
+        f"INSERT INTO token_buckets (name, tokens, updated_at) VALUES ($1, $2, {_NOW}) ON CONFLICT (name) DO NOTHING",
+        name, burst,
+    )
+    r = await c.fetchrow(f"SELECT tokens, updated_at, {_NOW} FROM token_buckets WHERE name = $1 FOR UPDATE", name)
+    tokens, updated, now = r[0], r[1], r[2]
+    avail = min(burst, tokens + max(0.0, now - updated) * rate)
+    if avail >= 1.0:
+        avail -= 1.0
+        wait = 0.0
+    else:
+        wait = (1.0 - avail) / rate if rate > 0 else 60.0
+    await c.execute("UPDATE token_buckets SET tokens = $2, updated_at = $3 WHERE name = $1", name, avail,
+                    max(now, updated))
+    return wait
+
+
+async def _op_bucket_drain(c: asyncpg.Connection, name: str) -> None:
+    await c.execute(f"UPDATE token_buckets SET tokens = LEAST(tokens, 0), updated_at = GREATEST(updated_at, {_NOW})"
+                    " WHERE name = $1", name)
+
+
 _Op = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], "asyncio.Future[Any]"]
+_DEADLOCK_RETRIES = 12
 
 _HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
 
@@ -551,32 +615,41 @@ class PostgresStore:
         import asyncpg
 
         assert self._pool is not None
-        for attempt in range(4):
-            async with self._pool.acquire() as c:
-                results: list[tuple[bool, Any]] = []
-                tr = c.transaction()
-                await tr.start()
-                try:
-                    for fn, args, _fut in ops:
-                        results.append((True, await fn(c, *args)))
-                except asyncpg.TransactionRollbackError:  # deadlock / serialization: all again
-                    await tr.rollback()
-                    self.batch_retries += 1
-                    await asyncio.sleep(0.01 * (attempt + 1))
-                    continue
-                except (asyncpg.PostgresError, ValueError, TypeError) as e:
-                    if _is_connection_error(e):
-                        raise
-                    await tr.rollback()
-                    return await self._run_isolated(c, ops)
-                except BaseException:
-                    with contextlib.suppress(Exception):
+        isolated = False
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                async with self._pool.acquire() as c:
+                    if isolated:
+                        return await self._run_isolated(c, ops)
+                    results: list[tuple[bool, Any]] = []
+                    tr = c.transaction()
+                    await tr.start()
+                    try:
+                        for fn, args, _fut in ops:
+                            results.append((True, await fn(c, *args)))
+                    except asyncpg.TransactionRollbackError:
                         await tr.rollback()
+                        raise
+                    except (asyncpg.PostgresError, ValueError, TypeError) as e:
+                        if _is_connection_error(e):
+                            raise
+                        await tr.rollback()
+                        isolated = True  # run again, one SAVEPOINT per operation
+                        return await self._run_isolated(c, ops)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            await tr.rollback()
+                        raise
+                    await tr.commit()
+                    return results
+            except asyncpg.TransactionRollbackError:
+                # a deadlock or serialization failure (replicas inserting the same ids in another
+                # order): nothing of this batch is committed; wait a little and run it all again
+                if attempt + 1 >= _DEADLOCK_RETRIES:
                     raise
-                await tr.commit()
-                return results
-        async with self._pool.acquire() as c:
-            return await self._run_isolated(c, ops)
+                self.batch_retries += 1
+                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     @staticmethod
     async def _run_isolated(c: asyncpg.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
@@ -588,6 +661,8 @@ class PostgresStore:
                 try:
                     async with c.transaction():  # a SAVEPOINT inside the outer transaction
                         r = await fn(c, *args)
+                except asyncpg.TransactionRollbackError:
+                    raise  # the whole batch again (see _run_batch)
                 except (asyncpg.PostgresError, ValueError, TypeError) as e:
                     if _is_connection_error(e):
                         raise
@@ -837,6 +912,30 @@ class PostgresStore:
         if any(counts.values()):
             log.info("store purge: %s", counts)
         return counts
+
+    # -- coordination between replicas (see .leases) ------------------------------------------------------------
+    async def lease_acquire(self, names: Sequence[str], owner: str, ttl: float) -> list[str]:
+        """Take or renew leases ``names`` for ``owner`` for ``ttl`` seconds (the database's clock).
+        Returns the names ``owner`` holds now; the others belong to a live other owner."""
+        if not names:
+            return []
+        return await self._write(_op_lease_acquire, list(names), owner, float(ttl))
+
+    async def lease_release(self, names: Sequence[str], owner: str) -> int:
+        return await self._write(_op_lease_release, list(names), owner)
+
+    async def lease_list(self) -> list[dict[str, Any]]:
+        """Every live lease: name, owner, seconds left."""
+        rows = await self._fetch(
+            f"SELECT name, owner, expires_at - {_NOW} FROM leases WHERE expires_at > {_NOW} ORDER BY name")
+        return [{"name": r[0], "owner": r[1], "expires_in_s": round(r[2], 1)} for r in rows]
+
+    async def bucket_take(self, name: str, burst: float, per_second: float) -> float:
+        """Take one token from the shared bucket ``name``: 0 when taken, else seconds until one accrues."""
+        return await self._write(_op_bucket_take, name, float(burst), float(per_second))
+
+    async def bucket_drain(self, name: str) -> None:
+        await self._write(_op_bucket_drain, name)
 
     async def flush(self) -> None:
         """Wait until every write queued so far is committed."""
