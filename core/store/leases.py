@@ -50,6 +50,7 @@ def default_replica_id() -> str:
 @dataclasses.dataclass(slots=True)
 class _Held:
     valid_until: float  # monotonic
+    since: float = 0.0  # wall clock: when this replica took it
     refs: int = 0  # acquire() calls not yet released
     sticky: bool = False  # hold(): kept until close() or loss
 
@@ -123,9 +124,10 @@ class Leases:
 
     def describe(self) -> dict[str, Any]:
         """For /-/health: who this replica is and which leases it holds."""
+        held = self.held()
         return {"replica": self.replica, "owner": self.owner, "shared": self.shared, "ttl_s": self.ttl,
-                "leases": self.held(), "acquired": self.acquired, "lost": self.lost,
-                "renew_errors": self.renew_errors}
+                "leases": held, "since": {n: round(self._held[n].since, 3) for n in held},
+                "acquired": self.acquired, "lost": self.lost, "renew_errors": self.renew_errors}
 
     # -- taking and giving back ------------------------------------------------------------------------------
     async def _take(self, name: str) -> _Held | None:
@@ -143,7 +145,7 @@ class Leases:
                 self._drop(name)
             return None
         if h is None:
-            h = self._held[name] = _Held(valid_until=0.0)
+            h = self._held[name] = _Held(valid_until=0.0, since=time.time())
             self.acquired += 1
             log.info("lease %s taken by %s", name, self.replica)
         h.valid_until = t0 + self.ttl * VALID_FRACTION
