@@ -52,8 +52,11 @@ start() {
   port=$(free_port)
   # loopback TCP only; the unix socket lives in the temp dir; fsync off: a test server loses nothing
   # that matters when the machine dies, and the suite runs much faster on a slow disk
-  echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir -c fsync=off" \
-       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200" > "$dir/options"
+  # (PG_TEST_DURABLE=1 keeps the production defaults instead: the benchmark uses it)
+  local durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+  [ "${PG_TEST_DURABLE:-0}" = 1 ] && durability=""
+  echo "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$dir $durability" \
+       "-c max_connections=200" > "$dir/options"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir/options"
   if ! server_start "$dir" "$pg_ctl"; then
     cat "$dir/server.log" >&2 || true

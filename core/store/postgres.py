@@ -6,9 +6,12 @@ Several gateway replicas share one database through it; this module keeps the co
 Layout
 ------
 * A connection **pool** (asyncpg). Reads take any connection and see the last committed state.
-* One **writer** task per store, as in the SQLite backend: writes queue up, the writer runs a whole
-  batch in ONE transaction on one pooled connection and commits, then resolves the futures (group
-  commit: one WAL flush for many messages). An operation that raises a data error (a constraint, a
+* One **writer** task (``writers``), as in the SQLite backend: writes queue up, the writer takes
+  everything queued, runs it in ONE transaction on a pooled connection and commits, then resolves
+  the futures (group commit: one WAL flush for many messages). ``writers > 1`` lets batches commit
+  in parallel: each task's own writes still commit in order (callers await them), lease writes all
+  go through the first writer in submission order, but writes of different tasks may commit in
+  either order (of a message id accepted twice at once, either copy may be the one enqueued). An operation that raises a data error (a constraint, a
   bad value) makes the writer roll back and run the batch again with a SAVEPOINT around each
   operation, so only that operation fails. A deadlock or serialization failure (two replicas
   inserting the same ids in a different order) retries the whole batch. A lost connection fails
@@ -474,6 +477,7 @@ class PostgresStore:
         audit_ttl: float = 90 * DAY,
         purge_interval: float = 3600.0,
         max_batch: int = 2000,
+        writers: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not dsn:
@@ -482,6 +486,8 @@ class PostgresStore:
             raise ValueError("inbox_ttl must be at least 8 days (vendors and meshes redeliver late)")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
+        if writers < 1:
+            raise ValueError("writers must be >= 1")
         if not 1 <= min_pool <= max_pool:
             raise ValueError("need 1 <= min_pool <= max_pool")
         self._dsn = dsn
@@ -497,8 +503,10 @@ class PostgresStore:
         self.clock = clock
         self._pool: asyncpg.Pool | None = None
         self._pending: list[_Op] = []
+        self._ordered: list[_Op] = []  # lease writes: one writer, submission order
         self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
+        self.writers = max(1, min(writers, max_pool - 1))  # readers need a connection too
         self._purger: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_conn: asyncpg.Connection | None = None
@@ -539,7 +547,8 @@ class PostgresStore:
         self._pool = pool
         self._closing = False
         self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._writer_loop(), name="store-writer")
+        self._writers = [asyncio.create_task(self._writer_loop(first=i == 0), name=f"store-writer-{i}")
+                         for i in range(self.writers)]
         if self.purge_interval > 0:
             self._purger = asyncio.create_task(self._purge_loop(), name="store-purge")
         log.info("store opened: PostgreSQL %s", self.where)
@@ -555,9 +564,9 @@ class PostgresStore:
             self._purger = None
         assert self._wake is not None
         self._wake.set()
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)  # drains what is queued
-            self._writer = None
+        if self._writers:
+            await asyncio.gather(*self._writers, return_exceptions=True)  # drains what is queued
+            self._writers = []
         pool, self._pool = self._pool, None
         try:
             await asyncio.wait_for(pool.close(), 10)
@@ -597,19 +606,24 @@ class PostgresStore:
                 c.terminate()
 
     # -- plumbing --------------------------------------------------------------------------------------------
-    def _submit(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Future[Any]:
+    def _submit(self, fn: Callable[..., Awaitable[Any]], *args: Any, ordered: bool = False) -> asyncio.Future[Any]:
+        """Queue a write. ``ordered`` writes (leases) are all run by the first writer, so they
+        commit in the order they were submitted whichever task submitted them."""
         if self._pool is None or self._closing:
             raise RuntimeError("the store is not open")
-        if self._writer is not None and self._writer.done():
+        if self._writers and all(w.done() for w in self._writers):
             raise RuntimeError("the store's writer task has stopped; see the log")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((fn, args, fut))
+        (self._ordered if ordered else self._pending).append((fn, args, fut))
         assert self._wake is not None
         self._wake.set()
         return fut
 
     async def _write(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self._submit(fn, *args)
+
+    async def _write_ordered(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await self._submit(fn, *args, ordered=True)
 
     async def _run_batch(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
         import asyncpg
@@ -671,19 +685,22 @@ class PostgresStore:
                     results.append((True, r))
         return results
 
-    async def _writer_loop(self) -> None:
+    async def _writer_loop(self, first: bool = False) -> None:
         assert self._wake is not None
         while True:
-            if not self._pending:
+            if not self._pending and not (first and self._ordered):
                 if self._closing:
                     return
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            if len(self._pending) <= self.max_batch:
-                batch, self._pending = self._pending, []
-            else:
-                batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            batch: list[_Op] = []
+            if first:  # the ordered writes, in submission order, ahead of the rest
+                batch, self._ordered = self._ordered[: self.max_batch], self._ordered[self.max_batch :]
+            room = self.max_batch - len(batch)
+            if room > 0 and self._pending:
+                batch += self._pending[:room]
+                self._pending = self._pending[room:]
             try:
                 results = await self._run_batch(batch)
             except asyncio.CancelledError:
@@ -919,10 +936,10 @@ class PostgresStore:
         Returns the names ``owner`` holds now; the others belong to a live other owner."""
         if not names:
             return []
-        return await self._write(_op_lease_acquire, list(names), owner, float(ttl))
+        return await self._write_ordered(_op_lease_acquire, list(names), owner, float(ttl))
 
     async def lease_release(self, names: Sequence[str], owner: str) -> int:
-        return await self._write(_op_lease_release, list(names), owner)
+        return await self._write_ordered(_op_lease_release, list(names), owner)
 
     async def lease_list(self) -> list[dict[str, Any]]:
         """Every live lease: name, owner, seconds left."""
@@ -944,7 +961,7 @@ class PostgresStore:
     def stats(self) -> dict[str, int]:
         return {
             "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
-            "batch_errors": self.batch_errors, "pending": len(self._pending),
+            "batch_errors": self.batch_errors, "pending": len(self._pending) + len(self._ordered),
         }
 
 

@@ -89,3 +89,24 @@ async def test_store_postgres_errors_never_show_the_dsn(pg_dsn: str) -> None:
     with pytest.raises(StartupError) as e3:
         await probe_schema(bad, timeout=5)
     assert "hunter2" not in str(e3.value) and "nosuchuser" in str(e3.value)
+
+
+async def test_store_postgres_parallel_writers_keep_dedup_and_lease_order(pg_schema_dsn: str) -> None:
+    from claudemesh_gateway.store.leases import Leases
+
+    s = PostgresStore(pg_schema_dsn, purge_interval=0, writers=3, max_pool=6)
+    await s.open()
+    try:
+        assert s.writers == 3
+        n = 600
+        res = await asyncio.gather(*(s.accept(f"p{i % (n // 2)}", [item(f"l/{i % 5}", f"p{i}")]) for i in range(n)))
+        assert sum(res) == n // 2 and await s.outbox_count() == n // 2  # exactly one copy of each id
+        # release then re-acquire from two tasks at once: the lease row must survive (one writer, in order)
+        leases, other = Leases(s, replica="a"), Leases(s, replica="b")
+        for _ in range(20):
+            assert await leases.acquire("lane:x")
+            await asyncio.gather(leases.release("lane:x"), leases.acquire("lane:x"))
+            assert not await other.acquire("lane:x")  # still ours in the database
+            await leases.release("lane:x")
+    finally:
+        await s.close()
