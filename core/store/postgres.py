@@ -295,6 +295,89 @@ async def _op_accept(c: asyncpg.Connection, message_id: str, now: float, rows: l
     return bool(await c.fetchval(_ACCEPT, *_columns(rows), message_id, now))
 
 
+# many accepts in one statement (the writer's fast path): inbox ids in, outbox rows of the ids that
+# were new; returns those ids. $1/$2: ids and times per accept; $3: the accept each row belongs to.
+_ACCEPT_MANY = (
+    "WITH input AS (SELECT * FROM unnest($1::text[], $2::float8[]) WITH ORDINALITY AS t(id, seen_at, ord)),"
+    " ins AS (INSERT INTO inbox (id, seen_at) SELECT id, seen_at FROM input ORDER BY ord"
+    " ON CONFLICT (id) DO NOTHING RETURNING id),"
+    " rows AS (SELECT * FROM unnest($3::int[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::int[], $10::float8[], $11::int[], $12::text[], $13::float8[]) WITH ORDINALITY"
+    f" AS r(op, {_ROW_COLS}, ord)),"
+    f" o AS (INSERT INTO outbox ({_ROW_COLS}) SELECT {_ROW_COLS} FROM rows"
+    " WHERE (SELECT id FROM input WHERE input.ord = rows.op) IN (SELECT id FROM ins) ORDER BY rows.ord RETURNING 1)"
+    " SELECT id FROM ins"
+)
+
+
+async def _accept_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[bool]:
+    """Run several ``_op_accept`` argument tuples (message_id, now, rows) as one statement. An id
+    that appears twice is decided by its first accept; the later ones are duplicates either way."""
+    first: dict[str, int] = {}
+    ids, times, row_op, row_cols = [], [], [], []
+    for k, (message_id, now, rows) in enumerate(ops):
+        if message_id in first:
+            continue
+        first[message_id] = k
+        ids.append(message_id)
+        times.append(now)
+        for row in rows:
+            row_op.append(len(ids))  # 1-based ordinality of its accept
+            row_cols.append(row)
+    cols = _columns(row_cols)
+    inserted = {r[0] for r in await c.fetch(_ACCEPT_MANY, ids, times, row_op, *cols)}
+    return [first[m] == k and m in inserted for k, (m, _now, _rows) in enumerate(ops)]
+
+
+async def _map_put_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[None]:
+    """Several ``_op_map_put`` argument tuples (origin_id, lane, native_ids, now) in two statements;
+    of one (origin_id, lane) given twice the last wins, as when run one by one."""
+    last: dict[tuple[str, str], tuple[list[str], float]] = {}
+    for origin_id, lane, native_ids, now in ops:
+        last.pop((origin_id, lane), None)
+        last[(origin_id, lane)] = (native_ids, now)
+    keys = list(last)
+    await c.execute(
+        "DELETE FROM message_map WHERE (origin_id, lane) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    cols: list[list[Any]] = [[], [], [], [], []]
+    for (origin_id, lane), (native_ids, now) in last.items():
+        for part, native in enumerate(native_ids):
+            for col, v in zip(cols, (origin_id, lane, part, str(native), now), strict=True):
+                col.append(v)
+    if cols[0]:
+        await c.execute(
+            "INSERT INTO message_map (origin_id, lane, part, native_id, created_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[])", *cols,
+        )
+    return [None] * len(ops)
+
+
+_MANY: dict[Any, Any] = {}  # operation -> its "several at once" form (filled below)
+
+
+async def _run_fast(c: asyncpg.Connection, ops: list[Any]) -> list[tuple[bool, Any]]:
+    """Every operation of a batch in order; runs of consecutive accepts (or message-map writes) as
+    one statement (or two) each."""
+    results: list[tuple[bool, Any]] = []
+    i = 0
+    while i < len(ops):
+        fn, args, _fut = ops[i]
+        many = _MANY.get(fn)
+        if many is not None:
+            j = i
+            while j < len(ops) and ops[j][0] is fn:
+                j += 1
+            if j - i > 1:
+                results += [(True, r) for r in await many(c, [op[1] for op in ops[i:j]])]
+                i = j
+                continue
+        results.append((True, await fn(c, *args)))
+        i += 1
+    return results
+
+
 async def _op_enqueue(c: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> list[int]:
     if not rows:
         return []
@@ -367,6 +450,9 @@ async def _op_map_put(c: asyncpg.Connection, origin_id: str, lane: str, native_i
             " SELECT $1, $2, ord - 1, n, $4 FROM unnest($3::text[]) WITH ORDINALITY AS t(n, ord)",
             origin_id, lane, [str(n) for n in native_ids], now,
         )
+
+
+_MANY.update({_op_accept: _accept_many, _op_map_put: _map_put_many})
 
 
 async def _op_kv_set(c: asyncpg.Connection, ns: str, key: str, value: str, now: float) -> None:
@@ -635,12 +721,10 @@ class PostgresStore:
                 async with self._pool.acquire() as c:
                     if isolated:
                         return await self._run_isolated(c, ops)
-                    results: list[tuple[bool, Any]] = []
                     tr = c.transaction()
                     await tr.start()
                     try:
-                        for fn, args, _fut in ops:
-                            results.append((True, await fn(c, *args)))
+                        results = await _run_fast(c, ops)
                     except asyncpg.TransactionRollbackError:
                         await tr.rollback()
                         raise

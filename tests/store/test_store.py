@@ -175,6 +175,17 @@ async def test_store_message_map_both_ways(store) -> None:
     assert await store.map_reverse("telegram/42", "101") is None
 
 
+async def test_store_message_map_concurrent_writes_last_wins(store) -> None:
+    # written at once (one commit on both backends): every key lands, and of one key given twice the
+    # later write wins, as when written one by one
+    await asyncio.gather(*(store.map_put(f"o{i}", f"a/{i % 3}", [f"n{i}", f"n{i}b"]) for i in range(60)),
+                         store.map_put("o5", "a/2", ["again"]))
+    assert await store.map_get("o7", "a/1") == ["n7", "n7b"]
+    assert await store.map_get("o5", "a/2") == ["again"]
+    assert await store.map_reverse("a/", "n59b") == "o59"
+    assert await store.map_reverse("a/", "n5") is None
+
+
 async def test_store_kv_and_audit(store, clock: Clock) -> None:
     assert await store.kv_get("mesh:x", "cursor") is None
     await store.kv_set("mesh:x", "cursor", {"id": 5, "t": [1, 2]})
