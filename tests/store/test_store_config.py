@@ -4,6 +4,7 @@ to PostgreSQL and reading the schema version."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -119,3 +120,36 @@ def test_check_reports_an_unreachable_database_without_the_password(
     out, err = capsys.readouterr()
     assert "store.dsn: cannot connect to PostgreSQL at 127.0.0.1:1/gw" in err
     assert "t0ps3cret" not in out + err
+
+
+def test_dlq_cli_works_on_the_shared_database(pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`claudemesh-gateway dlq` from any replica's host: it opens the PostgreSQL store, not a file."""
+    from claudemesh_gateway.store.base import OutboxItem
+    from claudemesh_gateway.store.postgres import PostgresStore
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    asyncio.run(_schema(pg_dsn, f'CREATE SCHEMA "{schema}"'))
+    dsn = f"{pg_dsn}{'&' if '?' in pg_dsn else '?'}search_path={schema}"
+
+    async def dead_letter() -> int:
+        async with PostgresStore(dsn, purge_interval=0) as s:
+            item = OutboxItem(lane="tg/1", route="r", destination={"gateway": "tg", "chat": "1"}, message={"id": "m1"})
+            (item_id,) = await s.enqueue([item])
+            await s.dead_letter(item_id, "chat not found")
+            return item_id
+
+    async def outbox() -> tuple[int, int, list[str]]:
+        async with PostgresStore(dsn, purge_interval=0) as s:
+            return await s.outbox_count(), await s.dlq_count(), [a["action"] for a in await s.audit_list()]
+
+    try:
+        item_id = asyncio.run(dead_letter())
+        cfg = _write_config(tmp_path, dsn)
+        assert cli.main(["-c", str(cfg), "dlq", "list"]) == 0
+        listed = json.loads(capsys.readouterr().out.splitlines()[0])
+        assert listed["id"] == item_id and listed["reason"] == "chat not found"
+        assert cli.main(["-c", str(cfg), "dlq", "retry", "--all"]) == 0
+        assert "moved 1 dead letter(s)" in capsys.readouterr().out
+        assert asyncio.run(outbox()) == (1, 0, ["dlq_retry"])
+    finally:
+        asyncio.run(_schema(pg_dsn, f'DROP SCHEMA "{schema}" CASCADE'))
