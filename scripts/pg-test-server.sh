@@ -39,10 +39,13 @@ start() {
     echo "pg-test-server: running as root but there is no 'postgres' user to run the server as" >&2
     return 3
   fi
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/claudemesh-pg.XXXXXX")
+  # as root the server user must reach the directory: /tmp, whatever TMPDIR says
+  local base=${TMPDIR:-/tmp}
+  [ "$(id -u)" = 0 ] && base=/tmp
+  dir=$(mktemp -d "$base/claudemesh-pg.XXXXXX")
   chmod 700 "$dir"
   [ "$(id -u)" = 0 ] && chown postgres: "$dir"
-  if ! as_owner "$initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 \
+  if ! as_owner "$initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --no-locale \
       >"$dir/initdb.log" 2>&1; then
     cat "$dir/initdb.log" >&2
     echo "pg-test-server: initdb failed" >&2
