@@ -16,7 +16,8 @@ RUN useradd --system --home /var/lib/claudemesh-gateway --shell /usr/sbin/nologi
  && mkdir -p /var/lib/claudemesh-gateway /etc/claudemesh-gateway \
  && chown claudemesh:claudemesh /var/lib/claudemesh-gateway
 COPY --from=build /dist/*.whl /tmp/
-RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl
+# with the postgres extra: the same image runs on SQLite or as one of several PostgreSQL replicas
+RUN pip install --no-cache-dir "$(ls /tmp/*.whl)[postgres]" && rm /tmp/*.whl
 USER claudemesh
 WORKDIR /var/lib/claudemesh-gateway
 VOLUME ["/var/lib/claudemesh-gateway"]

@@ -58,6 +58,8 @@ __all__ = [
     "reload_config",
     "route_problems",
     "runtime_of",
+    "store_check",
+    "store_where",
     "validate_gateways",
 ]
 
@@ -236,12 +238,47 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
 def open_store(settings: Settings) -> Any:
-    """The configured store (not yet opened): SQLite at ``server.store_path``."""
+    """The configured store (not yet opened): SQLite at ``server.store_path``, or PostgreSQL
+    when ``[store] backend = "postgres"``."""
+    cfg = settings.store
+    if cfg.backend == "postgres":
+        from .store.postgres import PostgresStore
+
+        return PostgresStore(cfg.dsn_value(), max_pool=cfg.pool_size, connect_timeout=cfg.connect_timeout)
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
     return SqliteStore(path)
+
+
+def store_where(settings: Settings) -> str:
+    """Where the store lives, safe to show (never the DSN): a file path or PostgreSQL host:port/db."""
+    if settings.store.backend == "postgres":
+        from .store.postgres import describe_dsn
+
+        return f"PostgreSQL {describe_dsn(settings.store.dsn_value())}"
+    return str(settings.server.store)
+
+
+async def store_check(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, notes) about the configured store for ``check``: with PostgreSQL, connect with the
+    DSN and compare the schema version with this gateway's. SQLite is opened only by ``run``."""
+    if settings.store.backend != "postgres":
+        return [], []
+    from .store.postgres import SCHEMA_VERSION, probe_schema
+
+    try:
+        found = await probe_schema(settings.store.dsn_value(), timeout=settings.store.connect_timeout)
+    except StartupError as exc:
+        return [f"store.dsn: {exc}"], []
+    where = store_where(settings)
+    if found > SCHEMA_VERSION:
+        return [(f"store: the schema at {where} is version {found}, newer than this gateway understands "
+                f"({SCHEMA_VERSION}); upgrade claudemesh-gateway")], []
+    if found < SCHEMA_VERSION:
+        return [], [f"store: {where} reached; schema version {found}, `run` migrates it to {SCHEMA_VERSION}"]
+    return [], [f"store: {where} reached; schema version {found} (current)"]
 
 
 def route_problems(
@@ -394,11 +431,48 @@ def _build_keyring(runtime: Runtime) -> Any:
     return _build_keyring_for(runtime.settings)
 
 
+def _build_leases(runtime: Runtime, store: Any) -> Any:
+    from .store.leases import Leases, default_replica_id
+
+    cfg = runtime.settings.store
+    return Leases(store, replica=cfg.replica_id or default_replica_id(), ttl=cfg.lease_ttl)
+
+
+def _shared(runtime: Runtime) -> bool:
+    """Several replicas may share this store (leases decide who does what)."""
+    return runtime.leases is not None and runtime.leases.shared
+
+
 def _build_delivery(runtime: Runtime) -> Any:
     from .delivery import DeliveryEngine
 
     return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery,
-                          emit=runtime.emit)
+                          emit=runtime.emit, lanes=runtime.leases.lanes() if _shared(runtime) else None)
+
+
+class _ReplicaKV:
+    """The mesh peer's kv on a shared store: the session identity and presence are this replica's
+    own (each replica is its own presence of the member); topic cursors stay shared."""
+
+    def __init__(self, store: Any, replica: str) -> None:
+        self.store = store
+        self.replica = replica
+
+    def _key(self, namespace: str, key: str) -> str:
+        from .mesh.state import KV_NAMESPACE
+
+        if namespace == KV_NAMESPACE and key.endswith((":session", ":presence")):
+            return f"{key}@{self.replica}"
+        return key
+
+    async def kv_get(self, namespace: str, key: str) -> Any | None:
+        return await self.store.kv_get(namespace, self._key(namespace, key))
+
+    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
+        await self.store.kv_set(namespace, self._key(namespace, key), value)
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self.store.kv_delete(namespace, self._key(namespace, key))
 
 
 def _drain_timeout(settings: Settings) -> float:
@@ -434,9 +508,12 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         try:
             await s.open()
         except Exception as exc:
-            raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
+            raise StartupError(f"store could not be opened ({store_where(runtime.settings)}): {exc}") from exc
         runtime.store = s
+        runtime.leases = _build_leases(runtime, s)
+        runtime.leases.start()
         yield
+        await runtime.leases.close()  # a clean stop hands every lease over at once
         await s.close()
 
     return ctx
@@ -476,11 +553,21 @@ async def _start_mesh(runtime: Runtime, name: str) -> None:
 
     cfg = runtime.settings.mesh[name]
     runtime.keyring.add_mesh(name, cfg)
+    shared = _shared(runtime)
     peer = MeshPeer(
-        name, cfg, kv=runtime.store, keyring=runtime.keyring,
+        name, cfg, kv=_ReplicaKV(runtime.store, runtime.leases.replica) if shared else runtime.store,
+        keyring=runtime.keyring,
         on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
         on_state=_mesh_state_callback(runtime, name),
     )
+    if shared:
+        from .mesh.peer import RATE_SAFETY
+        from .store.leases import SharedTokenBucket
+
+        peer.topic_gate = runtime.leases.topic_gate(name)  # one replica polls each topic
+        # the broker counts per member: one bucket for all replicas of this member
+        peer.bucket = SharedTokenBucket(runtime.store, f"member:{cfg.mesh_id}:{cfg.member_pubkey}",
+                                        cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
     runtime.meshes[name] = peer
     runtime.set_state(name, GatewayState.STARTING)
     await peer.start()

@@ -178,6 +178,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = _route_problems(settings, configs, skip_meshes=pending)
     if problems:
         raise ConfigError(problems)
+    _check_store(settings)
     warnings: list[str] = []
     encryption: list[str] = []
     if args.online:
@@ -221,6 +222,7 @@ async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool
         if problems:
             raise ConfigError(problems)
         encryption: list[str] = []
+        await _check_store_async(settings)
         for w in await _online_checks(settings, pm, encryption):
             print(f"warning: {w}", file=sys.stderr)
     finally:
@@ -229,6 +231,22 @@ async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
     _print_encryption(encryption)
     return EXIT_OK
+
+
+def _check_store(settings: Settings) -> None:
+    if settings.store.backend != "sqlite":
+        _run(_check_store_async(settings))
+
+
+async def _check_store_async(settings: Settings) -> None:
+    """The store's reachability and schema version (PostgreSQL): problems raise, notes print."""
+    from .app import store_check
+
+    problems, notes = await store_check(settings)
+    if problems:
+        raise ConfigError(problems)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _route_problems(settings: Settings, configs: dict[str, Any], *, skip_meshes: bool = False) -> list[str]:

@@ -177,6 +177,12 @@ class GatewayContext(Protocol):
     def mesh(self, name: str) -> MeshHandle:
         """The configured mesh ``name`` (a ``[mesh.<name>]`` table). Raises KeyError if unknown."""
 
+    async def exclusive(self, what: str) -> bool:
+        """True while this replica holds the lease ``what`` of this gateway instance (e.g. "poll"):
+        for ingress that only one replica may run at a time (Telegram getUpdates, a Slack socket).
+        Call it before each round; once taken it is renewed in the background until the process
+        stops or loses it. Always True with one process (the SQLite store)."""
+
 
 class Gateway(abc.ABC):
     """Subclass per platform. One instance per ``[gateways.<name>]`` table.

@@ -50,6 +50,7 @@ class Runtime:
         self.routes: Any = None  # claudemesh_gateway.routing RouteTable
         self.pipeline: Any = None  # claudemesh_gateway.routing Pipeline
         self.delivery: Any = None  # claudemesh_gateway.delivery DeliveryEngine
+        self.leases: Any = None  # claudemesh_gateway.store.leases.Leases (this replica's)
         self.dev_broker: Any = None  # an embedded DevBroker started by the CLI, if any
         self.watchers: dict[str, dict[str, Any]] = {}  # mesh -> topic -> the task that starts its poller
         self.web_routes: dict[str, list[Any]] = {}  # gateway -> its current web.RouteDefs (swapped on reload)
@@ -189,6 +190,10 @@ class GatewayContextImpl:
 
     async def kv_set(self, key: str, value: Any) -> None:
         await self._store().kv_set(self._ns, key, value)
+
+    async def exclusive(self, what: str) -> bool:
+        leases = self.runtime.leases
+        return True if leases is None else await leases.hold(f"gateway:{self.name}:{what}")
 
     async def kv_delete(self, key: str) -> None:
         await self._store().kv_delete(self._ns, key)

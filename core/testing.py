@@ -149,6 +149,7 @@ class RecordingContext:
         self.origin_map: dict[tuple[str, str], str] = {}
         self.fail_submit: Exception | None = None
         self.meshes: dict[str, RecordingMeshHandle] = {}
+        self.exclusive_held: dict[str, bool] = {}  # ctx.exclusive(what) answers; absent: True
         self._seen: set[str] = set()
         self._changed = asyncio.Event()
 
@@ -183,6 +184,10 @@ class RecordingContext:
 
     async def kv_set(self, key: str, value: Any) -> None:
         self.kv[key] = copy.deepcopy(value)
+
+    async def exclusive(self, what: str) -> bool:
+        """One process: every lease is ours (set ``exclusive_held[what] = False`` to play a standby replica)."""
+        return self.exclusive_held.get(what, True)
 
     async def kv_delete(self, key: str) -> None:
         self.kv.pop(key, None)

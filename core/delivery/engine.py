@@ -33,7 +33,9 @@ again on restart (``Outbound.idempotency_key`` lets gateways that can deduplicat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import inspect
 import logging
 import random
 import time
@@ -104,6 +106,10 @@ class DeliveryEngine:
     :param monotonic: clock for rate limits, timers and the backoff of this process's retries.
     :param sleep: ``asyncio.sleep``-compatible; every timed wait of the engine goes through it.
     :param rng: random source for backoff jitter.
+    :param lanes: several replicas on one store: a gate with ``async acquire(lane) -> bool``,
+        ``async release(lane)`` and ``holds(lane) -> bool`` (``store.leases.LaneLeases``). A lane is
+        delivered only while this replica holds its lease, so per-chat order and rate limits hold
+        across replicas; without it (one process) the store's delivery lock is taken instead.
     """
 
     def __init__(
@@ -117,8 +123,10 @@ class DeliveryEngine:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        lanes: Any = None,
     ) -> None:
         self.store = store
+        self._gate = lanes
         self.transport = transport
         self.config = config or DeliveryConfig()
         self._emit = emit
@@ -161,9 +169,11 @@ class DeliveryEngine:
         """Start the scheduler; every lane already queued in the store is picked up."""
         if self._started:
             return
-        lock = getattr(self.store, "acquire_delivery_lock", None)
+        lock = getattr(self.store, "acquire_delivery_lock", None) if self._gate is None else None
         if lock is not None:
-            lock()  # StartupError if another process delivers from the same store
+            r = lock()  # StartupError if another process delivers from the same store
+            if inspect.isawaitable(r):  # a database store takes its lock over the network
+                await r
         self._started = True
         self._stopping = False
         self._wake = asyncio.Event()
@@ -202,9 +212,11 @@ class DeliveryEngine:
         self._dirty.clear()
         self._kicked.clear()
         self._started = False
-        unlock = getattr(self.store, "release_delivery_lock", None)
+        unlock = getattr(self.store, "release_delivery_lock", None) if self._gate is None else None
         if unlock is not None:
-            unlock()
+            r = unlock()
+            if inspect.isawaitable(r):
+                await r
         log.info("delivery engine stopped")
 
     def kick(self, lane: str | None = None, *, full: bool = False) -> None:
@@ -339,7 +351,34 @@ class DeliveryEngine:
             self._waiting[lane] = None
             return
         self._waiting.pop(lane, None)
-        self._workers[lane] = asyncio.create_task(self._lane(lane), name=f"delivery:{lane}")
+        work = self._lane(lane) if self._gate is None else self._leased_lane(lane)
+        self._workers[lane] = asyncio.create_task(work, name=f"delivery:{lane}")
+
+    # -- lane leases (several replicas) -------------------------------------------------------------------
+    async def _leased_lane(self, lane: str) -> None:
+        """``_lane`` under the lane's lease: skipped when another replica delivers the lane (it drains
+        what we enqueued; after an owner's crash the safety poll brings the lane back here)."""
+        gate = self._gate
+        try:
+            got = await gate.acquire(lane)
+        except Exception:  # noqa: BLE001 - no store, no lease: the safety poll tries again
+            got = False
+        if not got:
+            self._lane_done(lane)
+            return
+        try:
+            await self._lane(lane)
+        finally:
+            await gate.release(lane)
+        # rows another replica enqueued while we held the lane were not delivered by it: look again
+        if not self._stopping and lane not in self._workers:
+            with contextlib.suppress(Exception):
+                head = await self.store.head(lane)
+                if head is not None and head.not_before <= self.clock():
+                    self.kick(lane)
+
+    def _lane_held(self, lane: str) -> bool:
+        return self._gate is None or self._gate.holds(lane)
 
     def _lane_done(self, lane: str) -> None:
         self._workers.pop(lane, None)
@@ -389,7 +428,7 @@ class DeliveryEngine:
                         continue
                     return
                 for item in items:
-                    if self._stopping:
+                    if self._stopping or not self._lane_held(lane):  # lease lost: another replica goes on
                         return
                     hold = self._hold(item)
                     if hold > 0:

@@ -73,6 +73,7 @@ class MeshPeer:
         # every topic_history request of the pollers takes a token: a fixed request rate per mesh
         self.poll_bucket = TokenBucket(max(1, int(cfg.topic_poll_budget)), cfg.topic_poll_budget * 60)
         self.pollers: dict[str, TopicPoller] = {}
+        self.topic_gate: Callable[[TopicPoller], Awaitable[bool]] | None = None  # replicas: a topic lease
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
         self._topics_fetched = False
@@ -175,7 +176,7 @@ class MeshPeer:
         return {
             name: {"last_poll_at": p.last_poll_at, "poll_latency": p.poll_latency, "polls": p.polls,
                    "delivered": p.delivered, "undecryptable": p.undecryptable, "skipped": dict(p.skipped),
-                   "bad_timestamps": p.bad_timestamps, "last_error": p.last_error}
+                   "bad_timestamps": p.bad_timestamps, "last_error": p.last_error, "standby": p.standby}
             for name, p in self.pollers.items()
         }
 

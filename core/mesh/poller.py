@@ -130,6 +130,10 @@ class TopicPoller(TaskOwner):
         self._order: list[str] = []
         self._unsaved = 0
         self._shallow = False  # the last read started from a window shallower than a backfill page
+        # several replicas: ``await gate(self)`` is True while this replica may poll the topic (a
+        # lease); a standby poller polls nothing and reloads the cursor when it takes over
+        self.gate: Callable[[TopicPoller], Awaitable[bool]] | None = getattr(peer, "topic_gate", None)
+        self.standby = False
         self.watch_started_ms = int(time.time() * 1000)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -145,6 +149,12 @@ class TopicPoller(TaskOwner):
         while True:
             try:
                 await conn.wait_connected(None)
+                if self.gate is not None and not await self.gate(self):
+                    self.standby, self._loaded = True, False  # the owner's cursor is the truth on takeover
+                    self._wake.clear()
+                    await wait_event(self._wake, self.cfg.topic_poll_interval)
+                    continue
+                self.standby = False
                 self._wake.clear()  # a wake while this poll runs polls again at once (it may be news)
                 t0 = time.monotonic()
                 n = await self.poll_once()

@@ -37,7 +37,6 @@ Both connections are driven through aiosqlite's worker threads.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sqlite3
@@ -51,6 +50,7 @@ import aiosqlite
 from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem
+from .jsonio import dumps, loads
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -59,37 +59,8 @@ log = logging.getLogger(__name__)
 DAY = 86400.0
 MIN_INBOX_TTL = 8 * DAY  # vendors redeliver for up to 24 h; mesh history can be re-polled for days
 
-_loads = json.loads
-
-
-def _make_dumps() -> Callable[[Any], str]:
-    """Compact UTF-8 JSON. Reuses one C encoder object (json.dumps builds one per call)."""
-    from json import encoder as _enc
-
-    fallback = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    make = getattr(_enc, "c_make_encoder", None)
-    if make is None:
-        return fallback
-
-    def default(o: Any) -> Any:
-        raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
-
-    markers: dict[int, Any] = {}  # circular-reference detection, emptied again after every call
-    c = make(markers, default, _enc.encode_basestring, None, ":", ",", False, False, True)
-
-    def dumps(o: Any) -> str:
-        if isinstance(o, str):
-            return fallback(o)
-        try:
-            return "".join(c(o, 0))
-        except BaseException:
-            markers.clear()  # a failed encode can leave ids behind
-            raise
-
-    return dumps
-
-
-_dumps = _make_dumps()
+_loads = loads
+_dumps = dumps
 
 # -- schema ----------------------------------------------------------------------------------------
 

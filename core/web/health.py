@@ -4,6 +4,7 @@ Readiness fails when:
 - the store cannot write (disk full, I/O error...): nothing new can be accepted;
 - a mesh or gateway is not CONNECTED (starting, reconnecting, bad credentials, stopped);
 - a mesh topic poller has not completed a poll within ``health.poll_stall_after_s``;
+- the store is a database that does not answer (PostgreSQL down or unreachable);
 - delivery is stalled: items are due in the outbox but no delivery attempt has
   completed for ``health.stall_after_s`` (lanes that wait on a rate limit or a
   Retry-After are not due, so a throttled destination is not a stall).
@@ -68,6 +69,10 @@ async def readiness_problems(runtime: Runtime, cfg: HealthConfig) -> list[str]:
             if age > cfg.poll_stall_after_s:
                 shown = "never" if age == float("inf") else f"{age:.0f}s ago"
                 problems.append(f"mesh {mesh_name} topic {topic}: last completed poll {shown}")
+    ping = getattr(runtime.store, "ping", None)  # a database store: is it reachable?
+    if callable(ping) and not await ping(timeout=min(5.0, cfg.stall_after_s)):
+        problems.append("store unreachable (the database does not answer)")
+        return problems
     problems.extend(await _delivery_stall(runtime, cfg, now))
     return problems
 
@@ -90,6 +95,9 @@ async def _delivery_stall(runtime: Runtime, cfg: HealthConfig, now: float) -> li
 async def health_handler(request: web.Request) -> web.Response:
     runtime: Runtime = request.config_dict[appkeys.RUNTIME]
     body = {"status": "alive", "uptime_s": round(time.time() - runtime.started_at, 1), **component_report(runtime)}
+    leases = getattr(runtime, "leases", None)
+    if leases is not None:  # which replica this is and the leases it holds (lanes, topic pollers...)
+        body["replica"] = leases.describe()
     return web.json_response(body)
 
 

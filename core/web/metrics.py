@@ -163,11 +163,14 @@ def _delivery_stats(runtime: Runtime) -> dict[str, Any]:
 def poll_status(peer: Any, now: float) -> dict[str, tuple[float, float]]:
     """topic -> (seconds since the last completed poll, last poll duration), from ``MeshPeer.poll_stats()``.
 
-    A watched topic that has never completed a poll reports ``inf``.
+    A watched topic that has never completed a poll reports ``inf``. Topics another replica polls
+    (this replica's poller is on standby) are left out.
     """
     out: dict[str, tuple[float, float]] = {}
     stats = getattr(peer, "poll_stats", None)
     for topic, info in ((stats() if callable(stats) else stats) or {}).items():
+        if info.get("standby"):
+            continue
         last = info.get("last_poll_at") or 0.0
         out[topic] = (now - last if last else float("inf"), float(info.get("poll_latency") or 0.0))
     return out

@@ -152,6 +152,8 @@ FILES_READ_HINT = "reading Slack files needs the files:read scope"
 FILES_WRITE_HINT = "uploading files needs the files:write scope"
 
 
+STANDBY_DETAIL = "standby: another replica holds the Socket Mode connection"
+
 class RateConfig(GatewayConfig):
     """chat.postMessage "special" tier: ~1 message/s per channel with short bursts, plus a
     workspace-wide limit (several hundred per minute)."""
@@ -251,6 +253,8 @@ class SlackGateway(Gateway):
     )
     #: after an upload whose file message Slack has not shared yet: files.info after these waits
     share_waits: tuple[float, ...] = (0.5, 1.0)
+    #: several replicas: how often the Socket Mode lease is checked (see _socket_mode)
+    standby_interval: float = 5.0
 
     config: SlackConfig
 
@@ -329,7 +333,7 @@ class SlackGateway(Gateway):
         try:
             await self._auth()
             if cfg.mode == "socket":
-                await self._open_socket()
+                await self._socket_mode()
             else:
                 self._events_connected()
         except _AuthFailed as exc:
@@ -346,7 +350,7 @@ class SlackGateway(Gateway):
             try:
                 await self._auth()
                 if self.config.mode == "socket":
-                    await self._open_socket()
+                    await self._socket_mode()
                 else:
                     self._events_connected()
                 return
@@ -379,6 +383,47 @@ class SlackGateway(Gateway):
             "gateway %s: authenticated to Slack team %s as %s", self.name, self.team_id, self.bot_user_id
         )
 
+    async def _socket_mode(self) -> None:
+        """Socket Mode under this gateway's "socket" lease: with several replicas only the holder
+        keeps a socket open (the others stand by, healthy, and take over when it goes), so no event
+        is read by two replicas. With one process the lease is always ours."""
+        if await self._socket_lease():
+            await self._open_socket()
+        else:
+            self.set_state(GatewayState.CONNECTED, STANDBY_DETAIL)
+        self._spawn(self._socket_lease_loop(), "socket-lease")
+
+    async def _socket_lease(self) -> bool:
+        exclusive = getattr(self.ctx, "exclusive", None)  # contexts from before leases existed
+        if exclusive is None:
+            return True
+        try:
+            return await exclusive("socket")
+        except Exception as exc:  # noqa: BLE001 - the store is down: do not read events blind
+            log.warning("gateway %s: cannot check the Socket Mode lease (%s)", self.name, type(exc).__name__)
+            return False
+
+    async def _socket_lease_loop(self) -> None:
+        while self._started:
+            await asyncio.sleep(self.standby_interval)
+            held = await self._socket_lease()
+            if held and self._socket is None:
+                log.info("gateway %s: taking over the Socket Mode connection", self.name)
+                self.set_state(GatewayState.STARTING, "taking over Socket Mode from another replica")
+                try:
+                    await self._open_socket()
+                except Exception as exc:  # noqa: BLE001 - try again next round
+                    self.set_state(GatewayState.TRANSIENT_DISCONNECT, type(exc).__name__)
+            elif not held and self._socket is not None:
+                log.warning("gateway %s: lost the Socket Mode lease; closing the socket", self.name)
+                socket, self._socket = self._socket, None
+                for task in list(self._tasks):
+                    if task.get_name().endswith(":connect"):
+                        task.cancel()
+                with contextlib.suppress(Exception):
+                    await socket.close()
+                self.set_state(GatewayState.CONNECTED, STANDBY_DETAIL)
+
     async def _open_socket(self) -> None:
         assert self._web is not None and self.config.app_token is not None
         app_token = self.config.app_token.get_secret_value()
@@ -410,7 +455,7 @@ class SlackGateway(Gateway):
             return
         self._started = False
         for task in list(self._tasks):
-            if task.get_name().endswith((":bootstrap", ":connect")):
+            if task.get_name().endswith((":bootstrap", ":connect", ":socket-lease")):
                 task.cancel()
         if self._history is not None:
             self._history.cancel()  # sleeping on its rate bucket, maybe for a minute

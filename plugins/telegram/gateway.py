@@ -140,6 +140,7 @@ class TelegramGateway(Gateway):
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     conflict_backoff_max: float = 60.0
+    standby_interval: float = 5.0  # a standby replica asks for the polling lease this often
     drain_timeout: float = 5.0
 
     config: TelegramConfig
@@ -360,7 +361,20 @@ class TelegramGateway(Gateway):
         drop_pending = self.config.drop_pending_updates  # only once: never drop on a re-clear after a 409
         stored = await self.ctx.kv_get("offset")
         offset: int | None = int(stored) if stored is not None else None
+        standby = False
         while not self._stopping:
+            if not await self._poll_lease():  # another replica polls this bot: reading too would 409
+                if not standby:
+                    standby = True
+                    self.set_state(GatewayState.CONNECTED, "standby: another replica polls this bot")
+                    self._ready.set()
+                await self._sleep(self.standby_interval)
+                continue
+            if standby:  # taken over: the last owner advanced the offset
+                standby = False
+                self.set_state(GatewayState.STARTING, "taking over polling from another replica")
+                stored = await self.ctx.kv_get("offset")
+                offset = int(stored) if stored is not None else None
             try:
                 if not webhook_cleared:
                     # polling and a webhook are mutually exclusive (409 otherwise)
@@ -401,6 +415,18 @@ class TelegramGateway(Gateway):
                 continue
             batch = [(int(u["update_id"]), u) for u in updates if isinstance(u, dict) and "update_id" in u]
             offset = await self._process_batch(batch, offset)
+
+    async def _poll_lease(self) -> bool:
+        """Several replicas: only the one holding this gateway's "poll" lease calls getUpdates."""
+        exclusive = getattr(self.ctx, "exclusive", None)  # contexts from before leases existed
+        if exclusive is None:
+            return True
+        try:
+            held = await exclusive("poll")
+        except Exception as exc:  # noqa: BLE001 - the store is down: do not poll blind
+            log.warning("telegram %s: cannot check the polling lease (%s)", self.name, type(exc).__name__)
+            held = False
+        return held
 
     async def _process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]], offset: int | None) -> int | None:
         """Submit each update, then persist the offset past the last one that was submitted.

@@ -38,7 +38,7 @@ async def e2e_app(tmp_path: Path, dev_broker):  # noqa: F811
     clients = []
 
     async def make(routes: list[dict[str, Any]], *, delivery: dict[str, Any] | None = None,
-                   mesh: dict[str, Any] | None = None) -> tuple[Any, Any]:
+                   mesh: dict[str, Any] | None = None, store: dict[str, Any] | None = None) -> tuple[Any, Any]:
         state = tmp_path / f"gw{len(clients)}"
         state.mkdir()
         cfg: dict[str, Any] = {
@@ -47,6 +47,8 @@ async def e2e_app(tmp_path: Path, dev_broker):  # noqa: F811
             "mesh": {"dev": {**FAST_POLL, **(mesh or {})}},
             "delivery": {"backoff_base": 0.1, "backoff_cap": 0.5, "poll_interval": 0.5, **(delivery or {})},
         }
+        if store is not None:
+            cfg["store"] = store
         client, runtime = await build_test_app(cfg, state_dir=state, broker=dev_broker)
         clients.append(client)
         if "dev" in runtime.meshes:

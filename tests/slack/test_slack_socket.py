@@ -324,3 +324,34 @@ async def test_slow_lookup_does_not_let_a_later_message_overtake(make_gateway, f
     await gw.ctx.wait_for(2)
     assert [m.text for m in gw.ctx.submitted] == ["first", "second"]
     assert gw.ctx.submitted[0].sender == "Bob B"  # waited for the name, within lookup_timeout
+
+
+async def test_socket_mode_is_held_by_one_replica_and_taken_over(make_gateway, fake_slack, http_session, sk):
+    """Several replicas: only the holder of the "socket" lease opens Socket Mode; a standby replica
+    is healthy, opens no socket, takes over when the lease comes to it and closes when it goes."""
+    from claudemesh_gateway.testing import RecordingContext
+
+    ctx = RecordingContext("slack", http_session, [sk.binding("C1")])
+    ctx.exclusive_held["socket"] = False  # another replica holds it
+    gw = await make_gateway(ctx=ctx, start=False)
+    gw.standby_interval = 0.02
+    await gw.start()
+    await asyncio.sleep(0.2)
+    assert fake_slack.connections_opened == 0
+    assert gw.state == GatewayState.CONNECTED and "standby" in gw.state_detail
+    ctx.exclusive_held["socket"] = True  # the holder went away
+    await fake_slack.wait_socket()
+    assert fake_slack.connections_opened == 1
+    for _ in range(100):
+        if gw.state == GatewayState.CONNECTED and "standby" not in gw.state_detail:
+            break
+        await asyncio.sleep(0.02)
+    assert gw.state == GatewayState.CONNECTED and "standby" not in gw.state_detail
+    ctx.exclusive_held["socket"] = False  # lost (expired while we were cut off)
+    for _ in range(100):
+        if "standby" in gw.state_detail:
+            break
+        await asyncio.sleep(0.02)
+    assert "standby" in gw.state_detail
+    await asyncio.sleep(0.1)
+    assert fake_slack.connections_opened == 1  # no reconnect while another replica holds it

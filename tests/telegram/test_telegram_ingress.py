@@ -311,3 +311,24 @@ async def test_unexpected_ingress_failure_restarts_the_loop(make_gateway, fake_t
     [m] = await ctx.wait_for(1)
     assert m.text == "still arrives" and calls["n"] >= 2
     assert any(s == GatewayState.TRANSIENT_DISCONNECT for s, _ in ctx.states)
+
+
+async def test_standby_replica_does_not_poll_and_takes_over_from_the_stored_offset(
+        make_gateway, fake_tg, tg_binding):
+    """Several replicas: only the holder of the "poll" lease calls getUpdates (a second poller would
+    get 409 Conflict); on takeover it starts from the offset the previous owner stored."""
+    gw, ctx = make_gateway(bindings=[tg_binding(-5)])
+    gw.standby_interval = 0.02
+    ctx.exclusive_held["poll"] = False  # another replica holds it
+    first = fake_tg.add_message(-5, "read by the other replica")
+    await _started(gw)  # ready: standing by is a healthy state
+    await asyncio.sleep(0.2)
+    assert fake_tg.method_calls("getUpdates") == [] and ctx.submitted == []
+    assert ctx.states[-1] == (GatewayState.CONNECTED, "standby: another replica polls this bot")
+    ctx.kv["offset"] = first["update_id"] + 1  # what the owner stored before it died
+    fake_tg.add_message(-5, "after the takeover")
+    ctx.exclusive_held["poll"] = True
+    [m] = await ctx.wait_for(1)
+    assert m.text == "after the takeover"
+    assert fake_tg.method_calls("getUpdates")[0]["offset"] == first["update_id"] + 1
+    assert (GatewayState.CONNECTED, "polling") in ctx.states

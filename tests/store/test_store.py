@@ -1,23 +1,20 @@
-"""SqliteStore: atomicity, dedup, group commit, ordering, dead letters, map, kv, audit, durability."""
+"""The store contract on both backends (SQLite and PostgreSQL, see conftest.py): atomicity, dedup,
+group commit, ordering, dead letters, map, kv, audit, reopening. SQLite-only tests (file mode,
+online backup, PRAGMA user_version migrations) are marked as such by their names."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sqlite3
 from pathlib import Path
 
 import pytest
 from claudemesh_gateway.errors import StartupError
-from claudemesh_gateway.store.base import OutboxItem
+from claudemesh_gateway.store.base import OutboxItem, Store
 from claudemesh_gateway.store.sqlite import SCHEMA_VERSION, SqliteStore
 
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from .conftest import Backend, Clock
 
 
 def item(lane: str = "telegram/42", text: str = "hi", **kw) -> OutboxItem:
@@ -28,20 +25,7 @@ def item(lane: str = "telegram/42", text: str = "hi", **kw) -> OutboxItem:
     )
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock):
-    s = SqliteStore(tmp_path / "state" / "gw.db", clock=clock, purge_interval=0)
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_store_accept_is_atomic_and_dedups(store: SqliteStore) -> None:
+async def test_store_accept_is_atomic_and_dedups(store) -> None:
     assert await store.accept("mesh:m:1", [item("telegram/1", mid="a"), item("slack/C1", mid="a")])
     assert await store.seen("mesh:m:1")
     assert not await store.seen("mesh:m:2")
@@ -58,7 +42,7 @@ async def test_store_accept_is_atomic_and_dedups(store: SqliteStore) -> None:
     assert await store.seen("mesh:m:3")
 
 
-async def test_store_group_commit_under_2000_concurrent_accepts(store: SqliteStore) -> None:
+async def test_store_group_commit_under_2000_concurrent_accepts(store) -> None:
     n = 2000
     results = await asyncio.gather(
         *(store.accept(f"id{i}", [item(f"telegram/{i % 50}", mid=str(i))]) for i in range(n)),
@@ -75,12 +59,12 @@ async def test_store_group_commit_under_2000_concurrent_accepts(store: SqliteSto
     assert [int(i.message["id"]) for i in lane] == list(range(7, n, 50))
 
 
-async def test_store_failing_operation_fails_only_itself(store: SqliteStore) -> None:
+async def test_store_failing_operation_fails_only_itself(store, backend: Backend) -> None:
     bad = OutboxItem(lane=None, route="r", destination={}, message={})  # type: ignore[arg-type]
     coros = [store.accept(f"ok{i}", [item(mid=str(i))]) for i in range(20)]
     coros.insert(10, store.accept("bad", [item(mid="x"), bad]))
     results = await asyncio.gather(*coros, return_exceptions=True)
-    assert isinstance(results[10], sqlite3.IntegrityError)
+    assert isinstance(results[10], backend.integrity_error)
     assert results[:10] + results[11:] == [True] * 20
     assert not await store.seen("bad")  # its inbox insert was rolled back with it
     assert await store.outbox_count() == 20
@@ -89,7 +73,7 @@ async def test_store_failing_operation_fails_only_itself(store: SqliteStore) -> 
     assert await store.accept("bad", [item(mid="x")])
 
 
-async def test_store_head_progress_reschedule_ready_lanes(store: SqliteStore, clock: Clock) -> None:
+async def test_store_head_progress_reschedule_ready_lanes(store, clock: Clock) -> None:
     await store.accept("1", [item("a/1", mid="1"), item("b/1", mid="1")])
     await store.accept("2", [item("a/1", mid="2")])
     now = clock()
@@ -114,7 +98,7 @@ async def test_store_head_progress_reschedule_ready_lanes(store: SqliteStore, cl
     assert await store.next_due(now) is None
 
 
-async def test_store_outbox_depths(store: SqliteStore, clock: Clock) -> None:
+async def test_store_outbox_depths(store, clock: Clock) -> None:
     await store.accept("1", [item("a/1")])
     clock.t += 5
     await store.accept("2", [item("a/1"), item("b/2")])
@@ -122,7 +106,7 @@ async def test_store_outbox_depths(store: SqliteStore, clock: Clock) -> None:
     assert d == {"a/1": (2, clock.t - 5), "b/2": (1, clock.t)}
 
 
-async def test_store_dead_letter_retry_drop(store: SqliteStore, clock: Clock) -> None:
+async def test_store_dead_letter_retry_drop(store, clock: Clock) -> None:
     await store.accept("1", [item("a/1", mid="1")])
     await store.accept("2", [item("a/1", mid="2")])
     await store.accept("3", [item("b/1", mid="3")])
@@ -162,7 +146,7 @@ async def test_store_dead_letter_retry_drop(store: SqliteStore, clock: Clock) ->
     assert [i.message["id"] for i in await store.peek("a/1")] == ["2", "1"]
 
 
-async def test_store_lanes_after_and_max_id(store: SqliteStore) -> None:
+async def test_store_lanes_after_and_max_id(store) -> None:
     assert await store.max_id() == 0
     assert await store.lanes_after(0) == ([], 0)
     await store.accept("1", [item("a/1"), item("b/1")])
@@ -175,7 +159,7 @@ async def test_store_lanes_after_and_max_id(store: SqliteStore) -> None:
     assert await store.max_id() == 5  # ids are never reused
 
 
-async def test_store_message_map_both_ways(store: SqliteStore) -> None:
+async def test_store_message_map_both_ways(store) -> None:
     await store.map_put("mesh:m:1", "telegram/42", ["100", "101"])
     await store.map_put("mesh:m:1", "slack/C1", ["1700.1"])
     await store.map_put("mesh:m:2", "telegram/43", ["100"])
@@ -191,7 +175,18 @@ async def test_store_message_map_both_ways(store: SqliteStore) -> None:
     assert await store.map_reverse("telegram/42", "101") is None
 
 
-async def test_store_kv_and_audit(store: SqliteStore, clock: Clock) -> None:
+async def test_store_message_map_concurrent_writes_last_wins(store) -> None:
+    # written at once (one commit on both backends): every key lands, and of one key given twice the
+    # later write wins, as when written one by one
+    await asyncio.gather(*(store.map_put(f"o{i}", f"a/{i % 3}", [f"n{i}", f"n{i}b"]) for i in range(60)),
+                         store.map_put("o5", "a/2", ["again"]))
+    assert await store.map_get("o7", "a/1") == ["n7", "n7b"]
+    assert await store.map_get("o5", "a/2") == ["again"]
+    assert await store.map_reverse("a/", "n59b") == "o59"
+    assert await store.map_reverse("a/", "n5") is None
+
+
+async def test_store_kv_and_audit(store, clock: Clock) -> None:
     assert await store.kv_get("mesh:x", "cursor") is None
     await store.kv_set("mesh:x", "cursor", {"id": 5, "t": [1, 2]})
     await store.kv_set("mesh:x", "b", "ü")
@@ -220,7 +215,7 @@ async def test_store_kv_and_audit(store: SqliteStore, clock: Clock) -> None:
     assert rows[0]["ts"] == clock.t
 
 
-async def test_store_purge_honours_ttls(store: SqliteStore, clock: Clock) -> None:
+async def test_store_purge_honours_ttls(store, clock: Clock) -> None:
     await store.accept("old", [])
     await store.map_put("old", "a/1", ["1"])
     await store.audit("x", "y", {})
@@ -246,24 +241,22 @@ async def test_store_purge_honours_ttls(store: SqliteStore, clock: Clock) -> Non
     assert store.batches - batches >= 50 // 7 + 25 // 7
     assert await store.map_get("o3", "a/1") == []
     with pytest.raises(ValueError):
-        SqliteStore("x.db", inbox_ttl=86400)
+        type(store)("x.db", inbox_ttl=86400)
 
 
-async def test_store_reopen_keeps_data_and_backup(tmp_path: Path, clock: Clock) -> None:
-    path = tmp_path / "gw.db"
-    s = SqliteStore(path, clock=clock, purge_interval=0, synchronous="NORMAL")
+async def test_store_reopen_keeps_data(backend: Backend, clock: Clock) -> None:
+    s = backend.make(clock=clock, purge_interval=0)
     await s.open()
     await s.accept("1", [item("a/1", mid="1")])
     await s.kv_set("ns", "k", [1])
     await s.map_put("1", "a/1", ["n1"])
-    await s.backup(tmp_path / "backup" / "copy.db")
-    await s.accept("2", [item("a/1", mid="2")])  # after the backup
+    await s.accept("2", [item("a/1", mid="2")])
     await s.close()
     await s.close()  # idempotent
     with pytest.raises(RuntimeError):
         await s.accept("3", [])
 
-    s2 = SqliteStore(path, clock=clock, purge_interval=0)
+    s2 = backend.make(clock=clock, purge_interval=0)
     await s2.open()
     try:
         assert await s2.seen("1") and await s2.seen("2")
@@ -274,6 +267,15 @@ async def test_store_reopen_keeps_data_and_backup(tmp_path: Path, clock: Clock) 
     finally:
         await s2.close()
 
+
+async def test_store_sqlite_online_backup(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "gw.db"
+    s = SqliteStore(path, clock=clock, purge_interval=0, synchronous="NORMAL")
+    await s.open()
+    await s.accept("1", [item("a/1", mid="1")])
+    await s.backup(tmp_path / "backup" / "copy.db")
+    await s.accept("2", [item("a/1", mid="2")])  # after the backup
+    await s.close()
     b = SqliteStore(tmp_path / "backup" / "copy.db", clock=clock, purge_interval=0)
     await b.open()
     try:
@@ -283,7 +285,7 @@ async def test_store_reopen_keeps_data_and_backup(tmp_path: Path, clock: Clock) 
         await b.close()
 
 
-async def test_store_schema_version_and_refuses_newer(tmp_path: Path) -> None:
+async def test_store_sqlite_schema_version_and_refuses_newer(tmp_path: Path) -> None:
     path = tmp_path / "gw.db"
     s = SqliteStore(path, purge_interval=0)
     await s.open()
@@ -298,7 +300,7 @@ async def test_store_schema_version_and_refuses_newer(tmp_path: Path) -> None:
         await SqliteStore(path, purge_interval=0).open()
 
 
-async def test_store_cancelled_caller_does_not_break_the_writer(store: SqliteStore) -> None:
+async def test_store_cancelled_caller_does_not_break_the_writer(store) -> None:
     t = asyncio.ensure_future(store.accept("c", [item(mid="c")]))
     await asyncio.sleep(0)
     t.cancel()
@@ -308,7 +310,7 @@ async def test_store_cancelled_caller_does_not_break_the_writer(store: SqliteSto
     assert await store.seen("c") == (await store.outbox_count() == 2)
 
 
-async def test_store_enqueue_without_ledger(store: SqliteStore) -> None:
+async def test_store_enqueue_without_ledger(store) -> None:
     ids = await store.enqueue([item("a/1", mid="n1"), item("a/1", mid="n2")])
     assert len(ids) == 2 and ids[0] < ids[1]
     assert [i.id for i in await store.peek("a/1")] == ids
@@ -316,15 +318,19 @@ async def test_store_enqueue_without_ledger(store: SqliteStore) -> None:
     assert await store.outbox_count() == 0
 
 
-def test_store_sqlite_implements_the_protocol() -> None:
-    import inspect
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
+def test_store_implements_the_protocol(backend_name: str) -> None:
+    if backend_name == "sqlite":
+        cls: type = SqliteStore
+    else:
+        pytest.importorskip("asyncpg", reason="PostgreSQL tests skipped: asyncpg is not installed")
+        from claudemesh_gateway.store.postgres import PostgresStore
 
-    from claudemesh_gateway.store.base import Store
-
+        cls = PostgresStore
     names = [n for n, v in vars(Store).items() if inspect.isfunction(v) and not n.startswith("_")]
     assert "accept" in names and "map_reverse" in names
     for name in names:
-        impl = getattr(SqliteStore, name, None)
+        impl = getattr(cls, name, None)
         assert impl is not None and inspect.iscoroutinefunction(impl), name
         want = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(Store, name)).parameters.values()]
         params = inspect.signature(impl).parameters.values()
@@ -335,7 +341,7 @@ def test_store_sqlite_implements_the_protocol() -> None:
         assert got == want, name
 
 
-async def test_store_file_mode_and_unopenable_path(tmp_path: Path) -> None:
+async def test_store_sqlite_file_mode_and_unopenable_path(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "new" / "gw.db", purge_interval=0)
     await s.open()
     await s.close()
@@ -345,7 +351,7 @@ async def test_store_file_mode_and_unopenable_path(tmp_path: Path) -> None:
         await SqliteStore(tmp_path / "junk.db", purge_interval=0).open()
 
 
-async def test_store_migrates_a_v1_file_and_keeps_sent_parts(tmp_path: Path) -> None:
+async def test_store_sqlite_migrates_a_v1_file_and_keeps_sent_parts(tmp_path: Path) -> None:
     from claudemesh_gateway.store.sqlite import _migrate_v1
 
     path = tmp_path / "v1.db"
