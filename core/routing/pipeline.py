@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
-from ..messages import Address, Message, Outbound, SendResult
+from ..messages import Address, Message, Outbound, SendResult, message_to_dict
 from ..store.base import OutboxItem
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, mesh_of
@@ -44,12 +44,14 @@ __all__ = ["Pipeline", "outbox_item", "own_identities"]
 log = logging.getLogger(__name__)
 
 
-def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY) -> OutboxItem:
-    """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe)."""
+def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY,
+                message_dict: dict[str, Any] | None = None) -> OutboxItem:
+    """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe).
+    ``message_dict``: ``message_to_dict(message)``, when one message goes to several destinations."""
     return OutboxItemFactory.make(
         message, dest.address, route=dest.route, kind=kind, attribution=dest.attribution,
         allow_mass_mentions=dest.allow_mass_mentions, notify_failures=dest.notify_failures,
-        mesh=dest.mesh, topic=dest.topic, binding=dest.options,
+        mesh=dest.mesh, topic=dest.topic, binding=dest.options, message_dict=message_dict,
     )
 
 
@@ -171,7 +173,7 @@ class Pipeline:
 
         resolution = table.match(message)
         dests = list(resolution.destinations)
-        dests += await self._hook_destinations(message, {d.address.key for d in dests})
+        dests += await self._hook_destinations(message, dests)
         kept, reasons = self.loop_guard(table, message, dests)
         if not kept:
             if reasons:
@@ -181,7 +183,8 @@ class Pipeline:
             else:
                 reason = "no_route"
             return await self._drop_recorded(message, reason)
-        items = [outbox_item(message, d) for d in kept]
+        shared = message_to_dict(message) if len(kept) > 1 else None  # encoded once, not per destination
+        items = [outbox_item(message, d, message_dict=shared) for d in kept]
         return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
 
     async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
@@ -275,12 +278,14 @@ class Pipeline:
                 return False
         return True
 
-    async def _hook_destinations(self, message: Message, have: set[str]) -> list[Destination]:
+    async def _hook_destinations(self, message: Message, dests: Sequence[Destination]) -> list[Destination]:
         pm = self.runtime.pm
-        if pm is None:
+        impls = pm.hook.message_destinations.get_hookimpls() if pm is not None else ()
+        if not impls:
             return []
+        have = {d.address.key for d in dests}
         out: list[Destination] = []
-        for impl in reversed(pm.hook.message_destinations.get_hookimpls()):
+        for impl in reversed(impls):
             try:
                 kwargs = {"message": message, "app": self.runtime.app}
                 result = await _maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
@@ -317,14 +322,24 @@ class Pipeline:
     async def _enqueue(self, message: Message, items: list[OutboxItem],
                        targets: list[tuple[Address, str]]) -> SubmitResult:
         store = self.runtime.store
-        if not await store.accept(message.id, items):
-            return self._dropped(message, "duplicate", status="duplicate")
+        # the origin's own id lets replies on other chats find this message's original (not needed
+        # for delivery); replies sent back to a threaded chat look it up by the chat's lane too
+        origin_map: list[tuple[str, list[str]]] = []
         if message.native_id and not message.edit_of and not message.deleted:
-            try:  # lets replies on other chats find this message's original (not needed for delivery)
-                await store.map_put(message.id, message.origin.key, [message.native_id])
-                if message.origin.thread:  # replies sent back to the chat look it up by the chat's lane
-                    chat = Address(message.origin.gateway, message.origin.chat)
-                    await store.map_put(message.id, chat.key, [message.native_id])
+            origin_map.append((message.origin.key, [message.native_id]))
+            if message.origin.thread:
+                chat = Address(message.origin.gateway, message.origin.chat)
+                origin_map.append((chat.key, [message.native_id]))
+        accept_mapped = getattr(store, "accept_mapped", None) if origin_map else None
+        if accept_mapped is not None:  # one transaction for the message and its origin id
+            if not await accept_mapped(message.id, items, origin_map):
+                return self._dropped(message, "duplicate", status="duplicate")
+        else:
+            if not await store.accept(message.id, items):
+                return self._dropped(message, "duplicate", status="duplicate")
+            try:
+                for lane, native_ids in origin_map:
+                    await store.map_put(message.id, lane, native_ids)
             except Exception:
                 log.exception("could not record the origin id of %s", message.id)
         for to, route in targets:

@@ -530,11 +530,14 @@ class OutboxItemFactory:
     def make(message: Message, to: Address, *, route: str, kind: str = KIND_RELAY,
              attribution: str | None = None, allow_mass_mentions: bool = False, notify_failures: bool = False,
              mesh: str | None = None, topic: str | None = None,
-             binding: Mapping[str, Any] | None = None) -> OutboxItem:
+             binding: Mapping[str, Any] | None = None, message_dict: dict[str, Any] | None = None) -> OutboxItem:
+        """``message_dict``: ``message_to_dict(message)`` when the caller has it already (one message
+        to several destinations shares one dict; nothing mutates it)."""
         from ..store.base import OutboxItem
 
         return OutboxItem(
-            lane=to.key, route=route, destination=address_to_dict(to), message=message_to_dict(message),
+            lane=to.key, route=route, destination=address_to_dict(to),
+            message=message_to_dict(message) if message_dict is None else message_dict,
             options={
                 "kind": kind, "attribution": attribution or DEFAULT_ATTRIBUTION,
                 "allow_mass_mentions": allow_mass_mentions, "notify_failures": notify_failures,
