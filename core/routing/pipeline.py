@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
 from ..messages import Address, Message, Outbound, SendResult, message_to_dict
@@ -73,6 +75,10 @@ def own_identities(peer: Any) -> set[str]:
     return out
 
 
+# what own_identities() reads from a peer; its result is reused while these stay the same objects
+_PEER_IDENTITY_ATTRS = ("own_keys", "own_pubkeys", "pubkey", "member_pubkey", "session_pubkey", "member_id", "cfg")
+
+
 def _same_chat(a: Address, b: Address) -> bool:
     if a.gateway != b.gateway:
         return False
@@ -95,6 +101,7 @@ class Pipeline:
         self.runtime = runtime
         self.transport = RoutingTransport(runtime)
         self.commands = CommandHandler(runtime)
+        self._own_cache: dict[int, tuple[Any, tuple[Any, ...], set[str]]] = {}
 
     @property
     def table(self) -> RouteTable:
@@ -258,9 +265,26 @@ class Pipeline:
         peer = self.runtime.meshes.get(message.origin.chat.partition(":")[0])
         if peer is None:
             return False
-        own = own_identities(peer)
+        own = self._own_identities(peer)
         member = message.raw.get("member_id")
         return bool(own) and (message.sender_id.lower() in own or (bool(member) and str(member).lower() in own))
+
+    def _own_identities(self, peer: Any) -> set[str]:
+        """``own_identities(peer)``, remembered while the peer's own attributes are the same
+        immutable values and its ``cfg`` is a frozen model (reading a MeshConfig's member key costs more than the rest of
+        the loop guard)."""
+        token = tuple(getattr(peer, a, None) for a in _PEER_IDENTITY_ATTRS)
+        hit = self._own_cache.get(id(peer))
+        if hit is not None and hit[0] is peer and hit[1] == token:
+            return hit[2]
+        own = own_identities(peer)
+        cfg = token[-1]
+        if all(t is None or isinstance(t, (str, frozenset)) for t in token[:-1]) and (
+                cfg is None or (isinstance(cfg, BaseModel) and cfg.model_config.get("frozen"))):
+            if len(self._own_cache) > 64:
+                self._own_cache.clear()
+            self._own_cache[id(peer)] = (peer, token, own)
+        return own
 
     async def _plugins_allow(self, message: Message) -> bool:
         pm = self.runtime.pm
