@@ -43,6 +43,7 @@ import asyncio
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -301,6 +302,10 @@ class World:
     def cpu(self) -> float:
         return cpu_seconds(self.gateway.pid)
 
+    def others_cpu(self) -> tuple[float, float]:
+        """CPU-seconds of the dev broker and of the sink (they share the machine with the gateway)."""
+        return cpu_seconds(self.procs[0].pid), cpu_seconds(self.procs[1].pid)
+
     def loop_cpu(self) -> float:
         """The event loop's thread (the main thread); SQLite and DNS work runs in other threads."""
         return cpu_seconds(self.gateway.pid, self.gateway.pid)
@@ -340,15 +345,15 @@ async def phase_idle(args: argparse.Namespace) -> dict[str, Any]:
         peers = await w.posters(lifted=False)
         try:
             await asyncio.sleep(args.settle)  # every poller backs off to its idle interval
-            topic, lat = "bench-0", []
+            topic, lat, rng = "bench-0", [], random.Random(8)
             for k in range(args.idle_posts):
                 since = len(await w.arrivals())
                 await peers[k % 2].post_topic(topic, f"idle post {k}", find_id=False)
                 got = await w.wait_arrivals(1, since, 30)
                 lat += latencies_ms(got[:1])
                 print(f"  idle post {k + 1}/{args.idle_posts}: {lat[-1]:.0f} ms" if got else "  lost", flush=True)
-                if k + 1 < args.idle_posts:
-                    await asyncio.sleep(args.idle_gap)
+                if k + 1 < args.idle_posts:  # --idle-gap s apart, give or take a second (no lockstep)
+                    await asyncio.sleep(args.idle_gap + rng.uniform(-1, 1))
             rss = w.rss()
         finally:
             for p in peers:
@@ -379,11 +384,13 @@ async def phase_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     await peers[j % 2].post_topic(f"bench-{i % args.topics}", f"{text}#{i}", find_id=False)
 
             spy = w.profile(args.py_spy) if args.py_spy else None
+            others0 = w.others_cpu()
             cpu0, loop0, t0 = w.cpu(), w.loop_cpu(), time.time()
             await asyncio.gather(*(poster(j) for j in range(args.posters)))
             posted_s = time.time() - t0
             got = await w.wait_arrivals(n, since, 120)
             cpu, loop_cpu = w.cpu() - cpu0, w.loop_cpu() - loop0
+            broker_cpu, sink_cpu = (b - a for a, b in zip(others0, w.others_cpu(), strict=True))
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 await asyncio.get_running_loop().run_in_executor(None, spy.wait, 30)
@@ -398,14 +405,16 @@ async def phase_throughput(args: argparse.Namespace) -> dict[str, Any]:
            "gateway_cpu_s": round(cpu, 2), "msg_per_gateway_cpu_s": round(len(got) / cpu) if cpu else None,
            "gateway_loop_cpu_s": round(loop_cpu, 2),
            "msg_per_loop_cpu_s": round(len(got) / loop_cpu) if loop_cpu else None,
-           "gateway_cores_busy": round(cpu / wall, 2), **lat_summary(latencies_ms(got)),
+           "gateway_cores_busy": round(cpu / wall, 2), "broker_cpu_s": round(broker_cpu, 2),
+           "sink_cpu_s": round(sink_cpu, 2), **lat_summary(latencies_ms(got)),
            "peak_rss_mb": round(rss, 1), "broker_rate_limit": "lifted (benchmark-only DevBrokerConfig)",
            "load": load()}
     print(f"topic post -> HTTP sink: {len(got)}/{n} messages over {args.topics} topics in {wall:.1f} s: "
           f"{out['delivered_msg_per_s']} msg/s delivered (posted at {out['posted_msg_per_s']} msg/s); "
           f"gateway CPU {cpu:.1f} s = {out['msg_per_gateway_cpu_s']} msg per CPU-second "
           f"({out['gateway_cores_busy']} cores busy; event-loop thread {loop_cpu:.1f} s = "
-          f"{out['msg_per_loop_cpu_s']} msg per CPU-second); latency p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms; "
+          f"{out['msg_per_loop_cpu_s']} msg per CPU-second; dev broker CPU {broker_cpu:.1f} s, sink "
+          f"{sink_cpu:.1f} s); latency p50 {out['p50_ms']} ms, p99 {out['p99_ms']} ms; "
           f"peak RSS {rss:.0f} MB; dev broker per-member limit LIFTED for this phase; {load()}")
     return out
 
@@ -463,11 +472,12 @@ async def phase_topics(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(args.window)
                 f1, c1, t1 = (await w.frames()).get("topic_history", 0), w.cpu(), time.monotonic()
                 lat: list[float] = []
+                rng = random.Random(n)
                 for k in range(args.topic_posts):  # each into a different topic, idle since the start
                     since = len(await w.arrivals())
                     await peers[k % 2].post_topic(f"bench-{(k * 7919) % n}", f"idle {k}", find_id=False)
                     lat += latencies_ms((await w.wait_arrivals(1, since, 30))[:1])
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(rng.uniform(0.5, 5.5))  # not in step with the pollers' rhythm
                 rss = w.rss()
             finally:
                 for p in peers:
@@ -499,7 +509,7 @@ def main() -> None:
     p.add_argument("--idle-topics", default="10,100,1000", help="topic counts for the idle CPU phase")
     p.add_argument("--topic-posts", type=int, default=4, help="idle-topic posts per count in the topics phase")
     p.add_argument("--settle", type=float, default=12.0, help="seconds for pollers to reach their idle interval")
-    p.add_argument("--window", type=float, default=20.0, help="seconds of idle CPU measurement")
+    p.add_argument("--window", type=float, default=15.0, help="seconds of idle CPU measurement")
     p.add_argument("--py-spy", metavar="OUT", help="throughput phase: sample the gateway with py-spy into OUT")
     p.add_argument("--dir", default=None, help="where the temp dirs go (default: the system temp dir)")
     # subprocess roles

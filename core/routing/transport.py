@@ -32,6 +32,7 @@ from ..messages import (
     message_from_dict,
     message_to_dict,
 )
+from ..store.base import OutboxItem
 from .config import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
 from .text import (
@@ -47,7 +48,6 @@ from .text import (
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-    from ..store.base import OutboxItem
 
 __all__ = [
     "KIND_NOTICE",
@@ -533,8 +533,6 @@ class OutboxItemFactory:
              binding: Mapping[str, Any] | None = None, message_dict: dict[str, Any] | None = None) -> OutboxItem:
         """``message_dict``: ``message_to_dict(message)`` when the caller has it already (one message
         to several destinations shares one dict; nothing mutates it)."""
-        from ..store.base import OutboxItem
-
         return OutboxItem(
             lane=to.key, route=route, destination=address_to_dict(to),
             message=message_to_dict(message) if message_dict is None else message_dict,

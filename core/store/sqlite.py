@@ -247,8 +247,10 @@ def _prefix_upper(prefix: str) -> str:
 def _op_accept(c: sqlite3.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]]) -> bool:
     if c.execute("INSERT OR IGNORE INTO inbox (id, seen_at) VALUES (?, ?)", (message_id, now)).rowcount == 0:
         return False
-    for row in rows:
-        c.execute(_INSERT_OUTBOX, row)
+    if len(rows) == 1:
+        c.execute(_INSERT_OUTBOX, rows[0])
+    elif rows:
+        c.executemany(_INSERT_OUTBOX, rows)  # one call for a message's destinations
     return True
 
 
@@ -337,10 +339,13 @@ def _op_dlq_drop(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
 
 def _op_map_put(c: sqlite3.Connection, origin_id: str, lane: str, native_ids: Sequence[str], now: float) -> None:
     c.execute("DELETE FROM message_map WHERE origin_id = ? AND lane = ?", (origin_id, lane))
-    c.executemany(
-        "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)",
-        [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)],
-    )
+    if len(native_ids) == 1:
+        c.execute(_INSERT_MAP, (origin_id, lane, 0, str(native_ids[0]), now))
+    else:
+        c.executemany(_INSERT_MAP, [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)])
+
+
+_INSERT_MAP = "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)"
 
 
 def _op_kv_set(c: sqlite3.Connection, ns: str, key: str, value: str, now: float) -> None:
