@@ -230,7 +230,7 @@ class RoutingTransport:
 
     async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
         # raw carries the route name to the gateway (webhook payloads name it); it is never persisted
-        message = dataclasses.replace(message_from_dict(item.message), raw={"route": item.route})
+        message = message_from_dict(item.message, raw={"route": item.route})
         to = address_from_dict(item.destination)
         options: Mapping[str, Any] = item.options or {}
         caps = self.capabilities(to)
