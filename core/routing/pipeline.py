@@ -75,7 +75,7 @@ def own_identities(peer: Any) -> set[str]:
     return out
 
 
-# what own_identities() reads from a peer; its result is reused while these stay the same objects
+# what own_identities() reads from a peer; its result is reused while these stay the same values
 _PEER_IDENTITY_ATTRS = ("own_keys", "own_pubkeys", "pubkey", "member_pubkey", "session_pubkey", "member_id", "cfg")
 
 
@@ -271,8 +271,8 @@ class Pipeline:
 
     def _own_identities(self, peer: Any) -> set[str]:
         """``own_identities(peer)``, remembered while the peer's own attributes are the same
-        immutable values and its ``cfg`` is a frozen model (reading a MeshConfig's member key costs more than the rest of
-        the loop guard)."""
+        immutable values and its ``cfg`` is a frozen model (reading a MeshConfig's member key
+        costs more than the rest of the loop guard)."""
         token = tuple(getattr(peer, a, None) for a in _PEER_IDENTITY_ATTRS)
         hit = self._own_cache.get(id(peer))
         if hit is not None and hit[0] is peer and hit[1] == token:
