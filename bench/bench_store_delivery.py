@@ -14,6 +14,8 @@ Phases (each runs in its own subprocess, so peak RSS is per phase):
   rss      peak RSS with 10,000 queued messages over 1,000 lanes, then drained
   http     msg/s end to end to an HTTP sink (aiohttp server in a separate process on 127.0.0.1,
            transport POSTing JSON over a pooled ClientSession)
+  ingest   mesh topic rows -> Pipeline (dedup, loop guard, routes, enqueue into the outbox), engine
+           not running, fan-out 2: rows/s, and rows per CPU-second of the process (all threads)
   routing  mesh topic rows -> Pipeline (dedup, loop guard, routes, enqueue, kick()) -> engine ->
            two in-process sink gateways (fan-out 2): rows/s, and p50/p99 row -> sink latency at
            half the --rate in rows/s (= --rate deliveries/s)
@@ -303,80 +305,111 @@ async def phase_http(args: argparse.Namespace, d: str) -> dict[str, Any]:
         await proc.wait()
 
 
-async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
-    """Mesh topic rows -> Pipeline (dedup, loop guard, route, enqueue) -> DeliveryEngine -> 2 sinks."""
-    try:
+class _RoutingRig:
+    """A stub runtime around the real Pipeline, RouteTable and SqliteStore: 20 topics, each routed to
+    two in-process sink gateways (fan-out 2). ``engine`` is the DeliveryEngine (not started)."""
+
+    topics = 20
+
+    def __init__(self, store: SqliteStore) -> None:
         from types import SimpleNamespace
         from typing import ClassVar
 
         from claudemesh_gateway.gateway import Gateway
-        from claudemesh_gateway.mesh.types import MeshInbound
         from claudemesh_gateway.messages import Capabilities
         from claudemesh_gateway.plugin_manager import make_plugin_manager
         from claudemesh_gateway.routing.pipeline import Pipeline
         from claudemesh_gateway.routing.table import RouteTable
-    except ImportError as e:
-        return {"routing": f"not available: {e}"}
 
-    class SinkGateway(Gateway):
-        kind: ClassVar[str] = "sink"
-        capabilities: ClassVar[Capabilities] = Capabilities(max_text=4000, replies=True, edits=True)
+        class SinkGateway(Gateway):
+            kind: ClassVar[str] = "sink"
+            capabilities: ClassVar[Capabilities] = Capabilities(max_text=4000, replies=True, edits=True)
 
-        def __init__(self, name: str) -> None:
-            self.name = name
-            self.count = 0
-            self.arrivals: dict[str, float] = {}
-            self.done = asyncio.Event()
-            self.expect = 0
+            def __init__(self, name: str) -> None:
+                self.name = name
+                self.count = 0
+                self.arrivals: dict[str, float] = {}
+                self.done = asyncio.Event()
+                self.expect = 0
 
-        async def start(self) -> None: ...
-        async def stop(self) -> None: ...
+            async def start(self) -> None: ...
+            async def stop(self) -> None: ...
 
-        async def send(self, out: Outbound) -> SendResult:
-            self.count += 1
-            self.arrivals[out.message.id] = time.perf_counter()
-            if self.count >= self.expect:
-                self.done.set()
-            return SendResult(native_ids=(str(self.count),))
+            async def send(self, out: Outbound) -> SendResult:
+                self.count += 1
+                self.arrivals[out.message.id] = time.perf_counter()
+                if self.count >= self.expect:
+                    self.done.set()
+                return SendResult(native_ids=(str(self.count),))
 
-    topics = 20
-    routes = [{"name": f"r{t}", "mesh": "m", "topic": f"t{t}",
-               "binds": [{"gateway": "sink_a", "chat": f"a{t}"}, {"gateway": "sink_b", "chat": f"b{t}"}]}
-              for t in range(topics)]
-    gateways = {"sink_a": SinkGateway("sink_a"), "sink_b": SinkGateway("sink_b")}
-    store = await open_store(args, d)
-    runtime = SimpleNamespace(
-        settings=SimpleNamespace(mesh={"m": None}, routes=routes),
-        pm=make_plugin_manager(entry_points=False, builtins=False), store=store, gateways=gateways,
-        meshes={"m": SimpleNamespace(pubkey="9f" * 32, member_id="gw")}, app=None, states={},
-        emit=lambda event: None,
-    )
-    runtime.routes = RouteTable.build(routes, gateways=gateways, meshes=runtime.settings.mesh)
-    runtime.pipeline = Pipeline(runtime)
-    eng = engine(store, runtime.pipeline)
-    runtime.delivery = eng
-    await eng.start()
+        routes = [{"name": f"r{t}", "mesh": "m", "topic": f"t{t}",
+                   "binds": [{"gateway": "sink_a", "chat": f"a{t}"}, {"gateway": "sink_b", "chat": f"b{t}"}]}
+                  for t in range(self.topics)]
+        self.gateways = {"sink_a": SinkGateway("sink_a"), "sink_b": SinkGateway("sink_b")}
+        self.store = store
+        self.runtime = SimpleNamespace(
+            settings=SimpleNamespace(mesh={"m": None}, routes=routes),
+            pm=make_plugin_manager(entry_points=False, builtins=False), store=store, gateways=self.gateways,
+            meshes={"m": SimpleNamespace(pubkey="9f" * 32, member_id="gw")}, app=None, states={},
+            emit=lambda event: None, delivery=None,
+        )
+        self.runtime.routes = RouteTable.build(routes, gateways=self.gateways, meshes=self.runtime.settings.mesh)
+        self.pipeline = Pipeline(self.runtime)
+        self.engine = engine(store, self.pipeline)
 
-    def row(i: int) -> MeshInbound:
+    def row(self, i: int) -> Any:
+        from claudemesh_gateway.mesh.types import MeshInbound
+
         return MeshInbound(kind="topic", mesh="m", mesh_id="mesh-id", id=f"row-{i}", text=TEXT,
-                           sender_pubkey="a1" * 32, sender_name="alice", topic=f"t{i % topics}",
+                           sender_pubkey="a1" * 32, sender_name="alice", topic=f"t{i % self.topics}",
                            created_at=1_700_000_000_000)
 
-    async def run(rows: list[MeshInbound], rate: float | None) -> tuple[float, dict[str, float]]:
+    async def submit_all(self, rows: list[Any], sent_at: dict[str, float]) -> None:
+        """As fast as the pollers can submit: one poller per topic, each awaiting its row's commit."""
+        it = iter(rows)
+
+        async def poller() -> None:
+            for r in it:
+                sent_at[f"mesh:m:{r.id}"] = time.perf_counter()
+                await self.pipeline.on_mesh_inbound(r)
+
+        await asyncio.gather(*(poller() for _ in range(self.topics)))
+
+
+async def phase_ingest(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    """Mesh topic rows -> Pipeline (dedup, loop guard, route, enqueue into the outbox), no delivery."""
+    store = await open_store(args, d)
+    rig = _RoutingRig(store)
+    n = args.n // 2
+    rows = [rig.row(i) for i in range(n)]
+    cpu0, loop0, t = time.process_time(), time.thread_time(), time.perf_counter()
+    await rig.submit_all(rows, {})
+    dt, cpu, loop_cpu = time.perf_counter() - t, time.process_time() - cpu0, time.thread_time() - loop0
+    queued = await store.outbox_count()
+    stats = store.stats()
+    await store.close()
+    return {"ingest_rows_per_s": round(n / dt), "ingest_rows": n, "fanout": 2, "outbox_rows": queued,
+            "ingest_cpu_s": round(cpu, 2), "ingest_rows_per_cpu_s": round(n / cpu),
+            "ingest_rows_per_loop_cpu_s": round(n / loop_cpu),
+            "commits": stats["batches"], "writes_per_commit": round(stats["ops"] / max(1, stats["batches"]), 1)}
+
+
+async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
+    """Mesh topic rows -> Pipeline (dedup, loop guard, route, enqueue) -> DeliveryEngine -> 2 sinks."""
+    store = await open_store(args, d)
+    rig = _RoutingRig(store)
+    rig.runtime.delivery = eng = rig.engine
+    gateways = rig.gateways
+    await eng.start()
+
+    async def run(rows: list[Any], rate: float | None) -> tuple[float, dict[str, float]]:
         for g in gateways.values():
             g.expect = g.count + len(rows)
             g.done.clear()
         sent_at: dict[str, float] = {}
         t = time.perf_counter()
-        if rate is None:  # as fast as the pollers can submit (one poller per topic)
-            it = iter(rows)
-
-            async def poller() -> None:
-                for r in it:
-                    sent_at[f"mesh:m:{r.id}"] = time.perf_counter()
-                    await runtime.pipeline.on_mesh_inbound(r)
-
-            await asyncio.gather(*(poller() for _ in range(topics)))
+        if rate is None:
+            await rig.submit_all(rows, sent_at)
         else:
             tasks = []
             for k, r in enumerate(rows):
@@ -384,21 +417,23 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 sent_at[f"mesh:m:{r.id}"] = time.perf_counter()
-                tasks.append(asyncio.ensure_future(runtime.pipeline.on_mesh_inbound(r)))
+                tasks.append(asyncio.ensure_future(rig.pipeline.on_mesh_inbound(r)))
             await asyncio.gather(*tasks)
         await asyncio.wait_for(asyncio.gather(*(g.done.wait() for g in gateways.values())), 60)
         return time.perf_counter() - t, sent_at
 
     n = args.n // 4
-    dt, _ = await run([row(i) for i in range(n)], None)
-    lat_rows = [row(n + i) for i in range(int(args.rate * args.seconds / 2))]
+    cpu0 = time.process_time()
+    dt, _ = await run([rig.row(i) for i in range(n)], None)
+    cpu = time.process_time() - cpu0
+    lat_rows = [rig.row(n + i) for i in range(int(args.rate * args.seconds / 2))]
     _, sent_at = await run(lat_rows, args.rate / 2)
     await eng.stop(5)
     await store.close()
     lat = sorted((g.arrivals[m] - sent_at[m]) * 1000 for g in gateways.values() for m in sent_at)
     return {
         "routing_rows_per_s": round(n / dt), "routing_deliveries_per_s": round(2 * n / dt),
-        "routing_rows": n, "fanout": 2,
+        "routing_rows": n, "fanout": 2, "routing_rows_per_cpu_s": round(n / cpu),
         "routing_offered_rows_per_s": args.rate / 2,
         "routing_latency_ms_p50": round(statistics.median(lat), 2),
         "routing_latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1], 2),
@@ -407,7 +442,7 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
 
 PHASES = {
     "accept": phase_accept, "drain": phase_drain, "e2e": phase_e2e, "latency": phase_latency,
-    "rss": phase_rss, "http": phase_http, "routing": phase_routing,
+    "rss": phase_rss, "http": phase_http, "ingest": phase_ingest, "routing": phase_routing,
 }
 
 

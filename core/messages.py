@@ -187,7 +187,8 @@ def message_to_dict(m: Message) -> dict[str, Any]:
     }
 
 
-def message_from_dict(d: Mapping[str, Any]) -> Message:
+def message_from_dict(d: Mapping[str, Any], *, raw: Mapping[str, Any] | None = None) -> Message:
+    """The Message of ``message_to_dict`` output; ``raw`` (never persisted) can be given along."""
     return Message(
         id=d["id"], origin=address_from_dict(d["origin"]), sender=d.get("sender", ""),
         sender_id=d.get("sender_id", ""), text=d.get("text", ""), native_id=d.get("native_id"),
@@ -195,4 +196,5 @@ def message_from_dict(d: Mapping[str, Any]) -> Message:
         tags=frozenset(d.get("tags", ())), hops=d.get("hops", 0), visited=tuple(d.get("visited", ())),
         is_command=d.get("is_command", False), created=datetime.fromisoformat(d["created"]),
         attachments=tuple(Attachment(**a) for a in d.get("attachments", ())),
+        **({} if raw is None else {"raw": raw}),
     )

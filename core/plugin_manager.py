@@ -209,7 +209,9 @@ async def notify(hook: pluggy.HookCaller, **kwargs: Any) -> None:
         if impl.wrapper or impl.hookwrapper:
             continue
         try:
-            await await_me_maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
+            result = impl.function(*[kwargs[a] for a in impl.argnames])
+            if inspect.isawaitable(result):  # (a sync observer costs no coroutine: events are per message)
+                await result
         except Exception:
             log.exception("plugin %r failed in %s()", impl.plugin_name, hook.name)
 

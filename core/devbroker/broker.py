@@ -23,6 +23,7 @@ API (stable; the mesh peer and core tests depend on it)::
     broker.presences(mesh_id=None) -> list[dict]; broker.mesh_count(mesh_id) -> int
     broker.queue_rows(mesh_id=None) -> list[QueueRow]; broker.topic_messages(mesh_id=None, topic_id=None)
     broker.orphan_presences(mesh_id=None, *, pubkey=None) -> int   # forget leases, keep sockets: zombies
+    broker.frame_counts             # Counter {(member_id, frame type): frames handled since start}
     await broker.keepalive_tick(); broker.sweep_claims() -> int; broker.purge_old() -> int
     await broker.stop()             # closes every socket with 1001 "shutting down" and saves state
 
@@ -60,6 +61,7 @@ Clients are expected to reconnect after 4004 and 4005 (a new hello, a new presen
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -141,6 +143,9 @@ class DevBroker(BrokerAPI):
         self._seed: DevSeed | None = None
         self._stopping = False
         self._stopped = False
+        #: frames handled since start, by (member id, frame type): what a client costs the broker
+        #: (the whole-app benchmark reads the gateway's topic_history rate from it)
+        self.frame_counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -349,6 +354,7 @@ class DevBroker(BrokerAPI):
                     await conn.send({"type": "error", "code": "no_hello", "message": "must send hello first"})
                     continue
                 handler = HANDLERS.get(kind)  # type: ignore[arg-type]
+                self.frame_counts[(conn.presence.member_id, str(kind))] += 1
                 if handler is None:
                     log.debug("conn %s: unknown type %r ignored", conn.id, kind)
                     continue

@@ -409,9 +409,10 @@ class MeshPeer:
 
     async def post_topic(self, topic_name: str, text: str, *, reply_to_id: str | None = None,
                          mentions: Sequence[str] | Iterable[str] = (), client_message_id: str | None = None,
-                         priority: str | None = None) -> str | None:
+                         priority: str | None = None, find_id: bool = True) -> str | None:
         """Post to ``#<topicId>`` (never ``#name``), sealed per the key ring (v2 / v3 / v1). Returns the
-        topic_message id (found in ``topic_history`` by our nonce), or None if it could not be found."""
+        topic_message id (found in ``topic_history`` by our nonce), or None if it could not be found.
+        ``find_id=False`` skips that read-back (and returns None) once the broker acknowledged."""
         self._require_started()
         self._check_text(text)
         try:
@@ -435,7 +436,7 @@ class MeshPeer:
         if reply_to_id:
             frame["replyToId"] = reply_to_id
         await self.sender.send(frame, retry_window=0)
-        return await self._find_posted(topic, nonce)
+        return await self._find_posted(topic, nonce) if find_id else None
 
     async def _find_posted(self, topic: Topic, nonce: str) -> str | None:
         for attempt in range(3):

@@ -17,6 +17,7 @@ Mesh addresses as bindings use ``gateway = "mesh"`` and ``chat`` one of
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import TYPE_CHECKING, Any, Literal
@@ -76,6 +77,7 @@ class MeshChat(BaseModel):
     value: str  # topic name, tag, or peer name/pubkey
 
 
+@functools.lru_cache(maxsize=4096)  # called per message by the loop guard; MeshChat is frozen
 def parse_mesh_chat(chat: str) -> MeshChat:
     """Parse ``"<mesh>:#<topic>"`` / ``"<mesh>:tag:<tag>"`` / ``"<mesh>:@<peer>"``. ValueError if malformed."""
     mesh, sep, rest = chat.partition(":")

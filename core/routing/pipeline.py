@@ -26,9 +26,11 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
+
 from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
-from ..messages import Address, Message, Outbound, SendResult
+from ..messages import Address, Message, Outbound, SendResult, message_to_dict
 from ..store.base import OutboxItem
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, mesh_of
@@ -44,12 +46,14 @@ __all__ = ["Pipeline", "outbox_item", "own_identities"]
 log = logging.getLogger(__name__)
 
 
-def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY) -> OutboxItem:
-    """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe)."""
+def outbox_item(message: Message, dest: Destination, *, kind: str = KIND_RELAY,
+                message_dict: dict[str, Any] | None = None) -> OutboxItem:
+    """The outbox row for ``message`` to ``dest`` (everything render needs, JSON-safe).
+    ``message_dict``: ``message_to_dict(message)``, when one message goes to several destinations."""
     return OutboxItemFactory.make(
         message, dest.address, route=dest.route, kind=kind, attribution=dest.attribution,
         allow_mass_mentions=dest.allow_mass_mentions, notify_failures=dest.notify_failures,
-        mesh=dest.mesh, topic=dest.topic, binding=dest.options,
+        mesh=dest.mesh, topic=dest.topic, binding=dest.options, message_dict=message_dict,
     )
 
 
@@ -69,6 +73,10 @@ def own_identities(peer: Any) -> set[str]:
         if isinstance(v, str) and v:
             out.add(v.lower())
     return out
+
+
+# what own_identities() reads from a peer; its result is reused while these stay the same values
+_PEER_IDENTITY_ATTRS = ("own_keys", "own_pubkeys", "pubkey", "member_pubkey", "session_pubkey", "member_id", "cfg")
 
 
 def _same_chat(a: Address, b: Address) -> bool:
@@ -93,6 +101,7 @@ class Pipeline:
         self.runtime = runtime
         self.transport = RoutingTransport(runtime)
         self.commands = CommandHandler(runtime)
+        self._own_cache: dict[int, tuple[Any, tuple[Any, ...], set[str]]] = {}
 
     @property
     def table(self) -> RouteTable:
@@ -170,7 +179,7 @@ class Pipeline:
 
         resolution = table.match(message)
         dests = list(resolution.destinations)
-        dests += await self._hook_destinations(message, {d.address.key for d in dests})
+        dests += await self._hook_destinations(message, dests)
         kept, reasons = self.loop_guard(table, message, dests)
         if not kept:
             if reasons:
@@ -180,7 +189,8 @@ class Pipeline:
             else:
                 reason = "no_route"
             return await self._drop_recorded(message, reason)
-        items = [outbox_item(message, d) for d in kept]
+        shared = message_to_dict(message) if len(kept) > 1 else None  # encoded once, not per destination
+        items = [outbox_item(message, d, message_dict=shared) for d in kept]
         return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
 
     async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
@@ -254,9 +264,26 @@ class Pipeline:
         peer = self.runtime.meshes.get(message.origin.chat.partition(":")[0])
         if peer is None:
             return False
-        own = own_identities(peer)
+        own = self._own_identities(peer)
         member = message.raw.get("member_id")
         return bool(own) and (message.sender_id.lower() in own or (bool(member) and str(member).lower() in own))
+
+    def _own_identities(self, peer: Any) -> set[str]:
+        """``own_identities(peer)``, remembered while the peer's own attributes are the same
+        immutable values and its ``cfg`` is a frozen model (reading a MeshConfig's member key
+        costs more than the rest of the loop guard)."""
+        token = tuple(getattr(peer, a, None) for a in _PEER_IDENTITY_ATTRS)
+        hit = self._own_cache.get(id(peer))
+        if hit is not None and hit[0] is peer and hit[1] == token:
+            return hit[2]
+        own = own_identities(peer)
+        cfg = token[-1]
+        if all(t is None or isinstance(t, (str, frozenset)) for t in token[:-1]) and (
+                cfg is None or (isinstance(cfg, BaseModel) and cfg.model_config.get("frozen"))):
+            if len(self._own_cache) > 64:
+                self._own_cache.clear()
+            self._own_cache[id(peer)] = (peer, token, own)
+        return own
 
     async def _plugins_allow(self, message: Message) -> bool:
         pm = self.runtime.pm
@@ -274,12 +301,14 @@ class Pipeline:
                 return False
         return True
 
-    async def _hook_destinations(self, message: Message, have: set[str]) -> list[Destination]:
+    async def _hook_destinations(self, message: Message, dests: Sequence[Destination]) -> list[Destination]:
         pm = self.runtime.pm
-        if pm is None:
+        impls = pm.hook.message_destinations.get_hookimpls() if pm is not None else ()
+        if not impls:
             return []
+        have = {d.address.key for d in dests}
         out: list[Destination] = []
-        for impl in reversed(pm.hook.message_destinations.get_hookimpls()):
+        for impl in reversed(impls):
             try:
                 kwargs = {"message": message, "app": self.runtime.app}
                 result = await _maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
@@ -316,14 +345,24 @@ class Pipeline:
     async def _enqueue(self, message: Message, items: list[OutboxItem],
                        targets: list[tuple[Address, str]]) -> SubmitResult:
         store = self.runtime.store
-        if not await store.accept(message.id, items):
-            return self._dropped(message, "duplicate", status="duplicate")
+        # the origin's own id lets replies on other chats find this message's original (not needed
+        # for delivery); replies sent back to a threaded chat look it up by the chat's lane too
+        origin_map: list[tuple[str, list[str]]] = []
         if message.native_id and not message.edit_of and not message.deleted:
-            try:  # lets replies on other chats find this message's original (not needed for delivery)
-                await store.map_put(message.id, message.origin.key, [message.native_id])
-                if message.origin.thread:  # replies sent back to the chat look it up by the chat's lane
-                    chat = Address(message.origin.gateway, message.origin.chat)
-                    await store.map_put(message.id, chat.key, [message.native_id])
+            origin_map.append((message.origin.key, [message.native_id]))
+            if message.origin.thread:
+                chat = Address(message.origin.gateway, message.origin.chat)
+                origin_map.append((chat.key, [message.native_id]))
+        accept_mapped = getattr(store, "accept_mapped", None) if origin_map else None
+        if accept_mapped is not None:  # one transaction for the message and its origin id
+            if not await accept_mapped(message.id, items, origin_map):
+                return self._dropped(message, "duplicate", status="duplicate")
+        else:
+            if not await store.accept(message.id, items):
+                return self._dropped(message, "duplicate", status="duplicate")
+            try:
+                for lane, native_ids in origin_map:
+                    await store.map_put(message.id, lane, native_ids)
             except Exception:
                 log.exception("could not record the origin id of %s", message.id)
         for to, route in targets:

@@ -164,6 +164,41 @@ class RouteTable:
         for r in self.routes:
             if r.cfg.topic is not None and r.cfg.mesh is not None and "encryption" in r.cfg.model_fields_set:
                 self._encryption[(r.cfg.mesh, r.cfg.topic)] = r.cfg.encryption
+        # Per-message lookups (``match``, ``static_tags``) consult only the routes that can concern
+        # the message instead of scanning every route: with thousands of topics, a scan per row
+        # was most of the routing cost. Lists hold route indexes in config order.
+        self._by_chat: dict[tuple[str, str], list[int]] = {}  # exact (gateway, chat): sources, inbound binds
+        self._by_gateway: dict[str, list[int]] = {}  # inbound mesh peer binds (case-insensitive, by name)
+        self._by_tag: dict[str, list[int]] = {}
+        self._tagged_binds: tuple[RouteBinding, ...] = tuple(b for r in self.routes for b in r.binds if b.tags)
+        for i, r in enumerate(self.routes):
+            if r.topic_is_source and r.topic_address is not None:
+                _index(self._by_chat, (r.topic_address.gateway, r.topic_address.chat), i)
+            for b in r.binds:
+                if not b.inbound:
+                    continue
+                if b.mesh_chat is not None and b.mesh_chat.kind == "peer":
+                    _index(self._by_gateway, b.address.gateway, i)
+                else:
+                    _index(self._by_chat, (b.address.gateway, b.address.chat), i)
+            for t in r.tags:
+                _index(self._by_tag, t, i)
+        # every route's destinations, built once: (destination key, Destination) in match() order
+        self._dests: tuple[tuple[tuple[str, Destination], ...], ...] = tuple(
+            tuple(_route_destinations(r)) for r in self.routes)
+
+    def _candidates(self, origin: Address, tags: frozenset[str]) -> Sequence[int]:
+        """Indexes (config order) of the routes a message from ``origin`` with ``tags`` may match:
+        a superset of those ``match`` keeps, so ``match`` applies the full rules to them."""
+        found = [lst for lst in (self._by_chat.get((origin.gateway, origin.chat)),
+                                 self._by_gateway.get(origin.gateway)) if lst]
+        if tags and self._by_tag:
+            found += [lst for t in tags if (lst := self._by_tag.get(t))]
+        if not found:
+            return ()
+        if len(found) == 1:
+            return found[0]
+        return sorted({i for lst in found for i in lst})
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -386,10 +421,9 @@ class RouteTable:
     def static_tags(self, origin: Address) -> frozenset[str]:
         """Tags configured on every binding whose chat is ``origin``."""
         tags: set[str] = set()
-        for r in self.routes:
-            for b in r.binds:
-                if b.tags and b.matches_origin(origin):
-                    tags |= b.tags
+        for b in self._tagged_binds:
+            if b.matches_origin(origin):
+                tags |= b.tags
         return frozenset(tags)
 
     def binding_options(self, address: Address) -> dict[str, Any]:
@@ -434,7 +468,9 @@ class RouteTable:
         denied: list[str] = []
         sources: list[str] = []
         sender = message.sender if origin.gateway == MESH_GATEWAY else ""
-        for r in self.routes:
+        routes = self.routes
+        for i in self._candidates(origin, message.tags):
+            r = routes[i]
             src_bind = self._source_binding(r, origin, sender)
             from_topic = r.topic_is_source and topic_origin is not None and r.topic_address == topic_origin
             by_tag = bool(r.tags & message.tags)
@@ -446,21 +482,9 @@ class RouteTable:
             if not self._admits(r, src_bind, message):
                 denied.append(r.name)
                 continue
-            targets: list[tuple[Address, Mapping[str, Any]]] = []
-            if r.topic_is_destination and r.topic_address is not None:
-                targets.append((r.topic_address, {}))
-            for b in r.binds:
-                if b.outbound:
-                    targets.append((b.address, b.options))
-            for address, options in targets:
-                if address.key in dests:
-                    continue
-                dests[address.key] = Destination(
-                    route=r.name, address=address, options=dict(options),
-                    attribution=r.cfg.attribution or DEFAULT_ATTRIBUTION,
-                    allow_mass_mentions=r.cfg.allow_mass_mentions, notify_failures=r.cfg.notify_failures,
-                    mesh=r.cfg.mesh, topic=r.cfg.topic, max_hops=r.cfg.max_hops,
-                )
+            for key, dest in self._dests[i]:
+                if key not in dests:
+                    dests[key] = dest
         return Resolution(destinations=tuple(dests.values()), matched=tuple(matched), denied=tuple(denied),
                           sources=tuple(sources))
 
@@ -516,6 +540,29 @@ class RouteTable:
                 ],
             })
         return out
+
+
+def _route_destinations(r: Route) -> list[tuple[str, Destination]]:
+    """The destinations of route ``r`` with their keys: its topic (when it is a destination),
+    then its outbound bindings, in config order."""
+    targets: list[tuple[Address, Mapping[str, Any]]] = []
+    if r.topic_is_destination and r.topic_address is not None:
+        targets.append((r.topic_address, {}))
+    for b in r.binds:
+        if b.outbound:
+            targets.append((b.address, b.options))
+    return [(address.key, Destination(
+        route=r.name, address=address, options=dict(options),
+        attribution=r.cfg.attribution or DEFAULT_ATTRIBUTION,
+        allow_mass_mentions=r.cfg.allow_mass_mentions, notify_failures=r.cfg.notify_failures,
+        mesh=r.cfg.mesh, topic=r.cfg.topic, max_hops=r.cfg.max_hops,
+    )) for address, options in targets]
+
+
+def _index(index: dict[Any, list[int]], key: Any, i: int) -> None:
+    lst = index.setdefault(key, [])
+    if not lst or lst[-1] != i:
+        lst.append(i)
 
 
 def _topic_key(origin: Address) -> Address | None:

@@ -32,6 +32,7 @@ from ..messages import (
     message_from_dict,
     message_to_dict,
 )
+from ..store.base import OutboxItem
 from .config import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
 from .table import DEFAULT_ATTRIBUTION
 from .text import (
@@ -47,7 +48,6 @@ from .text import (
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-    from ..store.base import OutboxItem
 
 __all__ = [
     "KIND_NOTICE",
@@ -234,7 +234,7 @@ class RoutingTransport:
 
     async def render(self, item: OutboxItem) -> tuple[list[Outbound], Sequence[RateLimit]]:
         # raw carries the route name to the gateway (webhook payloads name it); it is never persisted
-        message = dataclasses.replace(message_from_dict(item.message), raw={"route": item.route})
+        message = message_from_dict(item.message, raw={"route": item.route})
         to = address_from_dict(item.destination)
         options: Mapping[str, Any] = item.options or {}
         caps = self.capabilities(to)
@@ -536,11 +536,12 @@ class OutboxItemFactory:
     def make(message: Message, to: Address, *, route: str, kind: str = KIND_RELAY,
              attribution: str | None = None, allow_mass_mentions: bool = False, notify_failures: bool = False,
              mesh: str | None = None, topic: str | None = None,
-             binding: Mapping[str, Any] | None = None) -> OutboxItem:
-        from ..store.base import OutboxItem
-
+             binding: Mapping[str, Any] | None = None, message_dict: dict[str, Any] | None = None) -> OutboxItem:
+        """``message_dict``: ``message_to_dict(message)`` when the caller has it already (one message
+        to several destinations shares one dict; nothing mutates it)."""
         return OutboxItem(
-            lane=to.key, route=route, destination=address_to_dict(to), message=message_to_dict(message),
+            lane=to.key, route=route, destination=address_to_dict(to),
+            message=message_to_dict(message) if message_dict is None else message_dict,
             options={
                 "kind": kind, "attribution": attribution or DEFAULT_ATTRIBUTION,
                 "allow_mass_mentions": allow_mass_mentions, "notify_failures": notify_failures,

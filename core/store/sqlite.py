@@ -201,6 +201,24 @@ def _item_row(item: OutboxItem, now: float) -> tuple[Any, ...]:
     )
 
 
+def _item_rows(items: Sequence[OutboxItem], now: float) -> list[tuple[Any, ...]]:
+    """``_item_row`` of each item; a message dict shared by several items (one message fanned out
+    to several destinations) is encoded once."""
+    if len(items) < 2:
+        return [_item_row(i, now) for i in items]
+    encoded: dict[int, str] = {}  # id() of a message dict -> its JSON (every dict stays alive meanwhile)
+    rows = []
+    for item in items:
+        msg = encoded.get(id(item.message))
+        if msg is None:
+            msg = encoded[id(item.message)] = _dumps(item.message)
+        rows.append((
+            item.lane, item.route, _dumps(item.destination), msg, _dumps(item.options),
+            item.attempts, item.not_before, item.progress, item.last_error, item.enqueued_at or now,
+        ))
+    return rows
+
+
 def _prefix_upper(prefix: str) -> str:
     """Smallest string greater than every string starting with ``prefix`` (for range scans)."""
     return prefix + "\U0010ffff"
@@ -211,8 +229,19 @@ def _prefix_upper(prefix: str) -> str:
 def _op_accept(c: sqlite3.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]]) -> bool:
     if c.execute("INSERT OR IGNORE INTO inbox (id, seen_at) VALUES (?, ?)", (message_id, now)).rowcount == 0:
         return False
-    for row in rows:
-        c.execute(_INSERT_OUTBOX, row)
+    if len(rows) == 1:
+        c.execute(_INSERT_OUTBOX, rows[0])
+    elif rows:
+        c.executemany(_INSERT_OUTBOX, rows)  # one call for a message's destinations
+    return True
+
+
+def _op_accept_mapped(c: sqlite3.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]],
+                      maps: list[tuple[str, list[str]]]) -> bool:
+    if not _op_accept(c, message_id, now, rows):
+        return False
+    for lane, native_ids in maps:
+        _op_map_put(c, message_id, lane, native_ids, now)
     return True
 
 
@@ -292,10 +321,13 @@ def _op_dlq_drop(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
 
 def _op_map_put(c: sqlite3.Connection, origin_id: str, lane: str, native_ids: Sequence[str], now: float) -> None:
     c.execute("DELETE FROM message_map WHERE origin_id = ? AND lane = ?", (origin_id, lane))
-    c.executemany(
-        "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)",
-        [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)],
-    )
+    if len(native_ids) == 1:
+        c.execute(_INSERT_MAP, (origin_id, lane, 0, str(native_ids[0]), now))
+    else:
+        c.executemany(_INSERT_MAP, [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)])
+
+
+_INSERT_MAP = "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)"
 
 
 def _op_kv_set(c: sqlite3.Connection, ns: str, key: str, value: str, now: float) -> None:
@@ -442,6 +474,8 @@ def _rd_peek(c: sqlite3.Connection, lane: str, limit: int) -> list[OutboxItem]:
     return [_item_from_row(r) for r in rows]
 
 
+_SEEN = "SELECT 1 FROM inbox WHERE id = ?"
+
 _HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
 
 
@@ -551,6 +585,7 @@ class SqliteStore:
         self.clock = clock
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
+        self._q: sqlite3.Connection | None = None  # point lookups on the loop's own thread (``seen``)
         self._pending: list[_Op] = []
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -614,6 +649,7 @@ class SqliteStore:
             await w.close()
             raise
         self._w, self._r = w, r
+        self._q = self._open_lookup()
         self._closing = False
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._writer_loop(), name="store-writer")
@@ -636,8 +672,10 @@ class SqliteStore:
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)  # drains what is queued
             self._writer = None
-        w, r = self._w, self._r
-        self._w = self._r = None
+        w, r, q = self._w, self._r, self._q
+        self._w = self._r = self._q = None
+        if q is not None:
+            q.close()
         try:
             if r is not None:
                 await r.close()
@@ -648,6 +686,26 @@ class SqliteStore:
                 log.debug("PRAGMA optimize failed on close", exc_info=True)
             await w.close()
         log.info("store closed: %s", self.path)
+
+    def _open_lookup(self) -> sqlite3.Connection | None:
+        """A third, read-only connection, used on the event loop's thread for the inbox lookup
+        every inbound message starts with (``seen``). A primary-key probe takes microseconds, less
+        than a hop to the reader thread and back; and a caller that does not yield between its
+        dedup check and its ``accept`` lands in the same group commit as its peers. No busy wait:
+        should the probe ever meet a lock, ``seen`` asks the reader thread instead."""
+        try:
+            q = sqlite3.connect(str(self.path), timeout=0, isolation_level=None, check_same_thread=False,
+                                cached_statements=8)
+        except sqlite3.Error as e:
+            log.debug("store: no loop-thread lookup connection (%s); seen() uses the reader", e)
+            return None
+        try:
+            q.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as e:
+            q.close()
+            log.debug("store: no loop-thread lookup connection (%s); seen() uses the reader", e)
+            return None
+        return q
 
     # -- single deliverer ----------------------------------------------------------------------------
     def acquire_delivery_lock(self) -> None:
@@ -804,17 +862,31 @@ class SqliteStore:
     # -- inbox ledger + outbox ------------------------------------------------------------------------
     async def accept(self, message_id: str, items: Sequence[OutboxItem]) -> bool:
         now = self.clock()
-        rows = [_item_row(i, now) for i in items]
-        return await self._write(_op_accept, message_id, now, rows)
+        return await self._write(_op_accept, message_id, now, _item_rows(items, now))
+
+    async def accept_mapped(self, message_id: str, items: Sequence[OutboxItem],
+                            maps: Sequence[tuple[str, Sequence[str]]]) -> bool:
+        """``accept``, and when the id is new also ``map_put(message_id, lane, native_ids)`` for each
+        ``(lane, native_ids)`` of ``maps``, in the same transaction (beyond the protocol: one commit
+        per message instead of two; the pipeline records the origin's native id with it)."""
+        now = self.clock()
+        return await self._write(_op_accept_mapped, message_id, now, _item_rows(items, now),
+                                 [(lane, list(ids)) for lane, ids in maps])
 
     async def seen(self, message_id: str) -> bool:
-        return await self._read(_rd_one, "SELECT 1 FROM inbox WHERE id = ?", (message_id,)) is not None
+        q = self._q
+        if q is not None:
+            try:
+                return q.execute(_SEEN, (message_id,)).fetchone() is not None
+            except sqlite3.Error:  # busy (a WAL recovery, say): the reader thread waits for it
+                pass
+        return await self._read(_rd_one, _SEEN, (message_id,)) is not None
 
     # -- outbox -----------------------------------------------------------------------------------------
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[int]:
         """Enqueue ``items`` without an inbox entry (internal notices, replies to commands). Returns ids."""
         now = self.clock()
-        return await self._write(_op_enqueue, [_item_row(i, now) for i in items])
+        return await self._write(_op_enqueue, _item_rows(items, now))
 
     async def ready_lanes(self, now: float) -> list[str]:
         return await self._read(_rd_ready_lanes, now)

@@ -58,6 +58,7 @@ __all__ = ["InboundPayload", "WebhookBindingOptions", "WebhookConfig", "WebhookG
 log = logging.getLogger(__name__)
 
 _TAG = re.compile(r"[a-z0-9][a-z0-9:_./\-]{0,63}")
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # one encoder, not one per POST
 
 
 def _http_url(v: str | None) -> str | None:
@@ -164,6 +165,7 @@ class WebhookGateway(Gateway):
         super().__init__(name, config, ctx)
         self._secret = self.config.secret.get_secret_value()
         self._stopping = False
+        self._timeout = aiohttp.ClientTimeout(total=self.config.timeout)
         ctx.register_secret(self._secret)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -218,13 +220,13 @@ class WebhookGateway(Gateway):
 
     async def send(self, out: Outbound) -> SendResult:
         url = self._target(out)
-        body = json.dumps(self.payload(out), separators=(",", ":"), ensure_ascii=False).encode()
+        body = _encode(self.payload(out)).encode()
         headers = {"Content-Type": "application/json", **signature_headers(self._secret, body)}
         if out.idempotency_key:
             headers["Idempotency-Key"] = out.idempotency_key
         try:
             async with self.ctx.http.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+                url, data=body, headers=headers, timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
