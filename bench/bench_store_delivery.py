@@ -353,7 +353,11 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
     )
     runtime.routes = RouteTable.build(routes, gateways=gateways, meshes=runtime.settings.mesh)
     runtime.pipeline = Pipeline(runtime)
-    eng = engine(store, runtime.pipeline)
+    from claudemesh_gateway.trace import TraceRecorder  # the message trace ([trace] enabled), --trace
+
+    runtime.trace = TraceRecorder(store, enabled=args.trace == "on")
+    runtime.trace.start()
+    eng = DeliveryEngine(store, runtime.pipeline, config=DeliveryConfig(default_limits={}), trace=runtime.trace)
     runtime.delivery = eng
     await eng.start()
 
@@ -394,11 +398,12 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
     lat_rows = [row(n + i) for i in range(int(args.rate * args.seconds / 2))]
     _, sent_at = await run(lat_rows, args.rate / 2)
     await eng.stop(5)
+    await runtime.trace.stop()
     await store.close()
     lat = sorted((g.arrivals[m] - sent_at[m]) * 1000 for g in gateways.values() for m in sent_at)
     return {
         "routing_rows_per_s": round(n / dt), "routing_deliveries_per_s": round(2 * n / dt),
-        "routing_rows": n, "fanout": 2,
+        "routing_rows": n, "fanout": 2, "trace": args.trace,
         "routing_offered_rows_per_s": args.rate / 2,
         "routing_latency_ms_p50": round(statistics.median(lat), 2),
         "routing_latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1], 2),
@@ -422,6 +427,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the latency phase")
     p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     p.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
+    p.add_argument("--trace", choices=["on", "off"], default="on", help="message trace in the routing phase")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -430,7 +436,7 @@ def main() -> None:
         for name in PHASES:
             cmd = [sys.executable, __file__, "--phase", name, "--n", str(args.n), "--http-n", str(args.http_n),
                    "--lanes", str(args.lanes), "--concurrency", str(args.concurrency), "--rate", str(args.rate),
-                   "--seconds", str(args.seconds), "--synchronous", args.synchronous]
+                   "--seconds", str(args.seconds), "--synchronous", args.synchronous, "--trace", args.trace]
             if args.dir:
                 cmd += ["--dir", args.dir]
             subprocess.run(cmd, check=True)

@@ -241,7 +241,7 @@ def open_store(settings: Settings) -> Any:
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path)
+    return SqliteStore(path, trace_ttl=settings.trace.retention_days * 86400.0)
 
 
 def route_problems(
@@ -398,7 +398,7 @@ def _build_delivery(runtime: Runtime) -> Any:
     from .delivery import DeliveryEngine
 
     return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery,
-                          emit=runtime.emit)
+                          emit=runtime.emit, trace=runtime.trace)
 
 
 def _drain_timeout(settings: Settings) -> float:
@@ -436,7 +436,13 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         except Exception as exc:
             raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
         runtime.store = s
+        from .trace import TraceRecorder
+
+        trace_cfg = runtime.settings.trace
+        runtime.trace = TraceRecorder(s, enabled=trace_cfg.enabled, flush_interval=trace_cfg.flush_interval)
+        runtime.trace.start()
         yield
+        await runtime.trace.stop()  # after delivery stopped (cleanup runs in reverse): its last events too
         await s.close()
 
     return ctx

@@ -30,6 +30,7 @@ from .delivery.config import DeliveryConfig
 from .errors import ConfigError
 from .mesh.config import MeshConfig
 from .routing.config import RouteConfig
+from .trace import TraceSettings
 from .web.config import AdminConfig, HealthConfig
 
 __all__ = [
@@ -136,6 +137,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     admin: AdminConfig = Field(default_factory=AdminConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    trace: TraceSettings = Field(default_factory=TraceSettings)
 
     # where the values came from (set by load_settings; not configuration)
     config_path: Path | None = Field(None, exclude=True)

@@ -104,6 +104,7 @@ class DeliveryEngine:
     :param monotonic: clock for rate limits, timers and the backoff of this process's retries.
     :param sleep: ``asyncio.sleep``-compatible; every timed wait of the engine goes through it.
     :param rng: random source for backoff jitter.
+    :param trace: a :class:`~claudemesh_gateway.trace.TraceRecorder`: every attempt is recorded.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class DeliveryEngine:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        trace: Any = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -126,6 +128,8 @@ class DeliveryEngine:
         self.monotonic = monotonic
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # the message-trace recorder (claudemesh_gateway.trace.TraceRecorder); None or disabled: off
+        self.trace = trace if trace is not None and getattr(trace, "enabled", False) else None
         self.limiter = RateLimiter(monotonic=monotonic, sleep=sleep, idle_ttl=self.config.bucket_idle_ttl)
         self._stats = DeliveryStats()
         self._failed_hook = getattr(transport, "failed", None)
@@ -465,6 +469,7 @@ class DeliveryEngine:
         self._retry_at.pop(lane, None)
         outs: list[Outbound] = []
         limits: Sequence[RateLimit] = ()
+        started = self.monotonic()
         try:
             try:
                 outs, limits = await self.transport.render(item)
@@ -525,6 +530,10 @@ class DeliveryEngine:
             else:
                 self._stats.delivered += 1
                 native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
+                if self.trace is not None:
+                    self.trace.delivered(item, attempt=item.attempts + 1, native_ids=native, parts=total,
+                                         took=self.monotonic() - started, reply_to=outs[0].reply_to,
+                                         edit_of=outs[0].edit_of)
                 self._publish(MessageDelivered(
                     message=self._message(item, outs), to=self._to(item, outs), route=item.route,
                     native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
@@ -568,6 +577,9 @@ class DeliveryEngine:
                 permanent, reason = True, f"gave up after {age:.0f}s in the outbox: {text}"
         message, to = self._message(item, outs), self._to(item, outs)
         if permanent:
+            if self.trace is not None:
+                self.trace.failed(item, attempt=item.attempts + 1, error=reason, retry_after=None, next_at=None,
+                                  permanent=True)
             await self.store.dead_letter(item.id, reason)
             self._stats.dead_lettered += 1
             log.warning("delivery to %s failed permanently, item %s dead-lettered: %s", item.lane, item.id, reason)
@@ -580,6 +592,9 @@ class DeliveryEngine:
             delay = backoff_delay(attempts, cfg, self.rng)
         # this process waits on the monotonic clock; the wall-clock not_before is for a restart
         retry_at = self.monotonic() + delay
+        if self.trace is not None:
+            self.trace.failed(item, attempt=item.attempts + 1, error=text, retry_after=retry_after,
+                              next_at=now + delay, permanent=False)
         await self.store.reschedule(item.id, not_before=now + delay, attempts=attempts, error=text)
         self._retry_at[item.lane] = (item.id, retry_at)
         self._stats.failed_transient += 1

@@ -30,6 +30,7 @@ from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
 from ..messages import Address, Message, Outbound, SendResult
 from ..store.base import OutboxItem
+from ..trace import TraceRecorder
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, mesh_of
 from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
@@ -154,16 +155,21 @@ class Pipeline:
         store = self.runtime.store
         if store is None:
             raise RuntimeError("the store is not open")
+        trace = self._trace()
         if await store.seen(message.id):
+            if trace is not None:
+                trace.duplicate(message)
             return self._dropped(message, "duplicate", status="duplicate")
         table = self.table
         message = self.normalise(table, message)
         self.runtime.emit(MessageReceived(message=message))
+        if trace is not None:
+            trace.received(message)
 
         if self._is_own(message):
-            return await self._drop_recorded(message, "loop")
+            return await self._drop_recorded(message, "loop", "own identity (echo of this gateway)")
         if not await self._plugins_allow(message):
-            return await self._drop_recorded(message, "denied")
+            return await self._drop_recorded(message, "denied", "allow_message plugin hook")
 
         command = parse_command(message.text) if (message.is_command or message.text.startswith("/")) else None
         if command is not None and self.commands.authorised(table, message):
@@ -174,15 +180,19 @@ class Pipeline:
         dests += await self._hook_destinations(message, {d.address.key for d in dests})
         kept, reasons = self.loop_guard(table, message, dests)
         if not kept:
+            rule = ""
             if reasons:
                 reason = "hop_limit" if "hop_limit" in reasons else "loop"
+                rule = f"loop guard: {', '.join(sorted(set(reasons)))}"
             elif resolution.denied and len(resolution.denied) == len(resolution.matched):
                 reason = "denied"
+                rule = f"sender refused by route(s) {', '.join(resolution.denied)}"
             else:
                 reason = "no_route"
-            return await self._drop_recorded(message, reason)
+                rule = f"matched {', '.join(resolution.matched)}, no destination" if resolution.matched else ""
+            return await self._drop_recorded(message, reason, rule, resolution.matched)
         items = [outbox_item(message, d) for d in kept]
-        return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
+        return await self._enqueue(message, items, [(d.address, d.route) for d in kept], resolution.matched)
 
     async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
         """Queue ``text`` to every destination of ``route`` (admin "test route"). LookupError if the
@@ -205,6 +215,9 @@ class Pipeline:
                                          mesh=r.cfg.mesh, topic=r.cfg.topic))
         if not dests:
             return {"message_id": message.id, "status": "dropped", "reason": "no_route", "destinations": []}
+        trace = self._trace()
+        if trace is not None:
+            trace.received(message)
         items = [outbox_item(message, d) for d in dests]
         result = await self._enqueue(message, items, [(d.address, d.route) for d in dests])
         return {"message_id": message.id, "status": result.status, "destinations": [str(d.address) for d in dests]}
@@ -315,10 +328,15 @@ class Pipeline:
         return await self._enqueue(message, items, targets)
 
     async def _enqueue(self, message: Message, items: list[OutboxItem],
-                       targets: list[tuple[Address, str]]) -> SubmitResult:
+                       targets: list[tuple[Address, str]], matched: Sequence[str] = ()) -> SubmitResult:
         store = self.runtime.store
+        trace = self._trace()
         if not await store.accept(message.id, items):
+            if trace is not None:
+                trace.duplicate(message)
             return self._dropped(message, "duplicate", status="duplicate")
+        if trace is not None:
+            trace.queued(message, targets, matched)
         if message.native_id and not message.edit_of and not message.deleted:
             try:  # lets replies on other chats find this message's original (not needed for delivery)
                 await store.map_put(message.id, message.origin.key, [message.native_id])
@@ -339,11 +357,20 @@ class Pipeline:
         if callable(kick):
             kick()
 
-    async def _drop_recorded(self, message: Message, reason: str) -> SubmitResult:
+    async def _drop_recorded(self, message: Message, reason: str, rule: str = "",
+                             routes: Sequence[str] = ()) -> SubmitResult:
         """Drop, but record the id so a redelivery is recognised as a duplicate."""
         if not await self.runtime.store.accept(message.id, []):
             return self._dropped(message, "duplicate", status="duplicate")
+        trace = self._trace()
+        if trace is not None:
+            trace.dropped_message(message, reason, rule, routes)
         return self._dropped(message, reason)
+
+    def _trace(self) -> TraceRecorder | None:
+        """The message-trace recorder (claudemesh_gateway.trace), None when tracing is off."""
+        trace = getattr(self.runtime, "trace", None)
+        return trace if trace is not None and trace.enabled else None
 
     def _dropped(self, message: Message, reason: str, *, status: str = "dropped") -> SubmitResult:
         level = logging.DEBUG if reason in ("duplicate", "loop", "no_route") else logging.INFO
