@@ -75,6 +75,8 @@ async def overview(runtime: Runtime, request: web.Request) -> dict[str, Any]:
         "dead_letters": [_dead_letter_view(d) for d in await runtime.store.dlq_list(50)],
         "dead_letter_count": await runtime.store.dlq_count(),
         "recent": recent.latest(50),
+        "throughput": request.config_dict[appkeys.THROUGHPUT].snapshot(),
+        "trace": bool(getattr(getattr(runtime, "trace", None), "enabled", False)),
     }
 
 
