@@ -436,10 +436,17 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         except Exception as exc:
             raise StartupError(f"store could not be opened ({runtime.settings.server.store}): {exc}") from exc
         runtime.store = s
+        from .otel import build_otel
         from .trace import TraceRecorder
 
         trace_cfg = runtime.settings.trace
-        runtime.trace = TraceRecorder(s, enabled=trace_cfg.enabled, flush_interval=trace_cfg.flush_interval)
+        try:
+            otel = build_otel(runtime.settings.otel)  # None unless [otel] enabled
+        except BaseException:
+            await s.close()
+            raise
+        runtime.trace = TraceRecorder(s, enabled=trace_cfg.enabled, flush_interval=trace_cfg.flush_interval,
+                                      otel=otel)
         runtime.trace.start()
         yield
         await runtime.trace.stop()  # after delivery stopped (cleanup runs in reverse): its last events too

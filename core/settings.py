@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .delivery.config import DeliveryConfig
 from .errors import ConfigError
 from .mesh.config import MeshConfig
+from .otel import OtelSettings
 from .routing.config import RouteConfig
 from .trace import TraceSettings
 from .web.config import AdminConfig, HealthConfig
@@ -138,6 +139,7 @@ class Settings(BaseSettings):
     admin: AdminConfig = Field(default_factory=AdminConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     trace: TraceSettings = Field(default_factory=TraceSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
 
     # where the values came from (set by load_settings; not configuration)
     config_path: Path | None = Field(None, exclude=True)

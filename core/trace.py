@@ -64,17 +64,21 @@ def _lane_gateway(lane: str) -> str:
 class TraceRecorder:
     """Buffers trace events and writes them in batches through the store's single writer.
 
-    :param store: a store with ``trace_write`` (a store without one gets a disabled recorder).
-    :param enabled: ``False``: every method returns at once and nothing is kept (zero cost).
+    :param store: a store with ``trace_write`` (a store without one keeps no trace).
+    :param enabled: ``False``: nothing is written to the store.
+    :param otel: a :class:`~claudemesh_gateway.otel.OtelSink`: every step also becomes a span.
+        With neither, :attr:`enabled` is False and every method returns at once (zero cost).
     :param flush_interval: seconds between writes.
     :param max_buffer: events kept while the store cannot take them; beyond, new events are dropped
         (counted in ``dropped``).
     """
 
     def __init__(self, store: Any, *, enabled: bool = True, flush_interval: float = 0.25,
-                 max_buffer: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 max_buffer: int = 100_000, clock: Callable[[], float] = time.time, otel: Any = None) -> None:
         self.store = store
-        self.enabled = bool(enabled) and callable(getattr(store, "trace_write", None))
+        self.store_enabled = bool(enabled) and callable(getattr(store, "trace_write", None))
+        self.otel = otel
+        self.enabled = self.store_enabled or otel is not None
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self.clock = clock
@@ -89,19 +93,21 @@ class TraceRecorder:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        if not self.enabled or self._task is not None:
+        if not self.store_enabled or self._task is not None:
             return
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="trace-writer")
 
     async def stop(self) -> None:
-        """Write what is buffered, then stop the writer task."""
+        """Stop the writer task, write what is buffered, end the OpenTelemetry export."""
         if self._task is not None and self._stopping is not None:
             self._stopping.set()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()
+        if self.otel is not None:
+            self.otel.shutdown()
 
     async def _run(self) -> None:
         assert self._wake is not None and self._stopping is not None
@@ -141,23 +147,45 @@ class TraceRecorder:
         return unsubscribe
 
     # -- recording ----------------------------------------------------------------------------------------
-    def record(self, event: TraceEvent) -> None:
+    def record(self, event: TraceEvent, traceparent: str | None = None) -> None:
+        """Keep ``event``; ``traceparent``: the W3C trace context of its outbox item (OpenTelemetry)."""
         if not self.enabled:
             return
-        if len(self._buf) >= self.max_buffer:
-            self.dropped += 1
-        else:
-            self._buf.append(event)
-            if self._wake is not None:
-                self._wake.set()
+        if self.otel is not None:
+            self.otel.on_event(event, traceparent)
+        if self.store_enabled:
+            if len(self._buf) >= self.max_buffer:
+                self.dropped += 1
+            else:
+                self._buf.append(event)
+                if self._wake is not None:
+                    self._wake.set()
         for fn in self._listeners:
             try:
                 fn(event)
             except Exception:
                 log.exception("trace: a live-view listener raised")
 
-    def _ev(self, message_id: str, step: str, **kw: Any) -> None:
-        self.record(TraceEvent(message_id=message_id, step=step, ts=self.clock(), **kw))
+    def _ev(self, message_id: str, step: str, *, item: Any = None, **kw: Any) -> None:
+        tp = None
+        if item is not None and self.otel is not None and isinstance(item.options, dict):
+            tp = item.options.get("traceparent")
+        self.record(TraceEvent(message_id=message_id, step=step, ts=self.clock(), **kw), tp)
+
+    # OpenTelemetry context: in the outbox rows, and in the log records of a delivery ----------------------
+    def stamp(self, message: Any, items: list[Any]) -> list[Any]:
+        """``items`` (about to be enqueued for ``message``) carrying its trace context (OpenTelemetry on)."""
+        return items if self.otel is None else self.otel.stamp(message.id, items)
+
+    def attach(self, item: Any) -> Any:
+        """While ``item`` is delivered, log records carry its trace id; returns the token for :meth:`detach`."""
+        if self.otel is None or not isinstance(item.options, dict):
+            return None
+        return self.otel.attach(item.options.get("traceparent"))
+
+    def detach(self, token: Any) -> None:
+        if token is not None and self.otel is not None:
+            self.otel.detach(token)
 
     # pipeline ----------------------------------------------------------------------------------------------
     def received(self, message: Any) -> None:
@@ -219,7 +247,7 @@ class TraceRecorder:
             detail["reply_to"] = reply_to  # the destination's native id the reply was threaded to
         if edit_of:
             detail["edit_of"] = edit_of
-        self._ev(_mid(item), "delivered", outbox_id=item.id, detail=detail,
+        self._ev(_mid(item), "delivered", item=item, outbox_id=item.id, detail=detail,
                  native_ids=tuple(str(n) for n in native_ids), counts={"delivered": 1})
 
     def failed(self, item: Any, *, attempt: int, error: str, retry_after: float | None,
@@ -230,11 +258,12 @@ class TraceRecorder:
         if retry_after is not None:
             detail["retry_after"] = retry_after
         if permanent:
-            self._ev(_mid(item), "dead_letter", outbox_id=item.id, detail=detail, counts={"dead": 1, "failed": 1})
+            self._ev(_mid(item), "dead_letter", item=item, outbox_id=item.id, detail=detail,
+                     counts={"dead": 1, "failed": 1})
         else:
             if next_at is not None:
                 detail["next_at"] = next_at
-            self._ev(_mid(item), "failed", outbox_id=item.id, detail=detail, counts={"failed": 1})
+            self._ev(_mid(item), "failed", item=item, outbox_id=item.id, detail=detail, counts={"failed": 1})
 
     def dlq(self, action: str, dead_letters: Iterable[Any], actor: str) -> None:
         """Dead letters retried or dropped (``action``: retry | drop) by ``actor``."""
@@ -242,7 +271,7 @@ class TraceRecorder:
             return
         for dl in dead_letters:
             item = dl.item
-            self._ev(_mid(item), f"dlq_{action}", outbox_id=dl.id,
+            self._ev(_mid(item), f"dlq_{action}", item=item, outbox_id=dl.id,
                      detail={"lane": item.lane, "route": item.route, "actor": actor},
                      counts={"dead": -1} if action == "retry" else {})
 

@@ -470,6 +470,7 @@ class DeliveryEngine:
         outs: list[Outbound] = []
         limits: Sequence[RateLimit] = ()
         started = self.monotonic()
+        traced = self.trace.attach(item) if self.trace is not None else None  # log lines carry its trace id
         try:
             try:
                 outs, limits = await self.transport.render(item)
@@ -543,6 +544,8 @@ class DeliveryEngine:
         finally:
             self._inflight.pop(lane, None)
             self._sending.discard(lane)
+            if traced is not None:
+                self.trace.detach(traced)
 
     async def _failed(
         self, item: OutboxItem, err: BaseException, outs: list[Outbound], limits: Sequence[RateLimit]

@@ -331,6 +331,8 @@ class Pipeline:
                        targets: list[tuple[Address, str]], matched: Sequence[str] = ()) -> SubmitResult:
         store = self.runtime.store
         trace = self._trace()
+        if trace is not None:
+            items = trace.stamp(message, items)  # the OpenTelemetry context travels in the rows
         if not await store.accept(message.id, items):
             if trace is not None:
                 trace.duplicate(message)

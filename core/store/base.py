@@ -135,7 +135,8 @@ class Store(Protocol):
 
     async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
         """Message ids ``key`` names, newest first: a message id, a native id of any platform (the
-        source's or a delivered copy's), or an outbox / dead-letter id (digits)."""
+        source's or a delivered copy's), or an outbox / dead-letter id (digits: an item still queued or
+        dead, or one with a failed attempt, a dead letter or a dlq action in its trace)."""
 
     async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
                            sender: str | None = None, status: str | None = None, since: float | None = None,

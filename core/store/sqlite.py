@@ -1122,7 +1122,9 @@ class SqliteStore:
                 row[i] += e.counts.get(k, 0)
             row[12] += line
             new = [str(n) for n in e.native_ids if n and "\n" not in str(n)]
-            if e.outbox_id is not None:
+            if e.outbox_id is not None and e.step != "delivered":
+                # "#<id>" for the items logs name (failures, dead letters); an item delivered at the first
+                # try is found through its message (and while queued, through the outbox itself)
                 new.append(f"#{e.outbox_id}")
             for k in new:
                 keys.append((k, e.message_id))
