@@ -389,6 +389,7 @@ def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int
 # -- message trace (core.trace): write + read operations ---------------------------------------------
 
 _TRACE_SUMMARY_COLS = ("origin", "sender", "routes", "lanes")
+_TRACE_COUNT_COLS = ("dests", "delivered", "failed", "dead")
 _TRACE_UPSERT = (
     "INSERT INTO trace_messages (message_id, first_at, last_at, origin, sender, routes, lanes, dropped,"
     " dests, delivered, failed, dead, events, keys) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (message_id)"
@@ -1112,14 +1113,17 @@ class SqliteStore:
                                               "", ""]
             else:
                 row[1], row[2] = min(row[1], e.ts), max(row[2], e.ts)
-            for i, k in enumerate(_TRACE_SUMMARY_COLS, start=3):
-                v = e.summary.get(k)
-                if v is not None and row[i] is None:
-                    row[i] = " ".join(v) if isinstance(v, (list, tuple)) else v
-            if e.summary.get("dropped"):
-                row[7] = e.summary["dropped"]
-            for i, k in enumerate(("dests", "delivered", "failed", "dead"), start=8):
-                row[i] += e.counts.get(k, 0)
+            summary, counts = e.summary, e.counts
+            if summary:
+                for i, k in enumerate(_TRACE_SUMMARY_COLS, start=3):
+                    v = summary.get(k)
+                    if v is not None and row[i] is None:
+                        row[i] = " ".join(v) if isinstance(v, (list, tuple)) else v
+                if summary.get("dropped"):
+                    row[7] = summary["dropped"]
+            if counts:
+                for i, k in enumerate(_TRACE_COUNT_COLS, start=8):
+                    row[i] += counts.get(k, 0)
             row[12] += line
             new = [str(n) for n in e.native_ids if n and "\n" not in str(n)]
             if e.outbox_id is not None and e.step != "delivered":

@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post  # noqa: E402
-from claudemesh_gateway.testing import build_test_app  # noqa: E402
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
-from opentelemetry.trace import StatusCode  # noqa: E402
+from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
+from claudemesh_gateway.testing import build_test_app
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 WH = "otel-webhook-secret-0123456789"
 
@@ -59,7 +59,7 @@ async def test_one_trace_from_receive_to_deliver_across_a_restart(tmp_path: Path
 
     # 1st process: receives and enqueues; its delivery hangs at the sink and the process stops
     sink.delay_s = 30
-    client, runtime = await build_test_app(config(sink), state_dir=state)
+    client, _runtime = await build_test_app(config(sink), state_dir=state)
     try:
         body, headers = signed_post({"id": "o1", "sender": "ann", "text": "hello"}, WH)
         assert (await client.post("/gateways/wh/src", data=body, headers=headers)).status == 200
@@ -75,7 +75,7 @@ async def test_one_trace_from_receive_to_deliver_across_a_restart(tmp_path: Path
     sink.delay_s = 0
     sink.script["up"] = lambda body, n: (503, {}) if n == 2 else (200, {})  # n counts the 1st process's too
     caplog.set_level(logging.INFO, logger="claudemesh_gateway.delivery")
-    client, runtime = await build_test_app(config(sink), state_dir=state)
+    client, _runtime = await build_test_app(config(sink), state_dir=state)
     try:
         async with asyncio.timeout(20):
             while not sink.received["up"]:  # noqa: ASYNC110

@@ -101,7 +101,7 @@ async def _read_events(resp, n: int) -> list[tuple[str, str]]:
 
 
 async def test_live_stream_carries_each_step_and_ends_at_shutdown(app_with_sink) -> None:
-    client, runtime, sink = app_with_sink
+    client, _runtime, _sink = app_with_sink
     assert (await client.get("/-/api/live")).status == 401
     resp = await client.get("/-/api/live", headers=_auth())
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
@@ -126,7 +126,7 @@ async def test_live_stream_carries_each_step_and_ends_at_shutdown(app_with_sink)
 
 
 async def test_overview_has_the_hour_of_throughput(app_with_sink) -> None:
-    client, runtime, sink = app_with_sink
+    client, _runtime, sink = app_with_sink
     body, headers = signed_post({"id": "n2", "sender": "ann", "text": "hi"}, WH)
     assert (await client.post("/gateways/wh/src", data=body, headers=headers)).status == 200
     async with asyncio.timeout(20):
