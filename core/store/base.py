@@ -130,8 +130,9 @@ class Store(Protocol):
     async def trace_get(self, message_id: str) -> dict[str, Any] | None:
         """``{"summary": {...}, "events": [...]}`` for ``message_id`` (events oldest first), or None.
         summary: message_id, first_at, last_at, origin, sender, routes (list), lanes (list), dropped,
-        dests, delivered, failed, dead, status (dropped|received|dead_letter|delivered|retrying|queued).
-        event: id, ts, step, outbox_id, detail."""
+        dests, delivered, failed, dead, status (dropped|received|dead_letter|delivered|retrying|queued),
+        and (here only) events_truncated: the message stopped adding events at a size bound (64 KiB of
+        event lines in SQLite) while its counters go on. event: id, ts, step, outbox_id, detail."""
 
     async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
         """Message ids ``key`` names, newest first: a message id, a native id of any platform (the

@@ -390,6 +390,7 @@ def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int
 
 _TRACE_SUMMARY_COLS = ("origin", "sender", "routes", "lanes")
 _TRACE_COUNT_COLS = ("dests", "delivered", "failed", "dead")
+TRACE_EVENTS_MAX = 64 * 1024  # characters of event lines kept per message
 _TRACE_UPSERT = (
     "INSERT INTO trace_messages (message_id, first_at, last_at, origin, sender, routes, lanes, dropped,"
     " dests, delivered, failed, dead, events, keys) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (message_id)"
@@ -398,7 +399,8 @@ _TRACE_UPSERT = (
     " routes = COALESCE(routes, excluded.routes), lanes = COALESCE(lanes, excluded.lanes),"
     " dropped = COALESCE(excluded.dropped, dropped), dests = dests + excluded.dests,"
     " delivered = delivered + excluded.delivered, failed = failed + excluded.failed,"
-    " dead = MAX(0, dead + excluded.dead), events = events || excluded.events, keys = keys || excluded.keys"
+    " dead = MAX(0, dead + excluded.dead), keys = keys || excluded.keys,"
+    f" events = CASE WHEN length(events) >= {TRACE_EVENTS_MAX} THEN events ELSE events || excluded.events END"
 )
 
 
@@ -446,7 +448,10 @@ def _rd_trace_get(c: sqlite3.Connection, message_id: str) -> dict[str, Any] | No
         ts, step, oid, detail = _loads(line)
         events.append({"id": n + 1, "ts": ts, "step": step, "outbox_id": oid, "detail": detail})
     events.sort(key=lambda e: (e["ts"], e["id"]))  # stable: recorded order within one instant
-    return {"summary": _trace_summary(r), "events": events}
+    summary = _trace_summary(r)
+    # a message retried for hours (429 storms) stops adding event lines at 64 KiB; counters go on
+    summary["events_truncated"] = len(r[12]) >= TRACE_EVENTS_MAX
+    return {"summary": summary, "events": events}
 
 
 def _rd_trace_resolve(c: sqlite3.Connection, key: str, limit: int) -> list[str]:

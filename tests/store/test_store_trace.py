@@ -231,3 +231,30 @@ async def test_recorder_live_listeners(store: SqliteStore) -> None:
     unsubscribe()
     rec.received(_msg("mesh:dev:2"))
     assert [e.message_id for e in seen] == ["mesh:dev:abc123"]
+
+
+async def test_a_message_retried_for_hours_keeps_a_bounded_trace(store: SqliteStore, clock: Clock) -> None:
+    from claudemesh_gateway.store.sqlite import TRACE_EVENTS_MAX
+
+    rec = TraceRecorder(store, clock=clock)
+    m = _msg()
+    rec.received(m)
+    rec.queued(m, [(Address("telegram", "42"), "ops")])
+    await rec.flush()
+    assert (await store.trace_get(m.id))["summary"]["events_truncated"] is False
+    for n in range(1500):  # a 429 storm: an answer every few seconds for an hour
+        clock.t += 3
+        rec.failed(_item(m.id), attempt=1, error="HTTP 429: Too Many Requests", retry_after=3.0,
+                   next_at=clock.t + 3, permanent=False)
+        if n % 100 == 0:
+            await rec.flush()
+    await rec.flush()
+    t = await store.trace_get(m.id)
+    assert t["summary"]["events_truncated"] is True and t["summary"]["failed"] == 1500  # counters go on
+    assert 100 < len(t["events"]) < 1500 and t["events"][0]["step"] == "received"
+    con = sqlite3.connect(store.path)
+    try:
+        (size,) = con.execute("SELECT length(events) FROM trace_messages").fetchone()
+    finally:
+        con.close()
+    assert size < TRACE_EVENTS_MAX + 100 * 300  # at most one more flush's worth past the cap
