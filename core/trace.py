@@ -343,4 +343,6 @@ def format_timeline(trace: dict[str, Any]) -> str:
     for ev in trace["events"]:
         oid = f" #{ev['outbox_id']}" if ev.get("outbox_id") is not None else ""
         lines.append(f"  {_when(ev['ts'])}  {ev['step']:<11}{oid}  {_describe(ev)}")
+    if s.get("events_truncated"):
+        lines.append(f"  (later events not kept: too many for one message; {s['failed']} failed attempt(s) counted)")
     return "\n".join(lines)

@@ -252,6 +252,7 @@ async def test_a_message_retried_for_hours_keeps_a_bounded_trace(store: SqliteSt
     t = await store.trace_get(m.id)
     assert t["summary"]["events_truncated"] is True and t["summary"]["failed"] == 1500  # counters go on
     assert 100 < len(t["events"]) < 1500 and t["events"][0]["step"] == "received"
+    assert "later events not kept" in format_timeline(t)
     con = sqlite3.connect(store.path)
     try:
         (size,) = con.execute("SELECT length(events) FROM trace_messages").fetchone()
