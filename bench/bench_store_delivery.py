@@ -311,7 +311,7 @@ class _RoutingRig:
 
     topics = 20
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, *, trace: bool = False) -> None:
         from types import SimpleNamespace
         from typing import ClassVar
 
@@ -355,7 +355,12 @@ class _RoutingRig:
         )
         self.runtime.routes = RouteTable.build(routes, gateways=self.gateways, meshes=self.runtime.settings.mesh)
         self.pipeline = Pipeline(self.runtime)
-        self.engine = engine(store, self.pipeline)
+        self.runtime.pipeline = self.pipeline
+        from claudemesh_gateway.trace import TraceRecorder  # the message trace ([trace] enabled), --trace
+
+        self.runtime.trace = self.trace = TraceRecorder(store, enabled=trace)
+        self.trace.start()
+        self.engine = DeliveryEngine(store, self.pipeline, config=DeliveryConfig(default_limits={}), trace=self.trace)
 
     def row(self, i: int) -> Any:
         from claudemesh_gateway.mesh.types import MeshInbound
@@ -379,12 +384,13 @@ class _RoutingRig:
 async def phase_ingest(args: argparse.Namespace, d: str) -> dict[str, Any]:
     """Mesh topic rows -> Pipeline (dedup, loop guard, route, enqueue into the outbox), no delivery."""
     store = await open_store(args, d)
-    rig = _RoutingRig(store)
+    rig = _RoutingRig(store, trace=args.trace == "on")
     n = args.n // 2
     rows = [rig.row(i) for i in range(n)]
     cpu0, loop0, t = time.process_time(), time.thread_time(), time.perf_counter()
     await rig.submit_all(rows, {})
     dt, cpu, loop_cpu = time.perf_counter() - t, time.process_time() - cpu0, time.thread_time() - loop0
+    await rig.trace.stop()
     queued = await store.outbox_count()
     stats = store.stats()
     await store.close()
@@ -397,7 +403,7 @@ async def phase_ingest(args: argparse.Namespace, d: str) -> dict[str, Any]:
 async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
     """Mesh topic rows -> Pipeline (dedup, loop guard, route, enqueue) -> DeliveryEngine -> 2 sinks."""
     store = await open_store(args, d)
-    rig = _RoutingRig(store)
+    rig = _RoutingRig(store, trace=args.trace == "on")
     rig.runtime.delivery = eng = rig.engine
     gateways = rig.gateways
     await eng.start()
@@ -423,17 +429,20 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
         return time.perf_counter() - t, sent_at
 
     n = args.n // 4
-    cpu0 = time.process_time()
+    ru = resource.getrusage(resource.RUSAGE_SELF)
     dt, _ = await run([rig.row(i) for i in range(n)], None)
-    cpu = time.process_time() - cpu0
+    ru2 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (ru2.ru_utime - ru.ru_utime) + (ru2.ru_stime - ru.ru_stime)  # all threads: less noisy than rows/s
     lat_rows = [rig.row(n + i) for i in range(int(args.rate * args.seconds / 2))]
     _, sent_at = await run(lat_rows, args.rate / 2)
     await eng.stop(5)
+    await rig.trace.stop()
     await store.close()
     lat = sorted((g.arrivals[m] - sent_at[m]) * 1000 for g in gateways.values() for m in sent_at)
     return {
         "routing_rows_per_s": round(n / dt), "routing_deliveries_per_s": round(2 * n / dt),
-        "routing_rows": n, "fanout": 2, "routing_rows_per_cpu_s": round(n / cpu),
+        "routing_rows": n, "fanout": 2, "routing_rows_per_cpu_s": round(n / cpu), "trace": args.trace,
+        "routing_cpu_ms_per_row": round(cpu * 1000 / n, 3),
         "routing_offered_rows_per_s": args.rate / 2,
         "routing_latency_ms_p50": round(statistics.median(lat), 2),
         "routing_latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1], 2),
@@ -457,6 +466,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the latency phase")
     p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     p.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
+    p.add_argument("--trace", choices=["on", "off"], default="on", help="message trace in the routing phase")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -465,7 +475,7 @@ def main() -> None:
         for name in PHASES:
             cmd = [sys.executable, __file__, "--phase", name, "--n", str(args.n), "--http-n", str(args.http_n),
                    "--lanes", str(args.lanes), "--concurrency", str(args.concurrency), "--rate", str(args.rate),
-                   "--seconds", str(args.seconds), "--synchronous", args.synchronous]
+                   "--seconds", str(args.seconds), "--synchronous", args.synchronous, "--trace", args.trace]
             if args.dir:
                 cmd += ["--dir", args.dir]
             subprocess.run(cmd, check=True)

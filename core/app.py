@@ -249,7 +249,7 @@ def open_store(settings: Settings) -> Any:
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path)
+    return SqliteStore(path, trace_ttl=settings.trace.retention_days * 86400.0)
 
 
 def store_where(settings: Settings) -> str:
@@ -447,7 +447,8 @@ def _build_delivery(runtime: Runtime) -> Any:
     from .delivery import DeliveryEngine
 
     return DeliveryEngine(runtime.store, runtime.pipeline, config=runtime.settings.delivery,
-                          emit=runtime.emit, lanes=runtime.leases.lanes() if _shared(runtime) else None)
+                          emit=runtime.emit, lanes=runtime.leases.lanes() if _shared(runtime) else None,
+                          trace=runtime.trace)
 
 
 class _ReplicaKV:
@@ -512,7 +513,21 @@ def _store_ctx(runtime: Runtime, store: Any | None) -> Callable[[web.Application
         runtime.store = s
         runtime.leases = _build_leases(runtime, s)
         runtime.leases.start()
+        from .otel import build_otel
+        from .trace import TraceRecorder
+
+        trace_cfg = runtime.settings.trace
+        try:
+            otel = build_otel(runtime.settings.otel)  # None unless [otel] enabled
+        except BaseException:
+            await runtime.leases.close()
+            await s.close()
+            raise
+        runtime.trace = TraceRecorder(s, enabled=trace_cfg.enabled, flush_interval=trace_cfg.flush_interval,
+                                      otel=otel)
+        runtime.trace.start()
         yield
+        await runtime.trace.stop()  # after delivery stopped (cleanup runs in reverse): its last events too
         await runtime.leases.close()  # a clean stop hands every lease over at once
         await s.close()
 

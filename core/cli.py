@@ -42,6 +42,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_OK", "EXIT_PLUGIN", "EXIT_STARTUP", "EXIT_UNEXPE
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_PLUGIN, EXIT_STARTUP = 0, 1, 2, 3, 4
+EXIT_NOT_FOUND = 5  # `trace ID`: no message of that id within the trace retention
 DEFAULT_CONFIG = "config.toml"
 CONFIG_ENV = "CLAUDEMESH_CONFIG"
 
@@ -342,6 +343,14 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError("dlq: give dead-letter ids or --all")
         if ids and not all(1 <= i <= 2**63 - 1 for i in ids):  # what the store's 64-bit ids can hold
             raise ConfigError("dlq: dead-letter ids are integers from 1 to 2**63-1")
+        if settings.trace.enabled:  # the messages' traces say who retried / dropped them
+            from .trace import TraceRecorder
+
+            recorder = TraceRecorder(store)
+            wanted = None if ids is None else set(ids)
+            recorder.dlq(args.dlq_cmd, [d for d in await store.dlq_list(limit=1_000_000)
+                                        if wanted is None or d.id in wanted], "cli")
+            await recorder.flush()
         if args.dlq_cmd == "retry":
             n = await store.dlq_retry(ids)
             await store.audit("cli", "dlq_retry", {"ids": ids, "count": n})
@@ -353,6 +362,34 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     finally:
         await store.close()
+
+
+# -- message trace -------------------------------------------------------------------------------------------------------
+def cmd_trace(args: argparse.Namespace) -> int:
+    settings = _load(args, allow_missing_includes=True, allow_placeholders=True)
+    _quiet_logging(args, settings)
+    return _run(_trace(args, settings))
+
+
+async def _trace(args: argparse.Namespace, settings: Settings) -> int:
+    from .app import open_store
+    from .trace import format_timeline
+
+    store = open_store(settings)
+    await store.open()
+    try:
+        ids = await store.trace_resolve(args.id, limit=args.limit)
+        traces = [t for t in [await store.trace_get(m) for m in ids] if t is not None]
+    finally:
+        await store.close()
+    if args.json:
+        _out({"query": args.id, "messages": traces})
+    elif not traces:
+        print(f"no trace of {args.id!r} (not a message id, native id or outbox id seen within the "
+              f"trace retention of {settings.trace.retention_days:g} day(s))", file=sys.stderr)
+    else:
+        print("\n\n".join(format_timeline(t) for t in traces))
+    return EXIT_OK if traces else EXIT_NOT_FOUND
 
 
 # -- admin tokens ------------------------------------------------------------------------------------------------------
@@ -544,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="claudemesh-gateway",
         description="Connect claudemesh meshes to Telegram, Slack, WhatsApp, webhooks and other meshes.",
-        epilog="exit codes: 0 ok, 1 unexpected, 2 config error, 3 plugin error, 4 startup error",
+        epilog="exit codes: 0 ok, 1 unexpected, 2 config error, 3 plugin error, 4 startup error, 5 not found (trace)",
     )
     _global_options(p, defaults=True)
     p.add_argument("--version", action="version", version=f"claudemesh-gateway {__version__}")
@@ -619,6 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("ids", nargs="*", type=int)
         d.add_argument("--all", action="store_true")
     s.set_defaults(func=cmd_dlq)
+
+    s = sub.add_parser("trace", parents=[common], help="where did a message go? its journey as a timeline")
+    s.add_argument("id", help="mesh message id, native id of any platform, or outbox / dead-letter id")
+    s.add_argument("--json", action="store_true", help="one JSON object: the query and every matching trace")
+    s.add_argument("--limit", type=int, default=5, help="most messages shown when the id is ambiguous")
+    s.set_defaults(func=cmd_trace)
 
     s = sub.add_parser("mesh", parents=[common], help="talk to a configured mesh as the gateway's identity")
     msub = s.add_subparsers(dest="mesh_cmd", metavar="ACTION")

@@ -21,12 +21,13 @@ never forge a log line; a traceback keeps its own newlines.
 
 JSON format (``[log] format = "json"``) emits one object per line with ``ts``,
 ``level``, ``logger``, ``msg`` and the structured ``extra`` keys (``gateway``,
-``route``, ``message_id``, ``mesh``, ``lane``, ``destination``, ``event``) when a
-record carries them.
+``route``, ``message_id``, ``mesh``, ``lane``, ``destination``, ``event``, ``trace_id``)
+when a record carries them (``trace_id``: with OpenTelemetry on, see :func:`install_trace_ids`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import logging.config
@@ -45,20 +46,23 @@ __all__ = [
     "MASK",
     "SECRETS",
     "STRUCTURED_FIELDS",
+    "TRACE_ID",
     "JsonFormatter",
     "RedactionFilter",
     "SecretRegistry",
     "configure_logging",
     "escape_control",
+    "install_trace_ids",
     "redact",
     "register_secret",
     "register_secrets",
+    "uninstall_trace_ids",
     "url_password",
 ]
 
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values would mangle ordinary log text
-STRUCTURED_FIELDS = ("gateway", "route", "message_id", "mesh", "lane", "destination", "event", "plugin")
+STRUCTURED_FIELDS = ("gateway", "route", "message_id", "mesh", "lane", "destination", "event", "plugin", "trace_id")
 #: loggers of the libraries we use, capped at ``[log] library_level`` (their DEBUG output carries SQL
 #: arguments, request bodies and headers); ``claudemesh_gateway.*`` and plugins follow ``[log] level``
 LIBRARY_LOGGERS = (
@@ -217,6 +221,39 @@ class JsonFormatter(logging.Formatter):
             out["stack"] = record.stack_info
         # one line: json.dumps escapes C0 characters; DEL, C1 and U+2028/2029 get \\u escapes too
         return json.dumps(out, ensure_ascii=False).translate(_JSON_ESCAPES)
+
+
+# -- trace ids (OpenTelemetry on: claudemesh_gateway.otel) ------------------------------------------
+#: the OpenTelemetry trace id (32 hex) of the message being handled in this task, or None
+TRACE_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("cmgw_trace_id", default=None)
+_factory_installed: Any = None
+
+
+def install_trace_ids() -> None:
+    """Every log record made while :data:`TRACE_ID` is set carries it as ``trace_id`` (installed only
+    when OpenTelemetry is on: off, records are made exactly as before)."""
+    global _factory_installed
+    if _factory_installed is not None:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        tid = TRACE_ID.get()
+        if tid is not None and getattr(record, "trace_id", None) is None:
+            record.trace_id = tid
+        return record
+
+    factory.previous = previous  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+    _factory_installed = factory
+
+
+def uninstall_trace_ids() -> None:
+    global _factory_installed
+    if _factory_installed is not None and logging.getLogRecordFactory() is _factory_installed:
+        logging.setLogRecordFactory(_factory_installed.previous)
+    _factory_installed = None
 
 
 def library_cap(level: str, library_level: str) -> str:

@@ -51,6 +51,7 @@ class Runtime:
         self.pipeline: Any = None  # claudemesh_gateway.routing Pipeline
         self.delivery: Any = None  # claudemesh_gateway.delivery DeliveryEngine
         self.leases: Any = None  # claudemesh_gateway.store.leases.Leases (this replica's)
+        self.trace: Any = None  # claudemesh_gateway.trace.TraceRecorder, started with the store
         self.dev_broker: Any = None  # an embedded DevBroker started by the CLI, if any
         self.watchers: dict[str, dict[str, Any]] = {}  # mesh -> topic -> the task that starts its poller
         self.web_routes: dict[str, list[Any]] = {}  # gateway -> its current web.RouteDefs (swapped on reload)

@@ -40,8 +40,10 @@ from .delivery.config import DeliveryConfig
 from .errors import ConfigError
 from .logconfig import url_password
 from .mesh.config import MeshConfig
+from .otel import OtelSettings
 from .routing.config import RouteConfig
 from .store.config import StoreConfig
+from .trace import TraceSettings
 from .web.config import AdminConfig, HealthConfig
 
 __all__ = [
@@ -163,6 +165,8 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     admin: AdminConfig = Field(default_factory=AdminConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    trace: TraceSettings = Field(default_factory=TraceSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
 
     # where the values came from (set by load_settings; not configuration)
     config_path: Path | None = Field(None, exclude=True)

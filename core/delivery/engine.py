@@ -110,6 +110,7 @@ class DeliveryEngine:
         ``async release(lane)`` and ``holds(lane) -> bool`` (``store.leases.LaneLeases``). A lane is
         delivered only while this replica holds its lease, so per-chat order and rate limits hold
         across replicas; without it (one process) the store's delivery lock is taken instead.
+    :param trace: a :class:`~claudemesh_gateway.trace.TraceRecorder`: every attempt is recorded.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class DeliveryEngine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         lanes: Any = None,
+        trace: Any = None,
     ) -> None:
         self.store = store
         self._gate = lanes
@@ -134,6 +136,8 @@ class DeliveryEngine:
         self.monotonic = monotonic
         self.sleep = sleep
         self.rng = rng or random.Random()
+        # the message-trace recorder (claudemesh_gateway.trace.TraceRecorder); None or disabled: off
+        self.trace = trace if trace is not None and getattr(trace, "enabled", False) else None
         self.limiter = RateLimiter(monotonic=monotonic, sleep=sleep, idle_ttl=self.config.bucket_idle_ttl)
         self._stats = DeliveryStats()
         self._failed_hook = getattr(transport, "failed", None)
@@ -504,6 +508,8 @@ class DeliveryEngine:
         self._retry_at.pop(lane, None)
         outs: list[Outbound] = []
         limits: Sequence[RateLimit] = ()
+        started = self.monotonic()
+        traced = self.trace.attach(item) if self.trace is not None else None  # log lines carry its trace id
         try:
             try:
                 outs, limits = await self.transport.render(item)
@@ -564,6 +570,10 @@ class DeliveryEngine:
             else:
                 self._stats.delivered += 1
                 native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
+                if self.trace is not None:
+                    self.trace.delivered(item, attempt=item.attempts + 1, native_ids=native, parts=total,
+                                         took=self.monotonic() - started, reply_to=outs[0].reply_to,
+                                         edit_of=outs[0].edit_of)
                 self._publish(MessageDelivered(
                     message=self._message(item, outs), to=self._to(item, outs), route=item.route,
                     native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
@@ -573,6 +583,8 @@ class DeliveryEngine:
         finally:
             self._inflight.pop(lane, None)
             self._sending.discard(lane)
+            if traced is not None:
+                self.trace.detach(traced)
 
     async def _failed(
         self, item: OutboxItem, err: BaseException, outs: list[Outbound], limits: Sequence[RateLimit]
@@ -607,6 +619,9 @@ class DeliveryEngine:
                 permanent, reason = True, f"gave up after {age:.0f}s in the outbox: {text}"
         message, to = self._message(item, outs), self._to(item, outs)
         if permanent:
+            if self.trace is not None:
+                self.trace.failed(item, attempt=item.attempts + 1, error=reason, retry_after=None, next_at=None,
+                                  permanent=True)
             await self.store.dead_letter(item.id, reason)
             self._stats.dead_lettered += 1
             log.warning("delivery to %s failed permanently, item %s dead-lettered: %s", item.lane, item.id, reason)
@@ -619,6 +634,9 @@ class DeliveryEngine:
             delay = backoff_delay(attempts, cfg, self.rng)
         # this process waits on the monotonic clock; the wall-clock not_before is for a restart
         retry_at = self.monotonic() + delay
+        if self.trace is not None:
+            self.trace.failed(item, attempt=item.attempts + 1, error=text, retry_after=retry_after,
+                              next_at=now + delay, permanent=False)
         await self.store.reschedule(item.id, not_before=now + delay, attempts=attempts, error=text)
         self._retry_at[item.lane] = (item.id, retry_at)
         self._stats.failed_transient += 1

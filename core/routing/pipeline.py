@@ -32,6 +32,7 @@ from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
 from ..messages import Address, Message, Outbound, SendResult, message_to_dict
 from ..store.base import OutboxItem
+from ..trace import TraceRecorder
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, mesh_of
 from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
@@ -162,16 +163,21 @@ class Pipeline:
         store = self.runtime.store
         if store is None:
             raise RuntimeError("the store is not open")
+        trace = self._trace()
         if await store.seen(message.id):
+            if trace is not None:
+                trace.duplicate(message)
             return self._dropped(message, "duplicate", status="duplicate")
         table = self.table
         message = self.normalise(table, message)
         self.runtime.emit(MessageReceived(message=message))
+        if trace is not None:
+            trace.received(message)
 
         if self._is_own(message):
-            return await self._drop_recorded(message, "loop")
+            return await self._drop_recorded(message, "loop", "own identity (echo of this gateway)")
         if not await self._plugins_allow(message):
-            return await self._drop_recorded(message, "denied")
+            return await self._drop_recorded(message, "denied", "allow_message plugin hook")
 
         command = parse_command(message.text) if (message.is_command or message.text.startswith("/")) else None
         if command is not None and self.commands.authorised(table, message):
@@ -182,16 +188,20 @@ class Pipeline:
         dests += await self._hook_destinations(message, dests)
         kept, reasons = self.loop_guard(table, message, dests)
         if not kept:
+            rule = ""
             if reasons:
                 reason = "hop_limit" if "hop_limit" in reasons else "loop"
+                rule = f"loop guard: {', '.join(sorted(set(reasons)))}"
             elif resolution.denied and len(resolution.denied) == len(resolution.matched):
                 reason = "denied"
+                rule = f"sender refused by route(s) {', '.join(resolution.denied)}"
             else:
                 reason = "no_route"
-            return await self._drop_recorded(message, reason)
+                rule = f"matched {', '.join(resolution.matched)}, no destination" if resolution.matched else ""
+            return await self._drop_recorded(message, reason, rule, resolution.matched)
         shared = message_to_dict(message) if len(kept) > 1 else None  # encoded once, not per destination
         items = [outbox_item(message, d, message_dict=shared) for d in kept]
-        return await self._enqueue(message, items, [(d.address, d.route) for d in kept])
+        return await self._enqueue(message, items, [(d.address, d.route) for d in kept], resolution.matched)
 
     async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
         """Queue ``text`` to every destination of ``route`` (admin "test route"). LookupError if the
@@ -214,6 +224,9 @@ class Pipeline:
                                          mesh=r.cfg.mesh, topic=r.cfg.topic))
         if not dests:
             return {"message_id": message.id, "status": "dropped", "reason": "no_route", "destinations": []}
+        trace = self._trace()
+        if trace is not None:
+            trace.received(message)
         items = [outbox_item(message, d) for d in dests]
         result = await self._enqueue(message, items, [(d.address, d.route) for d in dests])
         return {"message_id": message.id, "status": result.status, "destinations": [str(d.address) for d in dests]}
@@ -343,8 +356,11 @@ class Pipeline:
         return await self._enqueue(message, items, targets)
 
     async def _enqueue(self, message: Message, items: list[OutboxItem],
-                       targets: list[tuple[Address, str]]) -> SubmitResult:
+                       targets: list[tuple[Address, str]], matched: Sequence[str] = ()) -> SubmitResult:
         store = self.runtime.store
+        trace = self._trace()
+        if trace is not None:
+            items = trace.stamp(message, items)  # the OpenTelemetry context travels in the rows
         # the origin's own id lets replies on other chats find this message's original (not needed
         # for delivery); replies sent back to a threaded chat look it up by the chat's lane too
         origin_map: list[tuple[str, list[str]]] = []
@@ -355,16 +371,21 @@ class Pipeline:
                 origin_map.append((chat.key, [message.native_id]))
         accept_mapped = getattr(store, "accept_mapped", None) if origin_map else None
         if accept_mapped is not None:  # one transaction for the message and its origin id
-            if not await accept_mapped(message.id, items, origin_map):
-                return self._dropped(message, "duplicate", status="duplicate")
+            accepted = await accept_mapped(message.id, items, origin_map)
         else:
-            if not await store.accept(message.id, items):
-                return self._dropped(message, "duplicate", status="duplicate")
+            accepted = await store.accept(message.id, items)
+        if not accepted:
+            if trace is not None:
+                trace.duplicate(message)
+            return self._dropped(message, "duplicate", status="duplicate")
+        if accept_mapped is None and origin_map:
             try:
                 for lane, native_ids in origin_map:
                     await store.map_put(message.id, lane, native_ids)
             except Exception:
                 log.exception("could not record the origin id of %s", message.id)
+        if trace is not None:
+            trace.queued(message, targets, matched)
         for to, route in targets:
             self.runtime.emit(MessageQueued(message=message, to=to, route=route))
         self.kick()
@@ -377,11 +398,20 @@ class Pipeline:
         if callable(kick):
             kick()
 
-    async def _drop_recorded(self, message: Message, reason: str) -> SubmitResult:
+    async def _drop_recorded(self, message: Message, reason: str, rule: str = "",
+                             routes: Sequence[str] = ()) -> SubmitResult:
         """Drop, but record the id so a redelivery is recognised as a duplicate."""
         if not await self.runtime.store.accept(message.id, []):
             return self._dropped(message, "duplicate", status="duplicate")
+        trace = self._trace()
+        if trace is not None:
+            trace.dropped_message(message, reason, rule, routes)
         return self._dropped(message, reason)
+
+    def _trace(self) -> TraceRecorder | None:
+        """The message-trace recorder (claudemesh_gateway.trace), None when tracing is off."""
+        trace = getattr(self.runtime, "trace", None)
+        return trace if trace is not None and trace.enabled else None
 
     def _dropped(self, message: Message, reason: str, *, status: str = "dropped") -> SubmitResult:
         level = logging.DEBUG if reason in ("duplicate", "loop", "no_route") else logging.INFO

@@ -42,6 +42,27 @@ class DeadLetter:
     failed_at: float
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TraceEvent:
+    """One step of one message's journey (``core.trace`` records them; ``Store.trace_write`` keeps them).
+
+    ``detail`` is small JSON (never a message body). ``native_ids`` are indexed so ``trace_resolve``
+    finds the message by any platform's id. ``summary`` sets per-message columns of the summary row
+    (keys: ``origin``, ``sender``, ``routes``, ``lanes``, ``dropped``; a value is written when the row
+    has none yet, except ``dropped`` which always wins), ``counts`` adds to its counters (keys:
+    ``dests``, ``delivered``, ``failed``, ``dead``; ``dead`` never goes below 0).
+    """
+
+    message_id: str
+    step: str  # received | duplicate | dropped | queued | delivered | failed | dead_letter | dlq_retry | dlq_drop
+    ts: float
+    outbox_id: int | None = None
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    native_ids: tuple[str, ...] = ()
+    summary: dict[str, str] = dataclasses.field(default_factory=dict)
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -98,3 +119,29 @@ class Store(Protocol):
     # -- audit ------------------------------------------------------------------------------------------
     async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
     async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    # -- message trace (core.trace) ---------------------------------------------------------------------
+    # Diagnostics, never needed for delivery. Kept ``trace_ttl`` seconds (``purge`` deletes older
+    # events, index rows and summaries). Never holds message text.
+    async def trace_write(self, events: Sequence[TraceEvent]) -> None:
+        """Append ``events`` (their native-id index rows and summary updates) in ONE write that
+        shares the group commit with whatever else is queued."""
+
+    async def trace_get(self, message_id: str) -> dict[str, Any] | None:
+        """``{"summary": {...}, "events": [...]}`` for ``message_id`` (events oldest first), or None.
+        summary: message_id, first_at, last_at, origin, sender, routes (list), lanes (list), dropped,
+        dests, delivered, failed, dead, status (dropped|received|dead_letter|delivered|retrying|queued),
+        and (here only) events_truncated: the message stopped adding events at a size bound (64 KiB of
+        event lines in SQLite) while its counters go on. event: id, ts, step, outbox_id, detail."""
+
+    async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
+        """Message ids ``key`` names, newest first: a message id, a native id of any platform (the
+        source's or a delivered copy's), or an outbox / dead-letter id (digits: an item still queued or
+        dead, or one with a failed attempt, a dead letter or a dlq action in its trace)."""
+
+    async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
+                           sender: str | None = None, status: str | None = None, since: float | None = None,
+                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Summaries (as in ``trace_get``), newest ``last_at`` first. ``q``: an id as ``trace_resolve``
+        takes it; ``route``: one of its routes; ``chat``: a substring of its origin or a lane;
+        ``sender``: exact sender; ``since``/``until``: ``last_at`` bounds (epoch seconds)."""

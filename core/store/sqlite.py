@@ -49,7 +49,7 @@ import aiosqlite
 
 from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
-from .base import DeadLetter, OutboxItem
+from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps, loads
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -146,10 +146,29 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE dead_letters ADD COLUMN sent TEXT NOT NULL DEFAULT '[]'")
 
 
+def _migrate_v3(conn: sqlite3.Connection) -> None:
+    # message trace (core.trace): one row per message (summary columns + its events, appended as JSON
+    # lines), and one index of the keys it can be found by (native ids, "#<outbox id>"; the row's
+    # ``keys`` column lists them again, so a purge deletes exactly those index rows)
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS trace_messages (message_id TEXT PRIMARY KEY, first_at REAL NOT NULL,"
+        " last_at REAL NOT NULL, origin TEXT, sender TEXT, routes TEXT, lanes TEXT, dropped TEXT,"
+        " dests INTEGER NOT NULL DEFAULT 0, delivered INTEGER NOT NULL DEFAULT 0,"
+        " failed INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0, events TEXT NOT NULL DEFAULT '',"
+        " keys TEXT NOT NULL DEFAULT '')"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS trace_messages_last ON trace_messages(last_at)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS trace_keys (key TEXT NOT NULL, message_id TEXT NOT NULL,"
+        " PRIMARY KEY (key, message_id)) WITHOUT ROWID"
+    )
+
+
 # (target version, function). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _migrate_v1),
     (2, _migrate_v2),
+    (3, _migrate_v3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -351,11 +370,125 @@ _PURGE = {  # table -> a DELETE of at most ? expired rows (chunks keep each comm
     "message_map": "DELETE FROM message_map WHERE (origin_id, lane, part) IN"
                    " (SELECT origin_id, lane, part FROM message_map WHERE created_at < ? LIMIT ?)",
     "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ? LIMIT ?)",
+    # the trace: whole messages whose last event is older than the retention (events, index, summary)
+    "trace": "DELETE FROM trace_messages WHERE message_id IN"
+             " (SELECT message_id FROM trace_messages WHERE last_at < ? LIMIT ?) RETURNING message_id, keys",
 }
 
 
+def _op_purge_trace_chunk(c: sqlite3.Connection, before: float, limit: int) -> int:
+    gone = c.execute(_PURGE["trace"], (before, limit)).fetchall()
+    c.executemany("DELETE FROM trace_keys WHERE key = ? AND message_id = ?",
+                  [(k, mid) for mid, keys in gone for k in keys.split("\n") if k])
+    return len(gone)
+
+
 def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int) -> int:
+    if table == "trace":
+        return _op_purge_trace_chunk(c, before, limit)
     return c.execute(_PURGE[table], (before, limit)).rowcount
+
+
+# -- message trace (core.trace): write + read operations ---------------------------------------------
+
+_TRACE_SUMMARY_COLS = ("origin", "sender", "routes", "lanes")
+_TRACE_COUNT_COLS = ("dests", "delivered", "failed", "dead")
+TRACE_EVENTS_MAX = 64 * 1024  # characters of event lines kept per message
+_TRACE_UPSERT = (
+    "INSERT INTO trace_messages (message_id, first_at, last_at, origin, sender, routes, lanes, dropped,"
+    " dests, delivered, failed, dead, events, keys) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (message_id)"
+    " DO UPDATE SET first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at),"
+    " origin = COALESCE(origin, excluded.origin), sender = COALESCE(sender, excluded.sender),"
+    " routes = COALESCE(routes, excluded.routes), lanes = COALESCE(lanes, excluded.lanes),"
+    " dropped = COALESCE(excluded.dropped, dropped), dests = dests + excluded.dests,"
+    " delivered = delivered + excluded.delivered, failed = failed + excluded.failed,"
+    " dead = MAX(0, dead + excluded.dead), keys = keys || excluded.keys,"
+    f" events = CASE WHEN length(events) >= {TRACE_EVENTS_MAX} THEN events ELSE events || excluded.events END"
+)
+
+
+def _op_trace_write(c: sqlite3.Connection, rows: list[tuple[Any, ...]], keys: list[tuple[str, str]]) -> None:
+    """``rows``: one upsert per message (events merged by :meth:`SqliteStore.trace_write`)."""
+    c.executemany(_TRACE_UPSERT, rows)
+    if keys:
+        c.executemany("INSERT OR IGNORE INTO trace_keys (key, message_id) VALUES (?,?)", keys)
+
+
+_TRACE_SUMMARY_SELECT = (
+    "SELECT message_id, first_at, last_at, origin, sender, routes, lanes, dropped, dests, delivered, failed, dead"
+    " FROM trace_messages"
+)
+
+
+def _trace_status(dropped: str | None, dests: int, delivered: int, failed: int, dead: int) -> str:
+    if dropped:
+        return "dropped"
+    if dests <= 0:
+        return "received"
+    if dead > 0:
+        return "dead_letter"
+    if delivered >= dests:
+        return "delivered"
+    return "retrying" if failed > 0 else "queued"
+
+
+def _trace_summary(r: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "message_id": r[0], "first_at": r[1], "last_at": r[2], "origin": r[3], "sender": r[4],
+        "routes": r[5].split(" ") if r[5] else [], "lanes": r[6].split(" ") if r[6] else [], "dropped": r[7],
+        "dests": r[8], "delivered": r[9], "failed": r[10], "dead": r[11],
+        "status": _trace_status(r[7], r[8], r[9], r[10], r[11]),
+    }
+
+
+def _rd_trace_get(c: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
+    r = c.execute(f"{_TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = ?",
+                  (message_id,)).fetchone()
+    if r is None:
+        return None
+    events = []
+    for n, line in enumerate(x for x in r[12].split("\n") if x):
+        ts, step, oid, detail = _loads(line)
+        events.append({"id": n + 1, "ts": ts, "step": step, "outbox_id": oid, "detail": detail})
+    events.sort(key=lambda e: (e["ts"], e["id"]))  # stable: recorded order within one instant
+    summary = _trace_summary(r)
+    # a message retried for hours (429 storms) stops adding event lines at 64 KiB; counters go on
+    summary["events_truncated"] = len(r[12]) >= TRACE_EVENTS_MAX
+    return {"summary": summary, "events": events}
+
+
+def _rd_trace_resolve(c: sqlite3.Connection, key: str, limit: int) -> list[str]:
+    keys = [key]
+    if key.isdigit() and len(key) < 19:
+        keys.append(f"#{int(key)}")  # an outbox / dead-letter id
+    found: dict[str, float] = {}
+    r = c.execute("SELECT message_id, last_at FROM trace_messages WHERE message_id = ?", (key,)).fetchone()
+    if r is not None:
+        found[r[0]] = r[1]
+    for k in keys:
+        for mid, ts in c.execute(
+            "SELECT k.message_id, COALESCE(m.last_at, 0) FROM trace_keys k LEFT JOIN trace_messages m"
+            " ON m.message_id = k.message_id WHERE k.key = ? LIMIT ?", (k, limit),
+        ).fetchall():
+            found.setdefault(mid, ts)
+    if len(keys) > 1:
+        for table in ("outbox", "dead_letters"):  # queued or dead, maybe no attempt recorded yet
+            row = c.execute(f"SELECT json_extract(message, '$.id'), enqueued_at FROM {table} WHERE id = ?",
+                            (int(key),)).fetchone()
+            if row is not None and row[0]:
+                found.setdefault(row[0], row[1])
+    return [m for m, _ in sorted(found.items(), key=lambda kv: -kv[1])][:limit]
+
+
+def _rd_trace_search(c: sqlite3.Connection, where: list[str], args: list[Any], ids: list[str] | None,
+                     limit: int) -> list[dict[str, Any]]:
+    if ids is not None:
+        if not ids:
+            return []
+        where = [*where, f"message_id IN ({','.join('?' * len(ids))})"]
+        args = [*args, *ids]
+    sql = _TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY last_at DESC LIMIT ?"
+    return [_trace_summary(r) for r in c.execute(sql, (*args, limit)).fetchall()]
 
 
 def _op_sql(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
@@ -543,6 +676,7 @@ class SqliteStore:
     :param map_ttl: seconds a message-map row is kept (replies/edits to older messages
         are sent unthreaded).
     :param audit_ttl: seconds audit rows are kept.
+    :param trace_ttl: seconds a message's trace is kept after its last event.
     :param purge_interval: seconds between automatic purges (0 disables the task).
     :param max_batch: most operations committed in one transaction.
     :param probe_interval: seconds between probe writes while the database cannot be written.
@@ -557,6 +691,7 @@ class SqliteStore:
         inbox_ttl: float = 10 * DAY,
         map_ttl: float = 30 * DAY,
         audit_ttl: float = 90 * DAY,
+        trace_ttl: float = 7 * DAY,
         purge_interval: float = 3600.0,
         max_batch: int = 5000,
         busy_timeout_ms: int = 10_000,
@@ -576,6 +711,9 @@ class SqliteStore:
         self.inbox_ttl = inbox_ttl
         self.map_ttl = map_ttl
         self.audit_ttl = audit_ttl
+        if trace_ttl <= 0:
+            raise ValueError("trace_ttl must be > 0")
+        self.trace_ttl = trace_ttl
         self.purge_interval = purge_interval
         self.max_batch = max_batch
         self.busy_timeout_ms = busy_timeout_ms
@@ -1009,15 +1147,85 @@ class SqliteStore:
         )
         return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
 
+    # -- message trace (core.trace) ------------------------------------------------------------------------------------
+    async def trace_write(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        merged: dict[str, list[Any]] = {}  # message_id -> one upsert row (events of a batch merged)
+        keys: list[tuple[str, str]] = []
+        for e in events:
+            line = _dumps([e.ts, e.step, e.outbox_id, e.detail]) + "\n"
+            row = merged.get(e.message_id)
+            if row is None:
+                row = merged[e.message_id] = [e.message_id, e.ts, e.ts, None, None, None, None, None, 0, 0, 0, 0,
+                                              "", ""]
+            else:
+                row[1], row[2] = min(row[1], e.ts), max(row[2], e.ts)
+            summary, counts = e.summary, e.counts
+            if summary:
+                for i, k in enumerate(_TRACE_SUMMARY_COLS, start=3):
+                    v = summary.get(k)
+                    if v is not None and row[i] is None:
+                        row[i] = " ".join(v) if isinstance(v, (list, tuple)) else v
+                if summary.get("dropped"):
+                    row[7] = summary["dropped"]
+            if counts:
+                for i, k in enumerate(_TRACE_COUNT_COLS, start=8):
+                    row[i] += counts.get(k, 0)
+            row[12] += line
+            new = [str(n) for n in e.native_ids if n and "\n" not in str(n)]
+            if e.outbox_id is not None and e.step != "delivered":
+                # "#<id>" for the items logs name (failures, dead letters); an item delivered at the first
+                # try is found through its message (and while queued, through the outbox itself)
+                new.append(f"#{e.outbox_id}")
+            for k in new:
+                keys.append((k, e.message_id))
+                row[13] += k + "\n"
+        await self._write(_op_trace_write, [tuple(r) for r in merged.values()], keys)
+
+    async def trace_get(self, message_id: str) -> dict[str, Any] | None:
+        return await self._read(_rd_trace_get, message_id)
+
+    async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
+        return await self._read(_rd_trace_resolve, str(key).strip(), limit)
+
+    async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
+                           sender: str | None = None, status: str | None = None, since: float | None = None,
+                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if route:
+            where.append("instr(' ' || COALESCE(routes, '') || ' ', ?) > 0")
+            args.append(f" {route} ")
+        if chat:
+            where.append("(instr(COALESCE(origin, ''), ?) > 0 OR instr(COALESCE(lanes, ''), ?) > 0)")
+            args += [chat, chat]
+        if sender:
+            where.append("sender = ?")
+            args.append(sender)
+        if since is not None:
+            where.append("last_at >= ?")
+            args.append(float(since))
+        if until is not None:
+            where.append("last_at <= ?")
+            args.append(float(until))
+        ids = await self.trace_resolve(q, limit=max(limit, 20)) if q else None
+        found = await self._read(_rd_trace_search, where, args, ids, limit if not status else 10 * limit)
+        if status:
+            found = [s for s in found if s["status"] == status][:limit]
+        return found
+
     # -- maintenance -------------------------------------------------------------------------------------------------
     async def purge(self, now: float | None = None, *, chunk: int = 5000) -> dict[str, int]:
-        """Delete inbox ids, message-map rows and audit rows past their TTL. Returns counts per table.
+        """Delete inbox ids, message-map rows, audit rows and message traces past their TTL. Returns
+        counts per table (``trace``: messages whose whole trace was deleted).
 
         Deletes in chunks of ``chunk`` rows, each its own write, so a large purge never holds the
         writer (and everyone's commits) for long.
         """
         now = self.clock() if now is None else now
-        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl}
+        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl,
+                   "trace": now - self.trace_ttl}
         counts = {}
         for table, before in cutoffs.items():
             total = 0

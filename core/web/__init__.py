@@ -14,9 +14,11 @@ from . import appkeys
 from .admin import admin_routes
 from .config import AdminConfig, HealthConfig
 from .health import health_handler, ready_handler
+from .live import LiveHub, live_handler
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .recent import RecentEvents
 from .security import setup_security
+from .throughput import Throughput
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -61,7 +63,10 @@ def setup_web(app: web.Application, runtime: Runtime) -> Metrics:
     app[appkeys.HEALTH_CONFIG] = _config(getattr(settings, "health", None), HealthConfig)
     metrics = app[appkeys.METRICS] = Metrics()
     recent = app[appkeys.RECENT] = RecentEvents()
-    for name, plugin in (("metrics", metrics), ("recent_events", recent)):
+    throughput = app[appkeys.THROUGHPUT] = Throughput()
+    live = app[appkeys.LIVE] = LiveHub()
+    app.on_shutdown.append(live.close)
+    for name, plugin in (("metrics", metrics), ("recent_events", recent), ("throughput", throughput)):
         if runtime.pm.get_plugin(name) is None:
             runtime.pm.register(plugin, name=name)
     existing = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
@@ -71,6 +76,7 @@ def setup_web(app: web.Application, runtime: Runtime) -> Metrics:
         web.get("/-/metrics", metrics_handler),
         web.get("/-/", dashboard_handler),
         web.static("/-/static", STATIC),
+        web.get("/-/api/live", live_handler),
         *admin_routes(),
     ]
     app.router.add_routes([r for r in routes if not (isinstance(r, web.RouteDef)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +91,8 @@ async def overview(runtime: Runtime, request: web.Request) -> dict[str, Any]:
         "dead_letters": [_dead_letter_view(d) for d in await runtime.store.dlq_list(50)],
         "dead_letter_count": await runtime.store.dlq_count(),
         "recent": recent.latest(50),
+        "throughput": request.config_dict[appkeys.THROUGHPUT].snapshot(),
+        "trace": bool(getattr(getattr(runtime, "trace", None), "enabled", False)),
     }
 
 
@@ -145,6 +148,12 @@ async def post_dlq(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     runtime = _runtime(request)
     ids = _ids(await _json_body(request))
+    trace = getattr(runtime, "trace", None)
+    trace = trace if trace is not None and trace.enabled else None
+    if trace is not None and action in ("retry", "drop"):  # which messages: for their traces
+        wanted = None if ids is None else set(ids)
+        trace.dlq(action, [d for d in await runtime.store.dlq_list(10_000) if wanted is None or d.id in wanted],
+                  claims.get("sub", "?"))
     if action == "retry":
         n = await runtime.store.dlq_retry(ids)
         kick = getattr(runtime.delivery, "kick", None)
@@ -190,6 +199,64 @@ async def get_audit(request: web.Request) -> web.Response:
     return web.json_response({"audit": await _runtime(request).store.audit_list(200)})
 
 
+def _bad(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": text}), content_type="application/json")
+
+
+def _time_param(request: web.Request, name: str) -> float | None:
+    """Epoch seconds, or a negative number of seconds before now (``since=-3600``: the last hour)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise _bad(f"{name} must be epoch seconds (or negative: seconds before now)") from None
+    if not math.isfinite(v):
+        raise _bad(f"{name} must be a finite number")
+    return time.time() + v if v < 0 else v
+
+
+TRACE_STATUSES = ("received", "queued", "retrying", "delivered", "dead_letter", "dropped")
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    """Search the message trace by id (mesh/native/outbox), route, chat, sender, status, time range.
+    Never by text: the trace holds no message bodies."""
+    require_admin(request)
+    store = _runtime(request).store
+    qs = request.query
+    try:
+        limit = max(1, min(int(qs.get("limit", "50")), 500))
+    except ValueError:
+        raise _bad("limit must be an integer") from None
+    status = qs.get("status") or None
+    if status is not None and status not in TRACE_STATUSES:
+        raise _bad(f"status must be one of {', '.join(TRACE_STATUSES)}")
+    args = {k: (qs.get(k) or "").strip()[:500] or None for k in ("q", "route", "chat", "sender")}
+    found = await store.trace_search(**args, status=status, since=_time_param(request, "since"),
+                                     until=_time_param(request, "until"), limit=limit)
+    return web.json_response({"messages": found})
+
+
+async def get_message_trace(request: web.Request) -> web.Response:
+    """The journey of one message: ``{"summary", "events"}``; the id may also be a native or outbox id
+    (then ``also`` lists other messages the id names)."""
+    require_admin(request)
+    store = _runtime(request).store
+    key = request.match_info["id"][:500]
+    trace = await store.trace_get(key)
+    also: list[str] = []
+    if trace is None:
+        ids = await store.trace_resolve(key)
+        if ids:
+            trace, also = await store.trace_get(ids[0]), ids[1:]
+    if trace is None:
+        raise web.HTTPNotFound(text='{"error":"no trace of that id (within the trace retention)"}',
+                               content_type="application/json")
+    return web.json_response({**trace, "also": also})
+
+
 def admin_routes() -> list[web.RouteDef]:
     return [
         web.get("/-/api/overview", get_overview),
@@ -201,4 +268,6 @@ def admin_routes() -> list[web.RouteDef]:
         web.post("/-/api/routes/{route}/test", post_test_message),
         web.post("/-/api/reload", post_reload),
         web.get("/-/api/audit", get_audit),
+        web.get("/-/api/messages", get_messages),
+        web.get("/-/api/messages/{id}/trace", get_message_trace),
     ]

@@ -9,11 +9,15 @@ from aiohttp import web
 from .config import AdminConfig, HealthConfig
 
 if TYPE_CHECKING:
+    from .live import LiveHub
     from .metrics import Metrics
     from .recent import RecentEvents
+    from .throughput import Throughput
 
 RUNTIME: web.AppKey[Any] = web.AppKey("cmgw_web_runtime")
 ADMIN_CONFIG: web.AppKey[AdminConfig] = web.AppKey("cmgw_admin_config", AdminConfig)
 HEALTH_CONFIG: web.AppKey[HealthConfig] = web.AppKey("cmgw_health_config", HealthConfig)
 METRICS: web.AppKey[Metrics] = web.AppKey("cmgw_metrics")
 RECENT: web.AppKey[RecentEvents] = web.AppKey("cmgw_recent")
+THROUGHPUT: web.AppKey[Throughput] = web.AppKey("cmgw_throughput")
+LIVE: web.AppKey[LiveHub] = web.AppKey("cmgw_live")
