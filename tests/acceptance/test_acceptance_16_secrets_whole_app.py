@@ -105,6 +105,12 @@ WA_USER = twilio_fake.USER
 FAST_MESH = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0,
              "backoff": [0.2, 0.5, 1.0], "backoff_jitter": 0.0}
 # [store] backends: "sqlite" always; "postgres" where the base accepts it and a server is given
+def secrets_token() -> str:
+    import secrets as _secrets
+
+    return _secrets.token_hex(12)
+
+
 PG_DSN_ENV = "CLAUDEMESH_TEST_PG_DSN"
 
 
@@ -368,6 +374,10 @@ async def test_whole_app_at_debug_leaks_no_secret(tmp_path: Path, store_backend:
     secrets["admin bearer token (valid)"] = world.admin
     if store_backend == "postgres":
         dsn = os.environ[PG_DSN_ENV]
+        parts = urllib.parse.urlsplit(dsn)
+        if not parts.password:  # the throwaway server trusts loopback and ignores it: a secret to look for
+            user = urllib.parse.quote(parts.username or "postgres")
+            dsn = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:pg-Secret-{secrets_token()}@{parts.hostname}:{parts.port or 5432}"))
         store = {"backend": "postgres", "dsn": dsn}
         password = urllib.parse.urlsplit(dsn).password
         assert password, f"{PG_DSN_ENV} must carry a password for this test to mean anything"
