@@ -38,7 +38,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from typing import Protocol
+
+    class LogSettings(Protocol):
+        """What :func:`configure_logging` reads of the settings (``claudemesh_gateway.settings.Settings``,
+        a layer above): the ``[log]`` table and every secret the configuration holds."""
+
+        log: Any
+
+        def secret_strings(self) -> Iterable[str]: ...
 
 __all__ = [
     "LIBRARY_LOGGERS",
@@ -235,14 +243,12 @@ def logging_dict(level: str = "INFO", fmt: str = "text", library_level: str = "I
     }
 
 
-def configure_logging(settings: Settings | None = None, *, level: str | None = None, fmt: str | None = None,
+def configure_logging(settings: LogSettings | None = None, *, level: str | None = None, fmt: str | None = None,
                       library_level: str | None = None) -> None:
     """Install handlers per ``[log]`` and register every secret in ``settings`` for redaction.
     Libraries (:data:`LIBRARY_LOGGERS`) log at ``[log] library_level`` (INFO) or above ``level``."""
     if settings is not None:
-        from .settings import iter_secrets
-
-        register_secrets(iter_secrets(settings))
+        register_secrets(settings.secret_strings())
         level = level or settings.log.level
         fmt = fmt or settings.log.format
         library_level = library_level or getattr(settings.log, "library_level", None)

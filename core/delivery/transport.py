@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..delivery.config import DeliveryConfig
 from ..errors import DeliveryError, MeshError
 from ..gateway import RateLimit
 from ..messages import (
@@ -32,9 +31,10 @@ from ..messages import (
     message_from_dict,
     message_to_dict,
 )
-from .config import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
-from .table import DEFAULT_ATTRIBUTION
+from .addresses import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
+from .config import DeliveryConfig
 from .text import (
+    DEFAULT_ATTRIBUTION,
     attribute,
     loop_marker,
     mentions_in,
@@ -46,7 +46,6 @@ from .text import (
 )
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
     from ..store.base import OutboxItem
 
 __all__ = [
@@ -129,7 +128,7 @@ class _ByteBudget:
 class RoutingTransport:
     """Implements the DeliveryEngine transport protocol for gateways and mesh destinations."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Any) -> None:  # the running gateway (runtime.Runtime, a layer above)
         self.runtime = runtime
         self._budget: _ByteBudget | None = None
 

@@ -25,7 +25,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -170,6 +170,16 @@ class WebhookGateway(Gateway):
     async def start(self) -> None:
         self._stopping = False
         self.set_state(GatewayState.CONNECTED)
+
+    def signed(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """Whether ``body`` with ``headers`` carries a fresh signature of this gateway's secret (the
+        dev sink, ``/-/dev/sink``, shows it for each request it receives)."""
+        try:
+            verify(self.config.secret.get_secret_value(), headers.get(TIMESTAMP_HEADER),
+                   headers.get(SIGNATURE_HEADER), body, tolerance_s=300)
+        except SignatureError:
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopping = True

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from claudemesh_gateway.errors import DeliveryError, MeshError
-from claudemesh_gateway.keys import KeyRing
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.mesh import MemoryKV, crypto
 
 

@@ -9,7 +9,7 @@ import stat
 import types
 
 import pytest
-from claudemesh_gateway.keys import KeyRing
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.mesh import JsonFileKV, MemoryKV, MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
 from claudemesh_gateway.mesh.handshake import classify_refusal
