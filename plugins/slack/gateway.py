@@ -53,6 +53,7 @@ from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURS
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlackFile, SlashCommand
+from claudemesh_gateway.retry_after import parse_retry_after
 from claudemesh_gateway.webhooks import parse_json_object, read_body
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 from slack_sdk.errors import SlackApiError, SlackRequestError
@@ -1301,12 +1302,7 @@ def _share_ts(files: Sequence[Any], channel: str) -> str | None:
 
 
 def _header_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
+    return parse_retry_after(value)  # the core's parser: seconds or an HTTP-date, capped
 
 
 def _upload_status(message: str) -> int | None:

@@ -75,6 +75,7 @@ from claudemesh_gateway.plugins.whatsapp.text import (
     render_template_variables,
 )
 from claudemesh_gateway.plugins.whatsapp.wire import InboundForm, StatusForm
+from claudemesh_gateway.retry_after import retry_after_header
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, parse_json_object, read_body
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -915,8 +916,4 @@ def _retry_after(default: float | None) -> float | None:
 
 
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    return retry_after_header(headers)  # the core's parser: seconds or an HTTP-date, capped

@@ -12,7 +12,7 @@ from a layer above (``TYPE_CHECKING`` and function-level imports count: a type i
     mesh|store the mesh client (mesh/, its key ring mesh/keys.py) and the durable store (store/);
                neither imports the other
     base       the gateway API (the package's __init__, gateway.py, messages.py, events.py,
-               errors.py, hookspecs.py) and shared helpers (webhooks.py, files.py,
+               errors.py, hookspecs.py) and shared helpers (webhooks.py, files.py, retry_after.py,
                logconfig.py, confcheck.py, signals.py, tasks.py)
 
 Besides the layers:
@@ -48,7 +48,7 @@ LAYERS: tuple[tuple[str, dict[str, tuple[str, ...]]], ...] = (
     ("delivery", {"delivery": ("delivery",)}),
     ("mesh|store", {"mesh": ("mesh",), "store": ("store",)}),
     ("base", {"base": ("", "gateway", "messages", "events", "errors", "hookspecs", "webhooks", "files",
-                       "logconfig", "confcheck", "signals", "tasks")}),
+                       "retry_after", "logconfig", "confcheck", "signals", "tasks")}),
 )
 
 #: modules a third-party plugin may import (their ``__all__``); the README's plugin author guide names them
@@ -57,6 +57,7 @@ PUBLIC_MODULES = (
     f"{PKG}.testing",               # fakes, fixtures and the GatewayContract (tests)
     f"{PKG}.webhooks",              # reading untrusted requests
     f"{PKG}.files",                 # capped downloads (fetch_attachment)
+    f"{PKG}.retry_after",           # the one Retry-After parser
     f"{PKG}.delivery.ratelimit",    # token buckets for a gateway's own polling (Slack history)
 )
 
