@@ -39,6 +39,7 @@ from .errors import ConfigError, PluginError, StartupError, StoreUnavailable, We
 from .events import GatewayState
 from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
+from .logconfig import register_patterns, register_secrets
 from .meshes import (
     mesh_topics,
     start_mesh,
@@ -602,11 +603,10 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
             await _audit(runtime, actor, {"ok": False, "errors": [exc.human_message]})
             return {"ok": False, "errors": [exc.human_message]}
 
-        from .logconfig import register_secrets
-
         register_secrets(iter_secrets(new))
-        for _, cfg in configs.values():
+        for cls, cfg in configs.values():
             register_secrets(iter_secrets(cfg))
+            register_patterns(cls.log_redactions)
         removed = [n for n in runtime.gateways if n not in configs]
         restarted = [n for n in fresh if n in runtime.gateways]
         added = [n for n in fresh if n not in runtime.gateways]
@@ -760,10 +760,9 @@ def create_app(
 
     kinds = gateway_kinds(pm)
     configs = validate_gateways(settings, kinds)
-    from .logconfig import register_secrets
-
-    for _, cfg in configs.values():  # validated models now know which fields are SecretStr
+    for cls, cfg in configs.values():  # validated models now know which fields are SecretStr
         register_secrets(iter_secrets(cfg))
+        register_patterns(cls.log_redactions)
 
     for name, (cls, cfg) in configs.items():
         try:

@@ -52,9 +52,9 @@ from claudemesh_gateway import (
 )
 from claudemesh_gateway.files import read_capped
 from claudemesh_gateway.plugins.whatsapp.media import (
+    MEDIA_TOKEN_PATTERN,
     TWILIO_API,
     MediaStore,
-    install_access_log_filter,
     is_media_path,
     media_path_of,
     scrub_media_tokens,
@@ -280,6 +280,9 @@ class WhatsAppGateway(Gateway):
         max_text=1600, replies=False, edits=False, deletes=False, threads=False,
         media=True, max_media_bytes=16 * MB, max_files=1, formatting="whatsapp",
     )
+    #: media capability tokens (``/gateways/<name>/media/<token>``, in aiohttp's access log line of
+    #: Twilio's fetch): the core's log redaction masks them in every record
+    log_redactions: ClassVar[tuple[str, ...]] = (MEDIA_TOKEN_PATTERN,)
     #: The HTTP client class handed to twilio's ``Client`` (the test seam).
     http_client_class: ClassVar[type[TwilioHttpClient]] = TwilioHttpClient
 
@@ -325,7 +328,6 @@ class WhatsAppGateway(Gateway):
             username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
         self._auth = (username, password)
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
-        install_access_log_filter()  # media tokens stay out of the access log
         detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
