@@ -150,11 +150,13 @@ class RoutingTransport:
         return self._budget
 
     @staticmethod
-    def _needs_fetch(att: Attachment, message: Message, to: Address) -> bool:
-        """A reference only its origin gateway can read (``tgfile:``, ``slackfile:``), going elsewhere."""
+    def _needs_fetch(att: Attachment, message: Message, to: Address, caps: Capabilities) -> bool:
+        """A reference only its origin gateway can read (``tgfile:``, ``slackfile:``), going elsewhere, or
+        back to its own gateway when that one cannot reuse it (``caps.reuses_own_files``): the bytes are
+        fetched here, inside the byte budget and ``attachment_max_bytes``, never by the gateway itself."""
         if att.data is not None or not att.url or att.url.startswith(("http://", "https://")):
             return False
-        return to.gateway != message.origin.gateway
+        return to.gateway != message.origin.gateway or not caps.reuses_own_files
 
     def _plan_attachments(self, message: Message, to: Address, caps: Capabilities, *,
                           edit: bool = False) -> tuple[tuple[Attachment, ...], list[Attachment]]:
@@ -176,7 +178,7 @@ class RoutingTransport:
         for att in message.attachments:
             if len(passed) >= caps.max_files:
                 described.append(att)
-            elif not self._needs_fetch(att, message, to):
+            elif not self._needs_fetch(att, message, to, caps):
                 passed.append(att)
             elif cap <= 0 or source is None or (att.size is not None and att.size > cap) or fetch_room <= 0:
                 described.append(att)
@@ -423,7 +425,7 @@ class RoutingTransport:
         gw = self.runtime.gateways.get(out.to.gateway)
         if gw is None:
             raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
-        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to)]
+        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to, gw.capabilities)]
         if pending:
             held = await self._bytes().acquire(len(pending) * self._attachment_cap(gw.capabilities))
             try:  # the bytes stay reserved until the send is over

@@ -136,6 +136,7 @@ class TelegramGateway(Gateway):
     capabilities = Capabilities(
         max_text=4096, max_parts=10, threads=True, replies=True, edits=True, deletes=False,
         media=True, max_media_bytes=50 * MB, formatting="html",
+        reuses_own_files=True,  # a file_id of this bot is sent again as is: nothing downloaded
     )
 
     # backoff for ingress reconnects (seconds); tests shrink these

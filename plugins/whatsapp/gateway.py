@@ -496,18 +496,11 @@ class WhatsAppGateway(Gateway):
             data = att.data
         elif att.url and att.url.startswith(("https://", "http://")):
             return att.url  # a public URL: Twilio fetches it itself
-        elif att.url and self._own_media_path(att.url) is not None and self._can_host(1):
-            # a file of ours going back to WhatsApp (another chat of this gateway): Twilio cannot read
-            # its own media URL when HTTP auth is enforced, so fetch it and offer the bytes
-            try:
-                data = await self.fetch_attachment(att, min(limit, self.config.media_cache_bytes))
-            except DeliveryError as exc:
-                if not exc.permanent:
-                    raise
-                log.info("whatsapp %s: file %r not re-sent (%s); described instead", self.name, att.name, exc)
-                return None
         else:
-            return None  # a reference of another platform the core did not fetch, or nothing at all
+            # a reference the core did not fetch, or nothing at all. A file of ours going back to WhatsApp
+            # (Twilio cannot read its own media URL when HTTP auth is enforced) arrives with its bytes:
+            # capabilities.reuses_own_files is False, so the core fetched it inside its byte budget
+            return None
         if len(data) > limit or not self._can_host(len(data)):
             return None
         token = self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")

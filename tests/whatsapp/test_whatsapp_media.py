@@ -211,20 +211,26 @@ def test_media_store_unit():
 
 
 # -- back to WhatsApp: a file of this gateway re-sent to another of its chats --------------------------------------
-async def test_own_reference_is_fetched_and_offered_again(wa, wh):
+async def test_own_reference_arrives_with_its_bytes_from_the_core(wa, wh):
+    """WhatsApp cannot reuse its own media (capabilities.reuses_own_files is False): the core fetches
+    them (tests/routing/test_routing_files.py), so a reference without bytes is only described."""
+    assert not type(wa.gateway).capabilities.reuses_own_files
     url = wa.twilio.add_media(PNG, "image/png")
     ref = wa.gateway._media_ref(url)
     assert ref and ref.startswith(f"twilio:{wh.NAME}:/2010-04-01/")
     await wa.open_window()
-    att = Attachment(name="ME1.png", content_type="image/png", url=ref)
+    data = await wa.gateway.fetch_attachment(Attachment(name="ME1.png", content_type="image/png", url=ref), MB)
+    att = Attachment(name="ME1.png", content_type="image/png", url=ref, data=data, size=len(data))
     await wa.gateway.send(wa.outbound("[Ada] look", attachments=(att,)))
     (hosted,) = wa.twilio.last()["MediaUrl"]
     assert await (await wa.client.get(media_path(wh, hosted))).read() == PNG
 
-    gone = Attachment(name="ME2.png", content_type="image/png", url=ref[:-4] + "dead")
-    await wa.gateway.send(wa.outbound("[Ada] gone", attachments=(gone,)))
+    bare = Attachment(name="ME2.png", content_type="image/png", url=ref)
+    fetched = len(wa.twilio.media_requests)
+    await wa.gateway.send(wa.outbound("[Ada] bare", attachments=(bare,)))
     sent = wa.twilio.last()
-    assert "MediaUrl" not in sent and sent["Body"] == "[Ada] gone\n[image ME2.png]"
+    assert "MediaUrl" not in sent and sent["Body"] == "[Ada] bare\n[image ME2.png]"
+    assert len(wa.twilio.media_requests) == fetched  # the gateway downloads nothing itself
 
 
 # -- inbound: fetch_attachment ---------------------------------------------------------------------------------------
