@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from claudemesh_gateway.mesh.keys import KeyRing, KeyRingError
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.config import MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
+from claudemesh_gateway.mesh.keys import KeyRing, KeyRingError
 
 TOPIC = "T" * 32
 
