@@ -211,7 +211,6 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     stack: list[str] = []
     on_stack: set[str] = set()
     found: list[list[str]] = []
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
 
     def connect(v: str) -> None:
         index[v] = low[v] = len(index)
