@@ -39,6 +39,17 @@ from .errors import ConfigError, PluginError, StartupError, StoreUnavailable, We
 from .events import GatewayState
 from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
+from .logconfig import register_patterns, register_secrets
+from .meshes import (
+    mesh_topics,
+    start_mesh,
+    stop_mesh,
+    stop_meshes,
+    stop_quietly,
+    used_meshes,
+    watch,
+    watch_topics,
+)
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
 from .settings import Settings, iter_secrets, validation_problems
@@ -169,21 +180,11 @@ class DevSink:
         self.received: list[dict[str, Any]] = []
         self._n = 0
 
-    def _signed(self, request: web.Request, body: bytes) -> bool | None:
-        try:
-            from .plugins.webhook.signature import SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, verify
-        except ImportError:
-            return None
-        secrets = [gw.config.secret.get_secret_value() for gw in self.runtime.gateways.values()
-                   if getattr(gw, "kind", None) == "webhook" and hasattr(gw.config, "secret")]
-        for secret in secrets:
-            try:
-                verify(secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER), body,
-                       tolerance_s=300)
-                return True
-            except SignatureError:
-                continue
-        return False
+    def _signed(self, request: web.Request, body: bytes) -> bool:
+        """Whether a configured gateway that signs what it posts (the webhook gateway's ``signed(headers,
+        body)``) signed this request: the core asks the gateways, it imports no plugin."""
+        checks = [gw.signed for gw in self.runtime.gateways.values() if callable(getattr(gw, "signed", None))]
+        return any(check(request.headers, body) for check in checks)
 
     @staticmethod
     def _loopback_only(request: web.Request) -> None:
@@ -319,7 +320,7 @@ async def online_problems(
     """Connect to each mesh and resolve the routed topics; run each gateway's ``check()``.
     Returns (problems, warnings). ``encryption``, when given, receives one line per bound topic:
     the mode a post gets now (``auto`` resolved against the broker) and who can read it."""
-    from .keys import KeyRing
+    from .mesh.keys import KeyRing
     from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
     from .routing.table import RouteTable
@@ -377,7 +378,7 @@ def bound_topics(settings: Settings) -> dict[str, set[str]]:
 
 def describe_encryption(mesh: str, topic: str, mode: str, body_version: int | None, detail: str) -> str:
     """One ``check`` line: the topic's configured mode, the bodyVersion posts get, who can read them."""
-    from .keys import reader_note
+    from .mesh.keys import reader_note
 
     names = {1: "bodyVersion 1 (plaintext)", 2: "bodyVersion 2 (sealed topic key)", 3: "bodyVersion 3 (HKDF key)"}
     if body_version is None:
@@ -388,7 +389,7 @@ def describe_encryption(mesh: str, topic: str, mode: str, body_version: int | No
 
 def configured_encryption(settings: Settings) -> list[str]:
     """``check`` without ``--online``: the configured mode of every bound topic (``auto`` needs the broker)."""
-    from .keys import BODY_HKDF, BODY_PLAINTEXT
+    from .mesh.keys import BODY_HKDF, BODY_PLAINTEXT
 
     lines = []
     for mesh, topics in sorted(bound_topics(settings).items()):
@@ -422,7 +423,7 @@ def _build_routing(runtime: Runtime) -> None:
 
 
 def _build_keyring_for(settings: Settings) -> Any:
-    from .keys import KeyRing
+    from .mesh.keys import KeyRing
 
     return KeyRing.from_settings(settings)
 
@@ -451,40 +452,8 @@ def _build_delivery(runtime: Runtime) -> Any:
                           trace=runtime.trace)
 
 
-class _ReplicaKV:
-    """The mesh peer's kv on a shared store: the session identity and presence are this replica's
-    own (each replica is its own presence of the member); topic cursors stay shared."""
-
-    def __init__(self, store: Any, replica: str) -> None:
-        self.store = store
-        self.replica = replica
-
-    def _key(self, namespace: str, key: str) -> str:
-        from .mesh.state import KV_NAMESPACE
-
-        if namespace == KV_NAMESPACE and key.endswith((":session", ":presence")):
-            return f"{key}@{self.replica}"
-        return key
-
-    async def kv_get(self, namespace: str, key: str) -> Any | None:
-        return await self.store.kv_get(namespace, self._key(namespace, key))
-
-    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
-        await self.store.kv_set(namespace, self._key(namespace, key), value)
-
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self.store.kv_delete(namespace, self._key(namespace, key))
-
-
 def _drain_timeout(settings: Settings) -> float:
     return min(float(getattr(settings.delivery, "drain_timeout", 10.0)), settings.server.shutdown_timeout)
-
-
-def _mesh_topics(runtime: Runtime, mesh: str) -> list[str]:  # topics routes read from ``mesh``
-    routes = runtime.routes
-    if routes is None:
-        return []
-    return sorted(routes.watched_topics(mesh))
 
 
 # -- cleanup contexts ----------------------------------------------------------------------------------------------------
@@ -539,130 +508,28 @@ def _dev_broker_ctx(runtime: Runtime, broker: Any) -> Callable[[web.Application]
         # the CLI started it before loading the includes it writes; we only own its shutdown
         runtime.dev_broker = broker
         yield
-        await _stop_quietly(broker.stop(), "embedded dev broker", timeout=runtime.settings.server.shutdown_timeout)
+        await stop_quietly(broker.stop(), "embedded dev broker", timeout=runtime.settings.server.shutdown_timeout)
 
     return ctx
 
 
 def _meshes_ctx(runtime: Runtime) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        used = _used_meshes(runtime.settings)
+        used = used_meshes(runtime.settings)
         for name in runtime.settings.mesh:
             if name not in used:
                 log.info("mesh %s is not used by any route; not connecting (CLI identity only)", name)
         runtime.keyring = _build_keyring(runtime)
         try:
             for name in used:
-                await _start_mesh(runtime, name)
+                await start_mesh(runtime, name)
         except Exception as exc:
-            await _stop_meshes(runtime)
+            await stop_meshes(runtime)
             raise StartupError(f"mesh could not start: {exc}") from exc
         yield
-        await _stop_meshes(runtime)
+        await stop_meshes(runtime)
 
     return ctx
-
-
-async def _start_mesh(runtime: Runtime, name: str) -> None:
-    from .mesh.peer import MeshPeer
-
-    cfg = runtime.settings.mesh[name]
-    runtime.keyring.add_mesh(name, cfg)
-    shared = _shared(runtime)
-    peer = MeshPeer(
-        name, cfg, kv=_ReplicaKV(runtime.store, runtime.leases.replica) if shared else runtime.store,
-        keyring=runtime.keyring,
-        on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
-        on_state=_mesh_state_callback(runtime, name),
-    )
-    if shared:
-        from .mesh.peer import RATE_SAFETY
-        from .store.leases import SharedTokenBucket
-
-        peer.topic_gate = runtime.leases.topic_gate(name)  # one replica polls each topic
-        # the broker counts per member: one bucket for all replicas of this member
-        peer.bucket = SharedTokenBucket(runtime.store, f"member:{cfg.mesh_id}:{cfg.member_pubkey}",
-                                        cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
-    runtime.meshes[name] = peer
-    runtime.set_state(name, GatewayState.STARTING)
-    await peer.start()
-    _watch_topics(runtime, name)
-
-
-def _watch_topics(runtime: Runtime, name: str) -> None:
-    """Start polling every topic of mesh ``name`` that routes read and that is not polled yet."""
-    peer = runtime.meshes[name]
-    tasks = runtime.watchers.setdefault(name, {})
-    for topic in _mesh_topics(runtime, name):
-        if topic not in tasks:
-            tasks[topic] = runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}")
-
-
-async def _stop_mesh(runtime: Runtime, name: str) -> None:
-    for task in runtime.watchers.pop(name, {}).values():  # a watch still waiting for its first connection
-        task.cancel()
-    peer = runtime.meshes.get(name)
-    if peer is not None:
-        await _stop_quietly(peer.stop(), f"mesh {name}", timeout=runtime.settings.server.shutdown_timeout)
-        runtime.set_state(name, GatewayState.STOPPED)
-        runtime.meshes.pop(name, None)
-
-
-async def _stop_meshes(runtime: Runtime) -> None:
-    for name in reversed(list(runtime.meshes)):
-        await _stop_mesh(runtime, name)
-
-
-def _used_meshes(settings: Settings) -> list[str]:
-    """Meshes the gateway connects to: those a route reads from or writes to. Other ``[mesh.*]``
-    tables (the dev broker's ``dev_alice``/``dev_bob`` demo identities) serve the ``mesh`` CLI only."""
-    from .routing.config import MESH_GATEWAY, parse_mesh_chat
-
-    used: set[str] = set()
-    for route in settings.routes:
-        if route.mesh:
-            used.add(route.mesh)
-        for b in route.binds:
-            if b.gateway == MESH_GATEWAY:
-                used.add(parse_mesh_chat(b.chat).mesh)
-    return [name for name in settings.mesh if name in used]
-
-
-def _mesh_state_callback(runtime: Runtime, name: str) -> Callable[..., None]:
-    mapping = {
-        "connecting": GatewayState.STARTING,
-        "connected": GatewayState.CONNECTED,
-        "backoff": GatewayState.TRANSIENT_DISCONNECT,
-        "terminal": GatewayState.BAD_CREDENTIALS,
-        "stopped": GatewayState.STOPPED,
-    }
-
-    def on_state(state: Any, detail: str = "") -> None:
-        if runtime.meshes.get(name) is None and str(getattr(state, "value", state)) != "stopped":
-            return  # a peer replaced by a reload reporting late
-        value = getattr(state, "value", state)
-        runtime.set_state(name, mapping.get(str(value), GatewayState.TRANSIENT_DISCONNECT), detail or "")
-
-    return on_state
-
-
-async def _watch(peer: Any, mesh: str, topic: str) -> None:
-    """Join and poll ``topic`` once the peer is connected (the peer waits for the connection)."""
-    from .errors import MeshError
-
-    try:
-        await peer.watch_topic(topic)
-    except MeshError as exc:  # e.g. the topic does not exist: the route cannot receive from the mesh
-        log.error("mesh %s: cannot watch #%s: %s", mesh, topic, exc, extra={"mesh": mesh})
-
-
-async def _stop_quietly(aw: Any, what: str, timeout: float | None = None) -> None:
-    try:
-        await asyncio.wait_for(aw, timeout)
-    except TimeoutError:
-        log.warning("%s did not stop within %.1fs", what, timeout or 0)
-    except Exception:
-        log.exception("%s failed to stop cleanly", what)
 
 
 async def _start_gateway(runtime: Runtime, gw: Gateway) -> None:
@@ -680,7 +547,7 @@ async def _start_gateway(runtime: Runtime, gw: Gateway) -> None:
 
 
 async def _stop_gateway(runtime: Runtime, gw: Gateway) -> None:
-    await _stop_quietly(gw.stop(), f"gateway {gw.name}", timeout=runtime.settings.server.shutdown_timeout)
+    await stop_quietly(gw.stop(), f"gateway {gw.name}", timeout=runtime.settings.server.shutdown_timeout)
     runtime.set_state(gw.name, GatewayState.STOPPED)
     log.info("gateway %s stopped", gw.name, extra={"gateway": gw.name})
 
@@ -803,11 +670,10 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
             await _audit(runtime, actor, {"ok": False, "errors": [exc.human_message]})
             return {"ok": False, "errors": [exc.human_message]}
 
-        from .logconfig import register_secrets
-
         register_secrets(iter_secrets(new))
-        for _, cfg in configs.values():
+        for cls, cfg in configs.values():
             register_secrets(iter_secrets(cfg))
+            register_patterns(cls.log_redactions)
         removed = [n for n in runtime.gateways if n not in configs]
         restarted = [n for n in fresh if n in runtime.gateways]
         added = [n for n in fresh if n not in runtime.gateways]
@@ -870,8 +736,8 @@ def _resubscribe(runtime: Runtime, name: str) -> None:
     runtime.mesh_subscribers.install(runtime, peer)
     tasks = runtime.watchers.setdefault(name, {})
     for topic in sorted(topics):
-        if topic not in tasks:  # not already watched for a route by _start_mesh
-            tasks[topic] = runtime.supervisor.spawn(_watch(peer, name, topic), what=f"watch:{name}:#{topic}:resubscribe")
+        if topic not in tasks:  # not already watched for a route by start_mesh
+            tasks[topic] = runtime.supervisor.spawn(watch(peer, name, topic), what=f"watch:{name}:#{topic}:resubscribe")
 
 
 async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors: list[str]) -> dict[str, list[str]]:
@@ -879,26 +745,26 @@ async def _reload_meshes(runtime: Runtime, old: Settings, new: Settings, errors:
     Meshes gateways use through ``ctx.mesh()`` (subscribed to, or named by a gateway's ``mesh_of``)
     stay; a reconnected one gets the subscribers' dispatcher and topics again. Runs after the
     gateways were (re)started and the route table swapped, so it sees their current subscriptions."""
-    used = set(_used_meshes(new))
+    used = set(used_meshes(new))
     kept = _gateway_meshes(runtime)
     stopped = [n for n in list(runtime.meshes)
                if n not in new.mesh or old.mesh.get(n) != new.mesh.get(n)
                or (n not in used and n not in kept)]
     for name in stopped:
-        await _stop_mesh(runtime, name)
+        await stop_mesh(runtime, name)
     started = []
     for name in [n for n in new.mesh if n in used or (n in kept and n in stopped)]:
         if name not in runtime.meshes:
             try:
-                await _start_mesh(runtime, name)
+                await start_mesh(runtime, name)
                 started.append(name)
             except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
                 errors.append(f"mesh {name} could not start: {exc}")
                 continue
             _resubscribe(runtime, name)
         else:
-            _watch_topics(runtime, name)  # topics new routes read
-            wanted = set(_mesh_topics(runtime, name)) | runtime.mesh_subscribers.topics(name)
+            watch_topics(runtime, name)  # topics new routes read
+            wanted = set(mesh_topics(runtime, name)) | runtime.mesh_subscribers.topics(name)
             for topic in [t for t in runtime.watchers.get(name, {}) if t not in wanted]:
                 runtime.watchers[name].pop(topic).cancel()
                 await runtime.meshes[name].unwatch_topic(topic)
@@ -952,6 +818,7 @@ def create_app(
     ``store``: a Store instance instead of the SQLite file at ``server.store`` (tests).
     """
     runtime = Runtime(settings, pm)
+    runtime.reloader = reload_config
     app = web.Application(middlewares=[error_middleware])
     runtime.app = app
     app[RUNTIME] = runtime
@@ -960,10 +827,9 @@ def create_app(
 
     kinds = gateway_kinds(pm)
     configs = validate_gateways(settings, kinds)
-    from .logconfig import register_secrets
-
-    for _, cfg in configs.values():  # validated models now know which fields are SecretStr
+    for cls, cfg in configs.values():  # validated models now know which fields are SecretStr
         register_secrets(iter_secrets(cfg))
+        register_patterns(cls.log_redactions)
 
     for name, (cls, cfg) in configs.items():
         try:

@@ -188,14 +188,18 @@ class Gateway(abc.ABC):
     """Subclass per platform. One instance per ``[gateways.<name>]`` table.
 
     Class attributes: ``kind`` (the ``type`` operators write), ``Config`` (the
-    table's model), ``BindingOptions`` (per-binding options model) and
-    ``capabilities``.
+    table's model), ``BindingOptions`` (per-binding options model),
+    ``capabilities`` and ``log_redactions``: regular expressions of values the
+    gateway makes at run time that must never reach a log line (capability tokens in
+    URLs); the core's log redaction masks each match, or only its ``secret`` group.
+    Secrets the gateway *knows* go through ``ctx.register_secret`` instead.
     """
 
     kind: ClassVar[str]
     Config: ClassVar[type[GatewayConfig]] = GatewayConfig
     BindingOptions: ClassVar[type[BindingOptions]] = BindingOptions
     capabilities: ClassVar[Capabilities] = Capabilities()
+    log_redactions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, config: GatewayConfig, ctx: GatewayContext) -> None:
         self.name = name

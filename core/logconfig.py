@@ -5,8 +5,12 @@ Redaction is mandatory, not cosmetic: Telegram API URLs embed the bot token
 request URL, so a plain ``log.warning("send failed: %s", exc)`` would leak it. The
 :class:`RedactionFilter` on every handler scrubs every ``SecretStr`` of the loaded
 settings (gateway tables and mesh keys included) and every value registered at run
-time through ``ctx.register_secret`` from the rendered message, its arguments and
-the exception text.
+time through ``ctx.register_secret`` from the rendered message, its arguments, the
+exception text and every extra field of the record. Values that are made at run time
+and never pass through the core (the WhatsApp gateway's media capability tokens in
+aiohttp's access log) are scrubbed by *pattern*: a gateway class lists regular
+expressions in ``Gateway.log_redactions`` (the core registers them with
+:func:`register_pattern`); a match is masked, or only its ``secret`` group when it has one.
 
 Message bodies are never logged above DEBUG; code that logs a body does so with
 ``log.debug``. Third-party libraries log at ``[log] library_level`` (INFO) or above
@@ -31,6 +35,7 @@ import contextvars
 import json
 import logging
 import logging.config
+import re
 import threading
 import traceback
 import urllib.parse
@@ -39,7 +44,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .settings import Settings
+    from typing import Protocol
+
+    class LogSettings(Protocol):
+        """What :func:`configure_logging` reads of the settings (``claudemesh_gateway.settings.Settings``,
+        a layer above): the ``[log]`` table and every secret the configuration holds."""
+
+        log: Any
+
+        def secret_strings(self) -> Iterable[str]: ...
 
 __all__ = [
     "LIBRARY_LOGGERS",
@@ -54,6 +67,8 @@ __all__ = [
     "escape_control",
     "install_trace_ids",
     "redact",
+    "register_pattern",
+    "register_patterns",
     "register_secret",
     "register_secrets",
     "uninstall_trace_ids",
@@ -92,6 +107,20 @@ class SecretRegistry:
         self._lock = threading.Lock()
         self._values: set[str] = set()
         self._ordered: tuple[str, ...] = ()
+        self._patterns: tuple[re.Pattern[str], ...] = ()
+
+    def add_pattern(self, pattern: str | re.Pattern[str]) -> None:
+        """Mask every match of ``pattern`` (only its ``secret`` group, when it has one). ValueError
+        for a pattern that does not compile or that matches the empty string."""
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"redaction pattern {pattern!r}: {exc}") from None
+        if compiled.fullmatch(""):
+            raise ValueError(f"redaction pattern {compiled.pattern!r} matches the empty string")
+        with self._lock:
+            if compiled not in self._patterns:
+                self._patterns = (*self._patterns, compiled)
 
     def add(self, value: str | None) -> None:
         if not value or len(value) < MIN_SECRET_LEN:
@@ -107,6 +136,7 @@ class SecretRegistry:
         with self._lock:
             self._values.clear()
             self._ordered = ()
+            self._patterns = ()
 
     def __contains__(self, value: str) -> bool:
         return value in self._values
@@ -115,7 +145,16 @@ class SecretRegistry:
         for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, MASK)
+        for pattern in self._patterns:
+            text = pattern.sub(_mask_match, text)
         return text
+
+
+def _mask_match(m: re.Match[str]) -> str:
+    if "secret" not in m.re.groupindex or m.start("secret") < 0:
+        return MASK
+    start, end = m.start("secret") - m.start(), m.end("secret") - m.start()
+    return m.group(0)[:start] + MASK + m.group(0)[end:]
 
 
 SECRETS = SecretRegistry()  # process-wide, like logging itself
@@ -140,6 +179,17 @@ def register_secret(value: str | None) -> None:
 def register_secrets(values: Iterable[str]) -> None:
     for value in values:
         SECRETS.add(value)
+
+
+def register_pattern(pattern: str | re.Pattern[str]) -> None:
+    """Scrub every match of ``pattern`` from every log record from now on (its ``secret`` group only,
+    when it has one: ``r"/media/(?P<secret>[A-Za-z0-9_-]+)"`` keeps the path, masks the token)."""
+    SECRETS.add_pattern(pattern)
+
+
+def register_patterns(patterns: Iterable[str | re.Pattern[str]]) -> None:
+    for pattern in patterns:
+        SECRETS.add_pattern(pattern)
 
 
 def redact(text: str) -> str:
@@ -170,11 +220,14 @@ class RedactionFilter(logging.Filter):
             record.exc_text = reg.redact(record.exc_text)
         if record.stack_info:
             record.stack_info = reg.redact(record.stack_info)
-        for key in STRUCTURED_FIELDS:
-            value = getattr(record, key, None)
-            if isinstance(value, str):
+        for key, value in list(vars(record).items()):  # structured fields and any other extra
+            if key not in _RECORD_ATTRS and isinstance(value, str):
                 setattr(record, key, reg.redact(value))
         return True
+
+
+#: attributes every LogRecord has (not extras): left alone by the filter
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class TextFormatter(logging.Formatter):
@@ -284,14 +337,12 @@ def logging_dict(level: str = "INFO", fmt: str = "text", library_level: str = "I
     }
 
 
-def configure_logging(settings: Settings | None = None, *, level: str | None = None, fmt: str | None = None,
+def configure_logging(settings: LogSettings | None = None, *, level: str | None = None, fmt: str | None = None,
                       library_level: str | None = None) -> None:
     """Install handlers per ``[log]`` and register every secret in ``settings`` for redaction.
     Libraries (:data:`LIBRARY_LOGGERS`) log at ``[log] library_level`` (INFO) or above ``level``."""
     if settings is not None:
-        from .settings import iter_secrets
-
-        register_secrets(iter_secrets(settings))
+        register_secrets(settings.secret_strings())
         level = level or settings.log.level
         fmt = fmt or settings.log.format
         library_level = library_level or getattr(settings.log, "library_level", None)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DeliveryError, MeshError
 from .gateway import RateLimit
+from .meshes import start_mesh
 from .messages import Address, Message
 
 if TYPE_CHECKING:
@@ -115,7 +116,7 @@ class CoreMeshHandle:
 
     @property
     def rate_limit(self) -> RateLimit:
-        from .routing.transport import mesh_rate_limit
+        from .delivery.transport import mesh_rate_limit
 
         return mesh_rate_limit(self.name, self._runtime.settings.mesh.get(self.name))
 
@@ -123,10 +124,8 @@ class CoreMeshHandle:
         runtime = self._runtime
         peer = runtime.meshes.get(self.name)
         if peer is None:
-            from .app import _start_mesh  # the one place that builds peers (key ring, store, state)
-
             log.info("mesh %s connected for gateway %s", self.name, self._gateway)
-            await _start_mesh(runtime, self.name)
+            await start_mesh(runtime, self.name)  # the one place that builds peers (key ring, store, state)
             peer = runtime.meshes[self.name]
         runtime.mesh_subscribers.install(runtime, peer)
         return peer
@@ -145,8 +144,8 @@ class CoreMeshHandle:
 
     async def post_topic(self, topic: str, text: str, *, reply_to: str | None = None,
                          idempotency_key: str | None = None) -> str | None:
-        from .routing.text import mentions_in
-        from .routing.transport import client_message_id
+        from .delivery.text import mentions_in
+        from .delivery.transport import client_message_id
 
         peer = await self._peer()
         try:

@@ -128,6 +128,9 @@ class Capabilities:
     media: bool = False
     max_media_bytes: int = 0
     max_files: int = 10  # files handed over with one message; the core describes the rest
+    #: the gateway sends its *own* file references again without their bytes (Telegram's file_id);
+    #: otherwise the core fetches them, as another platform's, within its byte budget and caps
+    reuses_own_files: bool = False
     formatting: str = "plain"  # plain | html | mrkdwn | whatsapp | markdown
 
 

@@ -11,10 +11,12 @@ __all__ = ["reload_config", "send_test_message"]
 
 
 async def reload_config(runtime: Runtime, *, actor: str) -> dict[str, Any]:
-    """Validate the config file again and apply it without dropping queued or in-flight messages."""
-    from .app import reload_config as _reload
-
-    return await _reload(runtime, actor=actor)
+    """Validate the config file again and apply it without dropping queued or in-flight messages
+    (``runtime.reloader``, which ``create_app`` installs: the reload restarts gateways and meshes,
+    which only the composition layer knows how to build)."""
+    if runtime.reloader is None:
+        return {"ok": False, "errors": ["config reload is not available in this gateway"]}
+    return await runtime.reloader(runtime, actor=actor)
 
 
 async def send_test_message(runtime: Runtime, route: str, text: str, *, actor: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .events import Event, GatewayState, GatewayStateChanged
@@ -45,7 +45,7 @@ class Runtime:
         self.store: Any = None  # claudemesh_gateway.store.base.Store, opened by the app
         self.http: aiohttp.ClientSession | None = None
         self.meshes: dict[str, Any] = {}  # name -> MeshPeer
-        self.keyring: Any = None  # claudemesh_gateway.keys.KeyRing
+        self.keyring: Any = None  # claudemesh_gateway.mesh.keys.KeyRing
         self.gateways: dict[str, Gateway] = {}
         self.routes: Any = None  # claudemesh_gateway.routing RouteTable
         self.pipeline: Any = None  # claudemesh_gateway.routing Pipeline
@@ -61,6 +61,8 @@ class Runtime:
         self.draining: bool = False
         self.supervisor = TaskSupervisor("gateway")
         self.mesh_subscribers = MeshSubscribers()  # (mesh, topic) consumed by gateways through ctx.mesh()
+        #: ``reloader(runtime, actor=...)``: re-read and apply the config (``create_app`` installs app.reload_config)
+        self.reloader: Callable[..., Awaitable[dict[str, Any]]] | None = None
         self._reload_lock: asyncio.Lock | None = None
         self._event_queue: asyncio.Queue[Event] | None = None
         self._event_worker: asyncio.Task[Any] | None = None

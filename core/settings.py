@@ -196,6 +196,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
 
+    def secret_strings(self) -> Iterator[str]:
+        """Every secret this configuration holds (:func:`iter_secrets`), for log redaction."""
+        return iter_secrets(self)
+
     def gateway_kind(self, name: str) -> str:
         """The gateway kind of instance ``name`` (``type`` key, defaulting to the table name)."""
         return str(self.gateways[name].get("type", name))

@@ -24,4 +24,5 @@ if [ -z "${CLAUDEMESH_TEST_PG_DSN:-}" ] && [ "${CLAUDEMESH_TEST_PG:-1}" != 0 ]; 
   fi
 fi
 
+.venv/bin/python -m pip install --disable-pip-version-check -q -e examples/claudemesh-gateway-example >> .venv/install.log 2>&1 || { tail -20 .venv/install.log >&2; exit 1; }  # the third-party example plugin
 .venv/bin/pytest -q "$@"

@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import DeliveryError, MeshError
-from ..keys import KeyRing, KeyRingError
 from . import crypto
 from .connection import Connection, MeshRequestError
 from .inbound import LRUSet, PushHandler
+from .keys import KeyRing, KeyRingError
 from .poller import TopicPoller
 from .ratelimit import TokenBucket
 from .roster import Roster

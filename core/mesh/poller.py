@@ -73,8 +73,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import MeshError, MeshTerminalError, StoreUnavailable
-from ..keys import SEALED, UNENCRYPTED
 from .aio import TaskOwner, wait_event
+from .keys import SEALED, UNENCRYPTED
 from .state import KV_NAMESPACE
 from .types import MeshInbound, Topic, parse_time_ms
 

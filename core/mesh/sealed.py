@@ -1,6 +1,6 @@
 """bodyVersion 2 interop: the broker-sealed random topic keys (mesh-protocol.md A.13).
 
-:class:`SealedTopicKeys` is the key ring's :class:`~claudemesh_gateway.keys.SealedKeyProvider` for
+:class:`SealedTopicKeys` is the key ring's :class:`~claudemesh_gateway.mesh.keys.SealedKeyProvider` for
 one mesh. Per topic it:
 
 1. mints a short-lived REST API key over WS (``apikey_create``: ``["read","send"]``, scoped to the
@@ -32,8 +32,8 @@ from urllib.parse import quote
 import aiohttp
 
 from ..errors import MeshError
-from ..keys import ERROR, PENDING, SEALED, UNENCRYPTED, UNKNOWN, SealedKeyStatus
 from . import crypto
+from .keys import ERROR, PENDING, SEALED, UNENCRYPTED, UNKNOWN, SealedKeyStatus
 from .types import Topic
 
 __all__ = ["RestError", "SealedTopicKeys"]

@@ -12,14 +12,11 @@ import dataclasses
 import inspect
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..messages import Address, Message
 from .config import MESH_GATEWAY, mesh_of
 from .table import Route, RouteTable, mesh_address
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 __all__ = ["BOT_SENDER", "COMMANDS", "HELP_TEXT", "CommandHandler", "CommandResult", "DmScope", "parse_command"]
 
@@ -96,7 +93,7 @@ async def _maybe(v: Any) -> Any:
 
 
 class CommandHandler:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Any) -> None:  # the running gateway (runtime.Runtime, a layer above)
         self.runtime = runtime
 
     def authorised(self, table: RouteTable, message: Message) -> bool:

@@ -13,7 +13,7 @@ Steps (ARCHITECTURE.md, "The path of a message"):
               acknowledges its source after the message is durable.
 
 The Pipeline is also the DeliveryEngine's transport (``render``/``send``/``delivered``,
-delegated to :class:`~claudemesh_gateway.routing.transport.RoutingTransport`).
+delegated to :class:`~claudemesh_gateway.delivery.transport.RoutingTransport`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
+from ..delivery.text import parse_hop_prefix, parse_leading_tags, parse_via
+from ..delivery.transport import KIND_RELAY, KIND_REPLY, OutboxItemFactory, RoutingTransport
 from ..events import MessageDropped, MessageQueued, MessageReceived
 from ..gateway import RateLimit, SubmitResult
 from ..messages import Address, Message, Outbound, SendResult, message_to_dict
@@ -36,11 +38,6 @@ from ..trace import TraceRecorder
 from .commands import BOT_SENDER, CommandHandler, parse_command
 from .config import MESH_GATEWAY, mesh_of
 from .table import DEFAULT_ATTRIBUTION, Destination, RouteTable, mesh_address
-from .text import parse_hop_prefix, parse_leading_tags, parse_via
-from .transport import KIND_RELAY, KIND_REPLY, OutboxItemFactory, RoutingTransport
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 __all__ = ["Pipeline", "outbox_item", "own_identities"]
 
@@ -98,7 +95,7 @@ async def _maybe(v: Any) -> Any:
 class Pipeline:
     """``submit`` for gateways, ``on_mesh_inbound`` for mesh peers, transport for the DeliveryEngine."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Any) -> None:  # the running gateway (runtime.Runtime, a layer above)
         self.runtime = runtime
         self.transport = RoutingTransport(runtime)
         self.commands = CommandHandler(runtime)

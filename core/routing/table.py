@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from ..delivery.text import DEFAULT_ATTRIBUTION
 from ..errors import ConfigError
 from ..gateway import Binding, Gateway
 from ..logconfig import url_password
@@ -32,7 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTRIBUTION = "{sender}: {text}"
 DEFAULT_MAX_HOPS = 2
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import re
@@ -53,6 +52,7 @@ from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURS
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlackFile, SlashCommand
+from claudemesh_gateway.retry_after import parse_retry_after
 from claudemesh_gateway.webhooks import parse_json_object, read_body
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 from slack_sdk.errors import SlackApiError, SlackRequestError
@@ -1070,26 +1070,16 @@ class SlackGateway(Gateway):
     async def _files_to_upload(self, attachments: Sequence[Attachment]) -> tuple[list[Attachment], list[Attachment]]:
         """(attachments with bytes to upload, attachments described in the text).
 
-        Bytes (the core fetched them from another platform) are uploaded; so are this gateway's
-        own references (a file relayed between two channels of this workspace), read back first.
-        A public http(s) URL without bytes is described with its link."""
+        Bytes are uploaded: the core fetched them, from another platform or from this workspace (a
+        file relayed between two channels: ``capabilities.reuses_own_files`` is False, so the core
+        reads it back through :meth:`fetch_attachment` inside its byte budget). A public http(s) URL
+        without bytes is described with its link."""
         cap = self.config.upload_max_bytes
         files: list[Attachment] = []
         described: list[Attachment] = []
-        own = f"{FILE_SCHEME}:{self.name}:"
         for a in attachments:
             if a.data is not None:
                 (files if 0 < len(a.data) <= cap else described).append(a)
-            elif cap > 0 and a.url and a.url.startswith(own):
-                try:
-                    data = await self.fetch_attachment(a, cap)
-                except DeliveryError as exc:
-                    if not exc.permanent:
-                        raise
-                    log.info("gateway %s: file %r not re-uploaded (%s); described instead", self.name, a.name, exc)
-                    described.append(a)
-                    continue
-                files.append(dataclasses.replace(a, data=data, size=len(data)))
             else:
                 described.append(a)
         return files, described
@@ -1346,12 +1336,7 @@ def _share_ts(files: Sequence[Any], channel: str) -> str | None:
 
 
 def _header_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None
+    return parse_retry_after(value)  # the core's parser: seconds or an HTTP-date, capped
 
 
 def _upload_status(message: str) -> int | None:

@@ -71,6 +71,7 @@ from claudemesh_gateway.plugins.telegram.wire import (
     User,
     WebhookInfo,
 )
+from claudemesh_gateway.retry_after import parse_retry_after
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_json_object
 from pydantic import ValidationError
 from telegram import Bot, BotCommand, InputFile, LinkPreviewOptions, ReplyParameters
@@ -120,7 +121,8 @@ def _is_group(chat: str) -> bool:
 
 def _retry_after_seconds(exc: RetryAfter) -> float:
     ra = exc.retry_after
-    return ra.total_seconds() if isinstance(ra, dt.timedelta) else float(ra)
+    seconds = ra.total_seconds() if isinstance(ra, dt.timedelta) else float(ra)
+    return parse_retry_after(str(seconds)) or 0.0  # the core's bounds: never negative, capped
 
 
 def _is_parse_error(exc: BadRequest) -> bool:
@@ -134,6 +136,7 @@ class TelegramGateway(Gateway):
     capabilities = Capabilities(
         max_text=4096, max_parts=10, threads=True, replies=True, edits=True, deletes=False,
         media=True, max_media_bytes=50 * MB, formatting="html",
+        reuses_own_files=True,  # a file_id of this bot is sent again as is: nothing downloaded
     )
 
     # backoff for ingress reconnects (seconds); tests shrink these

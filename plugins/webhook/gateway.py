@@ -19,13 +19,11 @@ nothing is submitted. 200 only after the core has durably queued the message.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import re
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
@@ -50,10 +48,11 @@ from claudemesh_gateway.plugins.webhook.signature import (
     signature_headers,
     verify,
 )
+from claudemesh_gateway.retry_after import parse_retry_after
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_body
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-__all__ = ["InboundPayload", "WebhookBindingOptions", "WebhookConfig", "WebhookGateway", "parse_retry_after"]
+__all__ = ["InboundPayload", "WebhookBindingOptions", "WebhookConfig", "WebhookGateway"]
 
 log = logging.getLogger(__name__)
 
@@ -124,24 +123,6 @@ class InboundPayload(BaseModel):
         return v
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), capped at one hour."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(0.0, seconds), 3600.0)
-
-
 def _tags(values: Sequence[str]) -> frozenset[str]:
     out = set()
     for v in values:
@@ -172,6 +153,16 @@ class WebhookGateway(Gateway):
     async def start(self) -> None:
         self._stopping = False
         self.set_state(GatewayState.CONNECTED)
+
+    def signed(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """Whether ``body`` with ``headers`` carries a fresh signature of this gateway's secret (the
+        dev sink, ``/-/dev/sink``, shows it for each request it receives)."""
+        try:
+            verify(self.config.secret.get_secret_value(), headers.get(TIMESTAMP_HEADER),
+                   headers.get(SIGNATURE_HEADER), body, tolerance_s=300)
+        except SignatureError:
+            return False
+        return True
 
     async def stop(self) -> None:
         self._stopping = True

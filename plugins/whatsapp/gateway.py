@@ -52,9 +52,9 @@ from claudemesh_gateway import (
 )
 from claudemesh_gateway.files import read_capped
 from claudemesh_gateway.plugins.whatsapp.media import (
+    MEDIA_TOKEN_PATTERN,
     TWILIO_API,
     MediaStore,
-    install_access_log_filter,
     is_media_path,
     media_path_of,
     scrub_media_tokens,
@@ -75,6 +75,7 @@ from claudemesh_gateway.plugins.whatsapp.text import (
     render_template_variables,
 )
 from claudemesh_gateway.plugins.whatsapp.wire import InboundForm, StatusForm
+from claudemesh_gateway.retry_after import retry_after_header
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, parse_json_object, read_body
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
@@ -279,6 +280,9 @@ class WhatsAppGateway(Gateway):
         max_text=1600, replies=False, edits=False, deletes=False, threads=False,
         media=True, max_media_bytes=16 * MB, max_files=1, formatting="whatsapp",
     )
+    #: media capability tokens (``/gateways/<name>/media/<token>``, in aiohttp's access log line of
+    #: Twilio's fetch): the core's log redaction masks them in every record
+    log_redactions: ClassVar[tuple[str, ...]] = (MEDIA_TOKEN_PATTERN,)
     #: The HTTP client class handed to twilio's ``Client`` (the test seam).
     http_client_class: ClassVar[type[TwilioHttpClient]] = TwilioHttpClient
 
@@ -324,7 +328,6 @@ class WhatsAppGateway(Gateway):
             username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
         self._auth = (username, password)
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
-        install_access_log_filter()  # media tokens stay out of the access log
         detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
@@ -493,18 +496,11 @@ class WhatsAppGateway(Gateway):
             data = att.data
         elif att.url and att.url.startswith(("https://", "http://")):
             return att.url  # a public URL: Twilio fetches it itself
-        elif att.url and self._own_media_path(att.url) is not None and self._can_host(1):
-            # a file of ours going back to WhatsApp (another chat of this gateway): Twilio cannot read
-            # its own media URL when HTTP auth is enforced, so fetch it and offer the bytes
-            try:
-                data = await self.fetch_attachment(att, min(limit, self.config.media_cache_bytes))
-            except DeliveryError as exc:
-                if not exc.permanent:
-                    raise
-                log.info("whatsapp %s: file %r not re-sent (%s); described instead", self.name, att.name, exc)
-                return None
         else:
-            return None  # a reference of another platform the core did not fetch, or nothing at all
+            # a reference the core did not fetch, or nothing at all. A file of ours going back to WhatsApp
+            # (Twilio cannot read its own media URL when HTTP auth is enforced) arrives with its bytes:
+            # capabilities.reuses_own_files is False, so the core fetched it inside its byte budget
+            return None
         if len(data) > limit or not self._can_host(len(data)):
             return None
         token = self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
@@ -915,8 +911,4 @@ def _retry_after(default: float | None) -> float | None:
 
 
 def _header_seconds(headers: Mapping[str, str]) -> float | None:
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    return retry_after_header(headers)  # the core's parser: seconds or an HTTP-date, capped

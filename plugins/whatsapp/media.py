@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import mimetypes
 import re
 import secrets
@@ -22,10 +21,10 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 __all__ = [
+    "MEDIA_TOKEN_PATTERN",
     "TWILIO_API",
     "HostedMedia",
     "MediaStore",
-    "install_access_log_filter",
     "is_media_path",
     "media_path_of",
     "scrub_media_tokens",
@@ -37,7 +36,9 @@ TWILIO_API = "https://api.twilio.com"
 
 #: the path of one inbound media resource of an account
 _MEDIA_PATH = re.compile(r"/2010-04-01/Accounts/AC[0-9A-Za-z]{8,64}/Messages/[0-9A-Za-z]{2,64}/Media/[0-9A-Za-z]{2,64}")
-_TOKEN_IN_PATH = re.compile(r"(/gateways/[^/\s\"'?#]+/media/)[A-Za-z0-9_\-]+")
+#: a capability token in a media path: the gateway's ``log_redactions`` (the core masks it in every log line)
+MEDIA_TOKEN_PATTERN = r"(/gateways/[^/\s\"'?#]+/media/)(?P<secret>[A-Za-z0-9_\-]+)"
+_TOKEN_IN_PATH = re.compile(MEDIA_TOKEN_PATTERN)
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*")
 
 
@@ -154,30 +155,3 @@ class MediaStore:
         key = self._keys.pop(token, None)
         if key is not None and self._by_key.get(key) == token:
             del self._by_key[key]
-
-
-class _MediaTokenFilter(logging.Filter):
-    """Keeps capability tokens of the media route out of aiohttp's access log (``"GET /gateways/wa/
-    media/<token>"``); the rest of each line is left as it is."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format string: leave the record alone
-            return True
-        if "/media/" in message:
-            record.msg, record.args = scrub_media_tokens(message), None
-        for key, value in list(vars(record).items()):
-            if key != "msg" and isinstance(value, str) and "/media/" in value:
-                setattr(record, key, scrub_media_tokens(value))
-        return True
-
-
-_ACCESS_FILTER = _MediaTokenFilter()
-
-
-def install_access_log_filter(logger_name: str = "aiohttp.access") -> None:
-    """Attach the token filter to the access logger (once per process)."""
-    logger = logging.getLogger(logger_name)
-    if _ACCESS_FILTER not in logger.filters:
-        logger.addFilter(_ACCESS_FILTER)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from claudemesh_gateway.routing.transport import client_message_id
+from claudemesh_gateway.delivery.transport import client_message_id
 
 from .conftest import FAST_POLL, WH_SECRET, signed_post, to_toml
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
-from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MeshPeer
 from claudemesh_gateway.mesh.config import MeshConfig
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.testing import build_test_app, mesh_member, wait_until
 
 FAST = {

@@ -59,7 +59,7 @@ async def test_bridge_far_broker_outage(net, bridge_app):
 async def test_bridge_reconnects_a_far_mesh_stopped_under_it(net, bridge_app):
     """A config reload stops meshes no route lists (today the core does not count bridges' meshes):
     the bridge connects its mesh again and carries on from its cursor; nothing posted meanwhile is lost."""
-    from claudemesh_gateway.app import _stop_mesh
+    from claudemesh_gateway.meshes import stop_mesh
 
     config = {"gateways": {"to_b": {"type": "bridge", "mesh": "b"}},
               "routes": [{"name": "ab", "mesh": "a", "topic": "general",
@@ -68,7 +68,7 @@ async def test_bridge_reconnects_a_far_mesh_stopped_under_it(net, bridge_app):
     bob = await net.member("b_bob")
     alice = await net.member("a_alice")
     old = rt.meshes["b"]
-    await _stop_mesh(rt, "b")  # what _reload_meshes does to a mesh it thinks unused
+    await stop_mesh(rt, "b")  # what _reload_meshes does to a mesh it thinks unused
     await bob.post_topic("lobby", "while b was stopped")
 
     def back() -> bool:

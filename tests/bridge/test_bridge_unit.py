@@ -94,7 +94,7 @@ def test_bridge_capabilities_fit_the_mesh_byte_limit():
 
 
 def test_bridge_rate_limit_shares_the_core_mesh_bucket(http):
-    from claudemesh_gateway.routing.transport import mesh_rate_limit
+    from claudemesh_gateway.delivery.transport import mesh_rate_limit
 
     gw, _ctx, _h = _gateway(http)
     assert tuple(gw.rate_limits(Address("to_b", "lobby"))) == (mesh_rate_limit("b"),)

@@ -11,8 +11,8 @@ import pytest
 from claudemesh_gateway import cli
 from claudemesh_gateway.confcheck import MAX_FORMAT_WIDTH
 from claudemesh_gateway.delivery.config import LimitSpec
+from claudemesh_gateway.delivery.text import attribute
 from claudemesh_gateway.routing.config import RouteConfig
-from claudemesh_gateway.routing.text import attribute
 from pydantic import ValidationError
 
 WEBHOOK = '[gateways.webhook]\nsecret = "defect17-webhook-secret-0123456789"\nurl = "http://127.0.0.1:9/s"\n'

@@ -104,7 +104,7 @@ async def test_a_ring_of_routes_delivers_each_message_once_per_destination(e2e_a
          "binds": [{"gateway": "mesh", "chat": "dev:#general"}, wh("seen-ring1", sink)]},
     ])
     # bob is a naive upstream-style bridge: copies ring1 back into general, bumping the hop prefix
-    from claudemesh_gateway.routing.text import parse_hop_prefix
+    from claudemesh_gateway.delivery.text import parse_hop_prefix
 
     async def bridge(item):
         hop, text = parse_hop_prefix(item.text)

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
-from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig
 from claudemesh_gateway.mesh import poller as poller_mod
 from claudemesh_gateway.mesh.crypto import KeyPair
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.mesh.poller import TopicPoller
 from claudemesh_gateway.mesh.types import Topic
 from claudemesh_gateway.web.metrics import Metrics

@@ -13,9 +13,9 @@ import base64
 import types
 from typing import Any
 
-from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MemoryKV, MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.mesh.poller import TopicPoller
 from claudemesh_gateway.mesh.types import Topic
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from claudemesh_gateway.keys import KeyRing, KeyRingError
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.config import MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
+from claudemesh_gateway.mesh.keys import KeyRing, KeyRingError
 
 TOPIC = "T" * 32
 
@@ -119,7 +119,7 @@ def test_try_all_topic_keys_and_missing_key():
 def test_auto_is_the_default_and_picks_v1_or_v2_per_topic():
     """``auto`` (the default): v1 without REST or where the topic is unencrypted, v2 where the sealed key
     is held, and a transient refusal (never plaintext) while an encrypted topic's key is not held."""
-    from claudemesh_gateway.keys import PENDING, SEALED, UNENCRYPTED, SealedKeyStatus
+    from claudemesh_gateway.mesh.keys import PENDING, SEALED, UNENCRYPTED, SealedKeyStatus
 
     bare = MeshConfig(broker_url="ws://127.0.0.1:1/ws", mesh_id="M" * 32, member_id="m",
                       secret_key=KeyPair.generate().secret_hex)

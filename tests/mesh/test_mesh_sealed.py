@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from claudemesh_gateway.keys import KeyRing, KeyRingError
 from claudemesh_gateway.mesh import crypto
 from claudemesh_gateway.mesh.config import MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
+from claudemesh_gateway.mesh.keys import KeyRing, KeyRingError
 from claudemesh_gateway.mesh.sealed import SealedTopicKeys
 from claudemesh_gateway.mesh.types import Topic
 

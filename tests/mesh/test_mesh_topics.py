@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 from claudemesh_gateway.errors import DeliveryError, MeshError
-from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import MemoryKV, crypto
+from claudemesh_gateway.mesh.keys import KeyRing
 
 
 async def test_topic_post_ingested_in_order_once(broker, make_peer, new_inbox, eventually):

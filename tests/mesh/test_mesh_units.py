@@ -9,10 +9,10 @@ import stat
 import types
 
 import pytest
-from claudemesh_gateway.keys import KeyRing
 from claudemesh_gateway.mesh import JsonFileKV, MemoryKV, MeshConfig
 from claudemesh_gateway.mesh.crypto import KeyPair
 from claudemesh_gateway.mesh.handshake import classify_refusal
+from claudemesh_gateway.mesh.keys import KeyRing
 from claudemesh_gateway.mesh.poller import TopicPoller
 from claudemesh_gateway.mesh.ratelimit import TokenBucket
 from claudemesh_gateway.mesh.sender import classify_ack_error

@@ -139,15 +139,44 @@ async def test_urls_and_own_references_pass_untouched(make_runtime):
     await rt.pipeline.submit(msg("r", gateway="src", chat="c1", mid="src:7", attachments=(url,)))
     await drain(rt)
     assert dst.sent[0].attachments == (url,) and src.fetches == []
-    # a reference going back to a chat of its own gateway is the gateway's business (e.g. by file_id)
-    own = {"name": "own", "mesh": "m", "topic": "t2", "direction": "both",
-           "binds": [{"gateway": "src", "chat": "c1"}, {"gateway": "src", "chat": "c2"}]}
-    rt2 = make_runtime([own], gateways={"src": src})
+    # a reference going back to a chat of its own gateway that can reuse it (a file_id) passes untouched
+    reuser = ReusingSourceGateway("src")
+    rt2 = make_runtime([OWN_ROOM], gateways={"src": reuser})
     rt2.settings.delivery = DeliveryConfig()
     await rt2.pipeline.submit(msg("o", gateway="src", chat="c1", mid="src:8", attachments=(photo(),)))
     await drain(rt2)
+    (out,) = reuser.sent
+    assert out.attachments == (photo(),) and reuser.fetches == []
+
+
+OWN_ROOM = {"name": "own", "mesh": "m", "topic": "t2", "direction": "both",
+            "binds": [{"gateway": "src", "chat": "c1"}, {"gateway": "src", "chat": "c2"}]}
+
+
+class ReusingSourceGateway(SourceGateway):
+    capabilities: ClassVar[Capabilities] = dataclasses.replace(SourceGateway.capabilities, reuses_own_files=True)
+
+
+async def test_own_references_a_gateway_cannot_reuse_are_fetched_by_the_core_within_its_caps(make_runtime):
+    """Slack and WhatsApp cannot send their own file references again: the core reads the bytes back
+    (fetch_attachment), under attachment_max_bytes and the byte budget, instead of the plugin."""
+    src = SourceGateway("src")
+    src.files["f1"] = b"\xff\xd8\xff"
+    rt = make_runtime([OWN_ROOM], gateways={"src": src})
+    rt.settings.delivery = DeliveryConfig(attachment_max_bytes=4_000)
+    await rt.pipeline.submit(msg("o", gateway="src", chat="c1", mid="src:8", attachments=(photo(),)))
+    await drain(rt)
     (out,) = src.sent
-    assert out.attachments == (photo(),) and src.fetches == []
+    (att,) = out.attachments
+    assert att.data == b"\xff\xd8\xff" and src.fetches == [("src:f1", 4_000)]
+    # larger than attachment_max_bytes: described, nothing fetched
+    src.sent.clear()
+    src.fetches.clear()
+    big = photo(ref="src:f2", size=9_000, name="big.jpg")
+    await rt.pipeline.submit(msg("b", gateway="src", chat="c1", mid="src:9", attachments=(big,)))
+    await drain(rt)
+    (out,) = src.sent
+    assert out.attachments == () and "big.jpg" in out.text and src.fetches == []
 
 
 async def test_fetched_bytes_never_reach_the_outbox(make_runtime):

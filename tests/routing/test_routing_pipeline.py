@@ -7,9 +7,9 @@ import re
 
 import pytest
 from claudemesh_gateway import Address, Attachment, DeliveryError, hookimpl
+from claudemesh_gateway.delivery.text import ZWSP
 from claudemesh_gateway.mesh.types import MeshInbound, Peer
 from claudemesh_gateway.routing.commands import HELP_TEXT, parse_command
-from claudemesh_gateway.routing.text import ZWSP
 
 from .conftest import (
     ALICE,

@@ -538,12 +538,13 @@ async def test_a_slack_file_reaches_another_platform_as_bytes(file_app, fake_sla
     [att] = out.attachments
     assert att.data == PNG and att.name == "chart.png" and att.size == len(PNG)
     assert out.text == "alice: numbers"  # no description: the file itself travelled
-    # the other channel of the same workspace gets it re-uploaded by the gateway itself
+    # the other channel of the same workspace gets it re-uploaded: the core read it back (Slack cannot
+    # reuse its own file references), inside its byte budget
     await wait_until(lambda: fake_slack.uploads, 10)
     [up] = fake_slack.uploads
     assert up["channel"] == "C2" and up["files"][0]["data"] == PNG
     assert up["initial_comment"] == "alice: numbers"
-    # read twice (once for the sink by the core, once by the gateway for C2), always with the token
+    # read twice by the core (once for the sink, once for C2), always with the token
     assert [c["file"] for c in fake_slack.methods("files.info")] == [f["id"]] * 2
     assert [d["authorization"] for d in fake_slack.downloads] == [f"Bearer {sk.BOT_TOKEN}"] * 2
     await asyncio.sleep(0.3)

@@ -15,7 +15,6 @@ from claudemesh_gateway.plugins.webhook.gateway import (
     WebhookBindingOptions,
     WebhookConfig,
     WebhookGateway,
-    parse_retry_after,
 )
 from claudemesh_gateway.plugins.webhook.signature import SignatureError, sign, signature_headers, verify
 from claudemesh_gateway.testing import RecordingContext
@@ -45,15 +44,6 @@ def test_verify_accepts_fresh_rejects_stale_bad_and_missing():
         verify(SECRET, None, good, body, tolerance_s=300, now=now)
     with pytest.raises(SignatureError, match="integer"):
         verify(SECRET, "soon", good, body, tolerance_s=300, now=now)
-
-
-def test_retry_after_parsing():
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("garbage") is None
-    assert parse_retry_after("99999") == 3600.0
-    when = "Wed, 21 Oct 2015 07:28:00 GMT"
-    assert parse_retry_after(when, now=1445412470.0) == pytest.approx(10.0)
 
 
 def test_config_validation():

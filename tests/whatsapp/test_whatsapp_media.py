@@ -8,7 +8,7 @@ import logging
 import pytest
 from claudemesh_gateway import Attachment, DeliveryError
 from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppConfig
-from claudemesh_gateway.plugins.whatsapp.media import MediaStore, install_access_log_filter
+from claudemesh_gateway.plugins.whatsapp.media import MediaStore
 
 MB = 1024 * 1024
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -167,10 +167,14 @@ async def test_media_tokens_are_never_logged_nor_in_errors(wa, wh, caplog):
     token = url.rsplit("/", 1)[1]
     assert "21620" in str(err.value) and token not in str(err.value)
     await wa.client.get(media_path(wh, url))
-    assert token not in caplog.text
+    # the core's redaction filter (on the handler configure_logging installs), with the pattern the
+    # gateway declares (create_app registers it), scrubs every record, aiohttp's access log line included
+    from claudemesh_gateway.logconfig import RedactionFilter, register_patterns
 
-    # aiohttp's access log line for Twilio's fetch is scrubbed by the filter the gateway installs
-    install_access_log_filter()
+    register_patterns(type(wa.gateway).log_redactions)
+    assert caplog.records and all(RedactionFilter().filter(r) for r in caplog.records)
+    assert token not in "\n".join(r.getMessage() for r in caplog.records)
+
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -179,6 +183,7 @@ async def test_media_tokens_are_never_logged_nor_in_errors(wa, wh, caplog):
 
     access = logging.getLogger("aiohttp.access")
     handler = Keep()
+    handler.addFilter(RedactionFilter())  # what configure_logging puts on its handler
     access.addHandler(handler)
     try:
         line = f"GET /gateways/{wh.NAME}/media/{token} HTTP/1.1"
@@ -206,20 +211,26 @@ def test_media_store_unit():
 
 
 # -- back to WhatsApp: a file of this gateway re-sent to another of its chats --------------------------------------
-async def test_own_reference_is_fetched_and_offered_again(wa, wh):
+async def test_own_reference_arrives_with_its_bytes_from_the_core(wa, wh):
+    """WhatsApp cannot reuse its own media (capabilities.reuses_own_files is False): the core fetches
+    them (tests/routing/test_routing_files.py), so a reference without bytes is only described."""
+    assert not type(wa.gateway).capabilities.reuses_own_files
     url = wa.twilio.add_media(PNG, "image/png")
     ref = wa.gateway._media_ref(url)
     assert ref and ref.startswith(f"twilio:{wh.NAME}:/2010-04-01/")
     await wa.open_window()
-    att = Attachment(name="ME1.png", content_type="image/png", url=ref)
+    data = await wa.gateway.fetch_attachment(Attachment(name="ME1.png", content_type="image/png", url=ref), MB)
+    att = Attachment(name="ME1.png", content_type="image/png", url=ref, data=data, size=len(data))
     await wa.gateway.send(wa.outbound("[Ada] look", attachments=(att,)))
     (hosted,) = wa.twilio.last()["MediaUrl"]
     assert await (await wa.client.get(media_path(wh, hosted))).read() == PNG
 
-    gone = Attachment(name="ME2.png", content_type="image/png", url=ref[:-4] + "dead")
-    await wa.gateway.send(wa.outbound("[Ada] gone", attachments=(gone,)))
+    bare = Attachment(name="ME2.png", content_type="image/png", url=ref)
+    fetched = len(wa.twilio.media_requests)
+    await wa.gateway.send(wa.outbound("[Ada] bare", attachments=(bare,)))
     sent = wa.twilio.last()
-    assert "MediaUrl" not in sent and sent["Body"] == "[Ada] gone\n[image ME2.png]"
+    assert "MediaUrl" not in sent and sent["Body"] == "[Ada] bare\n[image ME2.png]"
+    assert len(wa.twilio.media_requests) == fetched  # the gateway downloads nothing itself
 
 
 # -- inbound: fetch_attachment ---------------------------------------------------------------------------------------

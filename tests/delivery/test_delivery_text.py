@@ -6,7 +6,7 @@ import random
 import re
 
 import pytest
-from claudemesh_gateway.routing.text import (
+from claudemesh_gateway.delivery.text import (
     TRUNCATED,
     ZWSP,
     attribute,

@@ -22,10 +22,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .mesh import crypto
+from . import crypto
 
 if TYPE_CHECKING:
-    from .mesh.config import MeshConfig
+    from .config import MeshConfig
 
 __all__ = ["ERROR", "MODES", "PENDING", "SEALED", "UNENCRYPTED", "UNKNOWN", "KeyRing", "KeyRingError", "OpenResult",
            "SealedKeyProvider", "SealedKeyStatus", "reader_note"]
@@ -130,7 +130,7 @@ class KeyRing:
 
     def add_mesh(self, name: str, cfg: MeshConfig) -> None:
         """Register (or replace, on reload) mesh ``name``; its cached keys are dropped."""
-        from .mesh.config import decode_root_key
+        from .config import decode_root_key
 
         def raw(secret: Any) -> bytes | None:
             return decode_root_key(secret.get_secret_value()) if secret is not None else None

@@ -1,4 +1,5 @@
-"""Pure text rules of the pipeline: tags, loop markers, attribution, mention neutralising, splitting.
+"""Pure text rules of what is delivered, and their parsers: tags, loop markers, attribution, mention
+neutralising, splitting. Routing reads the markers delivery writes, so both sides live here.
 
 No I/O here; every function is deterministic and unit-tested on its own.
 """
@@ -9,9 +10,10 @@ import logging
 import re
 from collections.abc import Mapping
 
-from .config import TAG_RE
+from .addresses import TAG_RE
 
 __all__ = [
+    "DEFAULT_ATTRIBUTION",
     "TRUNCATED",
     "ZWSP",
     "attribute",
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ZWSP = "\u200b"  # ZERO WIDTH SPACE: invisible, breaks the mention token so nobody is pinged
 TRUNCATED = "… [truncated]"
+DEFAULT_ATTRIBUTION = "{sender}: {text}"
 
 # -- tags -----------------------------------------------------------------------------------------------
 _LEADING_TAG = re.compile(r"\s*tag:(\S+)(?=\s|$)", re.IGNORECASE)

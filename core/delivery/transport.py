@@ -15,9 +15,8 @@ import inspect
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..delivery.config import DeliveryConfig
 from ..errors import DeliveryError, MeshError
 from ..gateway import RateLimit
 from ..messages import (
@@ -33,9 +32,10 @@ from ..messages import (
     message_to_dict,
 )
 from ..store.base import OutboxItem
-from .config import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
-from .table import DEFAULT_ATTRIBUTION
+from .addresses import MESH_GATEWAY, mesh_of, origin_labels, parse_mesh_chat
+from .config import DeliveryConfig
 from .text import (
+    DEFAULT_ATTRIBUTION,
     attribute,
     loop_marker,
     mentions_in,
@@ -45,9 +45,6 @@ from .text import (
     with_hop_prefix,
     with_via,
 )
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 __all__ = [
     "KIND_NOTICE",
@@ -129,7 +126,7 @@ class _ByteBudget:
 class RoutingTransport:
     """Implements the DeliveryEngine transport protocol for gateways and mesh destinations."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Any) -> None:  # the running gateway (runtime.Runtime, a layer above)
         self.runtime = runtime
         self._budget: _ByteBudget | None = None
 
@@ -151,11 +148,13 @@ class RoutingTransport:
         return self._budget
 
     @staticmethod
-    def _needs_fetch(att: Attachment, message: Message, to: Address) -> bool:
-        """A reference only its origin gateway can read (``tgfile:``, ``slackfile:``), going elsewhere."""
+    def _needs_fetch(att: Attachment, message: Message, to: Address, caps: Capabilities) -> bool:
+        """A reference only its origin gateway can read (``tgfile:``, ``slackfile:``), going elsewhere, or
+        back to its own gateway when that one cannot reuse it (``caps.reuses_own_files``): the bytes are
+        fetched here, inside the byte budget and ``attachment_max_bytes``, never by the gateway itself."""
         if att.data is not None or not att.url or att.url.startswith(("http://", "https://")):
             return False
-        return to.gateway != message.origin.gateway
+        return to.gateway != message.origin.gateway or not caps.reuses_own_files
 
     def _plan_attachments(self, message: Message, to: Address, caps: Capabilities, *,
                           edit: bool = False) -> tuple[tuple[Attachment, ...], list[Attachment]]:
@@ -177,7 +176,7 @@ class RoutingTransport:
         for att in message.attachments:
             if len(passed) >= caps.max_files:
                 described.append(att)
-            elif not self._needs_fetch(att, message, to):
+            elif not self._needs_fetch(att, message, to, caps):
                 passed.append(att)
             elif cap <= 0 or source is None or (att.size is not None and att.size > cap) or fetch_room <= 0:
                 described.append(att)
@@ -424,7 +423,7 @@ class RoutingTransport:
         gw = self.runtime.gateways.get(out.to.gateway)
         if gw is None:
             raise DeliveryError(f"gateway {out.to.gateway!r} is not configured", permanent=True)
-        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to)]
+        pending = [a for a in out.attachments if self._needs_fetch(a, out.message, out.to, gw.capabilities)]
         if pending:
             held = await self._bytes().acquire(len(pending) * self._attachment_cap(gw.capabilities))
             try:  # the bytes stay reserved until the send is over
