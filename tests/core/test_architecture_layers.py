@@ -8,7 +8,8 @@ from a layer above (``TYPE_CHECKING`` and function-level imports count: a type i
     runtime    the running gateway: runtime.py, meshes.py (its mesh peers), meshhandle.py
                (ctx.mesh()), settings.py, plugin_manager.py, ops.py, web/ (the /-/ endpoints)
     routing    what goes where: routing/ (route table, loop guard, commands, pipeline)
-    delivery   how it gets there: delivery/ (outbox workers, render, split, files, send, record)
+    delivery   how it gets there: delivery/ (outbox workers, render, split, files, send, record),
+               trace.py (each message's journey) and otel.py (its optional OpenTelemetry spans)
     mesh|store the mesh client (mesh/, its key ring mesh/keys.py) and the durable store (store/);
                neither imports the other
     base       the gateway API (the package's __init__, gateway.py, messages.py, events.py,
@@ -45,7 +46,7 @@ LAYERS: tuple[tuple[str, dict[str, tuple[str, ...]]], ...] = (
     ("app", {"app": ("app", "cli", "__main__", "testing", "devbroker")}),
     ("runtime", {"runtime": ("runtime", "meshes", "meshhandle", "settings", "plugin_manager", "ops", "web")}),
     ("routing", {"routing": ("routing",)}),
-    ("delivery", {"delivery": ("delivery",)}),
+    ("delivery", {"delivery": ("delivery", "trace", "otel")}),
     ("mesh|store", {"mesh": ("mesh",), "store": ("store",)}),
     ("base", {"base": ("", "gateway", "messages", "events", "errors", "hookspecs", "webhooks", "files",
                        "retry_after", "logconfig", "confcheck", "signals", "tasks")}),
