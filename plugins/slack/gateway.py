@@ -54,7 +54,7 @@ from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURS
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlackFile, SlashCommand
-from pydantic import ConfigDict, Field, SecretStr
+from pydantic import ConfigDict, Field, SecretStr, ValidationError
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
@@ -480,6 +480,15 @@ class SlackGateway(Gateway):
     # -- Socket Mode -------------------------------------------------------------------------
     async def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         kind = message.get("type")
+        envelope_id = message.get("envelope_id")
+        if "payload" in message and not isinstance(message["payload"], dict | str):
+            # slack_sdk cannot make a request of it (an ERROR traceback, and it is never acked, so it
+            # would come back on every connection): skip it here, with one line, and ack it
+            message.pop("payload")
+            log.warning("gateway %s: skipped a Socket Mode envelope whose payload is not an object", self.name)
+            if isinstance(envelope_id, str) and envelope_id:
+                await self._ack_envelope(client, envelope_id)
+            return
         if kind == "hello":
             # synchronous up to here: the gaps are taken before this socket's first envelope
             self._hellos += 1
@@ -517,6 +526,13 @@ class SlackGateway(Gateway):
     async def _process_envelope(self, client: Any, req: SocketModeRequest) -> None:
         # Submit first, ack after: an envelope we fail to submit is left un-acked, so
         # Slack redelivers it; a redelivery is deduplicated by the core (stable Message.id).
+        errors = _envelope_errors(req)
+        if errors:
+            # it will never parse: acked and skipped, or Slack would redeliver it forever
+            log.warning("gateway %s: skipped a Socket Mode %s envelope that does not parse (%d errors)",
+                        self.name, req.type, errors)
+            await self._ack_envelope(client, req.envelope_id)
+            return
         try:
             if req.type == "events_api":
                 await self.handle_event_callback(req.payload)
@@ -525,8 +541,11 @@ class SlackGateway(Gateway):
         except Exception:
             log.exception("gateway %s: could not submit socket envelope (left un-acked)", self.name)
             return
+        await self._ack_envelope(client, req.envelope_id)
+
+    async def _ack_envelope(self, client: Any, envelope_id: str) -> None:
         try:
-            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=envelope_id))
         except Exception as exc:  # noqa: BLE001 - socket gone: Slack redelivers, the core dedups
             log.info(
                 "gateway %s: could not ack envelope (%s); Slack will redeliver", self.name, type(exc).__name__
@@ -1322,3 +1341,17 @@ def _ts_time(ts: str) -> datetime:
         return datetime.fromtimestamp(float(ts), UTC)
     except (TypeError, ValueError):
         return datetime.now(UTC)
+
+def _envelope_errors(req: SocketModeRequest) -> int:
+    """How many validation errors the payload of a Socket Mode envelope has for the wire models (0: it
+    reads): checked before anything is submitted, so only a payload that can never parse is skipped."""
+    try:
+        if req.type == "events_api":
+            cb = EventCallback.model_validate(req.payload)
+            if cb.event.get("type") == "message":
+                MessageEvent.model_validate(cb.event)
+        elif req.type == "slash_commands":
+            SlashCommand.model_validate(req.payload)
+    except ValidationError as exc:
+        return exc.error_count()
+    return 0
