@@ -16,6 +16,7 @@ import hmac
 import logging
 import random
 import time
+import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from claudemesh_gateway import (
     SendResult,
     SubmitResult,
 )
-from claudemesh_gateway.files import read_capped
+from claudemesh_gateway.files import FetchPolicy, read_capped, safe_get
 from claudemesh_gateway.plugins.telegram.config import (
     MB,
     TelegramBindingOptions,
@@ -102,6 +103,7 @@ BOT_COMMANDS = (
     ("dm", "<peer> <text>: direct message to a mesh peer"),
     ("help", "what this bot does"),
 )
+TELEGRAM_API_HOST = "api.telegram.org"  # the only host file downloads go to, besides the configured api_base
 
 
 def _chat_id(chat: str) -> int | str:
@@ -932,6 +934,12 @@ class TelegramGateway(Gateway):
         return DeliveryError(f"telegram: {desc}")
 
     # ------------------------------------------------------------------ files
+    @property
+    def _fetch_policy(self) -> FetchPolicy:
+        """File downloads go to Telegram's API host, or to the configured ``api_base`` (a local Bot API
+        server); nowhere a redirect may point."""
+        return FetchPolicy(hosts=(TELEGRAM_API_HOST,), base=self.config.api_base)
+
     async def fetch_attachment(self, att: Attachment, max_bytes: int | None = None) -> bytes:
         """Download a ``tgfile:<this gateway>:<file_id>`` attachment (getFile + file download),
         capped at ``download_max_bytes`` (and ``max_bytes``). The download URL (it holds the
@@ -955,9 +963,13 @@ class TelegramGateway(Gateway):
         marker = f"/file/bot{PLACEHOLDER}/"
         if marker in path:
             path = path.split(marker, 1)[1]
-        url = f"{self.config.api_base}/file/bot{self._token}/{path}"
+        if not _safe_file_path(path):
+            # a path from getFile goes after the token in the URL: never out of /file/bot<token>/
+            raise DeliveryError(f"telegram: file {att.name!r} has an unusable file path", permanent=True)
+        url = f"{self.config.api_base}/file/bot{self._token}/{urllib.parse.quote(path, safe='/')}"
         try:
-            async with self.ctx.http.get(url) as resp:
+            async with safe_get(self.ctx.http, url, policy=self._fetch_policy,
+                                what=f"telegram: file {att.name!r}") as resp:
                 if resp.status != 200:
                     raise DeliveryError(f"telegram: file download failed (HTTP {resp.status})",
                                         permanent=resp.status in (400, 404))
@@ -1015,3 +1027,12 @@ class TelegramGateway(Gateway):
                 problems.append(f"chat {chat} has topics bound but is not a forum")
         return problems
 
+
+def _safe_file_path(path: str) -> bool:
+    """A ``getFile`` path that stays inside ``/file/bot<token>/``: relative, no ``..`` or empty segment,
+    no backslash, query, fragment or control character."""
+    if not path or path.startswith("/") or len(path) > 1024:
+        return False
+    if any(c in path for c in "\\?#%") or not path.isprintable():
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))

@@ -50,9 +50,10 @@ from claudemesh_gateway import (
     RateLimit,
     SendResult,
 )
-from claudemesh_gateway.files import read_capped
+from claudemesh_gateway.files import FetchPolicy, read_capped, safe_get
 from claudemesh_gateway.plugins.whatsapp.media import (
     TWILIO_API,
+    TWILIO_MEDIA_REDIRECT_HOSTS,
     MediaStore,
     install_access_log_filter,
     is_media_path,
@@ -184,7 +185,6 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
     the REST calls and media downloads go through it.
     """
 
-    REDIRECTS: ClassVar[frozenset[int]] = frozenset({301, 302, 303, 307, 308})
     MAX_REDIRECTS: ClassVar[int] = 3
 
     def __init__(self, session: aiohttp.ClientSession, *, timeout: float = 15.0) -> None:
@@ -231,27 +231,23 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
         Twilio answers with a redirect to its media CDN (a short-lived signed URL); that hop, and any
         after it, is requested *without* the credentials (they are for Twilio's API only, whatever the
         host). Raises :class:`DeliveryError`; its text never holds a URL or a credential."""
-        target = URL(self.resolve(url))
         headers = {"Authorization": _basic_auth(auth[0], auth[1])}
         per_call = self.timeout or 15.0
         timeout = aiohttp.ClientTimeout(total=max(60.0, 4 * per_call), sock_connect=per_call, sock_read=per_call)
-        for _ in range(self.MAX_REDIRECTS + 1):
-            async with self.session.get(target, headers=headers, allow_redirects=False, timeout=timeout) as resp:
-                if resp.status in self.REDIRECTS:
-                    location = resp.headers.get("Location", "")
-                    nxt = target.join(URL(location, encoded=True)) if location else None
-                    if nxt is None or nxt.scheme not in ("http", "https") or not nxt.host:
-                        raise DeliveryError("twilio media: redirect without a usable location", permanent=True)
-                    target, headers = nxt, {}  # never the credentials past Twilio's API
-                    continue
-                if resp.status == 404:
-                    raise _MediaNotFound("twilio media download failed (HTTP 404)", permanent=True)
-                if resp.status != 200:
-                    transient = resp.status >= 500 or resp.status in (408, 429)
-                    raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
-                                        retry_after=_header_seconds(resp.headers) if transient else None)
-                return await read_capped(resp, max_bytes, "twilio media")
-        raise DeliveryError("twilio media: too many redirects", permanent=True)
+        # Twilio's API host (or what resolve() maps it to) with the credentials; its redirect to the media
+        # CDN (Twilio's or S3) without them; nothing else, nothing private (claudemesh_gateway.files)
+        policy = FetchPolicy(hosts=(URL(TWILIO_API).host or "",), base=self.resolve(TWILIO_API + "/"),
+                             redirect_hosts=TWILIO_MEDIA_REDIRECT_HOSTS, redirect_credentials=False,
+                             max_redirects=self.MAX_REDIRECTS)
+        async with safe_get(self.session, self.resolve(url), policy=policy, what="twilio media",
+                            headers=headers, timeout=timeout) as resp:
+            if resp.status == 404:
+                raise _MediaNotFound("twilio media download failed (HTTP 404)", permanent=True)
+            if resp.status != 200:
+                transient = resp.status >= 500 or resp.status in (408, 429)
+                raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
+                                    retry_after=_header_seconds(resp.headers) if transient else None)
+            return await read_capped(resp, max_bytes, "twilio media")
 
     async def close(self) -> None:  # the session belongs to the core
         return None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "TWILIO_API",
+    "TWILIO_MEDIA_REDIRECT_HOSTS",
     "HostedMedia",
     "MediaStore",
     "install_access_log_filter",
@@ -34,6 +35,8 @@ __all__ = [
 
 #: where Twilio's media live (and the only host the account credentials are ever sent to)
 TWILIO_API = "https://api.twilio.com"
+#: where Twilio's media URL may redirect to (its media CDN, S3-backed), never with the credentials
+TWILIO_MEDIA_REDIRECT_HOSTS = ("*.twilio.com", "*.twiliocdn.com", "*.amazonaws.com")
 
 #: the path of one inbound media resource of an account
 _MEDIA_PATH = re.compile(r"/2010-04-01/Accounts/AC[0-9A-Za-z]{8,64}/Messages/[0-9A-Za-z]{2,64}/Media/[0-9A-Za-z]{2,64}")
