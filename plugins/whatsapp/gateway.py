@@ -122,7 +122,7 @@ class WhatsAppConfig(GatewayConfig):
     # WhatsApp media limits (Twilio): 16 MB per message, images 5 MB; larger files are described (0 = no files)
     max_media_bytes: int = Field(16 * MB, ge=0)
     max_image_bytes: int = Field(5 * MB, ge=0)
-    # bytes (a file from Telegram, Slack...) are served to Twilio from memory for media_ttl seconds,
+    # bytes (a file from Telegram, Slack...) are served to Twilio from the store for media_ttl seconds,
     # at most media_cache_bytes in all (oldest out first; 0 = never: such files are described)
     media_ttl: float = Field(900.0, gt=0, le=7 * 86400)
     media_cache_bytes: int = Field(64 * MB, ge=0)
@@ -286,7 +286,7 @@ class WhatsAppGateway(Gateway):
         self._auth: tuple[str, str] | None = None  # REST / media credentials, set by start()
         cfg = self.config
         #: files served to Twilio on /gateways/<name>/media/<token> (see media.py)
-        self.media = MediaStore(ttl=cfg.media_ttl, max_bytes=cfg.media_cache_bytes)
+        self.media = MediaStore(ctx, ttl=cfg.media_ttl, max_bytes=cfg.media_cache_bytes)
         # per instance: the core caps what it fetches for us at max_media_bytes
         self.capabilities = dataclasses.replace(  # type: ignore[misc]
             type(self).capabilities, media=cfg.max_media_bytes > 0, max_media_bytes=cfg.max_media_bytes)
@@ -308,6 +308,7 @@ class WhatsAppGateway(Gateway):
         self._auth = (username, password)
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
         install_access_log_filter()  # media tokens stay out of the access log
+        await self.media.purge()  # files offered before a restart: the expired ones leave the store
         detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
@@ -319,7 +320,6 @@ class WhatsAppGateway(Gateway):
             await self._http.close()
         self._client = None
         self._http = None
-        self.media.clear()
         if self._initiated is not None and self.config.daily_unique_users:
             async with self._initiated_lock:  # refreshed times not saved yet
                 await self.ctx.kv_set(INITIATED_KEY, self._initiated)
@@ -490,7 +490,7 @@ class WhatsAppGateway(Gateway):
             return None  # a reference of another platform the core did not fetch, or nothing at all
         if len(data) > limit or not self._can_host(len(data)):
             return None
-        token = self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
+        token = await self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
         if token is None:
             return None
         log.debug("whatsapp %s: offering a %s file of %d bytes to Twilio", self.name, ctype, len(data))
@@ -502,7 +502,7 @@ class WhatsAppGateway(Gateway):
     async def handle_media(self, request: web.Request) -> web.Response:
         """``GET``/``HEAD /gateways/<name>/media/<token>``: a file ``send`` offered to Twilio; 404 for
         anything else (unknown, expired or evicted)."""
-        entry = self.media.get(request.match_info.get("token", ""))
+        entry = await self.media.get(request.match_info.get("token", ""))
         if entry is None:
             raise web.HTTPNotFound(text="not found")
         return web.Response(body=entry.data, headers={
