@@ -399,7 +399,15 @@ class TelegramGateway(Gateway):
             self._ready.set()
             if not updates:
                 continue
-            batch = [(int(u["update_id"]), u) for u in updates if isinstance(u, dict) and "update_id" in u]
+            batch, skipped = _update_batch(updates)
+            if skipped:
+                # not updates Telegram could send: skipped (the offset moves past the good ones only)
+                log.warning("telegram %s: skipped %d entries of a getUpdates answer without a usable "
+                            "update_id", self.name, skipped)
+            if not batch:
+                await self._sleep(self._backoff(attempt))  # nothing to confirm: do not ask again at once
+                attempt += 1
+                continue
             offset = await self._process_batch(batch, offset)
 
     async def _process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]], offset: int | None) -> int | None:
@@ -1026,6 +1034,19 @@ class TelegramGateway(Gateway):
             if threaded and not c.is_forum:
                 problems.append(f"chat {chat} has topics bound but is not a forum")
         return problems
+
+
+MAX_UPDATE_ID = 2**53  # update ids are sequential 32-bit-ish integers; anything larger cannot be an offset
+
+
+def _update_batch(updates: Any) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The ``(update_id, update)`` pairs of a getUpdates answer that can be confirmed by offset, and how
+    many entries were not (not an object, no integer ``update_id``, or one out of range)."""
+    if not isinstance(updates, list):
+        return [], 1
+    batch = [(u["update_id"], u) for u in updates
+             if isinstance(u, dict) and type(u.get("update_id")) is int and 0 <= u["update_id"] < MAX_UPDATE_ID]
+    return batch, len(updates) - len(batch)
 
 
 def _safe_file_path(path: str) -> bool:

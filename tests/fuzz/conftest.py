@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -193,6 +194,54 @@ async def tg_webhook(fake_tg, http, aiohttp_client):
     await gw.start()
     client = await mounted(aiohttp_client, "tg", gw.web_routes())
     yield gw, ctx, client
+    await gw.stop()
+
+
+@pytest.fixture
+async def tg_polling(http, aiohttp_server, caplog):
+    """A polling Telegram gateway whose getUpdates answers come from ``fake.script`` (one list per call,
+    then empty answers): the raw JSON a Bot API server could send, odd ids and junk entries included.
+    ``gw.restarts`` counts "ingress failed unexpectedly" restarts of the polling task."""
+    from claudemesh_gateway.plugins.telegram.gateway import TelegramGateway
+
+    class ScriptedBotAPI(tg_fake.FakeBotAPI):
+        def __init__(self) -> None:
+            super().__init__()
+            self.script: list[list[Any]] = []
+            self.errors: list[str] = []
+            self.offsets: list[Any] = []
+
+        async def m_getUpdates(self, params: dict[str, Any]) -> web.Response:
+            self.offsets.append(params.get("offset"))
+            if self.script:
+                return self._ok(self.script.pop(0))
+            await asyncio.sleep(0.05)
+            return self._ok([])
+
+    fake = ScriptedBotAPI()
+    server = await aiohttp_server(fake.app)
+    fake.url = str(server.make_url("")).rstrip("/")
+    binding = Binding(route="r1", address=Address("tg", "-100600"), direction="both",
+                      options=TelegramGateway.BindingOptions.model_validate({}))
+    ctx = RecordingContext("tg", http, [binding])
+    cfg = {"token": fake.token, "api_base": fake.url, "poll_timeout": 1}
+    gw = TelegramGateway("tg", TelegramGateway.Config.model_validate(cfg), ctx)
+    gw.backoff_initial = 0.02
+    gw.backoff_max = 0.2
+
+    class Restarts(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "ingress failed unexpectedly" in record.getMessage():
+                gw.restarts += 1
+                fake.errors.append(record.getMessage())
+
+    gw.restarts = 0
+    handler = Restarts()
+    logging.getLogger("claudemesh_gateway.plugins.telegram").addHandler(handler)
+    await gw.start()
+    await gw.wait_ready(10)
+    yield gw, ctx, fake
+    logging.getLogger("claudemesh_gateway.plugins.telegram").removeHandler(handler)
     await gw.stop()
 
 

@@ -10,6 +10,7 @@ import itertools
 import json
 from typing import Any
 
+from claudemesh_gateway.testing import wait_until
 from hypothesis import strategies as st
 
 from .conftest import fuzz, json_values, mutate, nasty_text, tg_fake
@@ -68,3 +69,39 @@ async def test_fuzz_telegram_webhook_updates(tg_webhook):
         assert ctx.submitted[-1].text == f"good {n}"
 
     await fuzz(updates(), one)
+
+
+# -- polling: getUpdates answers ------------------------------------------------------------------------------
+update_ids = st.integers(-(2**70), 2**70) | st.sampled_from([None, True, "12", 1.5, [], {}, "x" * 40]) | \
+    st.integers(0, 2**31)
+
+
+@st.composite
+def update_batches(draw: Any) -> list[Any]:
+    """What getUpdates could answer besides good updates: junk entries and updates with odd ids."""
+    batch: list[Any] = []
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.integers(0, 3)) == 0:
+            batch.append(draw(json_values))
+            continue
+        msg = _fake.make_message(CHAT, draw(nasty_text), message_id=draw(st.integers(1, 2**31)))
+        update = {"update_id": draw(update_ids), "message": msg}
+        if draw(st.booleans()):
+            update = mutate(update, draw, keys=["update_id", "message", "edited_message"])
+        batch.append(update)
+    return batch
+
+
+async def test_fuzz_telegram_polling_updates(tg_polling):
+    gw, ctx, fake = tg_polling
+
+    async def one(batch: list[Any]) -> None:
+        n = next(_ids)
+        good = {"update_id": 10_000_000 + n, "message": _fake.make_message(CHAT, f"polled {n}",
+                                                                           message_id=20_000_000 + n)}
+        fake.script.append([*batch, good])
+        await wait_until(lambda: any(m.text == f"polled {n}" for m in ctx.submitted), 10, "the good update")
+        assert not fake.errors, fake.errors
+        assert gw.restarts == 0
+
+    await fuzz(update_batches(), one)
