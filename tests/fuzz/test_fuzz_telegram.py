@@ -13,7 +13,7 @@ from typing import Any
 from claudemesh_gateway.testing import wait_until
 from hypothesis import strategies as st
 
-from .conftest import fuzz, json_values, mutate, nasty_text, tg_fake
+from .conftest import fuzz, json_values, mutate, nasty_text, tg_fake, with_deep_json
 
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
 SECRET = "s3cret_webhook-Token"
@@ -68,7 +68,7 @@ async def test_fuzz_telegram_webhook_updates(tg_webhook):
         assert resp.status == 200
         assert ctx.submitted[-1].text == f"good {n}"
 
-    await fuzz(updates(), one)
+    await fuzz(with_deep_json(updates()), one)
 
 
 # -- polling: getUpdates answers ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from .conftest import fuzz, json_values, nasty_text, wa_fakes
+from .conftest import fuzz, json_values, nasty_text, wa_fakes, with_deep_json
 
 _ids = itertools.count(1)
 INBOUND_KEYS = ["MessageSid", "SmsMessageSid", "From", "To", "Body", "NumMedia", "ProfileName", "WaId",
@@ -80,7 +80,10 @@ async def test_fuzz_twilio_webhooks(wa):
     async def one(case: tuple[str, str, Any]) -> None:
         leaf, encoding, params = case
         before = len(wa.ctx.submitted)
-        if encoding == "form":
+        if encoding == "raw":
+            path, headers = _json_request(leaf, params)
+            resp = await wa.client.post(path, data=params, headers=headers)
+        elif encoding == "form":
             # encoded here: aiohttp's client refuses field names with control characters, a server must not
             url = f"{wa_fakes.PUBLIC_URL}/gateways/{wa_fakes.NAME}/{leaf}"
             resp = await wa.client.post(f"/gateways/{wa_fakes.NAME}/{leaf}", data=urllib.parse.urlencode(params),
@@ -96,7 +99,9 @@ async def test_fuzz_twilio_webhooks(wa):
         resp = await wa.inbound(wa_fakes.inbound_params(sid="SM" + f"{n:032x}", body=f"good {n}"))
         assert resp.status == 200 and wa.ctx.submitted[-1].text == f"good {n}"
 
-    await fuzz(twilio_requests(), one)
+    raw = st.tuples(st.sampled_from(["inbound", "status"]), st.just("raw"),
+                    with_deep_json(st.binary(max_size=100)))
+    await fuzz(twilio_requests() | raw, one)
 
 
 def test_fuzz_twilio_json_signature_helper_matches_the_gateway():

@@ -19,7 +19,7 @@ from claudemesh_gateway.plugins.webhook.signature import sign
 from claudemesh_gateway.testing import RecordingContext
 from hypothesis import strategies as st
 
-from .conftest import fuzz, json_values, mounted, mutate, nasty_text
+from .conftest import fuzz, json_values, mounted, mutate, nasty_text, with_deep_json
 
 SECRET = "fuzz-webhook-secret-0123456789"
 _ids = itertools.count(1)
@@ -58,7 +58,7 @@ timestamps = st.integers(0, 10**12 - 1).map(str) | st.sampled_from(["", "-1", "1
 
 @st.composite
 def requests(draw: Any) -> dict[str, Any]:
-    body = draw(bodies())
+    body = draw(with_deep_json(bodies()))
     chat = draw(st.sampled_from(["ci", "ci", "other"]) | nasty_text.filter(lambda s: s and "/" not in s))
     headers = {"Content-Type": "application/json"}
     ts = str(int(time.time()))
