@@ -12,6 +12,7 @@ from .errors import (
     GatewayError,
     PluginError,
     StartupError,
+    StoreUnavailable,
     Unsupported,
     WebhookAuthError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "RateLimit",
     "SendResult",
     "StartupError",
+    "StoreUnavailable",
     "SubmitResult",
     "Unsupported",
     "WebhookAuthError",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,13 +35,15 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import ConfigError, PluginError, StartupError, WebhookAuthError
+from .errors import ConfigError, PluginError, StartupError, StoreUnavailable, WebhookAuthError
 from .events import GatewayState
+from .files import make_private_dir
 from .gateway import Gateway, GatewayConfig
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
 from .settings import Settings, iter_secrets, validation_problems
 from .signals import add_signal_handler, remove_signal_handler
+from .webhooks import JsonTooDeep, parse_json, read_body
 
 __all__ = [
     "PLUGIN_MANAGER",
@@ -107,7 +108,8 @@ def validate_gateways(
 # -- middleware ------------------------------------------------------------------------------------------------------
 @web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-    """JSON errors that never leak internals; 503 for webhooks while draining (the vendor retries)."""
+    """JSON errors that never leak internals; 503 for webhooks while draining (the vendor retries) and
+    for any request the store could not write (a traceback per refused request would flood the log)."""
     runtime = request.config_dict.get(RUNTIME)
     if runtime is not None and runtime.draining and request.path.startswith(GATEWAY_PREFIX + "/"):
         return web.json_response({"error": "draining, retry later"}, status=503, headers={"Retry-After": "5"})
@@ -118,8 +120,15 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except WebhookAuthError:
         log.warning("rejected %s %s: bad signature", request.method, request.path)
         return web.json_response({"error": "forbidden"}, status=403)
+    except StoreUnavailable:  # disk full or the like: the store logs it (rate-limited), /-/ready reports it
+        return web.json_response({"error": "the store cannot write, retry later"}, status=503,
+                                 headers={"Retry-After": "5"})
     except asyncio.CancelledError:
         raise
+    except (ConnectionResetError, aiohttp.ClientPayloadError) as exc:  # the client went away mid-request
+        log.info("%s %s: client went away before the request was complete (%s)", request.method, request.path,
+                 type(exc).__name__)
+        return web.json_response({"error": "request incomplete"}, status=400)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response({"error": "internal server error"}, status=500)
@@ -144,6 +153,7 @@ async def _plugins_json(request: web.Request) -> web.Response:
 # -- development sink (only with the embedded dev broker) ---------------------------------------------------------
 DEV_SINK_PATH = "/-/dev/sink"
 DEV_SINK_KEEP = 200
+DEV_SINK_MAX_BYTES = 1024 * 1024
 
 
 class DevSink:
@@ -181,11 +191,13 @@ class DevSink:
 
     async def post(self, request: web.Request) -> web.Response:
         self._loopback_only(request)
-        body = await request.read()  # bounded by the app's client_max_size (1 MiB): 413 above
+        body = await read_body(request, max_bytes=DEV_SINK_MAX_BYTES)  # 413 above
         try:
-            payload: Any = json.loads(body) if body else None
-        except ValueError:
-            payload = body.decode("utf-8", "replace")
+            payload: Any = parse_json(body) if body else None
+        except JsonTooDeep:
+            raise  # 400: not worth keeping (and it would trip whoever reads GET /-/dev/sink)
+        except web.HTTPBadRequest:
+            payload = body.decode("utf-8", "replace")  # not JSON: kept as text
         self._n += 1
         entry = {"n": self._n, "received_at": time.time(), "signed": self._signed(request, body), "body": payload}
         self.received.append(entry)
@@ -228,7 +240,7 @@ def open_store(settings: Settings) -> Any:
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # 0700: the store holds the session secret keys
     return SqliteStore(path)
 
 
@@ -264,26 +276,27 @@ def describe_routes(settings: Settings, gateways: Mapping[str, Any]) -> list[dic
 
 
 async def online_problems(
-    settings: Settings, pm: pluggy.PluginManager, http: aiohttp.ClientSession, *, timeout: float = 10.0
+    settings: Settings, pm: pluggy.PluginManager, http: aiohttp.ClientSession, *, timeout: float = 10.0,
+    encryption: list[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Connect to each mesh and resolve the routed topics; run each gateway's ``check()``.
-    Returns (problems, warnings)."""
+    Returns (problems, warnings). ``encryption``, when given, receives one line per bound topic:
+    the mode a post gets now (``auto`` resolved against the broker) and who can read it."""
+    from .keys import KeyRing
     from .mesh.peer import MeshPeer
     from .mesh.state import MemoryKV
-    from .routing.config import MESH_GATEWAY, parse_mesh_chat
     from .routing.table import RouteTable
 
     problems: list[str] = []
     warnings: list[str] = []
-    wanted: dict[str, set[str]] = {}
-    for route in settings.routes:
-        if route.mesh and route.topic:
-            wanted.setdefault(route.mesh, set()).add(route.topic)
-        for b in route.binds:
-            mc = parse_mesh_chat(b.chat) if b.gateway == MESH_GATEWAY else None
-            if mc is not None and mc.kind == "topic":
-                wanted.setdefault(mc.mesh, set()).add(mc.value)
-    keyring = _build_keyring_for(settings) if settings.mesh else None
+    runtime = Runtime(settings, pm)  # a throwaway one: gateways see their bindings and the shared session
+    runtime.http = http
+    for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
+        runtime.gateways[name] = cls(name, cfg, runtime.context_for(name))
+    runtime.routes = RouteTable.from_settings(settings, runtime.gateways)
+    wanted = bound_topics(settings)
+    # the routes' explicit encryption applies, as when the gateway runs
+    keyring = KeyRing.from_configs(runtime.routes.apply_encryption(settings.mesh)) if settings.mesh else None
     for name, cfg in settings.mesh.items():
         peer = MeshPeer(name, cfg, kv=MemoryKV(), keyring=keyring, identity="cli")
         await peer.start()
@@ -297,19 +310,69 @@ async def online_problems(
             for topic in sorted(wanted.get(name, ())):
                 if topic not in topics:
                     problems.append(f"mesh.{name}: topic {topic!r} used by a route does not exist on the mesh")
+                elif encryption is not None:
+                    mode, bv, detail = await peer.effective_encryption(topic)
+                    encryption.append(describe_encryption(name, topic, mode, bv, detail))
         finally:
             await peer.stop()
-    runtime = Runtime(settings, pm)  # a throwaway one: gateways see their bindings and the shared session
-    runtime.http = http
-    for name, (cls, cfg) in validate_gateways(settings, gateway_kinds(pm)).items():
-        runtime.gateways[name] = cls(name, cfg, runtime.context_for(name))
-    runtime.routes = RouteTable.from_settings(settings, runtime.gateways)
     for name, gw in runtime.gateways.items():
         try:
             warnings.extend(f"gateways.{name}: {w}" for w in await gw.check())
         except Exception as exc:  # noqa: BLE001  (a boundary: reported, not raised)
             problems.append(f"gateways.{name}: check failed: {type(exc).__name__}: {exc}")
     return problems, warnings
+
+
+def bound_topics(settings: Settings) -> dict[str, set[str]]:
+    """``{mesh: {topic}}`` of every topic a route reads or a ``gateway = "mesh"`` binding posts to."""
+    from .routing.config import MESH_GATEWAY, parse_mesh_chat
+
+    wanted: dict[str, set[str]] = {}
+    for route in settings.routes:
+        if route.mesh and route.topic:
+            wanted.setdefault(route.mesh, set()).add(route.topic)
+        for b in route.binds:
+            mc = parse_mesh_chat(b.chat) if b.gateway == MESH_GATEWAY else None
+            if mc is not None and mc.kind == "topic":
+                wanted.setdefault(mc.mesh, set()).add(mc.value)
+    return wanted
+
+
+def describe_encryption(mesh: str, topic: str, mode: str, body_version: int | None, detail: str) -> str:
+    """One ``check`` line: the topic's configured mode, the bodyVersion posts get, who can read them."""
+    from .keys import reader_note
+
+    names = {1: "bodyVersion 1 (plaintext)", 2: "bodyVersion 2 (sealed topic key)", 3: "bodyVersion 3 (HKDF key)"}
+    if body_version is None:
+        return f"mesh {mesh} #{topic}: {mode} -> cannot post yet: {detail}"
+    why = f" [{detail}]" if detail and mode == "auto" else ""
+    return f"mesh {mesh} #{topic}: {mode} -> {names[body_version]}{why}: {reader_note(body_version)}"
+
+
+def configured_encryption(settings: Settings) -> list[str]:
+    """``check`` without ``--online``: the configured mode of every bound topic (``auto`` needs the broker)."""
+    from .keys import BODY_HKDF, BODY_PLAINTEXT
+
+    lines = []
+    for mesh, topics in sorted(bound_topics(settings).items()):
+        for topic in sorted(topics):
+            mode = _configured_mode(settings, mesh, topic)
+            if mode == "auto":
+                lines.append(f"mesh {mesh} #{topic}: auto -> bodyVersion 2 if the topic has a sealed key and REST "
+                             "is configured, else bodyVersion 1 (check --online shows which)")
+            else:
+                bv = BODY_HKDF if mode == "hkdf" else BODY_PLAINTEXT
+                lines.append(describe_encryption(mesh, topic, mode, bv, ""))
+    return lines
+
+
+def _configured_mode(settings: Settings, mesh: str, topic: str) -> str:
+    """A route's explicit ``encryption`` for the topic, else the mesh config's (as RouteTable.encryption_for)."""
+    for route in settings.routes:
+        if route.mesh == mesh and route.topic == topic and "encryption" in route.model_fields_set:
+            return route.encryption
+    cfg = settings.mesh.get(mesh)
+    return cfg.topic_settings(topic).encryption if cfg is not None else "auto"
 
 
 def _build_routing(runtime: Runtime) -> None:

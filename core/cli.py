@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .confcheck import expand_path, one_line, read_regular_file
 from .errors import ConfigError, GatewayError, PluginError, StartupError
+from .files import make_private_dir
 from .logconfig import configure_logging, redact
 from .plugin_manager import gateway_kinds, make_plugin_manager, plugin_info
 from .settings import BootstrapSettings, Settings, load_bootstrap_settings, load_settings
@@ -104,7 +106,7 @@ async def _start_dev_broker(settings: Settings | BootstrapSettings, *, port: int
     from .devbroker import DevBroker
 
     db = settings.dev_broker
-    db.state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(db.state_dir)  # 0700, parents too (it is under [server] state_dir by default)
     broker = DevBroker(db.state_dir, host=db.host, port=db.port if port is None else port)
     try:
         await broker.start()
@@ -177,12 +179,24 @@ def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     warnings: list[str] = []
+    encryption: list[str] = []
     if args.online:
-        warnings = _run(_online_checks(settings, pm))
+        warnings = _run(_online_checks(settings, pm, encryption))
+    elif not pending:
+        from .app import configured_encryption
+
+        encryption = configured_encryption(settings)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    _print_encryption(encryption)
     return EXIT_OK
+
+
+def _print_encryption(lines: Sequence[str]) -> None:
+    """The effective encryption of every bound topic, after the ``ok:`` line (docs: README Security)."""
+    for line in lines:
+        print(f"encryption: {line}")
 
 
 async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool) -> int:
@@ -206,12 +220,14 @@ async def _check_with_embedded_broker(args: argparse.Namespace, *, pending: bool
         problems = _route_problems(settings, configs)
         if problems:
             raise ConfigError(problems)
-        for w in await _online_checks(settings, pm):
+        encryption: list[str] = []
+        for w in await _online_checks(settings, pm, encryption):
             print(f"warning: {w}", file=sys.stderr)
     finally:
         if broker is not None:
             await asyncio.wait_for(broker.stop(), 15)
     print(f"ok: {len(settings.mesh)} mesh(es), {len(configs)} gateway(s), {len(settings.routes)} route(s)")
+    _print_encryption(encryption)
     return EXIT_OK
 
 
@@ -222,14 +238,15 @@ def _route_problems(settings: Settings, configs: dict[str, Any], *, skip_meshes:
     return route_problems(settings, {name: cls for name, (cls, _) in configs.items()}, skip_meshes=skip_meshes)
 
 
-async def _online_checks(settings: Settings, pm: Any) -> list[str]:
-    """Resolve every routed topic against its broker and run each gateway's ``check()``."""
+async def _online_checks(settings: Settings, pm: Any, encryption: list[str] | None = None) -> list[str]:
+    """Resolve every routed topic against its broker (and its effective encryption into
+    ``encryption``) and run each gateway's ``check()``."""
     import aiohttp
 
     from .app import online_problems
 
     async with aiohttp.ClientSession() as http:
-        problems, warnings = await online_problems(settings, pm, http)
+        problems, warnings = await online_problems(settings, pm, http, encryption=encryption)
     if problems:
         raise ConfigError(problems)
     return warnings
@@ -305,6 +322,8 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         ids = None if args.all else args.ids
         if not ids and not args.all:
             raise ConfigError("dlq: give dead-letter ids or --all")
+        if ids and not all(1 <= i <= 2**63 - 1 for i in ids):  # what the store's 64-bit ids can hold
+            raise ConfigError("dlq: dead-letter ids are integers from 1 to 2**63-1")
         if args.dlq_cmd == "retry":
             n = await store.dlq_retry(ids)
             await store.audit("cli", "dlq_retry", {"ids": ids, "count": n})
@@ -353,10 +372,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.private_key:
         if admin.jwt_secret is not None:
             raise ConfigError("token: [admin] uses jwt_secret (HS256); --private-key is for EdDSA setups")
-        try:
-            pem = Path(args.private_key).expanduser().read_text()
-        except OSError as exc:
-            raise ConfigError(f"token: --private-key {args.private_key}: {exc.strerror or exc}") from None
+        try:  # a regular file only: a FIFO would block for ever
+            raw = read_regular_file(expand_path(args.private_key), max_bytes=64 * 1024, what="file")
+            pem = raw.decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"token: --private-key {args.private_key}: no such file") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            reason = "not a PEM text file" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise ConfigError(f"token: --private-key: {reason}") from None
     try:
         token = mint_token(admin, ttl_s=ttl, subject=args.subject, private_key_pem=pem)
     except ValueError as exc:  # EdDSA without --private-key, or a key that is not an Ed25519 PEM
@@ -417,7 +440,7 @@ def cmd_dev_broker(args: argparse.Namespace) -> int:
     state_dir, host, port = _broker_defaults(args)
     configure_logging(None, level="DEBUG" if args.verbose else "INFO")
     run = _tool("claudemesh_gateway.devbroker.cli", "run")
-    state_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(state_dir)
     try:
         _run(run(state_dir, host, port))
     except OSError as exc:
@@ -485,58 +508,79 @@ def cmd_mesh(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------------------------------
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """-c/-v/--traceback: on the top-level parser with their defaults, and on every subcommand again
+    (through the ``parents`` of each) with ``SUPPRESS`` defaults, so ``check -c FILE`` works as
+    ``-c FILE check`` does and an option given before the subcommand is not reset by its parser."""
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("-c", "--config", default=default(None),
+                        help=f"TOML config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="debug logging")
+    parser.add_argument("--traceback", action="store_true", default=default(False),
+                        help="show a traceback for unexpected errors")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="claudemesh-gateway",
         description="Connect claudemesh meshes to Telegram, Slack, WhatsApp, webhooks and other meshes.",
         epilog="exit codes: 0 ok, 1 unexpected, 2 config error, 3 plugin error, 4 startup error",
     )
-    p.add_argument("-c", "--config", help=f"TOML config file (default: ${CONFIG_ENV} or ./{DEFAULT_CONFIG})")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--traceback", action="store_true", help="show a traceback for unexpected errors")
+    _global_options(p, defaults=True)
     p.add_argument("--version", action="version", version=f"claudemesh-gateway {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    s = sub.add_parser("run", help="run the gateway (embedded dev broker first when [dev_broker] embedded)")
+    s = sub.add_parser("run", parents=[common],
+                       help="run the gateway (embedded dev broker first when [dev_broker] embedded)")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("check", help="validate the configuration without starting; exit 2 on problems")
+    s = sub.add_parser("check", parents=[common],
+                       help="validate the configuration without starting; exit 2 on problems")
     s.add_argument("--online", action="store_true", help="also resolve topics on the broker and run gateway checks")
     s.set_defaults(func=cmd_check)
 
-    s = sub.add_parser("plugins", help="list loaded plugins, their versions, hooks and gateway kinds")
+    s = sub.add_parser("plugins", parents=[common],
+                       help="list loaded plugins, their versions, hooks and gateway kinds")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_plugins)
 
-    s = sub.add_parser("routes", help="print the resolved route table")
+    s = sub.add_parser("routes", parents=[common], help="print the resolved route table")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_routes)
 
-    s = sub.add_parser("token", help="print a JWT for the admin API and dashboard ([admin] must be configured)")
+    s = sub.add_parser("token", parents=[common],
+                       help="print a JWT for the admin API and dashboard ([admin] must be configured)")
     s.add_argument("--ttl", default="1h", help="lifetime: seconds or 30m, 1h, 2d (default 1h)")
     s.add_argument("--subject", default="admin", help="the token's sub claim, recorded in the audit log")
     s.add_argument("--private-key", default=None, help="Ed25519 private key PEM file (EdDSA setups)")
     s.set_defaults(func=cmd_token)
 
-    s = sub.add_parser("keygen", help="generate an ed25519 identity for a [mesh.*] table")
+    s = sub.add_parser("keygen", parents=[common], help="generate an ed25519 identity for a [mesh.*] table")
     s.add_argument("--key-file", default=None, help="write the secret to this file (mode 600) instead of stdout")
     s.set_defaults(func=cmd_keygen)
 
-    s = sub.add_parser("enroll", help="join a mesh from a v1 invite link; prints the [mesh.*] table")
+    s = sub.add_parser("enroll", parents=[common],
+                       help="join a mesh from a v1 invite link; prints the [mesh.*] table")
     s.add_argument("invite")
     s.add_argument("--name", default=None, help="config name of the mesh table")
     s.add_argument("--display-name", default="gateway", help="peer display name on the mesh")
     s.add_argument("--key-file", default=None, help="write the secret to this file (mode 600) instead of stdout")
     s.set_defaults(func=cmd_enroll)
 
-    s = sub.add_parser("dev-broker", help="run the loopback dev broker standalone (development only)")
+    s = sub.add_parser("dev-broker", parents=[common],
+                       help="run the loopback dev broker standalone (development only)")
     s.add_argument("--state-dir", default=None, help="default: [dev_broker] state_dir, else var/devbroker")
     s.add_argument("--host", default=None, help="default: [dev_broker] host, else 127.0.0.1")
     s.add_argument("--port", type=int, default=None, help="default: [dev_broker] port, else 7900")
     s.set_defaults(func=cmd_dev_broker)
 
-    s = sub.add_parser("mint-invite", help="mint a v1 invite token into the dev broker's state")
+    s = sub.add_parser("mint-invite", parents=[common],
+                       help="mint a v1 invite token into the dev broker's state")
     s.add_argument("--state-dir", default=None, help="default: [dev_broker] state_dir, else var/devbroker")
     s.add_argument("--host", default=None)
     s.add_argument("--port", type=int, default=None)
@@ -547,31 +591,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--broker-url", default=None, help="ws URL written into the token (default: the dev broker's)")
     s.set_defaults(func=cmd_mint_invite)
 
-    s = sub.add_parser("dlq", help="dead letters: list, retry, drop")
+    s = sub.add_parser("dlq", parents=[common], help="dead letters: list, retry, drop")
     dsub = s.add_subparsers(dest="dlq_cmd", metavar="ACTION")
     dsub.required = True
-    d = dsub.add_parser("list")
+    d = dsub.add_parser("list", parents=[common])
     d.add_argument("--limit", type=int, default=100)
     for action in ("retry", "drop"):
-        d = dsub.add_parser(action)
+        d = dsub.add_parser(action, parents=[common])
         d.add_argument("ids", nargs="*", type=int)
         d.add_argument("--all", action="store_true")
     s.set_defaults(func=cmd_dlq)
 
-    s = sub.add_parser("mesh", help="talk to a configured mesh as the gateway's identity")
+    s = sub.add_parser("mesh", parents=[common], help="talk to a configured mesh as the gateway's identity")
     msub = s.add_subparsers(dest="mesh_cmd", metavar="ACTION")
     msub.required = True
-    m = msub.add_parser("peers", help="JSON list of the mesh's peers")
+    m = msub.add_parser("peers", parents=[common], help="JSON list of the mesh's peers")
     m.add_argument("mesh")
     m.add_argument("--timeout", type=float, default=10.0)
-    m = msub.add_parser("send", help="post to a topic or DM a peer")
+    m = msub.add_parser("send", parents=[common], help="post to a topic or DM a peer")
     m.add_argument("mesh")
     target = m.add_mutually_exclusive_group(required=True)
     target.add_argument("--topic")
     target.add_argument("--to", help="peer pubkey (hex) or display name")
     m.add_argument("text")
     m.add_argument("--timeout", type=float, default=10.0)
-    m = msub.add_parser("tail", help="one JSON object per line per topic message (id, sender, text, createdAt)")
+    m = msub.add_parser("tail", parents=[common],
+                        help="one JSON object per line per topic message (id, sender, text, createdAt)")
     m.add_argument("mesh")
     m.add_argument("--topic", required=True)
     m.add_argument("--count", type=int, default=None, help="stop after N messages")
@@ -583,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- entry point ------------------------------------------------------------------------------------------------------
 def _fail(prefix: str, lines: Sequence[str]) -> None:
     for line in lines:  # stderr bypasses the logging filter: scrub here too (URLs can embed tokens)
-        print(f"claudemesh-gateway: {prefix}: {redact(line)}", file=sys.stderr)
+        print(f"claudemesh-gateway: {prefix}: {one_line(redact(line))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

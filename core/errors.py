@@ -11,6 +11,7 @@ __all__ = [
     "MeshTimeout",
     "PluginError",
     "StartupError",
+    "StoreUnavailable",
     "Unsupported",
     "WebhookAuthError",
 ]
@@ -40,6 +41,13 @@ class PluginError(GatewayError):
 
 class StartupError(GatewayError):
     exit_code = 4
+
+
+class StoreUnavailable(GatewayError):
+    """The store cannot write right now (disk full, I/O error, read-only or locked database):
+    nothing of this write was committed. Answer the source "retry later" (HTTP 503, leave the row
+    unacknowledged); the store logs the outage itself, rate-limited, and ``/-/ready`` reports it,
+    so callers need not log each refusal."""
 
 
 class WebhookAuthError(GatewayError):

@@ -1,6 +1,8 @@
-"""Helpers for gateways that download files for the core (``Gateway.fetch_attachment``).
+"""Small file helpers: downloads for gateways (``Gateway.fetch_attachment``) and private directories
+and files for state (the store, the session identity, key files: 0600 in 0700).
 
 - :func:`read_capped`: a response body, cut at a byte cap.
+- :func:`make_private_dir`: a directory (and its missing parents) created 0700.
 - :func:`safe_get` with a :class:`FetchPolicy`: the one way a gateway downloads a file whose URL came
   from a vendor payload or API answer (Slack ``url_private``, Twilio ``MediaUrl<n>``, a Telegram file
   path), so the rules against SSRF and credential leaks hold for every plugin alike:
@@ -28,6 +30,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from yarl import URL
@@ -37,7 +40,15 @@ from .errors import DeliveryError
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["LOOPBACK_ENV", "FetchPolicy", "loopback_allowed", "read_capped", "resolve_addresses", "safe_get"]
+__all__ = [
+    "LOOPBACK_ENV",
+    "FetchPolicy",
+    "loopback_allowed",
+    "make_private_dir",
+    "read_capped",
+    "resolve_addresses",
+    "safe_get",
+]
 
 CHUNK = 64 * 1024
 #: set to ``1`` to let downloads reach loopback addresses (tests and their fake vendors only)
@@ -60,6 +71,25 @@ async def read_capped(resp: aiohttp.ClientResponse, max_bytes: int, what: str) -
             raise DeliveryError(too_large, permanent=True)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def make_private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create directory ``path`` and every missing parent with mode 0700 (owner only, whatever the
+    umask). Directories that already exist are left as they are. Returns ``path``."""
+    path = Path(path).expanduser()
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # created meanwhile by someone else: theirs to keep
+            continue
+        os.chmod(directory, 0o700)
+    path.mkdir(mode=0o700, exist_ok=True)  # raises if path is a file
+    return path
 
 
 def loopback_allowed() -> bool:

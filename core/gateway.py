@@ -41,13 +41,13 @@ log = logging.getLogger(__name__)
 class GatewayConfig(BaseModel):
     """Base for a gateway's ``[gateways.<name>]`` table. Unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BindingOptions(BaseModel):
     """Base for per-binding options (``options = {...}`` on a route binding)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +108,12 @@ class MeshHandle(Protocol):
 
     @property
     def mesh_id(self) -> str: ...
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        """The mesh member's send budget (``[mesh.<name>] rate_per_minute`` / ``rate_burst``), the
+        scope the core's own posts to this mesh use: return it from ``rate_limits`` for what is
+        posted through this handle, so both share one bucket. Follows a config reload."""
 
     async def watch_topic(self, topic: str, on_message: Callable[[Message], Awaitable[None]]) -> None:
         """Poll ``topic`` (joining it) and hand each new row, decrypted, to ``on_message`` as a

@@ -7,7 +7,12 @@ use and cached in memory only: nothing here logs a key, stores one, or puts one 
 exception or a repr.
 
 bodyVersion 1 is base64 plaintext, 3 is ours (secretbox with the HKDF key), 2 is the
-broker's sealed random topic key, opened only when a :class:`SealedKeyProvider` holds it.
+broker's sealed random topic key, opened only when a :class:`SealedKeyProvider` holds it
+(``claudemesh_gateway.mesh.sealed.SealedTopicKeys`` fetches it over REST, A.13).
+
+Sending mode per topic (``encryption``): ``auto`` (the default) seals v2 where the topic has a
+sealed key and REST is configured, v1 where the topic is unencrypted (or REST is not configured);
+``hkdf`` seals v3; ``plaintext`` v1. Opening does not depend on the mode: v1, v2 and v3 are all read.
 """
 
 from __future__ import annotations
@@ -22,23 +27,61 @@ from .mesh import crypto
 if TYPE_CHECKING:
     from .mesh.config import MeshConfig
 
-__all__ = ["KeyRing", "KeyRingError", "OpenResult", "SealedKeyProvider"]
+__all__ = ["ERROR", "MODES", "PENDING", "SEALED", "UNENCRYPTED", "UNKNOWN", "KeyRing", "KeyRingError", "OpenResult",
+           "SealedKeyProvider", "SealedKeyStatus", "reader_note"]
 
 log = logging.getLogger(__name__)
 
 BODY_PLAINTEXT = 1
 BODY_SEALED = 2
 BODY_HKDF = 3
+MODES = ("auto", "hkdf", "plaintext")
+
+# states of a topic's sealed key (SealedKeyStatus.state)
+SEALED = "sealed"            # the v2 key is held
+UNENCRYPTED = "unencrypted"  # the topic has no sealed key (topic_unencrypted): v1
+PENDING = "pending"          # encrypted, but not sealed for our member yet (key_not_sealed_for_member)
+ERROR = "error"              # REST failed (no issuer, auth, network): the reason is in ``detail``
+UNKNOWN = "unknown"          # not fetched yet
 
 
 class KeyRingError(ValueError):
-    """A body cannot be sealed (unknown mesh, no key configured). The message names no key."""
+    """A body cannot be sealed (unknown mesh, no key configured). The message names no key.
+    ``transient``: it may work later (a key not sealed for us yet, REST unreachable)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SealedKeyStatus:
+    """Where a topic's sealed key stands: ``state`` is one of SEALED, UNENCRYPTED, PENDING, ERROR, UNKNOWN."""
+
+    state: str
+    detail: str = ""
 
 
 class SealedKeyProvider(Protocol):
-    """bodyVersion 2 interop: the broker's sealed per-topic key, opened with our member key."""
+    """bodyVersion 2 interop: the broker's sealed per-topic key, opened with our member key.
+
+    A provider may also offer ``topic_status(mesh, topic_id) -> SealedKeyStatus``; without it, a
+    topic counts as sealed when ``topic_key`` returns a key and as unencrypted otherwise."""
 
     def topic_key(self, mesh: str, topic_id: str) -> bytes | None: ...
+
+
+def reader_note(body_version: int) -> str:
+    """Who can read a topic post of ``body_version`` (for ``check`` and the docs)."""
+    return {
+        BODY_PLAINTEXT: "readable by every upstream client (CLI, web chat), every mesh member and the broker "
+                        "operator: base64, not encrypted",
+        BODY_SEALED: "readable by the CLI and every topic member holding the sealed key; not by the broker operator "
+                     "or mere invite holders; the upstream web chat shows no text for it",
+        BODY_HKDF: "readable only by claudemesh-gateway and agents that derive the HKDF key (every holder of the "
+                   "root key, so invite holders and the broker operator too); upstream clients show "
+                   "[decrypt failed]",
+    }[body_version]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,6 +113,7 @@ class KeyRing:
         self._meshes: dict[str, _MeshKeys] = {}
         self._cache: dict[tuple[str, str, int, str], bytes] = {}
         self._sealed = sealed_provider
+        self._sealed_by_mesh: dict[str, SealedKeyProvider] = {}
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -97,8 +141,32 @@ class KeyRing:
         )
         self.forget(name)
 
-    def set_sealed_key_provider(self, provider: SealedKeyProvider | None) -> None:
-        self._sealed = provider
+    def set_sealed_key_provider(self, provider: SealedKeyProvider | None, mesh: str | None = None) -> None:
+        """The bodyVersion 2 provider for every mesh, or (``mesh``) for that mesh only (it wins there)."""
+        if mesh is None:
+            self._sealed = provider
+        elif provider is None:
+            self._sealed_by_mesh.pop(mesh, None)
+        else:
+            self._sealed_by_mesh[mesh] = provider
+
+    def sealed_provider(self, mesh: str) -> SealedKeyProvider | None:
+        return self._sealed_by_mesh.get(mesh, self._sealed)
+
+    def _sealed_key(self, mesh: str, topic_id: str) -> bytes | None:
+        provider = self.sealed_provider(mesh)
+        return provider.topic_key(mesh, topic_id) if provider is not None else None
+
+    def sealed_status(self, mesh: str, topic_id: str) -> SealedKeyStatus | None:
+        """The topic's sealed-key status, or None when no provider serves ``mesh`` (REST not configured)."""
+        provider = self.sealed_provider(mesh)
+        if provider is None:
+            return None
+        status = getattr(provider, "topic_status", None)
+        if callable(status):
+            return status(mesh, topic_id)
+        return SealedKeyStatus(SEALED) if provider.topic_key(mesh, topic_id) is not None else SealedKeyStatus(
+            UNENCRYPTED)
 
     def forget(self, mesh: str | None = None) -> None:
         """Drop cached derived keys (all, or one mesh's)."""
@@ -124,8 +192,31 @@ class KeyRing:
             raise KeyRingError(f"key ring: no mesh named {mesh!r} is configured") from None
 
     def mode(self, mesh: str, topic_id: str, topic_name: str | None = None) -> str:
-        """``"hkdf"`` or ``"plaintext"`` for this topic."""
+        """The configured mode for this topic: ``"auto"``, ``"hkdf"`` or ``"plaintext"``."""
         return self._mesh(mesh).cfg.topic_settings(topic_name, topic_id).encryption
+
+    def body_version(self, mesh: str, topic_id: str, topic_name: str | None = None) -> int:
+        """The bodyVersion a post to this topic gets now (1, 2 or 3). Raises :class:`KeyRingError`
+        (``transient``) when ``auto`` cannot decide yet: the topic is encrypted but its key is not
+        held (not sealed for us yet, or REST failed), so neither v1 nor v2 would be right."""
+        mode = self.mode(mesh, topic_id, topic_name)
+        if mode == "plaintext":
+            return BODY_PLAINTEXT
+        if mode == "hkdf":
+            return BODY_HKDF
+        status = self.sealed_status(mesh, topic_id)
+        if status is None or status.state == UNENCRYPTED:
+            return BODY_PLAINTEXT
+        if status.state == SEALED and self._sealed_key(mesh, topic_id) is not None:
+            return BODY_SEALED
+        shown = topic_name or topic_id
+        if status.state == PENDING:
+            raise KeyRingError(f"mesh {mesh}: topic {shown!r} is encrypted (sealed key, bodyVersion 2) but no member "
+                               f"holding the key has sealed it for the gateway yet ({status.detail}); not posting "
+                               f"in the clear, retrying later", transient=True)
+        raise KeyRingError(f"mesh {mesh}: topic {shown!r}: the sealed topic key is not available "
+                           f"({status.state}: {status.detail or 'not fetched yet'}); not posting, retrying later",
+                           transient=True)
 
     def _ikm(self, mk: _MeshKeys, topic_id: str, topic_name: str | None) -> tuple[bytes | None, str]:
         for key in (topic_name, topic_id):
@@ -154,12 +245,20 @@ class KeyRing:
     def seal(self, mesh: str, topic_id: str, topic_name: str | None, text: str) -> tuple[str, str, int]:
         """``(nonce_b64, ciphertext_b64, body_version)`` for a post to ``#<topic_id>``.
 
-        v3 with the topic's current epoch, or v1 for a plaintext topic. Raises
-        :class:`KeyRingError` when the topic is encrypted but no key is configured."""
+        Per :meth:`body_version`: v2 with the sealed topic key, v3 with the topic's current HKDF
+        epoch, or v1. Raises :class:`KeyRingError` when the topic is encrypted but its key is not
+        configured (hkdf) or not held (auto, ``transient``)."""
         mk = self._mesh(mesh)
         tc = mk.cfg.topic_settings(topic_name, topic_id)
-        if tc.encryption == "plaintext":
+        bv = self.body_version(mesh, topic_id, topic_name)
+        if bv == BODY_PLAINTEXT:
             return crypto.b64(crypto.random_nonce()), crypto.v1_encode(text), BODY_PLAINTEXT
+        if bv == BODY_SEALED:
+            sealed = self._sealed_key(mesh, topic_id)
+            if sealed is None:  # pragma: no cover - body_version checked it a moment ago
+                raise KeyRingError(f"mesh {mesh}: the sealed key of {topic_name or topic_id!r} is gone", transient=True)
+            nonce, ct = crypto.secretbox_seal(text, sealed)
+            return nonce, ct, BODY_SEALED
         key = self._key(mesh, mk, topic_id, topic_name, tc.epoch)
         if key is None:
             raise KeyRingError(
@@ -192,7 +291,7 @@ class KeyRing:
             return OpenResult(None, "undecryptable: bodyVersion 3 body does not open with this topic's key "
                                     "(other key_secret, or an epoch missing from accept_epochs)")
         if bv == BODY_SEALED:
-            key = self._sealed.topic_key(mesh, topic_id) if self._sealed is not None else None
+            key = self._sealed_key(mesh, topic_id)
             if key is None:
                 return OpenResult(None, "undecryptable: bodyVersion 2 (broker-sealed topic key) and no sealed "
                                         "key is held for this topic")
@@ -217,9 +316,9 @@ class KeyRing:
                 text = crypto.secretbox_open(nonce, ciphertext, key)
                 if text is not None:
                     return topic_id, text
-        if self._sealed is not None:
+        if self.sealed_provider(mesh) is not None:
             for topic_id, _name in topics:
-                key = self._sealed.topic_key(mesh, topic_id)
+                key = self._sealed_key(mesh, topic_id)
                 if key is not None:
                     text = crypto.secretbox_open(nonce, ciphertext, key)
                     if text is not None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import DeliveryError, MeshError
+from .gateway import RateLimit
 from .messages import Address, Message
 
 if TYPE_CHECKING:
@@ -111,6 +112,12 @@ class CoreMeshHandle:
     @property
     def mesh_id(self) -> str:
         return self._runtime.settings.mesh[self.name].mesh_id
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        from .routing.transport import mesh_rate_limit
+
+        return mesh_rate_limit(self.name, self._runtime.settings.mesh.get(self.name))
 
     async def _peer(self) -> Any:
         runtime = self._runtime

@@ -17,17 +17,28 @@ the result does not depend on the working directory.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
+from .confcheck import check_path, expand_path, one_line, read_regular_file
 from .delivery.config import DeliveryConfig
 from .errors import ConfigError
+from .logconfig import url_password
 from .mesh.config import MeshConfig
 from .routing.config import RouteConfig
 from .web.config import AdminConfig, HealthConfig
@@ -52,10 +63,14 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER = "CHANGE_ME"
 ENV_PREFIX = "CLAUDEMESH_"
+#: tables and lists nest at most this deep (a config file, an include or a JSON environment override)
+MAX_DEPTH = 32
+#: a config or include file larger than this is refused before it is parsed
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # -- our own tables --------------------------------------------------------------------------------------------
@@ -68,6 +83,14 @@ class ServerSettings(_Strict):
     shutdown_timeout: float = Field(10.0, ge=0)
     state_dir: Path = Path("var")
     store_path: Path | None = None  # default: <state_dir>/gateway.sqlite3
+    # Host names the dashboard, admin API and dev sink answer besides IP addresses, localhost, `host`
+    # and public_url's host (DNS rebinding guard): "name", ".domain" (and its subdomains), "*" (any)
+    allowed_hosts: list[str] = []
+
+    @field_validator("state_dir", "store_path")
+    @classmethod
+    def _path(cls, v: Path | None) -> Path | None:
+        return check_path(v)
 
     @field_validator("public_url")
     @classmethod
@@ -91,6 +114,11 @@ class DevBrokerSettings(_Strict):
     port: int = Field(7900, ge=0, le=65535)
     state_dir: Path = Path("var/devbroker")
 
+    @field_validator("state_dir")
+    @classmethod
+    def _path(cls, v: Path) -> Path:
+        return expand_path(v)
+
 
 class PluginSettings(_Strict):
     """``[plugins]``: ``disable`` takes plugin names as ``claudemesh-gateway plugins`` lists them."""
@@ -103,8 +131,11 @@ class LogSettings(_Strict):
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     format: Literal["text", "json"] = "text"
+    # third-party libraries (aiosqlite, aiohttp, asyncio, telegram, slack_sdk, twilio...) log at this level
+    # or above `level`: their DEBUG lines hold SQL arguments (secret keys), request bodies, phone numbers
+    library_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
-    @field_validator("level", mode="before")
+    @field_validator("level", "library_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
@@ -115,7 +146,7 @@ class Settings(BaseSettings):
     (see :func:`claudemesh_gateway.app.validate_gateways`)."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True,
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True, allow_inf_nan=False,
         nested_model_default_partial_update=False,
     )
 
@@ -140,8 +171,9 @@ class Settings(BaseSettings):
     @classmethod
     def _gateway_tables(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, table in v.items():
-            if not name or "/" in name:
-                raise ValueError(f"{name!r}: gateway instance names may not be empty or contain '/'")
+            if not name or "/" in name or one_line(name) != name:
+                raise ValueError(f"{name!r}: gateway instance names may not be empty or contain '/' or control "
+                                 "characters")
             kind = table.get("type", name)
             if not isinstance(kind, str) or not kind:
                 raise ValueError(f"{name}.type: must be a non-empty string")
@@ -156,7 +188,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlIncludeSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
 
     def gateway_kind(self, name: str) -> str:
         """The gateway kind of instance ``name`` (``type`` key, defaulting to the table name)."""
@@ -179,16 +211,50 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def nesting_depth(value: Any) -> int:
+    """How deep tables and lists nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            return depth
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _too_deep(label: str, where: str) -> ConfigError:
+    return ConfigError(f"{label}: tables and lists nest more than {MAX_DEPTH} levels deep ({where})")
+
+
 def _read_toml(path: Path, label: str) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES, what="file")
     except FileNotFoundError:
         raise ConfigError(f"{label}: file not found: {path}") from None
+    except ValueError as exc:  # not a regular file (a FIFO would block), too large, unreadable
+        raise ConfigError(f"{label}: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: not UTF-8 text ({path}, byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{label}: not valid TOML ({path}): {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise _too_deep(label, str(path)) from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise _too_deep(label, str(path))
+    return data
 
 
 def read_toml_with_includes(path: Path, *, allow_missing: bool = False) -> dict[str, Any]:
@@ -204,7 +270,11 @@ def read_toml_with_includes(path: Path, *, allow_missing: bool = False) -> dict[
     merged: dict[str, Any] = {}
     problems: list[str] = []
     for i, inc in enumerate(includes):
-        inc_path = Path(inc).expanduser()
+        try:
+            inc_path = expand_path(inc)
+        except ValueError as exc:  # a NUL character, ~nosuchuser
+            problems.append(f"include[{i}]: {exc}")
+            continue
         if not inc_path.is_absolute():
             inc_path = path.parent / inc_path
         if allow_missing and not inc_path.exists():
@@ -222,6 +292,62 @@ def read_toml_with_includes(path: Path, *, allow_missing: bool = False) -> dict[
     if problems:
         raise ConfigError(problems)
     return deep_merge(merged, data)
+
+
+class _EnvOverrideError(ValueError):
+    """A ``CLAUDEMESH_*`` value that had to be JSON and is not (or nests too deeply)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key, self.reason = key, reason
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, with a malformed JSON override reported as one
+    ``CLAUDEMESH_<NAME>: ...`` config error line instead of a ``SettingsError`` traceback."""
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        try:
+            decoded = super().decode_complex_value(field_name, field, value)
+        except json.JSONDecodeError as exc:  # the reason names a position, never the value
+            raise _EnvOverrideError(field_name, f"not valid JSON ({exc.msg} at line {exc.lineno} column "
+                                                f"{exc.colno})") from None
+        except RecursionError:
+            raise _EnvOverrideError(field_name, f"nests more than {MAX_DEPTH} levels deep") from None
+        except ValueError as exc:
+            raise _EnvOverrideError(field_name, f"not valid JSON ({type(exc).__name__})") from None
+        if nesting_depth(decoded) > MAX_DEPTH:
+            raise _EnvOverrideError(field_name, f"nests more than {MAX_DEPTH} levels deep")
+        return decoded
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            return super().__call__()
+        except SettingsError as exc:
+            raise ConfigError(_env_problem(exc)) from None
+
+
+def _env_problem(exc: SettingsError) -> str:
+    """``CLAUDEMESH_PLUGINS__DISABLE: not valid JSON (...)`` for a SettingsError of the env source."""
+    m = re.search(r'field "([^"]+)"', str(exc))
+    field = (m.group(1) if m else "").upper()
+    top = ENV_PREFIX + (field or "*")
+    cause = exc.__cause__
+    if not isinstance(cause, _EnvOverrideError):
+        return f"{top}: environment override could not be read"
+    key = cause.key.upper()
+    names = [n for n in os.environ
+             if (n.upper() == top and key == field)
+             or (n.upper().startswith(top + "__") and n.upper().rsplit("__", 1)[-1] == key)]
+    bad = [n for n in names if not _json_ok(os.environ[n])]
+    return f"{min(bad or names or [top])}: {cause.reason}"
+
+
+def _json_ok(text: str) -> bool:
+    try:
+        return nesting_depth(json.loads(text)) <= MAX_DEPTH
+    except (ValueError, RecursionError):
+        return False
 
 
 class _TomlIncludeSource(PydanticBaseSettingsSource):
@@ -247,7 +373,7 @@ def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + one_line(str(part))
     return out or "(top level)"
 
 
@@ -280,10 +406,10 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(getattr(value, name), f"{path}.{name}" if path else name)
         extra = value.__pydantic_extra__ or {}
         for name, sub in extra.items():
-            yield from _walk(sub, f"{path}.{name}" if path else name)
+            yield from _walk(sub, f"{path}.{one_line(name)}" if path else one_line(name))
     elif isinstance(value, Mapping):
         for key, sub in value.items():
-            yield from _walk(sub, f"{path}.{key}" if path else str(key))
+            yield from _walk(sub, f"{path}.{one_line(str(key))}" if path else one_line(str(key)))
     elif isinstance(value, (list, tuple)):
         for i, sub in enumerate(value):
             yield from _walk(sub, f"{path}[{i}]")
@@ -316,14 +442,24 @@ def _looks_secret(path: str) -> bool:
 def iter_secrets(obj: Any) -> Iterator[str]:
     """Every SecretStr/SecretBytes value in ``obj``, plus string values of raw tables whose
     key names look secret (``token``, ``*_secret``, ``password``...) for tables not yet
-    validated by a plugin model (gateway tables before the plugins load)."""
+    validated by a plugin model (gateway tables before the plugins load), plus the password
+    of every URL with credentials (``https://user:password@host``: a webhook target, a DSN),
+    which a log line may show without the rest of the URL."""
     for path, leaf in _walk(obj, ""):
         if isinstance(leaf, SecretStr):
-            yield leaf.get_secret_value()
+            text = leaf.get_secret_value()
         elif isinstance(leaf, SecretBytes):
-            yield leaf.get_secret_value().decode("utf-8", "replace")
-        elif isinstance(leaf, str) and _looks_secret(path):
-            yield leaf
+            text = leaf.get_secret_value().decode("utf-8", "replace")
+        elif isinstance(leaf, str):
+            text = leaf if _looks_secret(path) else ""
+            if (password := url_password(leaf)) is not None:
+                yield password
+        else:
+            continue
+        if text:
+            yield text
+            if (password := url_password(text)) is not None:
+                yield password
     for model in _models(obj):  # secrets a model holds outside its fields (e.g. a key read from a file)
         values = getattr(model, "secret_values", None)
         if callable(values):
@@ -349,6 +485,19 @@ def _resolve(p: Path, base: Path) -> Path:
     return p if p.is_absolute() else (base / p)
 
 
+def _config_file(path: str | Path) -> Path:
+    """The config file named by ``-c``/``CLAUDEMESH_CONFIG``, ``~`` expanded; ConfigError unless it is a file."""
+    try:
+        path = expand_path(path)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    if not path.is_file():
+        if path.exists():
+            raise ConfigError(f"config: {path} is not a regular file")
+        raise ConfigError(f"config: file not found: {path} (pass -c FILE or set CLAUDEMESH_CONFIG)")
+    return path
+
+
 def load_settings(
     path: str | Path, *, allow_placeholders: bool = False, allow_missing_includes: bool = False, **overrides: Any
 ) -> Settings:
@@ -357,9 +506,7 @@ def load_settings(
     Raises :class:`ConfigError` listing every problem, one line each. ``allow_missing_includes``
     is for the CLI's first pass before the embedded dev broker has written its files.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config: file not found: {path} (pass -c FILE or set CLAUDEMESH_CONFIG)")
+    path = _config_file(path)
 
     class FromFile(Settings):  # config is inherited and merged; only the file changes
         config_file = path
@@ -414,14 +561,12 @@ class BootstrapSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _TomlIncludeSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
 
 
 def load_bootstrap_settings(path: str | Path) -> BootstrapSettings:
     """``[server]``, ``[dev_broker]``, ``[log]`` and ``include`` only; missing includes are fine."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config: file not found: {path} (pass -c FILE or set CLAUDEMESH_CONFIG)")
+    path = _config_file(path)
 
     class FromFile(BootstrapSettings):
         config_file = path

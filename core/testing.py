@@ -31,7 +31,7 @@ import aiohttp
 
 from .errors import DeliveryError
 from .events import Event, GatewayState
-from .gateway import Binding, SubmitResult
+from .gateway import Binding, RateLimit, SubmitResult
 from .messages import Message
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class RecordingMeshHandle:
         self.dms: list[tuple[str, str]] = []  # (peer, text)
         self.peer_list: list[dict[str, Any]] = []
         self.fail_send: Exception | None = None
+        self.rate_limit = RateLimit(scope=f"mesh:{name}:member", per_second=1.0, burst=10)  # the defaults
 
     @property
     def state(self) -> str:
@@ -286,12 +287,14 @@ async def mesh_member(
     ``broker``: a started dev broker; ``name`` picks one of the ``[mesh.*]`` tables it wrote
     (``dev``, ``dev_alice``, ``dev_bob``) and names the peer. ``mesh``: an explicit ``[mesh.*]``
     table (dict or ``MeshConfig``) instead (``broker`` may then be None). ``options``: extra table
-    keys (e.g. faster poll timers); ``groups``: the member's groups. ``on_message`` receives every
+    keys (e.g. faster poll timers; tables such as ``rest`` merge into the table's own); ``groups``: the
+    member's groups. ``on_message`` receives every
     inbound row (DMs, and topics the member watches with ``await peer.watch_topic(name)``).
     """
     from .mesh import MeshPeer
     from .mesh.config import MeshConfig
     from .mesh.state import MemoryKV
+    from .settings import deep_merge
 
     if mesh is None:
         if broker is None:
@@ -301,7 +304,8 @@ async def mesh_member(
         cfg = mesh
     else:
         table = mesh.model_dump() if isinstance(mesh, MeshConfig) else dict(mesh)
-        cfg = MeshConfig.model_validate({**table, **(options or {}), **({"groups": list(groups)} if groups else {})})
+        table = deep_merge(table, options or {})
+        cfg = MeshConfig.model_validate({**table, **({"groups": list(groups)} if groups else {})})
     peer = MeshPeer(name, cfg, kv=MemoryKV(), on_message=on_message, identity="cli")
     await peer.start()
     try:

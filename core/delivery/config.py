@@ -7,21 +7,32 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..confcheck import check_format_template
 from ..gateway import RateLimit
 
-__all__ = ["VENDOR_DEFAULT_LIMITS", "DeliveryConfig", "LimitSpec", "backoff_delay"]
+__all__ = ["SCOPE_FIELDS", "VENDOR_DEFAULT_LIMITS", "DeliveryConfig", "LimitSpec", "backoff_delay"]
+
+
+#: the fields a rate-limit ``scope`` template may use
+SCOPE_FIELDS = frozenset({"gateway", "chat", "thread", "lane"})
 
 
 class LimitSpec(BaseModel):
     """A token bucket template. ``scope`` may use ``{gateway}``, ``{chat}``, ``{thread}`` and ``{lane}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     scope: str = Field(min_length=1)
     per_second: float = Field(gt=0)
     burst: float = Field(default=1.0, ge=1)
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        check_format_template(v, SCOPE_FIELDS)
+        return v
 
     def resolve(self, destination: Mapping[str, Any], lane: str) -> RateLimit:
         scope = self.scope.format(
@@ -55,7 +66,7 @@ class DeliveryConfig(BaseModel):
     ``max_age`` seconds, it goes to the dead letters.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_factor: float = Field(default=2.0, ge=1)

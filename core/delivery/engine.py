@@ -5,16 +5,26 @@
   at the next part.
 * **Rate limits.** Before every part, one token from every bucket the transport declared (per chat,
   per group, global...). See :mod:`.ratelimit`.
+* **Completions.** Each delivered item is recorded (removed from the outbox) before its lane sends
+  the next one. The removal is queued just before the message-map write, so both share the store's
+  group commit (removals of other lanes queued meanwhile join one ``complete_many``): a lane waits
+  for about one commit per item, and a crash re-sends at most the one item per lane that was being
+  sent or recorded.
 * **Failures.** ``DeliveryError(permanent=True)`` -> dead letter + ``DeliveryFailed(permanent=True)``.
-  Transient errors (and unexpected exceptions, with a lower cap) -> exponential backoff with jitter,
-  persisted as the item's ``not_before``: only that lane waits. A ``retry_after`` replaces the
-  backoff; if the error also names a rate-limit ``scope`` (attribute ``scope`` on the exception)
-  that bucket is paused too, so every lane sharing it waits and no other.
+  Transient errors (and unexpected exceptions, with a lower cap) -> exponential backoff with jitter:
+  only that lane waits. The wait runs on the monotonic clock (a step of the wall clock neither
+  stalls nor hurries it); the item's ``not_before`` is persisted as wall-clock time for a restart.
+  A ``retry_after`` replaces the backoff; if the error also names a rate-limit ``scope`` (attribute
+  ``scope`` on the exception) that bucket is paused too, so every lane sharing it waits and no other.
 * **Scheduling.** ``kick(lane)`` after an enqueue wakes the scheduler at once; timers wake it when a
   backoff expires; a low-frequency safety poll catches changes made by another process (``dlq
   retry`` from the CLI). No busy loop. ``start()`` picks up every queued lane (restart recovery).
 * **Shutdown.** ``stop(drain_timeout)`` takes no new item, lets items being sent finish within the
   bound and cancels the rest; queued items stay in the store.
+* **Store outage.** While the store reports a ``write_problem`` (disk full, I/O error...), lanes send
+  nothing: a send that cannot be recorded would be sent again. An item sent just before the outage
+  whose removal failed is kept in memory and removed once writes succeed, never sent again by this
+  process. The store logs the outage (rate-limited); the engine adds no line per attempt.
 
 Delivery is at least once: a crash between a send and its ``complete`` commit sends that part
 again on restart (``Outbound.idempotency_key`` lets gateways that can deduplicate do so).
@@ -30,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import DeliveryError
+from ..errors import DeliveryError, StoreUnavailable
 from ..events import DeliveryFailed, Event, MessageDelivered
 from ..gateway import RateLimit
 from ..messages import Address, Message, Outbound, SendResult, address_from_dict, message_from_dict
@@ -80,11 +90,6 @@ class DeliveryStats:
     waiting_lanes: int = 0  # ready lanes held back by the concurrency cap
 
 
-def _log_complete_failure(f: asyncio.Future[None]) -> None:
-    if not f.cancelled() and f.exception() is not None:
-        log.error("delivery: recording a completed item failed (it may be sent again): %s", f.exception())
-
-
 class DeliveryEngine:
     """Deliver outbox items through ``transport``.
 
@@ -95,8 +100,8 @@ class DeliveryEngine:
     :param transport: see :class:`Transport`.
     :param config: :class:`DeliveryConfig`.
     :param emit: called with ``MessageDelivered`` / ``DeliveryFailed`` events; must not block.
-    :param clock: wall clock (epoch seconds) for ``not_before``, ages and latencies.
-    :param monotonic: clock for rate limits and timers.
+    :param clock: wall clock (epoch seconds) for the persisted ``not_before``, ages and latencies.
+    :param monotonic: clock for rate limits, timers and the backoff of this process's retries.
     :param sleep: ``asyncio.sleep``-compatible; every timed wait of the engine goes through it.
     :param rng: random source for backoff jitter.
     """
@@ -132,7 +137,11 @@ class DeliveryEngine:
         self._max_id = getattr(store, "max_id", None) if self._lanes_after is not None else None
         self._high_id = 0  # highest outbox id looked at (for kick() without a lane)
         self._kick_new = False
-        self._flushing: set[asyncio.Future[None]] = set()
+        self._flushing: set[asyncio.Future[None]] = set()  # completion writes on their way to the store
+        # (ids, write) of the removal write that has not started yet; ids may still be appended
+        self._completing: tuple[list[int], asyncio.Future[None]] | None = None
+        self._unrecorded: dict[int, str] = {}  # delivered item id -> lane, its removal failed: retry it
+        self._retry_at: dict[str, tuple[int, float]] = {}  # lane -> (head item id, monotonic deadline)
 
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, int] = {}  # lane -> id of the item being sent
@@ -141,7 +150,7 @@ class DeliveryEngine:
         self._waiting: dict[str, None] = {}  # ready lanes beyond the concurrency cap, FIFO
         self._kicked: dict[str, None] = {}
         self._kick_all = False
-        self._due: float | None = None  # earliest known not_before in the future (wall clock)
+        self._due: float | None = None  # earliest known due time in the future (monotonic clock)
         self._wake: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
         self._stopping = False
@@ -268,14 +277,20 @@ class DeliveryEngine:
         while not self._stopping:
             self._wake.clear()
             now = self.clock()
+            mono = self.monotonic()
             lanes: dict[str, None] = self._kicked
             self._kicked = {}
+            due = self._due is not None and mono >= self._due
             full = (
                 self._kick_all
                 or (self._kick_new and self._lanes_after is None)
-                or self.monotonic() - last_poll >= cfg.poll_interval
-                or (self._due is not None and now >= self._due)
+                or mono - last_poll >= cfg.poll_interval
+                or due
             )
+            if due:  # this process's retries are timed on the monotonic clock, whatever not_before says
+                for lane, (_id, at) in list(self._retry_at.items()):
+                    if at <= mono:
+                        lanes[lane] = None
             try:
                 if full:
                     self._kick_all = self._kick_new = False
@@ -283,7 +298,13 @@ class DeliveryEngine:
                     high = await self._max_id() if self._max_id is not None else None
                     for lane in await self.store.ready_lanes(now):
                         lanes[lane] = None
-                    self._due = await self._next_due_q(now) if self._next_due_q is not None else None
+                    stored = await self._next_due_q(now) if self._next_due_q is not None else None
+                    # a wall-clock deadline from the store (a restart, another process) -> monotonic
+                    self._due = None if stored is None else mono + max(0.0, stored - now)
+                    mono = self.monotonic()
+                    for _id, at in self._retry_at.values():
+                        if at > mono and (self._due is None or at < self._due):
+                            self._due = at
                     if high is not None:
                         self._high_id = max(self._high_id, high)
                     last_poll = self.monotonic()
@@ -294,8 +315,9 @@ class DeliveryEngine:
                         lanes[lane] = None
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("delivery: reading the outbox failed; retrying")
+            except Exception as e:
+                if not isinstance(e, StoreUnavailable):  # the store logs its own outage, rate-limited
+                    log.exception("delivery: reading the outbox failed; retrying")
                 self._due = None
                 self._kick_all = True
                 for lane in lanes:
@@ -306,7 +328,7 @@ class DeliveryEngine:
                 self._spawn(lane)
             timeout = cfg.poll_interval - (self.monotonic() - last_poll)
             if self._due is not None:
-                timeout = min(timeout, self._due - self.clock())
+                timeout = min(timeout, self._due - self.monotonic())
             await self._wait(timeout)
 
     def _spawn(self, lane: str) -> None:
@@ -336,13 +358,27 @@ class DeliveryEngine:
             self._spawn(nxt)
 
     # -- lane worker ------------------------------------------------------------------------------------------
+    def _hold(self, item: OutboxItem) -> float:
+        """Seconds ``item`` must still wait before its next attempt (<= 0: go)."""
+        entry = self._retry_at.get(item.lane)
+        if entry is not None:
+            if entry[0] == item.id:  # retried by this process: its monotonic deadline rules
+                return entry[1] - self.monotonic()
+            del self._retry_at[item.lane]  # that item is gone (dead-lettered or removed elsewhere)
+        return item.not_before - self.clock()
+
+    def _store_problem(self) -> str | None:
+        problem = getattr(self.store, "write_problem", None)
+        return problem if isinstance(problem, str) and problem else None
+
     async def _lane(self, lane: str) -> None:
-        done: list[int] = []  # delivered items whose removal is not yet submitted
         try:
             while not self._stopping:
                 self._dirty.discard(lane)
-                if done:  # the items just sent must be gone before the lane is read again
-                    await self._flush(done)
+                if self._store_problem() is not None:  # a send now could not be recorded: wait
+                    self._note_due(self.monotonic() + self.config.backoff_base)
+                    return
+                await self._record_unrecorded(lane)
                 if self._peek is not None:
                     items = await self._peek(lane, self.config.prefetch)
                 else:
@@ -355,50 +391,78 @@ class DeliveryEngine:
                 for item in items:
                     if self._stopping:
                         return
-                    if item.not_before > self.clock():
-                        self._note_due(item.not_before)
+                    hold = self._hold(item)
+                    if hold > 0:
+                        self._note_due(self.monotonic() + hold)
                         return
-                    outcome = await self._deliver(item, done)
+                    outcome = await self._deliver(item)
                     if outcome == "retry":
                         return
                     if outcome == "reread":
                         break
         except asyncio.CancelledError:
             raise
-        except Exception:  # a store failure: the items stay queued; retry this lane later
-            log.exception("delivery: lane %s failed; retrying later", lane)
-            self._note_due(self.clock() + self.config.backoff_base)
+        except Exception as e:  # a store failure: the items stay queued; retry this lane later
+            if not isinstance(e, StoreUnavailable):  # the store logs its own outage, rate-limited
+                log.exception("delivery: lane %s failed; retrying later", lane)
+            self._note_due(self.monotonic() + self.config.backoff_base)
         finally:
-            try:
-                if done:
-                    # A new worker of this lane must not read these items again, and stop() must not
-                    # return before the sends it drained are recorded. Shielded: a second
-                    # cancellation leaves the write to complete on its own.
-                    await self._flush(done)
-            finally:
-                self._lane_done(lane)
+            self._lane_done(lane)
 
-    async def _flush(self, done: list[int]) -> None:
-        ids = list(done)
-        done.clear()
+    async def _record_unrecorded(self, lane: str) -> None:
+        """Remove the items of ``lane`` delivered earlier whose removal failed (before reading it again)."""
+        ids = [i for i, ln in self._unrecorded.items() if ln == lane]
+        if ids:
+            await asyncio.shield(self._submit_completion(list(ids)))
+            for i in ids:
+                self._unrecorded.pop(i, None)
+            log.info("delivery: %d delivered item(s) of %s recorded after the store recovered", len(ids), lane)
+
+    def _complete_soon(self, item_id: int) -> asyncio.Future[None]:
+        """Queue the removal of a delivered item. The write is submitted when the event loop next
+        runs, ahead of what the lane writes meanwhile (the message map), so both share one group
+        commit; removals queued by other lanes before that join the same ``complete_many``."""
+        if self._completing is None or self._completing[1].done():  # (done: cancelled before it ran)
+            fresh: list[int] = []
+            self._completing = (fresh, self._submit_completion(fresh))
+        ids, write = self._completing
+        ids.append(item_id)
+        return write
+
+    def _submit_completion(self, ids: list[int]) -> asyncio.Future[None]:
         fut = asyncio.ensure_future(self._complete(ids))
-        fut.add_done_callback(_log_complete_failure)
         self._flushing.add(fut)
         fut.add_done_callback(self._flushing.discard)
-        await asyncio.shield(fut)
+        return fut
 
     async def _complete(self, ids: list[int]) -> None:
+        if self._completing is not None and self._completing[0] is ids:
+            self._completing = None  # started: later removals go into the next write
         if self._complete_many is not None:
             await self._complete_many(ids)
         else:
             for i in ids:
                 await self.store.complete(i)
 
-    async def _deliver(self, item: OutboxItem, done: list[int]) -> str:
+    async def _recorded(self, item: OutboxItem, fut: asyncio.Future[None]) -> None:
+        """Wait for the removal of delivered ``item``; if it failed, keep the id to retry it."""
+        try:
+            await asyncio.shield(fut)  # a cancelled lane leaves the write to complete on its own
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._unrecorded[item.id] = item.lane
+            if not isinstance(e, StoreUnavailable):
+                log.error("delivery: recording delivered item %s failed (kept, retried before the lane goes on): %s",
+                          item.id, e)
+            raise
+
+    async def _deliver(self, item: OutboxItem) -> str:
         """One item: 'done' (next item), 'retry' (lane waits), 'reread' (re-read the lane)."""
         lane = item.lane
         self._inflight[lane] = item.id
         self._sending.add(lane)
+        self._retry_at.pop(lane, None)
         outs: list[Outbound] = []
         limits: Sequence[RateLimit] = ()
         try:
@@ -406,6 +470,8 @@ class DeliveryEngine:
                 outs, limits = await self.transport.render(item)
             except DeliveryError as e:
                 return await self._failed(item, e, outs, limits)
+            except StoreUnavailable:
+                raise
             except Exception as e:
                 log.exception("delivery: rendering item %s for %s failed", item.id, lane)
                 return await self._failed(item, e, outs, limits)
@@ -446,20 +512,24 @@ class DeliveryEngine:
                             item.id, idx + 1, sent=[r.native_ids for r in results])
                     else:
                         await self.store.progress(item.id, idx + 1)
+            # the removal is queued first, so it shares the commit of the message map written next
+            recorded = self._complete_soon(item.id)
             try:
                 await self.transport.delivered(item, results)
+            except StoreUnavailable:
+                pass  # the store logs its outage; the removal below fails too and is kept for a retry
             except Exception:  # the parts are out: never send them again for a map failure
                 log.exception("delivery: recording the message map of item %s failed", item.id)
-            done.append(item.id)
             if total == 0:  # nothing to send (e.g. a delete the destination cannot do): just drop it
                 log.debug("delivery: item %s for %s rendered to nothing; removed", item.id, lane)
-                return "done"
-            self._stats.delivered += 1
-            native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
-            self._publish(MessageDelivered(
-                message=self._message(item, outs), to=self._to(item, outs), route=item.route,
-                native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
-            ))
+            else:
+                self._stats.delivered += 1
+                native: tuple[str, ...] = tuple(n for r in results for n in r.native_ids)
+                self._publish(MessageDelivered(
+                    message=self._message(item, outs), to=self._to(item, outs), route=item.route,
+                    native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
+                ))
+            await self._recorded(item, recorded)
             return "done"
         finally:
             self._inflight.pop(lane, None)
@@ -508,13 +578,15 @@ class DeliveryEngine:
             delay = max(retry_after, cfg.retry_after_floor)
         else:
             delay = backoff_delay(attempts, cfg, self.rng)
-        not_before = now + delay
-        await self.store.reschedule(item.id, not_before=not_before, attempts=attempts, error=text)
+        # this process waits on the monotonic clock; the wall-clock not_before is for a restart
+        retry_at = self.monotonic() + delay
+        await self.store.reschedule(item.id, not_before=now + delay, attempts=attempts, error=text)
+        self._retry_at[item.lane] = (item.id, retry_at)
         self._stats.failed_transient += 1
         log.info("delivery to %s failed (attempt %d), retrying in %.1fs: %s", item.lane, attempts, delay, text)
         self._publish(DeliveryFailed(message=message, to=to, route=item.route, error=text, permanent=False))
         await self._notify(item, text, False)
-        self._note_due(not_before)
+        self._note_due(retry_at)
         return "retry"
 
     async def _notify(self, item: OutboxItem, error: str, permanent: bool) -> None:

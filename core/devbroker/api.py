@@ -105,6 +105,19 @@ class BrokerAPI:
                    None)
         return (row.encrypted_key, row.nonce) if row else None
 
+    def create_api_key(self, mesh_id: str, capabilities: Iterable[str], *, topic_scopes: Iterable[str] | None = None,
+                       issued_by_member_id: str | None = None, label: str = "seeded",
+                       expires_in: float | None = None) -> str:
+        """A REST API key (A.13); the secret is returned, only its hash is stored. Without
+        ``issued_by_member_id`` it is a legacy key with no issuer (``api_key_has_no_issuer``)."""
+        from .rest import mint_api_key
+
+        expires = now_ms() + int(expires_in * 1000) if expires_in is not None else None
+        _row, secret = mint_api_key(self, mesh_id, label=label, capabilities=list(capabilities),
+                                    topic_scopes=list(topic_scopes) if topic_scopes is not None else None,
+                                    expires_at_ms=expires, issued_by_member_id=issued_by_member_id)
+        return secret
+
     def mint_invite(self, mesh_id: str, *, role: str = "member", expires_in: int = 7 * 86400, max_uses: int = 1,
                     broker_url: str | None = None, preset: dict[str, Any] | None = None) -> str:
         token = build_invite(self.store, mesh_id, broker_url or self.ws_url, role=role, expires_in=expires_in,

@@ -14,6 +14,8 @@ API (stable; the mesh peer and core tests depend on it)::
     broker.create_topic(mesh_id, name, creator_member_id, *, visibility="public", encrypted=True) -> TopicInfo
     broker.join_topic(mesh_id, topic_id_or_name, member_id, role="member")
     broker.mint_invite(mesh_id, *, role="member", expires_in=7*86400, max_uses=1, preset=None) -> token
+    broker.create_api_key(mesh_id, capabilities, *, topic_scopes=None, issued_by_member_id=None) -> secret
+    broker.rest_url                 # http://host:port: /api/v1 (A.13) is served here, as the web app would
     # test knobs
     broker.drop_connections(mesh_id=None, *, pubkey=None) -> int   # abort sockets, no close frame: grace
     broker.set_status(pubkey, "working"|"dnd"|"idle") -> int
@@ -66,7 +68,8 @@ from typing import Any, Self
 
 from aiohttp import WSMsgType, web
 
-from . import delivery, roster, sessions, topics
+from ..files import make_private_dir
+from . import delivery, rest, roster, sessions, topics
 from .api import BrokerAPI
 from .config import DevBrokerConfig
 from .http import BROKER_KEY, HOOK_BUCKETS_KEY
@@ -74,7 +77,7 @@ from .http import routes as http_routes
 from .info import DevSeed
 from .presence import Conn, Presence, Registry
 from .ratelimit import TokenBuckets
-from .seed import load_seed, mesh_tables, seed_dev_mesh, write_meshes_toml
+from .seed import ensure_sealed_topic, load_seed, mesh_tables, seed_dev_mesh, write_meshes_toml
 from .store import Store
 from .util import now_ms
 
@@ -104,6 +107,9 @@ HANDLERS: dict[str, Handler] = {
     "kick": roster.handle_kick,
     "disconnect": roster.handle_disconnect,
     "ban": roster.handle_ban,
+    "apikey_create": rest.handle_apikey_create,
+    "apikey_list": rest.handle_apikey_list,
+    "apikey_revoke": rest.handle_apikey_revoke,
 }
 
 
@@ -144,10 +150,13 @@ class DevBroker(BrokerAPI):
         if not self.store.meshes:
             seed_dev_mesh(self)
         self._seed = load_seed(self)
+        if self._seed is not None:
+            ensure_sealed_topic(self, self._seed)
         app = web.Application(middlewares=[self._upgrade_gate], client_max_size=self.config.max_message_bytes)
         app[BROKER_KEY] = self
         app[HOOK_BUCKETS_KEY] = TokenBuckets(self.config.hook_rate_per_minute, self.config.hook_rate_per_minute)
         app.add_routes([web.get("/ws", self._ws_handler), *http_routes(self)])
+        rest.install(app, self)  # the web app's /api/v1 (sealed topic keys, A.13) on the same port
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.requested_port)
@@ -159,7 +168,7 @@ class DevBroker(BrokerAPI):
                        asyncio.create_task(self._every(self.config.sweep_interval_s, self._sweep)),
                        asyncio.create_task(self._every(self.config.purge_interval_s, self._purge))]
         if self.state_dir is not None:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.state_dir)
             self.save()
             if self._seed is not None:
                 write_meshes_toml(self.state_dir, self._seed, self.ws_url)
@@ -210,6 +219,11 @@ class DevBroker(BrokerAPI):
         return f"http://{self._url_host}:{self.port or self.requested_port}"
 
     @property
+    def rest_url(self) -> str:
+        """Base URL of the emulated web app REST API (``/api/v1``): the broker's own HTTP port."""
+        return self.http_url
+
+    @property
     def _url_host(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"[{host}]" if ":" in host else host
@@ -222,7 +236,7 @@ class DevBroker(BrokerAPI):
             raise RuntimeError("this broker's state has no seeded dev mesh")
         return self._seed
 
-    def mesh_tables(self) -> dict[str, dict[str, str]]:
+    def mesh_tables(self) -> dict[str, dict[str, Any]]:
         """The ``meshes.toml`` tables (``dev``, ``dev_alice``, ``dev_bob``) as dicts, for in-memory brokers too."""
         return mesh_tables(self.default_mesh, self.ws_url)
 

@@ -32,8 +32,9 @@ async def run(state_dir: Path | None, host: str = "127.0.0.1", port: int = DEFAU
     loop = asyncio.get_running_loop()
     installed = [name for name in ("SIGINT", "SIGTERM") if add_signal_handler(loop, name, stop.set)]
     seed = broker.default_mesh
-    print(f"dev broker: {broker.ws_url}  (http {broker.http_url})", flush=True)
-    print(f"mesh 'dev' id={seed.mesh_id} members: gateway, alice, bob; topic general", flush=True)
+    print(f"dev broker: {broker.ws_url}  (http {broker.http_url}, REST {broker.rest_url}/api/v1)", flush=True)
+    print(f"mesh 'dev' id={seed.mesh_id} members: gateway, alice, bob; topics general (keyless), "
+          "team (sealed key)", flush=True)
     if state_dir is not None:
         print(f"mesh tables: {Path(state_dir) / 'meshes.toml'}", flush=True)
     else:

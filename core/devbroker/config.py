@@ -30,6 +30,8 @@ class DevBrokerConfig:
     drain_before_ack: bool = True            # hello drains push before hello_ack (the real broker races)
     close_timeout_s: float = 5.0             # wait for the peer's close frame
     persist_debounce_s: float = 0.05         # coalesce state writes
+    clock_offset_ms: int = 0                 # added to the created_at of new queue/topic rows: a broker clock
+    #                                          that runs fast (> 0) or slow (< 0); may be changed while running
     # Later upstream brokers (after the spec's pinned commit; see broker.py "Later upstream behaviour").
     # False / None reproduce the pinned commit exactly.
     role_scoped_dedup: bool = True           # sessionId dedup only among presences of the hello's role

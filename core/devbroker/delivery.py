@@ -147,7 +147,8 @@ async def handle_send(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     row = QueueRow(                                                           # B.25
         id=new_id(), mesh_id=p.mesh_id, target_spec=target, priority=priority, nonce=nonce,
         ciphertext=ciphertext, sender_member_id=p.member_id, sender_session_pubkey=p.session_pubkey,
-        created_at=row_time(b.config.unique_ms_timestamps), client_message_id=cmid if isinstance(cmid, str) else None,
+        created_at=row_time(b.config.unique_ms_timestamps) + b.config.clock_offset_ms,
+        client_message_id=cmid if isinstance(cmid, str) else None,
         request_fingerprint=fp if isinstance(fp, str) else None)
     b.store.queue.append(row)
     if kind == "topic":

@@ -86,6 +86,23 @@ class TopicMemberKey:
 
 
 @dataclass(slots=True)
+class ApiKey:
+    """``mesh.api_key``: a REST bearer key (A.13). Only the SHA-256 of the secret is kept."""
+
+    id: str
+    mesh_id: str
+    label: str
+    prefix: str                   # the first 11 chars of the secret (lookup index)
+    secret_hash: str              # sha256 hex of the whole secret
+    capabilities: list[str]
+    topic_scopes: list[str] | None
+    issued_by_member_id: str | None
+    created_at: int
+    expires_at: int | None = None  # ms
+    revoked_at: int | None = None
+
+
+@dataclass(slots=True)
 class TopicMessage:
     id: str
     mesh_id: str

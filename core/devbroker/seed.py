@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from claudemesh_gateway.mesh.config import http_url_for
 from claudemesh_gateway.mesh.crypto import KeyPair
 
 from .info import DevSeed, MemberInfo, MeshInfo
@@ -18,10 +19,12 @@ log = logging.getLogger(__name__)
 
 SEED_MEMBERS = (("gateway", "member"), ("alice", "admin"), ("bob", "member"))
 MESHES_TOML = "meshes.toml"
+SEALED_TOPIC = "team"
 
 
 def seed_dev_mesh(b: DevBroker) -> None:
-    """Create mesh ``dev`` with a keyless ``general`` topic and members gateway, alice (admin) and bob."""
+    """Create mesh ``dev`` with a keyless ``general`` topic, a sealed-key topic ``team`` (see
+    :func:`ensure_sealed_topic`) and members gateway, alice (admin) and bob."""
     mesh = b.create_mesh("dev", name="dev")
     members = {}
     for name, role in SEED_MEMBERS:
@@ -36,6 +39,18 @@ def seed_dev_mesh(b: DevBroker) -> None:
     }
     b.dirty()
     log.info("seeded dev mesh %s (members gateway, alice, bob; topic general)", mesh.mesh_id)
+
+
+def ensure_sealed_topic(b: DevBroker, seed: DevSeed) -> None:
+    """Topic ``team`` of the seeded mesh (added to older state files too): created by ``gateway``,
+    so the broker seals its random key (bodyVersion 2) for the gateway only, as upstream's
+    ``topic_create`` does; alice and bob are joined and wait for a key holder to seal for them."""
+    if b.store.topic_by_name(seed.mesh_id, SEALED_TOPIC) is not None:
+        return
+    topic = b.create_topic(seed.mesh_id, SEALED_TOPIC, seed.gateway.member_id, encrypted=True)
+    for member in (seed.alice, seed.bob):
+        b.join_topic(seed.mesh_id, topic.topic_id, member.member_id)
+    log.info("seeded sealed-key topic %s in dev mesh %s", SEALED_TOPIC, seed.mesh_id)
 
 
 def load_seed(b: DevBroker) -> DevSeed | None:
@@ -58,9 +73,10 @@ def _toml_str(value: str) -> str:
     return '"' + "".join(c if c >= " " else f"\\u{ord(c):04x}" for c in out) + '"'
 
 
-def mesh_tables(seed: DevSeed, broker_url: str) -> dict[str, dict[str, str]]:
-    """The ``[mesh.<name>]`` tables of ``meshes.toml``: ``dev`` (gateway), ``dev_alice``, ``dev_bob``."""
-    tables = {}
+def mesh_tables(seed: DevSeed, broker_url: str) -> dict[str, dict[str, Any]]:
+    """The ``[mesh.<name>]`` tables of ``meshes.toml``: ``dev`` (gateway), ``dev_alice``, ``dev_bob``.
+    ``rest.url`` is the broker's HTTP port, where it serves the web app's ``/api/v1`` (A.13)."""
+    tables: dict[str, dict[str, Any]] = {}
     for table, member in (("dev", seed.gateway), ("dev_alice", seed.alice), ("dev_bob", seed.bob)):
         tables[table] = {
             "broker_url": broker_url,
@@ -69,6 +85,7 @@ def mesh_tables(seed: DevSeed, broker_url: str) -> dict[str, dict[str, str]]:
             "secret_key": member.secret_hex,
             "root_key": seed.mesh.root_key_b64url,
             "display_name": member.display_name,
+            "rest": {"url": http_url_for(broker_url)},
         }
     return tables
 
@@ -79,7 +96,12 @@ def meshes_toml(seed: DevSeed, broker_url: str) -> str:
              ""]
     for table, values in mesh_tables(seed, broker_url).items():
         lines.append(f"[mesh.{table}]")
-        lines += [f"{key} = {_toml_str(value)}" for key, value in values.items()]
+        for key, value in values.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {_toml_str(value)}")
         lines.append("")
     return "\n".join(lines)
 

@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import make_private_dir
 from .model import (
+    ApiKey,
     Invite,
     Member,
     Mesh,
@@ -45,6 +47,7 @@ _TABLES: dict[str, type] = {
     "invites": Invite,
     "peer_states": PeerState,
     "notifications": Notification,
+    "api_keys": ApiKey,
 }
 
 
@@ -63,6 +66,7 @@ class Store:
         self.invites: dict[str, Invite] = {}          # by token
         self.peer_states: dict[tuple[str, str], PeerState] = {}
         self.notifications: list[Notification] = []
+        self.api_keys: list[ApiKey] = []
         self.session_owner: dict[str, str] = {}        # every session pubkey seen -> member id
         self.seed: dict[str, Any] | None = None        # credentials of the seeded dev mesh
 
@@ -91,6 +95,7 @@ class Store:
             (r["mesh_id"], r["member_id"]): row_from_dict(PeerState, r) for r in data.get("peer_states", [])
         }
         self.notifications = [row_from_dict(Notification, r) for r in data.get("notifications", [])]
+        self.api_keys = [row_from_dict(ApiKey, r) for r in data.get("api_keys", [])]
         self.session_owner = dict(data.get("session_owner", {}))
         self.seed = data.get("seed")
         log.info("dev broker state loaded from %s (%d meshes, %d members)", path, len(self.meshes),
@@ -130,6 +135,7 @@ class Store:
             "invites": [row_to_dict(r) for r in self.invites.values()],
             "peer_states": [row_to_dict(r) for r in self.peer_states.values()],
             "notifications": [row_to_dict(r) for r in self.notifications],
+            "api_keys": [row_to_dict(r) for r in self.api_keys],
             "session_owner": self.session_owner,
             "seed": self.seed,
         }
@@ -139,7 +145,7 @@ class Store:
         if path is None:
             return
         self.merge_disk_invites()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".json", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -168,6 +174,10 @@ class Store:
 
     def topic_by_name(self, mesh_id: str, name: str) -> Topic | None:
         return next((t for t in self.topics.values() if t.mesh_id == mesh_id and t.name == name), None)
+
+    def topic_member_key(self, topic_id: str, member_id: str) -> TopicMemberKey | None:
+        return next((k for k in self.topic_member_keys if k.topic_id == topic_id and k.member_id == member_id),
+                    None)
 
     def topic_member(self, topic_id: str, member_id: str) -> TopicMember | None:
         return next((tm for tm in self.topic_members if tm.topic_id == topic_id and tm.member_id == member_id),

@@ -16,9 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from ..confcheck import check_path, read_regular_file
 from .crypto import KeyPair
 
-__all__ = ["PLACEHOLDER", "GroupConfig", "MeshConfig", "TopicKeyConfig", "decode_root_key", "read_key_file"]
+__all__ = ["PLACEHOLDER", "PRODUCTION_BROKER_HOST", "PRODUCTION_REST_URL", "GroupConfig", "MeshConfig", "RestConfig",
+           "TopicKeyConfig", "decode_root_key", "read_key_file"]
+
+#: the hosted broker, and the web app that serves its REST ``/api/v1`` (spec A.2, A.13)
+PRODUCTION_BROKER_HOST = "ic.claudemesh.com"
+PRODUCTION_REST_URL = "https://claudemesh.com"
+Encryption = Literal["auto", "hkdf", "plaintext"]
 
 PLACEHOLDER = "CHANGE_ME"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -55,20 +62,29 @@ def _check_secret_hex(text: str) -> KeyPair:
         raise ValueError(str(exc)) from None
 
 
+#: a member key file holds one hex line (and maybe comments); anything bigger is not one
+KEY_FILE_MAX_BYTES = 64 * 1024
+
+
 def read_key_file(path: Path) -> str:
-    """The secret hex stored in a member key file (``#`` lines ignored). Refuses a group/world readable file."""
+    """The secret hex stored in a member key file (``#`` lines ignored). Refuses a group/world readable
+    file, and anything but a regular file (a FIFO would block the reader for ever)."""
     try:
         st = path.stat()
     except FileNotFoundError:
         raise ValueError(f"key file {path} does not exist") from None
-    except OSError as exc:
-        raise ValueError(f"key file {path} cannot be read ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"key file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"key file {path} is not a regular file")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"key file {path} is readable by group/others (mode {stat.S_IMODE(st.st_mode):o}); "
                          f"run: chmod 600 {path}")
     try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = read_regular_file(path, max_bytes=KEY_FILE_MAX_BYTES, what="key file").decode("utf-8").splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"key file {path} does not exist") from None
+    except UnicodeDecodeError:
         raise ValueError(f"key file {path} cannot be read as text") from None
     body = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if len(body) != 1:
@@ -77,7 +93,7 @@ def read_key_file(path: Path) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GroupConfig(_Strict):
@@ -87,10 +103,39 @@ class GroupConfig(_Strict):
     role: str | None = None
 
 
-class TopicKeyConfig(_Strict):
-    """``[mesh.<name>.topics.<topic name>]``: how that topic's bodies are encrypted (A.13a)."""
+class RestConfig(_Strict):
+    """``[mesh.<name>.rest]``: the web app's REST ``/api/v1``, where sealed topic keys (bodyVersion 2)
+    are fetched and re-sealed (spec A.13). Timer values are seconds."""
 
-    encryption: Literal["hkdf", "plaintext"] = "hkdf"
+    url: str | None = None  # default: https://claudemesh.com for the hosted broker, else unset
+    enabled: bool | None = None  # default: on whenever a url is known
+    key_ttl: float = Field(300.0, ge=30, le=86_400)  # lifetime of the API keys minted over WS (the CLI: 5 min)
+    reseal: bool = True  # seal the keys we hold for members that join later (as upstream key holders do)
+    reseal_interval: float = Field(30.0, gt=0)  # pending-seals poll per topic whose key we hold
+    key_retry_interval: float = Field(30.0, gt=0)  # re-ask for a key not sealed for us yet, or after an error
+    request_timeout: float = Field(10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip().rstrip("/")
+        _no_placeholder(v, "web app URL", "e.g. https://claudemesh.com")
+        if not v.startswith(("http://", "https://")) or "?" in v or "#" in v:
+            raise ValueError("must be an http(s):// base URL without query (e.g. https://claudemesh.com)")
+        return v.removesuffix("/api/v1")
+
+
+class TopicKeyConfig(_Strict):
+    """``[mesh.<name>.topics.<topic name>]``: how that topic's bodies are encrypted (A.13, A.13a).
+
+    ``auto``: bodyVersion 2 (the broker-sealed random topic key) where the topic has one and REST is
+    configured, bodyVersion 1 where the topic is unencrypted. ``hkdf``: our bodyVersion 3.
+    ``plaintext``: bodyVersion 1 always. Unset: ``hkdf`` when the table sets ``key_secret`` (an HKDF
+    input, so v3 is what it is for), else the mesh's ``default_encryption``."""
+
+    encryption: Encryption | None = None
     epoch: int = Field(0, ge=0)
     accept_epochs: list[int] = []  # older epochs still decrypted after a rotation
     key_secret: SecretStr | None = None  # a separate HKDF input key (43-char b64url), instead of the root key
@@ -156,12 +201,14 @@ class MeshConfig(_Strict):
 
     # topics
     topic_poll_interval: float = Field(1.0, gt=0)  # while a topic is active
-    topic_poll_idle_interval: float = Field(5.0, gt=0)  # ceiling once it is quiet (spec A.12: 2-5 s)
+    topic_poll_idle_interval: float = Field(1.5, gt=0)  # ceiling once it is quiet (idle ingest p99 < 2 s)
+    topic_poll_budget: float = Field(10.0, gt=0)  # topic_history requests/s per mesh, shared by its topics
     topic_page_size: int = Field(50, ge=1, le=200)
     topic_backfill: int = Field(0, ge=0)  # rows delivered on the very first poll of a topic
     topic_max_backfill: int = Field(10_000, ge=1)  # cap on rows recovered after a long downtime
-    default_encryption: Literal["hkdf", "plaintext"] = "hkdf"
+    default_encryption: Encryption = "auto"  # "hkdf" when unset and the mesh sets key_secret
     topics: dict[str, TopicKeyConfig] = {}
+    rest: RestConfig = RestConfig()
 
     _member: KeyPair | None = PrivateAttr(default=None)
 
@@ -186,6 +233,11 @@ class MeshConfig(_Strict):
         if not v or not _ID.match(v):
             raise ValueError(f"must be the {what}: letters, digits, - and _ only")
         return v
+
+    @field_validator("secret_key_file")
+    @classmethod
+    def _key_path(cls, v: Path | None) -> Path | None:
+        return check_path(v)
 
     @field_validator("secret_key")
     @classmethod
@@ -247,6 +299,9 @@ class MeshConfig(_Strict):
             raise ValueError("pubkey does not match the public key of secret_key (wrong key for this member?)")
         if self.topic_poll_idle_interval < self.topic_poll_interval:
             raise ValueError("topic_poll_idle_interval must be >= topic_poll_interval")
+        if self.rest.enabled is True and self.rest_url is None:
+            raise ValueError("rest.enabled = true needs rest.url (the web app serving /api/v1) for a broker "
+                             f"other than {PRODUCTION_BROKER_HOST}")
         self._member = pair
         return self
 
@@ -269,16 +324,41 @@ class MeshConfig(_Strict):
         return self.member_keypair().public_hex
 
     @property
+    def rest_url(self) -> str | None:
+        """The web app REST base (``rest.url``; https://claudemesh.com for the hosted broker), or None
+        when REST is not configured (disabled, or a self-hosted broker without ``rest.url``)."""
+        if self.rest.enabled is False:
+            return None
+        if self.rest.url is not None:
+            return self.rest.url
+        host = self.broker_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+        if host == PRODUCTION_BROKER_HOST:
+            return PRODUCTION_REST_URL
+        return None
+
+    @property
     def http_url(self) -> str:
         """The broker's HTTP base (same host, http(s), without ``/ws``)."""
         return http_url_for(self.broker_url)
 
+    @property
+    def mesh_encryption(self) -> str:
+        """``default_encryption``, or ``hkdf`` when it is not set and a mesh-wide ``key_secret`` is."""
+        if "default_encryption" not in self.model_fields_set and self.key_secret is not None:
+            return "hkdf"
+        return self.default_encryption
+
     def topic_settings(self, topic_name: str | None, topic_id: str | None = None) -> TopicKeyConfig:
-        """The per-topic key settings (by name, then by id), else the mesh defaults."""
+        """The per-topic key settings (by name, then by id), else the mesh defaults; ``encryption``
+        is always resolved (see :class:`TopicKeyConfig`)."""
         for key in (topic_name, topic_id):
             if key and key in self.topics:
-                return self.topics[key]
-        return TopicKeyConfig(encryption=self.default_encryption)
+                entry = self.topics[key]
+                if entry.encryption is not None:
+                    return entry
+                mode = "hkdf" if entry.key_secret is not None else self.mesh_encryption
+                return entry.model_copy(update={"encryption": mode})
+        return TopicKeyConfig(encryption=self.mesh_encryption)
 
     def __repr_args__(self):  # keep reprs short; secrets are SecretStr anyway
         for k, v in super().__repr_args__():

@@ -24,7 +24,7 @@ import re
 import time
 from typing import Any
 
-from ..errors import MeshError
+from ..errors import MeshError, StoreUnavailable
 from . import crypto
 from .aio import TaskOwner
 from .types import MeshInbound, parse_time_ms
@@ -115,6 +115,8 @@ class PushHandler(TaskOwner):
                 await self.handle(frame)
             except asyncio.CancelledError:
                 raise
+            except StoreUnavailable:  # left unacked: it returns; the store logs its outage (rate-limited)
+                log.debug("mesh %s: a push was not taken: the store cannot write", self.peer.name)
             except Exception:  # one bad push never stops the others
                 log.exception("mesh %s: handling a push failed", self.peer.name)
             finally:
@@ -187,10 +189,20 @@ class PushHandler(TaskOwner):
                 self._drop("topic_row", frame)
                 self.seen.add(key)
                 await self._ack(frame)
+                peer.wake_topic(hit[0])  # the row is news: read that topic's history now
                 return
         # 5. base64 UTF-8 (broadcast, group, v1 topic row, scheduled)
         if text is None:
             text = crypto.v1_decode(ciphertext)
+            if text is None and not isinstance(frame.get("senderName"), str) and _nonce_ok(nonce):
+                # a drained topic row whose key we do not hold (yet): topics come from history (A.12)
+                target = await self._target_of(mid)
+                if target is not None and target.startswith("#"):
+                    self._drop("topic_row", frame)
+                    self.seen.add(key)
+                    await self._ack(frame)
+                    peer.wake_topic(target[1:])
+                    return
             if text is None:
                 log.warning("mesh %s: push %s from %s… is undecryptable; dropped", peer.name, mid, sender[:12])
                 self._drop("undecryptable", frame)
@@ -207,6 +219,7 @@ class PushHandler(TaskOwner):
                     self._drop("topic_row", frame)
                     self.seen.add(key)
                     await self._ack(frame)
+                    peer.wake_topic(target[1:])
                     return
                 kind = "broadcast" if target.startswith(("*", "@")) else "dm"
         name = frame.get("senderName") if isinstance(frame.get("senderName"), str) else None

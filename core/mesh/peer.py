@@ -24,6 +24,7 @@ from .inbound import LRUSet, PushHandler
 from .poller import TopicPoller
 from .ratelimit import TokenBucket
 from .roster import Roster
+from .sealed import SealedTopicKeys
 from .sender import Sender
 from .state import KV, KV_NAMESPACE, load_session_identity
 from .types import MeshInbound, Peer, Topic
@@ -62,11 +63,15 @@ class MeshPeer:
         self.connection: Connection = None  # type: ignore[assignment]  # set by start()
         self.roster: Roster = None  # type: ignore[assignment]
         self.sender: Sender = None  # type: ignore[assignment]
+        self.sealed: SealedTopicKeys | None = None  # bodyVersion 2 keys, when REST is configured (A.13)
+        self.v2_topics: set[str] = set()  # topic ids whose history carries bodyVersion 2 rows
         self.pushes = PushHandler(self)
         # refill 10% slower than the broker's bucket: our token is taken at send time, the
         # broker's at receive time, and jitter in between must never cost a rate_limit ack
         self.bucket = TokenBucket(cfg.rate_burst, cfg.rate_per_minute * RATE_SAFETY)
         self.sent_ids = LRUSet(10_000)
+        # every topic_history request of the pollers takes a token: a fixed request rate per mesh
+        self.poll_bucket = TokenBucket(max(1, int(cfg.topic_poll_budget)), cfg.topic_poll_budget * 60)
         self.pollers: dict[str, TopicPoller] = {}
         self._topics: dict[str, Topic] = {}  # name -> Topic
         self._topics_by_id: dict[str, Topic] = {}
@@ -97,6 +102,10 @@ class MeshPeer:
                                      presence_id=last_presence)
         self.roster = Roster(self.name, self.cfg, self.connection, self.own_keys)
         self.sender = Sender(self.name, self.cfg, self.connection, self.bucket)
+        if self.cfg.rest_url is not None:
+            self.sealed = SealedTopicKeys(self.name, self.cfg, self.connection.request)
+            self.keyring.set_sealed_key_provider(self.sealed, mesh=self.name)
+            await self.sealed.start()
         self._started = True
         self.pushes.start()
         self.roster.start()
@@ -110,6 +119,10 @@ class MeshPeer:
             await poller.stop()
         await self.roster.stop()
         await self.pushes.stop()
+        if self.sealed is not None:
+            await self.sealed.stop()  # revokes its API keys while the socket is still up
+            self.keyring.set_sealed_key_provider(None, mesh=self.name)
+            self.sealed = None
         await self.connection.stop()
         self.pollers.clear()
         self._started = False  # start() may be called again (same identity, fresh connection)
@@ -156,12 +169,51 @@ class MeshPeer:
         return self.session_keypair.public_hex if self.session_keypair else None
 
     def poll_stats(self) -> dict[str, dict[str, Any]]:
-        """Per watched topic: last poll completion (epoch s), latency (s), counters."""
+        """Per watched topic: last poll completion (epoch s), latency (s), counters. ``skipped``: unseen
+        rows not delivered, by reason (``beyond_window``, ``backfill_cap``); ``bad_timestamps``: rows
+        delivered with the receipt time because their ``createdAt`` did not convert."""
         return {
             name: {"last_poll_at": p.last_poll_at, "poll_latency": p.poll_latency, "polls": p.polls,
-                   "delivered": p.delivered, "undecryptable": p.undecryptable, "last_error": p.last_error}
+                   "delivered": p.delivered, "undecryptable": p.undecryptable, "skipped": dict(p.skipped),
+                   "bad_timestamps": p.bad_timestamps, "last_error": p.last_error}
             for name, p in self.pollers.items()
         }
+
+    def sealed_key_report(self) -> dict[str, dict[str, Any]]:
+        """Per bound topic: the sealed key's ``state`` (sealed, unencrypted, pending, error) and ``detail``;
+        empty when REST is not configured."""
+        return self.sealed.report() if self.sealed is not None else {}
+
+    async def effective_encryption(self, name_or_id: str) -> tuple[str, int | None, str]:
+        """``(mode, body_version, detail)`` a post to this topic gets now: the configured mode, the
+        bodyVersion (None when ``auto`` cannot send yet) and why (the key state, or the error)."""
+        topic = await self.resolve_topic(name_or_id)
+        mode = self.keyring.mode(self.name, topic.id, topic.name)
+        if self.sealed is not None and mode == "auto":
+            await self.sealed.ensure(topic)
+        refusal = self._no_rest_refusal(topic, mode)
+        if refusal is not None:
+            return mode, None, refusal
+        try:  # a trial seal: also catches an hkdf topic without root_key/key_secret
+            _nonce, _ct, bv = self.keyring.seal(self.name, topic.id, topic.name, "")
+        except KeyRingError as exc:
+            return mode, None, str(exc)
+        if mode != "auto":
+            detail = f"encryption = {mode!r}"
+        elif self.sealed is None:
+            detail = "REST is not configured (rest.url): sealed topic keys cannot be fetched, so auto posts bodyVersion 1"
+        else:
+            detail = self.sealed.topic_status(self.name, topic.id).detail
+        return mode, bv, detail
+
+    def _no_rest_refusal(self, topic: Topic, mode: str) -> str | None:
+        """Without REST, ``auto`` cannot see sealed keys and posts v1; but never into a topic whose
+        history shows bodyVersion 2 rows: that topic is encrypted, and v1 would be in the clear."""
+        if mode != "auto" or self.sealed is not None or topic.id not in self.v2_topics:
+            return None
+        return (f"mesh {self.name}: topic {topic.name!r} carries bodyVersion 2 (sealed-key) posts but REST is not "
+                f"configured ([mesh.{self.name}.rest] url), so its key cannot be fetched; not posting in the clear. "
+                "Set rest.url, or choose encryption = \"plaintext\" or \"hkdf\" for this topic")
 
     @property
     def last_poll_at(self) -> dict[str, float | None]:
@@ -294,11 +346,19 @@ class MeshPeer:
                 return self.pollers[name]
             await self.connection.wait_connected(timeout)
             topic = await self.join_topic(name)
+            if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
+                await self.sealed.ensure(topic)
             poller = TopicPoller(self, topic, self.deliver)
             self.pollers[name] = poller
             poller.start()
             log.info("mesh %s: polling #%s (%s)", self.name, topic.name, topic.id)
             return poller
+
+    def wake_topic(self, topic_id: str) -> None:
+        """Poll the topic with this id now (a drained row of it arrived: it has news)."""
+        for poller in self.pollers.values():
+            if poller.topic.id == topic_id:
+                poller.wake()
 
     async def unwatch_topic(self, name: str) -> None:
         poller = self.pollers.pop(name, None)
@@ -349,7 +409,7 @@ class MeshPeer:
     async def post_topic(self, topic_name: str, text: str, *, reply_to_id: str | None = None,
                          mentions: Sequence[str] | Iterable[str] = (), client_message_id: str | None = None,
                          priority: str | None = None) -> str | None:
-        """Post to ``#<topicId>`` (never ``#name``), encrypted per the key ring. Returns the
+        """Post to ``#<topicId>`` (never ``#name``), sealed per the key ring (v2 / v3 / v1). Returns the
         topic_message id (found in ``topic_history`` by our nonce), or None if it could not be found."""
         self._require_started()
         self._check_text(text)
@@ -357,10 +417,16 @@ class MeshPeer:
             topic = await self.resolve_topic(topic_name)
         except MeshRequestError as exc:
             raise DeliveryError(f"mesh {self.name}: {exc}") from exc
+        mode = self.keyring.mode(self.name, topic.id, topic.name)
+        if self.sealed is not None and mode == "auto":
+            await self.sealed.ensure(topic)  # fetch the sealed key once (or learn the topic is v1)
+        refusal = self._no_rest_refusal(topic, mode)
+        if refusal is not None:
+            raise DeliveryError(refusal, permanent=True)
         try:
             nonce, ct, bv = self.keyring.seal(self.name, topic.id, topic.name, text)
         except KeyRingError as exc:
-            raise DeliveryError(str(exc), permanent=True) from exc
+            raise DeliveryError(str(exc), permanent=not exc.transient) from exc
         cmid = client_message_id or str(uuid.uuid4())
         frame = self._frame("#" + topic.id, nonce, ct, cmid, priority or self.cfg.default_priority)
         frame["bodyVersion"] = bv

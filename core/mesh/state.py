@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..files import make_private_dir
+from ..logconfig import register_secret
 from .crypto import KeyPair
 
 __all__ = ["KV", "KV_NAMESPACE", "JsonFileKV", "MemoryKV", "SessionIdentity", "load_session_identity"]
@@ -81,7 +83,7 @@ class JsonFileKV(MemoryKV):
         out: dict[str, dict[str, Any]] = {}
         for (ns, key), value in self.data.items():
             out.setdefault(ns, {})[key] = value
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".kv-", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -110,6 +112,12 @@ class SessionIdentity:
         return f"<SessionIdentity {self.session_id} pubkey={self.pubkey[:12]}… persisted={self.persisted}>"
 
 
+def _register(pair: KeyPair) -> None:
+    secret = pair.secret_hex
+    register_secret(secret)
+    register_secret(secret[:64])  # the seed alone is the secret half
+
+
 def _identity_key(mesh: str) -> str:
     return f"{mesh}:session"
 
@@ -128,12 +136,14 @@ async def load_session_identity(kv: KV, mesh: str, member_pubkey: str, *, epheme
             pair = KeyPair.from_secret_hex(str(saved["session_secret"]))
             sid = str(saved["session_id"])
             if sid:
+                _register(pair)  # the redaction filter scrubs it from every log line
                 return SessionIdentity(pair, sid, persisted=True)
         except (KeyError, ValueError):
             log.warning("mesh %s: stored session identity is unreadable; minting a new one", mesh)
     elif saved is not None:
         log.warning("mesh %s: stored session identity belongs to another member key; minting a new one", mesh)
     pair = KeyPair.generate()
+    _register(pair)  # before the kv_set below can show up in any log line
     ident = SessionIdentity(pair, f"gw-{uuid.uuid4()}", persisted=True)
     await kv.kv_set(KV_NAMESPACE, _identity_key(mesh), {
         "session_secret": pair.secret_hex, "session_id": ident.session_id, "member_pubkey": member_pubkey,

@@ -20,9 +20,10 @@ from typing import Any
 import aiohttp
 
 from ..errors import DeliveryError, MeshError
+from ..files import make_private_dir
 from . import crypto
 from .aio import with_timeout
-from .config import http_url_for
+from .config import PRODUCTION_BROKER_HOST, http_url_for
 from .peer import MeshPeer
 from .poller import TopicPoller
 from .state import MemoryKV
@@ -70,7 +71,7 @@ JOIN_ERRORS = {
 def _write_key_file(path: Path, pair: crypto.KeyPair) -> None:
     """Create ``path`` with mode 0600; refuse to overwrite anything."""
     path = path.expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)  # a directory we create for it is 0700
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -138,7 +139,11 @@ async def enroll(invite_or_link: str, *, display_name: str = "claudemesh-gateway
         config["secret_key_file"] = str(Path(key_path).expanduser())  # noqa: ASYNC240 - no I/O
     else:
         config["secret_key"] = pair.secret_hex
-    toml = "\n".join([f"[mesh.{table_name}]", *(f"{k} = {_toml_str(str(v))}" for k, v in config.items())]) + "\n"
+    lines = [f"[mesh.{table_name}]", *(f"{k} = {_toml_str(str(v))}" for k, v in config.items())]
+    if PRODUCTION_BROKER_HOST not in broker_url:  # the hosted broker's web app is known; others must be named
+        lines.append('# rest = { url = "https://..." }  # the web app serving /api/v1 for this broker: '
+                     'sealed topic keys (bodyVersion 2)')
+    toml = "\n".join(lines) + "\n"
     return {"name": table_name, "already_member": bool(body.get("alreadyMember")), "config": config, "toml": toml}
 
 

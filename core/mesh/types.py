@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-__all__ = ["STATES", "MeshInbound", "Peer", "Topic", "parse_time_ms"]
+__all__ = ["MAX_TIME_MS", "STATES", "MeshInbound", "Peer", "Topic", "parse_time_ms"]
 
 # connecting -> connected -> (backoff -> connecting ...) | terminal | stopped
 STATES = ("connecting", "connected", "backoff", "terminal", "stopped")
@@ -113,22 +114,30 @@ class Topic:
                    created_at=d.get("createdAt") if isinstance(d.get("createdAt"), str) else None)
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last instant a datetime can hold
+
+
 def parse_time_ms(value: Any) -> int:
-    """Milliseconds from a JSON number (ms) or an ISO 8601 string; 0 when unparseable."""
+    """Milliseconds from a JSON number (ms) or an ISO 8601 string; 0 when it does not convert.
+
+    0 (unknown) also for what no clock produces: ``NaN``, infinities (JSON ``1e999``), values at or
+    before the epoch, and anything after year 9999 (``datetime`` cannot hold it). Never raises."""
     if isinstance(value, bool):
         return 0
-    if isinstance(value, (int, float)):
+    if isinstance(value, int | float):
+        if (isinstance(value, float) and not math.isfinite(value)) or not 0 < value <= MAX_TIME_MS:
+            return 0
         return int(value)
     if isinstance(value, str) and value:
         try:
             text = value.strip()
-            if text.endswith("Z"):
+            if text.endswith(("Z", "z")):
                 text = text[:-1] + "+00:00"
             dt = datetime.fromisoformat(text)
             if dt.tzinfo is None:
-                from datetime import UTC
                 dt = dt.replace(tzinfo=UTC)
-            return int(dt.timestamp() * 1000)
-        except ValueError:
+            ms = int(dt.timestamp() * 1000)
+        except (ValueError, OverflowError, OSError):
             return 0
+        return ms if 0 < ms <= MAX_TIME_MS else 0
     return 0

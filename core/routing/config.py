@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..confcheck import check_format_template
 
 if TYPE_CHECKING:
     from ..messages import Address
@@ -91,16 +92,7 @@ def parse_mesh_chat(chat: str) -> MeshChat:
 
 
 def _check_template(template: str) -> str:
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ValueError(f"not a valid template: {exc}") from None
-    unknown = sorted({f for f in fields if f not in ATTRIBUTION_FIELDS})
-    if unknown or any(f == "" for f in fields):
-        bad = ", ".join("{" + f + "}" for f in unknown) or "{}"
-        raise ValueError(f"unknown field(s) {bad}; use {', '.join('{' + f + '}' for f in sorted(ATTRIBUTION_FIELDS))}")
-    if "text" not in fields:
-        raise ValueError("must contain {text}")
+    check_format_template(template, ATTRIBUTION_FIELDS, required=("text",))
     return template
 
 
@@ -116,7 +108,7 @@ def _tags(values: list[str]) -> list[str]:
 class BindingConfig(BaseModel):
     """One chat of a route: ``{gateway, chat, thread?, tags, options, direction?, allow, deny}``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     gateway: str = Field(min_length=1)  # gateway instance name, or "mesh"
     chat: str = Field(min_length=1)  # platform chat id / webhook binding name / mesh address
@@ -162,7 +154,7 @@ class BindingConfig(BaseModel):
 class RouteConfig(BaseModel):
     """One ``[[routes]]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str
     mesh: str | None = None  # mesh config name ([mesh.<name>]); required with topic
@@ -176,7 +168,7 @@ class RouteConfig(BaseModel):
     deny: list[str] = []
     mesh_allow: list[str] = []  # mesh senders allowed (display names or pubkeys); empty = everyone
     mesh_deny: list[str] = []
-    encryption: Literal["hkdf", "plaintext"] = "hkdf"  # for this route's topic
+    encryption: Literal["auto", "hkdf", "plaintext"] = "auto"  # for this route's topic (only if set explicitly)
     allow_mass_mentions: bool = False  # @everyone/@channel/@here/<!channel> pass through untouched
     notify_failures: bool = False  # a permanent delivery failure DMs a short notice to the mesh sender
     max_hops: int = Field(2, ge=1, le=8)  # mesh->mesh relays of this route stop after this many crossings

@@ -138,8 +138,7 @@ class Pipeline:
             # the peer already made id stable across redeliveries (client_message_id ?? messageId)
             mid = f"mesh:{mesh}:{inbound.id}"
             native = None
-        created_ms = getattr(inbound, "created_at", None)
-        created = datetime.fromtimestamp(created_ms / 1000, UTC) if created_ms else datetime.now(UTC)
+        created = _created(getattr(inbound, "created_at", None))
         return Message(
             id=mid, origin=origin, sender=inbound.sender_name or sender_pubkey[:8] or "?",
             sender_id=sender_pubkey, text=text, native_id=native,
@@ -351,3 +350,13 @@ class Pipeline:
         self.runtime.emit(MessageDropped(message=message, reason=reason))
         return SubmitResult(status=status, reason=reason)  # type: ignore[arg-type]
 
+
+def _created(created_ms: Any) -> datetime:
+    """A mesh row's ``created_at`` (ms) as a datetime; the receipt time when it is missing or does not
+    convert (NaN, infinite, out of datetime's range), so a bad timestamp never blocks a message."""
+    if created_ms and not isinstance(created_ms, bool):
+        try:
+            return datetime.fromtimestamp(created_ms / 1000, UTC)
+        except (TypeError, ValueError, OverflowError, OSError):
+            log.debug("mesh row created_at %.40r does not convert; using the receipt time", created_ms)
+    return datetime.now(UTC)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 from ..gateway import Binding, Gateway
+from ..logconfig import url_password
 from ..messages import Address, Message
 from .config import MESH_GATEWAY, MeshChat, RouteConfig, parse_mesh_chat
 
@@ -260,6 +261,10 @@ class RouteTable:
                             msg = "unknown key" if err.get("type") == "extra_forbidden" else err.get("msg")
                             problems.append(f"{bwhere}.options{'.' + loc if loc else ''}: {msg}")
                         continue
+                    for key in _credential_urls(options):
+                        problems.append(f"{bwhere}.options.{key}: a URL with a password (user:password@host); "
+                                        "binding options are stored with every queued message, so "
+                                        f"credentials belong in [gateways.{b.gateway}]")
                     if direction in ("in", "both") and not getattr(gcls, "supports_inbound", True):
                         problems.append(f"{bwhere}: gateway {b.gateway!r} ({gcls.kind}) cannot receive; "
                                         "its binding can only be direction = \"out\"")
@@ -311,13 +316,14 @@ class RouteTable:
         return self._encryption.get((mesh, topic.removeprefix("#")))
 
     def encryption_for(self, mesh: str, topic: str) -> str:
-        """``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit ``encryption``,
-        else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``), else ``"hkdf"``."""
+        """``"auto"``, ``"hkdf"`` or ``"plaintext"`` for ``mesh``/``topic``: a route's explicit
+        ``encryption``, else the mesh config (``[mesh.<m>.topics.<t>]`` / ``default_encryption``),
+        else ``"auto"``. What ``auto`` sends depends on the topic (the mesh peer decides)."""
         topic = topic.removeprefix("#")
         mode = self._encryption.get((mesh, topic))
         if mode is not None:
             return mode
-        return _mesh_topic_encryption(self._meshes.get(mesh), topic, defaults=True) or "hkdf"
+        return _mesh_topic_encryption(self._meshes.get(mesh), topic, defaults=True) or "auto"
 
     def topic_encryption(self) -> dict[str, dict[str, str]]:
         """``{mesh: {topic: mode}}`` for every topic whose route sets ``encryption`` explicitly."""
@@ -543,19 +549,34 @@ def _shape_problems(r: Route) -> list[str]:
 
 def _mesh_topic_encryption(cfg: Any, topic: str, *, defaults: bool = False) -> str | None:
     """The encryption a MeshConfig declares for ``topic`` (explicit ``topics`` entry; with
-    ``defaults`` also ``default_encryption``), or None."""
+    ``defaults`` also what the entry inherits: ``default_encryption``), or None."""
     if cfg is None:
         return None
     topics = getattr(cfg, "topics", None)
     if isinstance(topics, Mapping) and topic in topics:
         entry = topics[topic]
-        if not defaults and "encryption" not in getattr(entry, "model_fields_set", {"encryption"}):
-            return None
-        return getattr(entry, "encryption", None)
+        mode = getattr(entry, "encryption", None)
+        if mode is not None and (defaults or "encryption" in getattr(entry, "model_fields_set", {"encryption"})):
+            return mode
     if defaults:
+        settings = getattr(cfg, "topic_settings", None)
+        if callable(settings):
+            return settings(topic).encryption
         mode = getattr(cfg, "default_encryption", None)
         return mode if isinstance(mode, str) else None
     return None
+
+
+def _credential_urls(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Keys (dotted) of binding option values that are URLs carrying a password."""
+    found: list[str] = []
+    for key, value in options.items():
+        where = f"{prefix}{key}"
+        if isinstance(value, str) and url_password(value) is not None:
+            found.append(where)
+        elif isinstance(value, Mapping):
+            found.extend(_credential_urls(value, f"{where}."))
+    return found
 
 
 def _known(m: Mapping[str, Any]) -> str:

@@ -78,9 +78,13 @@ KIND_REPLY = "reply"  # a command reply from the gateway itself: sent as is
 KIND_NOTICE = "notice"  # a failure notice to a mesh sender: sent as is
 
 
-def mesh_rate_limit(mesh: str) -> RateLimit:
-    """The broker's per-member budget (A.7.3): burst 10, 60 a minute, shared by every lane of the mesh."""
-    return RateLimit(scope=f"mesh:{mesh}:member", per_second=60 / 60, burst=10)
+def mesh_rate_limit(mesh: str, cfg: Any = None) -> RateLimit:
+    """The broker's per-member budget (A.7.3), shared by every lane of the mesh: ``cfg`` is the
+    ``[mesh.<name>]`` table (its ``rate_per_minute`` and ``rate_burst``); without one the broker's
+    defaults, 60 a minute with a burst of 10."""
+    per_minute = float(getattr(cfg, "rate_per_minute", 60.0))
+    burst = float(getattr(cfg, "rate_burst", 10))
+    return RateLimit(scope=f"mesh:{mesh}:member", per_second=per_minute / 60.0, burst=burst)
 
 
 async def _maybe(v: Any) -> Any:
@@ -358,8 +362,10 @@ class RoutingTransport:
         return text if out is None else out
 
     def _limits(self, to: Address) -> Sequence[RateLimit]:
-        if to.gateway == MESH_GATEWAY:
-            return (mesh_rate_limit(to.chat.partition(":")[0]),)
+        if to.gateway == MESH_GATEWAY:  # read per item: a reload's new rate applies to the next send
+            mesh = to.chat.partition(":")[0]
+            meshes = getattr(getattr(self.runtime, "settings", None), "mesh", None) or {}
+            return (mesh_rate_limit(mesh, meshes.get(mesh)),)
         gw = self.runtime.gateways.get(to.gateway)
         return tuple(gw.rate_limits(to)) if gw is not None else ()
 

@@ -21,6 +21,16 @@ Group commit makes that affordable (one fsync per batch, not per message). With
 ``synchronous="NORMAL"`` a commit survives a crash of the process but the last
 batches may be lost on power loss or kernel panic (the database never corrupts).
 
+Outage
+------
+When the database cannot be written (disk full, I/O error, read-only file, locked beyond the busy
+timeout) a batch fails as a whole: nothing of it is committed and every caller gets
+:class:`~claudemesh_gateway.errors.StoreUnavailable` (sources answer "retry later"). Until a batch
+commits again :attr:`SqliteStore.write_problem` names the cause (``/-/ready`` reports it and the
+delivery engine sends nothing), the outage is logged once when it starts, then at most once a
+minute, and once when it ends; a small probe write every ``probe_interval`` seconds notices the
+recovery even when nothing else writes.
+
 Both connections are driven through aiosqlite's worker threads.
 """
 
@@ -38,7 +48,8 @@ from typing import Any, Literal, Self
 
 import aiosqlite
 
-from ..errors import StartupError
+from ..errors import StartupError, StoreUnavailable
+from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -348,7 +359,40 @@ def _op_sql(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
     return c.execute(sql, args).rowcount
 
 
+def _op_probe(c: sqlite3.Connection) -> None:
+    """A write that changes nothing but still needs a page written (the outage probe)."""
+    version = int(c.execute("PRAGMA user_version").fetchone()[0])
+    c.execute(f"PRAGMA user_version = {version}")
+
+
 _Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+# SQLite result codes (primary) that mean the database cannot be written right now, whatever is
+# written: the batch fails as a whole and the store is in an outage until a batch commits again
+_UNWRITABLE_CODES = frozenset({
+    5,   # SQLITE_BUSY (beyond busy_timeout)
+    6,   # SQLITE_LOCKED
+    7,   # SQLITE_NOMEM
+    8,   # SQLITE_READONLY
+    10,  # SQLITE_IOERR
+    13,  # SQLITE_FULL
+    14,  # SQLITE_CANTOPEN
+    15,  # SQLITE_PROTOCOL
+})
+_UNWRITABLE_TEXTS = ("database or disk is full", "disk i/o error", "readonly database", "unable to open database",
+                     "database is locked", "out of memory")
+OUTAGE_LOG_EVERY = 60.0  # seconds between "still cannot write" lines
+
+
+def _unwritable(e: BaseException) -> bool:
+    """Does ``e`` say the database cannot be written now (rather than that one operation is wrong)?"""
+    if not isinstance(e, sqlite3.Error):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _UNWRITABLE_CODES
+    text = str(e).lower()
+    return any(t in text for t in _UNWRITABLE_TEXTS)
 
 
 def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
@@ -364,7 +408,10 @@ def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
     try:
         for fn, args, _fut in ops:
             results.append((True, fn(c, *args)))
-    except Exception:  # noqa: BLE001 - isolate it below
+    except Exception as e:  # isolated below
+        if _unwritable(e):  # every operation would fail the same way: the batch fails as a whole
+            _rollback(c)
+            raise
         c.execute("ROLLBACK")
         return _run_batch_isolated(c, ops)
     except BaseException:
@@ -386,7 +433,9 @@ def _run_batch_isolated(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[boo
             c.execute("SAVEPOINT op")
             try:
                 r = fn(c, *args)
-            except Exception as e:  # noqa: BLE001 - handed to the caller's future
+            except Exception as e:  # handed to the caller's future
+                if _unwritable(e):
+                    raise
                 c.execute("ROLLBACK TO op")
                 c.execute("RELEASE op")
                 results.append((False, e))
@@ -462,6 +511,21 @@ def _rd_backup(c: sqlite3.Connection, dest: str) -> None:
         target.close()
 
 
+def _tighten(path: Path) -> None:
+    """Mode 0600 for the store file and its -wal/-shm companions (a store made by an older version,
+    or copied in, may be readable by others); a file we may not chmod is left with a warning."""
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = p.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(p, 0o600)
+                log.warning("store file %s was mode %o; now 0600 (it holds the session secret key)", p, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("store file %s is readable by others and could not be made 0600: %s", p, exc.strerror)
+
+
 # -- the store -----------------------------------------------------------------------------------------
 
 class SqliteStore:
@@ -476,6 +540,7 @@ class SqliteStore:
     :param audit_ttl: seconds audit rows are kept.
     :param purge_interval: seconds between automatic purges (0 disables the task).
     :param max_batch: most operations committed in one transaction.
+    :param probe_interval: seconds between probe writes while the database cannot be written.
     :param clock: wall clock (epoch seconds), injectable for tests.
     """
 
@@ -490,6 +555,7 @@ class SqliteStore:
         purge_interval: float = 3600.0,
         max_batch: int = 5000,
         busy_timeout_ms: int = 10_000,
+        probe_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if str(path) == ":memory:" or str(path).startswith("file::memory:"):
@@ -508,6 +574,9 @@ class SqliteStore:
         self.purge_interval = purge_interval
         self.max_batch = max_batch
         self.busy_timeout_ms = busy_timeout_ms
+        if probe_interval <= 0:
+            raise ValueError("probe_interval must be > 0")
+        self.probe_interval = probe_interval
         self.clock = clock
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
@@ -522,6 +591,19 @@ class SqliteStore:
         self.ops = 0
         self.op_errors = 0
         self.batch_errors = 0
+        self.outages = 0  # times the database became unwritable
+        # outage state: the cause, when it began (monotonic), writes refused, last log line (monotonic)
+        self._problem: str | None = None
+        self._outage_since = 0.0
+        self._refused = 0
+        self._outage_logged = 0.0
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def write_problem(self) -> str | None:
+        """None while writes commit; otherwise why the last batch could not be written (e.g.
+        ``database or disk is full``). Cleared by the next batch that commits."""
+        return self._problem
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -534,11 +616,12 @@ class SqliteStore:
             raise StartupError(f"cannot open the store {self.path}: {e}") from e
 
     async def _open(self) -> None:
-        new = not self.path.exists()
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        # cursors, offsets and the session identity live here: owner only, from the first byte
+        # (SQLite gives -wal, -shm and -journal files the mode of the database file)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        _tighten(self.path)
         w = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
-        if new:  # cursors, offsets and the session identity live here: owner only (-wal/-shm follow)
-            os.chmod(self.path, 0o600)
         try:
             await w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             mode = await (await w.execute("PRAGMA journal_mode = WAL")).fetchone()
@@ -572,10 +655,11 @@ class SqliteStore:
         if self._w is None:
             return
         self._closing = True
-        if self._purger is not None:
-            self._purger.cancel()
-            await asyncio.gather(self._purger, return_exceptions=True)
-            self._purger = None
+        for task in (self._purger, self._prober):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._purger = self._prober = None
         assert self._wake is not None
         self._wake.set()
         if self._writer is not None:
@@ -674,11 +758,15 @@ class SqliteStore:
                 raise
             except Exception as e:  # noqa: BLE001 - BEGIN/COMMIT failed (disk full, I/O error, locked): nothing committed
                 self.batch_errors += 1
-                log.error("store: a batch of %d writes failed to commit: %s", len(batch), e)
+                self._outage(e, len(batch))
                 for _fn, _args, fut in batch:
                     if not fut.done():
-                        fut.set_exception(e)
+                        err = StoreUnavailable(f"the store cannot write: {e}")
+                        err.__cause__ = e
+                        fut.set_exception(err)
                 continue
+            if self._problem is not None:
+                self._recovered()
             self.batches += 1
             self.ops += len(batch)
             for (_fn, _args, fut), (ok, value) in zip(batch, results, strict=True):
@@ -689,6 +777,43 @@ class SqliteStore:
                 else:
                     self.op_errors += 1
                     fut.set_exception(value)
+
+    def _outage(self, e: BaseException, n: int) -> None:
+        """A batch of ``n`` writes failed: start or continue the outage; log it rate-limited."""
+        now = time.monotonic()
+        self._refused += n
+        if self._problem is None:
+            self._problem = str(e) or type(e).__name__
+            self._outage_since = self._outage_logged = now
+            self.outages += 1
+            log.error("store %s cannot write: %s; writes are refused (sources are told to retry) and the "
+                      "gateway reports not ready until it can", self.path, self._problem)
+            if self._prober is None or self._prober.done():
+                self._prober = asyncio.create_task(self._probe_loop(), name="store-probe")
+            return
+        self._problem = str(e) or type(e).__name__
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            log.error("store %s still cannot write after %.0fs (%d writes refused): %s", self.path,
+                      now - self._outage_since, self._refused, self._problem)
+
+    def _recovered(self) -> None:
+        log.warning("store %s writes again after %.0fs (%d writes were refused meanwhile)", self.path,
+                    time.monotonic() - self._outage_since, self._refused)
+        self._problem = None
+        self._refused = 0
+
+    async def _probe_loop(self) -> None:
+        """While the database cannot be written, try a no-op write now and then: the outage ends
+        even when nothing else writes (a load balancer stops sending to a gateway not ready)."""
+        while self._problem is not None and not self._closing:
+            await asyncio.sleep(self.probe_interval)
+            if self._problem is None or self._closing:
+                return
+            try:
+                await self._write(_op_probe)
+            except (StoreUnavailable, RuntimeError):  # still failing (logged by the writer) / closing
+                pass
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._r is None:
@@ -866,10 +991,14 @@ class SqliteStore:
     async def backup(self, dest: str | Path) -> None:
         """Write a consistent online copy of the database to ``dest`` (SQLite backup API).
 
-        Safe while the gateway runs: the copy is the last committed state.
+        Safe while the gateway runs: the copy is the last committed state. It holds what the store
+        holds (the session identity's secret key among it), so it is created 0600 (a missing
+        directory 0700), before SQLite writes a byte.
         """
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(dest.parent)
+        os.close(os.open(dest, os.O_WRONLY | os.O_CREAT, 0o600))
+        os.chmod(dest, 0o600)  # also when it existed
         await self._read(_rd_backup, str(dest))
 
     async def checkpoint(self) -> None:
@@ -882,4 +1011,5 @@ class SqliteStore:
         return {
             "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
             "batch_errors": self.batch_errors, "pending": len(self._pending),
+            "outages": self.outages, "unwritable": int(self._problem is not None),
         }

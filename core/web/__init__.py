@@ -16,6 +16,7 @@ from .config import AdminConfig, HealthConfig
 from .health import health_handler, ready_handler
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .recent import RecentEvents
+from .security import setup_security
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -51,8 +52,10 @@ async def dashboard_handler(request: web.Request) -> web.StreamResponse:
 
 
 def setup_web(app: web.Application, runtime: Runtime) -> Metrics:
-    """Mount /-/health, /-/ready, /-/metrics, /-/api/*, /-/ and register the observers."""
+    """Mount /-/health, /-/ready, /-/metrics, /-/api/*, /-/ and register the observers; install the
+    security headers and the Host check (:mod:`.security`)."""
     settings = runtime.settings
+    setup_security(app, settings)
     app[appkeys.RUNTIME] = runtime
     app[appkeys.ADMIN_CONFIG] = _config(getattr(settings, "admin", None), AdminConfig)
     app[appkeys.HEALTH_CONFIG] = _config(getattr(settings, "health", None), HealthConfig)

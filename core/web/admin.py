@@ -6,12 +6,14 @@ Errors answer JSON ``{"error": ...}`` and never include a token, key or body.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..webhooks import read_json_object
 from . import appkeys
 from .auth import verify_request
 from .health import component_report, readiness_problems
@@ -21,7 +23,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["admin_routes", "overview", "require_admin"]
+MAX_BODY_BYTES = 256 * 1024  # admin requests carry a list of ids or one test message
+
+__all__ = ["MAX_IDS", "admin_routes", "overview", "require_admin"]
+
+#: dead-letter ids one call may name (``{"ids": [...]}``); more is a 400, not one huge SQL statement
+MAX_IDS = 1000
+#: store ids are SQLite rowids: 64-bit signed, and never below 1
+_ID_MAX = 2**63 - 1
+
+
+def _json_error(exc_cls: type[web.HTTPException], reason: str) -> web.HTTPException:
+    """An HTTP error whose body is ``{"error": reason}``, encoded by json.dumps whatever ``reason`` holds."""
+    return exc_cls(text=json.dumps({"error": reason}), content_type="application/json")
 
 
 def require_admin(request: web.Request) -> dict[str, Any]:
@@ -33,23 +47,24 @@ def _runtime(request: web.Request) -> Runtime:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object body ({} without one); 400 for invalid or absurdly nested JSON, 413 above 256 KiB."""
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error":"body is not valid JSON"}', content_type="application/json") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text='{"error":"body must be a JSON object"}', content_type="application/json")
-    return body
+    return await read_json_object(request, max_bytes=MAX_BODY_BYTES)
 
 
 def _ids(body: dict[str, Any]) -> list[int] | None:
+    """``ids``: absent (every dead letter) or a list of at most :data:`MAX_IDS` dead-letter ids, each an
+    integer from 1 to 2**63-1 (what the store can hold); anything else is a 400 naming the rule."""
     ids = body.get("ids")
     if ids is None:
         return None
     if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-        raise web.HTTPBadRequest(text='{"error":"ids must be a list of integers"}', content_type="application/json")
+        raise _json_error(web.HTTPBadRequest, "ids must be a list of integers")
+    if len(ids) > MAX_IDS:
+        raise _json_error(web.HTTPBadRequest, f"ids: at most {MAX_IDS} per call (omit ids for all)")
+    if not all(1 <= i <= _ID_MAX for i in ids):
+        raise _json_error(web.HTTPBadRequest, "ids must be dead-letter ids from 1 to 2**63-1")
     return ids
 
 
@@ -119,7 +134,7 @@ async def get_dlq(request: web.Request) -> web.Response:
     try:
         limit = max(1, min(int(request.query.get("limit", "100")), 1000))
     except ValueError:
-        raise web.HTTPBadRequest(text='{"error":"limit must be an integer"}', content_type="application/json") from None
+        raise _json_error(web.HTTPBadRequest, "limit must be an integer") from None
     store = _runtime(request).store
     return web.json_response({"count": await store.dlq_count(),
                               "dead_letters": [_dead_letter_view(d) for d in await store.dlq_list(limit)]})
@@ -138,7 +153,7 @@ async def post_dlq(request: web.Request) -> web.Response:
     elif action == "drop":
         n = await runtime.store.dlq_drop(ids)
     else:
-        raise web.HTTPNotFound(text='{"error":"unknown dead-letter action"}', content_type="application/json")
+        raise _json_error(web.HTTPNotFound, "unknown dead-letter action")
     await runtime.store.audit(claims.get("sub", "?"), f"dlq.{action}", {"ids": ids, "count": n})
     log.info("admin %s: dlq %s of %s -> %d item(s)", claims.get("sub", "?"), action, ids or "all", n)
     return web.json_response({"action": action, "count": n})
@@ -150,13 +165,13 @@ async def post_test_message(request: web.Request) -> web.Response:
     body = await _json_body(request)
     text = body.get("text", "claudemesh-gateway test message")
     if not isinstance(text, str) or not text.strip():
-        raise web.HTTPBadRequest(text='{"error":"text must be a non-empty string"}', content_type="application/json")
+        raise _json_error(web.HTTPBadRequest, "text must be a non-empty string")
     from ..ops import send_test_message  # the one place that knows how to inject a synthetic message
 
     try:
         result = await send_test_message(runtime, request.match_info["route"], text, actor=claims.get("sub", "?"))
     except LookupError as exc:
-        raise web.HTTPNotFound(text=f'{{"error":"{exc}"}}', content_type="application/json") from None
+        raise _json_error(web.HTTPNotFound, str(exc)) from None
     await runtime.store.audit(claims.get("sub", "?"), "route.test", {"route": request.match_info["route"],
                                                                      **result})
     return web.json_response(result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import time
 import uuid
@@ -11,21 +12,24 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from ..webhooks import MalformedHeader, header_value
 from .config import AdminConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["is_loopback", "mint_token", "verify_request"]
 
+MAX_TOKEN_HEADER = 8192  # "Bearer <JWT>": a few hundred characters in practice
+
 
 def _key_and_algorithms(cfg: AdminConfig) -> tuple[Any, list[str]]:
     if cfg.jwt_secret is not None:
         return cfg.jwt_secret.get_secret_value(), ["HS256"]
-    pem = cfg.public_key_pem()
-    if pem is not None:
-        return pem, ["EdDSA"]
+    key = cfg.public_key()  # loaded and checked with the configuration, never read per request
+    if key is not None:
+        return key, ["EdDSA"]
     raise web.HTTPUnauthorized(
-        text='{"error":"admin API disabled: set [admin] jwt_secret or jwt_public_key"}',
+        text=json.dumps({"error": "admin API disabled: set [admin] jwt_secret or jwt_public_key"}),
         content_type="application/json",
         headers={"WWW-Authenticate": 'Bearer realm="claudemesh-gateway"'},
     )
@@ -55,7 +59,7 @@ def is_loopback(request: web.Request) -> bool:
 
 def _unauthorized(reason: str) -> web.HTTPUnauthorized:
     return web.HTTPUnauthorized(
-        text=f'{{"error":"{reason}"}}', content_type="application/json",
+        text=json.dumps({"error": reason}), content_type="application/json",
         headers={"WWW-Authenticate": 'Bearer realm="claudemesh-gateway", error="invalid_token"'},
     )
 
@@ -63,9 +67,12 @@ def _unauthorized(reason: str) -> web.HTTPUnauthorized:
 def verify_request(request: web.Request, cfg: AdminConfig) -> dict[str, Any]:
     """Return the token's claims or raise 401/403. Never echoes the token or key."""
     if not cfg.allow_remote and not is_loopback(request):
-        raise web.HTTPForbidden(text='{"error":"admin API answers loopback clients only"}',
+        raise web.HTTPForbidden(text=json.dumps({"error": "admin API answers loopback clients only"}),
                                 content_type="application/json")
-    header = request.headers.get("Authorization", "")
+    try:
+        header = header_value(request.headers, "Authorization", max_length=MAX_TOKEN_HEADER) or ""
+    except MalformedHeader:
+        raise _unauthorized("malformed Authorization header") from None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("missing bearer token")
@@ -76,7 +83,7 @@ def verify_request(request: web.Request, cfg: AdminConfig) -> dict[str, Any]:
             leeway=cfg.leeway_s, options={"require": ["exp", "aud"]},
         )
     except jwt.InvalidAudienceError:
-        raise web.HTTPForbidden(text='{"error":"token audience is not this gateway"}',
+        raise web.HTTPForbidden(text=json.dumps({"error": "token audience is not this gateway"}),
                                 content_type="application/json") from None
     except jwt.ExpiredSignatureError:
         raise _unauthorized("token expired") from None

@@ -1,6 +1,7 @@
 """``/-/health`` (liveness + component states) and ``/-/ready`` (fails when down or silently stalled).
 
 Readiness fails when:
+- the store cannot write (disk full, I/O error...): nothing new can be accepted;
 - a mesh or gateway is not CONNECTED (starting, reconnecting, bad credentials, stopped);
 - a mesh topic poller has not completed a poll within ``health.poll_stall_after_s``;
 - delivery is stalled: items are due in the outbox but no delivery attempt has
@@ -40,6 +41,9 @@ def component_report(runtime: Runtime) -> dict[str, Any]:
             t: {"last_poll_age_s": None if age == float("inf") else round(age, 1), "latency_s": round(lat, 4)}
             for t, (age, lat) in polls.items()
         }
+        keys = getattr(runtime.meshes[name], "sealed_key_report", None)
+        if callable(keys):  # bodyVersion 2: sealed / unencrypted / pending (key_not_sealed_for_member) / error
+            meshes[name]["topic_keys"] = keys()
     for name in runtime.gateways:
         gateways.setdefault(name, {"state": "unknown", "detail": "", "since": None, "for_s": None})
     return {"meshes": meshes, "gateways": gateways}
@@ -49,6 +53,9 @@ async def readiness_problems(runtime: Runtime, cfg: HealthConfig) -> list[str]:
     problems: list[str] = []
     if runtime.draining:
         problems.append("shutting down")
+    write_problem = getattr(runtime.store, "write_problem", None)  # optional on a Store
+    if isinstance(write_problem, str) and write_problem:
+        problems.append(f"store cannot write: {write_problem}")
     report = component_report(runtime)
     for kind in ("meshes", "gateways"):
         for name, entry in report[kind].items():

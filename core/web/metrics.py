@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
+SKIP_REASONS = ("beyond_window", "backfill_cap")  # TopicPoller.skipped keys
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -72,7 +73,14 @@ class Metrics:
                               ["mesh", "topic"], registry=r)
         self.poll_latency = Gauge(p + "mesh_poll_latency_seconds", "Duration of the last topic poll",
                                   ["mesh", "topic"], registry=r)
+        self.topic_skipped = Counter(p + "mesh_topic_rows_skipped",
+                                     "Unseen topic rows not delivered (beyond_window: below the rows already seen; "
+                                     "backfill_cap: over topic_max_backfill)", ["mesh", "topic", "reason"], registry=r)
+        self.topic_bad_time = Counter(p + "mesh_topic_rows_bad_created_at",
+                                      "Topic rows delivered with the receipt time: their createdAt did not convert",
+                                      ["mesh", "topic"], registry=r)
         self._lanes: set[str] = set()
+        self._poll_counts: dict[tuple[str, ...], int] = {}
 
     # -- observer plugin ----------------------------------------------------------------
     @hookimpl
@@ -121,6 +129,25 @@ class Metrics:
             for topic, (age, latency) in poll_status(peer, now).items():
                 self.poll_age.labels(mesh_name, topic).set(age)
                 self.poll_latency.labels(mesh_name, topic).set(latency)
+            self._poll_counters(mesh_name, peer)
+
+    def _poll_counters(self, mesh_name: str, peer: Any) -> None:
+        """Advance the poller counters by what ``poll_stats()`` gained since the last scrape (a poller
+        that was replaced, e.g. on reload, starts again from 0: its whole count is new)."""
+        stats = getattr(peer, "poll_stats", None)
+        for topic, info in ((stats() if callable(stats) else stats) or {}).items():
+            counts = {("skipped", reason): 0 for reason in SKIP_REASONS}  # the series exist from the start
+            counts.update({("skipped", str(reason)): n for reason, n in (info.get("skipped") or {}).items()})
+            counts[("bad_created_at",)] = info.get("bad_timestamps") or 0
+            for what, n in counts.items():
+                key = (mesh_name, topic, *what)
+                last = self._poll_counts.get(key, 0)
+                gained = n - last if n >= last else n
+                self._poll_counts[key] = n
+                metric = (self.topic_skipped.labels(mesh_name, topic, what[1]) if what[0] == "skipped"
+                          else self.topic_bad_time.labels(mesh_name, topic))
+                if gained > 0:
+                    metric.inc(gained)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

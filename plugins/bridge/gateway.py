@@ -306,7 +306,14 @@ class BridgeGateway(Gateway):
         return SendResult(native_ids=(str(native),) if native else ())
 
     def rate_limits(self, to: Address) -> Sequence[RateLimit]:
-        # the far broker's per-member budget (A.7.3), shared with the core's own posts to that mesh
+        # the far broker's per-member budget (A.7.3, [mesh.<name>] rate_per_minute / rate_burst),
+        # shared with the core's own posts to that mesh
+        try:
+            limit = getattr(self.ctx.mesh(self.cfg.mesh), "rate_limit", None)
+        except KeyError:  # no such [mesh] table: check() reports it
+            limit = None
+        if isinstance(limit, RateLimit):
+            return (limit,)
         return (RateLimit(scope=f"mesh:{self.cfg.mesh}:member", per_second=60 / 60, burst=10),)
 
     def mesh_of(self, address: Address) -> str | None:

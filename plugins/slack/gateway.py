@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import random
 import re
@@ -54,6 +53,7 @@ from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURS
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlackFile, SlashCommand
+from claudemesh_gateway.webhooks import parse_json_object, read_body
 from pydantic import ConfigDict, Field, SecretStr, ValidationError
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
@@ -65,6 +65,8 @@ from yarl import URL
 __all__ = ["RateConfig", "SlackBindingOptions", "SlackConfig", "SlackGateway"]
 
 log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1024 * 1024  # an Events API or slash command request (aiohttp's default cap)
 
 # Web API errors that will not get better by retrying the same call.
 PERMANENT_ERRORS = frozenset(
@@ -528,11 +530,11 @@ class SlackGateway(Gateway):
     async def _process_envelope(self, client: Any, req: SocketModeRequest) -> None:
         # Submit first, ack after: an envelope we fail to submit is left un-acked, so
         # Slack redelivers it; a redelivery is deduplicated by the core (stable Message.id).
-        errors = _envelope_errors(req)
-        if errors:
+        problem = self._envelope_problem(req)
+        if problem:
             # it will never parse: acked and skipped, or Slack would redeliver it forever
-            log.warning("gateway %s: skipped a Socket Mode %s envelope that does not parse (%d errors)",
-                        self.name, req.type, errors)
+            log.warning("gateway %s: skipped a Socket Mode %s envelope that does not parse (%s)",
+                        self.name, req.type, problem)
             await self._ack_envelope(client, req.envelope_id)
             return
         try:
@@ -561,23 +563,22 @@ class SlackGateway(Gateway):
         return self._verifier is not None and self._verifier.verify(request.headers, body)
 
     async def _http_events(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        body = await read_body(request, max_bytes=MAX_REQUEST_BYTES)  # 413 above; a disconnect is one line
         if not self._started:
             return web.Response(status=503, text="not running")  # Slack retries later
         if not self._verified(request, body):
             log.warning("gateway %s: rejected Events API request with a bad or stale signature", self.name)
             return web.Response(status=401, text="bad signature")
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return web.Response(status=400, text="bad json")
-        if not isinstance(payload, dict):
-            return web.Response(status=400, text="bad json")
+        payload = parse_json_object(body)  # 400: not JSON, not an object, nested absurdly deep
         kind = payload.get("type")
         if kind == "url_verification":
             return web.json_response({"challenge": str(payload.get("challenge", ""))})
         if kind != "event_callback":
             return web.Response(status=200)
+        problem = self._event_callback_problem(payload)
+        if problem:
+            log.warning("gateway %s: refused an event_callback that does not parse (%s)", self.name, problem)
+            return web.json_response({"error": f"event_callback does not parse: {problem}"}, status=400)
         retry = request.headers.get("X-Slack-Retry-Num")
         if retry:
             log.debug(
@@ -594,8 +595,34 @@ class SlackGateway(Gateway):
             return web.Response(status=500)
         return web.Response(status=200)
 
+    @staticmethod
+    def _event_callback_problem(payload: Mapping[str, Any]) -> str:
+        """Why ``payload`` is not an event_callback this gateway can read ("" when it is): checked
+        before the event is handed on, so a malformed one is a 400, not a failed submission."""
+        try:
+            cb = EventCallback.model_validate(payload)
+            if cb.event.get("type") == "message":
+                MessageEvent.model_validate(cb.event)
+        except ValidationError as exc:
+            return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                             for e in exc.errors(include_url=False, include_input=False)[:3])
+        return ""
+
+    @classmethod
+    def _envelope_problem(cls, req: SocketModeRequest) -> str:
+        """Why a Socket Mode envelope's payload can never be read ("" when it can): checked before
+        anything is submitted, so only a payload that will never parse is skipped."""
+        if req.type == "events_api":
+            return cls._event_callback_problem(req.payload)
+        if req.type == "slash_commands":
+            try:
+                SlashCommand.model_validate(req.payload)
+            except ValidationError as exc:
+                return f"{exc.error_count()} errors"
+        return ""
+
     async def _http_commands(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
+        body = await read_body(request, max_bytes=MAX_REQUEST_BYTES)
         if not self._started:
             return web.Response(status=503, text="not running")
         if not self._verified(request, body):
@@ -1328,18 +1355,3 @@ def _ts_time(ts: str) -> datetime:
         return datetime.fromtimestamp(float(ts), UTC)
     except (TypeError, ValueError):
         return datetime.now(UTC)
-
-
-def _envelope_errors(req: SocketModeRequest) -> int:
-    """How many validation errors the payload of a Socket Mode envelope has for the wire models (0: it
-    reads): checked before anything is submitted, so only a payload that can never parse is skipped."""
-    try:
-        if req.type == "events_api":
-            cb = EventCallback.model_validate(req.payload)
-            if cb.event.get("type") == "message":
-                MessageEvent.model_validate(cb.event)
-        elif req.type == "slash_commands":
-            SlashCommand.model_validate(req.payload)
-    except ValidationError as exc:
-        return exc.error_count()
-    return 0

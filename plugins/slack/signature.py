@@ -15,6 +15,8 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 
+from claudemesh_gateway.webhooks import MalformedHeader, header_value, parse_unix_timestamp
+
 __all__ = ["WINDOW_S", "SignatureVerifier", "sign"]
 
 WINDOW_S = 300
@@ -36,11 +38,15 @@ class SignatureVerifier:
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> bool:
         """True only for a fresh request carrying a valid v0 signature over ``body``."""
-        ts = headers.get("X-Slack-Request-Timestamp")
-        sig = headers.get("X-Slack-Signature")
-        if not ts or not sig or not ts.isascii() or not ts.isdigit():
+        try:
+            ts = header_value(headers, "X-Slack-Request-Timestamp")
+            sig = header_value(headers, "X-Slack-Signature")
+            if not ts or not sig:
+                return False
+            when = parse_unix_timestamp(ts)  # at most 12 digits: no float overflow below
+        except (MalformedHeader, ValueError):
             return False
-        if abs(self._clock() - int(ts)) > self._window:
+        if abs(self._clock() - when) > self._window:
             return False
         expected = sign(self._secret, ts, body)
-        return hmac.compare_digest(expected.encode("ascii"), sig.encode("utf-8", "replace"))
+        return hmac.compare_digest(expected.encode("ascii"), sig.encode("ascii"))

@@ -72,6 +72,7 @@ from claudemesh_gateway.plugins.telegram.wire import (
     User,
     WebhookInfo,
 )
+from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_json_object
 from pydantic import ValidationError
 from telegram import Bot, BotCommand, InputFile, LinkPreviewOptions, ReplyParameters
 from telegram.error import (
@@ -91,6 +92,7 @@ log = logging.getLogger(__name__)
 __all__ = ["TelegramGateway"]
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+MAX_UPDATE_BYTES = 1 * MB  # a webhook update (Telegram's are a few KiB; files arrive as references)
 MAX_CAPTION = 1024
 PHOTO_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png"})
 PHOTO_MAX_BYTES = 10 * MB
@@ -450,7 +452,11 @@ class TelegramGateway(Gateway):
         expected = self.config.webhook_secret
         if self.config.mode != "webhook" or expected is None:
             return web.Response(status=404)
-        got = request.headers.get(SECRET_HEADER)
+        try:
+            got = header_value(request.headers, SECRET_HEADER)
+        except MalformedHeader as exc:
+            log.warning("telegram %s: webhook call rejected: %s", self.name, exc)
+            return web.Response(status=401, text="malformed secret token")
         if got is None:
             return web.Response(status=401, text="missing secret token")
         if not hmac.compare_digest(got.encode(), expected.get_secret_value().encode()):
@@ -458,13 +464,8 @@ class TelegramGateway(Gateway):
             return web.Response(status=403, text="bad secret token")
         if self._stopping:
             return web.Response(status=503)  # Telegram retries later; nothing lost
-        # 2. parse
-        try:
-            data = await request.json()
-        except ValueError:
-            return web.Response(status=400, text="invalid JSON")
-        if not isinstance(data, dict):
-            return web.Response(status=400, text="invalid update")
+        # 2. parse: 400 for a body that is not one JSON object (or nests absurdly deep), 413 above the cap
+        data = await read_json_object(request, max_bytes=MAX_UPDATE_BYTES)
         # 3. hand to the core; acknowledge only once it is durable
         try:
             await self._handle_update(data)

@@ -41,6 +41,7 @@ from claudemesh_gateway import (
     Message,
     Outbound,
     SendResult,
+    StoreUnavailable,
 )
 from claudemesh_gateway.plugins.webhook.signature import (
     SIGNATURE_HEADER,
@@ -49,6 +50,7 @@ from claudemesh_gateway.plugins.webhook.signature import (
     signature_headers,
     verify,
 )
+from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_body
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 __all__ = ["InboundPayload", "WebhookBindingOptions", "WebhookConfig", "WebhookGateway", "parse_retry_after"]
@@ -255,15 +257,11 @@ class WebhookGateway(Gateway):
         return [web.post("/{chat}", self._inbound)]
 
     async def _inbound(self, request: web.Request) -> web.Response:
-        if request.content_length is not None and request.content_length > self.config.max_body_bytes:
-            return web.json_response({"error": "body too large"}, status=413)
-        body = await _read_capped(request, self.config.max_body_bytes)
-        if body is None:
-            return web.json_response({"error": "body too large"}, status=413)
+        body = await read_body(request, max_bytes=self.config.max_body_bytes)  # 413 above the cap
         try:
-            verify(self._secret, request.headers.get(TIMESTAMP_HEADER), request.headers.get(SIGNATURE_HEADER),
-                   body, tolerance_s=self.config.tolerance_s)
-        except SignatureError as exc:
+            verify(self._secret, header_value(request.headers, TIMESTAMP_HEADER),
+                   header_value(request.headers, SIGNATURE_HEADER), body, tolerance_s=self.config.tolerance_s)
+        except (SignatureError, MalformedHeader) as exc:
             log.warning("webhook %s: rejected inbound request: %s", self.name, exc, extra={"gateway": self.name})
             return web.json_response({"error": "unauthorized"}, status=401)
         if self._stopping:
@@ -288,24 +286,11 @@ class WebhookGateway(Gateway):
             result = await self.ctx.submit(message)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable:  # disk full or the like: the store logs it (rate-limited) and /-/ready says so
+            return web.json_response({"error": "not queued, retry later"}, status=503, headers={"Retry-After": "5"})
         except Exception:  # not durable: the sender must retry
             log.exception("webhook %s: could not queue %s", self.name, message.id)
             return web.json_response({"error": "not queued, retry later"}, status=503, headers={"Retry-After": "5"})
         return web.json_response({"status": result.status, "id": message.id, "reason": result.reason,
                                   "destinations": result.destinations})
 
-
-async def _read_capped(request: web.Request, cap: int) -> bytes | None:
-    """The whole body (until EOF, however it arrives: chunked or in several segments), or None
-    as soon as it exceeds ``cap`` bytes. ``content.read(n)`` alone may return only what has arrived
-    so far, which would cut a large body and fail its signature."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        if size > cap:
-            return None
-        chunks.append(chunk)

@@ -15,6 +15,8 @@ import hmac
 import logging
 import time
 
+from claudemesh_gateway.webhooks import parse_unix_timestamp
+
 __all__ = ["SIGNATURE_HEADER", "TIMESTAMP_HEADER", "SignatureError", "sign", "signature_headers", "verify"]
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,11 @@ def verify(
     if not timestamp or not signature:
         raise SignatureError("missing timestamp or signature header")
     try:
-        ts = int(timestamp.strip())
+        ts = parse_unix_timestamp(timestamp)  # a bounded number of digits: no float overflow below
     except ValueError:
-        raise SignatureError("timestamp is not an integer") from None
+        raise SignatureError("timestamp is not an integer of Unix seconds") from None
+    if not signature.isascii():  # undecodable bytes arrive as lone surrogates; never a valid signature
+        raise SignatureError("signature holds non-ASCII characters")
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
         raise SignatureError(f"timestamp outside the {tolerance_s:.0f}s tolerance")

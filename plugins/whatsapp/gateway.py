@@ -68,6 +68,7 @@ from claudemesh_gateway.plugins.whatsapp.signature import (
     verify_signature,
 )
 from claudemesh_gateway.plugins.whatsapp.text import (
+    check_template_variable,
     consent_keyword,
     failure_reason,
     mask_number,
@@ -75,6 +76,7 @@ from claudemesh_gateway.plugins.whatsapp.text import (
     render_template_variables,
 )
 from claudemesh_gateway.plugins.whatsapp.wire import InboundForm, StatusForm
+from claudemesh_gateway.webhooks import MalformedHeader, header_value, parse_json_object, read_body
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -88,6 +90,7 @@ log = logging.getLogger(__name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 MB = 1024 * 1024
+MAX_REQUEST_BYTES = 1 * MB  # a Twilio webhook (form or JSON); aiohttp's default cap
 DAY = 86400.0
 MEDIA_NOT_YET = (0.5, 1.5)  # seconds: Twilio media can answer 404 for a moment right after the webhook
 INITIATED_KEY = "initiated"
@@ -165,6 +168,16 @@ class WhatsAppBindingOptions(BindingOptions):
     @classmethod
     def _numbers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(normalise_number(n) for n in v)
+
+    @field_validator("template_variables")
+    @classmethod
+    def _variables(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, template in v.items():
+            try:
+                check_template_variable(template)
+            except ValueError as exc:
+                raise ValueError(f"template_variables.{key}: {exc}") from None
+        return v
 
     @model_validator(mode="after")
     def _template(self) -> WhatsAppBindingOptions:
@@ -705,7 +718,12 @@ class WhatsAppGateway(Gateway):
     async def _verified_params(self, request: web.Request, leaf: str) -> dict[str, str]:
         """Verify ``X-Twilio-Signature`` over the public URL; return the fields. 403 on failure."""
         cfg = self.config
-        signature = request.headers.get(SIGNATURE_HEADER)
+        try:
+            signature = header_value(request.headers, SIGNATURE_HEADER)
+            settings_header = header_value(request.headers, SETTINGS_HEADER)
+        except MalformedHeader as exc:
+            log.warning("whatsapp %s: %s webhook refused: %s", self.name, leaf, exc)
+            raise web.HTTPUnauthorized(text="malformed signature header") from None
         public_url = self.public_url
         if not public_url or not signature:
             log.warning("whatsapp %s: %s webhook refused (%s)", self.name, leaf,
@@ -713,20 +731,13 @@ class WhatsAppGateway(Gateway):
             raise web.HTTPForbidden(text="invalid signature")
         url = public_request_url(public_url, self._path(leaf), request.rel_url.raw_query_string)
         token = cfg.auth_token.get_secret_value()
-        settings_header = request.headers.get(SETTINGS_HEADER)
         shared = cfg.webhook_shared_key.get_secret_value() if cfg.webhook_shared_key else None
         if request.content_type == "application/json":
-            raw = await request.read()
+            raw = await read_body(request, max_bytes=MAX_REQUEST_BYTES)
             ok = verify_signature(token, url, None, signature, raw_body=raw, settings_header=settings_header,
                                   shared_key=shared)
-            if ok:
-                try:
-                    data = json.loads(raw)
-                except ValueError:
-                    raise web.HTTPBadRequest(text="invalid JSON") from None
-                if not isinstance(data, dict):
-                    raise web.HTTPBadRequest(text="expected a JSON object")
-                params = {str(k): v for k, v in data.items()}
+            if ok:  # 400: not JSON, not an object, nested absurdly deep
+                params = {str(k): v for k, v in parse_json_object(raw).items()}
         else:
             form = await request.post()
             ok = verify_signature(token, url, form, signature, settings_header=settings_header,

@@ -68,8 +68,8 @@ def verify_signature(
     ``X-Twilio-Webhooks-Signature-Settings: key=...,algorithm=...`` header (Webhook
     Rules) the signature is checked with ``shared_key`` and that algorithm instead.
     """
-    if not token or not signature:
-        return False
+    if not token or not signature or not signature.isascii():
+        return False  # undecodable header bytes arrive as lone surrogates: never a valid signature
     algorithm = get_signature_algorithm(settings_header).upper()
     if settings_header and "key=" in settings_header:
         # A Webhook Rule signed this request with its Setting's shared key (and algorithm).

@@ -8,6 +8,7 @@ already attributed and split to ``capabilities.max_text`` (1,600) by the core.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +81,30 @@ def template_value(text: str) -> str:
     if len(flat) > TEMPLATE_VALUE_MAX:
         flat = flat[: TEMPLATE_VALUE_MAX - 1] + "…"
     return flat or "-"
+
+
+_WIDTH = re.compile(r"(?<![.\d])(\d+)|\.(\d+)")
+
+
+def check_template_variable(template: str) -> str:
+    """A ``template_variables`` value, checked once at config load: it must parse as a format
+    string, with no nested fields in a format spec and no width or precision beyond
+    TEMPLATE_VALUE_MAX (``{text:>300000000}`` would build hundreds of megabytes per message only to
+    be cut to TEMPLATE_VALUE_MAX). ValueError names the problem."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"{template!r} is not a valid template: {exc}") from None
+    for _, name, spec, _ in parsed:
+        if name is None or not spec:
+            continue
+        if "{" in spec or "}" in spec:
+            raise ValueError(f"{{{name}}}: a format spec may not contain nested fields")
+        for m in _WIDTH.finditer(spec):
+            digits = m.group(1) or m.group(2)
+            if len(digits) > 6 or int(digits) > TEMPLATE_VALUE_MAX:
+                raise ValueError(f"{{{name}}}: width or precision larger than {TEMPLATE_VALUE_MAX}")
+    return template
 
 
 class _Keep(dict):

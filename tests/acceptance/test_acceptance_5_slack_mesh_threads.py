@@ -85,6 +85,7 @@ async def thread_reply_into_the_mesh(file_app, dev_broker, member, fake_slack) -
         "gateways": {"slack": {"type": "slack", "mode": "events", "bot_token": BOT_TOKEN,
                                "signing_secret": SIGNING_SECRET, "api_base": f"{fake_slack.url}/api/"}},
         "routes": [{"name": "ops", "mesh": "dev", "topic": "general", "direction": "both",
+                    "encryption": "hkdf",  # v3, chosen explicitly (the default auto posts v1 here)
                     "binds": [{"gateway": "slack", "chat": "C1"}]}],
     }, broker=dev_broker)
     await runtime.meshes["dev"].wait_connected(10)

@@ -82,6 +82,7 @@ async def test_failed_status_callback_gives_delivery_failed_and_a_mesh_notice(
         "gateways": {"wa": {"type": "whatsapp", "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN,
                             "from_number": FROM, "public_url": PUBLIC}},
         "routes": [{"name": "support", "mesh": "dev", "topic": "general", "direction": "both",
+                    "encryption": "hkdf",  # v3, chosen explicitly (the default auto posts v1 here)
                     "binds": [{"gateway": "wa", "chat": USER, "options": {"notify_status": True}}]}],
     }, broker=dev_broker)
     events = Events()

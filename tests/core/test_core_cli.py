@@ -116,13 +116,18 @@ async def example(tmp_path: Path) -> Path:
 
 def test_check_routes_and_dlq_on_the_example(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, lines = run_cli(capsys, "-c", str(example), "check")
-    assert (code, lines) == (0, []) and out.startswith("ok: 3 mesh(es), 1 gateway(s), 1 route(s)")
+    assert (code, lines) == (0, []) and out.startswith("ok: 3 mesh(es), 1 gateway(s), 2 route(s)")
+    # offline, check reports the configured mode of every bound topic (auto needs the broker)
+    modes = [ln for ln in out.splitlines() if ln.startswith("encryption: ")]
+    assert [ln.split(":")[1].strip() for ln in modes] == ["mesh dev #general", "mesh dev #team"]
+    assert all("auto -> bodyVersion 2 if the topic has a sealed key" in ln and "check --online" in ln for ln in modes)
 
     code, out, _ = run_cli(capsys, "-c", str(example), "routes", "--json")
-    [route] = json.loads(out)
+    route, team = json.loads(out)
     assert code == 0 and (route["name"], route["mesh"], route["topic"]) == ("general", "dev", "general")
     assert route["binds"] == [{"gateway": "webhook", "chat": "sink", "thread": None, "direction": "both",
                                "tags": []}]
+    assert (team["name"], team["topic"], team["encryption"]) == ("team", "team", "auto")
 
     code, out, _ = run_cli(capsys, "-c", str(example), "dlq", "list")
     assert (code, out) == (0, "")
@@ -228,6 +233,13 @@ async def test_check_online_starts_the_embedded_broker_and_resolves_topics(
     code = await asyncio.to_thread(cli.main, ["-c", str(tmp_path / "config.toml"), "check", "--online"])
     out, err = capsys.readouterr()
     assert code == 0 and out.startswith("ok: 3 mesh(es)"), err
+    # the effective mode of every bound topic, resolved against the broker, and who can read it
+    modes = {ln.split(":")[1].strip(): ln for ln in out.splitlines() if ln.startswith("encryption: ")}
+    assert set(modes) == {"mesh dev #general", "mesh dev #team"}
+    assert "auto -> bodyVersion 1 (plaintext)" in modes["mesh dev #general"]
+    assert "readable by every upstream client" in modes["mesh dev #general"]
+    assert "auto -> bodyVersion 2 (sealed topic key)" in modes["mesh dev #team"]
+    assert "not by the broker operator" in modes["mesh dev #team"]
 
     text = (tmp_path / "config.toml").read_text() + (
         '\n[[routes]]\nname = "ghost"\nmesh = "dev"\ntopic = "no-such-topic"\n'

@@ -20,7 +20,8 @@ async def test_first_start_seeds_and_writes_meshes_toml(make_broker, tmp_path, c
     assert doc["mesh"] == b.mesh_tables()
     for table, name in (("dev", "gateway"), ("dev_alice", "alice"), ("dev_bob", "bob")):
         t = doc["mesh"][table]
-        assert set(t) == {"broker_url", "mesh_id", "member_id", "secret_key", "root_key", "display_name"}
+        assert set(t) == {"broker_url", "mesh_id", "member_id", "secret_key", "root_key", "display_name", "rest"}
+        assert t["rest"] == {"url": b.http_url} == {"url": b.rest_url}   # /api/v1 on the broker's HTTP port
         assert t["broker_url"] == b.ws_url and t["broker_url"].endswith(f":{b.port}/ws")
         assert t["mesh_id"] == seed.mesh_id and len(t["mesh_id"]) == 32
         assert t["display_name"] == name and re.fullmatch(r"[0-9a-f]{128}", t["secret_key"])
@@ -36,6 +37,13 @@ async def test_first_start_seeds_and_writes_meshes_toml(make_broker, tmp_path, c
     assert general.name == "general" and general.encrypted_key_pubkey is None
     assert {tm.member_id for tm in b.store.topic_members if tm.topic_id == general.id} == {
         seed.gateway.member_id, seed.alice.member_id, seed.bob.member_id}
+    # "team": a sealed-key topic created by the gateway, so only the gateway holds a sealed copy
+    team = b.store.topic_by_name(seed.mesh_id, "team")
+    assert team is not None and team.encrypted_key_pubkey is not None
+    assert {tm.member_id for tm in b.store.topic_members if tm.topic_id == team.id} == {
+        seed.gateway.member_id, seed.alice.member_id, seed.bob.member_id}
+    assert b.sealed_topic_key(team.id, seed.gateway.member_id) is not None
+    assert b.sealed_topic_key(team.id, seed.alice.member_id) is None
 
 
 async def test_restart_keeps_state(tmp_path, connect, mk):

@@ -40,7 +40,8 @@ async def test_b40_topic_list_and_id_resolution(broker, connect):
     broker.store.topics[gone.topic_id].archived_at = 1
     reply = await alice.request({"type": "topic_list", "_reqId": "l"}, "topic_list_response")
     by_name = {t["name"]: t for t in reply["topics"]}
-    assert set(by_name) == {"general", "secret"} and reply["_reqId"] == "l"   # membership/visibility ignored
+    # membership/visibility ignored; "team" is the seeded sealed-key topic
+    assert set(by_name) == {"general", "team", "secret"} and reply["_reqId"] == "l"
     assert set(by_name["general"]) == {"id", "name", "description", "visibility", "memberCount", "createdAt"}
     assert by_name["general"]["memberCount"] == 3 and by_name["secret"]["visibility"] == "private"
     assert by_name["secret"]["id"] == hidden.topic_id

@@ -11,7 +11,8 @@ from claudemesh_gateway.plugins.webhook.testing import signed_post as _signed_po
 from claudemesh_gateway.testing import build_test_app, dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures)
 
 SECRET = "e2e-webhook-secret-0123456789"
-FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0}
+FAST_POLL = {"topic_poll_interval": 0.2, "topic_poll_idle_interval": 0.5, "roster_refresh": 1.0,
+             "rest": {"reseal_interval": 0.3, "key_retry_interval": 0.3}}  # sealed keys (A.13) without 30 s waits
 
 
 

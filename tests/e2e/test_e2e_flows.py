@@ -37,8 +37,9 @@ async def test_mesh_topic_post_reaches_webhook_sink_with_attribution(e2e_app, me
 
 
 async def test_signed_inbound_webhook_reaches_topic_as_v3_and_a_peer_decrypts_it(e2e_app, member, sink, dev_broker):
+    # encryption = "hkdf" is the explicit choice of v3 (the default "auto" is in test_e2e_sealed_keys.py)
     client, _runtime = await e2e_app([{"name": "general", "mesh": "dev", "topic": "general", "direction": "in",
-                                      "binds": [wh("ci", sink, url=False)]}])
+                                      "encryption": "hkdf", "binds": [wh("ci", sink, url=False)]}])
     got = []
     bob = await member("dev_bob", on_message=got.append)
     await bob.watch_topic("general")

@@ -89,7 +89,7 @@ def test_unknown_key_and_topic_settings():
     cfg = MeshConfig(**data)
     assert cfg.topic_settings("ops").encryption == "plaintext"
     assert cfg.topic_settings("sec").accept_epochs == [1, 0]
-    assert cfg.topic_settings("other").encryption == "hkdf"
+    assert cfg.topic_settings("other").encryption == "auto"  # the default: v2 where sealed, else v1
     data, _ = _base(topics={"x": {"epoch": 1, "accept_epochs": [1]}})
     assert any("current epoch" in e for e in _errors(data))
     data, _ = _base(topics={"x": {"encryption": "aes"}})
@@ -114,3 +114,18 @@ def test_secret_key_file(tmp_path):
     os.chmod(path, 0o600)
     data3, _ = _base(secret_key_file=str(path))
     assert any("not both" in e for e in _errors(data3))
+
+
+def test_rest_configuration():
+    data, _ = _base()
+    assert MeshConfig(**data).rest_url is None                                   # self-hosted: not configured
+    hosted, _ = _base(broker_url="wss://ic.claudemesh.com/ws")
+    assert MeshConfig(**hosted).rest_url == "https://claudemesh.com"            # the hosted broker's web app
+    assert MeshConfig(**{**hosted, "rest": {"enabled": False}}).rest_url is None
+    cfg = MeshConfig(**{**data, "rest": {"url": "http://127.0.0.1:7900/api/v1/", "reseal_interval": 0.5}})
+    assert cfg.rest_url == "http://127.0.0.1:7900" and cfg.rest.reseal_interval == 0.5
+    assert cfg.rest.key_ttl == 300 and cfg.rest.key_retry_interval == 30
+    assert any("rest.enabled = true needs rest.url" in e for e in _errors({**data, "rest": {"enabled": True}}))
+    assert any(e.startswith("rest.url") for e in _errors({**data, "rest": {"url": "claudemesh.com"}}))
+    assert any(e.startswith("rest.key_ttl") for e in _errors({**data, "rest": {"key_ttl": 1}}))
+    assert any(e.startswith("default_encryption") for e in _errors({**data, "default_encryption": "v2"}))

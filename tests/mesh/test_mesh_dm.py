@@ -100,3 +100,29 @@ async def test_drained_plaintext_topic_row_is_classified_and_dropped(broker, mak
     assert inbox.items == []
     row = next(r for r in broker.queue_rows() if r.target_spec.startswith("#"))
     await eventually(lambda: row.delivered_at is not None)
+
+
+async def test_drained_v2_topic_row_without_its_key_is_classified_not_undecryptable(broker, make_peer, new_inbox,
+                                                                                   eventually):
+    """A drained bodyVersion 2 row whose sealed key we do not hold fails every key and base64: it is
+    classified with message_status and dropped as a topic row (it is read from history), not logged
+    as undecryptable."""
+    from claudemesh_gateway.mesh import crypto
+
+    seed = broker.default_mesh
+    topic = broker.create_topic(seed.mesh_id, "crew", seed.alice.member_id)       # sealed for alice only
+    broker.join_topic(seed.mesh_id, "crew", seed.gateway.member_id)
+    key = crypto.open_sealed_topic_key(*broker.sealed_topic_key(topic.topic_id, seed.alice.member_id),
+                                       seed.alice.keypair)
+    kv = MemoryKV()
+    gw = await make_peer(seed.gateway, kv=kv)
+    await gw.stop()
+    alice = await make_peer(seed.alice)
+    nonce, ct = crypto.secretbox_seal("v2 row", key)
+    await alice.sender.send({"type": "send", "id": "c1", "client_message_id": "c1", "targetSpec": "#" + topic.topic_id,
+                             "priority": "next", "nonce": nonce, "ciphertext": ct, "bodyVersion": 2,
+                             "mentions": []}, retry_window=0)
+    inbox = new_inbox()
+    gw2 = await make_peer(seed.gateway, kv=kv, on_message=inbox)                 # hello drains the row
+    await eventually(lambda: gw2.pushes.dropped["topic_row"] >= 1)
+    assert gw2.pushes.dropped["undecryptable"] == 0 and inbox.items == []

@@ -15,7 +15,8 @@ TOPIC = "T" * 32
 
 def _cfg(**over) -> MeshConfig:
     data = {"broker_url": "ws://127.0.0.1:1/ws", "mesh_id": "Mesh0123456789abcdefghijABCDEFGH", "member_id": "m",
-            "secret_key": KeyPair.generate().secret_hex, "root_key": secrets.token_urlsafe(32)}
+            "secret_key": KeyPair.generate().secret_hex, "root_key": secrets.token_urlsafe(32),
+            "default_encryption": "hkdf"}  # the HKDF tests choose v3 explicitly; auto is tested below
     data.update(over)
     return MeshConfig(**data)
 
@@ -113,3 +114,57 @@ def test_try_all_topic_keys_and_missing_key():
     assert "no root_key" in nokey.open_detailed("m", TOPIC, "t", nonce, ct, 3).reason
     with pytest.raises(KeyRingError, match="no mesh named"):
         ring.seal("zzz", TOPIC, "t", "x")
+
+
+def test_auto_is_the_default_and_picks_v1_or_v2_per_topic():
+    """``auto`` (the default): v1 without REST or where the topic is unencrypted, v2 where the sealed key
+    is held, and a transient refusal (never plaintext) while an encrypted topic's key is not held."""
+    from claudemesh_gateway.keys import PENDING, SEALED, UNENCRYPTED, SealedKeyStatus
+
+    bare = MeshConfig(broker_url="ws://127.0.0.1:1/ws", mesh_id="M" * 32, member_id="m",
+                      secret_key=KeyPair.generate().secret_hex)
+    assert bare.default_encryption == "auto" and bare.topic_settings("x").encryption == "auto"
+    cfg = _cfg(default_encryption="auto")
+    ring = KeyRing.from_configs({"m": cfg})
+    nonce, ct, bv = ring.seal("m", TOPIC, "t", "no REST configured")     # no provider: v1, readable upstream
+    assert bv == 1 and crypto.v1_decode(ct) == "no REST configured"
+    key = secrets.token_bytes(32)
+    states = {TOPIC: SealedKeyStatus(SEALED), "U" * 32: SealedKeyStatus(UNENCRYPTED),
+              "P" * 32: SealedKeyStatus(PENDING, "key_not_sealed_for_member")}
+
+    class Provider:
+        def topic_key(self, mesh, topic_id):
+            return key if topic_id == TOPIC else None
+
+        def topic_status(self, mesh, topic_id):
+            return states[topic_id]
+
+    ring.set_sealed_key_provider(Provider(), mesh="m")
+    nonce, ct, bv = ring.seal("m", TOPIC, "t", "sealed ✓")
+    assert bv == 2 and crypto.secretbox_open(nonce, ct, key) == "sealed ✓"
+    assert ring.seal("m", "U" * 32, "u", "legacy topic")[2] == 1
+    with pytest.raises(KeyRingError, match="key_not_sealed_for_member") as info:
+        ring.seal("m", "P" * 32, "p", "must not leak")
+    assert info.value.transient and "must not leak" not in str(info.value)
+    # hkdf and plaintext stay explicit choices; ingest opens v1, v2 and v3 whatever the sending mode
+    hk = KeyRing.from_configs({"m": _cfg(topics={"h": {"encryption": "hkdf"}, "p": {"encryption": "plaintext"}})})
+    hk.set_sealed_key_provider(Provider(), mesh="m")
+    n3, c3, bv3 = hk.seal("m", TOPIC, "h", "v3")
+    assert bv3 == 3 and hk.open("m", TOPIC, "p", n3, c3, 3) == "v3"
+    assert hk.seal("m", TOPIC, "p", "v1")[2] == 1
+    n2, c2 = crypto.secretbox_seal("v2 row", key)
+    assert hk.open("m", TOPIC, "p", n2, c2, 2) == "v2 row"
+    # a provider for another mesh does not serve this one
+    other = KeyRing.from_configs({"m": cfg})
+    other.set_sealed_key_provider(Provider(), mesh="elsewhere")
+    assert other.seal("m", TOPIC, "t", "x")[2] == 1 and other.open("m", TOPIC, "t", n2, c2, 2) is None
+
+
+def test_topic_table_without_encryption_inherits_and_key_secret_means_hkdf():
+    side = secrets.token_urlsafe(32)
+    cfg = _cfg(default_encryption="auto", topics={"ops": {"epoch": 2}, "board": {"key_secret": side}})
+    assert cfg.topic_settings("ops").encryption == "auto" and cfg.topic_settings("ops").epoch == 2
+    assert cfg.topic_settings("board").encryption == "hkdf"
+    mesh_wide = MeshConfig(broker_url="ws://127.0.0.1:1/ws", mesh_id="M" * 32, member_id="m",
+                           secret_key=KeyPair.generate().secret_hex, key_secret=side)
+    assert mesh_wide.topic_settings("any").encryption == "hkdf"             # a mesh key_secret: v3 everywhere

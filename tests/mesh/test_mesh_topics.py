@@ -1,4 +1,4 @@
-"""Topic posts: v3 on the wire, ingested by the other peer's poller in order and once; backfill after downtime."""
+"""Topic posts: v3 on the wire (encryption = "hkdf", the explicit choice), ingested by the other peer's poller in order and once; backfill after downtime."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ async def test_topic_post_ingested_in_order_once(broker, make_peer, new_inbox, e
     seed = broker.default_mesh
     inbox, own = new_inbox(), new_inbox()
     gw = await make_peer(seed.gateway, on_message=inbox)
-    alice = await make_peer(seed.alice, on_message=own)
+    alice = await make_peer(seed.alice, on_message=own, default_encryption="hkdf")
     await gw.watch_topic("general")
     await alice.watch_topic("general")  # alice's own posts are echoes for her
     ids = []
@@ -46,7 +46,7 @@ async def test_v3_post_decrypts_only_with_the_hkdf_key(broker, make_peer, new_in
     seed = broker.default_mesh
     inbox = new_inbox()
     gw = await make_peer(seed.gateway, on_message=inbox)
-    alice = await make_peer(seed.alice)
+    alice = await make_peer(seed.alice, default_encryption="hkdf")
     await gw.watch_topic("general")
     mid = await alice.post_topic("general", "sealed ✓")
     await inbox.wait(1)
@@ -77,7 +77,7 @@ async def test_undecryptable_row_is_skipped_not_delivered(broker, make_peer, new
     inbox = new_inbox()
     gw = await make_peer(seed.gateway, on_message=inbox)
     other_secret = "A" * 43
-    alice = await make_peer(seed.alice, key_secret=other_secret)
+    alice = await make_peer(seed.alice, key_secret=other_secret, default_encryption="hkdf")
     await gw.watch_topic("general")
     await alice.post_topic("general", "you cannot read this")
     await gw.pollers["general"].stop()  # poll deterministically from here
@@ -89,7 +89,7 @@ async def test_undecryptable_row_is_skipped_not_delivered(broker, make_peer, new
 
 async def test_unknown_topic_and_missing_key_errors(broker, make_peer):
     seed = broker.default_mesh
-    gw = await make_peer(seed.gateway, root_key=None)
+    gw = await make_peer(seed.gateway, root_key=None, default_encryption="hkdf")
     with pytest.raises(MeshError, match="topic 'nope' does not exist"):
         await gw.watch_topic("nope")
     with pytest.raises(DeliveryError, match="neither root_key nor key_secret") as ei:

@@ -90,7 +90,7 @@ def test_encryption_conflict_between_routes():
     t = build({"name": "a", "mesh": "m", "topic": "t", "encryption": "plaintext",
                "binds": [{"gateway": "tg", "chat": "1"}]})
     assert t.encryption_for("m", "t") == "plaintext"
-    assert t.encryption_for("m", "#other") == "hkdf"
+    assert t.encryption_for("m", "#other") == "auto"  # the default
     assert t.topic_encryption() == {"m": {"t": "plaintext"}}
 
 
@@ -198,7 +198,7 @@ def test_bindings_for_and_describe():
     d = t.describe()
     assert d[0]["name"] == "r" and d[0]["binds"][1] == {"gateway": "sl", "chat": "C", "thread": None,
                                                        "direction": "both", "tags": []}
-    assert d[0]["encryption"] == "hkdf"
+    assert d[0]["encryption"] == "auto"  # the default
 
 
 def test_from_settings_accepts_models_and_dicts():

@@ -59,6 +59,7 @@ async def mesh_app(tmp_path, dev_broker, fake_slack, sk):  # noqa: F811
                     "name": "general",
                     "mesh": "dev",
                     "topic": "general",
+                    "encryption": "hkdf",  # v3, chosen explicitly (the default auto posts v1 here)
                     "binds": [{"gateway": "slack", "chat": c} for c in channels],
                 }
             ],

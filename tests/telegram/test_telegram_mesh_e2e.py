@@ -22,6 +22,7 @@ async def mesh_app(tmp_path, dev_broker, fake_tg, tg_token):  # noqa: F811
     cfg = {
         "gateways": {"tg": {"type": "telegram", "token": tg_token, "api_base": fake_tg.url, "poll_timeout": 1}},
         "routes": [{"name": "general", "mesh": "dev", "topic": "general", "direction": "both",
+                    "encryption": "hkdf",  # v3, chosen explicitly (the default auto posts v1 here)
                     "binds": [{"gateway": "tg", "chat": CHAT}, {"gateway": "tg", "chat": CHAT2}]}],
     }
     state = tmp_path / "gw"

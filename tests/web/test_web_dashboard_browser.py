@@ -45,7 +45,11 @@ async def page():
 
 
 async def test_login_route_state_and_dead_letter_retry(served, page):
+    from playwright.async_api import expect
+
     server, runtime = served
+    refused: list[str] = []  # the dashboard must work under its own Content-Security-Policy
+    page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
     base = str(server.make_url("/-/"))
     await page.goto(base)
     await page.wait_for_selector("#login:not([hidden])")
@@ -61,12 +65,12 @@ async def test_login_route_state_and_dead_letter_retry(served, page):
     await page.click("#login-button")
     state_cell = page.locator("tr[data-route='r1'] .route-state")
     await state_cell.wait_for()
-    await page.wait_for_function("document.querySelector(\"tr[data-route='r1'] .route-state\").innerText.includes('webhook: connected')")
+    # (expect() polls from Playwright's side: the dashboard's CSP forbids the eval wait_for_function needs)
+    await expect(state_cell).to_contain_text("webhook: connected", timeout=15_000)
 
     # the gateway goes down: the dashboard shows it without a reload
     runtime.states["webhook"] = (GatewayState.TRANSIENT_DISCONNECT, "sink unreachable", time.time())
-    await page.wait_for_function(
-        "document.querySelector(\"tr[data-route='r1'] .route-state\").innerText.includes('transient_disconnect')")
+    await expect(state_cell).to_contain_text("transient_disconnect", timeout=15_000)
     await page.wait_for_selector("#ready.bad")
 
     # retry the dead letter from its row
@@ -80,3 +84,4 @@ async def test_login_route_state_and_dead_letter_retry(served, page):
     # the token lives in sessionStorage only
     assert await page.evaluate("localStorage.length") == 0
     assert await page.evaluate("sessionStorage.getItem('claudemesh-gateway-token')") == good
+    assert refused == []

@@ -25,7 +25,9 @@ async def mesh_app(tmp_path, dev_broker, monkeypatch, wh):  # noqa: F811
     monkeypatch.setattr(WhatsAppGateway, "http_client_class", wh.fake_http_class(fake.url))
     cfg = {
         "gateways": {"wa": {"type": "whatsapp", **wh.default_config()}},
-        "routes": [{"name": "general", "mesh": "dev", "topic": "general", "direction": "both", "binds": [
+        "routes": [{"name": "general", "mesh": "dev", "topic": "general", "direction": "both",
+                    "encryption": "hkdf",  # v3, chosen explicitly (the default auto posts v1 here)
+                    "binds": [
             {"gateway": "wa", "chat": wh.USER},
             {"gateway": "wa", "chat": wh.OTHER, "options": {
                 "outside_window": "template", "template_content_sid": TEMPLATE,
