@@ -104,16 +104,14 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-#: JSON nested past Python's recursion limit (a RecursionError in json.loads). Off in this branch: behind a
-#: valid signature it is a 500 today, issue 17 item 7 (websec17), which answers 400. Set True after merging
-#: websec17 and every HTTP fuzz test sends such bodies too.
-DEEP_JSON = False
+#: JSON nested past Python's recursion limit (a RecursionError in json.loads): behind a valid signature it
+#: was a 500 with a traceback until issue 17 item 7; every HTTP fuzz test sends such bodies too
 deep_json = st.tuples(st.integers(1100, 5000), st.sampled_from(["[", '{"a":'])).map(
     lambda t: (t[1] * t[0] + "1" + ("]" if t[1] == "[" else "}") * t[0]).encode())
 
 
 def with_deep_json(bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    return bodies | deep_json if DEEP_JSON else bodies
+    return bodies | deep_json
 
 
 #: text with the characters that break parsers: controls, NUL, surrogates' neighbours, RTL, emoji

@@ -58,8 +58,7 @@ def twilio_requests(draw: Any) -> tuple[str, str, Any]:
     else:
         params = draw(forms(_base_status(), STATUS_KEYS))
     if encoding == "json":
-        # JSON webhooks may carry any JSON value per field (a bounded depth: issue 17 item 7 (websec17) is
-        # a nesting past Python's recursion limit, a 500 today; this strategy stays far below it)
+        # JSON webhooks may carry any JSON value per field (absurd nesting: the raw deep_json bodies below)
         if draw(st.booleans()):
             key = draw(st.sampled_from(sorted(params)))
             params[key] = draw(json_values)
