@@ -470,7 +470,8 @@ class TopicPoller(TaskOwner):
 
     async def _handle(self, row: dict[str, Any]) -> None:
         peer = self.peer
-        own = row.get("senderMemberId") == self.cfg.member_id or row.get("senderPubkey") in peer.own_keys
+        pubkey = row.get("senderPubkey") if isinstance(row.get("senderPubkey"), str) else ""
+        own = row.get("senderMemberId") == self.cfg.member_id or (bool(pubkey) and pubkey in peer.own_keys)
         if own and not self.include_own:
             self.echoes += 1
             return
@@ -500,7 +501,7 @@ class TopicPoller(TaskOwner):
         reply_to = row.get("replyToId")
         item = MeshInbound(
             kind="topic", mesh=peer.name, mesh_id=self.cfg.mesh_id, id=row["id"], text=res.text,
-            sender_pubkey=str(row.get("senderPubkey") or ""),
+            sender_pubkey=pubkey,
             sender_member_id=row.get("senderMemberId") if isinstance(row.get("senderMemberId"), str) else None,
             sender_name=row.get("senderName") if isinstance(row.get("senderName"), str) else None,
             topic=self.topic.name, topic_id=self.topic.id, body_version=bv,

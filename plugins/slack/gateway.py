@@ -46,7 +46,7 @@ from claudemesh_gateway import (
     SendResult,
     StartupError,
 )
-from claudemesh_gateway.files import read_capped
+from claudemesh_gateway.files import FetchPolicy, read_capped, safe_get
 from claudemesh_gateway.plugins.slack import mrkdwn
 from claudemesh_gateway.plugins.slack.history import CURSORS_KEY as HISTORY_CURSORS_KEY
 from claudemesh_gateway.plugins.slack.history import HistoryCatchup, HistoryRateLimited, HistoryRefused
@@ -60,6 +60,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
+from yarl import URL
 
 __all__ = ["RateConfig", "SlackBindingOptions", "SlackConfig", "SlackGateway"]
 
@@ -147,6 +148,7 @@ PARENTS_KEY = "thread_parents"  # kv: [[channel, reply ts, parent ts], ...], new
 PARENTS_SAVED = 5000
 TEXT_FIRST_KEY = "text_first"  # kv: text_first:<idempotency key> -> ts of a text posted ahead of its files
 FILE_SCHEME = "slackfile"  # Attachment.url = "slackfile:<gateway name>:<file id>"
+SLACK_FILE_HOSTS = ("slack.com", "*.slack.com")  # where url_private downloads (and the bot token) may go
 UPLOAD_BATCH = 10  # files per files.completeUploadExternal call (one message)
 FILES_READ_HINT = "reading Slack files needs the files:read scope"
 FILES_WRITE_HINT = "uploading files needs the files:write scope"
@@ -527,6 +529,15 @@ class SlackGateway(Gateway):
     # -- Socket Mode -------------------------------------------------------------------------
     async def _on_socket_message(self, client: Any, message: dict[str, Any], raw: str | None) -> None:
         kind = message.get("type")
+        envelope_id = message.get("envelope_id")
+        if "payload" in message and not isinstance(message["payload"], dict | str):
+            # slack_sdk cannot make a request of it (an ERROR traceback, and it is never acked, so it
+            # would come back on every connection): skip it here, with one line, and ack it
+            message.pop("payload")
+            log.warning("gateway %s: skipped a Socket Mode envelope whose payload is not an object", self.name)
+            if isinstance(envelope_id, str) and envelope_id:
+                await self._ack_envelope(client, envelope_id)
+            return
         if kind == "hello":
             # synchronous up to here: the gaps are taken before this socket's first envelope
             self._hellos += 1
@@ -564,6 +575,13 @@ class SlackGateway(Gateway):
     async def _process_envelope(self, client: Any, req: SocketModeRequest) -> None:
         # Submit first, ack after: an envelope we fail to submit is left un-acked, so
         # Slack redelivers it; a redelivery is deduplicated by the core (stable Message.id).
+        problem = self._envelope_problem(req)
+        if problem:
+            # it will never parse: acked and skipped, or Slack would redeliver it forever
+            log.warning("gateway %s: skipped a Socket Mode %s envelope that does not parse (%s)",
+                        self.name, req.type, problem)
+            await self._ack_envelope(client, req.envelope_id)
+            return
         try:
             if req.type == "events_api":
                 await self.handle_event_callback(req.payload)
@@ -572,8 +590,11 @@ class SlackGateway(Gateway):
         except Exception:
             log.exception("gateway %s: could not submit socket envelope (left un-acked)", self.name)
             return
+        await self._ack_envelope(client, req.envelope_id)
+
+    async def _ack_envelope(self, client: Any, envelope_id: str) -> None:
         try:
-            await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            await client.send_socket_mode_response(SocketModeResponse(envelope_id=envelope_id))
         except Exception as exc:  # noqa: BLE001 - socket gone: Slack redelivers, the core dedups
             log.info(
                 "gateway %s: could not ack envelope (%s); Slack will redeliver", self.name, type(exc).__name__
@@ -630,6 +651,19 @@ class SlackGateway(Gateway):
         except ValidationError as exc:
             return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
                              for e in exc.errors(include_url=False, include_input=False)[:3])
+        return ""
+
+    @classmethod
+    def _envelope_problem(cls, req: SocketModeRequest) -> str:
+        """Why a Socket Mode envelope's payload can never be read ("" when it can): checked before
+        anything is submitted, so only a payload that will never parse is skipped."""
+        if req.type == "events_api":
+            return cls._event_callback_problem(req.payload)
+        if req.type == "slash_commands":
+            try:
+                SlashCommand.model_validate(req.payload)
+            except ValidationError as exc:
+                return f"{exc.error_count()} errors"
         return ""
 
     async def _http_commands(self, request: web.Request) -> web.StreamResponse:
@@ -1134,19 +1168,17 @@ class SlackGateway(Gateway):
         )
         return None
 
+    @property
+    def _fetch_policy(self) -> FetchPolicy:
+        """The bot token goes only to Slack's own hosts (https) or to the configured api_base origin,
+        and a download follows a redirect only to those."""
+        return FetchPolicy(hosts=SLACK_FILE_HOSTS, base=self.config.api_base)
+
     def _file_url_allowed(self, url: str) -> bool:
-        """The bot token goes only to Slack's own hosts (https) or to the configured api_base host."""
         try:
-            u = urllib.parse.urlsplit(url)
-            host, port = (u.hostname or "").lower(), u.port
+            return not self._fetch_policy.refusal(URL(url, encoded=True), redirect=False)
         except ValueError:
             return False
-        if not host or u.username is not None or u.password is not None:
-            return False
-        if u.scheme == "https" and (host == "slack.com" or host.endswith(".slack.com")):
-            return True
-        base = urllib.parse.urlsplit(self.config.api_base)
-        return u.scheme == base.scheme and host == (base.hostname or "").lower() and port == base.port
 
     async def fetch_attachment(self, attachment: Attachment, max_bytes: int) -> bytes:
         """The bytes of a ``slackfile:<this gateway>:<file id>`` attachment: ``files.info`` for the
@@ -1190,47 +1222,34 @@ class SlackGateway(Gateway):
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.config.request_timeout, sock_read=self.config.request_timeout
         )
-        for _ in range(4):  # the URL and at most 3 redirects, each checked before the token goes out
-            if not self._file_url_allowed(url):
-                raise _delivery_error(
-                    f"{label}: the download URL is not on slack.com; the bot token is not sent there",
-                    permanent=True,
-                )
-            try:
-                async with self.ctx.http.get(
-                    url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False, timeout=timeout
-                ) as resp:
-                    status = resp.status
-                    if status in (301, 302, 303, 307, 308):
-                        location = resp.headers.get("Location")
-                        if not location:
-                            raise _delivery_error(f"{label}: download redirected nowhere", permanent=True)
-                        url = urllib.parse.urljoin(url, location)
-                        continue
-                    if status == 429 or status >= 500:
-                        # transient; a vendor Retry-After (always for 429) paces the retry
-                        retry = _header_seconds(resp.headers.get("Retry-After"))
-                        if retry is None and status == 429:
-                            retry = 1.0
-                        raise _delivery_error(f"{label}: download failed (HTTP {status})", retry_after=retry)
-                    if status in (401, 403):
-                        raise _delivery_error(
-                            f"{label}: download refused (HTTP {status}; {FILES_READ_HINT})", permanent=True
-                        )
-                    if status != 200:
-                        raise _delivery_error(f"{label}: download failed (HTTP {status})", permanent=True)
-                    if resp.content_type == "text/html" and not mimetype.startswith("text/html"):
-                        # what Slack serves a token that may not read the file: its login page
-                        raise _delivery_error(
-                            f"{label}: Slack answered with a login page ({FILES_READ_HINT})", permanent=True
-                        )
-                    return await read_capped(resp, max_bytes, label)
-            except DeliveryError:
-                raise
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                # aiohttp's messages carry the URL: only the exception's type leaves here
-                raise _delivery_error(f"{label}: download failed ({type(exc).__name__})") from None
-        raise _delivery_error(f"{label}: too many redirects", permanent=True)
+        try:
+            # every hop (the URL and at most 3 redirects) is checked before the token goes out
+            async with safe_get(self.ctx.http, url, policy=self._fetch_policy, what=label,
+                                headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as resp:
+                status = resp.status
+                if status == 429 or status >= 500:
+                    # transient; a vendor Retry-After (always for 429) paces the retry
+                    retry = _header_seconds(resp.headers.get("Retry-After"))
+                    if retry is None and status == 429:
+                        retry = 1.0
+                    raise _delivery_error(f"{label}: download failed (HTTP {status})", retry_after=retry)
+                if status in (401, 403):
+                    raise _delivery_error(
+                        f"{label}: download refused (HTTP {status}; {FILES_READ_HINT})", permanent=True
+                    )
+                if status != 200:
+                    raise _delivery_error(f"{label}: download failed (HTTP {status})", permanent=True)
+                if resp.content_type == "text/html" and not mimetype.startswith("text/html"):
+                    # what Slack serves a token that may not read the file: its login page
+                    raise _delivery_error(
+                        f"{label}: Slack answered with a login page ({FILES_READ_HINT})", permanent=True
+                    )
+                return await read_capped(resp, max_bytes, label)
+        except DeliveryError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # aiohttp's messages carry the URL: only the exception's type leaves here
+            raise _delivery_error(f"{label}: download failed ({type(exc).__name__})") from None
 
     # -- Web API calls -------------------------------------------------------------------------
     async def _api(self, method: str, **kwargs: Any) -> Any:

@@ -16,6 +16,7 @@ import hmac
 import logging
 import random
 import time
+import urllib.parse
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from claudemesh_gateway import (
     SendResult,
     SubmitResult,
 )
-from claudemesh_gateway.files import read_capped
+from claudemesh_gateway.files import FetchPolicy, read_capped, safe_get
 from claudemesh_gateway.plugins.telegram.config import (
     MB,
     TelegramBindingOptions,
@@ -105,6 +106,7 @@ BOT_COMMANDS = (
     ("dm", "<peer> <text>: direct message to a mesh peer"),
     ("help", "what this bot does"),
 )
+TELEGRAM_API_HOST = "api.telegram.org"  # the only host file downloads go to, besides the configured api_base
 
 
 def _chat_id(chat: str) -> int | str:
@@ -416,7 +418,15 @@ class TelegramGateway(Gateway):
             self._ready.set()
             if not updates:
                 continue
-            batch = [(int(u["update_id"]), u) for u in updates if isinstance(u, dict) and "update_id" in u]
+            batch, skipped = _update_batch(updates)
+            if skipped:
+                # not updates Telegram could send: skipped (the offset moves past the good ones only)
+                log.warning("telegram %s: skipped %d entries of a getUpdates answer without a usable "
+                            "update_id", self.name, skipped)
+            if not batch:
+                await self._sleep(self._backoff(attempt))  # nothing to confirm: do not ask again at once
+                attempt += 1
+                continue
             offset = await self._process_batch(batch, offset)
 
     async def _poll_lease(self) -> bool:
@@ -962,6 +972,12 @@ class TelegramGateway(Gateway):
         return DeliveryError(f"telegram: {desc}")
 
     # ------------------------------------------------------------------ files
+    @property
+    def _fetch_policy(self) -> FetchPolicy:
+        """File downloads go to Telegram's API host, or to the configured ``api_base`` (a local Bot API
+        server); nowhere a redirect may point."""
+        return FetchPolicy(hosts=(TELEGRAM_API_HOST,), base=self.config.api_base)
+
     async def fetch_attachment(self, att: Attachment, max_bytes: int | None = None) -> bytes:
         """Download a ``tgfile:<this gateway>:<file_id>`` attachment (getFile + file download),
         capped at ``download_max_bytes`` (and ``max_bytes``). The download URL (it holds the
@@ -985,9 +1001,13 @@ class TelegramGateway(Gateway):
         marker = f"/file/bot{PLACEHOLDER}/"
         if marker in path:
             path = path.split(marker, 1)[1]
-        url = f"{self.config.api_base}/file/bot{self._token}/{path}"
+        if not _safe_file_path(path):
+            # a path from getFile goes after the token in the URL: never out of /file/bot<token>/
+            raise DeliveryError(f"telegram: file {att.name!r} has an unusable file path", permanent=True)
+        url = f"{self.config.api_base}/file/bot{self._token}/{urllib.parse.quote(path, safe='/')}"
         try:
-            async with self.ctx.http.get(url) as resp:
+            async with safe_get(self.ctx.http, url, policy=self._fetch_policy,
+                                what=f"telegram: file {att.name!r}") as resp:
                 if resp.status != 200:
                     raise DeliveryError(f"telegram: file download failed (HTTP {resp.status})",
                                         permanent=resp.status in (400, 404))
@@ -1045,3 +1065,25 @@ class TelegramGateway(Gateway):
                 problems.append(f"chat {chat} has topics bound but is not a forum")
         return problems
 
+
+MAX_UPDATE_ID = 2**53  # update ids are sequential 32-bit-ish integers; anything larger cannot be an offset
+
+
+def _update_batch(updates: Any) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """The ``(update_id, update)`` pairs of a getUpdates answer that can be confirmed by offset, and how
+    many entries were not (not an object, no integer ``update_id``, or one out of range)."""
+    if not isinstance(updates, list):
+        return [], 1
+    batch = [(u["update_id"], u) for u in updates
+             if isinstance(u, dict) and type(u.get("update_id")) is int and 0 <= u["update_id"] < MAX_UPDATE_ID]
+    return batch, len(updates) - len(batch)
+
+
+def _safe_file_path(path: str) -> bool:
+    """A ``getFile`` path that stays inside ``/file/bot<token>/``: relative, no ``..`` or empty segment,
+    no backslash, query, fragment or control character."""
+    if not path or path.startswith("/") or len(path) > 1024:
+        return False
+    if any(c in path for c in "\\?#%") or not path.isprintable():
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))

@@ -50,10 +50,11 @@ from claudemesh_gateway import (
     RateLimit,
     SendResult,
 )
-from claudemesh_gateway.files import read_capped
+from claudemesh_gateway.files import FetchPolicy, read_capped, safe_get
 from claudemesh_gateway.plugins.whatsapp.media import (
     MEDIA_TOKEN_PATTERN,
     TWILIO_API,
+    TWILIO_MEDIA_REDIRECT_HOSTS,
     MediaStore,
     is_media_path,
     media_path_of,
@@ -125,7 +126,7 @@ class WhatsAppConfig(GatewayConfig):
     # WhatsApp media limits (Twilio): 16 MB per message, images 5 MB; larger files are described (0 = no files)
     max_media_bytes: int = Field(16 * MB, ge=0)
     max_image_bytes: int = Field(5 * MB, ge=0)
-    # bytes (a file from Telegram, Slack...) are served to Twilio from memory for media_ttl seconds,
+    # bytes (a file from Telegram, Slack...) are served to Twilio from the store for media_ttl seconds,
     # at most media_cache_bytes in all (oldest out first; 0 = never: such files are described)
     media_ttl: float = Field(900.0, gt=0, le=7 * 86400)
     media_cache_bytes: int = Field(64 * MB, ge=0)
@@ -198,7 +199,6 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
     the REST calls and media downloads go through it.
     """
 
-    REDIRECTS: ClassVar[frozenset[int]] = frozenset({301, 302, 303, 307, 308})
     MAX_REDIRECTS: ClassVar[int] = 3
 
     def __init__(self, session: aiohttp.ClientSession, *, timeout: float = 15.0) -> None:
@@ -245,27 +245,23 @@ class TwilioHttpClient(AsyncTwilioHttpClient):
         Twilio answers with a redirect to its media CDN (a short-lived signed URL); that hop, and any
         after it, is requested *without* the credentials (they are for Twilio's API only, whatever the
         host). Raises :class:`DeliveryError`; its text never holds a URL or a credential."""
-        target = URL(self.resolve(url))
         headers = {"Authorization": _basic_auth(auth[0], auth[1])}
         per_call = self.timeout or 15.0
         timeout = aiohttp.ClientTimeout(total=max(60.0, 4 * per_call), sock_connect=per_call, sock_read=per_call)
-        for _ in range(self.MAX_REDIRECTS + 1):
-            async with self.session.get(target, headers=headers, allow_redirects=False, timeout=timeout) as resp:
-                if resp.status in self.REDIRECTS:
-                    location = resp.headers.get("Location", "")
-                    nxt = target.join(URL(location, encoded=True)) if location else None
-                    if nxt is None or nxt.scheme not in ("http", "https") or not nxt.host:
-                        raise DeliveryError("twilio media: redirect without a usable location", permanent=True)
-                    target, headers = nxt, {}  # never the credentials past Twilio's API
-                    continue
-                if resp.status == 404:
-                    raise _MediaNotFound("twilio media download failed (HTTP 404)", permanent=True)
-                if resp.status != 200:
-                    transient = resp.status >= 500 or resp.status in (408, 429)
-                    raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
-                                        retry_after=_header_seconds(resp.headers) if transient else None)
-                return await read_capped(resp, max_bytes, "twilio media")
-        raise DeliveryError("twilio media: too many redirects", permanent=True)
+        # Twilio's API host (or what resolve() maps it to) with the credentials; its redirect to the media
+        # CDN (Twilio's or S3) without them; nothing else, nothing private (claudemesh_gateway.files)
+        policy = FetchPolicy(hosts=(URL(TWILIO_API).host or "",), base=self.resolve(TWILIO_API + "/"),
+                             redirect_hosts=TWILIO_MEDIA_REDIRECT_HOSTS, redirect_credentials=False,
+                             max_redirects=self.MAX_REDIRECTS)
+        async with safe_get(self.session, self.resolve(url), policy=policy, what="twilio media",
+                            headers=headers, timeout=timeout) as resp:
+            if resp.status == 404:
+                raise _MediaNotFound("twilio media download failed (HTTP 404)", permanent=True)
+            if resp.status != 200:
+                transient = resp.status >= 500 or resp.status in (408, 429)
+                raise DeliveryError(f"twilio media download failed (HTTP {resp.status})", permanent=not transient,
+                                    retry_after=_header_seconds(resp.headers) if transient else None)
+            return await read_capped(resp, max_bytes, "twilio media")
 
     async def close(self) -> None:  # the session belongs to the core
         return None
@@ -307,7 +303,7 @@ class WhatsAppGateway(Gateway):
         self._auth: tuple[str, str] | None = None  # REST / media credentials, set by start()
         cfg = self.config
         #: files served to Twilio on /gateways/<name>/media/<token> (see media.py)
-        self.media = MediaStore(ttl=cfg.media_ttl, max_bytes=cfg.media_cache_bytes)
+        self.media = MediaStore(ctx, ttl=cfg.media_ttl, max_bytes=cfg.media_cache_bytes)
         # per instance: the core caps what it fetches for us at max_media_bytes
         self.capabilities = dataclasses.replace(  # type: ignore[misc]
             type(self).capabilities, media=cfg.max_media_bytes > 0, max_media_bytes=cfg.max_media_bytes)
@@ -328,6 +324,7 @@ class WhatsAppGateway(Gateway):
             username, password = cfg.account_sid, cfg.auth_token.get_secret_value()
         self._auth = (username, password)
         self._client = Client(username, password, cfg.account_sid, http_client=self._http)
+        await self.media.purge()  # files offered before a restart: the expired ones leave the store
         detail = "" if self.public_url else "no public_url (here or in [server]): inbound webhooks are refused"
         self.set_state(GatewayState.CONNECTED, detail)
         log.info("whatsapp gateway %s ready (sender %s%s)", self.name,
@@ -339,7 +336,6 @@ class WhatsAppGateway(Gateway):
             await self._http.close()
         self._client = None
         self._http = None
-        self.media.clear()
         if self._initiated is not None and self.config.daily_unique_users:
             async with self._initiated_lock:  # refreshed times not saved yet
                 await self.ctx.kv_set(INITIATED_KEY, self._initiated)
@@ -503,7 +499,7 @@ class WhatsAppGateway(Gateway):
             return None
         if len(data) > limit or not self._can_host(len(data)):
             return None
-        token = self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
+        token = await self.media.put(data, ctype, key=f"{out.idempotency_key or out.message.id}|{index}")
         if token is None:
             return None
         log.debug("whatsapp %s: offering a %s file of %d bytes to Twilio", self.name, ctype, len(data))
@@ -515,7 +511,7 @@ class WhatsAppGateway(Gateway):
     async def handle_media(self, request: web.Request) -> web.Response:
         """``GET``/``HEAD /gateways/<name>/media/<token>``: a file ``send`` offered to Twilio; 404 for
         anything else (unknown, expired or evicted)."""
-        entry = self.media.get(request.match_info.get("token", ""))
+        entry = await self.media.get(request.match_info.get("token", ""))
         if entry is None:
             raise web.HTTPNotFound(text="not found")
         return web.Response(body=entry.data, headers={

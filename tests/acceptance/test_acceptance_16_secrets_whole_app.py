@@ -265,7 +265,7 @@ class World:
     async def start_gateway(self, http: aiohttp.ClientSession) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CLAUDEMESH_TEST_TWILIO_BASE": self.twilio.url}
         env = {k: v for k, v in env.items() if not k.startswith("CLAUDEMESH_") or k in (
-            "CLAUDEMESH_TEST_TWILIO_BASE",)}
+            "CLAUDEMESH_TEST_TWILIO_BASE", "CLAUDEMESH_FETCH_ALLOW_LOOPBACK")}  # fakes on 127.0.0.1
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, str(LAUNCHER), "-c", str(self.cfg_path), "run",

@@ -114,7 +114,7 @@ async def test_fetch_refuses_a_foreign_host_and_a_redirect_to_one(make_gateway, 
     fake_slack.files[f["id"]]["info"]["url_private_download"] = f"{base}/files-pri/x/download/chart.png"
     with pytest.raises(DeliveryError) as info:
         await gw.fetch_attachment(_ref(gw, f), 1_000_000)
-    assert info.value.permanent and "not on slack.com" in str(info.value)
+    assert info.value.permanent and "not the vendor's" in str(info.value)
     # a redirect from the right host to a foreign one is not followed with the token either
     g = fake_slack.add_file(PNG)
     fake_slack.download_status.append((302, {"Location": f"{base}/elsewhere"}))

@@ -195,19 +195,36 @@ async def test_media_tokens_are_never_logged_nor_in_errors(wa, wh, caplog):
     assert f"/gateways/{wh.NAME}/media/***" in record.getMessage()
 
 
-def test_media_store_unit():
+class _KV:
+    def __init__(self) -> None:
+        self.data: dict[str, object] = {}
+
+    async def kv_get(self, key: str) -> object:
+        return self.data.get(key)
+
+    async def kv_set(self, key: str, value: object) -> None:
+        self.data[key] = value
+
+    async def kv_delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+async def test_media_store_unit():
     clock = Clock()
-    store = MediaStore(ttl=10, max_bytes=8, clock=clock)
-    assert store.put(b"", "image/png") is None  # nothing to serve
-    assert store.put(b"123456789", "image/png") is None  # larger than the whole store
-    a = store.put(b"1234", "image/png", key="k")
-    assert a is not None and store.put(b"1234", "image/png", key="k") == a  # same part, same file
-    b = store.put(b"5678", "image/png")
-    c = store.put(b"90", "image/png")  # 4 + 4 + 2 > 8: the oldest goes
-    assert store.get(a) is None and store.get(b) is not None and store.get(c) is not None
-    assert store.bytes == 6 and store.put(b"12", "image/png", key="k") not in (None, a)
+    kv = _KV()
+    store = MediaStore(kv, ttl=10, max_bytes=8, clock=clock)
+    assert await store.put(b"", "image/png") is None  # nothing to serve
+    assert await store.put(b"123456789", "image/png") is None  # larger than the whole store
+    a = await store.put(b"1234", "image/png", key="k")
+    assert a is not None and await store.put(b"1234", "image/png", key="k") == a  # same part, same file
+    b = await store.put(b"5678", "image/png")
+    c = await store.put(b"90", "image/png")  # 4 + 4 + 2 > 8: the oldest goes
+    assert await store.get(a) is None and await store.get(b) is not None and await store.get(c) is not None
+    assert f"media:{a}" not in kv.data  # its bytes left the store too
+    assert store.bytes == 6 and await store.put(b"12", "image/png", key="k") not in (None, a)
     clock.now += 10
-    assert store.get(b) is None and len(store) == 0 and store.bytes == 0
+    assert await store.get(b) is None and len(store) == 0 and store.bytes == 0
+    assert [k for k in kv.data if k.startswith("media:")] == []
 
 
 # -- back to WhatsApp: a file of this gateway re-sent to another of its chats --------------------------------------
