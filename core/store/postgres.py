@@ -482,6 +482,26 @@ async def _op_map_put(c: asyncpg.Connection, origin_id: str, lane: str, native_i
         )
 
 
+async def _op_accept_mapped(c: asyncpg.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]],
+                            maps: list[tuple[str, list[str]]]) -> bool:
+    if not await _op_accept(c, message_id, now, rows):
+        return False
+    for lane, native_ids in maps:
+        await _op_map_put(c, message_id, lane, native_ids, now)
+    return True
+
+
+async def _accept_mapped_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[bool]:
+    """Several ``_op_accept_mapped`` argument tuples: the accepts as one statement, then the maps of
+    the ids that were new as two."""
+    accepted = await _accept_many(c, [(m, now, rows) for m, now, rows, _maps in ops])
+    puts = [(m, lane, ids, now) for (m, now, _rows, maps), ok in zip(ops, accepted, strict=True) if ok
+            for lane, ids in maps]
+    if puts:
+        await _map_put_many(c, puts)
+    return accepted
+
+
 async def _complete_many_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[None]:
     """Several ``_op_complete_many`` calls (the engine removes each delivered item on its own, from
     many lanes at once) as one DELETE."""
@@ -489,7 +509,8 @@ async def _complete_many_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]])
     return [None] * len(ops)
 
 
-_MANY.update({_op_accept: _accept_many, _op_map_put: _map_put_many, _op_complete_many: _complete_many_many})
+_MANY.update({_op_accept: _accept_many, _op_accept_mapped: _accept_mapped_many, _op_map_put: _map_put_many,
+              _op_complete_many: _complete_many_many})
 
 
 async def _op_kv_set(c: asyncpg.Connection, ns: str, key: str, value: str, now: float) -> None:
@@ -1037,6 +1058,15 @@ class PostgresStore:
         now = self.clock()
         rows = [_item_row(i, now) for i in items]
         return await self._write(_op_accept, message_id, now, rows)
+
+    async def accept_mapped(self, message_id: str, items: Sequence[OutboxItem],
+                            maps: Sequence[tuple[str, Sequence[str]]]) -> bool:
+        """``accept``, and when the id is new also ``map_put(message_id, lane, native_ids)`` for each
+        ``(lane, native_ids)`` of ``maps``, in the same transaction (as SqliteStore.accept_mapped:
+        one commit per message instead of two)."""
+        now = self.clock()
+        return await self._write(_op_accept_mapped, message_id, now, [_item_row(i, now) for i in items],
+                                 [(lane, [str(n) for n in ids]) for lane, ids in maps])
 
     async def seen(self, message_id: str) -> bool:
         return await self._fetchval("SELECT 1 FROM inbox WHERE id = $1", message_id) is not None

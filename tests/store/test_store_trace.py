@@ -99,6 +99,20 @@ async def test_trace_search_filters(store, clock: Clock) -> None:
     assert ids(await store.trace_search(route="ops")) == ["mesh:dev:b", "mesh:dev:a"]  # the routes that refused it
 
 
+async def test_trace_odd_ids_are_kept_and_never_break_a_lookup(store) -> None:
+    # a NUL (PostgreSQL text refuses it) in a sender or native id; a key of non-ASCII digits
+    rec = TraceRecorder(store)
+    rec.received(_msg("wh:odd", native="n\x00ul", sender="a\x00b"))
+    rec.received(_msg("wh:plain", native="plain"))
+    await rec.flush()
+    assert rec.dropped == 0 and rec.written == 2
+    t = await store.trace_get("wh:odd")
+    assert t is not None and t["summary"]["sender"].startswith("a") and "b" in t["summary"]["sender"]
+    assert await store.trace_resolve("plain") == ["wh:plain"]
+    assert await store.trace_resolve("\u00b2") == []  # "²".isdigit() is True, int("²") is not a number
+    assert await store.trace_search(q="\u0661\u0662") == []  # Arabic-Indic digits
+
+
 async def test_trace_dlq_retry_clears_the_dead_letter_status(store) -> None:
     rec = TraceRecorder(store)
     m = _msg()
