@@ -254,6 +254,18 @@ def _error_text(exc: BaseException, dsn: str) -> str:
     return text
 
 
+class _PoolFloorFilter(logging.Filter):
+    """asyncpg's pool logs a WARNING with a traceback each time it fails to reconnect its idle
+    connections (every 1..60 s while the server is down). The store logs the outage itself, once
+    and rate-limited, so those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+_POOL_FLOOR_FILTER = _PoolFloorFilter()
+
+
 def _import_asyncpg() -> Any:
     try:
         import asyncpg
@@ -261,6 +273,9 @@ def _import_asyncpg() -> Any:
         raise StartupError(
             "[store] backend = \"postgres\" needs asyncpg: pip install 'claudemesh-gateway[postgres]'"
         ) from e
+    pool_log = logging.getLogger("asyncpg.pool")
+    if _POOL_FLOOR_FILTER not in pool_log.filters:
+        pool_log.addFilter(_POOL_FLOOR_FILTER)
     return asyncpg
 
 
@@ -1348,6 +1363,10 @@ def is_unavailable(e: BaseException) -> bool:
     is wrong)?"""
     if _is_connection_error(e):
         return True
+    import asyncpg
+
+    if isinstance(e, asyncpg.InternalClientError):  # a connection the server dropped mid-operation
+        return True  # (e.g. "cannot switch to state 15" while the pool resets it during a shutdown)
     state = getattr(e, "sqlstate", None) or ""
     return isinstance(state, str) and (state in _UNAVAILABLE_STATES or state[:2] in _UNAVAILABLE_CLASSES)
 
