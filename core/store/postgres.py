@@ -17,6 +17,13 @@ Layout
   inserting the same ids in a different order) retries the whole batch. A lost connection fails
   the batch's futures (nothing is acknowledged that is not committed); the pool reconnects for
   the next batch.
+* **Outage**, as in the SQLite backend: while the server cannot be reached or written (down,
+  shutting down, refusing connections, read-only, disk full: :func:`is_unavailable`) a batch fails
+  as a whole with :class:`~claudemesh_gateway.errors.StoreUnavailable`, and so does a read that
+  cannot reach it. :attr:`PostgresStore.write_problem` names the cause until a batch commits again
+  (``/-/ready`` reports it, the delivery engine sends nothing), the outage is logged once when it
+  starts, at most once a minute while it lasts and once when it ends, and a small probe write every
+  ``probe_interval`` seconds notices the recovery even when nothing else writes.
 * Dedup is ``INSERT ... ON CONFLICT DO NOTHING`` on the inbox ledger: of two replicas accepting
   the same message id, exactly one enqueues it.
 
