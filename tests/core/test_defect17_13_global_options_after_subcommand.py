@@ -31,7 +31,8 @@ def _subcommands(parser) -> list[list[str]]:
 @pytest.mark.parametrize("path", _subcommands(cli.build_parser()), ids=" ".join)
 def test_every_subcommand_accepts_global_options_after_it(path: list[str]) -> None:
     parser = cli.build_parser()
-    extra = {"enroll": ["invite"], "peers": ["m"], "send": ["m", "--topic", "t", "hi"], "tail": ["m", "--topic", "t"]}
+    extra = {"enroll": ["invite"], "peers": ["m"], "send": ["m", "--topic", "t", "hi"], "tail": ["m", "--topic", "t"],
+             "trace": ["mesh:dev:1"]}
     tail = extra.get(path[-1], [])
     args = parser.parse_args([*path, *tail, "-c", "after.toml", "-v", "--traceback"])
     assert (args.config, args.verbose, args.traceback) == ("after.toml", True, True)
