@@ -242,15 +242,17 @@ def open_store(settings: Settings) -> Any:
     """The configured store (not yet opened): SQLite at ``server.store_path``, or PostgreSQL
     when ``[store] backend = "postgres"``."""
     cfg = settings.store
+    trace_ttl = settings.trace.retention_days * 86400.0
     if cfg.backend == "postgres":
         from .store.postgres import PostgresStore
 
-        return PostgresStore(cfg.dsn_value(), max_pool=cfg.pool_size, connect_timeout=cfg.connect_timeout)
+        return PostgresStore(cfg.dsn_value(), max_pool=cfg.pool_size, connect_timeout=cfg.connect_timeout,
+                             trace_ttl=trace_ttl)
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path, trace_ttl=settings.trace.retention_days * 86400.0)
+    return SqliteStore(path, trace_ttl=trace_ttl)
 
 
 def store_where(settings: Settings) -> str:

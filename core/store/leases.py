@@ -30,6 +30,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import StoreUnavailable
+
 __all__ = ["Leases", "SharedTokenBucket", "default_replica_id", "supports_leases"]
 
 log = logging.getLogger(__name__)
@@ -226,7 +228,9 @@ class Leases:
             got = set(await self.store.lease_acquire(names, self.owner, self.ttl))
         except Exception as e:  # noqa: BLE001 - try again next round; validity runs out meanwhile
             self.renew_errors += 1
-            log.warning("leases: renewing %d lease(s) failed: %s", len(names), e)
+            # an outage of the store is logged by the store itself, once (rate-limited)
+            (log.debug if isinstance(e, StoreUnavailable) else log.warning)(
+                "leases: renewing %d lease(s) failed: %s", len(names), e)
             return
         for n in names:
             h = self._held.get(n)
@@ -313,7 +317,8 @@ class SharedTokenBucket:
                     delay = await self.store.bucket_take(self.name, self.burst, self.rate)
                 except Exception as e:  # noqa: BLE001 - cannot count the send: wait, then ask again
                     self.errors += 1
-                    log.warning("shared rate limit %s: the store did not answer (%s); waiting", self.name, e)
+                    (log.debug if isinstance(e, StoreUnavailable) else log.warning)(
+                        "shared rate limit %s: the store did not answer (%s); waiting", self.name, e)
                     delay = 1.0
                 else:
                     if delay <= 0:

@@ -17,6 +17,13 @@ Layout
   inserting the same ids in a different order) retries the whole batch. A lost connection fails
   the batch's futures (nothing is acknowledged that is not committed); the pool reconnects for
   the next batch.
+* **Outage**, as in the SQLite backend: while the server cannot be reached or written (down,
+  shutting down, refusing connections, read-only, disk full: :func:`is_unavailable`) a batch fails
+  as a whole with :class:`~claudemesh_gateway.errors.StoreUnavailable`, and so does a read that
+  cannot reach it. :attr:`PostgresStore.write_problem` names the cause until a batch commits again
+  (``/-/ready`` reports it, the delivery engine sends nothing), the outage is logged once when it
+  starts, at most once a minute while it lasts and once when it ends, and a small probe write every
+  ``probe_interval`` seconds notices the recovery even when nothing else writes.
 * Dedup is ``INSERT ... ON CONFLICT DO NOTHING`` on the inbox ledger: of two replicas accepting
   the same message id, exactly one enqueues it.
 
@@ -39,16 +46,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
 
-from ..errors import StartupError
-from .base import DeadLetter, OutboxItem
+from ..errors import StartupError, StoreUnavailable
+from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps as _dumps
 from .jsonio import loads as _loads
-from .sqlite import DAY, MIN_INBOX_TTL
+from .sqlite import DAY, MIN_INBOX_TTL, OUTAGE_LOG_EVERY
+from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
 if TYPE_CHECKING:
     import asyncpg
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "describe_dsn", "dsn_secrets", "probe_schema"]
+__all__ = ["SCHEMA_VERSION", "PostgresStore", "describe_dsn", "dsn_secrets", "is_unavailable", "probe_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +152,39 @@ CREATE TABLE IF NOT EXISTS token_buckets (
 );
 """
 
+# v3: the message trace (core.trace), as in the SQLite backend: one row per message (summary
+# columns + its events appended as JSON lines) and an index of the keys it is found by (native ids,
+# "#<outbox id>"; the row's ``keys`` column lists them again, so a purge deletes exactly those rows)
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS trace_messages (
+    message_id TEXT PRIMARY KEY,
+    first_at   DOUBLE PRECISION NOT NULL,
+    last_at    DOUBLE PRECISION NOT NULL,
+    origin     TEXT,
+    sender     TEXT,
+    routes     TEXT,
+    lanes      TEXT,
+    dropped    TEXT,
+    dests      INTEGER NOT NULL DEFAULT 0,
+    delivered  INTEGER NOT NULL DEFAULT 0,
+    failed     INTEGER NOT NULL DEFAULT 0,
+    dead       INTEGER NOT NULL DEFAULT 0,
+    events     TEXT NOT NULL DEFAULT '',
+    keys       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS trace_messages_last ON trace_messages(last_at);
+CREATE TABLE IF NOT EXISTS trace_keys (
+    key        TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    PRIMARY KEY (key, message_id)
+);
+"""
+
 # (target version, SQL). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),
     (2, _SCHEMA_V2),
+    (3, _SCHEMA_V3),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -224,6 +261,18 @@ def _error_text(exc: BaseException, dsn: str) -> str:
     return text
 
 
+class _PoolFloorFilter(logging.Filter):
+    """asyncpg's pool logs a WARNING with a traceback each time it fails to reconnect its idle
+    connections (every 1..60 s while the server is down). The store logs the outage itself, once
+    and rate-limited, so those lines are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+_POOL_FLOOR_FILTER = _PoolFloorFilter()
+
+
 def _import_asyncpg() -> Any:
     try:
         import asyncpg
@@ -231,6 +280,9 @@ def _import_asyncpg() -> Any:
         raise StartupError(
             "[store] backend = \"postgres\" needs asyncpg: pip install 'claudemesh-gateway[postgres]'"
         ) from e
+    pool_log = logging.getLogger("asyncpg.pool")
+    if _POOL_FLOOR_FILTER not in pool_log.filters:
+        pool_log.addFilter(_POOL_FLOOR_FILTER)
     return asyncpg
 
 
@@ -452,7 +504,35 @@ async def _op_map_put(c: asyncpg.Connection, origin_id: str, lane: str, native_i
         )
 
 
-_MANY.update({_op_accept: _accept_many, _op_map_put: _map_put_many})
+async def _op_accept_mapped(c: asyncpg.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]],
+                            maps: list[tuple[str, list[str]]]) -> bool:
+    if not await _op_accept(c, message_id, now, rows):
+        return False
+    for lane, native_ids in maps:
+        await _op_map_put(c, message_id, lane, native_ids, now)
+    return True
+
+
+async def _accept_mapped_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[bool]:
+    """Several ``_op_accept_mapped`` argument tuples: the accepts as one statement, then the maps of
+    the ids that were new as two."""
+    accepted = await _accept_many(c, [(m, now, rows) for m, now, rows, _maps in ops])
+    puts = [(m, lane, ids, now) for (m, now, _rows, maps), ok in zip(ops, accepted, strict=True) if ok
+            for lane, ids in maps]
+    if puts:
+        await _map_put_many(c, puts)
+    return accepted
+
+
+async def _complete_many_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> list[None]:
+    """Several ``_op_complete_many`` calls (the engine removes each delivered item on its own, from
+    many lanes at once) as one DELETE."""
+    await _op_complete_many(c, [i for (ids,) in ops for i in ids])
+    return [None] * len(ops)
+
+
+_MANY.update({_op_accept: _accept_many, _op_accept_mapped: _accept_mapped_many, _op_map_put: _map_put_many,
+              _op_complete_many: _complete_many_many})
 
 
 async def _op_kv_set(c: asyncpg.Connection, ns: str, key: str, value: str, now: float) -> None:
@@ -476,15 +556,75 @@ _PURGE = {  # table -> a DELETE of at most $2 expired rows (chunks keep each com
     "message_map": "DELETE FROM message_map WHERE (origin_id, lane, part) IN"
                    " (SELECT origin_id, lane, part FROM message_map WHERE created_at < $1 LIMIT $2) RETURNING 1",
     "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < $1 LIMIT $2) RETURNING 1",
+    # the trace: whole messages whose last event is older than the retention (events, index, summary)
+    "trace": "DELETE FROM trace_messages WHERE message_id IN"
+             " (SELECT message_id FROM trace_messages WHERE last_at < $1 LIMIT $2) RETURNING message_id, keys",
 }
 
 
 async def _op_purge_chunk(c: asyncpg.Connection, table: str, before: float, limit: int) -> int:
-    return len(await c.fetch(_PURGE[table], before, limit))
+    if table != "trace":
+        return len(await c.fetch(_PURGE[table], before, limit))
+    gone = await c.fetch(_PURGE["trace"], before, limit)
+    pairs = [(k, r[0]) for r in gone for k in r[1].split("\n") if k]
+    if pairs:
+        await c.execute(
+            "DELETE FROM trace_keys WHERE (key, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [p[0] for p in pairs], [p[1] for p in pairs],
+        )
+    return len(gone)
+
+
+# -- message trace (core.trace) ----------------------------------------------------------------------------
+
+_TRACE_UPSERT = (
+    "INSERT INTO trace_messages AS t (message_id, first_at, last_at, origin, sender, routes, lanes, dropped,"
+    " dests, delivered, failed, dead, events, keys) SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[],"
+    " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[], $10::int[], $11::int[], $12::int[],"
+    " $13::text[], $14::text[]) ON CONFLICT (message_id) DO UPDATE SET"
+    " first_at = LEAST(t.first_at, excluded.first_at), last_at = GREATEST(t.last_at, excluded.last_at),"
+    " origin = COALESCE(t.origin, excluded.origin), sender = COALESCE(t.sender, excluded.sender),"
+    " routes = COALESCE(t.routes, excluded.routes), lanes = COALESCE(t.lanes, excluded.lanes),"
+    " dropped = COALESCE(excluded.dropped, t.dropped), dests = t.dests + excluded.dests,"
+    " delivered = t.delivered + excluded.delivered, failed = t.failed + excluded.failed,"
+    " dead = GREATEST(0, t.dead + excluded.dead), keys = t.keys || excluded.keys,"
+    f" events = CASE WHEN length(t.events) >= {TRACE_EVENTS_MAX} THEN t.events ELSE t.events || excluded.events END"
+)
+
+
+def _pg_text(v: Any) -> Any:
+    """PostgreSQL text holds no NUL character (a vendor id or sender name might): replaced."""
+    return v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v
+
+
+async def _op_trace_write(c: asyncpg.Connection, rows: list[list[Any]], keys: list[tuple[str, str]]) -> None:
+    """``rows``: one upsert per message (sorted by id: replicas writing the same messages lock them in
+    one order), then the index rows."""
+    await c.execute(_TRACE_UPSERT, *_columns_n(rows, 14))
+    if keys:
+        await c.execute(
+            "INSERT INTO trace_keys (key, message_id) SELECT * FROM unnest($1::text[], $2::text[])"
+            " ON CONFLICT DO NOTHING", [k[0] for k in keys], [k[1] for k in keys],
+        )
+
+
+def _columns_n(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
+    return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
+
+
+_TRACE_SUMMARY_SELECT = (
+    "SELECT message_id, first_at, last_at, origin, sender, routes, lanes, dropped, dests, delivered, failed, dead"
+    " FROM trace_messages"
+)
 
 
 async def _op_noop(c: asyncpg.Connection) -> None:
     return None
+
+
+async def _op_probe(c: asyncpg.Connection) -> None:
+    """A write that changes nothing but still writes a row version (the outage probe)."""
+    await c.execute("UPDATE claudemesh_schema SET version = version")
 
 
 _NOW = "extract(epoch from clock_timestamp())::float8"
@@ -546,7 +686,8 @@ class PostgresStore:
     :param dsn: a libpq-style DSN (``postgresql://user:pass@host:5432/db``); a secret.
     :param min_pool, max_pool: connection pool bounds.
     :param connect_timeout: seconds for one connection attempt.
-    :param inbox_ttl, map_ttl, audit_ttl, purge_interval, max_batch, clock: as for SqliteStore.
+    :param inbox_ttl, map_ttl, audit_ttl, trace_ttl, purge_interval, max_batch, probe_interval, clock:
+        as for SqliteStore.
     """
 
     backend = "postgres"
@@ -561,9 +702,11 @@ class PostgresStore:
         inbox_ttl: float = 10 * DAY,
         map_ttl: float = 30 * DAY,
         audit_ttl: float = 90 * DAY,
+        trace_ttl: float = 7 * DAY,
         purge_interval: float = 3600.0,
         max_batch: int = 2000,
         writers: int = 1,
+        probe_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not dsn:
@@ -576,6 +719,10 @@ class PostgresStore:
             raise ValueError("writers must be >= 1")
         if not 1 <= min_pool <= max_pool:
             raise ValueError("need 1 <= min_pool <= max_pool")
+        if trace_ttl <= 0:
+            raise ValueError("trace_ttl must be > 0")
+        if probe_interval <= 0:
+            raise ValueError("probe_interval must be > 0")
         self._dsn = dsn
         self.where = describe_dsn(dsn)  # host:port/db, safe to show
         self.min_pool = min_pool
@@ -584,8 +731,10 @@ class PostgresStore:
         self.inbox_ttl = inbox_ttl
         self.map_ttl = map_ttl
         self.audit_ttl = audit_ttl
+        self.trace_ttl = trace_ttl
         self.purge_interval = purge_interval
         self.max_batch = max_batch
+        self.probe_interval = probe_interval
         self.clock = clock
         self._pool: asyncpg.Pool | None = None
         self._pending: list[_Op] = []
@@ -602,6 +751,20 @@ class PostgresStore:
         self.op_errors = 0
         self.batch_errors = 0
         self.batch_retries = 0
+        self.outages = 0  # times the database became unreachable / unwritable
+        # outage state: the cause, when it began (monotonic), writes refused, last log line (monotonic)
+        self._problem: str | None = None
+        self._outage_since = 0.0
+        self._refused = 0
+        self._outage_logged = 0.0
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def write_problem(self) -> str | None:
+        """None while writes commit; otherwise why the database cannot be written or reached (the
+        server is down, refuses connections, shuts down, its disk is full...). Cleared by the next
+        batch that commits (a probe write every ``probe_interval`` seconds tries)."""
+        return self._problem
 
     def __repr__(self) -> str:  # never the DSN
         return f"PostgresStore({self.where})"
@@ -644,10 +807,11 @@ class PostgresStore:
         if self._pool is None:
             return
         self._closing = True
-        if self._purger is not None:
-            self._purger.cancel()
-            await asyncio.gather(self._purger, return_exceptions=True)
-            self._purger = None
+        for task in (self._purger, self._prober):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._purger = self._prober = None
         assert self._wake is not None
         self._wake.set()
         if self._writers:
@@ -729,7 +893,7 @@ class PostgresStore:
                         await tr.rollback()
                         raise
                     except (asyncpg.PostgresError, ValueError, TypeError) as e:
-                        if _is_connection_error(e):
+                        if is_unavailable(e):  # every operation would fail the same way
                             raise
                         await tr.rollback()
                         isolated = True  # run again, one SAVEPOINT per operation
@@ -762,7 +926,7 @@ class PostgresStore:
                 except asyncpg.TransactionRollbackError:
                     raise  # the whole batch again (see _run_batch)
                 except (asyncpg.PostgresError, ValueError, TypeError) as e:
-                    if _is_connection_error(e):
+                    if is_unavailable(e):
                         raise
                     results.append((False, e))
                 else:
@@ -794,8 +958,13 @@ class PostgresStore:
                 raise
             except Exception as e:  # noqa: BLE001 - connection lost, server down: nothing acknowledged
                 self.batch_errors += 1
-                err = ConnectionError(f"store: PostgreSQL {self.where} unavailable: {_error_text(e, self._dsn)}")
-                log.error("store: a batch of %d writes failed to commit: %s", len(batch), err)
+                text = _error_text(e, self._dsn)
+                if is_unavailable(e):
+                    self._outage(text, len(batch))
+                    err: Exception = StoreUnavailable(f"the store cannot write: {self._problem}")
+                else:  # not the database's state (retries exhausted, a bug): this batch only
+                    log.error("store: a batch of %d writes failed to commit: %s", len(batch), text)
+                    err = RuntimeError(f"store: PostgreSQL {self.where}: a batch failed to commit: {text}")
                 for _fn, _args, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
@@ -803,6 +972,8 @@ class PostgresStore:
                     continue
                 await asyncio.sleep(0.2)  # do not spin against a server that is down
                 continue
+            if self._problem is not None:
+                self._recovered()
             self.batches += 1
             self.ops += len(batch)
             for (_fn, _args, fut), (ok, value) in zip(batch, results, strict=True):
@@ -814,20 +985,67 @@ class PostgresStore:
                     self.op_errors += 1
                     fut.set_exception(value)
 
-    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+    def _outage(self, problem: str, n: int) -> None:
+        """The database cannot be written or reached (``n`` writes refused): start or continue the
+        outage; log it once, then at most every OUTAGE_LOG_EVERY seconds."""
+        now = time.monotonic()
+        self._refused += n
+        if self._problem is None:
+            self._problem = f"PostgreSQL {self.where} unavailable: {problem}"
+            self._outage_since = self._outage_logged = now
+            self.outages += 1
+            log.error("store %s; writes are refused (sources are told to retry) and the gateway reports not "
+                      "ready until it answers again", self._problem)
+            if not self._closing and (self._prober is None or self._prober.done()):
+                self._prober = asyncio.create_task(self._probe_loop(), name="store-probe")
+            return
+        self._problem = f"PostgreSQL {self.where} unavailable: {problem}"
+        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
+            self._outage_logged = now
+            log.error("store still unavailable after %.0fs (%d writes refused): %s", now - self._outage_since,
+                      self._refused, self._problem)
+
+    def _recovered(self) -> None:
+        log.warning("store PostgreSQL %s writes again after %.0fs (%d writes were refused meanwhile)", self.where,
+                    time.monotonic() - self._outage_since, self._refused)
+        self._problem = None
+        self._refused = 0
+
+    async def _probe_loop(self) -> None:
+        """While the database is unavailable, try a small write now and then: the outage ends even
+        when nothing else writes (a load balancer stops sending to a replica that is not ready)."""
+        while self._problem is not None and not self._closing:
+            await asyncio.sleep(self.probe_interval)
+            if self._problem is None or self._closing:
+                return
+            with contextlib.suppress(StoreUnavailable, RuntimeError):  # still failing (logged) / closing
+                await self._write(_op_probe)
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> Any:
+        """Around a read: an unreachable database becomes StoreUnavailable (and starts the outage)."""
         if self._pool is None:
             raise RuntimeError("the store is not open")
-        return await self._pool.fetch(sql, *args)
+        try:
+            yield self._pool
+        except Exception as e:
+            if not is_unavailable(e):
+                raise
+            text = _error_text(e, self._dsn)
+            self._outage(text, 0)
+            raise StoreUnavailable(f"the store cannot be read: {self._problem}") from None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._reading() as pool:
+            return await pool.fetch(sql, *args)
 
     async def _fetchrow(self, sql: str, *args: Any) -> Any:
-        if self._pool is None:
-            raise RuntimeError("the store is not open")
-        return await self._pool.fetchrow(sql, *args)
+        async with self._reading() as pool:
+            return await pool.fetchrow(sql, *args)
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
-        if self._pool is None:
-            raise RuntimeError("the store is not open")
-        return await self._pool.fetchval(sql, *args)
+        async with self._reading() as pool:
+            return await pool.fetchval(sql, *args)
 
     async def _purge_loop(self) -> None:
         while True:
@@ -854,9 +1072,7 @@ class PostgresStore:
 
     @contextlib.asynccontextmanager
     async def _acquire(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError("the store is not open")
-        async with self._pool.acquire() as c:
+        async with self._reading() as pool, pool.acquire() as c:
             yield c
 
     # -- inbox ledger + outbox -----------------------------------------------------------------------------------
@@ -864,6 +1080,15 @@ class PostgresStore:
         now = self.clock()
         rows = [_item_row(i, now) for i in items]
         return await self._write(_op_accept, message_id, now, rows)
+
+    async def accept_mapped(self, message_id: str, items: Sequence[OutboxItem],
+                            maps: Sequence[tuple[str, Sequence[str]]]) -> bool:
+        """``accept``, and when the id is new also ``map_put(message_id, lane, native_ids)`` for each
+        ``(lane, native_ids)`` of ``maps``, in the same transaction (as SqliteStore.accept_mapped:
+        one commit per message instead of two)."""
+        now = self.clock()
+        return await self._write(_op_accept_mapped, message_id, now, [_item_row(i, now) for i in items],
+                                 [(lane, [str(n) for n in ids]) for lane, ids in maps])
 
     async def seen(self, message_id: str) -> bool:
         return await self._fetchval("SELECT 1 FROM inbox WHERE id = $1", message_id) is not None
@@ -995,12 +1220,82 @@ class PostgresStore:
         rows = await self._fetch("SELECT id, ts, actor, action, detail FROM audit ORDER BY id DESC LIMIT $1", limit)
         return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
 
+    # -- message trace (core.trace) --------------------------------------------------------------------------------
+    async def trace_write(self, events: Sequence[TraceEvent]) -> None:
+        if not events:
+            return
+        rows, keys = merge_events(events)
+        rows = sorted(([_pg_text(v) for v in r] for r in rows), key=lambda r: r[0])
+        keys = sorted({(_pg_text(k), _pg_text(m)) for k, m in keys})
+        await self._write(_op_trace_write, rows, keys)
+
+    async def trace_get(self, message_id: str) -> dict[str, Any] | None:
+        r = await self._fetchrow(
+            f"{_TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = $1", message_id)
+        return None if r is None else trace_document(r)
+
+    async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
+        key = str(key).strip()
+        keys, outbox_id = resolve_keys(key)
+        found: dict[str, float] = {}
+        async with self._acquire() as c:
+            r = await c.fetchrow("SELECT message_id, last_at FROM trace_messages WHERE message_id = $1", key)
+            if r is not None:
+                found[r[0]] = r[1]
+            for mid, ts in await c.fetch(
+                "SELECT k.message_id, COALESCE(m.last_at, 0) FROM trace_keys k LEFT JOIN trace_messages m"
+                " ON m.message_id = k.message_id WHERE k.key = ANY($1::text[]) LIMIT $2", keys, limit,
+            ):
+                found.setdefault(mid, ts)
+            if outbox_id is not None:
+                for table in ("outbox", "dead_letters"):  # queued or dead, maybe no attempt recorded yet
+                    row = await c.fetchrow(f"SELECT message, enqueued_at FROM {table} WHERE id = $1", outbox_id)
+                    mid = _message_id(row[0]) if row is not None else None
+                    if mid:
+                        found.setdefault(mid, row[1])
+        return [m for m, _ in sorted(found.items(), key=lambda kv: -kv[1])][:limit]
+
+    async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
+                           sender: str | None = None, status: str | None = None, since: float | None = None,
+                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(v: Any) -> str:
+            args.append(v)
+            return f"${len(args)}"
+
+        if route:
+            where.append(f"strpos(' ' || COALESCE(routes, '') || ' ', {arg(f' {route} ')}) > 0")
+        if chat:
+            p = arg(chat)
+            where.append(f"(strpos(COALESCE(origin, ''), {p}) > 0 OR strpos(COALESCE(lanes, ''), {p}) > 0)")
+        if sender:
+            where.append(f"sender = {arg(sender)}")
+        if since is not None:
+            where.append(f"last_at >= {arg(float(since))}")
+        if until is not None:
+            where.append(f"last_at <= {arg(float(until))}")
+        if q:
+            ids = await self.trace_resolve(q, limit=max(limit, 20))
+            if not ids:
+                return []
+            where.append(f"message_id = ANY({arg(ids)}::text[])")
+        sql = (_TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY last_at DESC LIMIT {arg(limit if not status else 10 * limit)}")
+        found = [trace_summary(r) for r in await self._fetch(sql, *args)]
+        if status:
+            found = [s for s in found if s["status"] == status][:limit]
+        return found
+
     # -- maintenance -----------------------------------------------------------------------------------------------
     async def purge(self, now: float | None = None, *, chunk: int = 5000) -> dict[str, int]:
-        """Delete inbox ids, message-map rows and audit rows past their TTL, in chunks of ``chunk``
-        rows (each its own write). Several replicas purging at once is harmless."""
+        """Delete inbox ids, message-map rows, audit rows and message traces past their TTL, in chunks
+        of ``chunk`` rows (each its own write; ``trace``: whole messages). Several replicas purging at
+        once is harmless."""
         now = self.clock() if now is None else now
-        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl}
+        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl,
+                   "trace": now - self.trace_ttl}
         counts = {}
         for table, before in cutoffs.items():
             total = 0
@@ -1046,7 +1341,41 @@ class PostgresStore:
         return {
             "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
             "batch_errors": self.batch_errors, "pending": len(self._pending) + len(self._ordered),
+            "outages": self.outages, "unwritable": int(self._problem is not None),
         }
+
+
+def _message_id(message: str) -> str | None:
+    """The ``id`` of an outbox row's message JSON (None when it has none or does not parse)."""
+    try:
+        mid = _loads(message).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return mid if isinstance(mid, str) and mid else None
+
+
+# SQLSTATEs that say the database cannot take writes now, whatever is written: the batch fails as a
+# whole and the store is in an outage until a batch commits again
+_UNAVAILABLE_STATES = frozenset({
+    "57P01", "57P02", "57P03",  # admin / crash shutdown, cannot connect now (starting up)
+    "25006",  # read-only transaction (a standby, or default_transaction_read_only)
+    "3D000", "28000", "28P01",  # at (re)connect: the database is gone, authentication refused
+})
+_UNAVAILABLE_CLASSES = ("08", "53", "58")  # connection exception, insufficient resources (disk full,
+# out of memory, too many connections), system error (I/O)
+
+
+def is_unavailable(e: BaseException) -> bool:
+    """Does ``e`` say the database cannot be reached or written now (rather than that one operation
+    is wrong)?"""
+    if _is_connection_error(e):
+        return True
+    import asyncpg
+
+    if isinstance(e, asyncpg.InternalClientError):  # a connection the server dropped mid-operation
+        return True  # (e.g. "cannot switch to state 15" while the pool resets it during a shutdown)
+    state = getattr(e, "sqlstate", None) or ""
+    return isinstance(state, str) and (state in _UNAVAILABLE_STATES or state[:2] in _UNAVAILABLE_CLASSES)
 
 
 def _is_connection_error(e: BaseException) -> bool:

@@ -51,8 +51,9 @@ from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps, loads
+from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SCHEMA_VERSION", "TRACE_EVENTS_MAX", "SqliteStore"]
 
 log = logging.getLogger(__name__)
 
@@ -391,9 +392,6 @@ def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int
 
 # -- message trace (core.trace): write + read operations ---------------------------------------------
 
-_TRACE_SUMMARY_COLS = ("origin", "sender", "routes", "lanes")
-_TRACE_COUNT_COLS = ("dests", "delivered", "failed", "dead")
-TRACE_EVENTS_MAX = 64 * 1024  # characters of event lines kept per message
 _TRACE_UPSERT = (
     "INSERT INTO trace_messages (message_id, first_at, last_at, origin, sender, routes, lanes, dropped,"
     " dests, delivered, failed, dead, events, keys) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (message_id)"
@@ -420,47 +418,14 @@ _TRACE_SUMMARY_SELECT = (
 )
 
 
-def _trace_status(dropped: str | None, dests: int, delivered: int, failed: int, dead: int) -> str:
-    if dropped:
-        return "dropped"
-    if dests <= 0:
-        return "received"
-    if dead > 0:
-        return "dead_letter"
-    if delivered >= dests:
-        return "delivered"
-    return "retrying" if failed > 0 else "queued"
-
-
-def _trace_summary(r: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "message_id": r[0], "first_at": r[1], "last_at": r[2], "origin": r[3], "sender": r[4],
-        "routes": r[5].split(" ") if r[5] else [], "lanes": r[6].split(" ") if r[6] else [], "dropped": r[7],
-        "dests": r[8], "delivered": r[9], "failed": r[10], "dead": r[11],
-        "status": _trace_status(r[7], r[8], r[9], r[10], r[11]),
-    }
-
-
 def _rd_trace_get(c: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
     r = c.execute(f"{_TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = ?",
                   (message_id,)).fetchone()
-    if r is None:
-        return None
-    events = []
-    for n, line in enumerate(x for x in r[12].split("\n") if x):
-        ts, step, oid, detail = _loads(line)
-        events.append({"id": n + 1, "ts": ts, "step": step, "outbox_id": oid, "detail": detail})
-    events.sort(key=lambda e: (e["ts"], e["id"]))  # stable: recorded order within one instant
-    summary = _trace_summary(r)
-    # a message retried for hours (429 storms) stops adding event lines at 64 KiB; counters go on
-    summary["events_truncated"] = len(r[12]) >= TRACE_EVENTS_MAX
-    return {"summary": summary, "events": events}
+    return None if r is None else trace_document(r)
 
 
 def _rd_trace_resolve(c: sqlite3.Connection, key: str, limit: int) -> list[str]:
-    keys = [key]
-    if key.isdigit() and len(key) < 19:
-        keys.append(f"#{int(key)}")  # an outbox / dead-letter id
+    keys, outbox_id = resolve_keys(key)  # an outbox / dead-letter id too when digits
     found: dict[str, float] = {}
     r = c.execute("SELECT message_id, last_at FROM trace_messages WHERE message_id = ?", (key,)).fetchone()
     if r is not None:
@@ -471,10 +436,10 @@ def _rd_trace_resolve(c: sqlite3.Connection, key: str, limit: int) -> list[str]:
             " ON m.message_id = k.message_id WHERE k.key = ? LIMIT ?", (k, limit),
         ).fetchall():
             found.setdefault(mid, ts)
-    if len(keys) > 1:
+    if outbox_id is not None:
         for table in ("outbox", "dead_letters"):  # queued or dead, maybe no attempt recorded yet
             row = c.execute(f"SELECT json_extract(message, '$.id'), enqueued_at FROM {table} WHERE id = ?",
-                            (int(key),)).fetchone()
+                            (outbox_id,)).fetchone()
             if row is not None and row[0]:
                 found.setdefault(row[0], row[1])
     return [m for m, _ in sorted(found.items(), key=lambda kv: -kv[1])][:limit]
@@ -488,7 +453,7 @@ def _rd_trace_search(c: sqlite3.Connection, where: list[str], args: list[Any], i
         where = [*where, f"message_id IN ({','.join('?' * len(ids))})"]
         args = [*args, *ids]
     sql = _TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY last_at DESC LIMIT ?"
-    return [_trace_summary(r) for r in c.execute(sql, (*args, limit)).fetchall()]
+    return [trace_summary(r) for r in c.execute(sql, (*args, limit)).fetchall()]
 
 
 def _op_sql(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> int:
@@ -1151,37 +1116,8 @@ class SqliteStore:
     async def trace_write(self, events: Sequence[TraceEvent]) -> None:
         if not events:
             return
-        merged: dict[str, list[Any]] = {}  # message_id -> one upsert row (events of a batch merged)
-        keys: list[tuple[str, str]] = []
-        for e in events:
-            line = _dumps([e.ts, e.step, e.outbox_id, e.detail]) + "\n"
-            row = merged.get(e.message_id)
-            if row is None:
-                row = merged[e.message_id] = [e.message_id, e.ts, e.ts, None, None, None, None, None, 0, 0, 0, 0,
-                                              "", ""]
-            else:
-                row[1], row[2] = min(row[1], e.ts), max(row[2], e.ts)
-            summary, counts = e.summary, e.counts
-            if summary:
-                for i, k in enumerate(_TRACE_SUMMARY_COLS, start=3):
-                    v = summary.get(k)
-                    if v is not None and row[i] is None:
-                        row[i] = " ".join(v) if isinstance(v, (list, tuple)) else v
-                if summary.get("dropped"):
-                    row[7] = summary["dropped"]
-            if counts:
-                for i, k in enumerate(_TRACE_COUNT_COLS, start=8):
-                    row[i] += counts.get(k, 0)
-            row[12] += line
-            new = [str(n) for n in e.native_ids if n and "\n" not in str(n)]
-            if e.outbox_id is not None and e.step != "delivered":
-                # "#<id>" for the items logs name (failures, dead letters); an item delivered at the first
-                # try is found through its message (and while queued, through the outbox itself)
-                new.append(f"#{e.outbox_id}")
-            for k in new:
-                keys.append((k, e.message_id))
-                row[13] += k + "\n"
-        await self._write(_op_trace_write, [tuple(r) for r in merged.values()], keys)
+        rows, keys = merge_events(events)  # one upsert row per message (events of a batch merged)
+        await self._write(_op_trace_write, [tuple(r) for r in rows], keys)
 
     async def trace_get(self, message_id: str) -> dict[str, Any] | None:
         return await self._read(_rd_trace_get, message_id)

@@ -1,10 +1,11 @@
 """``/-/health`` (liveness + component states) and ``/-/ready`` (fails when down or silently stalled).
 
 Readiness fails when:
-- the store cannot write (disk full, I/O error...): nothing new can be accepted;
+- the store cannot write (disk full, I/O error, the database server down or refusing...): nothing new
+  can be accepted (the store's ``write_problem``; then neither the ping nor the stall check runs);
 - a mesh or gateway is not CONNECTED (starting, reconnecting, bad credentials, stopped);
 - a mesh topic poller has not completed a poll within ``health.poll_stall_after_s``;
-- the store is a database that does not answer (PostgreSQL down or unreachable);
+- the store is a database that does not answer a ping (PostgreSQL hung, down or unreachable);
 - delivery is stalled: items are due in the outbox but no delivery attempt has
   completed for ``health.stall_after_s`` (lanes that wait on a rate limit or a
   Retry-After are not due, so a throttled destination is not a stall).
@@ -54,8 +55,8 @@ async def readiness_problems(runtime: Runtime, cfg: HealthConfig) -> list[str]:
     problems: list[str] = []
     if runtime.draining:
         problems.append("shutting down")
-    write_problem = getattr(runtime.store, "write_problem", None)  # optional on a Store
-    if isinstance(write_problem, str) and write_problem:
+    write_problem = _write_problem(runtime.store)
+    if write_problem:
         problems.append(f"store cannot write: {write_problem}")
     report = component_report(runtime)
     for kind in ("meshes", "gateways"):
@@ -69,12 +70,21 @@ async def readiness_problems(runtime: Runtime, cfg: HealthConfig) -> list[str]:
             if age > cfg.poll_stall_after_s:
                 shown = "never" if age == float("inf") else f"{age:.0f}s ago"
                 problems.append(f"mesh {mesh_name} topic {topic}: last completed poll {shown}")
+    if write_problem:  # the store knows it is down (and probes for its recovery): no ping, no stall check
+        return problems
     ping = getattr(runtime.store, "ping", None)  # a database store: is it reachable?
     if callable(ping) and not await ping(timeout=min(5.0, cfg.stall_after_s)):
-        problems.append("store unreachable (the database does not answer)")
+        # one line either way: an unreachable database starts the store's outage (write_problem)
+        problems.append(f"store cannot write: {_write_problem(runtime.store)}" if _write_problem(runtime.store)
+                        else "store unreachable (the database does not answer)")
         return problems
     problems.extend(await _delivery_stall(runtime, cfg, now))
     return problems
+
+
+def _write_problem(store: Any) -> str | None:
+    problem = getattr(store, "write_problem", None)  # optional on a Store
+    return problem if isinstance(problem, str) and problem else None
 
 
 async def _delivery_stall(runtime: Runtime, cfg: HealthConfig, now: float) -> list[str]:

@@ -1,7 +1,7 @@
 """Issue 15, done-when: messages through the whole app (dev broker, webhook gateway, the Telegram fake
 Bot API) — one delivered after a 429 retry, one dead-lettered then retried from the admin API, one
 dropped by a deny rule — and ``claudemesh-gateway trace`` shows each journey, by mesh id and by
-native id; the admin API searches and traces them too."""
+native id; the admin API searches and traces them too. On both store backends (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from claudemesh_gateway.cli import EXIT_NOT_FOUND, EXIT_OK, main
 
 from .conftest import FAST_POLL, JWT_SECRET, WH_SECRET, admin_token, bearer, post_inbound, wait_until
@@ -40,17 +41,27 @@ async def cli(*argv: str) -> tuple[int, str]:
     return await asyncio.to_thread(run_cli, *argv)  # main() runs its own event loop
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_table(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``[store]`` of the app: the default SQLite file, or a fresh schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    return {"store": {"backend": "postgres", "dsn": request.getfixturevalue("pg_schema_dsn")}}
+
+
 def steps(trace: dict[str, Any]) -> list[str]:
     return [e["step"] for e in trace["events"]]
 
 
-async def test_trace_shows_each_journey_by_mesh_and_native_id(file_app, dev_broker, member, sink, aiohttp_server):
+async def test_trace_shows_each_journey_by_mesh_and_native_id(file_app, dev_broker, member, sink, aiohttp_server,
+                                                              store_table):
     tg = fake_api.FakeBotAPI(TOKEN)
     server = await aiohttp_server(tg.app, host="127.0.0.1")
     tg.url = str(server.make_url("")).rstrip("/")
     broken = {"on": True}
     sink.script["down"] = lambda body, n: (400, {}) if broken["on"] else (200, {})
     client, runtime, path = await file_app({
+        **store_table,
         "admin": {"jwt_secret": JWT_SECRET},
         "mesh": {"dev": FAST_POLL},
         "gateways": {"wh": {"type": "webhook", "secret": WH_SECRET},
@@ -67,6 +78,8 @@ async def test_trace_shows_each_journey_by_mesh_and_native_id(file_app, dev_brok
                 {"gateway": "wh", "chat": "down", "direction": "out", "options": {"url": sink.url("down")}}]},
         ],
     }, broker=dev_broker)
+    assert type(runtime.store).__name__ == ("PostgresStore" if store_table else "SqliteStore")
+    assert runtime.store.trace_ttl == 7 * 86400.0  # [trace] retention_days reaches either backend
     await runtime.meshes["dev"].wait_connected(10)
     await wait_until(lambda: runtime.meshes["dev"].pollers, 10, "the topic poller")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class Backend:
     name: str
     make: Callable[..., Any]  # make(**store kwargs) -> an unopened store on the same database
     integrity_error: type[BaseException]
+    scalar: Callable[[str], Awaitable[Any]]  # scalar(sql): one value, read straight from the database
 
 
 @pytest.fixture
@@ -39,12 +40,28 @@ def clock() -> Clock:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         path = tmp_path / "state" / "gw.db"
-        return Backend("sqlite", lambda **kw: SqliteStore(path, **kw), sqlite3.IntegrityError)
+
+        async def sqlite_scalar(sql: str) -> Any:
+            con = sqlite3.connect(path)
+            try:
+                return con.execute(sql).fetchone()[0]
+            finally:
+                con.close()
+
+        return Backend("sqlite", lambda **kw: SqliteStore(path, **kw), sqlite3.IntegrityError, sqlite_scalar)
     dsn = request.getfixturevalue("pg_schema_dsn")
     import asyncpg
     from claudemesh_gateway.store.postgres import PostgresStore
 
-    return Backend("postgres", lambda **kw: PostgresStore(dsn, **kw), asyncpg.IntegrityConstraintViolationError)
+    async def pg_scalar(sql: str) -> Any:
+        con = await asyncpg.connect(dsn)
+        try:
+            return await con.fetchval(sql)
+        finally:
+            await con.close()
+
+    return Backend("postgres", lambda **kw: PostgresStore(dsn, **kw), asyncpg.IntegrityConstraintViolationError,
+                   pg_scalar)
 
 
 @pytest.fixture

@@ -318,6 +318,27 @@ async def test_store_enqueue_without_ledger(store) -> None:
     assert await store.outbox_count() == 0
 
 
+async def test_store_complete_many_per_item_from_many_lanes(store) -> None:
+    # the engine removes each delivered item on its own (complete_many([id])), from many lanes at
+    # once, right before its map_put: every removal lands, in few shared commits
+    for lane in range(40):
+        assert await store.accept(f"c{lane}", [item(f"tg/{lane}", mid=f"c{lane}-{k}") for k in range(10)])
+    ids = [i.id for lane in range(40) for i in await store.peek(f"tg/{lane}", 10)]
+    assert len(ids) == 400
+    before = store.batches
+
+    async def lane_worker(lane_ids: list[int]) -> None:
+        for i in lane_ids:
+            await asyncio.gather(store.complete_many([i]), store.map_put(f"o{i}", "tg/x", [str(i)]))
+
+    await asyncio.gather(*(lane_worker(ids[k::40]) for k in range(40)))
+    assert await store.outbox_count() == 0
+    assert await store.map_get(f"o{ids[-1]}", "tg/x") == [str(ids[-1])]
+    assert store.batches - before < 200  # 400 removals + 400 map writes shared commits
+    await store.complete_many([ids[0]])  # an item already gone: nothing to do, no error
+    await store.complete_many([])
+
+
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
 def test_store_implements_the_protocol(backend_name: str) -> None:
     if backend_name == "sqlite":

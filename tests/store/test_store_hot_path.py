@@ -1,5 +1,5 @@
-"""The store's per-message path: ``accept_mapped`` (ledger + outbox + origin map in one operation)
-and ``seen`` answering from the last commit."""
+"""The store's per-message path: ``accept_mapped`` (ledger + outbox + origin map in one operation;
+both backends, the ``store`` fixture of conftest.py) and ``seen`` answering from the last commit."""
 
 from __future__ import annotations
 
@@ -17,15 +17,7 @@ def item(lane: str, message: dict) -> OutboxItem:
                       message=message, options={"kind": "relay"})
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    s = SqliteStore(tmp_path / "gw.db", purge_interval=0)
-    await s.open()
-    yield s
-    await s.close()
-
-
-async def test_accept_mapped_writes_the_map_with_a_new_id_only(store: SqliteStore) -> None:
+async def test_accept_mapped_writes_the_map_with_a_new_id_only(store) -> None:
     shared = {"id": "mesh:m:1", "text": "hi"}  # one message dict for both destinations
     assert await store.accept_mapped("mesh:m:1", [item("tg/1", shared), item("sl/C1", shared)],
                                      [("mesh/m:#ops", ["row-1"]), ("mesh/m:#ops/t", ["row-1"])])
@@ -41,14 +33,26 @@ async def test_accept_mapped_writes_the_map_with_a_new_id_only(store: SqliteStor
     assert await store.outbox_count() == 2
 
 
-async def test_accept_mapped_replaces_a_map_left_from_an_expired_ledger_entry(store: SqliteStore) -> None:
+async def test_accept_mapped_replaces_a_map_left_from_an_expired_ledger_entry(store) -> None:
     # the ledger forgets ids after inbox_ttl, the map keeps them longer: a re-accepted id's map is rewritten
     await store.map_put("mesh:m:9", "mesh/m:#ops", ["old-a", "old-b"])
     assert await store.accept_mapped("mesh:m:9", [], [("mesh/m:#ops", ["row-9"])])
     assert await store.map_get("mesh:m:9", "mesh/m:#ops") == ["row-9"]
 
 
-async def test_seen_sees_every_commit_of_concurrent_submitters(store: SqliteStore) -> None:
+async def test_accept_mapped_many_at_once_in_shared_commits(store) -> None:
+    # concurrent messages (and duplicates among them) batched together: each new id gets its map,
+    # a duplicate neither rows nor a map
+    res = await asyncio.gather(*(store.accept_mapped(f"m{i % 40}", [item("tg/1", {"id": f"m{i}"})],
+                                                     [("wh/in", [f"n{i}"])]) for i in range(60)))
+    assert res == [True] * 40 + [False] * 20
+    assert await store.outbox_count() == 40
+    assert [await store.map_get(f"m{i}", "wh/in") for i in (0, 39)] == [["n0"], ["n39"]]
+    assert await store.map_reverse("wh/", "n45") is None  # the duplicate's id was not mapped
+    assert store.batches < 30
+
+
+async def test_seen_sees_every_commit_of_concurrent_submitters(store) -> None:
     async def submit(i: int) -> bool:
         if await store.seen(f"id-{i % 50}"):
             return False

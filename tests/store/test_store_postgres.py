@@ -110,3 +110,28 @@ async def test_store_postgres_parallel_writers_keep_dedup_and_lease_order(pg_sch
             await leases.release("lane:x")
     finally:
         await s.close()
+
+
+async def test_store_postgres_two_replicas_trace_the_same_messages_at_once(pg_schema_dsn: str) -> None:
+    # replicas write events of the same messages in the same moment (one received, the other
+    # delivering): upserts lock the summary rows in one order, so no deadlock, and nothing is lost
+    from claudemesh_gateway.store.base import TraceEvent
+
+    a, b = PostgresStore(pg_schema_dsn, purge_interval=0), PostgresStore(pg_schema_dsn, purge_interval=0)
+    await a.open()
+    await b.open()
+    try:
+        ids = [f"m{i}" for i in range(200)]
+
+        def events(order: list[str], step: str) -> list[TraceEvent]:
+            return [TraceEvent(message_id=m, step=step, ts=1.0, native_ids=(f"{step}-{m}",),
+                               counts={"delivered": 1}) for m in order]
+
+        for _ in range(5):
+            await asyncio.gather(a.trace_write(events(ids, "queued")), b.trace_write(events(ids[::-1], "delivered")))
+        t = await a.trace_get("m7")
+        assert t is not None and len(t["events"]) == 10 and t["summary"]["delivered"] == 10
+        assert await b.trace_resolve("delivered-m7") == ["m7"] and await a.trace_resolve("queued-m7") == ["m7"]
+    finally:
+        await a.close()
+        await b.close()

@@ -1,40 +1,20 @@
-"""Message trace in the store and the recorder: events, summaries, lookups, search, retention, batching."""
+"""Message trace in the store and the recorder: events, summaries, lookups, search, retention, batching.
+On both backends (``store`` / ``backend`` / ``clock`` come from conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from claudemesh_gateway.messages import Address, Message
 from claudemesh_gateway.store.base import OutboxItem, TraceEvent
-from claudemesh_gateway.store.sqlite import SqliteStore
+from claudemesh_gateway.store.tracerows import TRACE_EVENTS_MAX
 from claudemesh_gateway.trace import TraceRecorder, TraceSettings, format_timeline
 
+from .conftest import Backend, Clock
+
 DAY = 86400.0
-
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock):
-    s = SqliteStore(tmp_path / "gw.db", clock=clock, purge_interval=0)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _msg(mid: str = "mesh:dev:abc123", native: str | None = "abc123", sender: str = "alice") -> Message:
@@ -46,7 +26,7 @@ def _item(mid: str, lane: str = "telegram/42", oid: int = 7) -> OutboxItem:
     return OutboxItem(id=oid, lane=lane, route="ops", destination={}, message={"id": mid, "text": "SECRET BODY"})
 
 
-async def test_trace_records_a_journey_and_finds_it_by_every_id(store: SqliteStore, clock: Clock) -> None:
+async def test_trace_records_a_journey_and_finds_it_by_every_id(store, clock: Clock) -> None:
     rec = TraceRecorder(store, clock=clock)
     m = _msg()
     rec.received(m)
@@ -79,7 +59,7 @@ async def test_trace_records_a_journey_and_finds_it_by_every_id(store: SqliteSto
     assert "retry-after 3s" in text and "native id(s) tg-555" in text
 
 
-async def test_trace_resolve_finds_a_queued_item_by_outbox_id(store: SqliteStore) -> None:
+async def test_trace_resolve_finds_a_queued_item_by_outbox_id(store) -> None:
     rec = TraceRecorder(store)
     item = OutboxItem(lane="telegram/1", route="r", destination={}, message={"id": "wh:1"})
     assert await store.accept("wh:1", [item])
@@ -89,7 +69,7 @@ async def test_trace_resolve_finds_a_queued_item_by_outbox_id(store: SqliteStore
     assert await store.trace_resolve(str(head.id)) == ["wh:1"]
 
 
-async def test_trace_search_filters(store: SqliteStore, clock: Clock) -> None:
+async def test_trace_search_filters(store, clock: Clock) -> None:
     rec = TraceRecorder(store, clock=clock)
     a, b = _msg("mesh:dev:a", "a"), _msg("mesh:dev:b", "b", sender="bob")
     rec.received(a)
@@ -119,7 +99,21 @@ async def test_trace_search_filters(store: SqliteStore, clock: Clock) -> None:
     assert ids(await store.trace_search(route="ops")) == ["mesh:dev:b", "mesh:dev:a"]  # the routes that refused it
 
 
-async def test_trace_dlq_retry_clears_the_dead_letter_status(store: SqliteStore) -> None:
+async def test_trace_odd_ids_are_kept_and_never_break_a_lookup(store) -> None:
+    # a NUL (PostgreSQL text refuses it) in a sender or native id; a key of non-ASCII digits
+    rec = TraceRecorder(store)
+    rec.received(_msg("wh:odd", native="n\x00ul", sender="a\x00b"))
+    rec.received(_msg("wh:plain", native="plain"))
+    await rec.flush()
+    assert rec.dropped == 0 and rec.written == 2
+    t = await store.trace_get("wh:odd")
+    assert t is not None and t["summary"]["sender"].startswith("a") and "b" in t["summary"]["sender"]
+    assert await store.trace_resolve("plain") == ["wh:plain"]
+    assert await store.trace_resolve("\u00b2") == []  # "²".isdigit() is True, int("²") is not a number
+    assert await store.trace_search(q="\u0661\u0662") == []  # Arabic-Indic digits
+
+
+async def test_trace_dlq_retry_clears_the_dead_letter_status(store) -> None:
     rec = TraceRecorder(store)
     m = _msg()
     rec.queued(m, [(Address("telegram", "42"), "ops")])
@@ -134,8 +128,8 @@ async def test_trace_dlq_retry_clears_the_dead_letter_status(store: SqliteStore)
     assert t["events"][2]["step"] == "dlq_retry" and t["events"][2]["detail"]["actor"] == "admin"
 
 
-async def test_trace_retention_prunes_whole_messages(tmp_path: Path, clock: Clock) -> None:
-    s = SqliteStore(tmp_path / "gw.db", clock=clock, purge_interval=0, trace_ttl=2 * DAY)
+async def test_trace_retention_prunes_whole_messages(backend: Backend, clock: Clock) -> None:
+    s = backend.make(clock=clock, purge_interval=0, trace_ttl=2 * DAY)
     await s.open()
     try:
         rec = TraceRecorder(s, clock=clock)
@@ -150,21 +144,16 @@ async def test_trace_retention_prunes_whole_messages(tmp_path: Path, clock: Cloc
         clock.t += 1.1 * DAY
         assert (await s.purge())["trace"] == 2
         assert await s.trace_get("mesh:dev:old") is None and await s.trace_resolve("new") == []
-        con = sqlite3.connect(tmp_path / "gw.db")
-        try:
-            counts = [con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                      for t in ("trace_messages", "trace_keys")]
-        finally:
-            con.close()
+        counts = [await backend.scalar(f"SELECT COUNT(*) FROM {t}") for t in ("trace_messages", "trace_keys")]
         assert counts == [0, 0]
     finally:
         await s.close()
     with pytest.raises(ValueError):
-        SqliteStore(tmp_path / "x.db", trace_ttl=0)
+        backend.make(trace_ttl=0)
     assert TraceSettings().retention_days == 7.0
 
 
-async def test_trace_purge_is_chunked(store: SqliteStore, clock: Clock) -> None:
+async def test_trace_purge_is_chunked(store, clock: Clock) -> None:
     rec = TraceRecorder(store, clock=clock)
     for i in range(23):
         rec.received(_msg(f"mesh:dev:{i}", str(i)))
@@ -173,7 +162,7 @@ async def test_trace_purge_is_chunked(store: SqliteStore, clock: Clock) -> None:
     assert (await store.purge(chunk=5))["trace"] == 23
 
 
-async def test_recorder_batches_many_events_into_one_write(store: SqliteStore) -> None:
+async def test_recorder_batches_many_events_into_one_write(store) -> None:
     calls: list[int] = []
     real = store.trace_write
 
@@ -195,7 +184,7 @@ async def test_recorder_batches_many_events_into_one_write(store: SqliteStore) -
     assert rec.written == 200 and len(await store.trace_search(limit=500)) == 200
 
 
-async def test_recorder_off_costs_nothing_and_writes_nothing(store: SqliteStore) -> None:
+async def test_recorder_off_costs_nothing_and_writes_nothing(store) -> None:
     rec = TraceRecorder(store, enabled=False)
     seen = []
     rec.subscribe(seen.append)
@@ -207,7 +196,7 @@ async def test_recorder_off_costs_nothing_and_writes_nothing(store: SqliteStore)
     assert not TraceRecorder(object()).enabled  # a store without a trace: off
 
 
-async def test_recorder_keeps_going_when_a_write_fails(store: SqliteStore) -> None:
+async def test_recorder_keeps_going_when_a_write_fails(store) -> None:
     rec = TraceRecorder(store)
 
     async def broken(events):
@@ -223,7 +212,7 @@ async def test_recorder_keeps_going_when_a_write_fails(store: SqliteStore) -> No
     assert rec.written == 1 and await store.trace_resolve("2") == ["mesh:dev:2"]
 
 
-async def test_recorder_live_listeners(store: SqliteStore) -> None:
+async def test_recorder_live_listeners(store) -> None:
     rec = TraceRecorder(store)
     seen: list[TraceEvent] = []
     unsubscribe = rec.subscribe(seen.append)
@@ -233,9 +222,7 @@ async def test_recorder_live_listeners(store: SqliteStore) -> None:
     assert [e.message_id for e in seen] == ["mesh:dev:abc123"]
 
 
-async def test_a_message_retried_for_hours_keeps_a_bounded_trace(store: SqliteStore, clock: Clock) -> None:
-    from claudemesh_gateway.store.sqlite import TRACE_EVENTS_MAX
-
+async def test_a_message_retried_for_hours_keeps_a_bounded_trace(store, backend: Backend, clock: Clock) -> None:
     rec = TraceRecorder(store, clock=clock)
     m = _msg()
     rec.received(m)
@@ -253,9 +240,5 @@ async def test_a_message_retried_for_hours_keeps_a_bounded_trace(store: SqliteSt
     assert t["summary"]["events_truncated"] is True and t["summary"]["failed"] == 1500  # counters go on
     assert 100 < len(t["events"]) < 1500 and t["events"][0]["step"] == "received"
     assert "later events not kept" in format_timeline(t)
-    con = sqlite3.connect(store.path)
-    try:
-        (size,) = con.execute("SELECT length(events) FROM trace_messages").fetchone()
-    finally:
-        con.close()
+    size = await backend.scalar("SELECT length(events) FROM trace_messages")
     assert size < TRACE_EVENTS_MAX + 100 * 300  # at most one more flush's worth past the cap

@@ -175,3 +175,34 @@ async def test_ready_fails_while_draining(client):
     client.rt.draining = True
     resp = await client.get("/-/ready")
     assert resp.status == 503 and (await resp.json())["problems"] == ["shutting down"]
+
+
+async def test_ready_names_a_database_store_outage_once(client):
+    # a database store (ping) that knows it is down (write_problem): one line, no ping, no stall check
+    pings = []
+
+    async def ping(timeout):
+        pings.append(timeout)
+        return store.answers
+
+    store = client.rt.store
+    store.ping, store.answers, store.write_problem = ping, True, None
+    assert (await client.get("/-/ready")).status == 200 and len(pings) == 1
+    store.write_problem = "PostgreSQL db:5432/gw unavailable: ConnectionRefusedError"
+    store.due = ["webhook/sink"]
+    client.rt.stats["last_activity"] = client.rt.started_at = time.time() - 300
+    resp = await client.get("/-/ready")
+    assert resp.status == 503 and len(pings) == 1  # not pinged again
+    assert (await resp.json())["problems"] == [f"store cannot write: {store.write_problem}"]
+    # only the ping notices (nothing wrote yet): "does not answer", or the outage the failed ping started
+    store.write_problem, store.answers = None, False
+    assert (await (await client.get("/-/ready")).json())["problems"] == [
+        "store unreachable (the database does not answer)"]
+
+    async def ping_starts_the_outage(timeout):
+        store.write_problem = "PostgreSQL db:5432/gw unavailable: TimeoutError"
+        return False
+
+    store.ping = ping_starts_the_outage
+    assert (await (await client.get("/-/ready")).json())["problems"] == [
+        "store cannot write: PostgreSQL db:5432/gw unavailable: TimeoutError"]
