@@ -48,8 +48,8 @@ from claudemesh_gateway.routing.transport import client_message_id
 
 __all__ = [
     "EXE", "M2W_LANE", "SCALE", "W2M_LANE", "WH_SECRET", "GatewayProcess", "Lane", "Ledger", "MeshPoster",
-    "WebhookPoster", "free_port", "hooks_topic", "outbox_ids", "restart_broker", "running", "scaled", "to_toml",
-    "two_way_config", "two_way_lanes",
+    "WebhookPoster", "fill_disk", "free_port", "hooks_topic", "mount_tmpfs", "outbox_ids", "restart_broker",
+    "running", "scaled", "to_toml", "two_way_config", "two_way_lanes", "unmount",
 ]
 
 EXE = Path(sys.executable).with_name("claudemesh-gateway")
@@ -466,6 +466,50 @@ async def restart_broker(broker: DevBroker, *, down_s: float = 0.0, clock_offset
             await asyncio.sleep(0.1)
     fresh.set_rate_limit(burst, per_minute)
     return fresh
+
+
+def mount_tmpfs(path: Path, size_bytes: int) -> str | None:
+    """Mount a tmpfs of ``size_bytes`` on ``path`` (created): a disk that can fill up. Returns None,
+    or why it cannot be done here (not Linux, not root, no ``mount``, the mount refused)."""
+    import shutil
+    import subprocess
+
+    if not sys.platform.startswith("linux"):
+        return f"a size-limited tmpfs needs Linux, this is {sys.platform}"
+    if os.geteuid() != 0:
+        return "mounting a size-limited tmpfs needs root"
+    if shutil.which("mount") is None:
+        return "no mount command on this machine"
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"mount -t tmpfs refused: {(done.stderr or done.stdout).strip()[:200]}"
+    return None
+
+
+def unmount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill_disk(path: Path) -> int:
+    """Write ``path`` until the filesystem refuses (ENOSPC); bytes written. Delete it to free the space."""
+    import errno
+
+    written = 0
+    chunk = b"\0" * 65536
+    with path.open("wb", buffering=0) as fh:
+        while True:
+            try:
+                written += fh.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return written
+                chunk = chunk[: len(chunk) // 2]  # fill the last block too
 
 
 @contextlib.asynccontextmanager
