@@ -47,9 +47,29 @@ from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
 from claudemesh_gateway.routing.transport import client_message_id
 
 __all__ = [
-    "EXE", "M2W_LANE", "SCALE", "W2M_LANE", "WH_SECRET", "GatewayProcess", "Lane", "Ledger", "MeshPoster",
-    "WebhookPoster", "fill_disk", "free_port", "hooks_topic", "mount_tmpfs", "outbox_ids", "restart_broker",
-    "running", "scaled", "to_toml", "two_way_config", "two_way_lanes", "unmount",
+    "EXE",
+    "M2W_LANE",
+    "SCALE",
+    "W2M_LANE",
+    "WH_SECRET",
+    "GatewayProcess",
+    "Lane",
+    "Ledger",
+    "MeshPoster",
+    "WebhookPoster",
+    "fill_disk",
+    "free_port",
+    "hooks_topic",
+    "mount_tmpfs",
+    "outbox_ids",
+    "restart_broker",
+    "running",
+    "scaled",
+    "sources_done",
+    "to_toml",
+    "two_way_config",
+    "two_way_lanes",
+    "unmount",
 ]
 
 EXE = Path(sys.executable).with_name("claudemesh-gateway")
@@ -382,10 +402,20 @@ class Ledger:
         arr = self.arrivals()
         return all(lane.expected() <= {k for _, k in arr[lane.name]} for lane in self.lanes)
 
+    def missing(self) -> dict[str, list[str]]:
+        """lane -> acknowledged source keys not (yet) at the sink."""
+        arr = self.arrivals()
+        return {lane.name: sorted(lane.expected() - {k for _, k in arr[lane.name]}) for lane in self.lanes}
+
     async def wait_complete(self, within: float, *, then: float = 1.0) -> None:
-        async with asyncio.timeout(within):
-            while not self.complete():  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        try:
+            async with asyncio.timeout(within):
+                while not self.complete():  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            gone = {ln: f"{len(m)} missing, e.g. {m[:5]}" for ln, m in self.missing().items()}
+            raise AssertionError(f"{self.title}: not everything arrived within {within:.0f} s: {gone}; "
+                                 f"outbox {({ln: len(v) for ln, v in outbox_ids(self.db).items()})}") from None
         await asyncio.sleep(then)  # anything still being re-sent shows up
 
     def figures(self) -> dict[str, dict[str, Any]]:
@@ -510,6 +540,18 @@ def fill_disk(path: Path) -> int:
                 if len(chunk) == 1:
                     return written
                 chunk = chunk[: len(chunk) // 2]  # fill the last block too
+
+
+async def sources_done(within: float, *posters: MeshPoster | WebhookPoster,
+                       tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Wait for the source tasks; on a timeout say which source still had what to send."""
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.gather(*tasks)
+    except TimeoutError:
+        left = {type(p).__name__: (len(p.keys) - len(p.acked), dict(getattr(p, "failures", {}) or p.refused))
+                for p in posters}
+        raise AssertionError(f"the sources did not finish within {within:.0f} s: (left, failures) {left}") from None
 
 
 @contextlib.asynccontextmanager

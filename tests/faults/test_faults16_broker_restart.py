@@ -21,6 +21,7 @@ from .harness import (
     restart_broker,
     running,
     scaled,
+    sources_done,
     two_way_config,
     two_way_lanes,
 )
@@ -58,9 +59,8 @@ async def test_faults16_broker_killed_and_restarted_mid_flow_nothing_lost(tmp_pa
                 ledger.snapshot(f"broker restart {k + 1}")
                 accepted_while_down.append(len(hooks.acked) - acked)
                 mesh.gate.set()
-            async with asyncio.timeout(300):
-                await asyncio.gather(*tasks)
-            await ledger.wait_complete(300)
+            await sources_done(180, mesh, hooks, tasks=tasks)
+            await ledger.wait_complete(180)
     finally:
         await gw.stop()
         if brokers["now"] is not dev_broker:

@@ -22,6 +22,7 @@ from .harness import (
     mount_tmpfs,
     running,
     scaled,
+    sources_done,
     two_way_config,
     two_way_lanes,
     unmount,
@@ -62,9 +63,8 @@ async def test_faults16_store_disk_full_refuses_sources_not_ready_recovers_nothi
             acked_while_full = len(hooks.acked) - acked_at_not_ready
             filler.unlink()  # space returns; nothing else is done
             ready = await gw.wait_status("ready", 200, within=60)
-            async with asyncio.timeout(300):
-                await asyncio.gather(*tasks)
-            await ledger.wait_complete(300)
+            await sources_done(180, mesh, hooks, tasks=tasks)
+            await ledger.wait_complete(180)
     finally:
         await gw.stop()
         with contextlib.suppress(FileNotFoundError):
