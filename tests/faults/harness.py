@@ -70,6 +70,7 @@ __all__ = [
     "two_way_config",
     "two_way_lanes",
     "unmount",
+    "within",
 ]
 
 EXE = Path(sys.executable).with_name("claudemesh-gateway")
@@ -84,6 +85,11 @@ FAST_POLL = {"topic_poll_interval": 0.1, "topic_poll_idle_interval": 0.2, "roste
 def scaled(n: int) -> int:
     """``n`` times ``CLAUDEMESH_FAULT_SCALE``, at least 1."""
     return max(1, round(n * SCALE))
+
+
+def within(seconds: float) -> float:
+    """A wait (or a test's timeout) of ``seconds`` at scale 1, stretched with the counts above it."""
+    return seconds * max(1.0, SCALE)
 
 
 def free_port() -> int:

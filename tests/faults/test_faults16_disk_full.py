@@ -26,9 +26,10 @@ from .harness import (
     two_way_config,
     two_way_lanes,
     unmount,
+    within,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(within(300))]
 
 DISK_BYTES = 24 * 1024 * 1024
 
@@ -63,8 +64,8 @@ async def test_faults16_store_disk_full_refuses_sources_not_ready_recovers_nothi
             acked_while_full = len(hooks.acked) - acked_at_not_ready
             filler.unlink()  # space returns; nothing else is done
             ready = await gw.wait_status("ready", 200, within=60)
-            await sources_done(180, mesh, hooks, tasks=tasks)
-            await ledger.wait_complete(180)
+            await sources_done(within(180), mesh, hooks, tasks=tasks)
+            await ledger.wait_complete(within(180))
     finally:
         await gw.stop()
         with contextlib.suppress(FileNotFoundError):
