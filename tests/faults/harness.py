@@ -150,6 +150,9 @@ def two_way_config(broker: DevBroker, sink: WebhookSink, *, port: int, state_dir
     """Both directions through one gateway (see the module docstring). ``delivery`` overrides
     ``[delivery]``; ``max_attempts`` is high so that a long outage retries instead of dead-lettering."""
     broker.set_rate_limit(LIFTED["rate_burst"], LIFTED["rate_per_minute"])
+    # the dev broker rewrites its whole state file (every row) after a change; with thousands of
+    # rows a 50 ms debounce keeps the test process's event loop busy writing JSON
+    broker.config.persist_debounce_s = max(broker.config.persist_debounce_s, 1.0)
     hooks_topic(broker)
     return {
         "include": [str(Path(broker.state_dir or ".") / "meshes.toml")],
