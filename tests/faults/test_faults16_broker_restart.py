@@ -71,5 +71,5 @@ async def test_faults16_broker_killed_and_restarted_mid_flow_nothing_lost(tmp_pa
     assert gw.starts == 1 and gw.running is False
     assert mesh.acked == set(mesh.keys) and hooks.acked == set(hooks.keys)
     assert sum(accepted_while_down) > 0, "no webhook arrived while the broker was away: nothing was tested"
-    ledger.check(figs)
+    ledger.check(figs, max_in_flight=1)  # one send at a time per lane: at most its ack was lost
     assert sink.bad_signatures == 0

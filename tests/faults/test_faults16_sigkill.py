@@ -69,5 +69,5 @@ async def test_faults16_sigkill_at_random_moments_both_directions_nothing_lost(t
                           f"source retries: webhook refusals by status {dict(hooks.refused)}"])
     assert gw.kills == kills and gw.starts == kills + 1
     assert mesh.acked == set(mesh.keys) and hooks.acked == set(hooks.keys)
-    ledger.check(figs)
+    ledger.check(figs, max_in_flight=1)  # each lane sends one item at a time; completions per item
     assert sink.bad_signatures == 0
