@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from claudemesh_gateway.devbroker import DevBroker, DevBrokerConfig
+from claudemesh_gateway.devbroker import DevBroker
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
 from claudemesh_gateway.routing.transport import client_message_id
 
@@ -493,8 +494,8 @@ async def restart_broker(broker: DevBroker, *, down_s: float = 0.0, clock_offset
     await broker.stop()
     if down_s:
         await asyncio.sleep(down_s)
-    cfg = DevBrokerConfig(**{**{f: getattr(broker.config, f) for f in DevBrokerConfig.__slots__},
-                             **({"clock_offset_ms": clock_offset_ms} if clock_offset_ms is not None else {})})
+    cfg = broker.config if clock_offset_ms is None else dataclasses.replace(broker.config,
+                                                                            clock_offset_ms=clock_offset_ms)
     fresh = DevBroker(broker.state_dir, host=broker.host, port=port or 0, config=cfg)
     for attempt in range(50):  # the old listening socket may linger a moment
         try:
