@@ -349,6 +349,7 @@ class Lane:
     name: str
     arrivals: Callable[[], list[tuple[str, str]]]
     expected: Callable[[], set[str]]
+    total: int  # how many the source will send in all
 
 
 def two_way_lanes(broker_ref: Callable[[], DevBroker], sink: WebhookSink, mesh: MeshPoster | None,
@@ -359,7 +360,7 @@ def two_way_lanes(broker_ref: Callable[[], DevBroker], sink: WebhookSink, mesh: 
     if mesh is not None:
         def m2w() -> list[tuple[str, str]]:
             return [(b["id"], b["text"].removeprefix("alice: post ")) for b in sink.received["out"]]
-        lanes.append(Lane(M2W_LANE, m2w, lambda: set(mesh.acked)))
+        lanes.append(Lane(M2W_LANE, m2w, lambda: set(mesh.acked), len(mesh.keys)))
     if hooks is not None:
         by_cmid = {client_message_id(f"{WebhookPoster.message_id(k)}|{W2M_LANE}|1"): k for k in hooks.keys}
 
@@ -372,7 +373,7 @@ def two_way_lanes(broker_ref: Callable[[], DevBroker], sink: WebhookSink, mesh: 
                     key = by_cmid.get(r.client_message_id or "", "?")
                     out.append((WebhookPoster.message_id(key), key))
             return out
-        lanes.append(Lane(W2M_LANE, w2m, lambda: set(hooks.acked)))
+        lanes.append(Lane(W2M_LANE, w2m, lambda: set(hooks.acked), len(hooks.keys)))
     return lanes
 
 
@@ -412,6 +413,21 @@ class Ledger:
         """Every acknowledged source item has arrived in every lane."""
         arr = self.arrivals()
         return all(lane.expected() <= {k for _, k in arr[lane.name]} for lane in self.lanes)
+
+    async def flowing(self, n: int = 5, within: float = 120.0) -> None:
+        """Until every lane that still has items to come has ``n`` more arrivals (a fault then lands
+        while both directions are busy)."""
+        before = {ln: len(a) for ln, a in self.arrivals().items()}
+        total = {lane.name: lane.total for lane in self.lanes}
+        try:
+            async with asyncio.timeout(within):
+                while any(before[ln] + n > len(a) < total[ln]  # noqa: ASYNC110
+                          for ln, a in self.arrivals().items()):
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            now = {ln: len(a) for ln, a in self.arrivals().items()}
+            raise AssertionError(f"{self.title}: stalled after {[s.label for s in self.snaps]}: arrivals "
+                                 f"{before} -> {now} of {total}") from None
 
     def missing(self) -> dict[str, list[str]]:
         """lane -> acknowledged source keys not (yet) at the sink."""
