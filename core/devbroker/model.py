@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -10,8 +10,21 @@ T = TypeVar("T")
 DEFAULT_CAPS = ("read", "dm", "broadcast", "state-read")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def row_to_dict(row: Any) -> dict[str, Any]:
-    return asdict(row)
+    """The row as a JSON-ready dict, equal to ``dataclasses.asdict(row)``. Queue and topic rows hold
+    only scalars, and the state file (rewritten after every change) holds all of them, so those
+    take a shallow copy of their fields; a row with a container in it gets ``asdict``'s deep copy."""
+    cls = type(row)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
+    out = {name: getattr(row, name) for name in names}
+    if any(isinstance(v, (list, dict, tuple, set)) or is_dataclass(v) for v in out.values()):
+        return asdict(row)
+    return out
 
 
 def row_from_dict(cls: type[T], data: dict[str, Any]) -> T:

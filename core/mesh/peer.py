@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_MENTIONS = 16
 RATE_SAFETY = 0.9
+READBACK_MAX_ROWS = 1000  # how far back a post of ours is looked for in topic_history (see _find_posted)
 
 
 class MeshPeer:
@@ -439,15 +440,28 @@ class MeshPeer:
         return await self._find_posted(topic, nonce) if find_id else None
 
     async def _find_posted(self, topic: Topic, nonce: str) -> str | None:
+        """Our row's topic_message id, found by its nonce. ``topic_history`` is newest first by the
+        broker's clock, so after that clock stepped back our row sorts under every row written
+        while it ran fast: past the newest page, it is looked for further back (by ``beforeId``)
+        within :data:`READBACK_MAX_ROWS`."""
         for attempt in range(3):
-            try:
-                rows = await self.topic_history(topic.id, limit=50)
-            except MeshError as exc:
-                log.debug("mesh %s: could not read back #%s: %s", self.name, topic.name, exc)
-                rows = []
-            for row in rows:
-                if row.get("nonce") == nonce and row.get("senderMemberId") in (self.cfg.member_id, None):
-                    return str(row["id"])
+            before: str | None = None
+            seen = 0
+            while seen < READBACK_MAX_ROWS:
+                limit = 50 if before is None else 200
+                try:
+                    rows = await self.topic_history(topic.id, limit=limit, before_id=before)
+                except MeshError as exc:
+                    log.debug("mesh %s: could not read back #%s: %s", self.name, topic.name, exc)
+                    break
+                for row in rows:
+                    if row.get("nonce") == nonce and row.get("senderMemberId") in (self.cfg.member_id, None):
+                        return str(row["id"])
+                seen += len(rows)
+                last = rows[-1].get("id") if rows else None
+                if len(rows) < limit or not isinstance(last, str) or last == before:
+                    break
+                before = last
             await asyncio.sleep(0.2 * (attempt + 1))
         log.warning("mesh %s: posted to #%s but could not find the topic message id", self.name, topic.name)
         return None
