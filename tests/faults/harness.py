@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from claudemesh_gateway.delivery.transport import client_message_id
 from claudemesh_gateway.devbroker import DevBroker
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
-from claudemesh_gateway.routing.transport import client_message_id
 
 __all__ = [
     "EXE",
