@@ -227,7 +227,7 @@ async def test_store_purge_honours_ttls(store: SqliteStore, clock: Clock) -> Non
     clock.t += 9 * 86400
     await store.accept("new", [])
     counts = await store.purge()
-    assert counts == {"inbox": 0, "message_map": 0, "audit": 0}  # 10-day inbox TTL by default
+    assert counts == {"inbox": 0, "message_map": 0, "audit": 0, "dead_letters": 0}  # 10-day inbox TTL by default
     clock.t += 2 * 86400
     counts = await store.purge()
     assert counts["inbox"] == 1
