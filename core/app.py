@@ -241,7 +241,7 @@ def open_store(settings: Settings) -> Any:
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path)
+    return SqliteStore(path, retention=settings.retention)
 
 
 def route_problems(
@@ -652,7 +652,7 @@ async def _mark_draining(app: web.Application) -> None:
 
 
 # -- hot reload ------------------------------------------------------------------------------------------------------------
-_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery")
+_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention")
 
 
 async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[str, Any]:

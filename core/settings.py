@@ -41,6 +41,7 @@ from .errors import ConfigError
 from .logconfig import url_password
 from .mesh.config import MeshConfig
 from .routing.config import RouteConfig
+from .store.retention import RetentionConfig
 from .web.config import AdminConfig, HealthConfig
 
 __all__ = [
@@ -158,6 +159,7 @@ class Settings(BaseSettings):
     gateways: dict[str, dict[str, Any]] = {}
     routes: list[RouteConfig] = []
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     log: LogSettings = LogSettings()
     admin: AdminConfig = Field(default_factory=AdminConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)

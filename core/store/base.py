@@ -98,3 +98,22 @@ class Store(Protocol):
     # -- audit ------------------------------------------------------------------------------------------
     async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None: ...
     async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    # -- retention (core/store/retention.py decides what goes; a backend deletes in short writes) -------
+    async def prune(self, table: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of ``table`` whose age is < ``before`` (epoch seconds),
+        oldest first, in one short write; the count. Tables and their age: ``inbox`` (first seen),
+        ``message_map`` (last used: ``map_put`` or ``map_touch``), ``audit`` (ts), ``dead_letters``
+        (failed_at). ValueError for another table."""
+
+    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the
+        newest ``keep``, in one short write; the count."""
+
+    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
+        """A reply or edit was resolved through the map rows of ``origin_ids`` (every lane): they
+        count as used now, so their reply window starts again."""
+
+    async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
+        """After a pruning pass: give free space back (``vacuum``) and trim the journal. May be a
+        no-op for a backend that does this itself."""

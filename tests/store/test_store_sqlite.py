@@ -377,5 +377,5 @@ async def test_store_migrates_a_v1_file_and_keeps_sent_parts(tmp_path: Path) -> 
     finally:
         await s.close()
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     con.close()
