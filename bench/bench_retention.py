@@ -155,58 +155,55 @@ async def carry(args: argparse.Namespace) -> dict[str, Any]:
             "pass_s_max": round(max(pass_times), 3) if pass_times else None, "vacuum": cfg.vacuum}
 
 
+async def latency_run(args: argparse.Namespace, pruning: bool) -> dict[str, Any]:
+    path = Path(args.dir) / f"latency-{pruning}.sqlite3"
+    now = 1_700_000_000.0
+    clock = Clock(now - 40 * DAY)  # the backlog: 40 days old, past every default window but audit's
+    store = SqliteStore(path, clock=clock, retention=RetentionConfig(interval_s=0), synchronous=args.synchronous)
+    await store.open()
+    todo = iter(range(args.backlog))
+
+    async def fill(worker: int) -> None:
+        for i in todo:
+            await one_message(store, i, 0, worker)
+
+    await asyncio.gather(*(fill(w) for w in range(500)))
+    await store.checkpoint()
+    clock.t = now
+    lat: list[float] = []
+    result: dict[str, Any] = {}
+
+    async def prune_task() -> None:
+        t0 = time.perf_counter()
+        result["pruned_rows"] = sum((await store.purge()).values())
+        result["prune_s"] = round(time.perf_counter() - t0, 1)
+        result["rows_per_s"] = round(result["pruned_rows"] / (time.perf_counter() - t0))
+
+    async def measured(k: int) -> None:
+        lat.append(await one_message(store, args.backlog + k, 0, 1000 + k))  # a fresh lane each
+
+    task = asyncio.create_task(prune_task()) if pruning else None
+    interval = 1.0 / args.rate
+    pending = []
+    t_start = time.perf_counter()
+    for i in range(int(args.rate * args.seconds)):
+        delay = t_start + i * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(measured(i)))
+    await asyncio.gather(*pending)
+    if task is not None:
+        await task
+    await store.close()
+    lat.sort()
+    return {"p50_ms": round(lat[len(lat) // 2] * 1000, 2), "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
+            "max_ms": round(lat[-1] * 1000, 2), **result}
+
+
 async def latency(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"backlog": args.backlog, "rate": args.rate, "seconds": args.seconds}
-    for pruning in (False, True):
-        path = Path(args.dir) / f"latency-{pruning}.sqlite3"
-        now = 1_700_000_000.0
-        clock = Clock(now - 40 * DAY)  # the backlog: 40 days old, past every default window but audit's
-        store = SqliteStore(path, clock=clock, retention=RetentionConfig(interval_s=0), synchronous=args.synchronous)
-        await store.open()
-        todo = iter(range(args.backlog))
-
-        async def fill(worker: int) -> None:
-            for i in todo:
-                await one_message(store, i, 0, worker)
-
-        await asyncio.gather(*(fill(w) for w in range(500)))
-        await store.checkpoint()
-        clock.t = now
-        lat: list[float] = []
-        pruned = 0
-        prune_s = 0.0
-
-        async def prune_task() -> None:
-            nonlocal pruned, prune_s
-            t0 = time.perf_counter()
-            pruned = sum((await store.purge()).values())
-            prune_s = time.perf_counter() - t0
-
-        task = asyncio.create_task(prune_task()) if pruning else None
-        interval = 1.0 / args.rate
-        pending = []
-        t_start = time.perf_counter()
-        for i in range(int(args.rate * args.seconds)):
-            target = t_start + i * interval
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-            async def measured(k: int) -> None:
-                lat.append(await one_message(store, args.backlog + k, 0, 1000 + k))  # a fresh lane each
-
-            pending.append(asyncio.create_task(measured(i)))
-        await asyncio.gather(*pending)
-        if task is not None:
-            await task
-        await store.close()
-        lat.sort()
-        key = "pruning" if pruning else "no_pruning"
-        out[key] = {"p50_ms": round(lat[len(lat) // 2] * 1000, 2), "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2),
-                    "max_ms": round(lat[-1] * 1000, 2)}
-        if pruning:
-            out[key].update(pruned_rows=pruned, prune_s=round(prune_s, 1),
-                            rows_per_s=round(pruned / prune_s) if prune_s else None)
+    out["no_pruning"] = await latency_run(args, False)
+    out["pruning"] = await latency_run(args, True)
     return out
 
 

@@ -217,3 +217,12 @@ async def test_retention_refuses_unknown_tables(store: SqliteStore) -> None:
         await store.prune("kv", 0, 10)
     with pytest.raises(ValueError, match="outbox"):
         await store.prune_excess("outbox", 0, 10)
+
+
+async def test_retention_the_app_store_gets_the_retention_table(tmp_path: Path) -> None:
+    from claudemesh_gateway.app import open_store
+
+    settings = settings_from_dict({"server": {"store_path": str(tmp_path / "s" / "gw.db")},
+                                   "retention": {"reply_window_days": 7, "dead_letter_max": 0, "interval_s": 0}})
+    s = open_store(settings)
+    assert s.retention == settings.retention and s.retention.reply_window_days == 7
