@@ -235,13 +235,15 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
 
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
-def open_store(settings: Settings) -> Any:
-    """The configured store (not yet opened): SQLite at ``server.store_path``."""
+def open_store(settings: Settings, *, prune: bool = True) -> Any:
+    """The configured store (not yet opened): SQLite at ``server.store_path``. ``prune=False``
+    (tools such as ``dlq``): no background pruning; the running gateway does that."""
     from .store.sqlite import SqliteStore
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path, retention=settings.retention)
+    retention = settings.retention if prune else settings.retention.model_copy(update={"interval_s": 0})
+    return SqliteStore(path, retention=retention)
 
 
 def route_problems(

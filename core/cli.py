@@ -309,7 +309,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from .app import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, prune=False)
     await store.open()
     try:
         if args.dlq_cmd == "list":

@@ -223,6 +223,8 @@ async def test_retention_the_app_store_gets_the_retention_table(tmp_path: Path) 
     from claudemesh_gateway.app import open_store
 
     settings = settings_from_dict({"server": {"store_path": str(tmp_path / "s" / "gw.db")},
-                                   "retention": {"reply_window_days": 7, "dead_letter_max": 0, "interval_s": 0}})
+                                   "retention": {"reply_window_days": 7, "dead_letter_max": 0}})
     s = open_store(settings)
     assert s.retention == settings.retention and s.retention.reply_window_days == 7
+    tool = open_store(settings, prune=False)  # the dlq command: no background pruning of its own
+    assert tool.retention.interval_s == 0 and tool.retention.reply_window_days == 7
