@@ -13,7 +13,8 @@ Phases (each in its own subprocess):
            is dead-lettered instead, one in 10,000 writes an audit row. Pruning passes run
            concurrently (every --pass-every virtual hours) with the default [retention].
            Prints the file + WAL size per virtual day, the rows kept per table and the size at
-           the end, and how long the passes took.
+           the end, how long the passes took, and the file after 31 more days without traffic
+           (what incremental_vacuum gives back; compare --no-vacuum).
   latency  the writer's latency impact: a store holding --backlog messages' worth of rows
            past every window (a long pause, or retention just shortened), then --rate msg/s
            offered for --seconds (accept + map_put + complete, concurrently), once with pruning
@@ -145,9 +146,12 @@ async def carry(args: argparse.Namespace) -> dict[str, Any]:
     for table in ("inbox", "message_map", "outbox", "dead_letters", "audit", "kv"):
         row = await store._read(lambda c, t=table: c.execute(f"SELECT COUNT(*) FROM {t}").fetchone())
         counts[table] = row[0]
-    await store.close()
     f, w = sizes(path)
-    return {"messages": done, "days": args.days, "elapsed_s": round(elapsed, 1),
+    clock.t += 31 * DAY  # then a month without traffic: what a pass gives back
+    await store.purge()
+    quiet_file = sizes(path)[0]
+    await store.close()
+    return {"quiet_file": quiet_file, "messages": done, "days": args.days, "elapsed_s": round(elapsed, 1),
             "msg_per_s": round(done / elapsed), "per_day": per_day, "final_file": f, "final_wal": w,
             "peak_file": max([p[1] for p in per_day] + [f]), "peak_wal": max([p[2] for p in per_day] + [w]),
             "rows": counts, "free_pages_end": stats["free_pages"], "passes": len(pass_times),
@@ -247,6 +251,7 @@ def report(phase: str, r: dict[str, Any]) -> None:
         print(f"  end: file {mb(r['final_file'])}, wal {mb(r['final_wal'])}; peak file {mb(r['peak_file'])}, "
               f"peak wal {mb(r['peak_wal'])}; free pages left {r['free_pages_end']}")
         print(f"  rows kept: {r['rows']}")
+        print(f"  after 31 more days without traffic: file {mb(r['quiet_file'])}")
         print(f"  {r['passes']} pruning passes, p50 {r['pass_s_p50']} s, max {r['pass_s_max']} s")
     else:
         print(f"latency: {r['rate']:g} msg/s offered for {r['seconds']:g} s over a {r['backlog']:,}-message backlog")
