@@ -31,6 +31,13 @@ delivery engine sends nothing), the outage is logged once when it starts, then a
 minute, and once when it ends; a small probe write every ``probe_interval`` seconds notices the
 recovery even when nothing else writes.
 
+Retention
+---------
+A background task prunes what dedup, replies, edits and operators no longer need (the policy:
+:mod:`.retention`), in deletes of ``[retention] batch`` rows, each its own writer operation, then
+gives the freed pages back (``auto_vacuum = INCREMENTAL``, ``incremental_vacuum``) and truncates the
+WAL (``wal_checkpoint(TRUNCATE)``). The code is the "pruning" sections below.
+
 Both connections are driven through aiosqlite's worker threads.
 """
 
