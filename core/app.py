@@ -238,11 +238,12 @@ def _setup_ops_endpoints(app: web.Application, runtime: Runtime) -> None:
 
 
 # -- adapters to the parts other modules own --------------------------------------------------------------------------
-def open_store(settings: Settings) -> Any:
-    """The configured store (not yet opened): SQLite at ``server.store_path``, or PostgreSQL
-    when ``[store] backend = "postgres"``."""
+def open_store(settings: Settings, *, prune: bool = True) -> Any:
+    """The configured store (not yet opened): SQLite at ``server.store_path`` with ``[retention]``
+    (the message trace's window included), or PostgreSQL when ``[store] backend = "postgres"``.
+    ``prune=False`` (tools such as ``dlq``): no background pruning; the running gateway does that."""
     cfg = settings.store
-    trace_ttl = settings.trace.retention_days * 86400.0
+    trace_ttl = settings.retention.trace_days * 86400.0  # [trace] retention_days is its alias
     if cfg.backend == "postgres":
         from .store.postgres import PostgresStore
 
@@ -252,7 +253,8 @@ def open_store(settings: Settings) -> Any:
 
     path = settings.server.store
     make_private_dir(path.parent)  # 0700: the store holds the session secret keys
-    return SqliteStore(path, trace_ttl=trace_ttl)
+    retention = settings.retention if prune else settings.retention.model_copy(update={"interval_s": 0})
+    return SqliteStore(path, retention=retention)
 
 
 def store_where(settings: Settings) -> str:
@@ -623,7 +625,7 @@ async def _mark_draining(app: web.Application) -> None:
 
 
 # -- hot reload ------------------------------------------------------------------------------------------------------------
-_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery")
+_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention")
 
 
 async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[str, Any]:

@@ -328,7 +328,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 async def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from .app import open_store
 
-    store = open_store(settings)
+    store = open_store(settings, prune=False)
     await store.open()
     try:
         if args.dlq_cmd == "list":
@@ -386,7 +386,7 @@ async def _trace(args: argparse.Namespace, settings: Settings) -> int:
         _out({"query": args.id, "messages": traces})
     elif not traces:
         print(f"no trace of {args.id!r} (not a message id, native id or outbox id seen within the "
-              f"trace retention of {settings.trace.retention_days:g} day(s))", file=sys.stderr)
+              f"trace retention of {settings.retention.trace_days:g} day(s))", file=sys.stderr)
     else:
         print("\n\n".join(format_timeline(t) for t in traces))
     return EXIT_OK if traces else EXIT_NOT_FOUND

@@ -26,7 +26,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -43,6 +52,7 @@ from .mesh.config import MeshConfig
 from .otel import OtelSettings
 from .routing.config import RouteConfig
 from .store.config import StoreConfig
+from .store.retention import RetentionConfig
 from .trace import TraceSettings
 from .web.config import AdminConfig, HealthConfig
 
@@ -162,6 +172,7 @@ class Settings(BaseSettings):
     routes: list[RouteConfig] = []
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     log: LogSettings = LogSettings()
     admin: AdminConfig = Field(default_factory=AdminConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
@@ -172,6 +183,32 @@ class Settings(BaseSettings):
     config_path: Path | None = Field(None, exclude=True)
     config_file: ClassVar[Path | None] = None  # the TOML file the source reads (set on a subclass)
     includes_optional: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trace_retention_alias(cls, data: Any) -> Any:
+        """``[trace] retention_days`` is an alias of ``[retention] trace_days`` (one pruning system):
+        it applies when ``trace_days`` is not set; both set to different values is an error."""
+        if not isinstance(data, dict):
+            return data
+        trace, retention = data.get("trace"), data.get("retention")
+        if not isinstance(trace, dict) or "retention_days" not in trace:
+            return data
+        if retention is None:
+            retention = {}
+        if not isinstance(retention, dict):
+            return data  # a RetentionConfig instance (or garbage for the field's own error)
+        alias = trace["retention_days"]
+        if "trace_days" in retention:
+            try:
+                same = float(retention["trace_days"]) == float(alias)
+            except (TypeError, ValueError):
+                return data  # the field's own validation names the bad value
+            if not same:
+                raise ValueError("trace.retention_days and retention.trace_days disagree: set only "
+                                 "retention.trace_days")
+            return data
+        return {**data, "retention": {**retention, "trace_days": alias}}
 
     @field_validator("gateways")
     @classmethod

@@ -381,6 +381,9 @@ class RoutingTransport:
         if origin_id is None:
             return None
         ids = await store.map_get(origin_id, to.key)
+        touch = getattr(store, "map_touch", None)
+        if ids and touch is not None:  # a reply or edit still arrives: the map rows' reply window restarts
+            await touch(origin_id)
         return ids[0] if ids else None
 
     async def _fanout_targets(self, item: OutboxItem, to: Address, message: Message) -> list[Address]:

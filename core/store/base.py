@@ -121,8 +121,8 @@ class Store(Protocol):
     async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]: ...
 
     # -- message trace (core.trace) ---------------------------------------------------------------------
-    # Diagnostics, never needed for delivery. Kept ``trace_ttl`` seconds (``purge`` deletes older
-    # events, index rows and summaries). Never holds message text.
+    # Diagnostics, never needed for delivery. Kept ``[retention] trace_days`` (``prune("trace", ...)``
+    # deletes older events, index rows and summaries). Never holds message text.
     async def trace_write(self, events: Sequence[TraceEvent]) -> None:
         """Append ``events`` (their native-id index rows and summary updates) in ONE write that
         shares the group commit with whatever else is queued."""
@@ -145,3 +145,23 @@ class Store(Protocol):
         """Summaries (as in ``trace_get``), newest ``last_at`` first. ``q``: an id as ``trace_resolve``
         takes it; ``route``: one of its routes; ``chat``: a substring of its origin or a lane;
         ``sender``: exact sender; ``since``/``until``: ``last_at`` bounds (epoch seconds)."""
+
+    # -- retention (core/store/retention.py decides what goes; a backend deletes in short writes) -------
+    async def prune(self, table: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of ``table`` whose age is < ``before`` (epoch seconds),
+        oldest first, in one short write; the count. Tables and their age: ``inbox`` (first seen),
+        ``message_map`` (last used: ``map_put`` or ``map_touch``), ``audit`` (ts), ``dead_letters``
+        (failed_at), ``trace`` (a message's last event; counts messages, their index rows go too).
+        ValueError for another table."""
+
+    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the
+        newest ``keep``, in one short write; the count."""
+
+    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
+        """A reply or edit was resolved through the map rows of ``origin_ids`` (every lane): they
+        count as used now, so their reply window starts again."""
+
+    async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
+        """After a pruning pass: give free space back (``vacuum``) and trim the journal. May be a
+        no-op for a backend that does this itself."""

@@ -180,11 +180,23 @@ CREATE TABLE IF NOT EXISTS trace_keys (
 );
 """
 
+# v4: retention (core/store/retention.py): a message-map row lives for the reply window after its
+# last use (delivery, or a reply or edit resolved through it: map_touch), not after its creation.
+# The same step as SQLite's v4; version 3 is the message trace's number (SQLite's v3), which this
+# backend's migrations keep for it so the two schemas stay numbered alike.
+_SCHEMA_V4 = """
+ALTER TABLE message_map ADD COLUMN IF NOT EXISTS last_used DOUBLE PRECISION NOT NULL DEFAULT 0;
+UPDATE message_map SET last_used = created_at WHERE last_used = 0;
+DROP INDEX IF EXISTS message_map_created;
+CREATE INDEX IF NOT EXISTS message_map_last_used ON message_map(last_used);
+"""
+
 # (target version, SQL). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
     (1, _SCHEMA_V1),
     (2, _SCHEMA_V2),
     (3, _SCHEMA_V3),
+    (4, _SCHEMA_V4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -400,8 +412,9 @@ async def _map_put_many(c: asyncpg.Connection, ops: list[tuple[Any, ...]]) -> li
                 col.append(v)
     if cols[0]:
         await c.execute(
-            "INSERT INTO message_map (origin_id, lane, part, native_id, created_at)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[])", *cols,
+            "INSERT INTO message_map (origin_id, lane, part, native_id, created_at, last_used)"
+            " SELECT o, l, p, n, t, t FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[])"
+            " AS u(o, l, p, n, t)", *cols,
         )
     return [None] * len(ops)
 
@@ -498,8 +511,8 @@ async def _op_map_put(c: asyncpg.Connection, origin_id: str, lane: str, native_i
     await c.execute("DELETE FROM message_map WHERE origin_id = $1 AND lane = $2", origin_id, lane)
     if native_ids:
         await c.execute(
-            "INSERT INTO message_map (origin_id, lane, part, native_id, created_at)"
-            " SELECT $1, $2, ord - 1, n, $4 FROM unnest($3::text[]) WITH ORDINALITY AS t(n, ord)",
+            "INSERT INTO message_map (origin_id, lane, part, native_id, created_at, last_used)"
+            " SELECT $1, $2, ord - 1, n, $4, $4 FROM unnest($3::text[]) WITH ORDINALITY AS t(n, ord)",
             origin_id, lane, [str(n) for n in native_ids], now,
         )
 
@@ -554,11 +567,19 @@ async def _op_audit(c: asyncpg.Connection, now: float, actor: str, action: str, 
 _PURGE = {  # table -> a DELETE of at most $2 expired rows (chunks keep each commit short)
     "inbox": "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE seen_at < $1 LIMIT $2) RETURNING 1",
     "message_map": "DELETE FROM message_map WHERE (origin_id, lane, part) IN"
-                   " (SELECT origin_id, lane, part FROM message_map WHERE created_at < $1 LIMIT $2) RETURNING 1",
-    "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < $1 LIMIT $2) RETURNING 1",
+                   " (SELECT origin_id, lane, part FROM message_map WHERE last_used < $1"
+                   " ORDER BY last_used LIMIT $2) RETURNING 1",
+    "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < $1 ORDER BY ts LIMIT $2) RETURNING 1",
+    "dead_letters": "DELETE FROM dead_letters WHERE id IN"
+                    " (SELECT id FROM dead_letters WHERE failed_at < $1 ORDER BY failed_at LIMIT $2) RETURNING 1",
     # the trace: whole messages whose last event is older than the retention (events, index, summary)
     "trace": "DELETE FROM trace_messages WHERE message_id IN"
-             " (SELECT message_id FROM trace_messages WHERE last_at < $1 LIMIT $2) RETURNING message_id, keys",
+             " (SELECT message_id FROM trace_messages WHERE last_at < $1 ORDER BY last_at LIMIT $2)"
+             " RETURNING message_id, keys",
+}
+_PURGE_EXCESS = {  # table -> a DELETE of the $1 oldest rows
+    "dead_letters": "DELETE FROM dead_letters WHERE id IN"
+                    " (SELECT id FROM dead_letters ORDER BY failed_at, id LIMIT $1) RETURNING 1",
 }
 
 
@@ -616,6 +637,18 @@ _TRACE_SUMMARY_SELECT = (
     "SELECT message_id, first_at, last_at, origin, sender, routes, lanes, dropped, dests, delivered, failed, dead"
     " FROM trace_messages"
 )
+
+
+async def _op_prune_excess(c: asyncpg.Connection, table: str, keep: int, limit: int) -> int:
+    over = int(await c.fetchval(f"SELECT count(*) FROM {table}")) - keep
+    if over <= 0:
+        return 0
+    return len(await c.fetch(_PURGE_EXCESS[table], min(over, limit)))
+
+
+async def _op_map_touch(c: asyncpg.Connection, origin_ids: list[str], now: float) -> None:
+    await c.execute("UPDATE message_map SET last_used = $2 WHERE origin_id = ANY($1::text[]) AND last_used < $2",
+                    origin_ids, now)
 
 
 async def _op_noop(c: asyncpg.Connection) -> None:
@@ -1308,6 +1341,34 @@ class PostgresStore:
         if any(counts.values()):
             log.info("store purge: %s", counts)
         return counts
+
+    # -- retention (the Store protocol's pruning operations; see core/store/retention.py) ------------------------
+    # ``purge`` above is this backend's pass (inbox, message map by last use, audit); the
+    # ``[retention]`` table and its background pass are SQLite's for now.
+    async def prune(self, table: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
+        ``dead_letters``) whose age (seen_at, last_used, ts, failed_at) is < ``before``, oldest first."""
+        if table not in _PURGE:
+            raise ValueError(f"no retention for table {table!r}")
+        return await self._write(_op_purge_chunk, table, float(before), int(limit))
+
+    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
+        if table not in _PURGE_EXCESS:
+            raise ValueError(f"no row cap for table {table!r}")
+        return await self._write(_op_prune_excess, table, int(keep), int(limit))
+
+    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
+        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
+        (every lane) count as used now, so the reply window starts again."""
+        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
+        if ids:
+            await self._write(_op_map_touch, ids, self.clock())
+
+    async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
+        """Nothing to do: PostgreSQL's autovacuum reuses the space of deleted rows and its
+        checkpoints recycle the WAL. Returns an empty dict."""
+        return {}
 
     # -- coordination between replicas (see .leases) ------------------------------------------------------------
     async def lease_acquire(self, names: Sequence[str], owner: str, ttl: float) -> list[str]:

@@ -31,6 +31,13 @@ delivery engine sends nothing), the outage is logged once when it starts, then a
 minute, and once when it ends; a small probe write every ``probe_interval`` seconds notices the
 recovery even when nothing else writes.
 
+Retention
+---------
+A background task prunes what dedup, replies, edits and operators no longer need (the policy:
+:mod:`.retention`), in deletes of ``[retention] batch`` rows, each its own writer operation, then
+gives the freed pages back (``auto_vacuum = INCREMENTAL``, ``incremental_vacuum``) and truncates the
+WAL (``wal_checkpoint(TRUNCATE)``). The code is the "pruning" sections below.
+
 Both connections are driven through aiosqlite's worker threads.
 """
 
@@ -51,14 +58,14 @@ from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps, loads
+from .retention import DAY, MIN_INBOX_DAYS, RetentionConfig, prune_pass
 from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
 __all__ = ["SCHEMA_VERSION", "TRACE_EVENTS_MAX", "SqliteStore"]
 
 log = logging.getLogger(__name__)
 
-DAY = 86400.0
-MIN_INBOX_TTL = 8 * DAY  # vendors redeliver for up to 24 h; mesh history can be re-polled for days
+MIN_INBOX_TTL = MIN_INBOX_DAYS * DAY  # see retention.py: the broker keeps undelivered queue rows 7 days
 
 _loads = loads
 _dumps = dumps
@@ -165,11 +172,21 @@ def _migrate_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_v4(conn: sqlite3.Connection) -> None:
+    # retention: a message-map row lives for the reply window after its last use (delivery, or a
+    # reply or edit resolved through it: map_touch), not after its creation
+    conn.execute("ALTER TABLE message_map ADD COLUMN last_used REAL NOT NULL DEFAULT 0")
+    conn.execute("UPDATE message_map SET last_used = created_at")
+    conn.execute("DROP INDEX IF EXISTS message_map_created")
+    conn.execute("CREATE INDEX IF NOT EXISTS message_map_last_used ON message_map(last_used)")
+
+
 # (target version, function). Append new steps; never edit a released one.
 MIGRATIONS: list[tuple[int, Callable[[sqlite3.Connection], None]]] = [
     (1, _migrate_v1),
     (2, _migrate_v2),
     (3, _migrate_v3),
+    (4, _migrate_v4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -194,7 +211,26 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
         log.info("store schema migrated to version %d", version)
+    ensure_incremental_vacuum(conn)
     return current
+
+
+def ensure_incremental_vacuum(conn: sqlite3.Connection) -> None:
+    """``auto_vacuum = INCREMENTAL``, so pruned pages can be given back (``incremental_vacuum``).
+
+    SQLite changes the mode of a file that has tables only with a ``VACUUM`` (outside any
+    transaction; it rewrites the file once, through the WAL). New stores pay that on an empty file;
+    a store made before schema version 4 pays it once on the first start of this version.
+    """
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    started = time.monotonic()
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("VACUUM")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    if pages > 64:
+        log.info("store converted to auto_vacuum=INCREMENTAL (%d pages) in %.1fs", pages,
+                 time.monotonic() - started)
 
 
 # -- row <-> item ---------------------------------------------------------------------------------
@@ -342,12 +378,12 @@ def _op_dlq_drop(c: sqlite3.Connection, ids: Sequence[int] | None) -> int:
 def _op_map_put(c: sqlite3.Connection, origin_id: str, lane: str, native_ids: Sequence[str], now: float) -> None:
     c.execute("DELETE FROM message_map WHERE origin_id = ? AND lane = ?", (origin_id, lane))
     if len(native_ids) == 1:
-        c.execute(_INSERT_MAP, (origin_id, lane, 0, str(native_ids[0]), now))
+        c.execute(_INSERT_MAP, (origin_id, lane, 0, str(native_ids[0]), now, now))
     else:
-        c.executemany(_INSERT_MAP, [(origin_id, lane, i, str(n), now) for i, n in enumerate(native_ids)])
+        c.executemany(_INSERT_MAP, [(origin_id, lane, i, str(n), now, now) for i, n in enumerate(native_ids)])
 
 
-_INSERT_MAP = "INSERT INTO message_map (origin_id, lane, part, native_id, created_at) VALUES (?,?,?,?,?)"
+_INSERT_MAP = "INSERT INTO message_map (origin_id, lane, part, native_id, created_at, last_used) VALUES (?,?,?,?,?,?)"
 
 
 def _op_kv_set(c: sqlite3.Connection, ns: str, key: str, value: str, now: float) -> None:
@@ -364,30 +400,6 @@ def _op_kv_delete(c: sqlite3.Connection, ns: str, key: str) -> None:
 
 def _op_audit(c: sqlite3.Connection, now: float, actor: str, action: str, detail: str) -> None:
     c.execute("INSERT INTO audit (ts, actor, action, detail) VALUES (?,?,?,?)", (now, actor, action, detail))
-
-
-_PURGE = {  # table -> a DELETE of at most ? expired rows (chunks keep each commit short)
-    "inbox": "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE seen_at < ? LIMIT ?)",
-    "message_map": "DELETE FROM message_map WHERE (origin_id, lane, part) IN"
-                   " (SELECT origin_id, lane, part FROM message_map WHERE created_at < ? LIMIT ?)",
-    "audit": "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ? LIMIT ?)",
-    # the trace: whole messages whose last event is older than the retention (events, index, summary)
-    "trace": "DELETE FROM trace_messages WHERE message_id IN"
-             " (SELECT message_id FROM trace_messages WHERE last_at < ? LIMIT ?) RETURNING message_id, keys",
-}
-
-
-def _op_purge_trace_chunk(c: sqlite3.Connection, before: float, limit: int) -> int:
-    gone = c.execute(_PURGE["trace"], (before, limit)).fetchall()
-    c.executemany("DELETE FROM trace_keys WHERE key = ? AND message_id = ?",
-                  [(k, mid) for mid, keys in gone for k in keys.split("\n") if k])
-    return len(gone)
-
-
-def _op_purge_chunk(c: sqlite3.Connection, table: str, before: float, limit: int) -> int:
-    if table == "trace":
-        return _op_purge_trace_chunk(c, before, limit)
-    return c.execute(_PURGE[table], (before, limit)).rowcount
 
 
 # -- message trace (core.trace): write + read operations ---------------------------------------------
@@ -629,6 +641,86 @@ def _tighten(path: Path) -> None:
             log.warning("store file %s is readable by others and could not be made 0600: %s", p, exc.strerror)
 
 
+# -- pruning (retention): write operations ------------------------------------------------------------
+# Each deletes at most ``limit`` rows, oldest first, by the table's age column (indexed), so one
+# operation is a short part of one group commit. What is kept, and why: retention.py.
+
+_PRUNE_AGE = {  # table -> (age column, key of a row)
+    "inbox": ("seen_at", "id"),
+    "message_map": ("last_used", "origin_id, lane, part"),
+    "audit": ("ts", "id"),
+    "dead_letters": ("failed_at", "id"),
+}
+_PRUNE_SQL = {
+    table: f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {col} < ? ORDER BY {col} LIMIT ?)"
+    for table, (col, key) in _PRUNE_AGE.items()
+}
+# the trace: whole messages whose last event is older than the window (summary + events in one row;
+# its index rows in trace_keys, listed again in the row's ``keys``, go in the same operation)
+_PRUNE_SQL["trace"] = (
+    "DELETE FROM trace_messages WHERE message_id IN (SELECT message_id FROM trace_messages WHERE last_at < ?"
+    " ORDER BY last_at LIMIT ?) RETURNING message_id, keys"
+)
+_PRUNE_EXCESS_SQL = {
+    "dead_letters": "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY failed_at, id LIMIT ?)",
+}
+VACUUM_STEP = 256  # pages given back per write (1 MiB at the default page size)
+
+
+def _op_prune(c: sqlite3.Connection, table: str, before: float, limit: int) -> int:
+    if table == "trace":
+        return _op_prune_trace(c, before, limit)
+    return c.execute(_PRUNE_SQL[table], (before, limit)).rowcount
+
+
+def _op_prune_trace(c: sqlite3.Connection, before: float, limit: int) -> int:
+    gone = c.execute(_PRUNE_SQL["trace"], (before, limit)).fetchall()
+    c.executemany("DELETE FROM trace_keys WHERE key = ? AND message_id = ?",
+                  [(k, mid) for mid, keys in gone for k in keys.split("\n") if k])
+    return len(gone)
+
+
+def _op_prune_excess(c: sqlite3.Connection, table: str, keep: int, limit: int) -> int:
+    over = c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] - keep
+    if over <= 0:
+        return 0
+    return c.execute(_PRUNE_EXCESS_SQL[table], (min(over, limit),)).rowcount
+
+
+def _op_map_touch(c: sqlite3.Connection, origin_ids: list[str], now: float) -> None:
+    c.executemany("UPDATE message_map SET last_used = ? WHERE origin_id = ? AND last_used < ?",
+                  [(now, o, now) for o in origin_ids])
+
+
+def _op_incremental_vacuum(c: sqlite3.Connection, pages: int) -> int:
+    """Give back up to ``pages`` free pages (the file shrinks at the next checkpoint)."""
+    free = int(c.execute("PRAGMA freelist_count").fetchone()[0])
+    n = min(free, pages)
+    for _ in range(n):  # Python's sqlite3 steps a PRAGMA once: one page per statement
+        c.execute("PRAGMA incremental_vacuum(1)")
+    return n
+
+
+def _wal_checkpoint(c: sqlite3.Connection) -> tuple[int, int, int]:
+    """``wal_checkpoint(TRUNCATE)``: (busy, WAL frames, frames checkpointed). Outside a transaction."""
+    r = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(r[0]), int(r[1]), int(r[2])
+
+
+def _pragmas(c: sqlite3.Connection, statements: list[str]) -> list[Any]:
+    """Run each PRAGMA to completion; the first column of its first row (None without one)."""
+    out = []
+    for sql in statements:
+        rows = c.execute(sql).fetchall()
+        out.append(rows[0][0] if rows else None)
+    return out
+
+
+def _rd_file_pages(c: sqlite3.Connection) -> tuple[int, int, int]:
+    return (int(c.execute("PRAGMA page_count").fetchone()[0]), int(c.execute("PRAGMA freelist_count").fetchone()[0]),
+            int(c.execute("PRAGMA page_size").fetchone()[0]))
+
+
 # -- the store -----------------------------------------------------------------------------------------
 
 class SqliteStore:
@@ -637,12 +729,10 @@ class SqliteStore:
     :param path: database file (created with its directory); ``":memory:"`` is refused
         because the writer and the reader need the same database.
     :param synchronous: ``"FULL"`` (default, power-loss safe) or ``"NORMAL"`` (crash safe).
-    :param inbox_ttl: seconds a message id stays in the dedup ledger (>= 8 days).
-    :param map_ttl: seconds a message-map row is kept (replies/edits to older messages
-        are sent unthreaded).
-    :param audit_ttl: seconds audit rows are kept.
-    :param trace_ttl: seconds a message's trace is kept after its last event.
-    :param purge_interval: seconds between automatic purges (0 disables the task).
+    :param retention: the ``[retention]`` table (windows, caps, pruning pace); see retention.py.
+    :param inbox_ttl, map_ttl, audit_ttl, trace_ttl, purge_interval: seconds; override ``retention``'s
+        ``inbox_days`` (>= 8 days), ``reply_window_days``, ``audit_days``, ``trace_days`` (a
+        message's trace after its last event) and ``interval_s`` (0 disables the background pruning task).
     :param max_batch: most operations committed in one transaction.
     :param probe_interval: seconds between probe writes while the database cannot be written.
     :param clock: wall clock (epoch seconds), injectable for tests.
@@ -653,11 +743,12 @@ class SqliteStore:
         path: str | Path,
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        inbox_ttl: float = 10 * DAY,
-        map_ttl: float = 30 * DAY,
-        audit_ttl: float = 90 * DAY,
-        trace_ttl: float = 7 * DAY,
-        purge_interval: float = 3600.0,
+        retention: RetentionConfig | None = None,
+        inbox_ttl: float | None = None,
+        map_ttl: float | None = None,
+        audit_ttl: float | None = None,
+        trace_ttl: float | None = None,
+        purge_interval: float | None = None,
         max_batch: int = 5000,
         busy_timeout_ms: int = 10_000,
         probe_interval: float = 5.0,
@@ -667,19 +758,23 @@ class SqliteStore:
             raise ValueError("SqliteStore needs a file path (writer and reader share the database)")
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError("synchronous must be FULL or NORMAL")
-        if inbox_ttl < MIN_INBOX_TTL:
+        if inbox_ttl is not None and inbox_ttl < MIN_INBOX_TTL:
             raise ValueError("inbox_ttl must be at least 8 days (vendors and meshes redeliver late)")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.path = Path(path)
         self.synchronous = synchronous
-        self.inbox_ttl = inbox_ttl
-        self.map_ttl = map_ttl
-        self.audit_ttl = audit_ttl
-        if trace_ttl <= 0:
+        if trace_ttl is not None and trace_ttl <= 0:
             raise ValueError("trace_ttl must be > 0")
-        self.trace_ttl = trace_ttl
-        self.purge_interval = purge_interval
+        overrides = {key: value for key, value in (
+            ("inbox_days", None if inbox_ttl is None else inbox_ttl / DAY),
+            ("reply_window_days", None if map_ttl is None else map_ttl / DAY),
+            ("audit_days", None if audit_ttl is None else audit_ttl / DAY),
+            ("trace_days", None if trace_ttl is None else trace_ttl / DAY),
+            ("interval_s", purge_interval),
+        ) if value is not None}
+        base = retention if retention is not None else RetentionConfig()
+        self.retention = RetentionConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.max_batch = max_batch
         self.busy_timeout_ms = busy_timeout_ms
         if probe_interval <= 0:
@@ -701,6 +796,10 @@ class SqliteStore:
         self.op_errors = 0
         self.batch_errors = 0
         self.outages = 0  # times the database became unwritable
+        self.prune_passes = 0
+        self.prune_seconds = 0.0
+        self.pruned: dict[str, int] = {}  # rows pruned per table since open
+        self.vacuumed_pages = 0
         # outage state: the cause, when it began (monotonic), writes refused, last log line (monotonic)
         self._problem: str | None = None
         self._outage_since = 0.0
@@ -732,14 +831,16 @@ class SqliteStore:
         _tighten(self.path)
         w = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
         try:
-            await w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = await (await w.execute("PRAGMA journal_mode = WAL")).fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
+            # every PRAGMA through _pragmas (each statement finished): an open one would refuse
+            # the VACUUM that migrate() may run
+            mode = (await self._call(w, _pragmas, [
+                f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}", "PRAGMA journal_mode = WAL"]))[1]
+            if mode is None or str(mode).lower() != "wal":
                 raise StartupError(f"could not put the store {self.path} in WAL mode (got {mode!r})")
-            await w.execute(f"PRAGMA synchronous = {self.synchronous}")
-            await w.execute("PRAGMA foreign_keys = ON")
-            await w.execute("PRAGMA temp_store = MEMORY")
-            await w.execute("PRAGMA journal_size_limit = 67108864")  # trim the WAL to 64 MiB after checkpoints
+            await self._call(w, _pragmas, [
+                f"PRAGMA synchronous = {self.synchronous}", "PRAGMA foreign_keys = ON", "PRAGMA temp_store = MEMORY",
+                "PRAGMA journal_size_limit = 67108864",  # trim the WAL to 64 MiB after checkpoints
+            ])
             await self._call(w, migrate)
             r = await aiosqlite.connect(str(self.path), isolation_level=None, cached_statements=256)
             try:
@@ -756,8 +857,8 @@ class SqliteStore:
         self._closing = False
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._writer_loop(), name="store-writer")
-        if self.purge_interval > 0:
-            self._purger = asyncio.create_task(self._purge_loop(), name="store-purge")
+        if self.retention.interval_s > 0:
+            self._purger = asyncio.create_task(self._prune_loop(), name="store-prune")
         log.info("store opened: %s (WAL, synchronous=%s)", self.path, self.synchronous)
 
     async def close(self) -> None:
@@ -952,16 +1053,6 @@ class SqliteStore:
             raise RuntimeError("the store is not open")
         return await self._call(self._r, fn, *args)
 
-    async def _purge_loop(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("store purge failed; will retry")
-            await asyncio.sleep(self.purge_interval)
-
     # -- inbox ledger + outbox ------------------------------------------------------------------------
     async def accept(self, message_id: str, items: Sequence[OutboxItem]) -> bool:
         now = self.clock()
@@ -1152,29 +1243,6 @@ class SqliteStore:
         return found
 
     # -- maintenance -------------------------------------------------------------------------------------------------
-    async def purge(self, now: float | None = None, *, chunk: int = 5000) -> dict[str, int]:
-        """Delete inbox ids, message-map rows, audit rows and message traces past their TTL. Returns
-        counts per table (``trace``: messages whose whole trace was deleted).
-
-        Deletes in chunks of ``chunk`` rows, each its own write, so a large purge never holds the
-        writer (and everyone's commits) for long.
-        """
-        now = self.clock() if now is None else now
-        cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl,
-                   "trace": now - self.trace_ttl}
-        counts = {}
-        for table, before in cutoffs.items():
-            total = 0
-            while True:
-                n = await self._write(_op_purge_chunk, table, before, chunk)
-                total += n
-                if n < chunk:
-                    break
-            counts[table] = total
-        if any(counts.values()):
-            log.info("store purge: %s", counts)
-        return counts
-
     async def backup(self, dest: str | Path) -> None:
         """Write a consistent online copy of the database to ``dest`` (SQLite backup API).
 
@@ -1188,15 +1256,91 @@ class SqliteStore:
         os.chmod(dest, 0o600)  # also when it existed
         await self._read(_rd_backup, str(dest))
 
-    async def checkpoint(self) -> None:
-        """Fold the WAL back into the main file (TRUNCATE). Queued behind pending writes."""
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """Fold the WAL back into the main file (TRUNCATE). Queued behind pending writes.
+        Returns SQLite's (busy, WAL frames, frames checkpointed)."""
         await self._write(_op_sql, "SELECT 1", ())  # flush
         assert self._w is not None
-        await self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return await self._call(self._w, _wal_checkpoint)
 
     def stats(self) -> dict[str, int]:
         return {
             "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
             "batch_errors": self.batch_errors, "pending": len(self._pending),
             "outages": self.outages, "unwritable": int(self._problem is not None),
+            "prune_passes": self.prune_passes, "vacuumed_pages": self.vacuumed_pages,
+            **{f"pruned_{table}": n for table, n in self.pruned.items()},
         }
+
+    # -- pruning (retention) -----------------------------------------------------------------------------------------
+    # Everything here goes through the one writer in short operations; the policy (what is kept and
+    # why) is retention.py's prune_pass. Beyond the Store protocol's core: prune, prune_excess,
+    # map_touch, compact (base.py documents them for other backends).
+    async def _prune_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except asyncio.CancelledError:
+                raise
+            except StoreUnavailable:  # the outage is logged by the writer; try again next time
+                pass
+            except Exception:
+                log.exception("store pruning failed; will retry")
+            await asyncio.sleep(self.retention.interval_s)
+
+    async def purge(self, now: float | None = None, *, chunk: int | None = None) -> dict[str, int]:
+        """One pruning pass now (the background task runs one every ``interval_s``): rows past
+        their window, dead letters beyond the cap, then :meth:`compact`. Counts per table.
+        ``chunk`` overrides ``retention.batch`` (rows per write)."""
+        cfg = self.retention if chunk is None else self.retention.model_copy(update={"batch": int(chunk)})
+        started = time.monotonic()
+        counts = await prune_pass(self, cfg, self.clock() if now is None else now)
+        self.prune_passes += 1
+        self.prune_seconds += time.monotonic() - started
+        for table, n in counts.items():
+            self.pruned[table] = self.pruned.get(table, 0) + n
+        return counts
+
+    async def prune(self, table: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
+        ``dead_letters``, ``trace``) whose age (seen_at, last_used, ts, failed_at, a message's last
+        trace event) is < ``before``, oldest first. ``trace`` counts messages (their summary,
+        events and index rows go together)."""
+        if table not in _PRUNE_SQL:
+            raise ValueError(f"no retention for table {table!r}")
+        return await self._write(_op_prune, table, float(before), int(limit))
+
+    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
+        if table not in _PRUNE_EXCESS_SQL:
+            raise ValueError(f"no row cap for table {table!r}")
+        return await self._write(_op_prune_excess, table, int(keep), int(limit))
+
+    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
+        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
+        (every lane) count as used now, so the reply window starts again."""
+        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
+        if ids:
+            await self._write(_op_map_touch, ids, self.clock())
+
+    async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
+        """Give free pages back (``incremental_vacuum``, :data:`VACUUM_STEP` pages per write) when
+        ``vacuum``, then fold the WAL into the file and truncate it (``wal_checkpoint(TRUNCATE)``)."""
+        freed = 0
+        if vacuum:
+            while True:
+                n = await self._write(_op_incremental_vacuum, VACUUM_STEP)
+                freed += n
+                if n < VACUUM_STEP:
+                    break
+                await asyncio.sleep(0)
+        busy, frames, done = await self.checkpoint()
+        self.vacuumed_pages += freed
+        return {"freed_pages": freed, "wal_busy": busy, "wal_frames": frames, "checkpointed": done}
+
+    async def file_stats(self) -> dict[str, int]:
+        """Sizes for operators: pages, free pages, page size, and the bytes of the file and its WAL."""
+        pages, free, size = await self._read(_rd_file_pages)
+        wal = self.path.with_name(self.path.name + "-wal")
+        return {"pages": pages, "free_pages": free, "page_size": size, "file_bytes": self.path.stat().st_size,
+                "wal_bytes": wal.stat().st_size if wal.exists() else 0}

@@ -222,7 +222,7 @@ async def test_store_purge_honours_ttls(store, clock: Clock) -> None:
     clock.t += 9 * 86400
     await store.accept("new", [])
     counts = await store.purge()
-    assert counts == {"inbox": 0, "message_map": 0, "audit": 0, "trace": 0}  # 10-day inbox TTL by default
+    assert counts == {"inbox": 0, "message_map": 0, "audit": 0, "dead_letters": 0, "trace": 0}  # 10-day inbox TTL
     clock.t += 2 * 86400
     counts = await store.purge()
     assert counts["inbox"] == 1
@@ -404,5 +404,5 @@ async def test_store_sqlite_migrates_a_v1_file_and_keeps_sent_parts(tmp_path: Pa
     finally:
         await s.close()
     con = sqlite3.connect(path)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     con.close()
