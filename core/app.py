@@ -247,8 +247,11 @@ def open_store(settings: Settings, *, prune: bool = True) -> Any:
     if cfg.backend == "postgres":
         from .store.postgres import PostgresStore
 
+        r = settings.retention  # its hourly purge honours the [retention] windows (no row cap yet)
         return PostgresStore(cfg.dsn_value(), max_pool=cfg.pool_size, connect_timeout=cfg.connect_timeout,
-                             trace_ttl=trace_ttl)
+                             trace_ttl=trace_ttl, inbox_ttl=r.inbox_days * 86400.0,
+                             map_ttl=r.reply_window_days * 86400.0, audit_ttl=r.audit_days * 86400.0,
+                             dead_letter_ttl=r.dead_letter_days * 86400.0)
     from .store.sqlite import SqliteStore
 
     path = settings.server.store

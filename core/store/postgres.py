@@ -719,7 +719,7 @@ class PostgresStore:
     :param dsn: a libpq-style DSN (``postgresql://user:pass@host:5432/db``); a secret.
     :param min_pool, max_pool: connection pool bounds.
     :param connect_timeout: seconds for one connection attempt.
-    :param inbox_ttl, map_ttl, audit_ttl, trace_ttl, purge_interval, max_batch, probe_interval, clock:
+    :param inbox_ttl, map_ttl, audit_ttl, trace_ttl, dead_letter_ttl, purge_interval, max_batch, probe_interval, clock:
         as for SqliteStore.
     """
 
@@ -736,6 +736,7 @@ class PostgresStore:
         map_ttl: float = 30 * DAY,
         audit_ttl: float = 90 * DAY,
         trace_ttl: float = 7 * DAY,
+        dead_letter_ttl: float = 30 * DAY,
         purge_interval: float = 3600.0,
         max_batch: int = 2000,
         writers: int = 1,
@@ -765,6 +766,7 @@ class PostgresStore:
         self.map_ttl = map_ttl
         self.audit_ttl = audit_ttl
         self.trace_ttl = trace_ttl
+        self.dead_letter_ttl = dead_letter_ttl
         self.purge_interval = purge_interval
         self.max_batch = max_batch
         self.probe_interval = probe_interval
@@ -1328,7 +1330,7 @@ class PostgresStore:
         once is harmless."""
         now = self.clock() if now is None else now
         cutoffs = {"inbox": now - self.inbox_ttl, "message_map": now - self.map_ttl, "audit": now - self.audit_ttl,
-                   "trace": now - self.trace_ttl}
+                   "dead_letters": now - self.dead_letter_ttl, "trace": now - self.trace_ttl}
         counts = {}
         for table, before in cutoffs.items():
             total = 0

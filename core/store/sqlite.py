@@ -808,6 +808,12 @@ class SqliteStore:
         self._prober: asyncio.Task[None] | None = None
 
     @property
+    def trace_ttl(self) -> float:
+        """Seconds a message's trace is kept after its last event (``[retention] trace_days``), as
+        PostgresStore's ``trace_ttl``."""
+        return self.retention.trace_days * DAY
+
+    @property
     def write_problem(self) -> str | None:
         """None while writes commit; otherwise why the last batch could not be written (e.g.
         ``database or disk is full``). Cleared by the next batch that commits."""
