@@ -50,6 +50,7 @@ from ..errors import StartupError, StoreUnavailable
 from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps as _dumps
 from .jsonio import loads as _loads
+from .retention import RetentionWrites
 from .sqlite import DAY, MIN_INBOX_TTL, OUTAGE_LOG_EVERY
 from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
@@ -713,7 +714,7 @@ _HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
 
 # -- the store ------------------------------------------------------------------------------------------------
 
-class PostgresStore:
+class PostgresStore(RetentionWrites):
     """The durable store on PostgreSQL. See the module docstring for the design.
 
     :param dsn: a libpq-style DSN (``postgresql://user:pass@host:5432/db``); a secret.
@@ -724,6 +725,14 @@ class PostgresStore:
     """
 
     backend = "postgres"
+
+    # retention writes (RetentionWrites): tables and their one-write operations. Its hourly
+    # ``purge`` deletes by the [retention] windows; the background pass and row cap are SQLite's.
+    prune_tables = _PURGE
+    excess_tables = _PURGE_EXCESS
+    prune_op = staticmethod(_op_purge_chunk)
+    excess_op = staticmethod(_op_prune_excess)
+    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
@@ -1343,29 +1352,6 @@ class PostgresStore:
         if any(counts.values()):
             log.info("store purge: %s", counts)
         return counts
-
-    # -- retention (the Store protocol's pruning operations; see core/store/retention.py) ------------------------
-    # ``purge`` above is this backend's pass (inbox, message map by last use, audit); the
-    # ``[retention]`` table and its background pass are SQLite's for now.
-    async def prune(self, table: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
-        ``dead_letters``) whose age (seen_at, last_used, ts, failed_at) is < ``before``, oldest first."""
-        if table not in _PURGE:
-            raise ValueError(f"no retention for table {table!r}")
-        return await self._write(_op_purge_chunk, table, float(before), int(limit))
-
-    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
-        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
-        if table not in _PURGE_EXCESS:
-            raise ValueError(f"no row cap for table {table!r}")
-        return await self._write(_op_prune_excess, table, int(keep), int(limit))
-
-    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
-        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
-        (every lane) count as used now, so the reply window starts again."""
-        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
-        if ids:
-            await self._write(_op_map_touch, ids, self.clock())
 
     async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
         """Nothing to do: PostgreSQL's autovacuum reuses the space of deleted rows and its

@@ -58,7 +58,7 @@ from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
 from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps, loads
-from .retention import DAY, MIN_INBOX_DAYS, RetentionConfig, prune_pass
+from .retention import DAY, MIN_INBOX_DAYS, RetentionConfig, RetentionWrites, prune_pass
 from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
 __all__ = ["SCHEMA_VERSION", "TRACE_EVENTS_MAX", "SqliteStore"]
@@ -723,7 +723,7 @@ def _rd_file_pages(c: sqlite3.Connection) -> tuple[int, int, int]:
 
 # -- the store -----------------------------------------------------------------------------------------
 
-class SqliteStore:
+class SqliteStore(RetentionWrites):
     """The default durable store. See the module docstring for the design.
 
     :param path: database file (created with its directory); ``":memory:"`` is refused
@@ -737,6 +737,12 @@ class SqliteStore:
     :param probe_interval: seconds between probe writes while the database cannot be written.
     :param clock: wall clock (epoch seconds), injectable for tests.
     """
+
+    prune_tables = _PRUNE_SQL  # retention writes (RetentionWrites): tables and their one-write operations
+    excess_tables = _PRUNE_EXCESS_SQL
+    prune_op = staticmethod(_op_prune)
+    excess_op = staticmethod(_op_prune_excess)
+    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
@@ -1306,28 +1312,6 @@ class SqliteStore:
         for table, n in counts.items():
             self.pruned[table] = self.pruned.get(table, 0) + n
         return counts
-
-    async def prune(self, table: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
-        ``dead_letters``, ``trace``) whose age (seen_at, last_used, ts, failed_at, a message's last
-        trace event) is < ``before``, oldest first. ``trace`` counts messages (their summary,
-        events and index rows go together)."""
-        if table not in _PRUNE_SQL:
-            raise ValueError(f"no retention for table {table!r}")
-        return await self._write(_op_prune, table, float(before), int(limit))
-
-    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
-        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
-        if table not in _PRUNE_EXCESS_SQL:
-            raise ValueError(f"no row cap for table {table!r}")
-        return await self._write(_op_prune_excess, table, int(keep), int(limit))
-
-    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
-        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
-        (every lane) count as used now, so the reply window starts again."""
-        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
-        if ids:
-            await self._write(_op_map_touch, ids, self.clock())
 
     async def compact(self, *, vacuum: bool = True) -> dict[str, Any]:
         """Give free pages back (``incremental_vacuum``, :data:`VACUUM_STEP` pages per write) when
