@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -128,15 +129,17 @@ def watch_topics(runtime: Runtime, name: str) -> None:
     """Start polling every topic of mesh ``name`` that routes read and that is not polled yet."""
     peer = runtime.meshes[name]
     tasks = runtime.watchers.setdefault(name, {})
+    since_ms = int(time.time() * 1000)  # now, before /-/ready can say yes: posts from here on are ours
     for topic in mesh_topics(runtime, name):
         if topic not in tasks:
-            tasks[topic] = runtime.supervisor.spawn(watch(peer, name, topic), what=f"watch:{name}:#{topic}")
+            tasks[topic] = runtime.supervisor.spawn(watch(peer, name, topic, since_ms), what=f"watch:{name}:#{topic}")
 
 
-async def watch(peer: Any, mesh: str, topic: str) -> None:
-    """Join and poll ``topic`` once the peer is connected (the peer waits for the connection)."""
+async def watch(peer: Any, mesh: str, topic: str, since_ms: int | None = None) -> None:
+    """Join and poll ``topic`` once the peer is connected (the peer waits for the connection).
+    Its first poll takes every row posted since ``since_ms``, however long the join took."""
     try:
-        await peer.watch_topic(topic)
+        await peer.watch_topic(topic, since_ms=since_ms)
     except MeshError as exc:  # e.g. the topic does not exist: the route cannot receive from the mesh
         log.error("mesh %s: cannot watch #%s: %s", mesh, topic, exc, extra={"mesh": mesh})
 

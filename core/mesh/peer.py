@@ -340,21 +340,39 @@ class MeshPeer:
         rows = reply.get("messages")
         return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
-    async def watch_topic(self, name: str, *, timeout: float | None = None) -> TopicPoller:
-        """Resolve ``name``, ``topic_join`` it and poll its history (cursor persisted in the kv)."""
+    async def watch_topic(self, name: str, *, timeout: float | None = None, since_ms: int | None = None
+                          ) -> TopicPoller:
+        """Resolve ``name``, ``topic_join`` it and poll its history (cursor persisted in the kv).
+
+        ``since_ms`` (default: now) is when the watch began: a topic's very first poll delivers
+        every row posted from then on (plus ``topic_backfill`` older ones), however long the
+        connection, the join and the key took. It is kept in the kv until that first poll is
+        saved, so a process killed before it does not move the start forward and lose the rows
+        posted in between."""
         self._require_started()
+        since = int(time.time() * 1000) if since_ms is None else int(since_ms)
         async with self._watch_lock:
             if name in self.pollers:
                 return self.pollers[name]
+            since = await self._watch_since(name, since)
             await self.connection.wait_connected(timeout)
             topic = await self.join_topic(name)
             if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
                 await self.sealed.ensure(topic)
-            poller = TopicPoller(self, topic, self.deliver)
+            poller = TopicPoller(self, topic, self.deliver, watch_started_ms=since)
             self.pollers[name] = poller
             poller.start()
             log.info("mesh %s: polling #%s (%s)", self.name, topic.name, topic.id)
             return poller
+
+    async def _watch_since(self, name: str, since: int) -> int:
+        """The earliest start of a watch of ``name`` whose first poll has not been saved yet."""
+        key = f"{self.name}:topic-since:{name}"
+        saved = await self.kv.kv_get(KV_NAMESPACE, key)
+        if isinstance(saved, int) and not isinstance(saved, bool) and 0 < saved < since:
+            return saved
+        await self.kv.kv_set(KV_NAMESPACE, key, since)
+        return since
 
     def wake_topic(self, topic_id: str) -> None:
         """Poll the topic with this id now (a drained row of it arrived: it has news)."""

@@ -100,7 +100,8 @@ class TopicPoller(TaskOwner):
     """Polls one topic. ``include_own`` (tools) also delivers our own member's rows."""
 
     def __init__(self, peer: Any, topic: Topic, on_row: Callable[[MeshInbound], Awaitable[Any]], *,
-                 include_own: bool = False, persist: bool = True, backfill: int | None = None) -> None:
+                 include_own: bool = False, persist: bool = True, backfill: int | None = None,
+                 watch_started_ms: int | None = None) -> None:
         self.peer = peer
         self.cfg = peer.cfg
         self.topic = topic
@@ -134,7 +135,8 @@ class TopicPoller(TaskOwner):
         # lease); a standby poller polls nothing and reloads the cursor when it takes over
         self.gate: Callable[[TopicPoller], Awaitable[bool]] | None = getattr(peer, "topic_gate", None)
         self.standby = False
-        self.watch_started_ms = int(time.time() * 1000)
+        # the first poll delivers every row from here on (see ``MeshPeer.watch_topic``)
+        self.watch_started_ms = int(time.time() * 1000) if watch_started_ms is None else watch_started_ms
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     def start(self) -> None:

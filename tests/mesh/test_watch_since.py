@@ -1,0 +1,62 @@
+"""A topic's first poll takes every post made since the watch began, however long the join took
+and across a process killed before that first poll was saved (CI found 3 posts lost this way: the
+gateway answered /-/ready, the join was still under way, posts made then were taken for history)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from claudemesh_gateway.mesh import MemoryKV
+
+
+async def test_posts_during_a_slow_join_are_delivered(broker, make_peer, new_inbox, monkeypatch):
+    seed = broker.default_mesh
+    inbox = new_inbox()
+    gw = await make_peer(seed.gateway, on_message=inbox)
+    alice = await make_peer(seed.alice)
+    await alice.post_topic("general", "before the watch")  # history: topic_backfill is 0
+    await asyncio.sleep(0.005)
+    since = int(time.time() * 1000)
+    joined = asyncio.Event()
+    real_join = gw.join_topic
+
+    async def slow_join(name):
+        await joined.wait()  # the posts below are made while the join is under way
+        return await real_join(name)
+
+    monkeypatch.setattr(gw, "join_topic", slow_join)
+    watching = asyncio.create_task(gw.watch_topic("general", since_ms=since))
+    for i in range(3):
+        await alice.post_topic("general", f"during the join {i}")
+    joined.set()
+    await watching
+    await alice.post_topic("general", "after")
+    await inbox.wait(4)
+    assert inbox.texts == ["during the join 0", "during the join 1", "during the join 2", "after"]
+
+
+async def test_a_watch_killed_before_its_first_poll_keeps_its_start(broker, make_peer, new_inbox):
+    seed = broker.default_mesh
+    kv = MemoryKV()
+    first = await make_peer(seed.gateway, kv=kv)
+    alice = await make_peer(seed.alice)
+    since = int(time.time() * 1000)
+
+    async def never(name):
+        await asyncio.Event().wait()
+
+    first.join_topic = never  # the first life dies joining: no poll, no cursor saved
+    dying = asyncio.create_task(first.watch_topic("general", since_ms=since))
+    await asyncio.sleep(0.05)
+    await alice.post_topic("general", "while the first life joined")
+    dying.cancel()
+    await first.stop()
+    await asyncio.sleep(0.005)
+
+    inbox = new_inbox()
+    second = await make_peer(seed.gateway, kv=kv, on_message=inbox)
+    await second.watch_topic("general")  # a later start: its own "now" is after the post
+    await alice.post_topic("general", "in the second life")
+    await inbox.wait(2)
+    assert inbox.texts == ["while the first life joined", "in the second life"]
