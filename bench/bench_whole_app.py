@@ -28,6 +28,8 @@ Phases (figures are printed as they come, then one JSON summary line):
   webhook     signed webhook -> topic: --webhook-n signed POSTs to /gateways/webhook/sink-0 at once;
               the broker's per-member limit (burst 10, then 1/s) bounds what reaches the topic,
               and the figure shows the gateway posting at that limit with no refused send
+  trace       the throughput phase twice, [trace] enabled = true then false: what the message
+              trace costs per message (CPU-seconds and msg/s, on vs off)
   topics      gateway CPU (% of one core) and its topic_history requests/s at the broker while
               idle, for each count of --idle-topics; then idle-topic ingest latency there
               (--topic-posts posts, each into a different idle topic)
@@ -179,16 +181,22 @@ async def role_sink(args: argparse.Namespace) -> None:
 
 # -- the world: broker + sink + gateway ----------------------------------------------------------------------
 def toml_value(v: Any) -> str:
+    """A TOML value (inline tables and arrays too: the dev broker's mesh table has ``rest = {...}``)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def config_toml(port: int, sink_port: int, topics: int) -> str:
+def config_toml(port: int, sink_port: int, topics: int, *, trace: bool = True) -> str:
     lines = [
         '# written by bench/bench_whole_app.py: config.example.toml with an external (dev) broker',
         'include = ["meshes.toml"]', "",
         "[server]", 'host = "127.0.0.1"', f"port = {port}", 'state_dir = "var"', "shutdown_timeout = 5", "",
         "[dev_broker]", "embedded = false", "",
         "[log]", 'level = "WARNING"', "",
+        *([] if trace else ["[trace]", "enabled = false", ""]),
         "[gateways.webhook]", f'secret = "{SECRET}"', f'url = "http://127.0.0.1:{sink_port}/sink/default"', "",
     ]
     for i in range(topics):
@@ -224,7 +232,8 @@ class World:
         await asyncio.get_running_loop().run_in_executor(None, sink.stdout.readline)  # type: ignore[union-attr]
         gw = self.tables["dev"]
         (d / "meshes.toml").write_text("[mesh.dev]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in gw.items()))
-        (d / "config.toml").write_text(config_toml(self.port, self.sink_port, self.topics))
+        (d / "config.toml").write_text(config_toml(self.port, self.sink_port, self.topics,
+                                                  trace=getattr(self.args, "trace", "on") != "off"))
         t0 = time.monotonic()
         self.gateway = self._spawn(["-m", "claudemesh_gateway", "-c", str(d / "config.toml"), "run"], cwd=d,
                                    script=False)
@@ -419,6 +428,25 @@ async def phase_throughput(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+async def phase_trace(args: argparse.Namespace) -> dict[str, Any]:
+    """The message trace's cost: the throughput phase with ``[trace] enabled`` on, then off."""
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in ("on", "off"):
+        print(f"  trace {mode}:", flush=True)
+        runs[mode] = await phase_throughput(argparse.Namespace(**{**vars(args), "trace": mode}))
+    on, off = runs["on"], runs["off"]
+
+    def ratio(key: str) -> float | None:
+        return round(on[key] / off[key], 3) if on.get(key) and off.get(key) else None
+
+    out = {"trace_on": on, "trace_off": off, "cpu_per_msg_on_vs_off": ratio("gateway_cpu_s"),
+           "msg_per_cpu_s_on_vs_off": ratio("msg_per_gateway_cpu_s"), "load": load()}
+    print(f"message trace cost: msg per gateway CPU-second {on['msg_per_gateway_cpu_s']} (trace on) vs "
+          f"{off['msg_per_gateway_cpu_s']} (off) = {out['msg_per_cpu_s_on_vs_off']}x; delivered msg/s "
+          f"{on['delivered_msg_per_s']} vs {off['delivered_msg_per_s']}; {load()}")
+    return out
+
+
 async def phase_webhook(args: argparse.Namespace) -> dict[str, Any]:
     from claudemesh_gateway.plugins.webhook.signature import signature_headers
 
@@ -494,7 +522,8 @@ async def phase_topics(args: argparse.Namespace) -> dict[str, Any]:
     return {"idle_topics": results}
 
 
-PHASES = {"idle": phase_idle, "throughput": phase_throughput, "webhook": phase_webhook, "topics": phase_topics}
+PHASES = {"idle": phase_idle, "throughput": phase_throughput, "webhook": phase_webhook, "topics": phase_topics,
+          "trace": phase_trace}
 
 
 def main() -> None:
@@ -510,6 +539,8 @@ def main() -> None:
     p.add_argument("--topic-posts", type=int, default=4, help="idle-topic posts per count in the topics phase")
     p.add_argument("--settle", type=float, default=12.0, help="seconds for pollers to reach their idle interval")
     p.add_argument("--window", type=float, default=15.0, help="seconds of idle CPU measurement")
+    p.add_argument("--trace", choices=["on", "off"], default="on",
+                   help="[trace] enabled in the gateway's config (the trace phase runs throughput both ways)")
     p.add_argument("--py-spy", metavar="OUT", help="throughput phase: sample the gateway with py-spy into OUT")
     p.add_argument("--dir", default=None, help="where the temp dirs go (default: the system temp dir)")
     # subprocess roles
