@@ -237,7 +237,8 @@ class World:
         t0 = time.monotonic()
         self.gateway = self._spawn(["-m", "claudemesh_gateway", "-c", str(d / "config.toml"), "run"], cwd=d,
                                    script=False)
-        await self._wait_ready(120)
+        # every topic's first poll comes out of the mesh's topic_poll_budget (10 req/s): ~100 s for 1,000
+        await self._wait_ready(120 + self.topics * 0.3)
         self.startup_s = time.monotonic() - t0
         return self
 
@@ -504,7 +505,8 @@ async def phase_topics(args: argparse.Namespace) -> dict[str, Any]:
                 for k in range(args.topic_posts):  # each into a different topic, idle since the start
                     since = len(await w.arrivals())
                     await peers[k % 2].post_topic(f"bench-{(k * 7919) % n}", f"idle {k}", find_id=False)
-                    lat += latencies_ms((await w.wait_arrivals(1, since, 30))[:1])
+                    # a quiet topic is polled every max(1.5 s, topics / topic_poll_budget): 100 s at 1,000
+                    lat += latencies_ms((await w.wait_arrivals(1, since, 30 + 2 * n / 10))[:1])
                     await asyncio.sleep(rng.uniform(0.5, 5.5))  # not in step with the pollers' rhythm
                 rss = w.rss()
             finally:
@@ -515,7 +517,7 @@ async def phase_topics(args: argparse.Namespace) -> dict[str, Any]:
              "topic_history_per_s": round((f1 - f0) / dt, 1), "per_topic_per_s": round((f1 - f0) / dt / n, 3),
              **{f"ingest_{k}": v for k, v in lat_summary(lat).items()}, "peak_rss_mb": round(rss, 1), "load": load()}
         results.append(r)
-        print(f"idle with {n} topics: gateway CPU {r['idle_cpu_pct_of_one_core']}% of one core, "
+        print(f"idle with {n} topics (ready {r['startup_s']} s after start): gateway CPU {r['idle_cpu_pct_of_one_core']}% of one core, "
               f"{r['topic_history_per_s']} topic_history req/s at the broker ({r['per_topic_per_s']} per topic); "
               f"ingest of {args.topic_posts} posts into idle topics p50 {r['ingest_p50_ms']} ms, "
               f"p99 {r['ingest_p99_ms']} ms; peak RSS {rss:.0f} MB; {load()}", flush=True)

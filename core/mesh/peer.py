@@ -81,7 +81,9 @@ class MeshPeer:
         self.session_keypair: crypto.KeyPair | None = None
         self.own_keys: frozenset[str] = frozenset({cfg.member_pubkey})
         self._started = False
-        self._watch_lock = asyncio.Lock()
+        # one lock per topic name: watching many topics joins them (and fetches their sealed keys)
+        # concurrently; the same name twice waits for the first
+        self._watch_locks: dict[str, asyncio.Lock] = {}
 
     def __repr__(self) -> str:
         return f"<MeshPeer {self.name} mesh={self.cfg.mesh_id} state={self.state}>"
@@ -351,7 +353,7 @@ class MeshPeer:
         posted in between."""
         self._require_started()
         since = int(time.time() * 1000) if since_ms is None else int(since_ms)
-        async with self._watch_lock:
+        async with self._watch_locks.setdefault(name, asyncio.Lock()):
             if name in self.pollers:
                 return self.pollers[name]
             since = await self._watch_since(name, since)
