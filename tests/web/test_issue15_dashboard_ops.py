@@ -11,7 +11,6 @@ from pathlib import Path
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 from claudemesh_gateway import Gateway, GatewayConfig, Outbound, SendResult, hookimpl
 from claudemesh_gateway.events import GatewayState
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
@@ -23,7 +22,7 @@ from claudemesh_gateway.web.textsearch import TextIndex
 from pydantic import SecretStr
 from web_fakes import AUD as FAKE_AUD
 from web_fakes import SECRET as FAKE_SECRET
-from web_fakes import make_runtime
+from web_fakes import make_runtime, start_from_file
 
 SECRET = "issue15-ops-jwt-secret-0123456789-abcd"
 NEW_SECRET = "issue15-ops-jwt-secret-rotated-9876543210"
@@ -100,20 +99,12 @@ binds = [
 
 @pytest.fixture
 async def file_gateway(tmp_path: Path):
-    from claudemesh_gateway.app import RUNTIME, create_app
-    from claudemesh_gateway.plugin_manager import make_plugin_manager
-    from claudemesh_gateway.settings import load_settings
-
     path = tmp_path / "gateway.toml"
     state = tmp_path / "state"
     path.write_text(_toml(state))
-    settings = load_settings(path)
-    pm = make_plugin_manager(entry_points=False, builtins=True, plugins=[("signer", SignerPlugin())])
-    app = create_app(settings, pm)
-    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    await client.start_server()
+    client, runtime = await start_from_file(path, plugins=[("signer", SignerPlugin())])
     try:
-        yield client, app[RUNTIME], path, state
+        yield client, runtime, path, state
     finally:
         await client.close()
 
