@@ -18,7 +18,7 @@ from pathlib import Path
 import jwt
 import pytest
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
-from web_fakes import start_from_file
+from claudemesh_gateway.testing import build_test_app_from_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")]
@@ -83,7 +83,7 @@ async def real_app(tmp_path: Path, aiohttp_server):
     sink.script["down"] = lambda body, n: (400, {}) if broken["on"] else (200, {})
     path = tmp_path / "gateway.toml"
     path.write_text(config_toml(tmp_path / "gw", sink))
-    client, runtime = await start_from_file(path)
+    client, runtime = await build_test_app_from_file(path)
     try:
         yield client, runtime, sink, broken, path
     finally:

@@ -1,9 +1,8 @@
 """Issue 15 dashboard, operator panels: the config diff (secrets masked) and reload, leases and
-replicas, and message search by text only while ``[trace] debug_text_minutes`` keeps it."""
+replicas."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -13,16 +12,14 @@ import pytest
 from aiohttp import web
 from claudemesh_gateway import Gateway, GatewayConfig, Outbound, SendResult, hookimpl
 from claudemesh_gateway.events import GatewayState
-from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
 from claudemesh_gateway.store.leases import Leases
-from claudemesh_gateway.testing import build_test_app
+from claudemesh_gateway.testing import build_test_app, build_test_app_from_file
 from claudemesh_gateway.web import setup_web
 from claudemesh_gateway.web.replicas import lease_view
-from claudemesh_gateway.web.textsearch import TextIndex
 from pydantic import SecretStr
 from web_fakes import AUD as FAKE_AUD
 from web_fakes import SECRET as FAKE_SECRET
-from web_fakes import make_runtime, start_from_file
+from web_fakes import make_runtime
 
 SECRET = "issue15-ops-jwt-secret-0123456789-abcd"
 NEW_SECRET = "issue15-ops-jwt-secret-rotated-9876543210"
@@ -102,7 +99,7 @@ async def file_gateway(tmp_path: Path):
     path = tmp_path / "gateway.toml"
     state = tmp_path / "state"
     path.write_text(_toml(state))
-    client, runtime = await start_from_file(path, plugins=[("signer", SignerPlugin())])
+    client, runtime = await build_test_app_from_file(path, plugins=[("signer", SignerPlugin())])
     try:
         yield client, runtime, path, state
     finally:
@@ -260,72 +257,3 @@ def test_lease_names_read_as_what_they_guard() -> None:
     assert lease_view("gateway:slack:socket")["what"] == "slack socket"
     assert lease_view("topic:dev:a:b")["what"] == "dev #a:b"
     assert lease_view("odd")["kind"] == "other"
-
-
-# -- message search by text: only while [trace] debug_text_minutes keeps it ---------------------------------------------
-@pytest.fixture(params=[0, 5], ids=["text-off", "text-on"])
-async def search_app(request, tmp_path: Path, aiohttp_server):
-    sink = WebhookSink(WH)
-    server = await aiohttp_server(sink.app(), host="127.0.0.1")
-    sink.base = str(server.make_url("/sink"))
-    client, runtime = await build_test_app({
-        "admin": {"jwt_secret": SECRET},
-        "gateways": {"wh": {"type": "webhook", "secret": WH}},
-        "trace": {"flush_interval": 0.05, "debug_text_minutes": request.param},
-        "routes": [{"name": "intake", "binds": [
-            {"gateway": "wh", "chat": "src", "direction": "in"},
-            {"gateway": "wh", "chat": "up", "direction": "out", "options": {"url": sink.url("up")}}]}],
-    }, state_dir=tmp_path / "gw")
-    try:
-        yield client, runtime, sink, request.param > 0
-    finally:
-        await client.close()
-
-
-async def test_search_by_text_only_while_debug_text_is_kept(search_app) -> None:
-    client, runtime, sink, text_on = search_app
-    for i, text in enumerate(["the disk is almost full", "all good"]):
-        body, headers = signed_post({"id": f"t{i}", "sender": "ann", "text": text}, WH)
-        assert (await client.post("/gateways/wh/src", data=body, headers=headers)).status == 200
-    async with asyncio.timeout(20):
-        while len(sink.received["up"]) < 2:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    await runtime.trace.flush()
-    async with asyncio.timeout(20):  # the observers hear of the messages in the background
-        while True:
-            r = await (await client.get("/-/api/messages", params={"q": "ALMOST full"}, headers=_auth())).json()
-            if r["messages"] or not text_on:
-                break
-            await asyncio.sleep(0.05)
-    assert r["text_search"] is text_on
-    if text_on:
-        assert [m["message_id"] for m in r["messages"]] == ["webhook:wh:src:t0"]
-        assert "note" not in r
-        assert "almost" not in json.dumps(r)  # matched, never shown
-    else:
-        assert r["messages"] == [] and "text search is off" in r["note"]
-    # ids are found either way, and the other filters still apply to text matches
-    r = await (await client.get("/-/api/messages", params={"q": "t1"}, headers=_auth())).json()
-    assert [m["message_id"] for m in r["messages"]] == ["webhook:wh:src:t1"]
-    r = await (await client.get("/-/api/messages", params={"q": "almost", "route": "other"}, headers=_auth())).json()
-    assert r["messages"] == []
-    o = await (await client.get("/-/api/overview", headers=_auth())).json()
-    assert o["text_search"] is text_on
-
-
-def test_text_index_forgets_after_its_window_and_beyond_its_cap() -> None:
-    now = {"t": 1000.0}
-    idx = TextIndex(1, max_messages=3, clock=lambda: now["t"])
-    idx.add("a", "Disk almost FULL")
-    now["t"] += 30
-    idx.add("b", "disk fine")
-    assert idx.search("disk") == ["b", "a"] and idx.search("full") == ["a"] and idx.search("  ") == []
-    now["t"] += 31  # a is 61 s old: past the one-minute window
-    assert idx.search("disk") == ["b"] and len(idx) == 1
-    for m in ("c", "d", "e"):
-        idx.add(m, "disk")
-    assert len(idx) == 3 and "b" not in idx.search("disk")
-    idx.add("c", "edited text")  # an edit keeps the newest text
-    assert idx.search("disk") == ["e", "d"] and idx.search("edited") == ["c"]
-    with pytest.raises(ValueError):
-        TextIndex(0)

@@ -68,22 +68,3 @@ def make_runtime(admin: dict):
         delivery=SimpleNamespace(kick=lambda: kicks.append(1), stats=dict), kicks=kicks,
     )
 
-
-async def start_from_file(path, *, plugins=()):
-    """``(client, runtime)``: the real app as ``claudemesh-gateway run`` builds it (minus signals) from the
-    TOML file at ``path`` (so the config diff and reload have a file to read); the caller closes ``client``."""
-    from aiohttp.test_utils import TestClient, TestServer
-    from claudemesh_gateway.app import RUNTIME, create_app
-    from claudemesh_gateway.plugin_manager import make_plugin_manager
-    from claudemesh_gateway.settings import load_settings
-
-    settings = load_settings(path)
-    pm = make_plugin_manager(entry_points=False, builtins=True, disable=settings.plugins.disable, plugins=plugins)
-    app = create_app(settings, pm)
-    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    try:
-        await client.start_server()
-    except BaseException:
-        await client.close()
-        raise
-    return client, app[RUNTIME]
