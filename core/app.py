@@ -52,7 +52,7 @@ from .meshes import (
 )
 from .plugin_manager import gateway_kinds, plugin_info
 from .runtime import Runtime
-from .settings import Settings, iter_secrets, validation_problems
+from .settings import RESTART_ONLY, Settings, iter_secrets, validation_problems
 from .signals import add_signal_handler, remove_signal_handler
 from .webhooks import JsonTooDeep, parse_json, read_body
 
@@ -628,9 +628,6 @@ async def _mark_draining(app: web.Application) -> None:
 
 
 # -- hot reload ------------------------------------------------------------------------------------------------------------
-_RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention")
-
-
 async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[str, Any]:
     """Re-read the config file and apply it without dropping anything (SIGHUP, ``POST /-/api/reload``).
 
@@ -705,7 +702,7 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
         runtime.gateways = {name: runtime.gateways[name] for name in configs}  # config order
 
         mesh_changes = await _reload_meshes(runtime, old, new, errors)
-        restart_required = [key for key in _RESTART_ONLY if getattr(old, key) != getattr(new, key)]
+        restart_required = [key for key in RESTART_ONLY if getattr(old, key) != getattr(new, key)]
         result = {
             "ok": not errors, "errors": errors, "gateways": {"added": added, "removed": removed,
                                                              "restarted": restarted},

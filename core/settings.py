@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -58,12 +58,14 @@ from .web.config import AdminConfig, HealthConfig
 
 __all__ = [
     "PLACEHOLDER",
+    "RESTART_ONLY",
     "BootstrapSettings",
     "DevBrokerSettings",
     "LogSettings",
     "PluginSettings",
     "ServerSettings",
     "Settings",
+    "diff_settings",
     "iter_secrets",
     "load_bootstrap_settings",
     "load_settings",
@@ -244,6 +246,24 @@ class Settings(BaseSettings):
     def gateway_table(self, name: str) -> dict[str, Any]:
         """The instance's table without ``type``, ready for ``Gateway.Config``."""
         return {k: v for k, v in self.gateways[name].items() if k != "type"}
+
+    def reread(self) -> Settings:
+        """The config file this was loaded from, read again as a reload reads it (includes and
+        ``CLAUDEMESH_*`` overrides too). ConfigError when it does not validate, or when these
+        settings did not come from a file."""
+        if self.config_path is None:
+            raise ConfigError("this gateway was not started from a config file")
+        return load_settings(self.config_path)
+
+    def in_effect(self, started: Settings) -> Settings:
+        """These (reloaded) settings with the :data:`RESTART_ONLY` tables as ``started`` had them: what
+        the process runs with, since a reload does not apply those tables."""
+        return self.model_copy(update={t: getattr(started, t) for t in RESTART_ONLY})
+
+    def diff(self, new: Settings, *, gateway_models: Mapping[str, Iterable[BaseModel]] | None = None
+             ) -> list[dict[str, Any]]:
+        """What changes from these settings to ``new``, secrets masked (:func:`diff_settings`)."""
+        return diff_settings(self, new, gateway_models=gateway_models)
 
 
 # -- TOML with includes ------------------------------------------------------------------------------------------
@@ -444,6 +464,10 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
+#: tables a reload validates but only a restart applies (the reload reports them in ``restart_required``)
+RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention")
+
+
 def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:
     """(path, leaf) for every leaf of plain data or pydantic models; SecretStr stays wrapped."""
     if isinstance(value, BaseModel):
@@ -524,6 +548,81 @@ def _models(value: Any) -> Iterator[BaseModel]:
     elif isinstance(value, (list, tuple)):
         for sub in value:
             yield from _models(sub)
+
+
+# -- what a reload would change ----------------------------------------------------------------------------------------
+#: characters of a value a diff shows; longer ones are cut (a diff is for reading, not restoring)
+DIFF_VALUE_MAX = 200
+#: a secret shorter than this is not looked for inside other values (it would mask "1" everywhere)
+_SECRET_MIN = 4
+_MISSING = object()
+
+
+def diff_settings(old: Any, new: Any, *, gateway_models: Mapping[str, Iterable[BaseModel]] | None = None
+                  ) -> list[dict[str, Any]]:
+    """Every leaf that differs between two configurations, in file order: ``{"path", "table",
+    "change" (added | removed | changed), "old", "new", "secret", "applies" (reload | restart)}``.
+
+    A secret's values are never given, only that it changed (``"secret": true``, no ``old`` /
+    ``new``). Secrets are: SecretStr / SecretBytes fields, keys whose name says secret (``token``,
+    ``*_secret``, ``password``...), the SecretStr fields of the gateway models in ``gateway_models``
+    (``name -> models of its table``: raw gateway tables are not typed), and any value holding one of
+    those secrets (a URL with its password). ``applies`` is ``restart`` for :data:`RESTART_ONLY` tables."""
+    models = {name: list(ms) for name, ms in (gateway_models or {}).items()}
+    secret_paths: set[str] = set()
+    for name, ms in models.items():
+        for m in ms:
+            secret_paths.update(f"gateways.{name}.{p}" for p, leaf in _walk(m, "")
+                                if isinstance(leaf, (SecretStr, SecretBytes)))
+    secrets = {v for v in (*iter_secrets(old), *iter_secrets(new),
+                           *(v for ms in models.values() for m in ms for v in iter_secrets(m)))
+               if len(v) >= _SECRET_MIN}
+
+    def secret(path: str, values: list[Any]) -> bool:
+        if path in secret_paths or _looks_secret(path):
+            return True
+        for v in values:
+            if isinstance(v, (SecretStr, SecretBytes)):
+                return True
+            text = v if isinstance(v, str) else str(v) if isinstance(v, Path) else None
+            if text is not None and any(x in text for x in secrets):
+                return True
+        return False
+
+    before, after = dict(_walk(old, "")), dict(_walk(new, ""))
+    changes: list[dict[str, Any]] = []
+    for path in [*before, *(p for p in after if p not in before)]:
+        was, now = before.get(path, _MISSING), after.get(path, _MISSING)
+        if was is not _MISSING and now is not _MISSING and _same(was, now):
+            continue
+        table = path.split(".", 1)[0].split("[", 1)[0]
+        entry: dict[str, Any] = {
+            "path": path, "table": table,
+            "change": "added" if was is _MISSING else "removed" if now is _MISSING else "changed",
+            "applies": "restart" if table in RESTART_ONLY else "reload",
+            "secret": secret(path, [v for v in (was, now) if v is not _MISSING]),
+        }
+        if not entry["secret"]:
+            if was is not _MISSING:
+                entry["old"] = _shown(was)
+            if now is not _MISSING:
+                entry["new"] = _shown(now)
+        changes.append(entry)
+    return changes
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (SecretStr, SecretBytes)) and isinstance(b, (SecretStr, SecretBytes)):
+        return a.get_secret_value() == b.get_secret_value()
+    return type(a) is type(b) and a == b
+
+
+def _shown(value: Any) -> Any:
+    """A JSON value for a diff: numbers, booleans and None as they are, anything else as text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value)
+    return text if len(text) <= DIFF_VALUE_MAX else text[:DIFF_VALUE_MAX] + "…"
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------

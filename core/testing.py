@@ -45,6 +45,7 @@ __all__ = [
     "GatewayContract",
     "RecordingContext",
     "build_test_app",
+    "build_test_app_from_file",
     "dev_broker",
     "dev_mesh_tables",
     "gateway_app",
@@ -253,9 +254,7 @@ async def build_test_app(
     """Start the full gateway app on 127.0.0.1:0 and return ``(client, runtime)``; the caller
     closes ``client`` (which runs the app's shutdown). ``config`` is the TOML content as a dict;
     ``[mesh.*]`` tables of ``broker`` are merged under it, the store goes under ``state_dir``."""
-    from aiohttp.test_utils import TestClient, TestServer
-
-    from .app import RUNTIME, create_app
+    from .app import create_app
     from .plugin_manager import make_plugin_manager
     from .settings import deep_merge, settings_from_dict
 
@@ -265,7 +264,29 @@ async def build_test_app(
     settings = settings_from_dict(deep_merge(base, config))
     pm = make_plugin_manager(entry_points=False, builtins=builtins, disable=settings.plugins.disable,
                              plugins=plugins)
-    app = create_app(settings, pm)
+    return await _serve(create_app(settings, pm))
+
+
+async def build_test_app_from_file(
+    path: Path, *, plugins: Sequence[tuple[str, object]] = ()
+) -> tuple[TestClient, Runtime]:
+    """The full gateway app as ``claudemesh-gateway run`` builds it (minus signals) from the TOML
+    file at ``path`` (so a reload and the config diff have a file to read), on 127.0.0.1:0; the
+    caller closes ``client``."""
+    from .app import create_app
+    from .plugin_manager import make_plugin_manager
+    from .settings import load_settings
+
+    settings = load_settings(path)
+    pm = make_plugin_manager(entry_points=False, builtins=True, disable=settings.plugins.disable, plugins=plugins)
+    return await _serve(create_app(settings, pm))
+
+
+async def _serve(app: Any) -> tuple[TestClient, Runtime]:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from .app import RUNTIME
+
     client = TestClient(TestServer(app, host="127.0.0.1", port=0))
     try:
         await client.start_server()

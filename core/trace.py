@@ -45,6 +45,9 @@ class TraceSettings(BaseModel):
     enabled: bool = True
     retention_days: float = Field(7.0, gt=0, le=3650)  # a message's trace is deleted this long after its last event
     flush_interval: float = Field(0.25, gt=0, le=10)  # seconds between batched trace writes
+    # debugging only: keep received messages' text in memory this many minutes so the admin search
+    # (``/-/api/messages?q=``) matches words too; 0: never (the trace itself never holds text)
+    debug_text_minutes: float = Field(0.0, ge=0, le=1440)
 
 
 def _mesh_native(message_id: str) -> str | None:

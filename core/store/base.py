@@ -141,10 +141,12 @@ class Store(Protocol):
 
     async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
                            sender: str | None = None, status: str | None = None, since: float | None = None,
-                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                           until: float | None = None, limit: int = 50,
+                           also: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Summaries (as in ``trace_get``), newest ``last_at`` first. ``q``: an id as ``trace_resolve``
         takes it; ``route``: one of its routes; ``chat``: a substring of its origin or a lane;
-        ``sender``: exact sender; ``since``/``until``: ``last_at`` bounds (epoch seconds)."""
+        ``sender``: exact sender; ``since``/``until``: ``last_at`` bounds (epoch seconds); ``also``:
+        message ids that match ``q`` besides those it names (the admin API's text matches)."""
 
     # -- retention (core/store/retention.py decides what goes; a backend deletes in short writes) -------
     async def prune(self, table: str, before: float, limit: int) -> int:

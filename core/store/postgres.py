@@ -1301,7 +1301,8 @@ class PostgresStore(RetentionWrites):
 
     async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
                            sender: str | None = None, status: str | None = None, since: float | None = None,
-                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                           until: float | None = None, limit: int = 50,
+                           also: Sequence[str] = ()) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
 
@@ -1320,8 +1321,9 @@ class PostgresStore(RetentionWrites):
             where.append(f"last_at >= {arg(float(since))}")
         if until is not None:
             where.append(f"last_at <= {arg(float(until))}")
-        if q:
-            ids = await self.trace_resolve(q, limit=max(limit, 20))
+        if q or also:
+            ids = await self.trace_resolve(q, limit=max(limit, 20)) if q else []
+            ids = list(dict.fromkeys([*ids, *also]))
             if not ids:
                 return []
             where.append(f"message_id = ANY({arg(ids)}::text[])")

@@ -1230,7 +1230,8 @@ class SqliteStore(RetentionWrites):
 
     async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
                            sender: str | None = None, status: str | None = None, since: float | None = None,
-                           until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+                           until: float | None = None, limit: int = 50,
+                           also: Sequence[str] = ()) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
         if route:
@@ -1249,6 +1250,8 @@ class SqliteStore(RetentionWrites):
             where.append("last_at <= ?")
             args.append(float(until))
         ids = await self.trace_resolve(q, limit=max(limit, 20)) if q else None
+        if also:
+            ids = list(dict.fromkeys([*(ids or []), *also]))
         found = await self._read(_rd_trace_search, where, args, ids, limit if not status else 10 * limit)
         if status:
             found = [s for s in found if s["status"] == status][:limit]

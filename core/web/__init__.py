@@ -18,6 +18,7 @@ from .live import LiveHub, live_handler
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .recent import RecentEvents
 from .security import setup_security
+from .textsearch import TextIndex
 from .throughput import Throughput
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def setup_web(app: web.Application, runtime: Runtime) -> Metrics:
     settings = runtime.settings
     setup_security(app, settings)
     app[appkeys.RUNTIME] = runtime
+    app[appkeys.STARTED_SETTINGS] = settings
     app[appkeys.ADMIN_CONFIG] = _config(getattr(settings, "admin", None), AdminConfig)
     app[appkeys.HEALTH_CONFIG] = _config(getattr(settings, "health", None), HealthConfig)
     metrics = app[appkeys.METRICS] = Metrics()
@@ -66,7 +68,14 @@ def setup_web(app: web.Application, runtime: Runtime) -> Metrics:
     throughput = app[appkeys.THROUGHPUT] = Throughput()
     live = app[appkeys.LIVE] = LiveHub()
     app.on_shutdown.append(live.close)
-    for name, plugin in (("metrics", metrics), ("recent_events", recent), ("throughput", throughput)):
+    observers: list[tuple[str, Any]] = [("metrics", metrics), ("recent_events", recent), ("throughput", throughput)]
+    trace_cfg = getattr(settings, "trace", None)
+    minutes = float(getattr(trace_cfg, "debug_text_minutes", 0) or 0)
+    text_index = app[appkeys.TEXT_INDEX] = (
+        TextIndex(minutes) if minutes > 0 and getattr(trace_cfg, "enabled", False) else None)
+    if text_index is not None:
+        observers.append(("text_search", text_index))
+    for name, plugin in observers:
         if runtime.pm.get_plugin(name) is None:
             runtime.pm.register(plugin, name=name)
     existing = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}

@@ -18,6 +18,7 @@ from ..webhooks import read_json_object
 from . import appkeys
 from .auth import verify_request
 from .health import component_report, readiness_problems
+from .replicas import replicas_view
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -93,6 +94,8 @@ async def overview(runtime: Runtime, request: web.Request) -> dict[str, Any]:
         "recent": recent.latest(50),
         "throughput": request.config_dict[appkeys.THROUGHPUT].snapshot(),
         "trace": bool(getattr(getattr(runtime, "trace", None), "enabled", False)),
+        "text_search": request.config_dict.get(appkeys.TEXT_INDEX) is not None,
+        "replicas": await replicas_view(runtime),
     }
 
 
@@ -194,6 +197,21 @@ async def post_reload(request: web.Request) -> web.Response:
     return web.json_response(result, status=200 if result.get("ok") else 422)
 
 
+async def get_config_diff(request: web.Request) -> web.Response:
+    """The running configuration against the file on disk, secrets masked (what a reload would change)."""
+    require_admin(request)
+    from ..ops import config_diff
+
+    return web.json_response(await config_diff(_runtime(request),
+                                               started=request.config_dict.get(appkeys.STARTED_SETTINGS)))
+
+
+async def get_replicas(request: web.Request) -> web.Response:
+    """This replica, the leases it holds and the other replicas holding leases (PostgreSQL)."""
+    require_admin(request)
+    return web.json_response(await replicas_view(_runtime(request)))
+
+
 async def get_audit(request: web.Request) -> web.Response:
     require_admin(request)
     return web.json_response({"audit": await _runtime(request).store.audit_list(200)})
@@ -220,9 +238,13 @@ def _time_param(request: web.Request, name: str) -> float | None:
 TRACE_STATUSES = ("received", "queued", "retrying", "delivered", "dead_letter", "dropped")
 
 
+TEXT_SEARCH_OFF = "q matches ids only: text search is off ([trace] debug_text_minutes = 0)"
+
+
 async def get_messages(request: web.Request) -> web.Response:
     """Search the message trace by id (mesh/native/outbox), route, chat, sender, status, time range.
-    Never by text: the trace holds no message bodies."""
+    By text only while ``[trace] debug_text_minutes`` keeps recent texts in memory
+    (:mod:`.textsearch`): the trace itself holds no message bodies. ``text_search`` says which."""
     require_admin(request)
     store = _runtime(request).store
     qs = request.query
@@ -233,10 +255,18 @@ async def get_messages(request: web.Request) -> web.Response:
     status = qs.get("status") or None
     if status is not None and status not in TRACE_STATUSES:
         raise _bad(f"status must be one of {', '.join(TRACE_STATUSES)}")
-    args = {k: (qs.get(k) or "").strip()[:500] or None for k in ("q", "route", "chat", "sender")}
+    args: dict[str, Any] = {k: (qs.get(k) or "").strip()[:500] or None for k in ("q", "route", "chat", "sender")}
+    text_index = request.config_dict.get(appkeys.TEXT_INDEX)
+    if args["q"] and text_index is not None:
+        also = text_index.search(args["q"], limit=limit)
+        if also:  # the messages whose text matches, besides those the id names
+            args["also"] = also
     found = await store.trace_search(**args, status=status, since=_time_param(request, "since"),
                                      until=_time_param(request, "until"), limit=limit)
-    return web.json_response({"messages": found})
+    body: dict[str, Any] = {"messages": found, "text_search": text_index is not None}
+    if text_index is None and args["q"]:
+        body["note"] = TEXT_SEARCH_OFF
+    return web.json_response(body)
 
 
 async def get_message_trace(request: web.Request) -> web.Response:
@@ -267,6 +297,8 @@ def admin_routes() -> list[web.RouteDef]:
         web.post("/-/api/dlq/{action}", post_dlq),
         web.post("/-/api/routes/{route}/test", post_test_message),
         web.post("/-/api/reload", post_reload),
+        web.get("/-/api/config/diff", get_config_diff),
+        web.get("/-/api/replicas", get_replicas),
         web.get("/-/api/audit", get_audit),
         web.get("/-/api/messages", get_messages),
         web.get("/-/api/messages/{id}/trace", get_message_trace),

@@ -13,10 +13,15 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink
 from claudemesh_gateway.plugins.webhook.testing import signed_post as _signed_post
-from claudemesh_gateway.testing import dev_broker, mesh_member_factory, wait_until  # noqa: F401  (fixtures; wait_until re-exported)
+from claudemesh_gateway.testing import (  # noqa: F401  (fixtures; wait_until re-exported)
+    build_test_app_from_file,
+    dev_broker,
+    mesh_member_factory,
+    wait_until,
+)
 
 WH_SECRET = "acceptance-webhook-secret-0123456789"
 JWT_SECRET = "acceptance-jwt-secret-0123456789-abcdef"
@@ -102,20 +107,7 @@ def to_toml(cfg: dict[str, Any]) -> str:
 
 async def start_app_from_file(path: Path) -> tuple[TestClient, Any]:
     """The real app as ``claudemesh-gateway run`` builds it (minus signals), from a TOML file on disk."""
-    from claudemesh_gateway.app import RUNTIME, create_app
-    from claudemesh_gateway.plugin_manager import make_plugin_manager
-    from claudemesh_gateway.settings import load_settings
-
-    settings = load_settings(path)
-    pm = make_plugin_manager(entry_points=False, builtins=True, disable=settings.plugins.disable)
-    app = create_app(settings, pm)
-    client = TestClient(TestServer(app, host="127.0.0.1", port=0))
-    try:
-        await client.start_server()
-    except BaseException:
-        await client.close()
-        raise
-    return client, app[RUNTIME]
+    return await build_test_app_from_file(path)
 
 
 @pytest.fixture

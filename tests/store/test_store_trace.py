@@ -92,6 +92,10 @@ async def test_trace_search_filters(store, clock: Clock) -> None:
     assert ids(await store.trace_search(q="a")) == ["mesh:dev:a"]  # by native id
     assert ids(await store.trace_search(q="a", route="nope")) == []
     assert ids(await store.trace_search(q="SECRET")) == []  # no text search: there is no text
+    # also=: ids that match q otherwise (the admin API's in-memory text matches), the filters still apply
+    assert ids(await store.trace_search(q="SECRET", also=["mesh:dev:b"])) == ["mesh:dev:b"]
+    assert ids(await store.trace_search(q="a", also=["mesh:dev:b", "gone"])) == ["mesh:dev:b", "mesh:dev:a"]
+    assert ids(await store.trace_search(q="SECRET", also=["mesh:dev:b"], status="queued")) == []
     dropped = await store.trace_get("mesh:dev:b")
     assert dropped["events"][-1]["detail"] == {"reason": "denied", "rule": "sender refused by route(s) ops"}
     rec.dropped_message(b, "denied", "r", ["ops"])

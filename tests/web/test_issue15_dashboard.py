@@ -1,4 +1,5 @@
-"""Issue 15 dashboard data: per-minute throughput of the last hour, and the live event stream."""
+"""Issue 15 dashboard data: per-minute throughput of the last hour, the live event stream, and message
+search by text only while ``[trace] debug_text_minutes`` keeps it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from claudemesh_gateway.messages import Address, Message
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
 from claudemesh_gateway.testing import build_test_app
 from claudemesh_gateway.web import throughput as tp
+from claudemesh_gateway.web.textsearch import TextIndex
 
 SECRET = "issue15-jwt-secret-0123456789-abcdef"
 AUD = "claudemesh-gateway"
@@ -58,14 +60,15 @@ def test_throughput_counts_per_minute_and_rolls_the_hour() -> None:
 
 
 @pytest.fixture
-async def app_with_sink(tmp_path: Path, aiohttp_server):
+async def app_with_sink(request, tmp_path: Path, aiohttp_server):
+    """The app with a webhook route to a sink; an indirect parameter adds keys to ``[trace]``."""
     sink = WebhookSink(WH)
     server = await aiohttp_server(sink.app(), host="127.0.0.1")
     sink.base = str(server.make_url("/sink"))
     client, runtime = await build_test_app({
         "admin": {"jwt_secret": SECRET},
         "gateways": {"wh": {"type": "webhook", "secret": WH}},
-        "trace": {"flush_interval": 0.05},
+        "trace": {"flush_interval": 0.05, **getattr(request, "param", {})},
         "routes": [{"name": "intake", "binds": [
             {"gateway": "wh", "chat": "src", "direction": "in"},
             {"gateway": "wh", "chat": "up", "direction": "out", "options": {"url": sink.url("up")}}]}],
@@ -141,3 +144,56 @@ async def test_overview_has_the_hour_of_throughput(app_with_sink) -> None:
     assert o["trace"] is True
     assert sum(o["throughput"]["gateways"]["wh"]["received"]) == 1
     assert len(o["throughput"]["minutes"]) == 60
+
+
+# -- message search by text: only while [trace] debug_text_minutes keeps it ---------------------------------------------
+@pytest.mark.parametrize("app_with_sink", [{}, {"debug_text_minutes": 5}], ids=["text-off", "text-on"],
+                         indirect=True)
+async def test_search_by_text_only_while_debug_text_is_kept(app_with_sink) -> None:
+    client, runtime, sink = app_with_sink
+    text_on = runtime.settings.trace.debug_text_minutes > 0
+    for i, text in enumerate(["the disk is almost full", "all good"]):
+        body, headers = signed_post({"id": f"t{i}", "sender": "ann", "text": text}, WH)
+        assert (await client.post("/gateways/wh/src", data=body, headers=headers)).status == 200
+    async with asyncio.timeout(20):
+        while len(sink.received["up"]) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await runtime.trace.flush()
+    async with asyncio.timeout(20):  # the observers hear of the messages in the background
+        while True:
+            r = await (await client.get("/-/api/messages", params={"q": "ALMOST full"}, headers=_auth())).json()
+            if r["messages"] or not text_on:
+                break
+            await asyncio.sleep(0.05)
+    assert r["text_search"] is text_on
+    if text_on:
+        assert [m["message_id"] for m in r["messages"]] == ["webhook:wh:src:t0"]
+        assert "note" not in r
+        assert "almost" not in json.dumps(r)  # matched, never shown
+    else:
+        assert r["messages"] == [] and "text search is off" in r["note"]
+    # ids are found either way, and the other filters still apply to text matches
+    r = await (await client.get("/-/api/messages", params={"q": "t1"}, headers=_auth())).json()
+    assert [m["message_id"] for m in r["messages"]] == ["webhook:wh:src:t1"]
+    r = await (await client.get("/-/api/messages", params={"q": "almost", "route": "other"}, headers=_auth())).json()
+    assert r["messages"] == []
+    o = await (await client.get("/-/api/overview", headers=_auth())).json()
+    assert o["text_search"] is text_on
+
+
+def test_text_index_forgets_after_its_window_and_beyond_its_cap() -> None:
+    now = {"t": 1000.0}
+    idx = TextIndex(1, max_messages=3, clock=lambda: now["t"])
+    idx.add("a", "Disk almost FULL")
+    now["t"] += 30
+    idx.add("b", "disk fine")
+    assert idx.search("disk") == ["b", "a"] and idx.search("full") == ["a"] and idx.search("  ") == []
+    now["t"] += 31  # a is 61 s old: past the one-minute window
+    assert idx.search("disk") == ["b"] and len(idx) == 1
+    for m in ("c", "d", "e"):
+        idx.add(m, "disk")
+    assert len(idx) == 3 and "b" not in idx.search("disk")
+    idx.add("c", "edited text")  # an edit keeps the newest text
+    assert idx.search("disk") == ["e", "d"] and idx.search("edited") == ["c"]
+    with pytest.raises(ValueError):
+        TextIndex(0)

@@ -1,5 +1,7 @@
-"""Issue 15: the dashboard on the REAL app in headless Chromium (Debian package) driven by Playwright —
-log in, search a message, open its trace, see a live message arrive, retry a dead letter.
+"""Issue 15: the dashboard on the REAL app (started from a config file) in headless Chromium (Debian
+package) driven by Playwright — log in, see the replicas line, search a message, open its trace, see
+a live message arrive, retry a dead letter, compare the config file on disk (secrets masked) and
+reload it.
 
 Screenshots go to ``$CMGW_ARTEFACT_DIR`` (CI keeps that directory as the test's artefacts) or to the
 test's temp directory; they are never committed.
@@ -16,7 +18,7 @@ from pathlib import Path
 import jwt
 import pytest
 from claudemesh_gateway.plugins.webhook.testing import WebhookSink, signed_post
-from claudemesh_gateway.testing import build_test_app
+from claudemesh_gateway.testing import build_test_app_from_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")]
@@ -24,6 +26,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="
 SECRET = "issue15-browser-jwt-secret-0123456789"
 AUD = "claudemesh-gateway"
 WH = "issue15-browser-webhook-secret-0123"
+ROTATED = "issue15-browser-jwt-secret-rotated-98765"
 
 
 @pytest.fixture
@@ -33,6 +36,44 @@ def shots(tmp_path: Path) -> Path:
     return d
 
 
+def config_toml(state: Path, sink: WebhookSink, *, jwt_secret: str = SECRET, timeout: float = 10.0) -> str:
+    return f"""
+[server]
+state_dir = "{state}"
+shutdown_timeout = 5.0
+
+[admin]
+jwt_secret = "{jwt_secret}"
+
+[gateways.wh]
+type = "webhook"
+secret = "{WH}"
+timeout = {timeout}
+
+[trace]
+flush_interval = 0.05
+
+[delivery]
+max_attempts = 1
+backoff_base = 0.05
+poll_interval = 0.5
+
+[[routes]]
+name = "alerts"
+binds = [
+  {{gateway = "wh", chat = "src", direction = "in"}},
+  {{gateway = "wh", chat = "up", direction = "out", options = {{url = "{sink.url('up')}"}}}},
+]
+
+[[routes]]
+name = "billing"
+binds = [
+  {{gateway = "wh", chat = "bill", direction = "in"}},
+  {{gateway = "wh", chat = "down", direction = "out", options = {{url = "{sink.url('down')}"}}}},
+]
+"""
+
+
 @pytest.fixture
 async def real_app(tmp_path: Path, aiohttp_server):
     sink = WebhookSink(WH)
@@ -40,22 +81,11 @@ async def real_app(tmp_path: Path, aiohttp_server):
     sink.base = str(server.make_url("/sink"))
     broken = {"on": True}
     sink.script["down"] = lambda body, n: (400, {}) if broken["on"] else (200, {})
-    client, runtime = await build_test_app({
-        "admin": {"jwt_secret": SECRET},
-        "gateways": {"wh": {"type": "webhook", "secret": WH}},
-        "trace": {"flush_interval": 0.05},
-        "delivery": {"max_attempts": 1, "backoff_base": 0.05, "poll_interval": 0.5},
-        "routes": [
-            {"name": "alerts", "binds": [
-                {"gateway": "wh", "chat": "src", "direction": "in"},
-                {"gateway": "wh", "chat": "up", "direction": "out", "options": {"url": sink.url("up")}}]},
-            {"name": "billing", "binds": [
-                {"gateway": "wh", "chat": "bill", "direction": "in"},
-                {"gateway": "wh", "chat": "down", "direction": "out", "options": {"url": sink.url("down")}}]},
-        ],
-    }, state_dir=tmp_path / "gw")
+    path = tmp_path / "gateway.toml"
+    path.write_text(config_toml(tmp_path / "gw", sink))
+    client, runtime = await build_test_app_from_file(path)
     try:
-        yield client, runtime, sink, broken
+        yield client, runtime, sink, broken, path
     finally:
         await client.close()
 
@@ -85,7 +115,7 @@ async def browser():
 async def test_search_trace_live_and_dead_letter_retry(real_app, browser, shots):
     from playwright.async_api import expect
 
-    client, runtime, sink, broken = real_app
+    client, runtime, sink, broken, path = real_app
     for i in range(3):
         await post(client, "src", {"id": f"ok{i}", "sender": "ann", "text": f"disk {i} almost full"})
     await post(client, "bill", {"id": "inv-7", "sender": "bob", "text": "invoice 7"})
@@ -109,6 +139,8 @@ async def test_search_trace_live_and_dead_letter_retry(real_app, browser, shots)
     await expect(page.locator(".chart[data-chart='alerts']")).to_contain_text("3 out", timeout=15_000)
     await expect(page.locator("#dlq-count")).to_have_text("1")
     await expect(page.locator("#live-state")).to_have_text("connected")
+    await expect(page.locator("#replica-mode")).to_have_text("single process (SQLite)")  # no replicas on SQLite
+    await expect(page.locator("#replica-detail")).to_be_hidden()
     await page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
     # search by the webhook's native id, open the trace
@@ -147,6 +179,30 @@ async def test_search_trace_live_and_dead_letter_retry(real_app, browser, shots)
     await expect(page.locator("#timeline")).to_contain_text("dead letter retried by browser")
     await expect(page.locator("#trace-status")).to_have_text("delivered")
     await page.screenshot(path=str(shots / "after-retry.png"), full_page=True)
+
+    # the config file changes on disk: the diff shows what changed, a secret only as changed
+    await page.click("#config-diff")
+    await expect(page.locator("#config-note")).to_contain_text("no change")
+    path.write_text(config_toml(path.parent / "gw", sink, jwt_secret=ROTATED, timeout=12.5))
+    await page.focus("#config-diff")
+    await page.keyboard.press("Enter")
+    secret_row = page.locator("#config-changes tr[data-path='admin.jwt_secret']")
+    await expect(secret_row).to_contain_text("secret changed (value not shown)")
+    await expect(secret_row).to_contain_text("on restart")
+    timeout_row = page.locator("#config-changes tr[data-path='gateways.wh.timeout']")
+    await expect(timeout_row).to_contain_text("12.5")
+    await expect(timeout_row).to_contain_text("on reload")
+    await expect(page.locator("#config-note")).to_contain_text("a restart is needed for [admin]")
+    assert ROTATED not in await page.content() and SECRET not in await page.content()
+    await page.locator("#config").screenshot(path=str(shots / "config-diff.png"))
+    # reload: applied, [admin] named as needing a restart; the diff then lists only that
+    await page.click("#config-reload")
+    await expect(page.locator("#reload-status")).to_contain_text("applied")
+    await expect(page.locator("#reload-restart")).to_contain_text("admin")
+    await expect(timeout_row).to_have_count(0)
+    await expect(secret_row).to_have_count(1)
+    assert runtime.gateways["wh"].config.timeout == 12.5
+    await page.locator("#config").screenshot(path=str(shots / "config-reloaded.png"))
 
     # usable on a phone: no sideways scrolling of the page itself
     await page.set_viewport_size({"width": 390, "height": 844})

@@ -67,3 +67,4 @@ def make_runtime(admin: dict):
         states={"webhook": (GatewayState.CONNECTED, "", time.time())},
         delivery=SimpleNamespace(kick=lambda: kicks.append(1), stats=dict), kicks=kicks,
     )
+

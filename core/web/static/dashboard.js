@@ -28,8 +28,9 @@
     }
     if (!res.ok) {
       const body = await res.json().catch(() => ({}));
-      const err = new Error(body.error || `HTTP ${res.status}`);
+      const err = new Error(body.error || (body.errors || []).join("; ") || `HTTP ${res.status}`);
       err.status = res.status;
+      err.body = body;
       throw err;
     }
     return res.json();
@@ -104,6 +105,78 @@
       `<tr><td>${esc((e.at || "").slice(11, 19))}</td><td class="kind-${esc(e.kind)}">${esc(e.kind)}</td><td>${esc(e.to || e.from || "")}</td><td>${
         esc(e.error || e.reason || (e.latency_ms !== undefined ? e.latency_ms + " ms" : ""))}</td></tr>`), "nothing yet");
     if (o.trace === false) $("live-state").textContent = "(off: [trace] enabled = false)";
+    // [trace] debug_text_minutes: the search box matches words of recent messages too
+    $("q").placeholder = o.text_search ? "mesh, native or outbox id, or words" : "mesh, native or outbox id";
+    if (o.replicas) replicas(o.replicas);
+  }
+
+  // -- leases and replicas (PostgreSQL; one line for a single process) -------------------------------------
+  const leaseRow = (l, left) => `<tr data-lease="${esc(l.name)}"><td>${esc(l.kind)}</td><td>${esc(l.what)}</td><td>${esc(left)}</td></tr>`;
+  function replicas(r) {
+    if (!r.shared) {
+      $("replica-mode").textContent = r.mode;
+      $("replica-detail").hidden = true;
+      return;
+    }
+    const others = r.others || [];
+    $("replica-mode").textContent = `replica ${r.replica} (shared store, lease ${r.ttl_s} s): holds ${r.leases.length} lease(s); ` +
+      (r.others_error ? r.others_error : `${others.length} other replica(s) hold leases`) + (r.lost ? `; ${r.lost} lease(s) lost so far` : "");
+    $("replica-detail").hidden = false;
+    table($("leases-held"), ["kind", "what", "held (s)"], r.leases.map((l) => leaseRow(l, l.held_s)), "no lease held");
+    table($("replicas-others"), ["replica", "leases"], others.map((o) =>
+      `<tr data-replica="${esc(o.owner)}"><td>${esc(o.replica)}</td><td>${o.leases.map((l) => `${esc(l.kind)} ${esc(l.what)}`).join("<br>")}</td></tr>`),
+      r.others_error ? r.others_error : "no other replica holds a lease");
+  }
+
+  // -- configuration: diff against the file on disk, reload ---------------------------------------------------
+  const shown = (v) => v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v);
+  async function configDiff() {
+    const note = $("config-note"), tbl = $("config-changes");
+    note.textContent = "reading the config file…";
+    try {
+      const d = await api("/-/api/config/diff");
+      if (!d.ok) {
+        note.textContent = `the file on disk would be refused: ${d.errors.join("; ")}`;
+        tbl.hidden = true;
+        return;
+      }
+      const n = d.changes.length;
+      note.textContent = n ? `${n} change(s) in ${d.config_path}` + (d.restart_required.length ? `; a restart is needed for [${d.restart_required.join("], [")}]` : "; a reload applies them all")
+        : `no change: the running configuration is ${d.config_path}`;
+      tbl.hidden = !n;
+      table(tbl, ["key", "change", "running", "on disk", "applies"], d.changes.map((c) =>
+        `<tr data-path="${esc(c.path)}"><td class="mono">${esc(c.path)}</td><td>${esc(c.change)}</td>` +
+        (c.secret ? `<td class="secret" colspan="2">secret ${esc(c.change)} (value not shown)</td>` : `<td class="mono">${esc(shown(c.old))}</td><td class="mono">${esc(shown(c.new))}</td>`) +
+        `<td class="applies-${esc(c.applies)}">${c.applies === "restart" ? "on restart" : "on reload"}</td></tr>`), "no change");
+    } catch (e) {
+      if (e.message !== "unauthorized") note.textContent = `could not compare: ${e.message}`;
+    }
+  }
+
+  async function reload(button) {
+    const box = $("reload-result");
+    button.disabled = true;
+    box.className = "";
+    box.textContent = "reloading…";
+    let r;
+    try { r = await api("/-/api/reload", {method: "POST", body: "{}"}); } catch (e) {
+      if (e.message === "unauthorized") return;
+      r = e.body || {ok: false, errors: [e.message]};
+    } finally { button.disabled = false; }
+    const list = (items) => `<ul>${items.map((x) => `<li>${esc(x)}</li>`).join("")}</ul>`;
+    if (r.ok) {
+      const g = r.gateways || {}, m = r.meshes || {};
+      const parts = [["gateways added", g.added], ["removed", g.removed], ["restarted", g.restarted], ["meshes started", m.started],
+        ["stopped", m.stopped], ["restarted", m.restarted]].filter(([, v]) => v && v.length).map(([k, v]) => `${k}: ${v.join(", ")}`);
+      box.className = "ok";
+      box.innerHTML = `<p id="reload-status">applied: ${esc(r.routes)} route(s)${parts.length ? "; " + esc(parts.join("; ")) : ""}</p>` +
+        ((r.restart_required || []).length ? `<p class="applies-restart" id="reload-restart">restart required for [${esc(r.restart_required.join("], ["))}]</p>` : "");
+    } else {
+      box.className = "bad";
+      box.innerHTML = `<p id="reload-status">refused; the running configuration is kept:</p>${list(r.errors || [])}`;
+    }
+    refresh();
+    configDiff();
   }
 
   async function refresh() {
@@ -120,7 +193,7 @@
     $("search-note").textContent = "searching…";
     try {
       const r = await api(`/-/api/messages?${params}`);
-      $("search-note").textContent = `${r.messages.length} message(s)`;
+      $("search-note").textContent = `${r.messages.length} message(s)` + (r.note ? ` (${r.note})` : "");
       table($("results"), ["message", "status", "from", "routes", "delivered", "last event", ""], r.messages.map((m) =>
         `<tr data-message="${esc(m.message_id)}"><td class="mono">${esc(m.message_id)}</td><td class="st-${esc(m.status)}">${esc(m.status)}</td>` +
         `<td>${esc(m.origin)}</td><td>${esc((m.routes || []).join(", "))}</td><td>${esc(m.delivered)}/${esc(m.dests)}</td>` +
@@ -249,6 +322,8 @@
   });
   $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); search(); });
   $("logout").addEventListener("click", () => logout(""));
+  $("config-diff").addEventListener("click", () => configDiff());
+  $("config-reload").addEventListener("click", (ev) => reload(ev.currentTarget));
   $("live-toggle").addEventListener("click", (ev) => {
     livePaused = !livePaused;
     ev.target.textContent = livePaused ? "Resume" : "Pause";
