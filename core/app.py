@@ -635,8 +635,9 @@ async def reload_config(runtime: Runtime, *, actor: str = "operator") -> dict[st
     running config stays and ``{"ok": False, "errors": [...]}`` is returned. Otherwise routes are
     swapped atomically, gateways whose table changed are restarted, new ones started, removed ones
     stopped, meshes connected/disconnected/restarted as routes need them, new topics watched.
-    Tables that only apply at startup (``server``, ``dev_broker``, ``plugins``, ``log``, ``admin``,
-    ``health``, ``delivery``) are reported in ``restart_required``. The outbox is durable and its
+    Tables that only apply at startup (``RESTART_ONLY``: ``server``, ``dev_broker``, ``plugins``,
+    ``log``, ``admin``, ``health``, ``delivery``, ``retention``, ``store``, ``trace``, ``otel``) are
+    reported in ``restart_required``. The outbox is durable and its
     workers keep running: queued and in-flight messages are never dropped.
     """
     from .routing.table import RouteTable

@@ -465,7 +465,8 @@ def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
 
 
 #: tables a reload validates but only a restart applies (the reload reports them in ``restart_required``)
-RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention")
+RESTART_ONLY = ("server", "dev_broker", "plugins", "log", "admin", "health", "delivery", "retention", "store", "trace",
+                "otel")
 
 
 def _walk(value: Any, path: str) -> Iterator[tuple[str, Any]]:

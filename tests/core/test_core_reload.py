@@ -98,3 +98,12 @@ async def test_removed_gateway_stops_and_startup_tables_need_a_restart(served: A
     assert result["ok"] is True and result["gateways"]["removed"] == ["b"] and journal == ["stop:b"]
     assert result["restart_required"] == ["server"]
     assert (await post_in(client, "b", "1", "gone")).status == 404
+
+
+async def test_store_trace_and_otel_tables_need_a_restart(served: Any, journal: list[str]) -> None:
+    """The store, the trace recorder and the OpenTelemetry sink are built once, at startup."""
+    _client, runtime, cfg = served
+    cfg.write_text(cfg.read_text() + '\n[trace]\nflush_interval = 1.0\n\n[otel]\nservice_name = "gw-2"\n')
+    result = await reload_config(runtime, actor="test")
+    assert result["ok"] is True, result
+    assert result["restart_required"] == ["trace", "otel"]
