@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .delivery.addresses import MESH_GATEWAY, parse_mesh_chat
-from .errors import MeshError
+from .errors import MeshError, MeshTerminalError
 from .events import GatewayState
 from .mesh.state import KV_NAMESPACE
 
@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+WATCH_RETRY_FIRST_S = 5.0  # a topic that cannot be watched (missing, a timeout) is tried again, backing off
+WATCH_RETRY_MAX_S = 300.0
 
 
 class ReplicaKV:
@@ -138,10 +140,20 @@ def watch_topics(runtime: Runtime, name: str) -> None:
 async def watch(peer: Any, mesh: str, topic: str, since_ms: int | None = None) -> None:
     """Join and poll ``topic`` once the peer is connected (the peer waits for the connection).
     Its first poll takes every row posted since ``since_ms``, however long the join took."""
-    try:
-        await peer.watch_topic(topic, since_ms=since_ms)
-    except MeshError as exc:  # e.g. the topic does not exist: the route cannot receive from the mesh
-        log.error("mesh %s: cannot watch #%s: %s", mesh, topic, exc, extra={"mesh": mesh})
+    delay = WATCH_RETRY_FIRST_S
+    while True:
+        try:
+            await peer.watch_topic(topic, since_ms=since_ms)
+            return
+        except MeshTerminalError as exc:  # refused for good (bad credentials...): the mesh's state says so
+            log.error("mesh %s: cannot watch #%s: %s", mesh, topic, exc, extra={"mesh": mesh})
+            return
+        except MeshError as exc:  # no such topic (yet), a timeout...: the route cannot receive until it works
+            log.log(logging.ERROR if delay == WATCH_RETRY_FIRST_S else logging.WARNING,
+                    "mesh %s: cannot watch #%s: %s; trying again in %.0f s", mesh, topic, exc, delay,
+                    extra={"mesh": mesh})
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, WATCH_RETRY_MAX_S)
 
 
 async def stop_mesh(runtime: Runtime, name: str) -> None:

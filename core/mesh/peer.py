@@ -36,6 +36,7 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_MENTIONS = 16
 RATE_SAFETY = 0.9
 READBACK_MAX_ROWS = 1000  # how far back a post of ours is looked for in topic_history (see _find_posted)
+WATCH_CONCURRENCY = 16  # topics joined (and their sealed keys fetched) at the same time
 
 
 class MeshPeer:
@@ -84,6 +85,8 @@ class MeshPeer:
         # one lock per topic name: watching many topics joins them (and fetches their sealed keys)
         # concurrently; the same name twice waits for the first
         self._watch_locks: dict[str, asyncio.Lock] = {}
+        self._watch_slots = asyncio.Semaphore(WATCH_CONCURRENCY)  # joins + sealed-key fetches at once
+        self._topic_list: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<MeshPeer {self.name} mesh={self.cfg.mesh_id} state={self.state}>"
@@ -280,14 +283,21 @@ class MeshPeer:
         """``topic_list``: every non-archived topic of the mesh."""
         self._require_started()
         if refresh or not self._topics:
-            reply = await self.connection.request({"type": "topic_list"})
-            raw = reply.get("topics")
-            if not isinstance(raw, list):
-                raise MeshError(f"mesh {self.name}: topic_list reply has no topics list")
-            topics = [Topic.from_wire(t) for t in raw if isinstance(t, dict) and "id" in t and "name" in t]
-            self._topics = {t.name: t for t in topics}
-            self._topics_by_id.update({t.id: t for t in topics})
+            # one topic_list in flight at a time: the refreshes asked for meanwhile share its answer
+            # (watching 1,000 topics at startup would otherwise send 1,000 lists of 1,000 topics)
+            if self._topic_list is None or self._topic_list.done():
+                self._topic_list = asyncio.ensure_future(self._list_topics())
+            await asyncio.shield(self._topic_list)
         return list(self._topics.values())
+
+    async def _list_topics(self) -> None:
+        reply = await self.connection.request({"type": "topic_list"})
+        raw = reply.get("topics")
+        if not isinstance(raw, list):
+            raise MeshError(f"mesh {self.name}: topic_list reply has no topics list")
+        topics = [Topic.from_wire(t) for t in raw if isinstance(t, dict) and "id" in t and "name" in t]
+        self._topics = {t.name: t for t in topics}
+        self._topics_by_id.update({t.id: t for t in topics})
 
     async def resolve_topic(self, name_or_id: str) -> Topic:
         """A topic by name (or id), from the cache, refreshed on a miss. MeshError if it does not exist."""
@@ -358,9 +368,10 @@ class MeshPeer:
                 return self.pollers[name]
             since = await self._watch_since(name, since)
             await self.connection.wait_connected(timeout)
-            topic = await self.join_topic(name)
-            if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
-                await self.sealed.ensure(topic)
+            async with self._watch_slots:
+                topic = await self.join_topic(name)
+                if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
+                    await self.sealed.ensure(topic)
             poller = TopicPoller(self, topic, self.deliver, watch_started_ms=since)
             self.pollers[name] = poller
             poller.start()

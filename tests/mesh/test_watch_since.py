@@ -60,3 +60,45 @@ async def test_a_watch_killed_before_its_first_poll_keeps_its_start(broker, make
     await alice.post_topic("general", "in the second life")
     await inbox.wait(2)
     assert inbox.texts == ["while the first life joined", "in the second life"]
+
+
+async def test_many_watches_share_one_topic_list(broker, make_peer, monkeypatch):
+    """Watching many topics at once sends one topic_list, not one each (1,000 topics timed out)."""
+    seed = broker.default_mesh
+    gw = await make_peer(seed.gateway)
+    sent: list[str] = []
+    real_request = gw.connection.request
+
+    async def counting(frame, *a, **kw):
+        sent.append(frame.get("type"))
+        return await real_request(frame, *a, **kw)
+
+    monkeypatch.setattr(gw.connection, "request", counting)
+    await asyncio.gather(*(gw.resolve_topic("general") for _ in range(50)))
+    assert sent.count("topic_list") == 1
+
+
+async def test_a_topic_that_cannot_be_watched_yet_is_tried_again(monkeypatch):
+    from claudemesh_gateway import meshes
+    from claudemesh_gateway.errors import MeshError, MeshTerminalError
+
+    monkeypatch.setattr(meshes, "WATCH_RETRY_FIRST_S", 0.01)
+    calls: list[int | None] = []
+
+    class Peer:
+        async def watch_topic(self, name, *, since_ms=None):
+            calls.append(since_ms)
+            if len(calls) < 3:
+                raise MeshError(f"topic {name!r} does not exist")
+
+    await asyncio.wait_for(meshes.watch(Peer(), "dev", "later", 123), 5)
+    assert calls == [123, 123, 123]  # the same start each time: posts from then on are still ours
+
+    class Refused:
+        async def watch_topic(self, name, *, since_ms=None):
+            calls.append(None)
+            raise MeshTerminalError("bad_signature", "bad credentials")
+
+    calls.clear()
+    await asyncio.wait_for(meshes.watch(Refused(), "dev", "x"), 5)
+    assert calls == [None]  # refused for good: not retried
