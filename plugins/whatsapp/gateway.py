@@ -5,7 +5,7 @@
   we sent). The signature is verified first, over the configured ``public_url`` (``signature.py``).
 - Egress (``egress.py``): ``client.messages.create_async`` with the official ``twilio`` library
   over an aiohttp-based async HTTP client that shares the core's session (``transport.py``).
-- Files: bytes handed to ``send`` are held in memory for a while and offered to Twilio as
+- Files: bytes handed to ``send`` are held in the gateway's store for a while and offered to Twilio as
   ``<public_url>/gateways/<name>/media/<token>`` (``GET``/``HEAD``); inbound ``MediaUrl<n>``
   become ``twilio:<name>:<path>`` references read by ``fetch_attachment`` (see ``media.py``).
 - State (``ctx.kv``): ``window:<whatsapp:+E164>`` = epoch seconds of the user's

@@ -28,7 +28,7 @@ from claudemesh_gateway import (
     Message,
     MessageDropped,
 )
-from claudemesh_gateway.plugins.whatsapp.config import WhatsAppConfig, binding_options
+from claudemesh_gateway.plugins.whatsapp.config import MB, WhatsAppConfig, binding_options
 from claudemesh_gateway.plugins.whatsapp.media import media_path_of_ref, media_ref
 from claudemesh_gateway.plugins.whatsapp.signature import (
     SETTINGS_HEADER,
@@ -52,7 +52,7 @@ __all__ = ["EMPTY_TWIML", "MAX_REQUEST_BYTES", "StatusLog", "WhatsAppIngress", "
 log = logging.getLogger(__name__)
 
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-MAX_REQUEST_BYTES = 1024 * 1024  # a Twilio webhook (form or JSON); aiohttp's default cap
+MAX_REQUEST_BYTES = 1 * MB  # a Twilio webhook (form or JSON); aiohttp's default cap
 
 _Form = TypeVar("_Form", bound=BaseModel)
 
