@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "MEDIA_TOKEN_PATTERN",
+    "REF_SCHEME",
     "TOKEN_PATTERN",
     "TWILIO_API",
     "TWILIO_MEDIA_REDIRECT_HOSTS",
@@ -33,6 +34,8 @@ __all__ = [
     "MediaStore",
     "is_media_path",
     "media_path_of",
+    "media_path_of_ref",
+    "media_ref",
     "scrub_media_tokens",
     "served_content_type",
 ]
@@ -65,6 +68,25 @@ def media_path_of(url: str) -> str | None:
 
 def is_media_path(path: str) -> bool:
     return _MEDIA_PATH.fullmatch(path) is not None
+
+
+#: the scheme of inbound media references: ``twilio:<gateway name>:<media path>``
+REF_SCHEME = "twilio"
+
+
+def media_ref(gateway: str, url: str) -> str | None:
+    """``twilio:<gateway>:<path>`` for a Twilio media URL, None for any other URL."""
+    path = media_path_of(url)
+    return f"{REF_SCHEME}:{gateway}:{path}" if path else None
+
+
+def media_path_of_ref(gateway: str, ref: str) -> str | None:
+    """The media path in a ``twilio:<gateway>:<path>`` reference of that gateway, else None."""
+    prefix = f"{REF_SCHEME}:{gateway}:"
+    if not ref.startswith(prefix):
+        return None
+    path = ref[len(prefix):]
+    return path if is_media_path(path) else None
 
 
 def served_content_type(content_type: str, name: str = "") -> str:

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "OPT_IN_KEYWORDS",
     "OPT_OUT_KEYWORDS",
+    "check_template_variable",
     "consent_keyword",
     "failure_reason",
     "mask_number",

@@ -35,13 +35,18 @@ class _TwilioForm(BaseModel):
         return v.strip() if isinstance(v, str) else v
 
 
-class InboundForm(_TwilioForm):
-    """``POST /gateways/<name>/inbound``: a user wrote to our WhatsApp sender."""
+class _MessageForm(_TwilioForm):
+    """The fields every webhook about one message carries."""
 
     message_sid: str = Field(alias="MessageSid", min_length=2, max_length=64)
     account_sid: str = Field("", alias="AccountSid")
-    from_: str = Field(alias="From", min_length=1)
     to: str = Field("", alias="To")
+
+
+class InboundForm(_MessageForm):
+    """``POST /gateways/<name>/inbound``: a user wrote to our WhatsApp sender."""
+
+    from_: str = Field(alias="From", min_length=1)
     body: str = Field("", alias="Body")
     num_media: int = Field(0, alias="NumMedia", ge=0, le=10)
     profile_name: str = Field("", alias="ProfileName")
@@ -86,13 +91,10 @@ class InboundForm(_TwilioForm):
         return out
 
 
-class StatusForm(_TwilioForm):
+class StatusForm(_MessageForm):
     """``POST /gateways/<name>/status``: Twilio's status callback for a message we sent."""
 
-    message_sid: str = Field(alias="MessageSid", min_length=2, max_length=64)
     message_status: str = Field(alias="MessageStatus", min_length=1)
-    account_sid: str = Field("", alias="AccountSid")
-    to: str = Field("", alias="To")
     from_: str = Field("", alias="From")
     error_code: str = Field("", alias="ErrorCode")
     error_message: str = Field("", alias="ErrorMessage")

@@ -58,7 +58,8 @@ def signed(params: dict[str, str], path: str) -> dict[str, str]:
 
 @pytest.fixture
 async def fake_twilio(aiohttp_server, monkeypatch):
-    from claudemesh_gateway.plugins.whatsapp.gateway import TwilioHttpClient, WhatsAppGateway
+    from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
+    from claudemesh_gateway.plugins.whatsapp.transport import TwilioHttpClient
 
     fake = FakeTwilio()
     app = web.Application()

@@ -23,7 +23,8 @@ def main() -> int:
         return 2
 
     from claudemesh_gateway.cli import main as cli_main
-    from claudemesh_gateway.plugins.whatsapp.gateway import TwilioHttpClient, WhatsAppGateway
+    from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
+    from claudemesh_gateway.plugins.whatsapp.transport import TwilioHttpClient
 
     class LoopbackTwilioHttp(TwilioHttpClient):
         def resolve(self, url: str) -> str:

@@ -23,11 +23,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from claudemesh_gateway import Address, Binding, Message, Outbound
-from claudemesh_gateway.plugins.whatsapp.gateway import (
-    TwilioHttpClient,
-    WhatsAppBindingOptions,
-    WhatsAppGateway,
-)
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppBindingOptions
+from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
+from claudemesh_gateway.plugins.whatsapp.transport import TwilioHttpClient
 from claudemesh_gateway.testing import RecordingContext
 from twilio.request_validator import RequestValidator
 

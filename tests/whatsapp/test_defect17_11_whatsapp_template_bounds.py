@@ -5,7 +5,7 @@ cutting it to TEMPLATE_VALUE_MAX. They are now checked when the route is validat
 from __future__ import annotations
 
 import pytest
-from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppBindingOptions
 from claudemesh_gateway.plugins.whatsapp.text import TEMPLATE_VALUE_MAX, render_template_variables
 from pydantic import ValidationError
 

@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions, WhatsAppConfig
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppBindingOptions, WhatsAppConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "whatsapp.md"
 

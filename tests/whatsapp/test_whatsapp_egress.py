@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from claudemesh_gateway import Attachment, DeliveryError, GatewayState, SendResult
-from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppBindingOptions
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppBindingOptions
 
 TEMPLATE = "HX" + "ab" * 16
 
@@ -219,7 +219,7 @@ async def test_unique_recipient_slots_free_after_24h_and_survive_a_restart(make_
     # a restarted gateway (same store) still counts the slot
     again = type(wa.gateway)(wh.NAME, wa.gateway.config, wa.ctx)
     with pytest.raises(DeliveryError):
-        await again._take_slot("whatsapp:+15550000002")
+        await again.initiated.take("whatsapp:+15550000002")
     # 24 h later the slot is free again
     book = await wa.ctx.kv_get("initiated")
     await wa.ctx.kv_set("initiated", {n: t - 86401 for n, t in book.items()})

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from claudemesh_gateway import Attachment, DeliveryError
-from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppConfig
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppConfig
 from claudemesh_gateway.plugins.whatsapp.media import MediaStore
 
 MB = 1024 * 1024
@@ -291,7 +291,7 @@ async def test_fetch_attachment_cap_is_permanent(wa, wh, chunked):
 
 
 async def test_media_not_there_yet_is_asked_again_before_giving_up(wa, monkeypatch):
-    from claudemesh_gateway.plugins.whatsapp import gateway as wa_module
+    from claudemesh_gateway.plugins.whatsapp import transport as wa_module
 
     monkeypatch.setattr(wa_module, "MEDIA_NOT_YET", (0.01, 0.01))
     att = ref_att(wa, wa.twilio.add_media(b"jpeg"))
@@ -304,7 +304,7 @@ async def test_media_not_there_yet_is_asked_again_before_giving_up(wa, monkeypat
 
 
 async def test_fetch_attachment_errors(wa, wh, monkeypatch):
-    from claudemesh_gateway.plugins.whatsapp import gateway as wa_module
+    from claudemesh_gateway.plugins.whatsapp import transport as wa_module
 
     monkeypatch.setattr(wa_module, "MEDIA_NOT_YET", (0.01,))
     att = ref_att(wa, wa.twilio.add_media(b"jpeg"))

@@ -7,11 +7,8 @@ import json
 
 import pytest
 from claudemesh_gateway.plugins import whatsapp as plugin
-from claudemesh_gateway.plugins.whatsapp.gateway import (
-    WhatsAppBindingOptions,
-    WhatsAppConfig,
-    WhatsAppGateway,
-)
+from claudemesh_gateway.plugins.whatsapp.config import WhatsAppBindingOptions, WhatsAppConfig
+from claudemesh_gateway.plugins.whatsapp.gateway import WhatsAppGateway
 from claudemesh_gateway.plugins.whatsapp.signature import public_request_url, verify_signature
 from claudemesh_gateway.plugins.whatsapp.text import (
     consent_keyword,
