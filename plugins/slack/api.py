@@ -113,8 +113,8 @@ def make_client(config: SlackConfig, http: aiohttp.ClientSession | None) -> Asyn
 
 
 class SlackApi:
-    """The gateway's Web API client (``web``: None until :meth:`open`) and its calls. A call that
-    finds the bot token refused reports ``bad_credentials`` through ``set_state``."""
+    """The gateway's Web API client (``web``: None until :meth:`open`) and its calls. :meth:`call`
+    and :meth:`history_page` report a refused bot token as ``bad_credentials`` (``set_state``)."""
 
     def __init__(self, name: str, config: SlackConfig, set_state: Callable[[GatewayState, str], None]) -> None:
         self.name = name

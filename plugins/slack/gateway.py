@@ -40,7 +40,7 @@ from claudemesh_gateway.plugins.slack.ingress import Ingress
 from claudemesh_gateway.plugins.slack.socketmode import SocketMode
 from claudemesh_gateway.plugins.slack.threads import ThreadMap
 
-__all__ = ["STANDBY_DETAIL", "SlackGateway"]
+__all__ = ["SlackGateway"]
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from claudemesh_gateway import Address, Attachment, Message
 from claudemesh_gateway.plugins.slack import mrkdwn
 from claudemesh_gateway.plugins.slack.config import binding_options
 from claudemesh_gateway.plugins.slack.files import file_ref
-from claudemesh_gateway.plugins.slack.history import HistoryCatchup
 from claudemesh_gateway.plugins.slack.signature import SignatureVerifier
 from claudemesh_gateway.plugins.slack.wire import EventCallback, MessageEvent, SlashCommand
 from claudemesh_gateway.webhooks import parse_json_object, read_body
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from claudemesh_gateway.plugins.slack.gateway import SlackGateway
+    from claudemesh_gateway.plugins.slack.history import HistoryCatchup
 
 __all__ = ["MAX_REQUEST_BYTES", "RELAYED_SUBTYPES", "Ingress", "event_callback_problem"]
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from claudemesh_gateway import GatewayState
 from claudemesh_gateway.plugins.slack.api import BAD_CREDENTIALS, error_code
-from claudemesh_gateway.plugins.slack.history import HistoryCatchup
 from claudemesh_gateway.plugins.slack.ingress import event_callback_problem
 from claudemesh_gateway.plugins.slack.wire import SlashCommand
 from pydantic import ValidationError
@@ -24,6 +23,7 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 if TYPE_CHECKING:
     from claudemesh_gateway.plugins.slack.gateway import SlackGateway
+    from claudemesh_gateway.plugins.slack.history import HistoryCatchup
 
 __all__ = ["SocketMode", "envelope_problem"]
 
