@@ -169,9 +169,9 @@ class HistoryCatchup:
             log.warning("gateway %s: could not save history cursors (%s)", self.name, type(exc).__name__)
 
     def _dirty(self) -> None:
-        if not self.gw._started or (self._save_task is not None and not self._save_task.done()):
+        if not self.gw.started or (self._save_task is not None and not self._save_task.done()):
             return  # stop() saves at the end
-        self._save_task = self.gw._spawn(self._save_later(), "history-save")
+        self._save_task = self.gw.spawn(self._save_later(), "history-save")
 
     async def _save_later(self) -> None:
         await asyncio.sleep(SAVE_DELAY)
@@ -202,7 +202,7 @@ class HistoryCatchup:
         """Run a catch-up; if one is running, run once more after it."""
         self._again = True
         if self._task is None or self._task.done():
-            self._task = self.gw._spawn(self._loop(), "history")
+            self._task = self.gw.spawn(self._loop(), "history")
 
     def cancel(self) -> None:
         """Stop the catch-up and the pending save (the gateway's stop() awaits its tasks and
@@ -215,7 +215,7 @@ class HistoryCatchup:
     # -- the catch-up --------------------------------------------------------------------------
     async def _loop(self) -> None:
         backoff = RETRY_MIN
-        while self._again and self.gw._started:
+        while self._again and self.gw.started:
             self._again = False
             outcome = await self._run()
             if outcome == "stop":
@@ -232,7 +232,7 @@ class HistoryCatchup:
         self._new_channels_start_now()
         outcome: Literal["done", "retry", "stop"] = "done"
         for channel in self.channels():
-            if not self.gw._started:
+            if not self.gw.started:
                 return "stop"
             start = self.gaps.get(channel)
             if start is None:
@@ -298,10 +298,10 @@ class HistoryCatchup:
         page: str | None = None
         while True:
             await self.bucket.acquire()
-            if not self.gw._started:
+            if not self.gw.started:
                 raise _Stopped
             try:
-                resp = await self.gw.history_page(
+                resp = await self.gw.api.history_page(
                     channel, oldest=oldest, inclusive=False, limit=self.page_limit, cursor=page
                 )
             except HistoryRateLimited as exc:
@@ -323,9 +323,9 @@ class HistoryCatchup:
         if found:
             log.info("gateway %s: catching up %d message(s) of %s", self.name, len(found), channel)
         for ts in sorted(found, key=lambda t: ts_key(t) or Decimal(0)):
-            if not self.gw._started:
+            if not self.gw.started:
                 raise _Stopped  # no submit after stop
-            await self.gw.submit_history(channel, found[ts])
+            await self.gw.ingress.submit_history(channel, found[ts])
             # submitted (or filtered out): the gap moves past it
             gap = ts_key(self.gaps.get(channel))
             if gap is None or ts_key(ts) > gap:  # type: ignore[operator]

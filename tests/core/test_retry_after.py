@@ -36,7 +36,7 @@ def test_retry_after_header_any_case():
 
 def test_every_plugin_uses_the_core_parser():
     """Slack's and WhatsApp's helpers now read HTTP-dates and cap, as the webhook gateway did."""
-    from claudemesh_gateway.plugins.slack import gateway as slack
+    from claudemesh_gateway.plugins.slack import api as slack
     from claudemesh_gateway.plugins.whatsapp import gateway as whatsapp
 
     date = "Wed, 21 Oct 2015 07:28:00 GMT"

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from claudemesh_gateway import Address, Binding
-from claudemesh_gateway.plugins.slack.gateway import SlackBindingOptions, SlackGateway
+from claudemesh_gateway.plugins.slack.config import SlackBindingOptions
+from claudemesh_gateway.plugins.slack.gateway import SlackGateway
 from claudemesh_gateway.testing import RecordingContext
 
 BOT_TOKEN = "xoxb-1111-2222-secretbot"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from claudemesh_gateway.plugins.slack.gateway import SlackConfig
+from claudemesh_gateway.plugins.slack.config import SlackConfig
 from pydantic import ValidationError
 
 
@@ -52,10 +52,17 @@ def test_plugin_registers_the_gateway():
             "hookimpl",
             "SlackGateway",
             "register_gateways",
+            "api",
+            "config",
+            "egress",
+            "files",
             "gateway",
             "history",
+            "ingress",
             "mrkdwn",
             "signature",
+            "socketmode",
+            "threads",
             "wire",
         }
         == set()

@@ -126,10 +126,11 @@ async def test_fetch_refuses_a_foreign_host_and_a_redirect_to_one(make_gateway, 
 
 
 def test_only_slack_hosts_or_the_api_base_host_get_the_token(make_gateway):
-    from claudemesh_gateway.plugins.slack.gateway import SlackConfig, SlackGateway
+    from claudemesh_gateway.plugins.slack.config import SlackConfig
+    from claudemesh_gateway.plugins.slack.gateway import SlackGateway
 
     gw = SlackGateway("slack", SlackConfig(bot_token="xoxb-1"), ctx=_NullCtx())
-    ok = gw._file_url_allowed
+    ok = gw.files.url_allowed
     assert ok("https://files.slack.com/files-pri/T-F1/download/a.png")
     assert ok("https://slack.com/x") and ok("https://team.enterprise.slack.com/x")
     for bad in (
