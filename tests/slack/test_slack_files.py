@@ -577,7 +577,11 @@ async def test_a_file_of_another_platform_reaches_slack_as_an_upload(file_app, f
     assert sink.fetches == [("sinkfile:doc-7", 20 * 1024 * 1024)] * 2  # core cap < upload_max_bytes
     # the message map knows the file messages: a Slack reply to one goes back as a reply
     ts_c1 = by_channel["C1"]["ts"]
-    assert await runtime.store.map_get("filesink:sink:1", "slack/C1") == [ts_c1]
+    # (written when the send returns, a moment after the fake recorded the upload)
+    async with asyncio.timeout(10):
+        while (mapped := await runtime.store.map_get("filesink:sink:1", "slack/C1")) != [ts_c1]:
+            await asyncio.sleep(0.02)
+    assert mapped == [ts_c1]
     await wait_until(lambda: len(fake_slack.echoed) == 2)
     await asyncio.sleep(0.5)
     assert len(sink.sent) == 0  # the bot's own file shares were not relayed anywhere
