@@ -49,7 +49,7 @@ from claudemesh_gateway.plugins.telegram.egress import (
     render_text,
 )
 from claudemesh_gateway.plugins.telegram.files import download
-from claudemesh_gateway.plugins.telegram.ingress import Ingress, update_batch
+from claudemesh_gateway.plugins.telegram.ingress import Ingress
 from claudemesh_gateway.plugins.telegram.transport import (
     AiohttpRequest,
     make_bot,
@@ -61,7 +61,7 @@ from claudemesh_gateway.plugins.telegram.transport import (
 from claudemesh_gateway.plugins.telegram.wire import ALLOWED_UPDATES, Chat, User, WebhookInfo
 from pydantic import ValidationError
 from telegram import Bot, BotCommand
-from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,6 @@ class TelegramGateway(Gateway):
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._stopping = False
-        self._ready = asyncio.Event()
         self._webhook_set = False
         self._background: set[asyncio.Task[Any]] = set()
         self._ingress = Ingress(name, config, ctx, bot=self._ensure_bot, scrub=self._scrub, spawn=self._spawn)
@@ -142,23 +141,33 @@ class TelegramGateway(Gateway):
             return None
         return f"{base}/gateways/{self.name}/webhook"
 
-    def _backoff(self, attempt: int, cap: float | None = None) -> float:
+    # ------------------------------------------------------------------ lifecycle (ingress.Lifecycle)
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def backoff(self, attempt: int, cap: float | None = None) -> float:
         cap = self.backoff_max if cap is None else cap
         base = min(cap, self.backoff_initial * (2 ** min(attempt, 16)))
         return base * random.uniform(0.5, 1.0)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
-    async def _retry_later(self, exc: TelegramError, attempt: int) -> bool:
+    async def retry_later(self, exc: TelegramError, attempt: int) -> bool:
         """Wait before repeating a Bot API call that failed with ``exc``: Telegram's flood wait, else
         a backoff (the state says why). True when it backed off (the attempt counts)."""
         if isinstance(exc, RetryAfter):
-            await self._sleep(retry_after_seconds(exc))
+            await self.pause(retry_after_seconds(exc))
             return False
         self.set_state(GatewayState.TRANSIENT_DISCONNECT, self._scrub(exc.message))
-        await self._sleep(self._backoff(attempt))
+        await self.pause(self.backoff(attempt))
         return True
+
+    def bad_token(self, what: str) -> None:
+        self.set_state(GatewayState.BAD_CREDENTIALS,
+                       f"bot token rejected by Telegram: check [gateways.{self.name}].token")
+        log.error("telegram %s: %s", self.name, what)
 
     def _spawn(self, coro: Any, what: str) -> None:
         task = asyncio.create_task(coro, name=f"telegram:{self.name}:{what}")
@@ -167,9 +176,8 @@ class TelegramGateway(Gateway):
 
     async def wait_ready(self, limit_s: float = 10.0) -> None:
         """Wait until ingress is up (webhook registered, or the first getUpdates answered)."""
-        await asyncio.wait_for(self._ready.wait(), limit_s)
+        await asyncio.wait_for(self._ingress.ready.wait(), limit_s)
 
-    # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self._started:
             return  # idempotent (even when the ingress task already finished, e.g. webhook registered)
@@ -179,7 +187,7 @@ class TelegramGateway(Gateway):
         self._started = True
         self._ensure_bot()
         self._stopping = False
-        self._ready.clear()
+        self._ingress.ready.clear()
         self.set_state(GatewayState.STARTING)
         self._task = asyncio.create_task(self._run(), name=f"telegram:{self.name}:ingress")
 
@@ -217,20 +225,15 @@ class TelegramGateway(Gateway):
                 if self.config.mode == "webhook":
                     await self._register_webhook()
                 else:
-                    await self._poll_loop()
+                    await self._ingress.poll(self._ensure_bot(), self)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:  # boundary of the background task: log, back off, restart
                 log.exception("telegram %s: ingress failed unexpectedly; restarting it", self.name)
                 self.set_state(GatewayState.TRANSIENT_DISCONNECT, "ingress failed unexpectedly; restarting")
-                await self._sleep(self._backoff(attempt))
+                await self.pause(self.backoff(attempt))
                 attempt += 1
-
-    def _bad_token(self, what: str) -> None:
-        self.set_state(GatewayState.BAD_CREDENTIALS,
-                       f"bot token rejected by Telegram: check [gateways.{self.name}].token")
-        log.error("telegram %s: %s", self.name, what)
 
     async def _hello(self) -> bool:
         """getMe until it works. False when the token is bad (retries would not help)."""
@@ -243,10 +246,10 @@ class TelegramGateway(Gateway):
                     await self._set_commands()
                 return True
             except InvalidToken:
-                self._bad_token("bot token rejected by Telegram (401/404)")
+                self.bad_token("bot token rejected by Telegram (401/404)")
                 return False
             except TelegramError as exc:
-                if await self._retry_later(exc, attempt):
+                if await self.retry_later(exc, attempt):
                     attempt += 1
         return False
 
@@ -276,90 +279,19 @@ class TelegramGateway(Gateway):
                 )
                 self._webhook_set = True
                 self.set_state(GatewayState.CONNECTED, f"webhook {self.webhook_url}")
-                self._ready.set()
+                self._ingress.ready.set()
                 return
             except InvalidToken:
                 self.set_state(GatewayState.BAD_CREDENTIALS, "bot token rejected by Telegram")
                 return
             except BadRequest as exc:  # e.g. bad URL / port: an operator error, retried slowly
                 self.set_state(GatewayState.TRANSIENT_DISCONNECT, f"setWebhook refused: {self._scrub(exc.message)}")
-                await self._sleep(self._backoff(attempt, self.conflict_backoff_max))
+                await self.pause(self.backoff(attempt, self.conflict_backoff_max))
             except TelegramError as exc:
-                await self._retry_later(exc, attempt)
+                await self.retry_later(exc, attempt)
             attempt += 1
 
-    # ------------------------------------------------------------------ polling
-    async def _poll_loop(self) -> None:
-        bot = self._ensure_bot()
-        attempt = 0
-        webhook_cleared = False
-        drop_pending = self.config.drop_pending_updates  # only once: never drop on a re-clear after a 409
-        offset = await self._stored_offset()
-        standby = False
-        while not self._stopping:
-            if not await self._poll_lease():  # another replica polls this bot: reading too would 409
-                if not standby:
-                    standby = True
-                    self.set_state(GatewayState.CONNECTED, "standby: another replica polls this bot")
-                    self._ready.set()
-                await self._sleep(self.standby_interval)
-                continue
-            if standby:  # taken over: the last owner advanced the offset
-                standby = False
-                self.set_state(GatewayState.STARTING, "taking over polling from another replica")
-                offset = await self._stored_offset()
-            try:
-                if not webhook_cleared:
-                    # polling and a webhook are mutually exclusive (409 otherwise)
-                    await bot.delete_webhook(drop_pending_updates=drop_pending)
-                    webhook_cleared, drop_pending = True, False
-                updates = await raw_call(
-                    bot, "getUpdates", offset=offset, timeout=self.config.poll_timeout,
-                    allowed_updates=list(ALLOWED_UPDATES), read_timeout=self.config.poll_timeout + 10.0,
-                )
-            except InvalidToken:
-                self._bad_token("bot token rejected while polling; polling stopped")
-                return
-            except Conflict:
-                detail = ("409 Conflict: another process is polling this bot token, or a webhook is set; "
-                          "run one instance per token (or use mode = \"webhook\")")
-                self.set_state(GatewayState.BAD_CREDENTIALS, detail)
-                log.error("telegram %s: %s", self.name, detail)
-                webhook_cleared = False
-                await self._sleep(self._backoff(attempt, self.conflict_backoff_max))
-                attempt += 1
-                continue
-            except TelegramError as exc:  # 429, NetworkError, TimedOut, 5xx
-                if not isinstance(exc, RetryAfter):
-                    log.warning("telegram %s: getUpdates failed (%s); retrying", self.name, self._scrub(exc.message))
-                if await self._retry_later(exc, attempt):
-                    attempt += 1
-                continue
-            if self._state != GatewayState.CONNECTED:
-                self.set_state(GatewayState.CONNECTED, "polling")
-            attempt = 0
-            self._ready.set()
-            if not updates:
-                continue
-            batch, skipped = update_batch(updates)
-            if skipped:
-                # not updates Telegram could send: skipped (the offset moves past the good ones only)
-                log.warning("telegram %s: skipped %d entries of a getUpdates answer without a usable "
-                            "update_id", self.name, skipped)
-            if not batch:
-                await self._sleep(self._backoff(attempt))  # nothing to confirm: do not ask again at once
-                attempt += 1
-                continue
-            offset, failed = await self._ingress.process_batch(batch, offset)
-            if failed:
-                self.set_state(GatewayState.TRANSIENT_DISCONNECT, "core did not accept an update; retrying")
-                await self._sleep(self._backoff(1))
-
-    async def _stored_offset(self) -> int | None:
-        stored = await self.ctx.kv_get("offset")
-        return int(stored) if stored is not None else None
-
-    async def _poll_lease(self) -> bool:
+    async def poll_lease(self) -> bool:
         """Several replicas: only the one holding this gateway's "poll" lease calls getUpdates."""
         exclusive = getattr(self.ctx, "exclusive", None)  # contexts from before leases existed
         if exclusive is None:

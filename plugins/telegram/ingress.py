@@ -9,7 +9,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from claudemesh_gateway import (
@@ -17,6 +17,7 @@ from claudemesh_gateway import (
     Attachment,
     Binding,
     GatewayContext,
+    GatewayState,
     Message,
     MessageDropped,
     SubmitResult,
@@ -32,11 +33,19 @@ from claudemesh_gateway.plugins.telegram.config import (
 from claudemesh_gateway.plugins.telegram.egress import reply_parameters
 from claudemesh_gateway.plugins.telegram.files import file_ref
 from claudemesh_gateway.plugins.telegram.format import entities_to_text
-from claudemesh_gateway.plugins.telegram.wire import Chat, FileObject, TgMessage, Update, User
+from claudemesh_gateway.plugins.telegram.transport import raw_call
+from claudemesh_gateway.plugins.telegram.wire import (
+    ALLOWED_UPDATES,
+    Chat,
+    FileObject,
+    TgMessage,
+    Update,
+    User,
+)
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_json_object
 from pydantic import ValidationError
 from telegram import Bot
-from telegram.error import TelegramError
+from telegram.error import Conflict, InvalidToken, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +54,7 @@ __all__ = [
     "MAX_UPDATE_ID",
     "SECRET_HEADER",
     "Ingress",
+    "Lifecycle",
     "attachments",
     "chat_matches",
     "inbound_bindings",
@@ -145,6 +155,31 @@ def attachments(gateway: str, msg: TgMessage) -> tuple[Attachment, ...]:
     return tuple(out)
 
 
+class Lifecycle(Protocol):
+    """What the polling loop needs of the gateway that runs it (``gateway.TelegramGateway``)."""
+
+    standby_interval: float
+    conflict_backoff_max: float
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def state(self) -> GatewayState: ...
+
+    def set_state(self, state: GatewayState, detail: str = "") -> None: ...
+
+    async def poll_lease(self) -> bool: ...
+
+    def backoff(self, attempt: int, cap: float | None = None) -> float: ...
+
+    async def pause(self, seconds: float) -> None: ...
+
+    async def retry_later(self, exc: TelegramError, attempt: int) -> bool: ...
+
+    def bad_token(self, what: str) -> None: ...
+
+
 class Ingress:
     """The updates of one bot, from the webhook or from polling, handed to ``ctx.submit``."""
 
@@ -155,6 +190,7 @@ class Ingress:
         self.ctx = ctx
         self._bot, self._scrub, self._spawn = bot, scrub, spawn
         self.me: User | None = None  # getMe's answer: our own messages are never relayed back
+        self.ready = asyncio.Event()  # set once the webhook is registered or getUpdates answered
         self.in_batch = False
         self.batch_done = asyncio.Event()
         self._unauth_replied: dict[str, float] = {}
@@ -189,6 +225,78 @@ class Ingress:
         return web.Response(status=200)
 
     # ------------------------------------------------------------------ polling
+    async def poll(self, bot: Bot, host: Lifecycle) -> None:
+        """getUpdates until ``host`` stops, while this replica holds the polling lease (standby
+        otherwise); 409 Conflicts, flood waits and network errors are waited out."""
+        attempt = 0
+        webhook_cleared = False
+        drop_pending = self.config.drop_pending_updates  # only once: never drop on a re-clear after a 409
+        offset = await self._stored_offset()
+        standby = False
+        while not host.stopping:
+            if not await host.poll_lease():  # another replica polls this bot: reading too would 409
+                if not standby:
+                    standby = True
+                    host.set_state(GatewayState.CONNECTED, "standby: another replica polls this bot")
+                    self.ready.set()
+                await host.pause(host.standby_interval)
+                continue
+            if standby:  # taken over: the last owner advanced the offset
+                standby = False
+                host.set_state(GatewayState.STARTING, "taking over polling from another replica")
+                offset = await self._stored_offset()
+            try:
+                if not webhook_cleared:
+                    # polling and a webhook are mutually exclusive (409 otherwise)
+                    await bot.delete_webhook(drop_pending_updates=drop_pending)
+                    webhook_cleared, drop_pending = True, False
+                updates = await raw_call(
+                    bot, "getUpdates", offset=offset, timeout=self.config.poll_timeout,
+                    allowed_updates=list(ALLOWED_UPDATES), read_timeout=self.config.poll_timeout + 10.0,
+                )
+            except InvalidToken:
+                host.bad_token("bot token rejected while polling; polling stopped")
+                return
+            except Conflict:
+                detail = ("409 Conflict: another process is polling this bot token, or a webhook is set; "
+                          "run one instance per token (or use mode = \"webhook\")")
+                host.set_state(GatewayState.BAD_CREDENTIALS, detail)
+                log.error("telegram %s: %s", self.gateway, detail)
+                webhook_cleared = False
+                await host.pause(host.backoff(attempt, host.conflict_backoff_max))
+                attempt += 1
+                continue
+            except TelegramError as exc:  # 429, NetworkError, TimedOut, 5xx
+                if not isinstance(exc, RetryAfter):
+                    log.warning("telegram %s: getUpdates failed (%s); retrying", self.gateway,
+                                self._scrub(exc.message))
+                if await host.retry_later(exc, attempt):
+                    attempt += 1
+                continue
+            if host.state != GatewayState.CONNECTED:
+                host.set_state(GatewayState.CONNECTED, "polling")
+            attempt = 0
+            self.ready.set()
+            if not updates:
+                continue
+            batch, skipped = update_batch(updates)
+            if skipped:
+                # not updates Telegram could send: skipped (the offset moves past the good ones only)
+                log.warning("telegram %s: skipped %d entries of a getUpdates answer without a usable "
+                            "update_id", self.gateway, skipped)
+            if not batch:
+                await host.pause(host.backoff(attempt))  # nothing to confirm: do not ask again at once
+                attempt += 1
+                continue
+            offset, failed = await self.process_batch(batch, offset)
+            if failed:
+                host.set_state(GatewayState.TRANSIENT_DISCONNECT, "core did not accept an update; retrying")
+                await host.pause(host.backoff(1))
+
+    async def _stored_offset(self) -> int | None:
+        stored = await self.ctx.kv_get("offset")
+        return int(stored) if stored is not None else None
+
     async def process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]],
                             offset: int | None) -> tuple[int | None, bool]:
         """Submit each update, then persist the offset past the last one that was submitted.
