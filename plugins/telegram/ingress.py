@@ -1,10 +1,10 @@
-"""Telegram updates -> core Messages: the webhook route, a getUpdates batch (its offset saved once the
-core took it), update parsing, who may write to which binding, and the reply to a chat that may not."""
+"""Where Telegram updates come in: the webhook route, long polling (getUpdates under the polling
+lease, each batch's offset saved once the core took it), and the hand-over to ``ctx.submit``
+(updates.py makes the Message) or a drop, with the reply to a chat that may not write."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hmac
 import logging
 import time
@@ -12,36 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
-from claudemesh_gateway import (
-    Address,
-    Attachment,
-    Binding,
-    GatewayContext,
-    GatewayState,
-    Message,
-    MessageDropped,
-    SubmitResult,
-)
-from claudemesh_gateway.plugins.telegram.config import (
-    MB,
-    TelegramBindingOptions,
-    TelegramConfig,
-    bound_thread,
-    coerce_options,
-    effective,
-)
+from claudemesh_gateway import GatewayContext, GatewayState, Message, MessageDropped, SubmitResult
+from claudemesh_gateway.plugins.telegram.config import MB, TelegramConfig, coerce_options
 from claudemesh_gateway.plugins.telegram.egress import reply_parameters
-from claudemesh_gateway.plugins.telegram.files import file_ref
-from claudemesh_gateway.plugins.telegram.format import entities_to_text
 from claudemesh_gateway.plugins.telegram.transport import raw_call
-from claudemesh_gateway.plugins.telegram.wire import (
-    ALLOWED_UPDATES,
-    Chat,
-    FileObject,
-    TgMessage,
-    Update,
-    User,
+from claudemesh_gateway.plugins.telegram.updates import (
+    chat_matches,
+    inbound_bindings,
+    sender_allowed,
+    thread_of,
+    to_message,
 )
+from claudemesh_gateway.plugins.telegram.wire import ALLOWED_UPDATES, Chat, Update, User
 from claudemesh_gateway.webhooks import MalformedHeader, header_value, read_json_object
 from pydantic import ValidationError
 from telegram import Bot
@@ -55,11 +37,6 @@ __all__ = [
     "SECRET_HEADER",
     "Ingress",
     "Lifecycle",
-    "attachments",
-    "chat_matches",
-    "inbound_bindings",
-    "sender",
-    "thread_of",
     "update_batch",
 ]
 
@@ -67,15 +44,6 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 MAX_UPDATE_BYTES = 1 * MB  # a webhook update (Telegram's are a few KiB; files arrive as references)
 MAX_UPDATE_ID = 2**53  # update ids are sequential 32-bit-ish integers; anything larger cannot be an offset
 UNAUTHORISED_REPLY_EVERY_S = 3600.0
-# (attribute of a message, file name and content type when Telegram gives none)
-FILE_KINDS: tuple[tuple[str, str, str], ...] = (
-    ("document", "document", "application/octet-stream"),
-    ("video", "video.mp4", "video/mp4"),
-    ("animation", "animation.mp4", "video/mp4"),
-    ("audio", "audio.mp3", "audio/mpeg"),
-    ("voice", "voice.ogg", "audio/ogg"),
-    ("video_note", "video_note.mp4", "video/mp4"),
-)
 
 
 def update_batch(updates: Any) -> tuple[list[tuple[int, dict[str, Any]]], int]:
@@ -86,73 +54,6 @@ def update_batch(updates: Any) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     batch = [(u["update_id"], u) for u in updates
              if isinstance(u, dict) and type(u.get("update_id")) is int and 0 <= u["update_id"] < MAX_UPDATE_ID]
     return batch, len(updates) - len(batch)
-
-
-def thread_of(msg: TgMessage) -> str | None:
-    # message_thread_id is a forum topic only when is_topic_message; in ordinary
-    # supergroups it names a reply chain, which is not a thread we map.
-    if msg.is_topic_message and msg.message_thread_id is not None:
-        return str(msg.message_thread_id)
-    return None
-
-
-def chat_matches(bound: str, chat: Chat) -> bool:
-    """Whether a binding's chat (an id or ``@username``) is ``chat``."""
-    if bound == str(chat.id):
-        return True
-    return bool(bound.startswith("@") and chat.username and bound[1:].lower() == chat.username.lower())
-
-
-def inbound_bindings(gateway: str, bindings: Sequence[Binding], chat: Chat, thread: str | None) -> list[Binding]:
-    """Inbound bindings of ``gateway`` that cover this chat (and forum topic), most specific first."""
-    found: list[tuple[int, Binding]] = []
-    for b in bindings:
-        if not b.inbound or b.address.gateway != gateway:
-            continue
-        if not chat_matches(b.address.chat, chat):
-            continue
-        bthread = bound_thread(b.address.thread, coerce_options(b.options))
-        if bthread is not None and bthread != thread:
-            continue
-        found.append((0 if bthread is not None else 1, b))
-    found.sort(key=lambda t: t[0])
-    return [b for _, b in found]
-
-
-def sender(msg: TgMessage) -> tuple[str, str]:
-    """(display name, id) of who wrote ``msg``."""
-    if msg.from_ is not None and not (msg.sender_chat is not None and msg.from_.is_bot
-                                      and msg.from_.username == "GroupAnonymousBot"):
-        return msg.from_.display_name, str(msg.from_.id)
-    if msg.sender_chat is not None:  # channel posts, anonymous admins, linked channels
-        name = msg.author_signature or msg.sender_chat.display_name
-        return name, str(msg.sender_chat.id)
-    return msg.chat.display_name, str(msg.chat.id)
-
-
-def attachments(gateway: str, msg: TgMessage) -> tuple[Attachment, ...]:
-    """The files of ``msg`` as references (:func:`files.file_ref`): nothing is downloaded here."""
-    out: list[Attachment] = []
-    if msg.photo:
-        p = max(msg.photo, key=lambda s: (s.width * s.height, s.file_size or 0))
-        out.append(Attachment(name=f"photo_{p.file_unique_id or msg.message_id}.jpg", content_type="image/jpeg",
-                              size=p.file_size, url=file_ref(gateway, p.file_id)))
-    for attr, default_name, default_type in FILE_KINDS:
-        f: FileObject | None = getattr(msg, attr)
-        if f is None:
-            continue
-        name = f.file_name or (
-            " - ".join(p for p in (f.performer, f.title) if p) if attr == "audio" else ""
-        ) or default_name
-        out.append(Attachment(name=name, content_type=f.mime_type or default_type, size=f.file_size,
-                              url=file_ref(gateway, f.file_id)))
-    if msg.sticker is not None:
-        s = msg.sticker
-        name, ctype = ("sticker.tgs", "application/x-tgsticker") if s.is_animated else (
-            ("sticker.webm", "video/webm") if s.is_video else ("sticker.webp", "image/webp"))
-        out.append(Attachment(name=name, content_type=ctype, size=s.file_size, url=file_ref(gateway, s.file_id),
-                              caption=s.emoji or ""))
-    return tuple(out)
 
 
 class Lifecycle(Protocol):
@@ -346,7 +247,8 @@ class Ingress:
         if self.me is not None and msg.from_ is not None and msg.from_.id == self.me.id:
             return None  # our own message (never relayed back)
         bindings = inbound_bindings(self.gateway, self.ctx.bindings, msg.chat, thread_of(msg))
-        message = self._to_message(update, msg, edited, bindings[0] if bindings else None, dict(data))
+        message = to_message(self.gateway, self.me, update, msg, edited, bindings[0] if bindings else None,
+                             dict(data))
         if message is None:
             return None  # service message or nothing we can carry
         if not bindings:
@@ -356,7 +258,7 @@ class Ingress:
             else:
                 self._drop(message, "unbound_chat", msg.chat)
             return None
-        allowed = [b for b in bindings if self._sender_allowed(msg, coerce_options(b.options))]
+        allowed = [b for b in bindings if sender_allowed(self.config, msg, coerce_options(b.options))]
         if not allowed:
             self._drop(message, "denied", msg.chat)
             return None
@@ -381,91 +283,3 @@ class Ingress:
         except TelegramError as exc:
             log.info("telegram %s: could not send the unauthorised reply: %s", self.gateway,
                      self._scrub(exc.message))
-
-    def _sender_allowed(self, msg: TgMessage, opts: TelegramBindingOptions) -> bool:
-        user = msg.from_
-        if effective(self.config, opts, "ignore_bots") and user is not None and user.is_bot:
-            return False
-        if not opts.allow_users:
-            return True
-        ids: set[str] = set()
-        if user is not None:
-            ids.add(str(user.id))
-            if user.username:
-                ids.add("@" + user.username.lower())
-        elif msg.sender_chat is not None:
-            ids.add(str(msg.sender_chat.id))
-            if msg.sender_chat.username:
-                ids.add("@" + msg.sender_chat.username.lower())
-        for entry in opts.allow_users:
-            e = entry.strip()
-            e = e.lower() if e.startswith("@") else e
-            if e in ids or ("@" + e.lower()) in ids:
-                return True
-        return False
-
-    def _command(self, text: str, msg: TgMessage) -> tuple[bool, str]:
-        """Bot commands (``/help``, ``/help@this_bot``) become core commands; a command
-        addressed to another bot is ordinary text."""
-        entities = msg.entities if msg.text is not None else msg.caption_entities
-        first = next((e for e in entities if e.type == "bot_command" and e.offset == 0), None)
-        if first is None:
-            if text.startswith("/") and not entities and len(text) > 1 and text[1].isalpha():
-                first_word = text.split(maxsplit=1)[0]
-                if "@" not in first_word:
-                    return True, text
-            return False, text
-        command = text[: first.length]
-        rest = text[first.length:]
-        if "@" in command:
-            cmd, _, target = command.partition("@")
-            if self.me is not None and self.me.username and target.lower() != self.me.username.lower():
-                return False, text
-            command = cmd
-        if command.lower() == "/start":
-            # Telegram's "Start" button (and deep links /start <payload>): show the core's help
-            return True, "/help"
-        return True, command + rest
-
-    def _to_message(self, update: Update, msg: TgMessage, edited: bool, binding: Binding | None,
-                    raw: dict[str, Any]) -> Message | None:
-        thread = thread_of(msg)
-        if msg.text is not None:
-            text = entities_to_text(msg.text, msg.entities)
-        else:
-            text = entities_to_text(msg.caption or "", msg.caption_entities)
-        is_command, text = self._command(text, msg)
-        files = attachments(self.gateway, msg)
-        if not text and not files:
-            return None
-        name, sender_id = sender(msg)
-        reply_to = None
-        r = msg.reply_to_message
-        # in a forum topic every message "replies" to the topic's creation message; not a real reply
-        if r is not None and not (thread is not None and r.message_id == msg.message_thread_id):
-            reply_to = str(r.message_id)
-        chat = binding.address.chat if binding is not None and binding.address.chat.startswith("@") \
-            else str(msg.chat.id)
-        mid = f"telegram:{self.gateway}:{msg.chat.id}:{msg.message_id}"
-        if edited:
-            # edit_date alone can repeat within one second; the update id keeps each edit distinct
-            # and is the same on redelivery, so the id stays idempotent
-            mid += f":edit:{msg.edit_date or 0}:{update.update_id}"
-        when = msg.edit_date if edited and msg.edit_date else msg.date
-        return Message(
-            id=mid,
-            origin=Address(self.gateway, chat, thread),
-            sender=name,
-            sender_id=sender_id,
-            text=text,
-            # an edit carries the original's id in edit_of only: the core records native_id in its
-            # message map, and a second entry with the same native id (the edit) would shadow the
-            # original there, so later replies/edits could no longer find the original's copies
-            native_id=None if edited else str(msg.message_id),
-            attachments=files,
-            reply_to=reply_to,
-            edit_of=str(msg.message_id) if edited else None,
-            is_command=is_command,
-            created=dt.datetime.fromtimestamp(when, dt.UTC) if when else dt.datetime.now(dt.UTC),
-            raw=raw,
-        )
