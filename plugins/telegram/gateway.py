@@ -1,13 +1,11 @@
-"""TelegramGateway: the Bot API gateway's lifecycle (getMe, webhook set-up, long polling under the
-polling lease, stop) and the wiring of its parts: ingress.py (updates -> Messages), egress.py
-(Outbounds -> Bot API calls), files.py (getFile downloads, uploads), format.py, config.py, wire.py
-and transport.py.
+"""TelegramGateway: lifecycle (getMe, setWebhook, the polling lease, start/stop) and wiring only.
 
-Only translation lives in this plugin. Routing, allow-lists, dedup, retries, rate
-limiting, splitting and attribution are the core's; this class declares its
-rate limits (``rate_limits``), escapes text for HTML (``render_text``) and maps
-Bot API failures to ``DeliveryError`` (``retry_after`` from a 429 pauses only
-that chat).
+The parts: ingress.py (webhook route, long polling, submit), updates.py (update -> Message),
+egress.py (Outbound -> Bot API calls), files.py (uploads, getFile downloads), checks.py (``check``),
+format.py, config.py, wire.py, transport.py. Only translation lives in this plugin: routing,
+allow-lists, dedup, retries, rate limiting, splitting and attribution are the core's; this class
+declares rate limits, renders text as HTML and maps Bot API failures to ``DeliveryError``
+(``retry_after`` from a 429 pauses only that chat).
 """
 
 from __future__ import annotations
@@ -33,35 +31,21 @@ from claudemesh_gateway import (
     RateLimit,
     SendResult,
 )
-from claudemesh_gateway.plugins.telegram.config import (
-    MB,
-    TelegramBindingOptions,
-    TelegramConfig,
-    bound_thread,
-    coerce_options,
-)
-from claudemesh_gateway.plugins.telegram.egress import (
-    Egress,
-    chat_id,
-    delivery_error,
-    is_group,
-    rate_limits,
-    render_text,
-)
+from claudemesh_gateway.plugins.telegram.checks import problems
+from claudemesh_gateway.plugins.telegram.config import MB, TelegramBindingOptions, TelegramConfig
+from claudemesh_gateway.plugins.telegram.egress import Egress, delivery_error, rate_limits, render_text
 from claudemesh_gateway.plugins.telegram.files import download
 from claudemesh_gateway.plugins.telegram.ingress import Ingress
 from claudemesh_gateway.plugins.telegram.transport import (
     AiohttpRequest,
     make_bot,
     protect_ptb_logs,
-    raw_call,
     retry_after_seconds,
     scrub,
 )
-from claudemesh_gateway.plugins.telegram.wire import ALLOWED_UPDATES, Chat, User, WebhookInfo
-from pydantic import ValidationError
+from claudemesh_gateway.plugins.telegram.wire import ALLOWED_UPDATES, User
 from telegram import Bot, BotCommand
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import BadRequest, InvalidToken, RetryAfter, TelegramError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +125,16 @@ class TelegramGateway(Gateway):
             return None
         return f"{base}/gateways/{self.name}/webhook"
 
-    # ------------------------------------------------------------------ lifecycle (ingress.Lifecycle)
+    def _spawn(self, coro: Any, what: str) -> None:
+        task = asyncio.create_task(coro, name=f"telegram:{self.name}:{what}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def wait_ready(self, limit_s: float = 10.0) -> None:
+        """Wait until ingress is up (webhook registered, or the first getUpdates answered)."""
+        await asyncio.wait_for(self._ingress.ready.wait(), limit_s)
+
+    # ------------------------------------------------------------------ ingress.Lifecycle
     @property
     def stopping(self) -> bool:
         return self._stopping
@@ -169,15 +162,19 @@ class TelegramGateway(Gateway):
                        f"bot token rejected by Telegram: check [gateways.{self.name}].token")
         log.error("telegram %s: %s", self.name, what)
 
-    def _spawn(self, coro: Any, what: str) -> None:
-        task = asyncio.create_task(coro, name=f"telegram:{self.name}:{what}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    async def poll_lease(self) -> bool:
+        """Several replicas: only the one holding this gateway's "poll" lease calls getUpdates."""
+        exclusive = getattr(self.ctx, "exclusive", None)  # contexts from before leases existed
+        if exclusive is None:
+            return True
+        try:
+            held = await exclusive("poll")
+        except Exception as exc:  # noqa: BLE001 - the store is down: do not poll blind
+            log.warning("telegram %s: cannot check the polling lease (%s)", self.name, type(exc).__name__)
+            held = False
+        return held
 
-    async def wait_ready(self, limit_s: float = 10.0) -> None:
-        """Wait until ingress is up (webhook registered, or the first getUpdates answered)."""
-        await asyncio.wait_for(self._ingress.ready.wait(), limit_s)
-
+    # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self._started:
             return  # idempotent (even when the ingress task already finished, e.g. webhook registered)
@@ -196,11 +193,7 @@ class TelegramGateway(Gateway):
         self._started = False
         task, self._task = self._task, None
         if task is not None and not task.done():
-            if self._ingress.in_batch:  # let the batch finish: submit + offset save
-                try:
-                    await asyncio.wait_for(self._ingress.batch_done.wait(), self.drain_timeout)
-                except TimeoutError:
-                    log.warning("telegram %s: stop while an update batch is in flight", self.name)
+            await self._ingress.drain(self.drain_timeout)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         for t in list(self._background):
@@ -291,18 +284,6 @@ class TelegramGateway(Gateway):
                 await self.retry_later(exc, attempt)
             attempt += 1
 
-    async def poll_lease(self) -> bool:
-        """Several replicas: only the one holding this gateway's "poll" lease calls getUpdates."""
-        exclusive = getattr(self.ctx, "exclusive", None)  # contexts from before leases existed
-        if exclusive is None:
-            return True
-        try:
-            held = await exclusive("poll")
-        except Exception as exc:  # noqa: BLE001 - the store is down: do not poll blind
-            log.warning("telegram %s: cannot check the polling lease (%s)", self.name, type(exc).__name__)
-            held = False
-        return held
-
     # ------------------------------------------------------------------ the parts
     def web_routes(self) -> Sequence[web.RouteDef]:
         return [web.post("/webhook", self._webhook)]
@@ -314,10 +295,7 @@ class TelegramGateway(Gateway):
         return rate_limits(self.name, self.config.rate, to)
 
     def render_text(self, message: Message, text: str, out_options: Mapping[str, Any]) -> str | None:
-        """Attributed plain text -> what ``send`` posts. HTML mode: everything escaped (mesh text
-        is never markup), then -- unless ``markdown = false`` -- a safe Markdown subset (code
-        fences, inline code, ``**bold**``, ``[label](https://…)``) turned into Telegram tags.
-        Mentions are made inert when the binding asks for it."""
+        """HTML mode: everything escaped, then the safe Markdown subset as tags (format.render)."""
         return render_text(self.config, text, out_options)
 
     async def send(self, out: Outbound) -> SendResult:
@@ -340,7 +318,6 @@ class TelegramGateway(Gateway):
 
     # ------------------------------------------------------------------ operations
     async def check(self) -> list[str]:
-        problems: list[str] = []
         bot = self._ensure_bot()
         try:
             me = self._ingress.me = await self._get_me()
@@ -348,40 +325,4 @@ class TelegramGateway(Gateway):
             return ["the bot token was rejected by Telegram; get a new one from @BotFather"]
         except TelegramError as exc:
             return [f"Bot API unreachable ({self._scrub(exc.message)})"]
-        group_bindings = [b for b in self.ctx.bindings if b.inbound and is_group(b.address.chat)]
-        if group_bindings and not me.can_read_all_group_messages:
-            problems.append(
-                f"privacy mode is on for @{me.username}: in groups it only sees commands "
-                f"and replies to itself. Disable it (@BotFather /setprivacy -> Disable, then re-add the bot) "
-                f"or make the bot an admin of: " + ", ".join(sorted({b.address.chat for b in group_bindings})))
-        try:
-            info = WebhookInfo.model_validate((await bot.get_webhook_info()).to_dict())
-        except TelegramError:
-            info = None
-        if info is not None:
-            if self.config.mode == "polling" and info.url:
-                problems.append("a webhook is set for this bot; polling mode deletes it "
-                                "at start (another deployment using it will stop receiving updates)")
-            if self.config.mode == "webhook":
-                if not self.webhook_url:
-                    problems.append("mode = \"webhook\" without public_url here or in [server]: start() refuses")
-                if self.webhook_url and not self.webhook_url.startswith("https://"):
-                    problems.append("public_url must be https:// for Telegram webhooks")
-                if info.url and info.url != self.webhook_url:
-                    problems.append("the webhook points elsewhere; start() re-registers it")
-                if info.last_error_message:
-                    problems.append(f"Telegram's last webhook error: "
-                                    f"{self._scrub(info.last_error_message)}")
-        for chat in sorted({b.address.chat for b in self.ctx.bindings}):
-            try:
-                c = Chat.model_validate(await raw_call(bot, "getChat", chat_id=chat_id(chat)))
-            except (BadRequest, Forbidden):
-                problems.append(f"chat {chat} not found or the bot is not a member")
-                continue
-            except (TelegramError, ValidationError):
-                continue
-            threaded = [b for b in self.ctx.bindings if b.address.chat == chat and
-                        bound_thread(b.address.thread, coerce_options(b.options))]
-            if threaded and not c.is_forum:
-                problems.append(f"chat {chat} has topics bound but is not a forum")
-        return problems
+        return await problems(bot, me, self.config, self.ctx.bindings, self.webhook_url, self._scrub)

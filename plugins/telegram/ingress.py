@@ -92,8 +92,8 @@ class Ingress:
         self._bot, self._scrub, self._spawn = bot, scrub, spawn
         self.me: User | None = None  # getMe's answer: our own messages are never relayed back
         self.ready = asyncio.Event()  # set once the webhook is registered or getUpdates answered
-        self.in_batch = False
-        self.batch_done = asyncio.Event()
+        self._in_batch = False
+        self._batch_done = asyncio.Event()
         self._unauth_replied: dict[str, float] = {}
 
     # ------------------------------------------------------------------ webhook
@@ -126,6 +126,15 @@ class Ingress:
         return web.Response(status=200)
 
     # ------------------------------------------------------------------ polling
+    async def drain(self, timeout: float) -> None:
+        """Let an update batch in flight finish (submit + offset save), for at most ``timeout``."""
+        if not self._in_batch:
+            return
+        try:
+            await asyncio.wait_for(self._batch_done.wait(), timeout)
+        except TimeoutError:
+            log.warning("telegram %s: stop while an update batch is in flight", self.gateway)
+
     async def poll(self, bot: Bot, host: Lifecycle) -> None:
         """getUpdates until ``host`` stops, while this replica holds the polling lease (standby
         otherwise); 409 Conflicts, flood waits and network errors are waited out."""
@@ -207,8 +216,8 @@ class Ingress:
         between re-fetches the update on restart (the inbox ledger drops the
         duplicate by its stable id); nothing is lost.
         """
-        self.in_batch = True
-        self.batch_done.clear()
+        self._in_batch = True
+        self._batch_done.clear()
         new_offset = offset
         failed = False
         try:
@@ -224,8 +233,8 @@ class Ingress:
             if new_offset != offset:
                 await self.ctx.kv_set("offset", new_offset)
         finally:
-            self.in_batch = False
-            self.batch_done.set()
+            self._in_batch = False
+            self._batch_done.set()
         return new_offset, failed
 
     # ------------------------------------------------------------------ one update
