@@ -198,7 +198,7 @@ class Ingress:
                 await host.pause(host.backoff(attempt))  # nothing to confirm: do not ask again at once
                 attempt += 1
                 continue
-            offset, failed = await self.process_batch(batch, offset)
+            offset, failed = await self._process_batch(batch, offset)
             if failed:
                 host.set_state(GatewayState.TRANSIENT_DISCONNECT, "core did not accept an update; retrying")
                 await host.pause(host.backoff(1))
@@ -207,7 +207,7 @@ class Ingress:
         stored = await self.ctx.kv_get("offset")
         return int(stored) if stored is not None else None
 
-    async def process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]],
+    async def _process_batch(self, batch: Sequence[tuple[int, dict[str, Any]]],
                             offset: int | None) -> tuple[int | None, bool]:
         """Submit each update, then persist the offset past the last one that was submitted.
         Returns the new offset and whether the core failed to take an update (the rest waits).

@@ -12,6 +12,9 @@ contain the placeholder; :class:`AiohttpRequest` swaps the real token in at the
 last moment, and wraps every transport error into a ``NetworkError`` /
 ``TimedOut`` whose text holds no URL (``from None``, so no chained traceback
 with a URL is ever printed either).
+
+Also here: ``raw_call`` (a Bot API call answered as plain JSON) and ``retry_after_seconds``
+(a 429's wait within the core's bounds).
 """
 
 from __future__ import annotations
