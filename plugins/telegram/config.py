@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-__all__ = ["RateConfig", "TelegramBindingOptions", "TelegramConfig", "coerce_options"]
+__all__ = ["RateConfig", "TelegramBindingOptions", "TelegramConfig", "bound_thread", "coerce_options", "effective", "is_html"]
 
 MB = 1024 * 1024
 _SECRET = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
@@ -128,3 +128,20 @@ def coerce_options(value: Any) -> TelegramBindingOptions:
             except ValidationError:
                 return _DEFAULT
     return _DEFAULT
+
+
+def effective(config: TelegramConfig, opts: TelegramBindingOptions, setting: str) -> Any:
+    """A setting a binding may override (``link_preview``, ``parse_mode``, ``markdown``, ``ignore_bots``):
+    the binding's value, else the gateway's."""
+    value = getattr(opts, setting)
+    return getattr(config, setting) if value is None else value
+
+
+def is_html(config: TelegramConfig, opts: TelegramBindingOptions) -> bool:
+    """Whether text to this binding is sent with ``parse_mode=HTML``."""
+    return effective(config, opts, "parse_mode") == "HTML"
+
+
+def bound_thread(thread: str | None, opts: TelegramBindingOptions) -> str | None:
+    """The forum topic a binding names: its address's thread, else its ``message_thread_id``."""
+    return thread or (str(opts.message_thread_id) if opts.message_thread_id else None)

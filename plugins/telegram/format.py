@@ -17,7 +17,10 @@ __all__ = [
     "escape_html",
     "html_to_plain",
     "markdown_to_html",
+    "markup",
     "neutralise_mentions",
+    "render",
+    "shown",
     "truncate_utf16",
     "utf16_len",
 ]
@@ -42,6 +45,16 @@ def html_to_plain(text: str) -> str:
     """What a reader should see when an HTML part is re-sent as plain text after a parse error:
     tags dropped, entities decoded. Works on broken fragments too (never raises)."""
     return html.unescape(_TAG.sub("", text))
+
+
+def shown(text: str, html: bool) -> str:
+    """What a reader sees of ``text``: ``html_to_plain`` when it is HTML, else the text itself."""
+    return html_to_plain(text) if html else text
+
+
+def markup(text: str, html: bool) -> str:
+    """Plain ``text`` as it is sent: escaped when the message is HTML."""
+    return escape_html(text) if html else text
 
 
 def neutralise_mentions(text: str) -> str:
@@ -124,3 +137,15 @@ def entities_to_text(text: str, entities: list) -> str:
             continue
         units = units[:end] + f" ({e.url})".encode("utf-16-le") + units[end:]
     return units.decode("utf-16-le", errors="replace")
+
+
+def render(text: str, *, html: bool, markdown: bool, neutralise: bool) -> str:
+    """Attributed plain text -> what is posted. HTML: everything escaped (mesh text is never markup),
+    then, with ``markdown``, the safe Markdown subset turned into Telegram tags. ``neutralise``
+    makes mentions inert first."""
+    if neutralise:
+        text = neutralise_mentions(text)
+    if not html:
+        return text
+    escaped = escape_html(text)
+    return markdown_to_html(escaped) if markdown else escaped

@@ -12,24 +12,31 @@ contain the placeholder; :class:`AiohttpRequest` swaps the real token in at the
 last moment, and wraps every transport error into a ``NetworkError`` /
 ``TimedOut`` whose text holds no URL (``from None``, so no chained traceback
 with a URL is ever printed either).
+
+Also here: ``raw_call`` (a Bot API call answered as plain JSON) and ``retry_after_seconds``
+(a 429's wait within the core's bounds).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from claudemesh_gateway.retry_after import parse_retry_after
 from telegram import Bot
-from telegram.error import NetworkError, TimedOut
+from telegram.error import NetworkError, RetryAfter, TimedOut
 from telegram.request import BaseRequest, RequestData
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "protect_ptb_logs", "scrub"]
+__all__ = ["PLACEHOLDER", "AiohttpRequest", "make_bot", "protect_ptb_logs", "raw_call", "retry_after_seconds",
+           "scrub"]
 
 PLACEHOLDER = "0:TOKEN-REDACTED"
 
@@ -169,3 +176,26 @@ def make_bot(session: Callable[[], aiohttp.ClientSession], token: str, api_base:
         get_updates_request=updates_request,
     )
     return bot, request
+
+
+async def raw_call(bot: Bot, method: str, *, read_timeout: float | None = None, **params: Any) -> Any:
+    """A Bot API call returning plain JSON (no PTB object parsing).
+
+    Used for getUpdates and getChat: we parse those with our own tolerant models
+    (wire.py), so a field PTB's version expects but a Bot API server doesn't send
+    (or the reverse) can never break ingress. PTB warns that a typed method exists;
+    that is exactly what we are avoiding here.
+    """
+    kwargs: dict[str, Any] = {"api_kwargs": {k: v for k, v in params.items() if v is not None}}
+    if read_timeout is not None:
+        kwargs["read_timeout"] = read_timeout
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return await bot.do_api_request(method, **kwargs)
+
+
+def retry_after_seconds(exc: RetryAfter) -> float:
+    """A 429's wait, within the core's bounds (never negative, capped)."""
+    ra = exc.retry_after
+    seconds = ra.total_seconds() if isinstance(ra, dt.timedelta) else float(ra)
+    return parse_retry_after(str(seconds)) or 0.0

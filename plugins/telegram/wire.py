@@ -27,39 +27,36 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 
-class User(_Model):
+class _Named(_Model):
+    """What users and chats share: an id and the names shown for them."""
+
     id: int
-    is_bot: bool = False
-    first_name: str = ""
+    first_name: str | None = None
     last_name: str | None = None
     username: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        name = " ".join(p for p in (self.first_name, self.last_name) if p).strip()
+        return name or (f"@{self.username}" if self.username else str(self.id))
+
+
+class User(_Named):
+    is_bot: bool = False
+    first_name: str = ""
     # getMe only
     can_join_groups: bool | None = None
     can_read_all_group_messages: bool | None = None
 
-    @property
-    def display_name(self) -> str:
-        name = " ".join(p for p in (self.first_name, self.last_name) if p).strip()
-        if name:
-            return name
-        return f"@{self.username}" if self.username else str(self.id)
 
-
-class Chat(_Model):
-    id: int
+class Chat(_Named):
     type: str = "private"  # private | group | supergroup | channel
     title: str | None = None
-    username: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
     is_forum: bool | None = None
 
     @property
     def display_name(self) -> str:
-        if self.title:
-            return self.title
-        name = " ".join(p for p in (self.first_name, self.last_name) if p).strip()
-        return name or (f"@{self.username}" if self.username else str(self.id))
+        return self.title or super().display_name
 
     @property
     def is_group(self) -> bool:

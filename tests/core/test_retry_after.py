@@ -45,8 +45,8 @@ def test_every_plugin_uses_the_core_parser():
     assert whatsapp._header_seconds({"Retry-After": "99999"}) == RETRY_AFTER_CAP
     assert whatsapp._header_seconds({"Retry-After": date}) is not None
 
-    from claudemesh_gateway.plugins.telegram import gateway as telegram
+    from claudemesh_gateway.plugins.telegram.transport import retry_after_seconds
     from telegram.error import RetryAfter
 
-    assert telegram._retry_after_seconds(RetryAfter(99999)) == RETRY_AFTER_CAP
-    assert telegram._retry_after_seconds(RetryAfter(3)) == 3.0
+    assert retry_after_seconds(RetryAfter(99999)) == RETRY_AFTER_CAP
+    assert retry_after_seconds(RetryAfter(3)) == 3.0
