@@ -303,13 +303,9 @@ def retry_after(exc: SlackApiError) -> float | None:
         if k.lower() == "retry-after":
             value = v[0] if isinstance(v, list | tuple) else v
     if resp.status_code == 429 or error_code(exc) == "ratelimited":
-        seconds = _header_seconds(value)
+        seconds = parse_retry_after(value)  # the core's parser: seconds or an HTTP-date, capped
         return 1.0 if seconds is None else seconds
     return None
-
-
-def _header_seconds(value: str | None) -> float | None:
-    return parse_retry_after(value)  # the core's parser: seconds or an HTTP-date, capped
 
 
 def _upload_status(message: str) -> int | None:

@@ -45,15 +45,11 @@ from claudemesh_gateway.plugins.whatsapp.ingress import StatusLog, WhatsAppIngre
 from claudemesh_gateway.plugins.whatsapp.media import MEDIA_TOKEN_PATTERN, MediaStore, scrub_media_tokens
 from claudemesh_gateway.plugins.whatsapp.text import mask_number
 from claudemesh_gateway.plugins.whatsapp.transport import TwilioHttpClient
-from claudemesh_gateway.retry_after import retry_after_header
 from twilio.rest import Client
 
 __all__ = ["WhatsAppGateway"]
 
 log = logging.getLogger(__name__)
-
-#: the core's Retry-After parser, under the name tests/core/test_retry_after.py reads here
-_header_seconds = retry_after_header
 
 
 class WhatsAppGateway(WhatsAppIngress, WhatsAppEgress, Gateway):

@@ -35,15 +35,22 @@ def test_retry_after_header_any_case():
 
 
 def test_every_plugin_uses_the_core_parser():
-    """Slack's and WhatsApp's helpers now read HTTP-dates and cap, as the webhook gateway did."""
+    """Slack's, WhatsApp's and Telegram's Retry-After handling read HTTP-dates and cap, as the webhook
+    gateway does (WhatsApp's: tests/whatsapp/test_whatsapp_egress.py, through its fake Twilio)."""
     from claudemesh_gateway.plugins.slack import api as slack
-    from claudemesh_gateway.plugins.whatsapp import gateway as whatsapp
+    from slack_sdk.errors import SlackApiError
+    from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+    def limited(value: str) -> SlackApiError:
+        resp = AsyncSlackResponse(client=None, http_verb="POST", api_url="http://127.0.0.1/api/chat.postMessage",
+                                  req_args={}, data={"ok": False, "error": "ratelimited"},
+                                  headers={"Retry-After": value}, status_code=429)
+        return SlackApiError("ratelimited", resp)
 
     date = "Wed, 21 Oct 2015 07:28:00 GMT"
-    assert slack._header_seconds("99999") == RETRY_AFTER_CAP
-    assert slack._header_seconds(date) is not None
-    assert whatsapp._header_seconds({"Retry-After": "99999"}) == RETRY_AFTER_CAP
-    assert whatsapp._header_seconds({"Retry-After": date}) is not None
+    assert slack.retry_after(limited("99999")) == RETRY_AFTER_CAP
+    assert slack.retry_after(limited(date)) == parse_retry_after(date)
+    assert slack.retry_after(limited("7")) == 7.0
 
     from claudemesh_gateway.plugins.telegram.transport import retry_after_seconds
     from telegram.error import RetryAfter

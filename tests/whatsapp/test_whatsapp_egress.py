@@ -85,6 +85,19 @@ async def test_429_is_transient_with_retry_after(wa):
     assert err.value.retry_after == 7.0
 
 
+@pytest.mark.parametrize("header", ["99999", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_429_retry_after_is_read_by_the_core_parser(wa, header):
+    """Seconds beyond the cap are capped; an HTTP-date is understood (one already past: 0 s)."""
+    from claudemesh_gateway.retry_after import RETRY_AFTER_CAP, parse_retry_after
+
+    await wa.open_window()
+    wa.twilio.fail(429, 20429, "Too Many Requests", headers={"Retry-After": header})
+    with pytest.raises(DeliveryError) as err:
+        await wa.gateway.send(wa.outbound())
+    assert not err.value.permanent
+    assert err.value.retry_after == (RETRY_AFTER_CAP if header == "99999" else parse_retry_after(header))
+
+
 async def test_5xx_is_transient(wa):
     await wa.open_window()
     wa.twilio.fail(500, 20500, "Internal Server Error")
