@@ -85,6 +85,16 @@ def _presence(conn: Conn) -> Presence:
     return conn.presence
 
 
+async def _topic_of(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> tuple[Presence, Topic] | None:
+    """The caller's presence and the topic ``msg`` names; None (``topic_not_found`` sent) when there is none."""
+    p = _presence(conn)
+    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
+    if topic is None:
+        await _not_found(conn, msg)
+        return None
+    return p, topic
+
+
 async def handle_topic_create(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     p = _presence(conn)
     name = msg.get("name")
@@ -110,32 +120,29 @@ async def handle_topic_list(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> No
 
 
 async def handle_topic_join(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
+    found = await _topic_of(b, conn, msg)
+    if found is None:
         return
+    p, topic = found
     role = msg.get("role") if msg.get("role") in ("lead", "member", "observer") else "member"
     join_topic(b, topic, p.member_id, role=role)
 
 
 async def handle_topic_leave(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
+    found = await _topic_of(b, conn, msg)
+    if found is None:
         return
+    p, topic = found
     b.store.topic_members = [tm for tm in b.store.topic_members
                              if not (tm.topic_id == topic.id and tm.member_id == p.member_id)]
     b.dirty()
 
 
 async def handle_topic_mark_read(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
+    found = await _topic_of(b, conn, msg)
+    if found is None:
         return
+    p, topic = found
     tm = b.store.topic_member(topic.id, p.member_id)
     if tm is not None:
         tm.last_read_at = now_ms()
@@ -143,11 +150,10 @@ async def handle_topic_mark_read(b: DevBroker, conn: Conn, msg: dict[str, Any]) 
 
 
 async def handle_topic_members(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
+    found = await _topic_of(b, conn, msg)
+    if found is None:
         return
+    _p, topic = found
     members = []
     for tm in b.store.topic_members:
         member = b.store.members.get(tm.member_id)
@@ -169,11 +175,10 @@ def _limit(raw: Any) -> int:
 
 
 async def handle_topic_history(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
+    found = await _topic_of(b, conn, msg)
+    if found is None:
         return
+    _p, topic = found
     rows = [m for m in b.store.topic_messages if m.topic_id == topic.id]
     before_id = msg.get("beforeId")
     if before_id is not None:
