@@ -1,8 +1,8 @@
 """What the SQLite and PostgreSQL backends do the same way, written once.
 
 * Rows: an :class:`~.base.OutboxItem` <-> its outbox row, dead-letter and audit rows.
-* :class:`StoreBackend`, the base class of both stores: the write methods of the Store protocol
-  (each hands the backend's own operation, :class:`WriteOps`, to its writer), the outage
+* :class:`StoreBackend`, the base class of both stores: the write methods of the Store protocol,
+  retention's among them (each hands the backend's own operation, :class:`WriteOps`, to its writer), the outage
   bookkeeping (``write_problem``, the rate-limited log lines, the probe write), how a committed or
   failed batch resolves its callers' futures, the pruning loop and closing's first steps.
 
@@ -15,13 +15,13 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from ..errors import StartupError, StoreUnavailable
 from .base import DeadLetter, OutboxItem
 from .jsonio import dumps, loads
-from .retention import DAY, MIN_INBOX_DAYS, RetentionWrites
+from .retention import DAY, MIN_INBOX_DAYS
 
 __all__ = [
     "HEADS", "MIN_INBOX_TTL", "OUTAGE_LOG_EVERY", "OUTBOX_COLS", "ROW_COLS", "TRACE_SUMMARY_SELECT", "StoreBackend",
@@ -119,9 +119,17 @@ class WriteOps:
     kv_delete: Callable[..., Any]  # (namespace, key)
     audit: Callable[..., Any]  # (now, actor, action, detail JSON)
     probe: Callable[..., Any]  # () - writes a page but changes nothing (the outage probe)
+    prune: Callable[..., Any]  # (table, before, limit) -> rows (``trace``: messages) deleted
+    prune_excess: Callable[..., Any]  # (table, keep, limit) -> rows deleted
+    map_touch: Callable[..., Any]  # (origin_ids, now)
+
+    @classmethod
+    def named(cls, namespace: Mapping[str, Any]) -> Self:
+        """The operations of a backend module that names each ``_op_<field>``."""
+        return cls(**{f.name: namespace[f"_op_{f.name}"] for f in dataclasses.fields(cls)})
 
 
-class StoreBackend(RetentionWrites):
+class StoreBackend:
     """The part of a store backend that does not depend on its database (see the module docstring).
 
     A backend sets ``write_ops``, ``logger`` and the two outage log lines, and provides ``_write(op, *args)`` (queue
@@ -131,6 +139,9 @@ class StoreBackend(RetentionWrites):
     """
 
     write_ops: ClassVar[WriteOps]
+    #: the tables ``prune`` / ``prune_excess`` know (keys; the values are the backend's SQL)
+    prune_tables: ClassVar[Mapping[str, Any]]
+    excess_tables: ClassVar[Mapping[str, Any]]
     logger: ClassVar[logging.Logger]  # the backend module's
     #: ERROR lines when an outage starts and while it lasts (``%(where)s``, ``%(problem)s``,
     #: ``%(secs)``, ``%(refused)``)
@@ -330,6 +341,29 @@ class StoreBackend(RetentionWrites):
 
     async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
         await self._write(self.write_ops.audit, self.clock(), actor, action, dumps(detail))
+
+    # -- retention's writes (the policy: retention.py) -------------------------------------------------------
+    async def prune(self, table: str, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
+        ``dead_letters``, ``trace``) whose age (seen_at, last_used, ts, failed_at, a message's last
+        trace event) is < ``before``, oldest first. ``trace`` counts messages (their summary,
+        events and index rows go together)."""
+        if table not in self.prune_tables:
+            raise ValueError(f"no retention for table {table!r}")
+        return await self._write(self.write_ops.prune, table, float(before), int(limit))
+
+    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
+        if table not in self.excess_tables:
+            raise ValueError(f"no row cap for table {table!r}")
+        return await self._write(self.write_ops.prune_excess, table, int(keep), int(limit))
+
+    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
+        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
+        (every lane) count as used now, so the reply window starts again."""
+        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
+        if ids:
+            await self._write(self.write_ops.map_touch, ids, self.clock())
 
     # -- the message trace's search -------------------------------------------------------------------------
     async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,

@@ -564,7 +564,7 @@ _PURGE_EXCESS = {  # table -> a DELETE of the $1 oldest rows
 }
 
 
-async def _op_purge_chunk(c: asyncpg.Connection, table: str, before: float, limit: int) -> int:
+async def _op_prune(c: asyncpg.Connection, table: str, before: float, limit: int) -> int:
     if table != "trace":
         return len(await c.fetch(_PURGE[table], before, limit))
     gone = await c.fetch(_PURGE["trace"], before, limit)
@@ -696,23 +696,16 @@ class PostgresStore(common.StoreBackend):
     """
 
     backend = "postgres"
-    write_ops = common.WriteOps(
-        accept=_op_accept, accept_mapped=_op_accept_mapped, enqueue=_op_enqueue, progress=_op_progress,
-        reschedule=_op_reschedule, dead_letter=_op_dead_letter, dlq_retry=_op_dlq_retry, dlq_drop=_op_dlq_drop,
-        map_put=_op_map_put, kv_set=_op_kv_set, kv_delete=_op_kv_delete, audit=_op_audit, probe=_op_probe,
-    )
+    write_ops = common.WriteOps.named(globals())
     logger = log
     outage_began = ("store %(problem)s; writes are refused (sources are told to retry) and the gateway reports"
                     " not ready until it answers again")
     outage_lasts = "store still unavailable after %(secs).0fs (%(refused)d writes refused): %(problem)s"
 
-    # retention writes (RetentionWrites): tables and their one-write operations. Its hourly
-    # ``purge`` deletes by the [retention] windows; the background pass and row cap are SQLite's.
+    # the tables retention prunes (StoreBackend.prune). Its hourly ``purge`` deletes by the
+    # [retention] windows; the background pass and row cap are SQLite's.
     prune_tables = _PURGE
     excess_tables = _PURGE_EXCESS
-    prune_op = staticmethod(_op_purge_chunk)
-    excess_op = staticmethod(_op_prune_excess)
-    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
@@ -1184,7 +1177,7 @@ class PostgresStore(common.StoreBackend):
         for table, before in cutoffs.items():
             total = 0
             while True:
-                n = await self._write(_op_purge_chunk, table, before, chunk)
+                n = await self._write(_op_prune, table, before, chunk)
                 total += n
                 if n < chunk:
                     break

@@ -706,20 +706,13 @@ class SqliteStore(StoreBackend):
     :param clock: wall clock (epoch seconds), injectable for tests.
     """
 
-    write_ops = WriteOps(
-        accept=_op_accept, accept_mapped=_op_accept_mapped, enqueue=_op_enqueue, progress=_op_progress,
-        reschedule=_op_reschedule, dead_letter=_op_dead_letter, dlq_retry=_op_dlq_retry, dlq_drop=_op_dlq_drop,
-        map_put=_op_map_put, kv_set=_op_kv_set, kv_delete=_op_kv_delete, audit=_op_audit, probe=_op_probe,
-    )
+    write_ops = WriteOps.named(globals())
     logger = log
     outage_began = ("store %(where)s cannot write: %(problem)s; writes are refused (sources are told to retry)"
                     " and the gateway reports not ready until it can")
     outage_lasts = "store %(where)s still cannot write after %(secs).0fs (%(refused)d writes refused): %(problem)s"
-    prune_tables = _PRUNE_SQL  # retention writes (RetentionWrites): tables and their one-write operations
+    prune_tables = _PRUNE_SQL  # the tables retention prunes (StoreBackend.prune)
     excess_tables = _PRUNE_EXCESS_SQL
-    prune_op = staticmethod(_op_prune)
-    excess_op = staticmethod(_op_prune_excess)
-    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
