@@ -2,9 +2,10 @@
 
 * Rows: an :class:`~.base.OutboxItem` <-> its outbox row, dead-letter and audit rows.
 * :class:`StoreBackend`, the base class of both stores: the write methods of the Store protocol,
-  retention's among them (each hands the backend's own operation, :class:`WriteOps`, to its writer), the outage
-  bookkeeping (``write_problem``, the rate-limited log lines, the probe write), how a committed or
-  failed batch resolves its callers' futures, the pruning loop and closing's first steps.
+  retention's among them (each hands the backend's own operation, :class:`WriteOps`, to its
+  writer), the outage bookkeeping (``write_problem``, the rate-limited log lines, the probe write),
+  how a committed or failed batch resolves its callers' futures, the pruning loop and closing's
+  first steps, ``trace_search``.
 
 The SQL (its dialect and placeholders), the writer itself and the reads stay in each backend.
 """
@@ -24,8 +25,9 @@ from .jsonio import dumps, loads
 from .retention import DAY, MIN_INBOX_DAYS
 
 __all__ = [
-    "HEADS", "MIN_INBOX_TTL", "OUTAGE_LOG_EVERY", "OUTBOX_COLS", "ROW_COLS", "TRACE_SUMMARY_SELECT", "StoreBackend",
-    "WriteOps", "audit_from_row", "dead_letter_from_row", "item_from_row", "item_row", "item_rows", "refuse_newer",
+    "HEADS", "MIN_INBOX_TTL", "OUTAGE_LOG_EVERY", "OUTBOX_COLS", "ROW_COLS", "TRACE_SUMMARY_SELECT",
+    "StoreBackend", "WriteOps", "audit_from_row", "dead_letter_from_row", "item_from_row", "item_row",
+    "item_rows", "refuse_newer",
 ]
 
 MIN_INBOX_TTL = MIN_INBOX_DAYS * DAY  # see retention.py: the broker keeps undelivered queue rows 7 days
@@ -132,9 +134,10 @@ class WriteOps:
 class StoreBackend:
     """The part of a store backend that does not depend on its database (see the module docstring).
 
-    A backend sets ``write_ops``, ``logger`` and the two outage log lines, and provides ``_write(op, *args)`` (queue
-    an operation for its writer, await its commit), ``clock``, ``probe_interval``, ``_label`` (how
-    the log names the store), ``purge()`` and ``_trace_rows(...)`` (the summaries ``trace_search``
+    A backend sets ``write_ops``, ``prune_tables``, ``excess_tables``, ``logger`` and the two outage
+    log lines, and provides ``_write(op, *args)`` (queue an operation for its writer, await its
+    commit), ``clock``, ``probe_interval``, ``_label`` (how the log names the store), ``purge()``,
+    ``_purge_failed(e)``, ``trace_resolve`` and ``_trace_rows(...)`` (the summaries ``trace_search``
     filters); it calls :meth:`_init_state` in its ``__init__``.
     """
 
@@ -152,6 +155,7 @@ class StoreBackend:
     probe_interval: float
 
     def _init_state(self) -> None:
+        """The queue, the background tasks, the counters and the outage state, all empty."""
         self._pending: list[Op] = []
         self._wake: asyncio.Event | None = None
         self._purger: asyncio.Task[None] | None = None
@@ -175,7 +179,7 @@ class StoreBackend:
         async def _write(self, fn: Callable[..., Any], *args: Any) -> Any: ...
         async def open(self) -> None: ...
         async def close(self) -> None: ...
-        async def purge(self, now: float | None = None, *, chunk: int | None = None) -> dict[str, int]: ...
+        async def purge(self, now: float | None = None) -> dict[str, int]: ...
         def _purge_failed(self, e: Exception) -> None: ...
         async def trace_resolve(self, key: str, limit: int = 20) -> list[str]: ...
         async def _trace_rows(self, *, route: str | None, chat: str | None, sender: str | None,

@@ -944,6 +944,7 @@ class SqliteStore(StoreBackend):
                 self._fail(batch, functools.partial(_refused, e))
                 continue
             self._settle(batch, results)
+
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._r is None:
             raise RuntimeError("the store is not open")
