@@ -54,29 +54,29 @@ class MessageDropped(Event):
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MessageQueued(Event):
-    name: ClassVar[str] = "message-queued"
+class _ToDestination(Event):
+    """The fields of the events about one message to one destination (queued, delivered, failed)."""
+
     message: Message
     to: Address
     route: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class MessageDelivered(Event):
+class MessageQueued(_ToDestination):
+    name: ClassVar[str] = "message-queued"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDelivered(_ToDestination):
     name: ClassVar[str] = "message-delivered"
-    message: Message
-    to: Address
-    route: str
     native_ids: tuple[str, ...] = ()
     latency_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DeliveryFailed(Event):
+class DeliveryFailed(_ToDestination):
     name: ClassVar[str] = "delivery-failed"
-    message: Message
-    to: Address
-    route: str
     error: str
     permanent: bool
 

@@ -63,16 +63,11 @@ class RateLimit:
     burst: float = 1.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Binding:
-    """A route's binding to one chat of this gateway, as the gateway needs to know it."""
+class Directed:
+    """``inbound`` / ``outbound`` of a binding's ``direction`` (``"in"``, ``"out"`` or ``"both"``)."""
 
-    route: str
-    address: Address
+    __slots__ = ()
     direction: Literal["in", "out", "both"]
-    options: Any = None  # an instance of the gateway's BindingOptions
-    allow: tuple[str, ...] = ()  # external sender ids allowed (empty: everyone)
-    deny: tuple[str, ...] = ()
 
     @property
     def inbound(self) -> bool:
@@ -81,6 +76,18 @@ class Binding:
     @property
     def outbound(self) -> bool:
         return self.direction in ("out", "both")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Binding(Directed):
+    """A route's binding to one chat of this gateway, as the gateway needs to know it."""
+
+    route: str
+    address: Address
+    direction: Literal["in", "out", "both"]
+    options: Any = None  # an instance of the gateway's BindingOptions
+    allow: tuple[str, ...] = ()  # external sender ids allowed (empty: everyone)
+    deny: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

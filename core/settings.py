@@ -156,7 +156,23 @@ class LogSettings(_Strict):
         return v.upper() if isinstance(v, str) else v
 
 
-class Settings(BaseSettings):
+class _FileSettings(BaseSettings):
+    """Where both configuration models read from: keyword arguments, then the environment
+    (``CLAUDEMESH_*``), then the TOML file and its includes."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
+
+
+class Settings(_FileSettings):
     """The whole configuration. Gateway tables stay raw until the plugins are loaded
     (see :func:`claudemesh_gateway.app.validate_gateways`)."""
 
@@ -223,17 +239,6 @@ class Settings(BaseSettings):
             if not isinstance(kind, str) or not kind:
                 raise ValueError(f"{name}.type: must be a non-empty string")
         return v
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
 
     def secret_strings(self) -> Iterator[str]:
         """Every secret this configuration holds (:func:`iter_secrets`), for log redaction."""
@@ -684,7 +689,7 @@ def load_settings(
     return settings.model_copy(update={"server": server, "dev_broker": broker, "config_path": path.resolve()})
 
 
-class BootstrapSettings(BaseSettings):
+class BootstrapSettings(_FileSettings):
     """The tables needed before the rest can load: where to listen, how to log, whether to start
     the embedded dev broker (which writes files the config includes). Other tables are ignored
     here and validated by :func:`load_settings` afterwards."""
@@ -699,16 +704,6 @@ class BootstrapSettings(BaseSettings):
     config_file: ClassVar[Path | None] = None
     includes_optional: ClassVar[bool] = True
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, _EnvSource(settings_cls), _TomlIncludeSource(settings_cls))
 
 
 def load_bootstrap_settings(path: str | Path) -> BootstrapSettings:

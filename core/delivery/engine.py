@@ -574,8 +574,9 @@ class DeliveryEngine:
                     self.trace.delivered(item, attempt=item.attempts + 1, native_ids=native, parts=total,
                                          took=self.monotonic() - started, reply_to=outs[0].reply_to,
                                          edit_of=outs[0].edit_of)
+                message, to = self._message_to(item, outs)
                 self._publish(MessageDelivered(
-                    message=self._message(item, outs), to=self._to(item, outs), route=item.route,
+                    message=message, to=to, route=item.route,
                     native_ids=native, latency_s=max(0.0, self.clock() - item.enqueued_at),
                 ))
             await self._recorded(item, recorded)
@@ -617,7 +618,7 @@ class DeliveryEngine:
                 permanent, reason = True, f"gave up after {attempts} attempts: {text}"
             elif age >= cfg.max_age:
                 permanent, reason = True, f"gave up after {age:.0f}s in the outbox: {text}"
-        message, to = self._message(item, outs), self._to(item, outs)
+        message, to = self._message_to(item, outs)
         if permanent:
             if self.trace is not None:
                 self.trace.failed(item, attempt=item.attempts + 1, error=reason, retry_after=None, next_at=None,
@@ -664,22 +665,19 @@ class DeliveryEngine:
             log.exception("delivery: an event observer raised")
 
     @staticmethod
-    def _message(item: OutboxItem, outs: list[Outbound]) -> Message:
+    def _message_to(item: OutboxItem, outs: list[Outbound]) -> tuple[Message, Address]:
+        """The message and destination of ``item``: its first rendered part's, else parsed from the row."""
         if outs:
-            return outs[0].message
+            return outs[0].message, outs[0].to
         try:
-            return message_from_dict(item.message)
+            message = message_from_dict(item.message)
         except Exception:  # noqa: BLE001 - malformed row: still report something useful
-            return Message(id=str(item.message.get("id", f"outbox:{item.id}")), origin=Address("?", "?"), sender="")
-
-    @staticmethod
-    def _to(item: OutboxItem, outs: list[Outbound]) -> Address:
-        if outs:
-            return outs[0].to
+            message = Message(id=str(item.message.get("id", f"outbox:{item.id}")), origin=Address("?", "?"), sender="")
         try:
-            return address_from_dict(item.destination)
+            to = address_from_dict(item.destination)
         except Exception:  # noqa: BLE001 - malformed row: still name the lane
-            return Address("?", item.lane)
+            to = Address("?", item.lane)
+        return message, to
 
     def describe(self) -> dict[str, Any]:
         """A JSON-safe snapshot for the admin API / dashboard."""

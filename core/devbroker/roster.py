@@ -133,15 +133,26 @@ def _select(b: DevBroker, me: Presence, msg: dict[str, Any]) -> tuple[list[Prese
     return [], False
 
 
-async def _forbidden(conn: Conn, verb_past: str, msg: dict[str, Any]) -> None:
+async def _admin(b: DevBroker, conn: Conn, msg: dict[str, Any], verb_past: str) -> Presence | None:
+    """The caller's presence when it is an owner or admin; None (``forbidden`` sent) otherwise."""
+    me = _p(conn)
+    if _is_admin(b, me):
+        return me
     await conn.send({"type": "error", "code": "forbidden", "message": f"only owner or admin can {verb_past}",
                      **_extra(msg)})
+    return None
+
+
+def _evict(b: DevBroker, q: Presence, code: int, reason: str) -> None:
+    """Drop presence ``q`` from the registry and close its connection with ``code``/``reason``."""
+    b.registry.delete(q, decrement=False)
+    q.db_disconnected = True
+    b.detach_and_close(q, code, reason)
 
 
 async def handle_kick(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    me = _p(conn)
-    if not _is_admin(b, me):
-        await _forbidden(conn, "kicked", msg)
+    me = await _admin(b, conn, msg, "kicked")
+    if me is None:
         return
     selected, _ = _select(b, me, msg)
     kicked, skipped = [], 0
@@ -150,35 +161,29 @@ async def handle_kick(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
             skipped += 1
             continue
         kicked.append(q.display_name)
-        b.registry.delete(q, decrement=False)
-        q.db_disconnected = True
-        b.detach_and_close(q, 4001, "kicked")
+        _evict(b, q, 4001, "kicked")
     log.info("kick by %s: %s (skipped %d control-plane)", me.display_name, kicked, skipped)
     await conn.send({"type": "kick_ack", "kicked": kicked, "affected": len(kicked),
                      "skipped_control_plane": skipped, **_extra(msg)})
 
 
 async def handle_disconnect(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    me = _p(conn)
-    if not _is_admin(b, me):
-        await _forbidden(conn, "disconnected", msg)
+    me = await _admin(b, conn, msg, "disconnected")
+    if me is None:
         return
     selected, stale = _select(b, me, msg)
     names = []
     for q in selected:
         names.append(q.display_name)
-        b.registry.delete(q, decrement=False)
-        q.db_disconnected = True
-        b.detach_and_close(q, 1000, "disconnected_stale" if stale else "disconnected")
+        _evict(b, q, 1000, "disconnected_stale" if stale else "disconnected")
     log.info("disconnect by %s: %s", me.display_name, names)
     await conn.send({"type": "disconnect_ack", "kicked": names, "affected": len(names), **_extra(msg)})
 
 
 async def handle_ban(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     """Revoke the target member and close all its presences with 4002 ``banned``."""
-    me = _p(conn)
-    if not _is_admin(b, me):
-        await _forbidden(conn, "banned", msg)
+    me = await _admin(b, conn, msg, "banned")
+    if me is None:
         return
     target = msg.get("target")
     member = None
@@ -199,9 +204,7 @@ async def handle_ban(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     for q in b.registry.in_mesh(me.mesh_id):
         if q.member_id == member.id:
             affected += 1
-            b.registry.delete(q, decrement=False)
-            q.db_disconnected = True
-            b.detach_and_close(q, 4002, "banned")
+            _evict(b, q, 4002, "banned")
     log.info("ban by %s: %s (%d presences)", me.display_name, member.display_name, affected)
     await conn.send({"type": "ban_ack", "banned": member.display_name, "memberId": member.id,
                      "affected": affected, **_extra(msg)})

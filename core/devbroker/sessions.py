@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import delivery
 from .handshake import HandshakeError, check_hello, check_session_hello, presence_fields_ok
-from .model import Member, PeerState
+from .model import Member, Mesh, PeerState
 from .presence import Conn, Presence
 from .pushes import system_push
 from .util import iso, new_id, now_ms
@@ -127,6 +127,26 @@ def _new_presence(b: DevBroker, conn: Conn, msg: dict[str, Any], member: Member,
     return p
 
 
+def _hello_ack(p: Presence, member: Member, mesh: Mesh) -> dict[str, Any]:
+    """The ``hello_ack`` of a new or reattached presence: its id and name, the member's profile, the mesh policy."""
+    ack: dict[str, Any] = {"type": "hello_ack", "presenceId": p.presence_id, "memberDisplayName": p.display_name,
+                           "memberProfile": _profile(member)}
+    if mesh.policy:
+        ack["meshPolicy"] = mesh.policy
+    return ack
+
+
+def _may_insert(b: DevBroker, mesh_id: str, msg: dict[str, Any], role: str, member: Member, verb: str,
+                outcome: str) -> bool:
+    """Before a new presence: sessionId dedup among ``role`` presences (B.17), then whether ``msg``
+    has the presence fields (False, logged and not answered, when it lacks them)."""
+    dedup_session_id(b, mesh_id, msg.get("sessionId"), role)
+    if presence_fields_ok(msg):
+        return True
+    log.warning("%s from %s lacks cwd/pid/sessionId: %s", verb, member.display_name, outcome)
+    return False
+
+
 async def handle_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     try:
         member = check_hello(msg, store=b.store, count_of=b.registry.count,
@@ -148,17 +168,12 @@ async def handle_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
                 and p.member_pubkey == member.peer_pubkey):
             _attach(b, p, conn, msg)
             log.info("hello reattached presence %s (%s)", p.presence_id, p.display_name)
-            ack = {"type": "hello_ack", "presenceId": p.presence_id, "memberDisplayName": p.display_name,
-                   "memberProfile": _profile(member)}
-            if mesh.policy:
-                ack["meshPolicy"] = mesh.policy
+            ack = _hello_ack(p, member, mesh)
             ack["services"] = []
             await _ack_and_drain(b, conn, p, ack)
             return
 
-    dedup_session_id(b, mesh.id, msg.get("sessionId"), "control-plane")
-    if not presence_fields_ok(msg):
-        log.warning("hello from %s lacks cwd/pid/sessionId: presence insert fails, no reply", member.display_name)
+    if not _may_insert(b, mesh.id, msg, "control-plane", member, "hello", "presence insert fails, no reply"):
         return
     state = b.store.peer_states.get((mesh.id, member.id))
     hello_groups = _groups(msg.get("groups"))
@@ -167,10 +182,7 @@ async def handle_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     if state is not None:
         p.visible, p.profile = state.visible, dict(state.profile)
         p.summary, p.stats = state.summary, dict(state.stats)
-    ack: dict[str, Any] = {"type": "hello_ack", "presenceId": p.presence_id, "memberDisplayName": p.display_name,
-                           "memberProfile": _profile(member)}
-    if mesh.policy:
-        ack["meshPolicy"] = mesh.policy
+    ack = _hello_ack(p, member, mesh)
     if state is not None:
         ack.update(restored=True, lastSummary=state.summary, lastSeenAt=iso(state.last_seen_at))
         if not hello_groups:
@@ -212,17 +224,12 @@ async def handle_session_hello(b: DevBroker, conn: Conn, msg: dict[str, Any]) ->
         await _ack_and_drain(b, conn, p, ack)
         return
 
-    dedup_session_id(b, mesh.id, msg.get("sessionId"), "session")
-    if not presence_fields_ok(msg):
-        log.warning("session_hello from %s lacks cwd/pid/sessionId: no reply", member.display_name)
+    if not _may_insert(b, mesh.id, msg, "session", member, "session_hello", "no reply"):
         return
     raw_groups = msg.get("groups")
     groups = _groups(raw_groups) if raw_groups is not None else list(member.default_groups or [])
     p = _new_presence(b, conn, msg, member, role="session", session_pk=session_pk, groups=groups)
-    ack: dict[str, Any] = {"type": "hello_ack", "presenceId": p.presence_id, "memberDisplayName": p.display_name,
-                           "memberProfile": _profile(member)}
-    if mesh.policy:
-        ack["meshPolicy"] = mesh.policy
+    ack = _hello_ack(p, member, mesh)
     log.info("session_hello: presence %s for %s (session)", p.presence_id, p.display_name)
     await _ack_and_drain(b, conn, p, ack)
     await _join_event(b, p, same_member_too=True, restored=None)

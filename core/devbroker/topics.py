@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nacl.utils
@@ -85,6 +87,25 @@ def _presence(conn: Conn) -> Presence:
     return conn.presence
 
 
+_TopicVerb = Callable[["DevBroker", Conn, dict[str, Any], Presence, Topic], Awaitable[None]]
+
+
+def _on_topic(verb: _TopicVerb) -> Callable[[DevBroker, Conn, dict[str, Any]], Awaitable[None]]:
+    """A verb on the topic ``msg["topic"]`` names: called with the caller's presence and that topic,
+    or answered ``topic_not_found`` when there is none."""
+
+    @functools.wraps(verb)
+    async def handler(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
+        p = _presence(conn)
+        topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
+        if topic is None:
+            await _not_found(conn, msg)
+            return
+        await verb(b, conn, msg, p, topic)
+
+    return handler
+
+
 async def handle_topic_create(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
     p = _presence(conn)
     name = msg.get("name")
@@ -109,45 +130,29 @@ async def handle_topic_list(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> No
     await conn.send({"type": "topic_list_response", "topics": out, **_extra(msg)})
 
 
-async def handle_topic_join(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
-        return
+@_on_topic
+async def handle_topic_join(b: DevBroker, conn: Conn, msg: dict[str, Any], p: Presence, topic: Topic) -> None:
     role = msg.get("role") if msg.get("role") in ("lead", "member", "observer") else "member"
     join_topic(b, topic, p.member_id, role=role)
 
 
-async def handle_topic_leave(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
-        return
+@_on_topic
+async def handle_topic_leave(b: DevBroker, conn: Conn, msg: dict[str, Any], p: Presence, topic: Topic) -> None:
     b.store.topic_members = [tm for tm in b.store.topic_members
                              if not (tm.topic_id == topic.id and tm.member_id == p.member_id)]
     b.dirty()
 
 
-async def handle_topic_mark_read(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
-        return
+@_on_topic
+async def handle_topic_mark_read(b: DevBroker, conn: Conn, msg: dict[str, Any], p: Presence, topic: Topic) -> None:
     tm = b.store.topic_member(topic.id, p.member_id)
     if tm is not None:
         tm.last_read_at = now_ms()
         b.dirty()
 
 
-async def handle_topic_members(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
-        return
+@_on_topic
+async def handle_topic_members(b: DevBroker, conn: Conn, msg: dict[str, Any], p: Presence, topic: Topic) -> None:
     members = []
     for tm in b.store.topic_members:
         member = b.store.members.get(tm.member_id)
@@ -168,12 +173,8 @@ def _limit(raw: Any) -> int:
     return max(1, min(200, value))
 
 
-async def handle_topic_history(b: DevBroker, conn: Conn, msg: dict[str, Any]) -> None:
-    p = _presence(conn)
-    topic = resolve_topic(b, p.mesh_id, msg.get("topic"))
-    if topic is None:
-        await _not_found(conn, msg)
-        return
+@_on_topic
+async def handle_topic_history(b: DevBroker, conn: Conn, msg: dict[str, Any], p: Presence, topic: Topic) -> None:
     rows = [m for m in b.store.topic_messages if m.topic_id == topic.id]
     before_id = msg.get("beforeId")
     if before_id is not None:

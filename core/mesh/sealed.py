@@ -33,6 +33,7 @@ import aiohttp
 
 from ..errors import MeshError
 from . import crypto
+from .aio import TaskOwner
 from .keys import ERROR, PENDING, SEALED, UNENCRYPTED, UNKNOWN, SealedKeyStatus
 from .types import Topic
 
@@ -78,7 +79,7 @@ class _TopicKey:
         return SealedKeyStatus(self.state, self.detail)
 
 
-class SealedTopicKeys:
+class SealedTopicKeys(TaskOwner):
     """The sealed-key provider of mesh ``name`` (``topic_key``/``topic_status`` for the key ring)."""
 
     def __init__(self, name: str, cfg: Any, request: Request, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -91,7 +92,6 @@ class SealedTopicKeys:
         self._member = cfg.member_keypair()
         self._by_id: dict[str, _TopicKey] = {}
         self._http: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -103,15 +103,10 @@ class SealedTopicKeys:
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the retry / re-seal loop (fetching works without it)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"mesh:{self.name}:sealed-keys")
+        self._start_task(self._run, f"mesh:{self.name}:sealed-keys")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         keys = [st.api_key for st in self._by_id.values() if st.api_key is not None]
         for st in self._by_id.values():
             st.api_key = None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..delivery.text import DEFAULT_ATTRIBUTION
 from ..errors import ConfigError
-from ..gateway import Binding, Gateway
+from ..gateway import Binding, Directed, Gateway
 from ..logconfig import url_password
 from ..messages import Address, Message
 from .config import MESH_GATEWAY, MeshChat, RouteConfig, parse_mesh_chat
@@ -58,7 +58,7 @@ def sender_matches(entries: frozenset[str], *ids: str) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RouteBinding:
+class RouteBinding(Directed):
     """One compiled binding of a route."""
 
     route: str
@@ -70,14 +70,6 @@ class RouteBinding:
     allow: frozenset[str] = frozenset()
     deny: frozenset[str] = frozenset()
     mesh_chat: MeshChat | None = None
-
-    @property
-    def inbound(self) -> bool:
-        return self.direction in ("in", "both")
-
-    @property
-    def outbound(self) -> bool:
-        return self.direction in ("out", "both")
 
     def matches_origin(self, origin: Address, sender: str = "") -> bool:
         if origin.gateway != self.address.gateway:

@@ -43,15 +43,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import StartupError, StoreUnavailable
+from . import backend as common
 from .base import DeadLetter, OutboxItem, TraceEvent
-from .jsonio import dumps as _dumps
 from .jsonio import loads as _loads
-from .retention import RetentionWrites
-from .sqlite import DAY, MIN_INBOX_TTL, OUTAGE_LOG_EVERY
+from .retention import DAY
 from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
 if TYPE_CHECKING:
@@ -220,11 +219,7 @@ async def migrate(c: asyncpg.Connection) -> int:
     await c.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         current = await _current_version(c)
-        if current > SCHEMA_VERSION:
-            raise StartupError(
-                f"the store schema is version {current}, newer than this gateway understands "
-                f"({SCHEMA_VERSION}); upgrade claudemesh-gateway or restore a backup"
-            )
+        common.refuse_newer(current, SCHEMA_VERSION)
         for version, sql in MIGRATIONS:
             if version <= current:
                 continue
@@ -315,8 +310,8 @@ async def probe_schema(dsn: str, *, timeout: float = 10.0) -> int:
 
 # -- write operations (run by the writer, inside the batch transaction) ---------------------------------------
 
-_ROW_COLS = "lane, route, destination, message, options, attempts, not_before, progress, last_error, enqueued_at"
-_OUTBOX_COLS = "id, " + _ROW_COLS
+_ROW_COLS = common.ROW_COLS
+_OUTBOX_COLS = common.OUTBOX_COLS
 _UNNEST = (
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],"
     " $7::float8[], $8::int[], $9::text[], $10::float8[]) WITH ORDINALITY AS r({cols}, ord) ORDER BY ord"
@@ -337,21 +332,6 @@ _ACCEPT_NONE = "INSERT INTO inbox (id, seen_at) VALUES ($1, $2) ON CONFLICT (id)
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(10)]
-
-
-def _item_row(item: OutboxItem, now: float) -> tuple[Any, ...]:
-    return (
-        item.lane, item.route, _dumps(item.destination), _dumps(item.message), _dumps(item.options),
-        item.attempts, item.not_before, item.progress, item.last_error, item.enqueued_at or now,
-    )
-
-
-def _item_from_row(r: Any) -> OutboxItem:
-    return OutboxItem(
-        id=r[0], lane=r[1], route=r[2], destination=_loads(r[3]), message=_loads(r[4]),
-        options=_loads(r[5]), attempts=r[6], not_before=r[7], progress=r[8], last_error=r[9],
-        enqueued_at=r[10],
-    )
 
 
 async def _op_accept(c: asyncpg.Connection, message_id: str, now: float, rows: list[tuple[Any, ...]]) -> bool:
@@ -584,7 +564,7 @@ _PURGE_EXCESS = {  # table -> a DELETE of the $1 oldest rows
 }
 
 
-async def _op_purge_chunk(c: asyncpg.Connection, table: str, before: float, limit: int) -> int:
+async def _op_prune(c: asyncpg.Connection, table: str, before: float, limit: int) -> int:
     if table != "trace":
         return len(await c.fetch(_PURGE[table], before, limit))
     gone = await c.fetch(_PURGE["trace"], before, limit)
@@ -632,12 +612,6 @@ async def _op_trace_write(c: asyncpg.Connection, rows: list[list[Any]], keys: li
 
 def _columns_n(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
-
-
-_TRACE_SUMMARY_SELECT = (
-    "SELECT message_id, first_at, last_at, origin, sender, routes, lanes, dropped, dests, delivered, failed, dead"
-    " FROM trace_messages"
-)
 
 
 async def _op_prune_excess(c: asyncpg.Connection, table: str, keep: int, limit: int) -> int:
@@ -706,15 +680,12 @@ async def _op_bucket_drain(c: asyncpg.Connection, name: str) -> None:
                     " WHERE name = $1", name)
 
 
-_Op = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], "asyncio.Future[Any]"]
 _DEADLOCK_RETRIES = 12
-
-_HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
 
 
 # -- the store ------------------------------------------------------------------------------------------------
 
-class PostgresStore(RetentionWrites):
+class PostgresStore(common.StoreBackend):
     """The durable store on PostgreSQL. See the module docstring for the design.
 
     :param dsn: a libpq-style DSN (``postgresql://user:pass@host:5432/db``); a secret.
@@ -725,14 +696,16 @@ class PostgresStore(RetentionWrites):
     """
 
     backend = "postgres"
+    write_ops = common.WriteOps.named(globals())
+    logger = log
+    outage_began = ("store %(problem)s; writes are refused (sources are told to retry) and the gateway reports"
+                    " not ready until it answers again")
+    outage_lasts = "store still unavailable after %(secs).0fs (%(refused)d writes refused): %(problem)s"
 
-    # retention writes (RetentionWrites): tables and their one-write operations. Its hourly
-    # ``purge`` deletes by the [retention] windows; the background pass and row cap are SQLite's.
+    # the tables retention prunes (StoreBackend.prune). Its hourly ``purge`` deletes by the
+    # [retention] windows; the background pass and row cap are SQLite's.
     prune_tables = _PURGE
     excess_tables = _PURGE_EXCESS
-    prune_op = staticmethod(_op_purge_chunk)
-    excess_op = staticmethod(_op_prune_excess)
-    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
@@ -754,7 +727,7 @@ class PostgresStore(RetentionWrites):
     ) -> None:
         if not dsn:
             raise ValueError("PostgresStore needs a DSN")
-        if inbox_ttl < MIN_INBOX_TTL:
+        if inbox_ttl < common.MIN_INBOX_TTL:
             raise ValueError("inbox_ttl must be at least 8 days (vendors and meshes redeliver late)")
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
@@ -781,34 +754,16 @@ class PostgresStore(RetentionWrites):
         self.probe_interval = probe_interval
         self.clock = clock
         self._pool: asyncpg.Pool | None = None
-        self._pending: list[_Op] = []
-        self._ordered: list[_Op] = []  # lease writes: one writer, submission order
-        self._wake: asyncio.Event | None = None
+        self._ordered: list[common.Op] = []  # lease writes: one writer, submission order
         self._writers: list[asyncio.Task[None]] = []
         self.writers = max(1, min(writers, max_pool - 1))  # readers need a connection too
-        self._purger: asyncio.Task[None] | None = None
-        self._closing = False
         self._lock_conn: asyncpg.Connection | None = None
-        # counters for metrics
-        self.batches = 0
-        self.ops = 0
-        self.op_errors = 0
-        self.batch_errors = 0
+        self._init_state()
         self.batch_retries = 0
-        self.outages = 0  # times the database became unreachable / unwritable
-        # outage state: the cause, when it began (monotonic), writes refused, last log line (monotonic)
-        self._problem: str | None = None
-        self._outage_since = 0.0
-        self._refused = 0
-        self._outage_logged = 0.0
-        self._prober: asyncio.Task[None] | None = None
 
     @property
-    def write_problem(self) -> str | None:
-        """None while writes commit; otherwise why the database cannot be written or reached (the
-        server is down, refuses connections, shuts down, its disk is full...). Cleared by the next
-        batch that commits (a probe write every ``probe_interval`` seconds tries)."""
-        return self._problem
+    def _label(self) -> str:
+        return f"PostgreSQL {self.where}"
 
     def __repr__(self) -> str:  # never the DSN
         return f"PostgresStore({self.where})"
@@ -843,21 +798,14 @@ class PostgresStore(RetentionWrites):
         self._writers = [asyncio.create_task(self._writer_loop(first=i == 0), name=f"store-writer-{i}")
                          for i in range(self.writers)]
         if self.purge_interval > 0:
-            self._purger = asyncio.create_task(self._purge_loop(), name="store-purge")
+            self._purger = asyncio.create_task(self._purge_loop(self.purge_interval), name="store-purge")
         log.info("store opened: PostgreSQL %s", self.where)
 
     async def close(self) -> None:
         await self.release_delivery_lock()
         if self._pool is None:
             return
-        self._closing = True
-        for task in (self._purger, self._prober):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._purger = self._prober = None
-        assert self._wake is not None
-        self._wake.set()
+        await self._stop_tasks()
         if self._writers:
             await asyncio.gather(*self._writers, return_exceptions=True)  # drains what is queued
             self._writers = []
@@ -867,13 +815,6 @@ class PostgresStore(RetentionWrites):
         except (TimeoutError, Exception):  # noqa: BLE001 - a dead server: drop the connections
             pool.terminate()
         log.info("store closed: PostgreSQL %s", self.where)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- single deliverer ------------------------------------------------------------------------------------
     async def acquire_delivery_lock(self) -> None:
@@ -919,7 +860,7 @@ class PostgresStore(RetentionWrites):
     async def _write_ordered(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self._submit(fn, *args, ordered=True)
 
-    async def _run_batch(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
+    async def _run_batch(self, ops: list[common.Op]) -> list[tuple[bool, Any]]:
         import asyncpg
 
         assert self._pool is not None
@@ -958,7 +899,7 @@ class PostgresStore(RetentionWrites):
         raise AssertionError("unreachable")
 
     @staticmethod
-    async def _run_isolated(c: asyncpg.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
+    async def _run_isolated(c: asyncpg.Connection, ops: list[common.Op]) -> list[tuple[bool, Any]]:
         import asyncpg
 
         results: list[tuple[bool, Any]] = []
@@ -986,7 +927,7 @@ class PostgresStore(RetentionWrites):
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            batch: list[_Op] = []
+            batch: list[common.Op] = []
             if first:  # the ordered writes, in submission order, ahead of the rest
                 batch, self._ordered = self._ordered[: self.max_batch], self._ordered[self.max_batch :]
             room = self.max_batch - len(batch)
@@ -996,74 +937,27 @@ class PostgresStore(RetentionWrites):
             try:
                 results = await self._run_batch(batch)
             except asyncio.CancelledError:
-                for _fn, _args, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("store closed before the commit"))
+                self._fail(batch, lambda: RuntimeError("store closed before the commit"))
                 raise
             except Exception as e:  # noqa: BLE001 - connection lost, server down: nothing acknowledged
                 self.batch_errors += 1
                 text = _error_text(e, self._dsn)
                 if is_unavailable(e):
-                    self._outage(text, len(batch))
+                    self._outage(self._unavailable(text), len(batch))
                     err: Exception = StoreUnavailable(f"the store cannot write: {self._problem}")
                 else:  # not the database's state (retries exhausted, a bug): this batch only
                     log.error("store: a batch of %d writes failed to commit: %s", len(batch), text)
                     err = RuntimeError(f"store: PostgreSQL {self.where}: a batch failed to commit: {text}")
-                for _fn, _args, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(err)
+                self._fail(batch, lambda err=err: err)
                 if self._closing:
                     continue
                 await asyncio.sleep(0.2)  # do not spin against a server that is down
                 continue
-            if self._problem is not None:
-                self._recovered()
-            self.batches += 1
-            self.ops += len(batch)
-            for (_fn, _args, fut), (ok, value) in zip(batch, results, strict=True):
-                if fut.done():  # the caller was cancelled; the write is committed anyway
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    self.op_errors += 1
-                    fut.set_exception(value)
+            self._settle(batch, results)
 
-    def _outage(self, problem: str, n: int) -> None:
-        """The database cannot be written or reached (``n`` writes refused): start or continue the
-        outage; log it once, then at most every OUTAGE_LOG_EVERY seconds."""
-        now = time.monotonic()
-        self._refused += n
-        if self._problem is None:
-            self._problem = f"PostgreSQL {self.where} unavailable: {problem}"
-            self._outage_since = self._outage_logged = now
-            self.outages += 1
-            log.error("store %s; writes are refused (sources are told to retry) and the gateway reports not "
-                      "ready until it answers again", self._problem)
-            if not self._closing and (self._prober is None or self._prober.done()):
-                self._prober = asyncio.create_task(self._probe_loop(), name="store-probe")
-            return
-        self._problem = f"PostgreSQL {self.where} unavailable: {problem}"
-        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            log.error("store still unavailable after %.0fs (%d writes refused): %s", now - self._outage_since,
-                      self._refused, self._problem)
-
-    def _recovered(self) -> None:
-        log.warning("store PostgreSQL %s writes again after %.0fs (%d writes were refused meanwhile)", self.where,
-                    time.monotonic() - self._outage_since, self._refused)
-        self._problem = None
-        self._refused = 0
-
-    async def _probe_loop(self) -> None:
-        """While the database is unavailable, try a small write now and then: the outage ends even
-        when nothing else writes (a load balancer stops sending to a replica that is not ready)."""
-        while self._problem is not None and not self._closing:
-            await asyncio.sleep(self.probe_interval)
-            if self._problem is None or self._closing:
-                return
-            with contextlib.suppress(StoreUnavailable, RuntimeError):  # still failing (logged) / closing
-                await self._write(_op_probe)
+    def _unavailable(self, text: str) -> str:
+        """``write_problem`` while the server cannot be reached or written (``text``: the cause)."""
+        return f"PostgreSQL {self.where} unavailable: {text}"
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> Any:
@@ -1075,8 +969,7 @@ class PostgresStore(RetentionWrites):
         except Exception as e:
             if not is_unavailable(e):
                 raise
-            text = _error_text(e, self._dsn)
-            self._outage(text, 0)
+            self._outage(self._unavailable(_error_text(e, self._dsn)), 0)
             raise StoreUnavailable(f"the store cannot be read: {self._problem}") from None
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -1091,15 +984,9 @@ class PostgresStore(RetentionWrites):
         async with self._reading() as pool:
             return await pool.fetchval(sql, *args)
 
-    async def _purge_loop(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001
-                log.error("store purge failed; will retry: %s", _error_text(e, self._dsn))
-            await asyncio.sleep(self.purge_interval)
+    def _purge_failed(self, e: Exception) -> None:
+        """A purge raised ``e`` (the background task tries again next time)."""
+        log.error("store purge failed; will retry: %s", _error_text(e, self._dsn))
 
     # -- health -------------------------------------------------------------------------------------------------
     async def ping(self, timeout: float = 5.0) -> bool:
@@ -1120,32 +1007,14 @@ class PostgresStore(RetentionWrites):
             yield c
 
     # -- inbox ledger + outbox -----------------------------------------------------------------------------------
-    async def accept(self, message_id: str, items: Sequence[OutboxItem]) -> bool:
-        now = self.clock()
-        rows = [_item_row(i, now) for i in items]
-        return await self._write(_op_accept, message_id, now, rows)
-
-    async def accept_mapped(self, message_id: str, items: Sequence[OutboxItem],
-                            maps: Sequence[tuple[str, Sequence[str]]]) -> bool:
-        """``accept``, and when the id is new also ``map_put(message_id, lane, native_ids)`` for each
-        ``(lane, native_ids)`` of ``maps``, in the same transaction (as SqliteStore.accept_mapped:
-        one commit per message instead of two)."""
-        now = self.clock()
-        return await self._write(_op_accept_mapped, message_id, now, [_item_row(i, now) for i in items],
-                                 [(lane, [str(n) for n in ids]) for lane, ids in maps])
-
     async def seen(self, message_id: str) -> bool:
         return await self._fetchval("SELECT 1 FROM inbox WHERE id = $1", message_id) is not None
 
     # -- outbox ----------------------------------------------------------------------------------------------------
-    async def enqueue(self, items: Sequence[OutboxItem]) -> list[int]:
-        """Enqueue ``items`` without an inbox entry (internal notices, replies to commands). Returns ids."""
-        now = self.clock()
-        return await self._write(_op_enqueue, [_item_row(i, now) for i in items])
-
     async def ready_lanes(self, now: float) -> list[str]:
         rows = await self._fetch(
-            f"SELECT o.lane FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before <= $1 ORDER BY o.id",
+            f"SELECT o.lane FROM ({common.HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before <= $1"
+            " ORDER BY o.id",
             now,
         )
         return [r[0] for r in rows]
@@ -1153,7 +1022,8 @@ class PostgresStore(RetentionWrites):
     async def next_due(self, now: float) -> float | None:
         """Earliest ``not_before`` > ``now`` among lane heads (when the next backoff expires), or None."""
         return await self._fetchval(
-            f"SELECT MIN(o.not_before) FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before > $1",
+            f"SELECT MIN(o.not_before) FROM ({common.HEADS}) h JOIN outbox o ON o.id = h.hid"
+            " WHERE o.not_before > $1",
             now,
         )
 
@@ -1169,19 +1039,13 @@ class PostgresStore(RetentionWrites):
 
     async def head(self, lane: str) -> OutboxItem | None:
         r = await self._fetchrow(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = $1 ORDER BY id LIMIT 1", lane)
-        return _item_from_row(r) if r else None
+        return common.item_from_row(r) if r else None
 
     async def peek(self, lane: str, limit: int = 32) -> list[OutboxItem]:
         """Up to ``limit`` oldest items of ``lane`` in order (the engine prefetches with it)."""
         rows = await self._fetch(
             f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = $1 ORDER BY id LIMIT $2", lane, limit)
-        return [_item_from_row(r) for r in rows]
-
-    async def progress(self, item_id: int, parts_done: int, *, sent: Sequence[Sequence[str]] | None = None) -> None:
-        """Record that ``parts_done`` parts are out; ``sent``: their native ids, one list per part."""
-        await self._write(
-            _op_progress, item_id, parts_done, None if sent is None else _dumps([list(p) for p in sent])
-        )
+        return [common.item_from_row(r) for r in rows]
 
     async def sent_parts(self, item_id: int) -> list[list[str]]:
         """Native ids of the parts recorded with ``progress(..., sent=...)`` (empty if none)."""
@@ -1193,13 +1057,6 @@ class PostgresStore(RetentionWrites):
 
     async def complete_many(self, item_ids: Iterable[int]) -> None:
         await self._write(_op_complete_many, [int(i) for i in item_ids])
-
-    async def reschedule(self, item_id: int, *, not_before: float, attempts: int, error: str) -> None:
-        await self._write(_op_reschedule, item_id, not_before, attempts, error)
-
-    async def dead_letter(self, item_id: int, reason: str) -> None:
-        if not await self._write(_op_dead_letter, item_id, reason, self.clock()):
-            log.warning("dead_letter: outbox item %s is gone (already delivered or dropped)", item_id)
 
     async def outbox_depths(self) -> dict[str, tuple[int, float]]:
         rows = await self._fetch("SELECT lane, COUNT(*), MIN(enqueued_at) FROM outbox GROUP BY lane")
@@ -1214,21 +1071,12 @@ class PostgresStore(RetentionWrites):
             f"SELECT {_OUTBOX_COLS}, reason, failed_at FROM dead_letters ORDER BY failed_at DESC, id DESC LIMIT $1",
             limit,
         )
-        return [DeadLetter(id=r[0], item=_item_from_row(r), reason=r[11], failed_at=r[12]) for r in rows]
-
-    async def dlq_retry(self, ids: Sequence[int] | None = None) -> int:
-        return await self._write(_op_dlq_retry, None if ids is None else list(ids), self.clock())
-
-    async def dlq_drop(self, ids: Sequence[int] | None = None) -> int:
-        return await self._write(_op_dlq_drop, None if ids is None else list(ids))
+        return [common.dead_letter_from_row(r) for r in rows]
 
     async def dlq_count(self) -> int:
         return await self._fetchval("SELECT COUNT(*) FROM dead_letters")
 
     # -- message map -----------------------------------------------------------------------------------------------
-    async def map_put(self, origin_id: str, lane: str, native_ids: Sequence[str]) -> None:
-        await self._write(_op_map_put, origin_id, lane, list(native_ids), self.clock())
-
     async def map_get(self, origin_id: str, lane: str) -> list[str]:
         rows = await self._fetch(
             "SELECT native_id FROM message_map WHERE origin_id = $1 AND lane = $2 ORDER BY part", origin_id, lane)
@@ -1246,23 +1094,14 @@ class PostgresStore(RetentionWrites):
         v = await self._fetchval("SELECT value FROM kv WHERE namespace = $1 AND key = $2", namespace, key)
         return _loads(v) if v is not None else None
 
-    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
-        await self._write(_op_kv_set, namespace, key, _dumps(value), self.clock())
-
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._write(_op_kv_delete, namespace, key)
-
     async def kv_items(self, namespace: str) -> dict[str, Any]:
         rows = await self._fetch("SELECT key, value FROM kv WHERE namespace = $1 ORDER BY key", namespace)
         return {r[0]: _loads(r[1]) for r in rows}
 
     # -- audit -----------------------------------------------------------------------------------------------------
-    async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
-        await self._write(_op_audit, self.clock(), actor, action, _dumps(detail))
-
     async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._fetch("SELECT id, ts, actor, action, detail FROM audit ORDER BY id DESC LIMIT $1", limit)
-        return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
+        return [common.audit_from_row(r) for r in rows]
 
     # -- message trace (core.trace) --------------------------------------------------------------------------------
     async def trace_write(self, events: Sequence[TraceEvent]) -> None:
@@ -1275,7 +1114,7 @@ class PostgresStore(RetentionWrites):
 
     async def trace_get(self, message_id: str) -> dict[str, Any] | None:
         r = await self._fetchrow(
-            f"{_TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = $1", message_id)
+            f"{common.TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = $1", message_id)
         return None if r is None else trace_document(r)
 
     async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
@@ -1299,10 +1138,9 @@ class PostgresStore(RetentionWrites):
                         found.setdefault(mid, row[1])
         return [m for m, _ in sorted(found.items(), key=lambda kv: -kv[1])][:limit]
 
-    async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
-                           sender: str | None = None, status: str | None = None, since: float | None = None,
-                           until: float | None = None, limit: int = 50,
-                           also: Sequence[str] = ()) -> list[dict[str, Any]]:
+    async def _trace_rows(self, *, route: str | None, chat: str | None, sender: str | None, since: float | None,
+                          until: float | None, ids: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        """The summaries ``trace_search`` filters (see StoreBackend)."""
         where: list[str] = []
         args: list[Any] = []
 
@@ -1321,18 +1159,11 @@ class PostgresStore(RetentionWrites):
             where.append(f"last_at >= {arg(float(since))}")
         if until is not None:
             where.append(f"last_at <= {arg(float(until))}")
-        if q or also:
-            ids = await self.trace_resolve(q, limit=max(limit, 20)) if q else []
-            ids = list(dict.fromkeys([*ids, *also]))
-            if not ids:
-                return []
+        if ids is not None:
             where.append(f"message_id = ANY({arg(ids)}::text[])")
-        sql = (_TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
-               + f" ORDER BY last_at DESC LIMIT {arg(limit if not status else 10 * limit)}")
-        found = [trace_summary(r) for r in await self._fetch(sql, *args)]
-        if status:
-            found = [s for s in found if s["status"] == status][:limit]
-        return found
+        sql = (common.TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "")
+               + f" ORDER BY last_at DESC LIMIT {arg(limit)}")
+        return [trace_summary(r) for r in await self._fetch(sql, *args)]
 
     # -- maintenance -----------------------------------------------------------------------------------------------
     async def purge(self, now: float | None = None, *, chunk: int = 5000) -> dict[str, int]:
@@ -1346,7 +1177,7 @@ class PostgresStore(RetentionWrites):
         for table, before in cutoffs.items():
             total = 0
             while True:
-                n = await self._write(_op_purge_chunk, table, before, chunk)
+                n = await self._write(_op_prune, table, before, chunk)
                 total += n
                 if n < chunk:
                     break
@@ -1388,12 +1219,8 @@ class PostgresStore(RetentionWrites):
         """Wait until every write queued so far is committed."""
         await self._write(_op_noop)
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
-            "batch_errors": self.batch_errors, "pending": len(self._pending) + len(self._ordered),
-            "outages": self.outages, "unwritable": int(self._problem is not None),
-        }
+    def _queued(self) -> int:
+        return len(self._pending) + len(self._ordered)
 
 
 def _message_id(message: str) -> str | None:

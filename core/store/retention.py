@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DAY", "MIN_INBOX_DAYS", "RetentionConfig", "RetentionWrites", "prune_pass"]
+__all__ = ["DAY", "MIN_INBOX_DAYS", "RetentionConfig", "prune_pass"]
 
 log = logging.getLogger(__name__)
 
@@ -106,39 +105,3 @@ async def _drain(step: Any, batch: int) -> int:
         if n < batch:
             return total
         await asyncio.sleep(0)  # let whatever waits on the loop queue its writes between batches
-
-
-class RetentionWrites:
-    """The Store protocol's pruning writes, once for every backend: ``prune``, ``prune_excess`` and
-    ``map_touch`` check their table and hand one short operation to the backend's single writer
-    (``self._write(op, *args)``). A backend names its tables (the keys of ``prune_tables`` /
-    ``excess_tables``) and its operations (``prune_op(conn, table, before, limit)``,
-    ``excess_op(conn, table, keep, limit)``, ``touch_op(conn, origin_ids, now)``)."""
-
-    prune_tables: ClassVar[Mapping[str, Any]]
-    excess_tables: ClassVar[Mapping[str, Any]]
-    prune_op: ClassVar[Callable[..., Any]]
-    excess_op: ClassVar[Callable[..., Any]]
-    touch_op: ClassVar[Callable[..., Any]]
-
-    async def prune(self, table: str, before: float, limit: int) -> int:
-        """Delete at most ``limit`` rows of ``table`` (``inbox``, ``message_map``, ``audit``,
-        ``dead_letters``, ``trace``) whose age (seen_at, last_used, ts, failed_at, a message's last
-        trace event) is < ``before``, oldest first. ``trace`` counts messages (their summary,
-        events and index rows go together)."""
-        if table not in self.prune_tables:
-            raise ValueError(f"no retention for table {table!r}")
-        return await self._write(self.prune_op, table, float(before), int(limit))  # type: ignore[attr-defined]
-
-    async def prune_excess(self, table: str, keep: int, limit: int) -> int:
-        """Delete at most ``limit`` of the oldest rows of ``table`` (``dead_letters``) beyond the newest ``keep``."""
-        if table not in self.excess_tables:
-            raise ValueError(f"no row cap for table {table!r}")
-        return await self._write(self.excess_op, table, int(keep), int(limit))  # type: ignore[attr-defined]
-
-    async def map_touch(self, origin_ids: str | Sequence[str]) -> None:
-        """A reply or edit was resolved through the message map of ``origin_ids``: their rows
-        (every lane) count as used now, so the reply window starts again."""
-        ids = [origin_ids] if isinstance(origin_ids, str) else list(origin_ids)
-        if ids:
-            await self._write(self.touch_op, ids, self.clock())  # type: ignore[attr-defined]

@@ -44,28 +44,41 @@ Both connections are driven through aiosqlite's worker threads.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import aiosqlite
 
 from ..errors import StartupError, StoreUnavailable
 from ..files import make_private_dir
+from .backend import (
+    HEADS,
+    MIN_INBOX_TTL,
+    OUTBOX_COLS,
+    ROW_COLS,
+    TRACE_SUMMARY_SELECT,
+    Op,
+    StoreBackend,
+    WriteOps,
+    audit_from_row,
+    dead_letter_from_row,
+    item_from_row,
+    refuse_newer,
+)
 from .base import DeadLetter, OutboxItem, TraceEvent
 from .jsonio import dumps, loads
-from .retention import DAY, MIN_INBOX_DAYS, RetentionConfig, RetentionWrites, prune_pass
+from .retention import DAY, RetentionConfig, prune_pass
 from .tracerows import TRACE_EVENTS_MAX, merge_events, resolve_keys, trace_document, trace_summary
 
 __all__ = ["SCHEMA_VERSION", "TRACE_EVENTS_MAX", "SqliteStore"]
 
 log = logging.getLogger(__name__)
-
-MIN_INBOX_TTL = MIN_INBOX_DAYS * DAY  # see retention.py: the broker keeps undelivered queue rows 7 days
 
 _loads = loads
 _dumps = dumps
@@ -194,11 +207,7 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to :data:`SCHEMA_VERSION`, one transaction per step. Returns the old version."""
     current = conn.execute("PRAGMA user_version").fetchone()[0]
-    if current > SCHEMA_VERSION:
-        raise StartupError(
-            f"the store schema is version {current}, newer than this gateway understands "
-            f"({SCHEMA_VERSION}); upgrade claudemesh-gateway or restore a backup"
-        )
+    refuse_newer(current, SCHEMA_VERSION)
     for version, step in MIGRATIONS:
         if version <= current:
             continue
@@ -233,46 +242,9 @@ def ensure_incremental_vacuum(conn: sqlite3.Connection) -> None:
                  time.monotonic() - started)
 
 
-# -- row <-> item ---------------------------------------------------------------------------------
+# -- rows ------------------------------------------------------------------------------------------
 
-_OUTBOX_COLS = "id, lane, route, destination, message, options, attempts, not_before, progress, last_error, enqueued_at"
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (lane, route, destination, message, options, attempts, not_before, progress,"
-    " last_error, enqueued_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
-)
-
-
-def _item_from_row(r: Sequence[Any]) -> OutboxItem:
-    return OutboxItem(
-        id=r[0], lane=r[1], route=r[2], destination=_loads(r[3]), message=_loads(r[4]),
-        options=_loads(r[5]), attempts=r[6], not_before=r[7], progress=r[8], last_error=r[9],
-        enqueued_at=r[10],
-    )
-
-
-def _item_row(item: OutboxItem, now: float) -> tuple[Any, ...]:
-    return (
-        item.lane, item.route, _dumps(item.destination), _dumps(item.message), _dumps(item.options),
-        item.attempts, item.not_before, item.progress, item.last_error, item.enqueued_at or now,
-    )
-
-
-def _item_rows(items: Sequence[OutboxItem], now: float) -> list[tuple[Any, ...]]:
-    """``_item_row`` of each item; a message dict shared by several items (one message fanned out
-    to several destinations) is encoded once."""
-    if len(items) < 2:
-        return [_item_row(i, now) for i in items]
-    encoded: dict[int, str] = {}  # id() of a message dict -> its JSON (every dict stays alive meanwhile)
-    rows = []
-    for item in items:
-        msg = encoded.get(id(item.message))
-        if msg is None:
-            msg = encoded[id(item.message)] = _dumps(item.message)
-        rows.append((
-            item.lane, item.route, _dumps(item.destination), msg, _dumps(item.options),
-            item.attempts, item.not_before, item.progress, item.last_error, item.enqueued_at or now,
-        ))
-    return rows
+_INSERT_OUTBOX = f"INSERT INTO outbox ({ROW_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 
 
 def _prefix_upper(prefix: str) -> str:
@@ -332,8 +304,8 @@ def _op_reschedule(c: sqlite3.Connection, item_id: int, not_before: float, attem
 
 def _op_dead_letter(c: sqlite3.Connection, item_id: int, reason: str, now: float) -> bool:
     cur = c.execute(
-        f"INSERT OR REPLACE INTO dead_letters ({_OUTBOX_COLS}, sent, reason, failed_at)"
-        f" SELECT {_OUTBOX_COLS}, sent, ?, ? FROM outbox WHERE id = ?",
+        f"INSERT OR REPLACE INTO dead_letters ({OUTBOX_COLS}, sent, reason, failed_at)"
+        f" SELECT {OUTBOX_COLS}, sent, ?, ? FROM outbox WHERE id = ?",
         (reason, now, item_id),
     )
     if cur.rowcount == 0:
@@ -424,14 +396,8 @@ def _op_trace_write(c: sqlite3.Connection, rows: list[tuple[Any, ...]], keys: li
         c.executemany("INSERT OR IGNORE INTO trace_keys (key, message_id) VALUES (?,?)", keys)
 
 
-_TRACE_SUMMARY_SELECT = (
-    "SELECT message_id, first_at, last_at, origin, sender, routes, lanes, dropped, dests, delivered, failed, dead"
-    " FROM trace_messages"
-)
-
-
 def _rd_trace_get(c: sqlite3.Connection, message_id: str) -> dict[str, Any] | None:
-    r = c.execute(f"{_TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = ?",
+    r = c.execute(f"{TRACE_SUMMARY_SELECT.replace(' FROM', ', events FROM', 1)} WHERE message_id = ?",
                   (message_id,)).fetchone()
     return None if r is None else trace_document(r)
 
@@ -464,7 +430,7 @@ def _rd_trace_search(c: sqlite3.Connection, where: list[str], args: list[Any], i
             return []
         where = [*where, f"message_id IN ({','.join('?' * len(ids))})"]
         args = [*args, *ids]
-    sql = _TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY last_at DESC LIMIT ?"
+    sql = TRACE_SUMMARY_SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY last_at DESC LIMIT ?"
     return [trace_summary(r) for r in c.execute(sql, (*args, limit)).fetchall()]
 
 
@@ -477,8 +443,6 @@ def _op_probe(c: sqlite3.Connection) -> None:
     version = int(c.execute("PRAGMA user_version").fetchone()[0])
     c.execute(f"PRAGMA user_version = {version}")
 
-
-_Op = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
 # SQLite result codes (primary) that mean the database cannot be written right now, whatever is
 # written: the batch fails as a whole and the store is in an outage until a batch commits again
@@ -494,7 +458,6 @@ _UNWRITABLE_CODES = frozenset({
 })
 _UNWRITABLE_TEXTS = ("database or disk is full", "disk i/o error", "readonly database", "unable to open database",
                      "database is locked", "out of memory")
-OUTAGE_LOG_EVERY = 60.0  # seconds between "still cannot write" lines
 
 
 def _unwritable(e: BaseException) -> bool:
@@ -508,7 +471,14 @@ def _unwritable(e: BaseException) -> bool:
     return any(t in text for t in _UNWRITABLE_TEXTS)
 
 
-def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
+def _refused(e: BaseException) -> StoreUnavailable:
+    """What a caller of a write gets when its batch could not be committed because of ``e``."""
+    err = StoreUnavailable(f"the store cannot write: {e}")
+    err.__cause__ = e
+    return err
+
+
+def _run_batch(c: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     """Run ``ops`` in one transaction. Runs in the writer thread.
 
     Fast path: every operation straight in one transaction. Should one raise, the transaction is
@@ -538,7 +508,7 @@ def _run_batch(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
     return results
 
 
-def _run_batch_isolated(c: sqlite3.Connection, ops: list[_Op]) -> list[tuple[bool, Any]]:
+def _run_batch_isolated(c: sqlite3.Connection, ops: list[Op]) -> list[tuple[bool, Any]]:
     results: list[tuple[bool, Any]] = []
     c.execute("BEGIN IMMEDIATE")
     try:
@@ -573,25 +543,23 @@ def _rollback(c: sqlite3.Connection) -> None:
 # -- read operations (run in the reader thread) ------------------------------------------------------
 
 def _rd_head(c: sqlite3.Connection, lane: str) -> OutboxItem | None:
-    r = c.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT 1", (lane,)).fetchone()
-    return _item_from_row(r) if r else None
+    r = c.execute(f"SELECT {OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT 1", (lane,)).fetchone()
+    return item_from_row(r) if r else None
 
 
 def _rd_peek(c: sqlite3.Connection, lane: str, limit: int) -> list[OutboxItem]:
     rows = c.execute(
-        f"SELECT {_OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT ?", (lane, limit)
+        f"SELECT {OUTBOX_COLS} FROM outbox WHERE lane = ? ORDER BY id LIMIT ?", (lane, limit)
     ).fetchall()
-    return [_item_from_row(r) for r in rows]
+    return [item_from_row(r) for r in rows]
 
 
 _SEEN = "SELECT 1 FROM inbox WHERE id = ?"
 
-_HEADS = "SELECT lane, MIN(id) AS hid FROM outbox GROUP BY lane"
-
 
 def _rd_ready_lanes(c: sqlite3.Connection, now: float) -> list[str]:
     rows = c.execute(
-        f"SELECT o.lane FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before <= ? ORDER BY o.id",
+        f"SELECT o.lane FROM ({HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before <= ? ORDER BY o.id",
         (now,),
     ).fetchall()
     return [r[0] for r in rows]
@@ -599,7 +567,7 @@ def _rd_ready_lanes(c: sqlite3.Connection, now: float) -> list[str]:
 
 def _rd_next_due(c: sqlite3.Connection, now: float) -> float | None:
     r = c.execute(
-        f"SELECT MIN(o.not_before) FROM ({_HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before > ?",
+        f"SELECT MIN(o.not_before) FROM ({HEADS}) h JOIN outbox o ON o.id = h.hid WHERE o.not_before > ?",
         (now,),
     ).fetchone()
     return r[0] if r else None
@@ -723,7 +691,7 @@ def _rd_file_pages(c: sqlite3.Connection) -> tuple[int, int, int]:
 
 # -- the store -----------------------------------------------------------------------------------------
 
-class SqliteStore(RetentionWrites):
+class SqliteStore(StoreBackend):
     """The default durable store. See the module docstring for the design.
 
     :param path: database file (created with its directory); ``":memory:"`` is refused
@@ -738,11 +706,13 @@ class SqliteStore(RetentionWrites):
     :param clock: wall clock (epoch seconds), injectable for tests.
     """
 
-    prune_tables = _PRUNE_SQL  # retention writes (RetentionWrites): tables and their one-write operations
+    write_ops = WriteOps.named(globals())
+    logger = log
+    outage_began = ("store %(where)s cannot write: %(problem)s; writes are refused (sources are told to retry)"
+                    " and the gateway reports not ready until it can")
+    outage_lasts = "store %(where)s still cannot write after %(secs).0fs (%(refused)d writes refused): %(problem)s"
+    prune_tables = _PRUNE_SQL  # the tables retention prunes (StoreBackend.prune)
     excess_tables = _PRUNE_EXCESS_SQL
-    prune_op = staticmethod(_op_prune)
-    excess_op = staticmethod(_op_prune_excess)
-    touch_op = staticmethod(_op_map_touch)
 
     def __init__(
         self,
@@ -790,28 +760,13 @@ class SqliteStore(RetentionWrites):
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._q: sqlite3.Connection | None = None  # point lookups on the loop's own thread (``seen``)
-        self._pending: list[_Op] = []
-        self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._purger: asyncio.Task[None] | None = None
-        self._closing = False
         self._lock_fd: int | None = None
-        # counters for metrics
-        self.batches = 0
-        self.ops = 0
-        self.op_errors = 0
-        self.batch_errors = 0
-        self.outages = 0  # times the database became unwritable
+        self._init_state()
         self.prune_passes = 0
         self.prune_seconds = 0.0
         self.pruned: dict[str, int] = {}  # rows pruned per table since open
         self.vacuumed_pages = 0
-        # outage state: the cause, when it began (monotonic), writes refused, last log line (monotonic)
-        self._problem: str | None = None
-        self._outage_since = 0.0
-        self._refused = 0
-        self._outage_logged = 0.0
-        self._prober: asyncio.Task[None] | None = None
 
     @property
     def trace_ttl(self) -> float:
@@ -820,10 +775,8 @@ class SqliteStore(RetentionWrites):
         return self.retention.trace_days * DAY
 
     @property
-    def write_problem(self) -> str | None:
-        """None while writes commit; otherwise why the last batch could not be written (e.g.
-        ``database or disk is full``). Cleared by the next batch that commits."""
-        return self._problem
+    def _label(self) -> str:
+        return str(self.path)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -870,21 +823,14 @@ class SqliteStore(RetentionWrites):
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._writer_loop(), name="store-writer")
         if self.retention.interval_s > 0:
-            self._purger = asyncio.create_task(self._prune_loop(), name="store-prune")
+            self._purger = asyncio.create_task(self._purge_loop(self.retention.interval_s), name="store-prune")
         log.info("store opened: %s (WAL, synchronous=%s)", self.path, self.synchronous)
 
     async def close(self) -> None:
         self.release_delivery_lock()
         if self._w is None:
             return
-        self._closing = True
-        for task in (self._purger, self._prober):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        self._purger = self._prober = None
-        assert self._wake is not None
-        self._wake.set()
+        await self._stop_tasks()
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)  # drains what is queued
             self._writer = None
@@ -953,13 +899,6 @@ class SqliteStore(RetentionWrites):
         if fd is not None:
             os.close(fd)  # closing the descriptor drops the flock
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
     # -- plumbing -------------------------------------------------------------------------------------
     @staticmethod
     async def _call(conn: aiosqlite.Connection, fn: Callable[..., Any], *args: Any) -> Any:
@@ -997,68 +936,14 @@ class SqliteStore(RetentionWrites):
             try:
                 results = await self._call(w, _run_batch, batch)
             except asyncio.CancelledError:
-                for _fn, _args, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("store closed before the commit"))
+                self._fail(batch, lambda: RuntimeError("store closed before the commit"))
                 raise
             except Exception as e:  # noqa: BLE001 - BEGIN/COMMIT failed (disk full, I/O error, locked): nothing committed
                 self.batch_errors += 1
-                self._outage(e, len(batch))
-                for _fn, _args, fut in batch:
-                    if not fut.done():
-                        err = StoreUnavailable(f"the store cannot write: {e}")
-                        err.__cause__ = e
-                        fut.set_exception(err)
+                self._outage(str(e) or type(e).__name__, len(batch))
+                self._fail(batch, functools.partial(_refused, e))
                 continue
-            if self._problem is not None:
-                self._recovered()
-            self.batches += 1
-            self.ops += len(batch)
-            for (_fn, _args, fut), (ok, value) in zip(batch, results, strict=True):
-                if fut.done():  # the caller was cancelled; the write is committed anyway
-                    continue
-                if ok:
-                    fut.set_result(value)
-                else:
-                    self.op_errors += 1
-                    fut.set_exception(value)
-
-    def _outage(self, e: BaseException, n: int) -> None:
-        """A batch of ``n`` writes failed: start or continue the outage; log it rate-limited."""
-        now = time.monotonic()
-        self._refused += n
-        if self._problem is None:
-            self._problem = str(e) or type(e).__name__
-            self._outage_since = self._outage_logged = now
-            self.outages += 1
-            log.error("store %s cannot write: %s; writes are refused (sources are told to retry) and the "
-                      "gateway reports not ready until it can", self.path, self._problem)
-            if self._prober is None or self._prober.done():
-                self._prober = asyncio.create_task(self._probe_loop(), name="store-probe")
-            return
-        self._problem = str(e) or type(e).__name__
-        if now - self._outage_logged >= OUTAGE_LOG_EVERY:
-            self._outage_logged = now
-            log.error("store %s still cannot write after %.0fs (%d writes refused): %s", self.path,
-                      now - self._outage_since, self._refused, self._problem)
-
-    def _recovered(self) -> None:
-        log.warning("store %s writes again after %.0fs (%d writes were refused meanwhile)", self.path,
-                    time.monotonic() - self._outage_since, self._refused)
-        self._problem = None
-        self._refused = 0
-
-    async def _probe_loop(self) -> None:
-        """While the database cannot be written, try a no-op write now and then: the outage ends
-        even when nothing else writes (a load balancer stops sending to a gateway not ready)."""
-        while self._problem is not None and not self._closing:
-            await asyncio.sleep(self.probe_interval)
-            if self._problem is None or self._closing:
-                return
-            try:
-                await self._write(_op_probe)
-            except (StoreUnavailable, RuntimeError):  # still failing (logged by the writer) / closing
-                pass
+            self._settle(batch, results)
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._r is None:
@@ -1066,19 +951,6 @@ class SqliteStore(RetentionWrites):
         return await self._call(self._r, fn, *args)
 
     # -- inbox ledger + outbox ------------------------------------------------------------------------
-    async def accept(self, message_id: str, items: Sequence[OutboxItem]) -> bool:
-        now = self.clock()
-        return await self._write(_op_accept, message_id, now, _item_rows(items, now))
-
-    async def accept_mapped(self, message_id: str, items: Sequence[OutboxItem],
-                            maps: Sequence[tuple[str, Sequence[str]]]) -> bool:
-        """``accept``, and when the id is new also ``map_put(message_id, lane, native_ids)`` for each
-        ``(lane, native_ids)`` of ``maps``, in the same transaction (beyond the protocol: one commit
-        per message instead of two; the pipeline records the origin's native id with it)."""
-        now = self.clock()
-        return await self._write(_op_accept_mapped, message_id, now, _item_rows(items, now),
-                                 [(lane, list(ids)) for lane, ids in maps])
-
     async def seen(self, message_id: str) -> bool:
         q = self._q
         if q is not None:
@@ -1089,11 +961,6 @@ class SqliteStore(RetentionWrites):
         return await self._read(_rd_one, _SEEN, (message_id,)) is not None
 
     # -- outbox -----------------------------------------------------------------------------------------
-    async def enqueue(self, items: Sequence[OutboxItem]) -> list[int]:
-        """Enqueue ``items`` without an inbox entry (internal notices, replies to commands). Returns ids."""
-        now = self.clock()
-        return await self._write(_op_enqueue, _item_rows(items, now))
-
     async def ready_lanes(self, now: float) -> list[str]:
         return await self._read(_rd_ready_lanes, now)
 
@@ -1117,13 +984,6 @@ class SqliteStore(RetentionWrites):
         """Up to ``limit`` oldest items of ``lane`` in order (the engine prefetches with it)."""
         return await self._read(_rd_peek, lane, limit)
 
-    async def progress(self, item_id: int, parts_done: int, *, sent: Sequence[Sequence[str]] | None = None) -> None:
-        """Record that ``parts_done`` parts are out; ``sent`` (optional, beyond the protocol): their
-        native ids, one list per part, handed back by :meth:`sent_parts` when the item resumes."""
-        await self._write(
-            _op_progress, item_id, parts_done, None if sent is None else _dumps([list(p) for p in sent])
-        )
-
     async def sent_parts(self, item_id: int) -> list[list[str]]:
         """Native ids of the parts recorded with ``progress(..., sent=...)`` (empty if none)."""
         r = await self._read(_rd_one, "SELECT sent FROM outbox WHERE id = ?", (item_id,))
@@ -1134,13 +994,6 @@ class SqliteStore(RetentionWrites):
 
     async def complete_many(self, item_ids: Iterable[int]) -> None:
         await self._write(_op_complete_many, [(i,) for i in item_ids])
-
-    async def reschedule(self, item_id: int, *, not_before: float, attempts: int, error: str) -> None:
-        await self._write(_op_reschedule, item_id, not_before, attempts, error)
-
-    async def dead_letter(self, item_id: int, reason: str) -> None:
-        if not await self._write(_op_dead_letter, item_id, reason, self.clock()):
-            log.warning("dead_letter: outbox item %s is gone (already delivered or dropped)", item_id)
 
     async def outbox_depths(self) -> dict[str, tuple[int, float]]:
         rows = await self._read(
@@ -1155,24 +1008,15 @@ class SqliteStore(RetentionWrites):
     async def dlq_list(self, limit: int = 100) -> list[DeadLetter]:
         rows = await self._read(
             _rd_all,
-            f"SELECT {_OUTBOX_COLS}, reason, failed_at FROM dead_letters ORDER BY failed_at DESC, id DESC LIMIT ?",
+            f"SELECT {OUTBOX_COLS}, reason, failed_at FROM dead_letters ORDER BY failed_at DESC, id DESC LIMIT ?",
             (limit,),
         )
-        return [DeadLetter(id=r[0], item=_item_from_row(r), reason=r[11], failed_at=r[12]) for r in rows]
-
-    async def dlq_retry(self, ids: Sequence[int] | None = None) -> int:
-        return await self._write(_op_dlq_retry, None if ids is None else list(ids), self.clock())
-
-    async def dlq_drop(self, ids: Sequence[int] | None = None) -> int:
-        return await self._write(_op_dlq_drop, None if ids is None else list(ids))
+        return [dead_letter_from_row(r) for r in rows]
 
     async def dlq_count(self) -> int:
         return (await self._read(_rd_one, "SELECT COUNT(*) FROM dead_letters", ()))[0]
 
     # -- message map ------------------------------------------------------------------------------------------
-    async def map_put(self, origin_id: str, lane: str, native_ids: Sequence[str]) -> None:
-        await self._write(_op_map_put, origin_id, lane, list(native_ids), self.clock())
-
     async def map_get(self, origin_id: str, lane: str) -> list[str]:
         rows = await self._read(
             _rd_all,
@@ -1195,25 +1039,16 @@ class SqliteStore(RetentionWrites):
         r = await self._read(_rd_one, "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key))
         return _loads(r[0]) if r else None
 
-    async def kv_set(self, namespace: str, key: str, value: Any) -> None:
-        await self._write(_op_kv_set, namespace, key, _dumps(value), self.clock())
-
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._write(_op_kv_delete, namespace, key)
-
     async def kv_items(self, namespace: str) -> dict[str, Any]:
         rows = await self._read(_rd_all, "SELECT key, value FROM kv WHERE namespace = ? ORDER BY key", (namespace,))
         return {r[0]: _loads(r[1]) for r in rows}
 
     # -- audit -----------------------------------------------------------------------------------------------------
-    async def audit(self, actor: str, action: str, detail: dict[str, Any]) -> None:
-        await self._write(_op_audit, self.clock(), actor, action, _dumps(detail))
-
     async def audit_list(self, limit: int = 100) -> list[dict[str, Any]]:
         rows = await self._read(
             _rd_all, "SELECT id, ts, actor, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [{"id": r[0], "ts": r[1], "actor": r[2], "action": r[3], "detail": _loads(r[4])} for r in rows]
+        return [audit_from_row(r) for r in rows]
 
     # -- message trace (core.trace) ------------------------------------------------------------------------------------
     async def trace_write(self, events: Sequence[TraceEvent]) -> None:
@@ -1228,10 +1063,9 @@ class SqliteStore(RetentionWrites):
     async def trace_resolve(self, key: str, limit: int = 20) -> list[str]:
         return await self._read(_rd_trace_resolve, str(key).strip(), limit)
 
-    async def trace_search(self, *, q: str | None = None, route: str | None = None, chat: str | None = None,
-                           sender: str | None = None, status: str | None = None, since: float | None = None,
-                           until: float | None = None, limit: int = 50,
-                           also: Sequence[str] = ()) -> list[dict[str, Any]]:
+    async def _trace_rows(self, *, route: str | None, chat: str | None, sender: str | None, since: float | None,
+                          until: float | None, ids: list[str] | None, limit: int) -> list[dict[str, Any]]:
+        """The summaries ``trace_search`` filters (see StoreBackend)."""
         where: list[str] = []
         args: list[Any] = []
         if route:
@@ -1249,13 +1083,7 @@ class SqliteStore(RetentionWrites):
         if until is not None:
             where.append("last_at <= ?")
             args.append(float(until))
-        ids = await self.trace_resolve(q, limit=max(limit, 20)) if q else None
-        if also:
-            ids = list(dict.fromkeys([*(ids or []), *also]))
-        found = await self._read(_rd_trace_search, where, args, ids, limit if not status else 10 * limit)
-        if status:
-            found = [s for s in found if s["status"] == status][:limit]
-        return found
+        return await self._read(_rd_trace_search, where, args, ids, limit)
 
     # -- maintenance -------------------------------------------------------------------------------------------------
     async def backup(self, dest: str | Path) -> None:
@@ -1280,10 +1108,7 @@ class SqliteStore(RetentionWrites):
 
     def stats(self) -> dict[str, int]:
         return {
-            "batches": self.batches, "ops": self.ops, "op_errors": self.op_errors,
-            "batch_errors": self.batch_errors, "pending": len(self._pending),
-            "outages": self.outages, "unwritable": int(self._problem is not None),
-            "prune_passes": self.prune_passes, "vacuumed_pages": self.vacuumed_pages,
+            **super().stats(), "prune_passes": self.prune_passes, "vacuumed_pages": self.vacuumed_pages,
             **{f"pruned_{table}": n for table, n in self.pruned.items()},
         }
 
@@ -1291,17 +1116,10 @@ class SqliteStore(RetentionWrites):
     # Everything here goes through the one writer in short operations; the policy (what is kept and
     # why) is retention.py's prune_pass. Beyond the Store protocol's core: prune, prune_excess,
     # map_touch, compact (base.py documents them for other backends).
-    async def _prune_loop(self) -> None:
-        while True:
-            try:
-                await self.purge()
-            except asyncio.CancelledError:
-                raise
-            except StoreUnavailable:  # the outage is logged by the writer; try again next time
-                pass
-            except Exception:
-                log.exception("store pruning failed; will retry")
-            await asyncio.sleep(self.retention.interval_s)
+    def _purge_failed(self, e: Exception) -> None:
+        """A pruning pass raised ``e`` (the background task tries again next time)."""
+        if not isinstance(e, StoreUnavailable):  # an outage is logged by the writer
+            log.exception("store pruning failed; will retry")
 
     async def purge(self, now: float | None = None, *, chunk: int | None = None) -> dict[str, int]:
         """One pruning pass now (the background task runs one every ``interval_s``): rows past

@@ -14,17 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..events import (
-    DeliveryFailed,
-    DeliveryStatus,
-    Event,
-    GatewayState,
-    GatewayStateChanged,
-    MessageDelivered,
-    MessageDropped,
-    MessageQueued,
-    MessageReceived,
-)
+from .. import events as ev
 from ..hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -84,24 +74,24 @@ class Metrics:
 
     # -- observer plugin ----------------------------------------------------------------
     @hookimpl
-    def track_event(self, event: Event) -> None:
+    def track_event(self, event: ev.Event) -> None:
         self.observe(event)
 
-    def observe(self, event: Event) -> None:
-        if isinstance(event, MessageReceived):
+    def observe(self, event: ev.Event) -> None:
+        if isinstance(event, ev.MessageReceived):
             self.received.labels(event.message.origin.gateway).inc()
-        elif isinstance(event, MessageDropped):
+        elif isinstance(event, ev.MessageDropped):
             self.dropped.labels(event.message.origin.gateway, event.reason).inc()
-        elif isinstance(event, MessageQueued):
+        elif isinstance(event, ev.MessageQueued):
             self.queued.labels(event.route, event.to.gateway).inc()
-        elif isinstance(event, MessageDelivered):
+        elif isinstance(event, ev.MessageDelivered):
             self.delivered.labels(event.route, event.to.gateway).inc()
             self.latency.labels(event.to.gateway).observe(max(event.latency_s, 0.0))
-        elif isinstance(event, DeliveryFailed):
+        elif isinstance(event, ev.DeliveryFailed):
             self.failed.labels(event.route, event.to.gateway, "permanent" if event.permanent else "transient").inc()
-        elif isinstance(event, DeliveryStatus):
+        elif isinstance(event, ev.DeliveryStatus):
             self.vendor_status.labels(event.gateway, event.status).inc()
-        elif isinstance(event, GatewayStateChanged):
+        elif isinstance(event, ev.GatewayStateChanged):
             self.state_changes.labels(event.gateway, str(event.state)).inc()
 
     # -- scrape -------------------------------------------------------------------------------
@@ -121,7 +111,7 @@ class Metrics:
         self.throttled.set(stats.get("throttled", stats.get("http_429", 0)))
         for name, (state, _detail, _since) in list(runtime.states.items()):
             kind = "mesh" if name in runtime.meshes else "gateway"
-            self.state.labels(name, kind).set(1 if state == GatewayState.CONNECTED else 0)
+            self.state.labels(name, kind).set(1 if state == ev.GatewayState.CONNECTED else 0)
         for mesh_name, peer in runtime.meshes.items():
             self.mesh_reconnects.labels(mesh_name).set(getattr(peer, "reconnects", 0))
             for reason, count in (getattr(peer, "bad_frames", None) or {}).items():
