@@ -14,7 +14,8 @@ Phases (each runs in its own subprocess, so peak RSS is per phase):
   rss      peak RSS with 10,000 queued messages over 1,000 lanes, then drained
   http     msg/s end to end to an HTTP sink (aiohttp server in a separate process on 127.0.0.1,
            transport POSTing JSON over a pooled ClientSession)
-  ingest   mesh topic rows -> Pipeline (dedup, loop guard, routes, enqueue into the outbox), engine
+  ingest   mesh topic rows -> Pipeline (dedup, loop guard, routes, enqueue into the outbox; --batch rows
+           handed over at once, as a topic poll does), engine
            not running, fan-out 2: rows/s, and rows per CPU-second of the process (all threads)
   routing  mesh topic rows -> Pipeline (dedup, loop guard, routes, enqueue, kick()) -> engine ->
            two in-process sink gateways (fan-out 2): rows/s, and p50/p99 row -> sink latency at
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -369,14 +371,24 @@ class _RoutingRig:
                            sender_pubkey="a1" * 32, sender_name="alice", topic=f"t{i % self.topics}",
                            created_at=1_700_000_000_000)
 
-    async def submit_all(self, rows: list[Any], sent_at: dict[str, float]) -> None:
-        """As fast as the pollers can submit: one poller per topic, each awaiting its row's commit."""
+    async def submit_all(self, rows: list[Any], sent_at: dict[str, float], batch: int = 1) -> None:
+        """As fast as the pollers can submit: one poller per topic, each awaiting the commit of what it
+        handed over. ``batch`` > 1: a poller hands over up to that many rows at once, as the topic
+        poller does with the rows of one poll (``on_mesh_inbound_many``)."""
         it = iter(rows)
 
         async def poller() -> None:
-            for r in it:
-                sent_at[f"mesh:m:{r.id}"] = time.perf_counter()
-                await self.pipeline.on_mesh_inbound(r)
+            while True:
+                chunk = list(itertools.islice(it, batch))
+                if not chunk:
+                    return
+                now = time.perf_counter()
+                for r in chunk:
+                    sent_at[f"mesh:m:{r.id}"] = now
+                if batch == 1:
+                    await self.pipeline.on_mesh_inbound(chunk[0])
+                else:
+                    await self.pipeline.on_mesh_inbound_many(chunk)
 
         await asyncio.gather(*(poller() for _ in range(self.topics)))
 
@@ -388,7 +400,7 @@ async def phase_ingest(args: argparse.Namespace, d: str) -> dict[str, Any]:
     n = args.n // 2
     rows = [rig.row(i) for i in range(n)]
     cpu0, loop0, t = time.process_time(), time.thread_time(), time.perf_counter()
-    await rig.submit_all(rows, {})
+    await rig.submit_all(rows, {}, args.batch)
     dt, cpu, loop_cpu = time.perf_counter() - t, time.process_time() - cpu0, time.thread_time() - loop0
     await rig.trace.stop()
     queued = await store.outbox_count()
@@ -415,7 +427,7 @@ async def phase_routing(args: argparse.Namespace, d: str) -> dict[str, Any]:
         sent_at: dict[str, float] = {}
         t = time.perf_counter()
         if rate is None:
-            await rig.submit_all(rows, sent_at)
+            await rig.submit_all(rows, sent_at, args.batch)
         else:
             tasks = []
             for k, r in enumerate(rows):
@@ -467,6 +479,9 @@ def main() -> None:
     p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     p.add_argument("--dir", default=None, help="where the database goes (default: a temp dir)")
     p.add_argument("--trace", choices=["on", "off"], default="on", help="message trace in the routing phase")
+    p.add_argument("--batch", type=int, default=50,
+                   help="ingest/routing: rows a poller hands over at once (the topic poller: up to 50, "
+                        "what one poll brought); 1: one on_mesh_inbound per row")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -475,7 +490,8 @@ def main() -> None:
         for name in PHASES:
             cmd = [sys.executable, __file__, "--phase", name, "--n", str(args.n), "--http-n", str(args.http_n),
                    "--lanes", str(args.lanes), "--concurrency", str(args.concurrency), "--rate", str(args.rate),
-                   "--seconds", str(args.seconds), "--synchronous", args.synchronous, "--trace", args.trace]
+                   "--seconds", str(args.seconds), "--synchronous", args.synchronous, "--trace", args.trace,
+                   "--batch", str(args.batch)]
             if args.dir:
                 cmd += ["--dir", args.dir]
             subprocess.run(cmd, check=True)

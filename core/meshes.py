@@ -92,6 +92,7 @@ async def start_mesh(runtime: Runtime, name: str) -> None:
         name, cfg, kv=ReplicaKV(runtime.store, runtime.leases.replica) if shared else runtime.store,
         keyring=runtime.keyring,
         on_message=runtime.pipeline.on_mesh_inbound if runtime.pipeline is not None else None,
+        on_messages=runtime.pipeline.on_mesh_inbound_many if runtime.pipeline is not None else None,
         on_state=mesh_state_callback(runtime, name),
     )
     if shared:

@@ -76,6 +76,19 @@ class MeshSubscribers:
 
         dispatch._mesh_subscribers_dispatch = True  # type: ignore[attr-defined]
         peer.on_message = dispatch
+        original_many = getattr(peer, "on_messages", None)
+        if original_many is not None:
+            async def dispatch_many(inbounds: list[Any]) -> None:
+                """A poll's rows: to the pipeline at once while no subscriber wants any of them,
+                else one by one through ``dispatch`` (in order)."""
+                if any(inbound.kind == "topic" and self._by_topic.get((mesh, inbound.topic or ""))
+                       for inbound in inbounds):
+                    for inbound in inbounds:
+                        await dispatch(inbound)
+                else:
+                    await original_many(inbounds)
+
+            peer.on_messages = dispatch_many
 
 
 def _routes_read(runtime: Runtime, mesh: str, inbound: Any) -> bool:

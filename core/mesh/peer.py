@@ -45,6 +45,7 @@ class MeshPeer:
     def __init__(
         self, name: str, cfg: Any, *, kv: KV, keyring: KeyRing | None = None,
         on_message: Callable[[MeshInbound], Awaitable[Any] | Any] | None = None,
+        on_messages: Callable[[list[MeshInbound]], Awaitable[Any]] | None = None,
         on_state: Callable[[str, str], None] | None = None,
         identity: str = "service", clock: Callable[[], float] = time.time,
     ) -> None:
@@ -59,6 +60,7 @@ class MeshPeer:
             keyring.add_mesh(name, cfg)
         self.keyring = keyring
         self.on_message = on_message
+        self.on_messages = on_messages  # several topic rows of one poll at once (else on_message each)
         self.on_state = on_state
         self.identity = identity
         self._clock = clock
@@ -261,6 +263,14 @@ class MeshPeer:
         if inspect.isawaitable(result):
             await result
 
+    async def deliver_many(self, items: list[MeshInbound]) -> None:
+        """Hand several topic rows (oldest first) to ``on_messages`` in one call (awaited)."""
+        if self.on_messages is None:
+            for item in items:
+                await self.deliver(item)
+            return
+        await self.on_messages(items)
+
     async def topic_candidates(self) -> list[tuple[str, str | None]]:
         """Topics whose keys may open a drained push; the topic list is fetched once if none is known."""
         if not self._topics_by_id and not self._topics_fetched:
@@ -372,7 +382,8 @@ class MeshPeer:
                 topic = await self.join_topic(name)
                 if self.sealed is not None:  # its v2 rows open, and new members get a sealed copy from us
                     await self.sealed.ensure(topic)
-            poller = TopicPoller(self, topic, self.deliver, watch_started_ms=since)
+            poller = TopicPoller(self, topic, self.deliver, watch_started_ms=since,
+                                 on_rows=self.deliver_many if self.on_messages is not None else None)
             self.pollers[name] = poller
             poller.start()
             log.info("mesh %s: polling #%s (%s)", self.name, topic.name, topic.id)

@@ -54,6 +54,8 @@ page of posts. Reading the whole window every poll would catch those at 20x the 
 
 New rows are handed over oldest first (bottom up, the broker's order), and each one is added
 to ``seen`` after the ``on_row`` callback returned, so a crash re-delivers rather than loses.
+With an ``on_rows`` callback (the gateway's pipeline) the rows of a poll go over in batches of
+:data:`HAND_OVER_BATCH`, each added to ``seen`` after the call for its batch returned.
 ``seen`` is persisted at most every :data:`SAVE_EVERY` rows and at the end of a poll: rows
 handed over again after a crash are dropped by the core's inbox ledger (dedup by row id).
 
@@ -88,6 +90,7 @@ MAX_ROW_ID_CHARS = 128  # topic_message ids are 32 characters
 FUTURE_TOLERANCE_MS = 2000  # a row dated this much after our clock counts as future-dated (read past it)
 MAX_FUTURE_PAGES = 5  # pages read past a block of future-dated seen rows, per poll
 SAVE_EVERY = 32  # persist the window at least every this many handed-over rows
+HAND_OVER_BATCH = 50  # rows handed to ``on_rows`` at once (one round to the store for all of them)
 STATE_VERSION = 2
 
 
@@ -101,11 +104,13 @@ class TopicPoller(TaskOwner):
 
     def __init__(self, peer: Any, topic: Topic, on_row: Callable[[MeshInbound], Awaitable[Any]], *,
                  include_own: bool = False, persist: bool = True, backfill: int | None = None,
-                 watch_started_ms: int | None = None) -> None:
+                 watch_started_ms: int | None = None,
+                 on_rows: Callable[[list[MeshInbound]], Awaitable[Any]] | None = None) -> None:
         self.peer = peer
         self.cfg = peer.cfg
         self.topic = topic
         self.on_row = on_row
+        self.on_rows = on_rows  # the rows of a poll at once (up to HAND_OVER_BATCH), instead of on_row each
         self.include_own = include_own
         self.persist = persist
         self.backfill = self.cfg.topic_backfill if backfill is None else backfill
@@ -458,25 +463,62 @@ class TopicPoller(TaskOwner):
 
     async def _hand_over(self, new: list[dict[str, Any]]) -> int:
         try:
-            for row in reversed(new):  # oldest first: bottom up, the broker's order
-                await self._handle(row)
-                self._pending.discard(row["id"])
-                self._seen_set.add(row["id"])
-                self._unsaved += 1
-                await self._save(force=False)
+            rows = new[::-1]  # oldest first: bottom up, the broker's order
+            if self.on_rows is None:
+                for row in rows:
+                    item = await self._decode(row)
+                    if item is not None:
+                        await self.on_row(item)
+                        self.delivered += 1
+                    self._handed_over([row])
+                    await self._save(force=False)
+            else:
+                for start in range(0, len(rows), HAND_OVER_BATCH):
+                    await self._hand_over_batch(rows[start:start + HAND_OVER_BATCH])
             self._trim()  # nothing pending any more: back to SEEN_LIMIT
         finally:
             if self._unsaved or new:
                 await self._save()
         return len(new)
 
-    async def _handle(self, row: dict[str, Any]) -> None:
+    async def _hand_over_batch(self, rows: list[dict[str, Any]]) -> None:
+        """``rows`` (oldest first) to ``on_rows`` in one call. A row that waits for its topic key stops
+        the batch there: the rows before it are handed over, then :class:`KeyWait` is raised."""
+        items: list[MeshInbound] = []
+        done = 0
+        waiting: KeyWait | None = None
+        for row in rows:
+            try:
+                item = await self._decode(row)
+            except KeyWait as exc:
+                waiting = exc
+                break
+            if item is not None:
+                items.append(item)
+            done += 1
+        if items:
+            await self.on_rows(items)  # type: ignore[misc]
+            self.delivered += len(items)
+        self._handed_over(rows[:done])
+        await self._save(force=False)
+        if waiting is not None:
+            raise waiting
+
+    def _handed_over(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._pending.discard(row["id"])
+            self._seen_set.add(row["id"])
+        self._unsaved += len(rows)
+
+    async def _decode(self, row: dict[str, Any]) -> MeshInbound | None:
+        """The row as a MeshInbound, or None for an echo or a row that does not open (counted).
+        Raises :class:`KeyWait` for a bodyVersion 2 row whose topic key is not held yet."""
         peer = self.peer
         pubkey = row.get("senderPubkey") if isinstance(row.get("senderPubkey"), str) else ""
         own = row.get("senderMemberId") == self.cfg.member_id or (bool(pubkey) and pubkey in peer.own_keys)
         if own and not self.include_own:
             self.echoes += 1
-            return
+            return None
         bv = row.get("bodyVersion")
         bv = bv if isinstance(bv, int) and not isinstance(bv, bool) else 1
         sealed = getattr(peer, "sealed", None)
@@ -494,7 +536,7 @@ class TopicPoller(TaskOwner):
         if res.text is None:
             self.undecryptable += 1
             log.warning("mesh %s: #%s row %s skipped: %s", peer.name, self.topic.name, row["id"], res.reason)
-            return
+            return None
         created = row["_t"]
         if created <= 0:
             self.bad_timestamps += 1
@@ -510,5 +552,4 @@ class TopicPoller(TaskOwner):
             reply_to_id=reply_to if isinstance(reply_to, str) and reply_to else None,
             created_at=max(created, 0), message_id=row["id"],
         )
-        await self.on_row(item)
-        self.delivered += 1
+        return item

@@ -1,4 +1,5 @@
 """The dispatch pipeline: every inbound message, from any gateway or mesh, goes through here once.
+(Over 400 lines: the one path every message takes, kept in one place to be read top to bottom.)
 
 Steps (ARCHITECTURE.md, "The path of a message"):
 
@@ -11,6 +12,9 @@ Steps (ARCHITECTURE.md, "The path of a message"):
 6. enqueue    one outbox row per destination, in ONE ``store.accept`` transaction, then
               ``delivery.kick()``. ``submit`` returns only after the commit, so the caller
               acknowledges its source after the message is durable.
+
+``submit_many`` does the same for several messages (a topic poll's rows) with one round to the
+store for their enqueues.
 
 The Pipeline is also the DeliveryEngine's transport (``render``/``send``/``delivered``,
 delegated to :class:`~claudemesh_gateway.delivery.transport.RoutingTransport`).
@@ -92,6 +96,26 @@ async def _maybe(v: Any) -> Any:
     return await v if inspect.isawaitable(v) else v
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Enqueue:
+    """``submit``'s plan for a message to enqueue: its outbox items and where they go."""
+
+    message: Message
+    items: list[OutboxItem]
+    targets: list[tuple[Address, str]]
+    matched: Sequence[str] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Command:
+    """``submit``'s plan for an authorised in-chat command."""
+
+    table: RouteTable
+    message: Message
+    name: str
+    args: str
+
+
 class Pipeline:
     """``submit`` for gateways, ``on_mesh_inbound`` for mesh peers, transport for the DeliveryEngine."""
 
@@ -129,6 +153,11 @@ class Pipeline:
             mesh = mesh_or_inbound
         return await self.submit(self.mesh_message(mesh, inbound))
 
+    async def on_mesh_inbound_many(self, inbounds: Sequence[Any]) -> list[SubmitResult]:
+        """Several topic rows of one poll, oldest first (the peer's ``on_messages`` callback): as
+        ``on_mesh_inbound`` each, their enqueues sharing one round to the store (:meth:`submit_many`)."""
+        return await self.submit_many([self.mesh_message(i.mesh, i) for i in inbounds])
+
     @staticmethod
     def mesh_message(mesh: str, inbound: Any) -> Message:
         """MeshInbound -> Message: hop prefix parsed and stripped, ``[via X]`` noted, stable id."""
@@ -157,6 +186,43 @@ class Pipeline:
     # -- submit ---------------------------------------------------------------------------------------------------------
     async def submit(self, message: Message) -> SubmitResult:
         """Dedup, admit, loop-guard, route and durably enqueue ``message``. Returns after the commit."""
+        plan = await self._plan(message)
+        if isinstance(plan, _Enqueue):
+            return await self._enqueue(plan.message, plan.items, plan.targets, plan.matched)
+        if isinstance(plan, _Command):
+            return await self._command(plan.table, plan.message, plan.name, plan.args)
+        return plan
+
+    async def submit_many(self, messages: Sequence[Message]) -> list[SubmitResult]:
+        """``submit`` of each message, in order, returning after every commit. The messages to enqueue
+        go to the store together (``accept_many``: one group commit, one wake-up of this task, their
+        outbox rows in this order); a command is run after the messages before it are committed.
+        Should a message's write fail, the others are still recorded and the first error is raised
+        (the caller reads the batch again; dedup knows the ones that were committed)."""
+        accept_many = getattr(self.runtime.store, "accept_many", None)
+        if accept_many is None or len(messages) < 2:
+            return [await self.submit(m) for m in messages]
+        results: list[SubmitResult | None] = [None] * len(messages)
+        batch: list[tuple[int, _Enqueue]] = []
+        error: BaseException | None = None
+        for i, message in enumerate(messages):
+            plan = await self._plan(message)
+            if isinstance(plan, _Enqueue):
+                batch.append((i, plan))
+                continue
+            if isinstance(plan, _Command):
+                error = error or await self._enqueue_many(accept_many, batch, results)
+                batch = []
+                plan = await self._command(plan.table, plan.message, plan.name, plan.args)
+            results[i] = plan
+        error = error or await self._enqueue_many(accept_many, batch, results)
+        if error is not None:
+            raise error
+        return [r for r in results if r is not None]
+
+    async def _plan(self, message: Message) -> SubmitResult | _Enqueue | _Command:
+        """Every step of ``submit`` before the enqueue: the outcome (dropped, a duplicate), the command
+        to run, or the outbox items to enqueue."""
         store = self.runtime.store
         if store is None:
             raise RuntimeError("the store is not open")
@@ -178,7 +244,7 @@ class Pipeline:
 
         command = parse_command(message.text) if (message.is_command or message.text.startswith("/")) else None
         if command is not None and self.commands.authorised(table, message):
-            return await self._command(table, message, *command)
+            return _Command(table, message, *command)
 
         resolution = table.match(message)
         dests = list(resolution.destinations)
@@ -198,7 +264,7 @@ class Pipeline:
             return await self._drop_recorded(message, reason, rule, resolution.matched)
         shared = message_to_dict(message) if len(kept) > 1 else None  # encoded once, not per destination
         items = [outbox_item(message, d, message_dict=shared) for d in kept]
-        return await self._enqueue(message, items, [(d.address, d.route) for d in kept], resolution.matched)
+        return _Enqueue(message, items, [(d.address, d.route) for d in kept], resolution.matched)
 
     async def send_test_message(self, route: str, text: str, *, actor: str = "admin") -> dict[str, Any]:
         """Queue ``text`` to every destination of ``route`` (admin "test route"). LookupError if the
@@ -358,36 +424,73 @@ class Pipeline:
         trace = self._trace()
         if trace is not None:
             items = trace.stamp(message, items)  # the OpenTelemetry context travels in the rows
-        # the origin's own id lets replies on other chats find this message's original (not needed
-        # for delivery); replies sent back to a threaded chat look it up by the chat's lane too
+        origin_map = self._origin_map(message)
+        accept_mapped = getattr(store, "accept_mapped", None) if origin_map else None
+        if accept_mapped is not None:  # one transaction for the message and its origin id
+            accepted = await accept_mapped(message.id, items, origin_map)
+        else:
+            accepted = await store.accept(message.id, items)
+        if accepted and accept_mapped is None and origin_map:
+            try:
+                for lane, native_ids in origin_map:
+                    await store.map_put(message.id, lane, native_ids)
+            except Exception:
+                log.exception("could not record the origin id of %s", message.id)
+        result = self._enqueued(message, len(items), targets, matched, accepted)
+        if accepted:
+            self.kick()
+        return result
+
+    async def _enqueue_many(self, accept_many: Any, batch: list[tuple[int, _Enqueue]],
+                            results: list[SubmitResult | None]) -> BaseException | None:
+        """Enqueue the planned messages of ``batch`` in one ``accept_many``; each outcome goes into
+        ``results`` at its index. Returns the first write error (its message has no result)."""
+        if not batch:
+            return None
+        trace = self._trace()
+        entries = []
+        for _i, plan in batch:
+            items = trace.stamp(plan.message, plan.items) if trace is not None else plan.items
+            entries.append((plan.message.id, items, self._origin_map(plan.message)))
+        outcomes = await accept_many(entries)
+        error: BaseException | None = None
+        queued = False
+        for (i, plan), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                error = error or outcome
+                continue
+            results[i] = self._enqueued(plan.message, len(plan.items), plan.targets, plan.matched, bool(outcome))
+            queued = queued or bool(outcome)
+        if queued:
+            self.kick()
+        return error
+
+    @staticmethod
+    def _origin_map(message: Message) -> list[tuple[str, list[str]]]:
+        """The origin's own id lets replies on other chats find this message's original (not needed
+        for delivery); replies sent back to a threaded chat look it up by the chat's lane too."""
         origin_map: list[tuple[str, list[str]]] = []
         if message.native_id and not message.edit_of and not message.deleted:
             origin_map.append((message.origin.key, [message.native_id]))
             if message.origin.thread:
                 chat = Address(message.origin.gateway, message.origin.chat)
                 origin_map.append((chat.key, [message.native_id]))
-        accept_mapped = getattr(store, "accept_mapped", None) if origin_map else None
-        if accept_mapped is not None:  # one transaction for the message and its origin id
-            accepted = await accept_mapped(message.id, items, origin_map)
-        else:
-            accepted = await store.accept(message.id, items)
+        return origin_map
+
+    def _enqueued(self, message: Message, n: int, targets: list[tuple[Address, str]], matched: Sequence[str],
+                  accepted: bool) -> SubmitResult:
+        """What a committed enqueue says: queued, or a duplicate (the ledger had the id already)."""
+        trace = self._trace()
         if not accepted:
             if trace is not None:
                 trace.duplicate(message)
             return self._dropped(message, "duplicate", status="duplicate")
-        if accept_mapped is None and origin_map:
-            try:
-                for lane, native_ids in origin_map:
-                    await store.map_put(message.id, lane, native_ids)
-            except Exception:
-                log.exception("could not record the origin id of %s", message.id)
         if trace is not None:
             trace.queued(message, targets, matched)
         for to, route in targets:
             self.runtime.emit(MessageQueued(message=message, to=to, route=route))
-        self.kick()
-        log.debug("queued %s to %d destination(s)", message.id, len(items))
-        return SubmitResult(status="queued", destinations=len(items))
+        log.debug("queued %s to %d destination(s)", message.id, n)
+        return SubmitResult(status="queued", destinations=n)
 
     def kick(self) -> None:
         delivery = self.runtime.delivery

@@ -135,10 +135,11 @@ class StoreBackend:
     """The part of a store backend that does not depend on its database (see the module docstring).
 
     A backend sets ``write_ops``, ``prune_tables``, ``excess_tables``, ``logger`` and the two outage
-    log lines, and provides ``_write(op, *args)`` (queue an operation for its writer, await its
-    commit), ``clock``, ``probe_interval``, ``_label`` (how the log names the store), ``purge()``,
-    ``_purge_failed(e)``, ``trace_resolve`` and ``_trace_rows(...)`` (the summaries ``trace_search``
-    filters); it calls :meth:`_init_state` in its ``__init__``.
+    log lines, and provides ``_submit(op, *args)`` (queue an operation for its writer; returns the
+    future of its commit), ``_write(op, *args)`` (the same, awaited), ``clock``, ``probe_interval``,
+    ``_label`` (how the log names the store), ``purge()``, ``_purge_failed(e)``, ``trace_resolve`` and
+    ``_trace_rows(...)`` (the summaries ``trace_search`` filters); it calls :meth:`_init_state` in
+    its ``__init__``.
     """
 
     write_ops: ClassVar[WriteOps]
@@ -176,6 +177,7 @@ class StoreBackend:
     if TYPE_CHECKING:  # provided by each backend
         _label: str
 
+        def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]: ...
         async def _write(self, fn: Callable[..., Any], *args: Any) -> Any: ...
         async def open(self) -> None: ...
         async def close(self) -> None: ...
@@ -308,6 +310,25 @@ class StoreBackend:
         now = self.clock()
         return await self._write(self.write_ops.accept_mapped, message_id, now, item_rows(items, now),
                                  [(lane, [str(n) for n in ids]) for lane, ids in maps])
+
+    async def accept_many(
+        self, entries: Sequence[tuple[str, Sequence[OutboxItem], Sequence[tuple[str, Sequence[str]]]]],
+    ) -> list[bool | BaseException]:
+        """``accept_mapped(message_id, items, maps)`` of each entry, queued at once and in order (a topic
+        poller's page: the messages share a group commit and keep their order in the outbox). Each is
+        its own operation, so one that fails fails alone. Returns, in order, True (accepted), False
+        (the id was seen before) or the exception of that message's write."""
+        now = self.clock()
+        op = self.write_ops.accept_mapped
+        futs: list[asyncio.Future[Any]] = []
+        try:
+            for message_id, items, maps in entries:
+                futs.append(self._submit(op, message_id, now, item_rows(items, now),
+                                         [(lane, [str(n) for n in ids]) for lane, ids in maps]))
+        except BaseException:
+            await asyncio.gather(*futs, return_exceptions=True)  # those queued still commit (or fail) alone
+            raise
+        return list(await asyncio.gather(*futs, return_exceptions=True))
 
     async def enqueue(self, items: Sequence[OutboxItem]) -> list[int]:
         """Enqueue ``items`` without an inbox entry (internal notices, replies to commands). Returns ids."""

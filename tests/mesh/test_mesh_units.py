@@ -209,3 +209,64 @@ async def test_poller_keeps_cursor_when_on_message_fails():
     fail[0] = False
     await poller.poll_once()
     assert got == ids
+
+
+async def test_poller_hands_a_poll_over_in_batches_with_on_rows():
+    """With ``on_rows`` the new rows go over 50 at a time, oldest first, echoes left out; a batch that
+    fails is handed over again on the next poll, the batches before it are not."""
+    from claudemesh_gateway.mesh.poller import HAND_OVER_BATCH
+
+    hist = FakeHistory()
+    peer = _fake_peer(hist, MemoryKV())
+    calls: list[list[str]] = []
+    fail_at = [2]
+
+    async def on_rows(items):
+        if len(calls) == fail_at[0]:
+            fail_at[0] = -1
+            raise RuntimeError("store down")
+        calls.append([i.id for i in items])
+
+    async def on_row(item):
+        raise AssertionError("on_rows takes the rows")
+
+    poller = TopicPoller(peer, Topic(id="T" * 32, name="t"), on_row, on_rows=on_rows)
+    poller.watch_started_ms = 10**15
+    await poller.poll_once()
+    ids = [x for k in range(130) for x in hist.add(1, 3_000 + k, f"y{k:03d}-")]
+    hist.rows.append({**hist.rows[-1], "id": "mine", "createdAt": 3_100, "senderMemberId": "me"})
+    with pytest.raises(RuntimeError):
+        await poller.poll_once()
+    assert calls == [ids[:50], ids[50:100]]
+    assert HAND_OVER_BATCH == 50
+    await poller.poll_once()
+    assert calls[2:] == [ids[100:130]]  # the failed batch again (its echo, by time the 101st row, left out)
+    assert poller.echoes == 2  # counted at each reading
+    assert sum(map(len, calls)) == len(ids) and poller.delivered == len(ids)
+
+
+async def test_poller_batch_stops_at_a_row_that_waits_for_its_key():
+    from claudemesh_gateway.mesh.poller import KeyWait
+
+    hist = FakeHistory()
+    peer = _fake_peer(hist, MemoryKV())
+    peer.sealed = types.SimpleNamespace(ensure=_waiting)
+    calls: list[list[str]] = []
+
+    async def on_rows(items):
+        calls.append([i.id for i in items])
+
+    poller = TopicPoller(peer, Topic(id="T" * 32, name="t"), on_rows, on_rows=on_rows)
+    poller.watch_started_ms = 10**15
+    await poller.poll_once()
+    a = hist.add(2, 4_000, "a")
+    hist.rows.append({**hist.rows[-1], "id": "v2row", "createdAt": 4_001, "bodyVersion": 2})
+    hist.add(1, 4_002, "z")
+    for _ in range(2):
+        with pytest.raises(KeyWait):
+            await poller.poll_once()
+    assert calls == [a]  # the rows before the v2 one, once; nothing after it
+
+
+async def _waiting(topic, refresh=False):
+    return types.SimpleNamespace(state="missing", detail="not sealed for us yet")

@@ -86,3 +86,24 @@ async def test_seen_holds_no_snapshot_that_would_block_a_checkpoint(tmp_path: Pa
         assert (tmp_path / "gw.db-wal").stat().st_size == 0
     finally:
         await s.close()
+
+
+async def test_accept_many_keeps_the_order_and_answers_each_message(store) -> None:
+    """A topic poll's rows in one round: outbox order as given, False for an id seen before (also one
+    given twice), each origin map written, and a write that fails fails alone."""
+    assert await store.accept("mesh:m:5", [])  # seen before the batch
+    ids = [f"mesh:m:{i}" for i in range(12)] + ["mesh:m:7"]
+    entries = [(mid, [item("tg/1", {"id": mid, "n": n})], [("mesh/m:#ops", [f"row-{n}"])])
+               for n, mid in enumerate(ids)]
+    broken = OutboxItem(lane=None, route="r", destination={}, message={"id": "mesh:m:3"}, options={})  # type: ignore[arg-type]
+    entries[3] = ("mesh:m:3", [broken], [("mesh/m:#ops", ["row-3"])])  # outbox.lane is NOT NULL
+    outcomes = await store.accept_many(entries)
+    assert isinstance(outcomes[3], Exception)
+    assert [o for n, o in enumerate(outcomes) if n != 3] == [True] * 4 + [False] + [True] * 6 + [False]
+    assert not await store.seen("mesh:m:3")  # rolled back alone
+    assert await store.map_get("mesh:m:3", "mesh/m:#ops") == []
+    expected = [f"mesh:m:{i}" for i in range(12) if i not in (3, 5)]
+    assert [h.message["id"] for h in await store.peek("tg/1", 50)] == expected
+    assert await store.map_reverse("mesh/m:#ops", "row-11") == "mesh:m:11"
+    assert await store.map_get("mesh:m:7", "mesh/m:#ops") == ["row-7"]  # not the second entry's
+    assert await store.accept_many([]) == []
