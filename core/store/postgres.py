@@ -9,7 +9,8 @@ Layout
 * One **writer** task (``writers``), as in the SQLite backend: writes queue up, the writer takes
   everything queued, runs it in ONE transaction on a pooled connection and commits, then resolves
   the futures (group commit: one WAL flush for many messages). ``writers > 1`` lets batches commit
-  in parallel: each task's own writes still commit in order (callers await them), lease writes all
+  in parallel: each task's own writes still commit in order (callers await them; ``accept_many`` then
+  writes its messages one after the other), lease writes all
   go through the first writer in submission order, but writes of different tasks may commit in
   either order (of a message id accepted twice at once, either copy may be the one enqueued). An operation that raises a data error (a constraint, a
   bad value) makes the writer roll back and run the batch again with a SAVEPOINT around each
@@ -1007,6 +1008,22 @@ class PostgresStore(common.StoreBackend):
             yield c
 
     # -- inbox ledger + outbox -----------------------------------------------------------------------------------
+    async def accept_many(
+        self, entries: Sequence[tuple[str, Sequence[OutboxItem], Sequence[tuple[str, Sequence[str]]]]],
+    ) -> list[bool | BaseException]:
+        """As :meth:`StoreBackend.accept_many`. With parallel writers (``writers`` > 1) the writes queued
+        together could commit in either order, so they are written one after the other instead: the
+        outbox keeps the order it is given."""
+        if self.writers == 1:
+            return await super().accept_many(entries)
+        out: list[bool | BaseException] = []
+        for message_id, items, maps in entries:
+            try:
+                out.append(await self.accept_mapped(message_id, items, maps))
+            except Exception as e:  # noqa: BLE001 - that message's outcome, as the batched path gives it
+                out.append(e)
+        return out
+
     async def seen(self, message_id: str) -> bool:
         return await self._fetchval("SELECT 1 FROM inbox WHERE id = $1", message_id) is not None
 

@@ -112,6 +112,20 @@ async def test_store_postgres_parallel_writers_keep_dedup_and_lease_order(pg_sch
         await s.close()
 
 
+async def test_store_postgres_accept_many_keeps_the_order_with_parallel_writers(pg_schema_dsn: str) -> None:
+    for writers in (1, 3):
+        s = PostgresStore(pg_schema_dsn, purge_interval=0, writers=writers, max_pool=6)
+        await s.open()
+        try:
+            lane = f"l/w{writers}"
+            ids = [f"w{writers}-{i}" for i in range(120)]
+            outcomes = await s.accept_many([(mid, [item(lane, mid)], [("mesh/m:#t", [mid])]) for mid in ids])
+            assert outcomes == [True] * len(ids)
+            assert [h.message["id"] for h in await s.peek(lane, 200)] == ids
+        finally:
+            await s.close()
+
+
 async def test_store_postgres_two_replicas_trace_the_same_messages_at_once(pg_schema_dsn: str) -> None:
     # replicas write events of the same messages in the same moment (one received, the other
     # delivering): upserts lock the summary rows in one order, so no deadlock, and nothing is lost
