@@ -64,8 +64,11 @@ class MeshSubscribers:
         original = peer.on_message
         mesh = peer.name
 
+        def subscribers(inbound: Any) -> dict[str, Any] | None:
+            return self._by_topic.get((mesh, inbound.topic or "")) if inbound.kind == "topic" else None
+
         async def dispatch(inbound: Any) -> None:
-            subs = self._by_topic.get((mesh, inbound.topic or "")) if inbound.kind == "topic" else None
+            subs = subscribers(inbound)
             if subs:
                 for gateway, callback in list(subs.items()):
                     await callback(_as_message(runtime, mesh, gateway, inbound))
@@ -81,8 +84,7 @@ class MeshSubscribers:
             async def dispatch_many(inbounds: list[Any]) -> None:
                 """A poll's rows: to the pipeline at once while no subscriber wants any of them,
                 else one by one through ``dispatch`` (in order)."""
-                if any(inbound.kind == "topic" and self._by_topic.get((mesh, inbound.topic or ""))
-                       for inbound in inbounds):
+                if any(subscribers(inbound) for inbound in inbounds):
                     for inbound in inbounds:
                         await dispatch(inbound)
                 else:

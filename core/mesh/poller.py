@@ -464,17 +464,9 @@ class TopicPoller(TaskOwner):
     async def _hand_over(self, new: list[dict[str, Any]]) -> int:
         try:
             rows = new[::-1]  # oldest first: bottom up, the broker's order
-            if self.on_rows is None:
-                for row in rows:
-                    item = await self._decode(row)
-                    if item is not None:
-                        await self.on_row(item)
-                        self.delivered += 1
-                    self._handed_over([row])
-                    await self._save(force=False)
-            else:
-                for start in range(0, len(rows), HAND_OVER_BATCH):
-                    await self._hand_over_batch(rows[start:start + HAND_OVER_BATCH])
+            size = HAND_OVER_BATCH if self.on_rows is not None else 1  # on_row: each row on its own
+            for start in range(0, len(rows), size):
+                await self._hand_over_batch(rows[start:start + size])
             self._trim()  # nothing pending any more: back to SEEN_LIMIT
         finally:
             if self._unsaved or new:
@@ -482,8 +474,9 @@ class TopicPoller(TaskOwner):
         return len(new)
 
     async def _hand_over_batch(self, rows: list[dict[str, Any]]) -> None:
-        """``rows`` (oldest first) to ``on_rows`` in one call. A row that waits for its topic key stops
-        the batch there: the rows before it are handed over, then :class:`KeyWait` is raised."""
+        """``rows`` (oldest first) to ``on_rows`` in one call (to ``on_row``: one row). A row that waits
+        for its topic key stops the batch there: the rows before it are handed over, then
+        :class:`KeyWait` is raised."""
         items: list[MeshInbound] = []
         done = 0
         waiting: KeyWait | None = None
@@ -497,18 +490,18 @@ class TopicPoller(TaskOwner):
                 items.append(item)
             done += 1
         if items:
-            await self.on_rows(items)  # type: ignore[misc]
+            if self.on_rows is not None:
+                await self.on_rows(items)
+            else:
+                await self.on_row(items[0])
             self.delivered += len(items)
-        self._handed_over(rows[:done])
+        for row in rows[:done]:
+            self._pending.discard(row["id"])
+            self._seen_set.add(row["id"])
+        self._unsaved += done
         await self._save(force=False)
         if waiting is not None:
             raise waiting
-
-    def _handed_over(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            self._pending.discard(row["id"])
-            self._seen_set.add(row["id"])
-        self._unsaved += len(rows)
 
     async def _decode(self, row: dict[str, Any]) -> MeshInbound | None:
         """The row as a MeshInbound, or None for an echo or a row that does not open (counted).

@@ -190,7 +190,7 @@ class Pipeline:
         if isinstance(plan, _Enqueue):
             return await self._enqueue(plan.message, plan.items, plan.targets, plan.matched)
         if isinstance(plan, _Command):
-            return await self._command(plan.table, plan.message, plan.name, plan.args)
+            return await self._command(plan)
         return plan
 
     async def submit_many(self, messages: Sequence[Message]) -> list[SubmitResult]:
@@ -213,7 +213,7 @@ class Pipeline:
             if isinstance(plan, _Command):
                 error = error or await self._enqueue_many(accept_many, batch, results)
                 batch = []
-                plan = await self._command(plan.table, plan.message, plan.name, plan.args)
+                plan = await self._command(plan)
             results[i] = plan
         error = error or await self._enqueue_many(accept_many, batch, results)
         if error is not None:
@@ -401,7 +401,8 @@ class Pipeline:
                 out.append(Destination(route=f"plugin:{impl.plugin_name}", address=address))
         return out
 
-    async def _command(self, table: RouteTable, message: Message, name: str, args: str) -> SubmitResult:
+    async def _command(self, plan: _Command) -> SubmitResult:
+        table, message, name, args = plan.table, plan.message, plan.name, plan.args
         result = await self.commands.handle(table, message, name, args)
         reply = Message(
             id=f"{message.id}:reply", origin=message.origin, sender=BOT_SENDER, text=result.reply,
